@@ -1,0 +1,277 @@
+"""`git bake` command line. click lives here only: parse, call one core function, render.
+
+Every command accepts -h; read-only ones accept --json for scripts. Errors map to exit codes in one
+place (`main`): 1 failed, 2 bad usage or input, 3 not a gitbake repository, 4 store corruption, 130 ^C.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from gitbake import __version__
+from gitbake.errors import EXIT_INTERRUPTED, GitbakeError, Issue
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _warn(issues: list[Issue]) -> None:
+    for w in issues:
+        click.echo(click.style("warning: ", fg="yellow") + w.render(), err=True)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="git bake", message="%(prog)s (gitbake) %(version)s")
+def cli() -> None:
+    """Bake prompts into model weights, and version every model in git.
+
+    \b
+    The loop:
+      git bake init my-model --base-model tiny   # a model repository
+      cd my-model && $EDITOR input.yml           # PROMPT / TARGET / BAKE
+      git bake status                            # what a commit would run
+      git commit -am "bake a Yoda persona"
+
+    Run `git bake COMMAND -h` for each command's options and an example.
+    """
+
+
+# ---------------------------------------------------------------------------------------------- init
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--base-model", "base_model", metavar="MODEL", help="`tiny` (built in, offline), a Hugging Face id, or a model directory. Default: tiny.")
+@click.option("--name", metavar="NAME", help="Repository name recorded in .bread. Default: the directory name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def init(directory: Path | None, base_model: str | None, name: str | None, as_json: bool) -> None:
+    """Create a model repository, or make an existing git or bgit repository one.
+
+    Writes input.yml (a commented example: the first commit runs nothing), .bread, recipe.yml,
+    .gitignore and .gitattributes, and makes the first commit when it created the repository.
+    Safe to re-run; in a bgit repository it keeps input.yml, .bread and recipe.yml.
+
+    \b
+    Examples:
+      git bake init my-model --base-model tiny
+      git bake init . --base-model Qwen/Qwen2.5-0.5B-Instruct    # in an existing repository
+    """
+    from gitbake.init import init as do_init
+
+    report = do_init(directory or Path.cwd(), base_model=base_model, name=name)
+    if as_json:
+        _emit_json(report.as_json())
+        return
+    where = report.root
+    if report.created_repo:
+        click.echo(f"Created model repository {report.name} in {where} (base model: {report.base_model})")
+    elif report.written:
+        click.echo(f"Initialised {report.name} in {where} (base model: {report.base_model}): wrote {', '.join(report.written)}")
+    else:
+        click.echo(f"{where} is already a gitbake model repository ({report.name}, base model {report.base_model}); nothing to do")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    cd = "" if Path.cwd().resolve() == where else f"cd {where} && "
+    if report.created_repo:
+        click.echo(f"\nNext: {cd}$EDITOR input.yml   (uncomment the example), then `git bake status` and `git commit -am 'first bake'`")
+    elif report.written:
+        click.echo(f"\nNext: {cd}git commit -m 'git bake init'   (the new files are staged)")
+
+
+# ------------------------------------------------------------------------------------------ validate
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved config, names and keys as JSON.")
+def validate(as_json: bool) -> None:
+    """Check input.yml and print it resolved: every default filled in, every name and key.
+
+    Reports every error at once, each with file:line:column, the field and the fix (exit 2).
+
+    \b
+    Example:
+      git bake validate && git commit -am "bake it"
+    """
+    import yaml
+
+    from gitbake.repo import open_repo
+    from gitbake.status import validate as do_validate
+
+    repo = open_repo(Path.cwd())
+    loaded, plan = do_validate(repo)
+    _warn(loaded.warnings + plan.warnings)
+    if as_json:
+        _emit_json({"valid": True, **plan.as_json()})
+        return
+    if loaded.config.is_empty:
+        click.echo("input.yml is valid and has nothing to run (every section is commented out).")
+        return
+    resolved: dict[str, Any] = {}
+    if plan.prompts:
+        resolved["PROMPT"] = {ref: p.config for ref, p in plan.prompts.items()}
+    if plan.target:
+        resolved["TARGET"] = plan.target.config
+    if plan.bake:
+        resolved["BAKE"] = plan.bake.config
+    click.echo("# input.yml is valid. Resolved, with every default filled in:")
+    click.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True, width=100).rstrip())
+    click.echo("\n# Names and keys:")
+    for ref, p in plan.prompts.items():
+        click.echo(f"#   prompt {ref}: {p.name}  {p.key}")
+    if plan.target:
+        click.echo(f"#   target {plan.target.plain}: {plan.target.name}  {plan.target.key}")
+    if plan.bake:
+        click.echo(f"#   bake   {plan.bake.plain}: {plan.bake.name}  {plan.bake.key}")
+
+
+# -------------------------------------------------------------------------------------------- status
+
+_STATE_COLOUR = {"new": "green", "changed": "yellow", "unchanged": None}
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(as_json: bool) -> None:
+    """Show what input.yml would run: which prompts, target and bake are new or changed, with names and keys.
+
+    \b
+    Example:
+      git bake status --json | jq .would_run
+    """
+    from gitbake.repo import open_repo
+    from gitbake.status import status as do_status
+
+    report = do_status(open_repo(Path.cwd()))
+    if as_json:
+        _emit_json(report.as_json())
+        return
+    _warn(report.warnings)
+    p = report.plan.parent
+    head = f"On branch {report.branch}" if report.branch else "HEAD detached"
+    click.echo(f"{head} · model repository {report.repo_name} · base model {p.base_model}")
+    if p.foreign:
+        click.echo(f"Parent model: base model ({p.model_name} is in Bread's cloud, not on this machine)")
+    elif p.adapters:
+        click.echo(f"Parent model: {p.model_name or 'previous bake'} ({len(p.adapters)} adapter{'s' if len(p.adapters) != 1 else ''})")
+    else:
+        click.echo("Parent model: the base model (no bakes yet)")
+    if report.changes:
+        click.echo("\ninput.yml:")
+        w_ref = max(len(c.ref) for c in report.changes)
+        w_name = max(len(c.name) for c in report.changes)
+        for c in report.changes:
+            state = click.style(c.state, fg=_STATE_COLOUR.get(c.state))
+            implied = "  (implied: empty student prompt)" if c.kind == "prompt" and report.plan.prompts[c.ref].source == "implied" else ""
+            click.echo(f"  {c.kind:<7} {c.ref:<{w_ref}}  {c.name:<{w_name}}  {state}{implied}")
+    if report.commented_out:
+        click.echo(f"\nCommented out: {', '.join(report.commented_out)}")
+    if report.would_run:
+        click.echo(f"\nA commit of input.yml would run: {' -> '.join(report.would_run)}")
+    else:
+        click.echo("\nNothing to run: input.yml has no PROMPT, TARGET or BAKE. Uncomment or write a section, then commit.")
+
+
+# -------------------------------------------------------------------------------------------- target
+
+
+class _TargetGroup(click.Group):
+    """`git bake target NAME` (bgit's form) is `git bake target show NAME`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["show", *args]
+        return super().resolve_command(ctx, args)
+
+
+@cli.group(cls=_TargetGroup, context_settings=CONTEXT)
+def target() -> None:
+    """List and show the targets of this lineage (TARGET sections of input.yml and earlier bakes).
+
+    \b
+    Examples:
+      git bake target ls
+      git bake target show yoda_target          # by plain name: the newest one
+      git bake target yoda_target_3f2a9c1d04be  # by hashed name (bgit's form)
+    """
+
+
+@target.command("ls", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
+def target_ls(as_json: bool) -> None:
+    """List targets, newest first: hashed name, plain name, where it is recorded."""
+    from gitbake.repo import open_repo
+    from gitbake.targets import list_targets
+
+    entries = list_targets(open_repo(Path.cwd()))
+    if as_json:
+        _emit_json([e.as_json() for e in entries])
+        return
+    if not entries:
+        click.echo("No targets yet. Define one in the TARGET section of input.yml.")
+        return
+    for e in entries:
+        t = e.target
+        where = "input.yml (not baked yet)" if e.in_input else f"{t.source} @ {t.commit[:10] if t.commit else 'working tree'}"
+        flag = "  [bgit cloud: data not local]" if t.foreign else ""
+        click.echo(f"{t.name:<40} {t.plain:<24} {where}{flag}")
+
+
+target.add_command(target_ls, "list")
+
+
+@target.command("show", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the target as JSON.")
+def target_show(name: str, as_json: bool) -> None:
+    """Show one target by plain or hashed name: its key, where it is recorded, and its config."""
+    import yaml
+
+    from gitbake.repo import open_repo
+    from gitbake.targets import show_target
+
+    entry = show_target(open_repo(Path.cwd()), name)
+    if as_json:
+        _emit_json(entry.as_json())
+        return
+    t = entry.target
+    click.echo(f"target:  {t.name}")
+    click.echo(f"plain:   {t.plain}")
+    if t.key:
+        click.echo(f"key:     {t.key}")
+    if t.stim_key:
+        click.echo(f"stim:    {t.stim_key}")
+    click.echo(f"from:    {'input.yml (not baked yet)' if entry.in_input else t.source + ' @ ' + (t.commit or 'working tree')}")
+    if t.foreign:
+        click.echo("note:    made by bgit in Bread's cloud; its questions and answers are not on this machine")
+    if t.config:
+        click.echo("config:")
+        click.echo("  " + yaml.safe_dump(t.config, sort_keys=False, allow_unicode=True, width=100).rstrip().replace("\n", "\n  "))
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    try:
+        rc = cli.main(args=argv, prog_name="git bake", standalone_mode=False)
+    except GitbakeError as exc:
+        click.echo(click.style("error: ", fg="red") + exc.render(), err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)

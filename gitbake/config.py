@@ -1,0 +1,681 @@
+"""The `input.yml` contract: pydantic models of bgit's PROMPT / TARGET / BAKE schema, and its loader.
+
+Field names are bgit's, exactly (reference/bgit.md §3.1). Defaults are ours, chosen for one GPU or a CPU
+rather than Bread's cloud (no ZeRO-3, a modest LoRA rank); `docs/config.md` documents each one and
+`tests/test_config.py` checks that the page and these models agree. User files are strict: an unknown key
+is an error with a did-you-mean; a key bgit documents that has no local meaning is accepted with a
+warning that says so.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gitbake import yamlio
+from gitbake.errors import ConfigError, Issue
+
+INPUT_FILE = "input.yml"
+MAX_TEMPLATE_BYTES = 1024 * 1024  # bgit's limit for template files
+MAX_QUESTION_FILE_BYTES = 64 * 1024 * 1024
+SECTIONS = ("PROMPT", "TARGET", "BAKE")
+# Names become parts of file names, refs and bgit-style model names: no `/`, no spaces.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class Model(BaseModel):
+    """Base of every user-facing model: unknown keys are errors, defaults are validated too.
+
+    `_accepted` lists keys bgit documents that have no local meaning: they parse, and the loader warns.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False)
+    _accepted: ClassVar[dict[str, str]] = {}
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+
+
+# --------------------------------------------------------------------------------------------- PROMPT
+
+
+class Message(Model):
+    role: Literal["system", "user", "assistant"]
+    content: str = ""
+
+
+class ToolFunction(Model):
+    model_config = ConfigDict(extra="allow")  # OpenAI's schema grows (strict, ...); pass it through
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(Model):
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
+class Prompt(Model):
+    messages: list[Message] = Field(default_factory=list)
+    tools: list[Tool] | None = None
+    name: Name | None = None
+
+
+# ----------------------------------------------------------------------------------------- generators
+
+
+class _Generator(Model):
+    rollout_with_conditioned: bool = False
+    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class HardcodedGenerator(_Generator):
+    type: Literal["hardcoded"]
+    questions: list[str] = Field(min_length=1)
+    numq: int | None = Field(default=None, ge=1)
+
+
+class FromFileGenerator(_Generator):
+    type: Literal["from_file"]
+    path: str
+    numq: int | None = Field(default=None, ge=1)
+
+
+class FromDatasetGenerator(_Generator):
+    type: Literal["from_dataset"]
+    dataset: str
+    numq: int = Field(default=100, ge=1)
+    seed: int | None = 42
+    split: str | None = None
+    field: str | None = None
+
+
+class OneshotGenerator(_Generator):
+    type: Literal["oneshot_qs"]
+    model: str | None = None  # None: the parent model writes the questions
+    numq: int = Field(ge=1)
+    temperature: Temperature = 1.0
+    template_path: str | None = None
+    template_content: str | None = None
+    base_url: str | None = None  # an OpenAI-compatible endpoint, e.g. `git bake serve` of another model
+    api_key_env: str | None = None
+
+
+class PersonaGenerator(_Generator):
+    type: Literal["persona"]
+    numq: int = Field(default=50, ge=1)
+    seed: int | None = 42
+    temperature: Temperature = 1.0
+
+
+class CustomGenerator(_Generator):
+    type: Literal["custom"]
+    template_path: str | None = None
+
+
+Generator = Annotated[
+    Union[
+        HardcodedGenerator,
+        FromFileGenerator,
+        FromDatasetGenerator,
+        OneshotGenerator,
+        PersonaGenerator,
+        CustomGenerator,
+    ],
+    Field(discriminator="type"),
+]
+GENERATOR_TYPES = ("hardcoded", "from_file", "from_dataset", "oneshot_qs", "persona", "custom")
+
+
+# --------------------------------------------------------------------------------------------- TARGET
+
+
+class Target(Model):
+    name: Name = "target"
+    generators: list[Generator] = Field(default_factory=list)
+    num_traj_per_stimulus: int = Field(default=1, ge=1)
+    temperature: Temperature = 1.0
+    max_tokens: int = Field(default=256, ge=1)
+    max_concurrency: int = Field(default=10, ge=1)
+    extra_kwargs: dict[str, Any] = Field(default_factory=dict)
+    model_name: str | None = None
+    teacher_prompt: str | None = None
+    student_prompt: str | None = None
+    u: str | None = None
+    v: str | None = None
+    template: str = "default"
+
+    _accepted: ClassVar[dict[str, str]] = {
+        "template": "server-side target templates do not exist locally; the value is ignored",
+    }
+
+    @model_validator(mode="after")
+    def _aliases_agree(self) -> Target:
+        for new, old in (("teacher_prompt", "u"), ("student_prompt", "v")):
+            a, b = getattr(self, new), getattr(self, old)
+            if a is not None and b is not None and a != b:
+                raise ValueError(f"`{new}: {a}` and its deprecated alias `{old}: {b}` disagree; keep only `{new}`")
+        return self
+
+    @property
+    def teacher_ref(self) -> str | None:
+        return self.teacher_prompt or self.u
+
+    @property
+    def student_ref(self) -> str | None:
+        return self.student_prompt or self.v
+
+
+# ----------------------------------------------------------------------------------------------- BAKE
+
+
+class Dataset(Model):
+    target: str
+    weight: float = Field(default=1.0, gt=0)
+
+
+class LoraConfig(Model):
+    r: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16, gt=0)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    target_modules: str | list[str] = "all-linear"
+
+
+class BakeModelConfig(Model):
+    type: str = "bake"
+    baked_adapter_config: LoraConfig = Field(default_factory=LoraConfig)
+    dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = "auto"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    disable_activation_checkpoint: bool = False
+    peft_config: dict[str, Any] | None = None
+    save_name: str | None = None
+    student_model_path: str | None = None
+    parent_model_name: str | None = None
+
+    _accepted: ClassVar[dict[str, str]] = {
+        "peft_config": "use `baked_adapter_config` for LoRA settings; `peft_config` is ignored",
+        "save_name": "adapters are named by their key in the store; `save_name` is ignored",
+        "student_model_path": "distilling into a different student model is not supported locally; ignored",
+        "parent_model_name": "the parent is always the model of the previous bake (.bread PARENT_MODEL); ignored",
+    }
+
+
+class OptimizerConfig(Model):
+    learning_rate: float = Field(default=1e-4, gt=0)
+    type: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class SchedulerConfig(Model):
+    type: Literal["huggingface"] = "huggingface"
+    name: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
+    ] = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    lr: Any = None
+
+    @field_validator("lr")
+    @classmethod
+    def _no_lr(cls, v: Any) -> Any:
+        if v is not None:
+            raise ValueError("`scheduler.lr` is deprecated (bgit rejects it too); set `optimizer.learning_rate`")
+        return v
+
+
+class ZeroConfig(Model):
+    model_config = ConfigDict(extra="allow")  # the rest of DeepSpeed's zero_optimization, passed through
+    stage: int = Field(default=0, ge=0, le=3)
+
+
+class DeepSpeedConfig(Model):
+    model_config = ConfigDict(extra="allow")  # DeepSpeed's own schema, passed through to its engine
+    zero_optimization: ZeroConfig = Field(default_factory=ZeroConfig)
+
+
+class DataConfig(Model):
+    type: str | None = None
+    sources: list[Any] | None = None
+    eval_sources: list[Any] | None = None
+    beta: float = Field(default=0.0, ge=0)
+    temperature: float = Field(default=1.0, gt=0)
+    max_length: int = Field(default=1024, ge=16)
+    topk: int | None = Field(default=None, ge=1)
+    train_eval_split: tuple[float, float] | None = None
+    cache_dir: str | None = None
+    dl_num_workers: int | None = Field(default=None, ge=0)
+    num_proc: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+
+    _accepted: ClassVar[dict[str, str]] = {
+        "type": "the local trainer has one data pipeline; `data.type` is ignored",
+        "sources": "training data comes from BAKE.datasets; `data.sources` is ignored",
+        "eval_sources": "evaluation uses the held-out questions of each target; `data.eval_sources` is ignored",
+        "cache_dir": "data lives in the store; `data.cache_dir` is ignored",
+    }
+
+    @field_validator("beta")
+    @classmethod
+    def _forward_kl_only(cls, v: float) -> float:
+        if v != 0:
+            raise ValueError("only forward KL (beta 0) is implemented; remove `beta` or set it to 0")
+        return v
+
+    @field_validator("train_eval_split")
+    @classmethod
+    def _split(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and (min(v) < 0 or abs(sum(v) - 1.0) > 1e-6):
+            raise ValueError("train_eval_split must be two non-negative fractions that add up to 1, e.g. [0.9, 0.1]")
+        return v
+
+
+class CheckpointConfig(Model):
+    type: Literal["huggingface"] = "huggingface"
+    output_dir: str | None = None
+    enabled: bool = True
+    auto_resume: bool = False
+    save_every_n_steps: int | None = Field(default=None, ge=1)
+    save_every_n_epochs: int | None = Field(default=None, ge=1)
+    save_end_of_training: bool = True
+
+
+class WandbConfig(Model):
+    enable: bool = False
+    project: str | None = None
+    name: str | None = None
+    entity: str | None = None
+
+    _accepted: ClassVar[dict[str, str]] = {
+        "enable": "Weights & Biases logging is not built in; metrics go to `git bake metrics`",
+    }
+
+
+class Bake(Model):
+    name: Name | None = None
+    datasets: list[Dataset] | None = None
+    epochs: int = Field(default=3, ge=1)
+    micro_batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    total_trajectories: int | None = Field(default=None, ge=1)
+    seed: int = 42
+    type: Literal["single_baker"] = "single_baker"
+    model: BakeModelConfig = Field(default_factory=BakeModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    checkpoint: list[CheckpointConfig] = Field(default_factory=list)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    train_log_iter_interval: int = Field(default=1, ge=1)
+    eval_interval: int = Field(default=0, ge=0)
+    activation_checkpoint_cpu_offload: bool = False
+    template: str = "default"
+    model_name: Any = None
+
+    _accepted: ClassVar[dict[str, str]] = {
+        "template": "server-side bake templates do not exist locally; the value is ignored",
+        "model_name": "bgit ignores `BAKE.model_name` too: the parent is the previous bake's model",
+        "activation_checkpoint_cpu_offload": "CPU offload of activation checkpoints is not supported; ignored",
+    }
+
+
+class LegacyRepo(Model):
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    base_model: str | None = None
+
+
+class InputFile(Model):
+    PROMPT: dict[str, Prompt] | None = None
+    TARGET: Target | None = None
+    BAKE: Bake | None = None
+    REPO: LegacyRepo | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.PROMPT is None and self.TARGET is None and self.BAKE is None
+
+
+# ----------------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadedInput:
+    """A validated input.yml with what the keys need beyond it (template and question file contents)."""
+
+    config: InputFile
+    doc: yamlio.YamlDoc
+    warnings: list[Issue] = field(default_factory=list)
+    # (generator index) -> bytes of its template file / question file, read once at load time
+    templates: dict[int, str] = field(default_factory=dict)
+    question_files: dict[int, bytes] = field(default_factory=dict)
+
+
+def load_input(path: Path, root: Path, display: str = INPUT_FILE) -> LoadedInput:
+    """Load and validate `input.yml`; raise ConfigError carrying every problem found, each located."""
+    text = yamlio.read_text(path, display)
+    return parse_input(text, root, display)
+
+
+def parse_input(text: str, root: Path, display: str = INPUT_FILE) -> LoadedInput:
+    doc = yamlio.load(text, display)
+    data = doc.data
+    if data is None:
+        return LoadedInput(InputFile(), doc)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [
+                Issue(
+                    display,
+                    1,
+                    1,
+                    "",
+                    f"the top level must be a mapping with PROMPT, TARGET and BAKE sections, not a {_kind(data)}",
+                    "start the file with `PROMPT:`, `TARGET:` or `BAKE:` at column 1",
+                )
+            ]
+        )
+    issues: list[Issue] = []
+    for key in data:
+        if not isinstance(key, str):
+            issues.append(doc.issue((key,), f"`{key}` is not a section name", "use PROMPT, TARGET or BAKE"))
+    if issues:
+        raise ConfigError(issues)
+    try:
+        config = InputFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_issues_from_validation(exc, doc)) from None
+    loaded = LoadedInput(config, doc)
+    loaded.warnings = _warnings(config, doc)
+    issues = _cross_checks(config, doc, loaded.warnings)
+    issues += _read_files(loaded, root)
+    if issues:
+        raise ConfigError(issues)
+    return loaded
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "value")
+
+
+def _issues_from_validation(exc: ValidationError, doc: yamlio.YamlDoc) -> list[Issue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        fix: str | None = None
+        if kind == "extra_forbidden":
+            name = str(loc[-1])
+            allowed = _allowed_fields(loc[:-1])
+            message = f"unknown field `{name}`"
+            if not loc[:-1]:
+                message = f"unknown section `{name}`"
+                allowed = list(SECTIONS)
+            close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+            if not close:
+                close = [a for a in allowed if a.lower() == name.lower()]
+            if close:
+                fix = f"did you mean `{close[0]}`?"
+            elif allowed:
+                fix = "allowed here: " + ", ".join(allowed)
+        elif kind == "missing":
+            message = "required field is missing"
+            fix = f"add `{loc[-1]}:`"
+        elif kind == "union_tag_invalid":
+            tag = str(err.get("ctx", {}).get("tag", ""))
+            message = f"unknown generator type `{tag}`"
+            close = difflib.get_close_matches(tag, GENERATOR_TYPES, n=1)
+            fix = f"did you mean `{close[0]}`?" if close else "use one of: " + ", ".join(GENERATOR_TYPES)
+            loc = loc + ("type",)
+        elif kind == "union_tag_not_found":
+            message = "a generator needs a `type`"
+            fix = "add `type:` with one of: " + ", ".join(GENERATOR_TYPES)
+        else:
+            message = err["msg"].replace("Value error, ", "")
+            if "input" in err and kind not in ("model_type", "dict_type", "list_type") and not isinstance(
+                err["input"], (dict, list)
+            ):
+                message += f" (got {err['input']!r})"
+            fix = _fix_for(kind, err)
+        issues.append(doc.issue(loc, message, fix))
+    return issues
+
+
+def _fix_for(kind: str, err: Any) -> str | None:
+    ctx = err.get("ctx", {})
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "write a whole number, e.g. 3"
+    if kind in ("float_parsing", "float_type"):
+        return "write a number, e.g. 0.0001"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
+        return "use a value " + bound[kind].format(**ctx)
+    if kind == "literal_error":
+        return f"use {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch":
+        return "use letters, digits, `.`, `_` and `-` only (no spaces or `/`), starting with a letter or digit"
+    if kind == "too_short":
+        return "give at least one item"
+    return None
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if origin is Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) == 1:
+                tp = args[0]
+                continue
+        return tp
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model at `loc`, so an unknown key can get a did-you-mean."""
+    tp: Any = InputFile
+    for part in loc:
+        tp = _unwrap(tp)
+        origin = typing.get_origin(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            f = tp.model_fields.get(str(part))
+            if f is None:
+                return []
+            tp = f.annotation
+        elif origin in (list, tuple):
+            tp = typing.get_args(tp)[0]
+        elif origin is dict:
+            tp = typing.get_args(tp)[1]
+        elif origin is Union or str(origin) == "<class 'types.UnionType'>":
+            members = [_unwrap(a) for a in typing.get_args(tp)]
+            match = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)
+                     and "type" in m.model_fields and typing.get_args(m.model_fields["type"].annotation) == (part,)]
+            if not match:
+                return []
+            tp = match[0]
+        else:
+            return []
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _walk(obj: Any, loc: tuple[Any, ...]) -> typing.Iterator[tuple[Model, tuple[Any, ...]]]:
+    if isinstance(obj, Model):
+        yield obj, loc
+        for name in obj.model_fields_set:
+            yield from _walk(getattr(obj, name), loc + (name,))
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            yield from _walk(item, loc + (i,))
+    elif isinstance(obj, dict):
+        for k, item in obj.items():
+            yield from _walk(item, loc + (k,))
+
+
+def _warnings(config: InputFile, doc: yamlio.YamlDoc) -> list[Issue]:
+    out = []
+    for model, loc in _walk(config, ()):
+        for name, why in type(model)._accepted.items():
+            if name in model.model_fields_set and getattr(model, name) not in (None, False, "default"):
+                out.append(doc.issue(loc + (name,), why))
+    if config.REPO is not None:
+        out.append(
+            doc.issue(
+                ("REPO",),
+                "the top-level REPO section is deprecated (bgit moved it to .bread); it is ignored",
+                "delete it; the base model is set by `git bake init --base-model`",
+            )
+        )
+    bake = config.BAKE
+    if bake is not None and bake.name is None:
+        out.append(
+            doc.issue(("BAKE",), "BAKE has no `name`; using `bake`", "add `name:` (e.g. yoda_bake): names make the lineage readable")
+        )
+    if config.TARGET is not None:
+        for i, gen in enumerate(config.TARGET.generators):
+            if isinstance(gen, HardcodedGenerator) and gen.numq is not None and gen.numq != len(gen.questions):
+                out.append(
+                    doc.issue(
+                        ("TARGET", "generators", i, "numq"),
+                        f"numq is {gen.numq} but {len(gen.questions)} questions are listed; all listed questions are used",
+                        "remove `numq` from hardcoded generators",
+                    )
+                )
+            if isinstance(gen, CustomGenerator):
+                out.append(doc.issue(("TARGET", "generators", i, "type"), "bgit's `custom` generator is unfinished; it produces no questions here"))
+    return out
+
+
+def _cross_checks(config: InputFile, doc: yamlio.YamlDoc, warnings: list[Issue]) -> list[Issue]:
+    issues: list[Issue] = []
+    target = config.TARGET
+    if target is not None:
+        if not target.generators:
+            issues.append(
+                doc.issue(("TARGET", "generators"), "a target needs at least one generator to make questions",
+                          "add e.g. `- type: hardcoded` with `questions: [...]`")
+            )
+        prompts = config.PROMPT or {}
+        for field_name in ("teacher_prompt", "u", "student_prompt", "v"):
+            ref = getattr(target, field_name)
+            if ref is not None and config.PROMPT is not None and ref not in prompts:
+                close = difflib.get_close_matches(ref, list(prompts), n=1)
+                issues.append(
+                    doc.issue(("TARGET", field_name), f"no prompt `{ref}` in PROMPT",
+                              f"did you mean `{close[0]}`?" if close else "known prompts: " + ", ".join(prompts))
+                )
+        if config.PROMPT is not None and not prompts:
+            issues.append(doc.issue(("PROMPT",), "PROMPT is empty but TARGET needs a teacher prompt", "add `teacher:` with `messages:`"))
+    if config.PROMPT:
+        for key in config.PROMPT:
+            if not re.match(NAME_PATTERN, str(key)):
+                issues.append(doc.issue(("PROMPT", key), f"prompt key `{key}` is not a valid name", _fix_for("string_pattern_mismatch", {})))
+    bake = config.BAKE
+    if bake is not None and bake.datasets is not None and not bake.datasets:
+        issues.append(doc.issue(("BAKE", "datasets"), "datasets is empty", "list at least one `- target: NAME`"))
+    if bake is not None and bake.datasets is None and target is None:
+        issues.append(
+            doc.issue(("BAKE",), "BAKE has no `datasets` and there is no TARGET in this file to bake from",
+                      "add `datasets:` with `- target: NAME` (see `git bake target ls`)")
+        )
+    return issues
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    """`rel` resolved inside the repository, or None when it escapes it (absolute, `..`, symlink out)."""
+    candidate = Path(rel)
+    if candidate.is_absolute():
+        return None
+    resolved = (root / candidate).resolve()
+    try:
+        resolved.relative_to(root.resolve())
+    except ValueError:
+        return None
+    return resolved
+
+
+def _read_files(loaded: LoadedInput, root: Path) -> list[Issue]:
+    """Check and read the files generators name; their contents become part of the stim key."""
+    doc, issues = loaded.doc, []
+    target = loaded.config.TARGET
+    if target is None:
+        return issues
+    for i, gen in enumerate(target.generators):
+        loc = ("TARGET", "generators", i)
+        if isinstance(gen, (OneshotGenerator, CustomGenerator)) and gen.template_path is not None:
+            text, problem = _read_repo_file(root, gen.template_path, MAX_TEMPLATE_BYTES, text=True)
+            if problem:
+                issues.append(doc.issue(loc + ("template_path",), problem[0], problem[1]))
+                continue
+            assert isinstance(text, str)
+            loaded.templates[i] = text
+        if isinstance(gen, OneshotGenerator):
+            if gen.template_content is not None:
+                if gen.template_path is not None:
+                    issues.append(doc.issue(loc + ("template_content",), "give `template_path` or `template_content`, not both"))
+                    continue
+                loaded.templates[i] = gen.template_content
+            tpl = loaded.templates.get(i)
+            if tpl is not None:
+                missing = [p for p in ("${numq}", "${prompt_u}") if p not in tpl and p.replace("{", "").replace("}", "") not in tpl]
+                if missing:
+                    where = "template_path" if gen.template_path else "template_content"
+                    issues.append(
+                        doc.issue(loc + (where,), "the template lacks " + " and ".join(f"`{m}`" for m in missing),
+                                  "a oneshot_qs template must contain ${numq} (how many questions) and ${prompt_u} (the teacher prompt)")
+                    )
+        if isinstance(gen, FromFileGenerator):
+            data, problem = _read_repo_file(root, gen.path, MAX_QUESTION_FILE_BYTES, text=False)
+            if problem:
+                issues.append(doc.issue(loc + ("path",), problem[0], problem[1]))
+                continue
+            if not gen.path.endswith((".jsonl", ".txt")):
+                issues.append(doc.issue(loc + ("path",), "a question file must be `.jsonl` or `.txt`",
+                                        "use one question per line (.txt) or one JSON object with a `question` field per line (.jsonl)"))
+                continue
+            assert isinstance(data, bytes)
+            loaded.question_files[i] = data
+    return issues
+
+
+def _read_repo_file(root: Path, rel: str, limit: int, text: bool) -> tuple[str | bytes | None, tuple[str, str] | None]:
+    path = _inside(root, rel)
+    if path is None:
+        return None, (f"`{rel}` is outside the repository", "keep the file inside the repository (e.g. templates/) and give a relative path")
+    if not path.exists():
+        return None, (f"`{rel}` does not exist", "create the file, or fix the path (it is relative to the repository root)")
+    if not path.is_file():
+        return None, (f"`{rel}` is not a file", "point at a regular file")
+    size = path.stat().st_size
+    if size > limit:
+        return None, (f"`{rel}` is {size:,} bytes; the limit is {limit:,}", "shorten the file")
+    raw = path.read_bytes()
+    if not raw.strip():
+        return None, (f"`{rel}` is empty", "write the template or questions into it")
+    if not text:
+        return raw, None
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return None, (f"`{rel}` is not valid UTF-8 (line {line})", "save the file as UTF-8")

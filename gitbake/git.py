@@ -1,0 +1,235 @@
+"""Everything gitbake asks of git. The only module that imports dulwich or runs the git binary.
+
+Reads go through dulwich (no process per call); writes that must fire git's own machinery (init,
+commit, config) run the git binary, so the user's configuration, hooks and index semantics apply.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from gitbake.errors import GitbakeError, NotARepoError
+
+
+class GitError(GitbakeError):
+    pass
+
+
+def find_root(start: Path) -> Path | None:
+    """The work tree root containing `start` (walks up to a `.git` dir or file), without importing dulwich."""
+    cur = start.resolve()
+    for candidate in (cur, *cur.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
+
+
+def require_root(start: Path) -> Path:
+    root = find_root(start)
+    if root is None:
+        raise NotARepoError(
+            f"not a git repository: {start}",
+            "run `git bake init` to create a model repository, or cd into one",
+        )
+    return root
+
+
+def run(root: Path, *args: str, check: bool = True, input: str | None = None) -> str:
+    """Run `git args...` in `root`; raise GitError with git's own message on failure."""
+    proc = subprocess.run(
+        ["git", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        input=input,
+        env=_env(),
+    )
+    if check and proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip()
+        raise GitError(f"git {' '.join(args)} failed: {msg}")
+    return proc.stdout
+
+
+def _env() -> dict[str, str]:
+    # Inside a hook git exports GIT_DIR/GIT_INDEX_FILE/...; they would point our git calls at the wrong
+    # place when we operate on another repository (pre-commit's no_git_env, its issue #300).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_ENV}
+    return env
+
+
+_KEEP_ENV = {
+    "GIT_CONFIG_NOSYSTEM",
+    "GIT_CONFIG_GLOBAL",
+    "GIT_CONFIG_SYSTEM",
+    "GIT_AUTHOR_NAME",
+    "GIT_AUTHOR_EMAIL",
+    "GIT_COMMITTER_NAME",
+    "GIT_COMMITTER_EMAIL",
+    "GIT_AUTHOR_DATE",
+    "GIT_COMMITTER_DATE",
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+    "GIT_ASKPASS",
+    "GIT_TERMINAL_PROMPT",
+    "GIT_TEMPLATE_DIR",
+    "GIT_EXEC_PATH",
+}
+
+
+def init(path: Path, branch: str = "main") -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    # -b needs git >= 2.28; fall back to setting HEAD for older gits
+    proc = subprocess.run(["git", "init", "-q", "-b", branch], cwd=path, capture_output=True, text=True, env=_env())
+    if proc.returncode != 0:
+        run(path, "init", "-q")
+        run(path, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+
+
+def add(root: Path, paths: Sequence[str]) -> None:
+    run(root, "add", "--", *paths)
+
+
+def commit(root: Path, message: str, paths: Sequence[str] | None = None, no_verify: bool = False) -> str:
+    args = ["commit", "-q", "-m", message]
+    if no_verify:
+        args.append("--no-verify")
+    if paths is not None:
+        args += ["--", *paths]
+    run(root, *args)
+    return run(root, "rev-parse", "HEAD").strip()
+
+
+def has_commits(root: Path) -> bool:
+    return head(root) is not None
+
+
+def head(root: Path) -> str | None:
+    from dulwich.repo import Repo
+
+    with Repo(str(root)) as repo:
+        try:
+            return repo.head().decode()
+        except KeyError:
+            return None
+
+
+def config_get(root: Path, key: str) -> str | None:
+    proc = subprocess.run(["git", "config", "--get", key], cwd=root, capture_output=True, text=True, env=_env())
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def config_get_regexp(root: Path, pattern: str) -> dict[str, str]:
+    proc = subprocess.run(
+        ["git", "config", "--local", "--get-regexp", pattern], cwd=root, capture_output=True, text=True, env=_env()
+    )
+    out = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        out[key] = value
+    return out
+
+
+def config_set(root: Path, key: str, value: str) -> None:
+    run(root, "config", "--local", key, value)
+
+
+def config_unset_section(root: Path, section: str) -> bool:
+    proc = subprocess.run(
+        ["git", "config", "--local", "--remove-section", section], cwd=root, capture_output=True, text=True, env=_env()
+    )
+    return proc.returncode == 0
+
+
+def git_dir(root: Path) -> Path:
+    return Path(run(root, "rev-parse", "--absolute-git-dir").strip())
+
+
+def hooks_dir(root: Path) -> Path:
+    """Where git looks for hooks: honours core.hooksPath (relative paths are relative to the work tree)."""
+    custom = config_get(root, "core.hooksPath")
+    if custom:
+        p = Path(os.path.expanduser(custom))
+        return p if p.is_absolute() else root / p
+    return _common(root) / "hooks"
+
+
+def _common(root: Path) -> Path:
+    raw = Path(run(root, "rev-parse", "--git-common-dir").strip())
+    return raw if raw.is_absolute() else (root / raw).resolve()
+
+
+def common_dir(root: Path) -> Path:
+    return _common(root)
+
+
+def is_tracked(root: Path, path: str) -> bool:
+    proc = subprocess.run(["git", "ls-files", "--error-unmatch", "--", path], cwd=root, capture_output=True, env=_env())
+    return proc.returncode == 0
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    commit: str
+    path: str
+    data: bytes
+    time: int  # commit time, seconds since epoch
+    summary: str
+
+
+def history(root: Path, paths: Sequence[str], rev: str = "HEAD") -> Iterator[FileVersion]:
+    """Each distinct version of `paths` in the ancestry of `rev`, newest first.
+
+    A version is reported at the newest commit that has it; older commits with the same blob are skipped,
+    so the cost is one tree lookup per commit and one blob read per distinct version.
+    """
+    from dulwich.object_store import tree_lookup_path
+    from dulwich.objects import Blob, Commit
+    from dulwich.repo import Repo
+
+    with Repo(str(root)) as repo:
+        try:
+            head_id = repo.refs[b"HEAD"] if rev == "HEAD" else repo[rev.encode()].id
+        except KeyError:
+            return
+        seen: set[bytes] = set()
+        for entry in repo.get_walker(include=[head_id]):
+            c: Commit = entry.commit
+            for path in paths:
+                try:
+                    _mode, sha = tree_lookup_path(repo.object_store.__getitem__, c.tree, path.encode())
+                except KeyError:
+                    continue
+                if sha in seen:
+                    continue
+                seen.add(sha)
+                blob = repo.object_store[sha]
+                if isinstance(blob, Blob):
+                    yield FileVersion(
+                        c.id.decode(), path, blob.data, c.commit_time, c.message.decode("utf-8", "replace").splitlines()[0] if c.message else ""
+                    )
+
+
+def show(root: Path, rev: str, path: str) -> bytes | None:
+    """Contents of `path` at `rev` (a commit id, branch or HEAD), or None when absent."""
+    from dulwich.object_store import tree_lookup_path
+    from dulwich.objects import Blob
+    from dulwich.repo import Repo
+
+    with Repo(str(root)) as repo:
+        try:
+            commit = repo[_resolve(repo, rev)]
+            _mode, sha = tree_lookup_path(repo.object_store.__getitem__, commit.tree, path.encode())
+        except KeyError:
+            return None
+        blob = repo.object_store[sha]
+        return blob.data if isinstance(blob, Blob) else None
+
+
+def _resolve(repo: object, rev: str) -> bytes:
+    from dulwich.objectspec import parse_commit
+
+    return parse_commit(repo, rev.encode()).id  # type: ignore[arg-type]

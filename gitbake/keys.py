@@ -1,0 +1,137 @@
+"""Keys and names: blake3 over canonical JSON of everything that changes a result (DESIGN §3).
+
+A key is a promise: two configurations with the same key produce the same output, so the store may
+reuse it. Hence a key covers the *resolved* config (defaults filled in), the contents of files the
+config points at, the prompts, and the model it runs on; and it leaves out only the fields listed in
+`EXCLUDED`, which cannot change the output (logging, checkpoint cadence, concurrency, the DeepSpeed stage).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import blake3
+
+# Bump when the training algorithm changes in a way that changes the adapter it produces, so old
+# cache entries are not mistaken for new results.
+ENGINE_VERSION = "gitbake-bake-1"
+
+NAME_HEX = 12  # display names: <name>_<first 12 hex of the key>
+KEY_HEX = 64
+
+# Fields of the resolved config that cannot change a stage's output, per section (dotted paths).
+# Documented in docs/config.md; tests/test_keys.py checks every other field does change the key.
+EXCLUDED: dict[str, tuple[str, ...]] = {
+    "TARGET": ("name", "max_concurrency", "template"),
+    "BAKE": (
+        "name",
+        "wandb",
+        "checkpoint",
+        "train_log_iter_interval",
+        "eval_interval",
+        "deepspeed",
+        "template",
+        "model_name",
+        "activation_checkpoint_cpu_offload",
+        "data.cache_dir",
+        "data.dl_num_workers",
+        "data.num_proc",
+        "data.type",
+        "data.sources",
+        "data.eval_sources",
+        "model.disable_activation_checkpoint",
+        "model.save_name",
+        "model.parent_model_name",
+        "model.peft_config",
+        "model.student_model_path",
+    ),
+}
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: one byte string per value, whatever the YAML looked like."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def digest_bytes(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def key_of(obj: Any) -> str:
+    return digest_bytes(canonical_json(obj))
+
+
+def display_name(name: str, key: str) -> str:
+    return f"{name}_{key[:NAME_HEX]}"
+
+
+def split_name(hashed: str) -> tuple[str, str] | None:
+    """`yoda_bake_3f2a9c1d04be` -> (`yoda_bake`, `3f2a9c1d04be`); also bgit's 16-hex sha256 names."""
+    m = re.match(r"^(?P<base>.+)_(?P<hex>[0-9a-f]{12}|[0-9a-f]{16})$", hashed)
+    if not m:
+        return None
+    return m.group("base"), m.group("hex")
+
+
+def is_key(value: str) -> bool:
+    return len(value) == KEY_HEX and bool(_HEX.match(value))
+
+
+def strip_excluded(section: str, resolved: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of `resolved` without the fields that cannot change the output."""
+    out = json.loads(json.dumps(resolved))
+    for path in EXCLUDED[section]:
+        parts = path.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+    return out
+
+
+def prompt_key(prompt: dict[str, Any]) -> str:
+    """The prompt's messages and tools; its display `name` is not part of what it means."""
+    return key_of({"kind": "prompt", "messages": prompt.get("messages", []), "tools": prompt.get("tools")})
+
+
+def stim_key(generators: list[dict[str, Any]], teacher_key: str) -> str:
+    """Generators (with file contents and generating-model identity folded in), order-free."""
+    ordered = sorted(generators, key=canonical_json)
+    return key_of({"kind": "stim", "generators": ordered, "teacher": teacher_key})
+
+
+def rollout_key(
+    stim: str, teacher_key: str, student_key: str, sampling: dict[str, Any], model_identity: Any
+) -> str:
+    return key_of(
+        {
+            "kind": "rollout",
+            "stim": stim,
+            "teacher": teacher_key,
+            "student": student_key,
+            "sampling": sampling,
+            "model": model_identity,
+        }
+    )
+
+
+def bake_key(config: dict[str, Any], datasets: list[dict[str, Any]], parent_identity: Any) -> str:
+    """`config` is the resolved BAKE section; datasets are `{rollout, weight}` by rollout key."""
+    body = strip_excluded("BAKE", config)
+    body.pop("datasets", None)
+    return key_of(
+        {
+            "kind": "bake",
+            "config": body,
+            "datasets": sorted(datasets, key=canonical_json),
+            "parent": parent_identity,
+            "engine": ENGINE_VERSION,
+        }
+    )

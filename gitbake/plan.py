@@ -1,0 +1,303 @@
+"""From a validated input.yml to names and keys: what each prompt, the target and the bake *are*.
+
+This is where the config meets the lineage: the parent model comes from `.bread`, prompts that the file
+no longer spells out come from `recipe.yml`, and `BAKE.datasets[].target` may name a target from any
+earlier commit. Everything a key depends on is resolved here (DESIGN §3), nothing is run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitbake import identity, keys
+from gitbake.bread import Bread
+from gitbake.config import FromFileGenerator, LoadedInput, OneshotGenerator, Prompt
+from gitbake.errors import ConfigError, Issue
+from gitbake.lineage import Lineage
+from gitbake.recipe import Recipe
+
+EMPTY_STUDENT: dict[str, Any] = {"messages": [], "tools": None, "name": None}
+
+
+@dataclass
+class PromptPlan:
+    ref: str  # the PROMPT key in input.yml (teacher, student, ...)
+    key: str
+    name: str
+    config: dict[str, Any]
+    source: str  # "input.yml", "recipe.yml" or "implied" (the empty student bgit injects)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "key": self.key, "name": self.name, "source": self.source, "config": self.config}
+
+
+@dataclass
+class TargetPlan:
+    plain: str
+    name: str
+    key: str  # the rollout key: it covers the stim key, both prompts, sampling and the rollout model
+    stim_key: str
+    teacher: str
+    student: str
+    config: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "plain": self.plain,
+            "name": self.name,
+            "key": self.key,
+            "stim_key": self.stim_key,
+            "teacher": self.teacher,
+            "student": self.student,
+            "config": self.config,
+        }
+
+
+@dataclass
+class DatasetPlan:
+    target: str  # as written
+    name: str  # hashed name it resolved to
+    key: str
+    weight: float
+    source: str  # "input.yml" or "lineage"
+    commit: str | None = None
+
+
+@dataclass
+class BakePlan:
+    plain: str
+    name: str
+    key: str
+    config: dict[str, Any]
+    datasets: list[DatasetPlan]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "plain": self.plain,
+            "name": self.name,
+            "key": self.key,
+            "config": self.config,
+            "datasets": [d.__dict__ for d in self.datasets],
+        }
+
+
+@dataclass
+class Parent:
+    base_model: str
+    adapters: list[str]
+    model_name: str | None  # bgit-style name of the parent, None for the base model
+    identity: dict[str, Any]
+    foreign: bool = False  # .bread names a model baked in Bread's cloud, which is not on this machine
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Plan:
+    parent: Parent
+    prompts: dict[str, PromptPlan] = field(default_factory=dict)
+    target: TargetPlan | None = None
+    bake: BakePlan | None = None
+    warnings: list[Issue] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[str]:
+        """Stages a run of this input would execute (before looking at the store's cache)."""
+        out = []
+        if self.target is not None:
+            out += ["stim", "rollout"]
+        if self.bake is not None:
+            out.append("bake")
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "parent": self.parent.as_json(),
+            "prompts": {k: p.as_json() for k, p in self.prompts.items()},
+            "target": self.target.as_json() if self.target else None,
+            "bake": self.bake.as_json() if self.bake else None,
+            "stages": self.stages,
+        }
+
+
+def parent_of(root: Path, bread: Bread | None, recipe: Recipe | None, default_base: str = identity.TINY) -> Parent:
+    base = (bread.base_model if bread else None) or (recipe.base_model if recipe else None) or default_base
+    adapters = bread.parent_adapters if bread else []
+    foreign = bread.is_foreign_parent if bread else False
+    chain = adapters or []
+    return Parent(
+        base_model=base,
+        adapters=chain,
+        model_name=bread.parent_model_name if bread else None,
+        identity=identity.model_identity(base, chain, root),
+        foreign=foreign,
+    )
+
+
+def build(loaded: LoadedInput, root: Path, bread: Bread | None, recipe: Recipe | None, lineage: Lineage | None = None) -> Plan:
+    """Resolve every name and key; raise ConfigError with every unresolved reference, located."""
+    cfg, doc = loaded.config, loaded.doc
+    parent = parent_of(root, bread, recipe)
+    plan = Plan(parent=parent)
+    issues: list[Issue] = []
+
+    for ref, prompt in (cfg.PROMPT or {}).items():
+        plan.prompts[ref] = _prompt_plan(ref, prompt.model_dump(mode="json"), "input.yml")
+
+    target = cfg.TARGET
+    if target is not None:
+        teacher_ref = target.teacher_ref or _default_teacher(plan.prompts, recipe)
+        student_ref = target.student_ref or _default_student(plan.prompts, teacher_ref)
+        for ref, loc in ((teacher_ref, "teacher_prompt"), (student_ref, "student_prompt")):
+            if ref is None:
+                issues.append(doc.issue(("TARGET",), "the target needs a teacher prompt and none is defined", "add a PROMPT section with a `teacher:` prompt"))
+                continue
+            if ref in plan.prompts:
+                continue
+            if ref == "student" and loc == "student_prompt":
+                plan.prompts["student"] = _prompt_plan("student", dict(EMPTY_STUDENT), "implied")
+                continue
+            found = _prompt_from_recipe(recipe, ref)
+            if found is not None:
+                plan.prompts[ref] = _prompt_plan(ref, found, "recipe.yml")
+            else:
+                where = ("TARGET", loc) if getattr(target, loc) or (loc == "teacher_prompt" and target.u) else ("TARGET",)
+                issues.append(
+                    doc.issue(where, f"prompt `{ref}` is not in PROMPT and no earlier bake defines it",
+                              f"add `{ref}:` under PROMPT (uncomment the PROMPT section if it was cleared)")
+                )
+        if not issues and teacher_ref is not None and student_ref is not None:
+            plan.target = _target_plan(loaded, plan, teacher_ref, student_ref, root)
+
+    bake = cfg.BAKE
+    if bake is not None:
+        datasets = bake.datasets
+        written = [(d.target, d.weight) for d in datasets] if datasets is not None else []
+        if datasets is None and target is not None:
+            written = [(target.name, 1.0)]
+        resolved: list[DatasetPlan] = []
+        for i, (ref, weight) in enumerate(written):
+            dp, issue = _resolve_dataset(ref, weight, plan, root, lineage)
+            if issue is not None:
+                line_loc = ("BAKE", "datasets", i, "target") if datasets is not None else ("BAKE",)
+                issues.append(doc.issue(line_loc, issue[0], issue[1]))
+            elif dp is not None:
+                resolved.append(dp)
+        if not issues:
+            cfg_json = bake.model_dump(mode="json")
+            cfg_json["name"] = bake.name or "bake"
+            cfg_json["datasets"] = [{"target": d.name, "weight": d.weight} for d in resolved]
+            key = keys.bake_key(cfg_json, [{"rollout": d.key, "weight": d.weight} for d in resolved], parent.identity)
+            plain = bake.name or "bake"
+            plan.bake = BakePlan(plain, keys.display_name(plain, key), key, cfg_json, resolved)
+    if issues:
+        raise ConfigError(issues)
+    if parent.foreign:
+        plan.warnings.append(
+            Issue(".bread", None, None, "PARENT_MODEL",
+                  f"`{parent.model_name}` was baked in Bread's cloud and is not on this machine; bakes start from the base model {parent.base_model}")
+        )
+    return plan
+
+
+def _prompt_plan(ref: str, config: dict[str, Any], source: str) -> PromptPlan:
+    key = keys.prompt_key(config)
+    return PromptPlan(ref, key, keys.display_name(config.get("name") or ref, key), config, source)
+
+
+def _default_teacher(prompts: dict[str, PromptPlan], recipe: Recipe | None) -> str | None:
+    if "teacher" in prompts:
+        return "teacher"
+    if prompts:
+        return next(iter(prompts))
+    return "teacher" if _prompt_from_recipe(recipe, "teacher") is not None else None
+
+
+def _default_student(prompts: dict[str, PromptPlan], teacher: str | None) -> str:
+    # bgit: the second PROMPT key, after injecting an empty `student` when it is missing.
+    if "student" in prompts:
+        return "student"
+    others = [k for k in prompts if k != teacher]
+    return others[0] if others else "student"
+
+
+def _prompt_from_recipe(recipe: Recipe | None, ref: str) -> dict[str, Any] | None:
+    if recipe is None:
+        return None
+    for step in reversed(recipe.steps):
+        if step.action == "create_prompt" and (step.model_extra or {}).get("ref") == ref:
+            cfg = dict(step.config)
+            try:
+                return Prompt.model_validate(cfg).model_dump(mode="json")
+            except ValueError:
+                return None
+    return None
+
+
+def _target_plan(loaded: LoadedInput, plan: Plan, teacher: str, student: str, root: Path) -> TargetPlan:
+    target = loaded.config.TARGET
+    assert target is not None
+    config = target.model_dump(mode="json")
+    config["teacher_prompt"], config["student_prompt"] = teacher, student
+    config.pop("u", None)
+    config.pop("v", None)
+    gens = []
+    for i, (gen, raw) in enumerate(zip(target.generators, config["generators"])):
+        g = dict(raw)
+        if i in loaded.templates:
+            # the *contents* count, not the path: editing a template must re-make the questions (bgit §7.5)
+            g.pop("template_path", None)
+            g["template_content"] = loaded.templates[i]
+        if isinstance(gen, FromFileGenerator):
+            g.pop("path", None)
+            g["content_digest"] = keys.digest_bytes(loaded.question_files[i])
+        if isinstance(gen, OneshotGenerator):
+            if gen.model is None and gen.base_url is None:
+                g["_model"] = plan.parent.identity
+            else:
+                g["_model"] = {"name": gen.model, "base_url": gen.base_url}
+        gens.append(g)
+    teacher_key = plan.prompts[teacher].key
+    student_key = plan.prompts[student].key
+    stim = keys.stim_key(gens, teacher_key)
+    sampling = {k: config[k] for k in ("num_traj_per_stimulus", "temperature", "max_tokens", "extra_kwargs")}
+    if target.model_name:
+        kind = identity.classify(target.model_name, root)
+        model_id: Any = identity.base_identity(target.model_name, root) if kind in ("dir", "hub") else {"name": target.model_name}
+    else:
+        model_id = plan.parent.identity
+    key = keys.rollout_key(stim, teacher_key, student_key, sampling, model_id)
+    return TargetPlan(target.name, keys.display_name(target.name, key), key, stim, teacher, student, config)
+
+
+def _resolve_dataset(
+    ref: str, weight: float, plan: Plan, root: Path, lineage: Lineage | None
+) -> tuple[DatasetPlan | None, tuple[str, str] | None]:
+    t = plan.target
+    if t is not None and ref in (t.plain, t.name):
+        return DatasetPlan(ref, t.name, t.key, weight, "input.yml"), None
+    lineage = lineage or Lineage(root)
+    matches = lineage.find_target(ref)
+    if not matches:
+        known = sorted({k.plain for k in lineage.targets()} | ({t.plain} if t else set()))
+        close = difflib.get_close_matches(ref, known, n=1)
+        if close:
+            fix = f"did you mean `{close[0]}`?"
+        elif known:
+            fix = "known targets: " + ", ".join(known) + " (see `git bake target ls`)"
+        else:
+            fix = f"define it in this file (TARGET: name: {ref}), or bake it in an earlier commit"
+        return None, (f"no target named `{ref}` in input.yml or in the lineage", fix)
+    best = matches[0]
+    if best.foreign:
+        return None, (
+            f"target `{best.name}` was made by bgit in Bread's cloud; its questions and answers are not on this machine",
+            "define the target again in the TARGET section so gitbake can make it locally",
+        )
+    if best.key is None or not keys.is_key(best.key):
+        return None, (f"target `{best.name}` has no key recorded in the lineage", "define the target again in the TARGET section")
+    return DatasetPlan(ref, best.name, best.key, weight, "lineage", best.commit), None

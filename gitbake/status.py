@@ -1,0 +1,119 @@
+"""`git bake status` and `git bake validate`: what input.yml means and what a commit of it would run.
+
+Compared against `.bread`, which records the prompts, target and bake of the last bake: a key that
+differs there is `changed`, one not there is `new`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitbake.config import INPUT_FILE, SECTIONS, LoadedInput
+from gitbake.errors import Issue
+from gitbake.plan import Plan
+from gitbake.repo import ModelRepo
+
+_COMMENTED = re.compile(r"^#\s?(PROMPT|TARGET|BAKE)\s*:", re.MULTILINE)
+
+
+@dataclass
+class Change:
+    kind: str  # prompt | target | bake
+    ref: str  # PROMPT key, or the plain target / bake name
+    name: str
+    key: str
+    state: str  # new | changed | unchanged
+
+    def as_json(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class StatusReport:
+    root: Path
+    repo_name: str | None
+    branch: str | None
+    plan: Plan
+    changes: list[Change] = field(default_factory=list)
+    commented_out: list[str] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+
+    @property
+    def would_run(self) -> list[str]:
+        return self.plan.stages
+
+    def as_json(self) -> dict[str, Any]:
+        p = self.plan.parent
+        return {
+            "root": str(self.root),
+            "repo": self.repo_name,
+            "branch": self.branch,
+            "base_model": p.base_model,
+            "parent": {"model_name": p.model_name, "adapters": p.adapters, "foreign": p.foreign},
+            "changes": [c.as_json() for c in self.changes],
+            "commented_out": self.commented_out,
+            "would_run": self.would_run,
+            "warnings": [w.render() for w in self.warnings],
+        }
+
+
+def status(repo: ModelRepo) -> StatusReport:
+    loaded = repo.load_input()
+    plan = repo.plan(loaded)
+    report = StatusReport(
+        repo.root,
+        repo.bread.repo_name if repo.bread else None,
+        current_branch(repo.root),
+        plan,
+        commented_out=commented_sections(repo.root),
+        warnings=loaded.warnings + plan.warnings,
+    )
+    bread = repo.bread
+    known_prompts = bread.prompts if bread else {}
+    for ref, p in plan.prompts.items():
+        old = known_prompts.get(ref)
+        report.changes.append(Change("prompt", ref, p.name, p.key, _state(old.hash if old else None, p.key)))
+    if plan.target is not None:
+        old_t = bread.target if bread else None
+        report.changes.append(Change("target", plan.target.plain, plan.target.name, plan.target.key, _state(old_t.hash if old_t else None, plan.target.key)))
+    if plan.bake is not None:
+        old_b = bread.bake if bread else None
+        report.changes.append(Change("bake", plan.bake.plain, plan.bake.name, plan.bake.key, _state(old_b.hash if old_b else None, plan.bake.key)))
+    return report
+
+
+def validate(repo: ModelRepo) -> tuple[LoadedInput, Plan]:
+    loaded = repo.load_input()
+    return loaded, repo.plan(loaded)
+
+
+def _state(old: str | None, new: str) -> str:
+    if old is None:
+        return "new"
+    return "unchanged" if old == new else "changed"
+
+
+def commented_sections(root: Path) -> list[str]:
+    path = root / INPUT_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    found = set(_COMMENTED.findall(text))
+    return [s for s in SECTIONS if s in found]
+
+
+def current_branch(root: Path) -> str | None:
+    """Read HEAD directly: this runs on every `status`, and a git process costs more than the answer."""
+    dot_git = root / ".git"
+    if dot_git.is_file():  # a worktree: `.git` is a `gitdir: PATH` pointer
+        target = dot_git.read_text().strip().removeprefix("gitdir:").strip()
+        dot_git = (root / target).resolve()
+    try:
+        head = (dot_git / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    return head.removeprefix("ref: refs/heads/") if head.startswith("ref: ") else None
