@@ -7,9 +7,8 @@ place (`main`): 1 failed, 2 bad usage or input, 3 not a gitbake repository, 4 st
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -28,7 +27,21 @@ def _warn(issues: list[Issue]) -> None:
         click.echo(click.style("warning: ", fg="yellow") + w.render(), err=True)
 
 
-@click.group(context_settings=CONTEXT)
+class _BakeGroup(click.Group):
+    """Maps gitbake's errors to exit codes inside click, so CliRunner and `git bake` behave alike."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GitbakeError as exc:
+            click.echo(click.style("error: ", fg="red") + exc.render(), err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_BakeGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="git bake", message="%(prog)s (gitbake) %(version)s")
 def cli() -> None:
     """Bake prompts into model weights, and version every model in git.
@@ -259,19 +272,6 @@ def target_show(name: str, as_json: bool) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
-    try:
-        rc = cli.main(args=argv, prog_name="git bake", standalone_mode=False)
-    except GitbakeError as exc:
-        click.echo(click.style("error: ", fg="red") + exc.render(), err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    sys.exit(rc if isinstance(rc, int) else 0)
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (`git-bake`, which git runs as `git bake`)."""
+    cli.main(args=argv, prog_name="git bake")

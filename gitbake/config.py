@@ -417,12 +417,13 @@ def _kind(value: Any) -> str:
 def _issues_from_validation(exc: ValidationError, doc: yamlio.YamlDoc) -> list[Issue]:
     issues = []
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
+        raw = tuple(err["loc"])
+        loc = _strip_tags(raw)
         kind = err["type"]
         fix: str | None = None
         if kind == "extra_forbidden":
             name = str(loc[-1])
-            allowed = _allowed_fields(loc[:-1])
+            allowed = _allowed_fields(raw[:-1])
             message = f"unknown field `{name}`"
             if not loc[:-1]:
                 message = f"unknown section `{name}`"
@@ -455,6 +456,16 @@ def _issues_from_validation(exc: ValidationError, doc: yamlio.YamlDoc) -> list[I
             fix = _fix_for(kind, err)
         issues.append(doc.issue(loc, message, fix))
     return issues
+
+
+def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the discriminated-union tag pydantic puts after a generator's index (it is not in the file)."""
+    out: list[Any] = []
+    for part in loc:
+        if out and isinstance(out[-1], int) and part in GENERATOR_TYPES:
+            continue
+        out.append(part)
+    return tuple(out)
 
 
 def _fix_for(kind: str, err: Any) -> str | None:
@@ -593,11 +604,6 @@ def _cross_checks(config: InputFile, doc: yamlio.YamlDoc, warnings: list[Issue])
     bake = config.BAKE
     if bake is not None and bake.datasets is not None and not bake.datasets:
         issues.append(doc.issue(("BAKE", "datasets"), "datasets is empty", "list at least one `- target: NAME`"))
-    if bake is not None and bake.datasets is None and target is None:
-        issues.append(
-            doc.issue(("BAKE",), "BAKE has no `datasets` and there is no TARGET in this file to bake from",
-                      "add `datasets:` with `- target: NAME` (see `git bake target ls`)")
-        )
     return issues
 
 

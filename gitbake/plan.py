@@ -178,7 +178,12 @@ def build(loaded: LoadedInput, root: Path, bread: Bread | None, recipe: Recipe |
         datasets = bake.datasets
         written = [(d.target, d.weight) for d in datasets] if datasets is not None else []
         if datasets is None and target is not None:
-            written = [(target.name, 1.0)]
+            written = [(target.name, 1.0)]  # bake this file's target when the bake names none
+        elif datasets is None:
+            issues.append(
+                doc.issue(("BAKE",), "BAKE has no `datasets` and there is no TARGET in this file to bake from",
+                          "add `datasets:` with `- target: NAME` (see `git bake target ls`)")
+            )
         resolved: list[DatasetPlan] = []
         for i, (ref, weight) in enumerate(written):
             dp, issue = _resolve_dataset(ref, weight, plan, root, lineage)
