@@ -60,7 +60,7 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
     directory = directory.expanduser().absolute()
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory} exists and is not a directory", "give a new or existing directory")
-    existing_root = git.find_root(directory) if directory.exists() else None
+    existing_root = git.find_root(directory)
     if existing_root is not None and existing_root != directory.resolve():
         raise UsageError(
             f"{directory} is inside the git repository {existing_root}",

@@ -63,3 +63,31 @@ def record_bake(root: Path, target_name: str, target_key: str, config: dict[str,
     git(root, "add", ".bread", "recipe.yml")
     git(root, "commit", "-q", "-m", message)
     return git(root, "rev-parse", "HEAD").strip()
+
+
+BGIT = Path(__file__).parent / "data" / "bgit_repo"
+
+
+def make_bgit_repo(root: Path) -> Path:
+    """A repository shaped like a real bgit one (bgit.md §3): its files, hooks, merge setting and history."""
+    import shutil
+    import stat
+
+    root.mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    for src, dst in (("bread", ".bread"), ("gitattributes", ".gitattributes"), ("gitignore", ".gitignore"),
+                     ("input.yml", "input.yml")):
+        shutil.copy(BGIT / src, root / dst)
+    (root / "recipe.yml").write_text("# This file is auto-generated - do not edit manually\nresources:\n  prompts: []\n  targets: []\n  bakes: []\n")
+    git(root, "config", "merge.keepTheirs.name", "Keep theirs")
+    git(root, "config", "merge.keepTheirs.driver", "true")
+    hooks = root / ".git" / "hooks"
+    for hook in ("pre-commit", "post-merge"):
+        shutil.copy(BGIT / hook, hooks / hook)
+        (hooks / hook).chmod((hooks / hook).stat().st_mode | stat.S_IXUSR)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "--no-verify", "-m", "Initial model setup")
+    shutil.copy(BGIT / "recipe.yml", root / "recipe.yml")
+    git(root, "add", "recipe.yml")
+    git(root, "commit", "-q", "--no-verify", "-m", "Update recipe.yml after bake completion: metacognitive_thinking_v1_0.01_372f9448560bf8b1")
+    return root

@@ -1,0 +1,65 @@
+""".bread: bgit's INI read and written byte-compatibly; reading never writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gitbake import bread
+from helpers import BGIT
+
+
+def test_bgit_file_round_trips_byte_for_byte() -> None:
+    text = (BGIT / "bread").read_text()
+    assert bread.dumps(bread.parse(text)) == text
+
+
+def test_escaped_sections_and_json_values() -> None:
+    b = bread.parse((BGIT / "bread").read_text())
+    assert b.repo_name == "baked_thinking"
+    assert set(b.prompts) == {"teacher", "student"}
+    assert b.prompts["student"].name == "prompt_2e6b7a4f61149e18"
+    assert b.target is not None and b.target.name == "metacognitive_thinking_v3_c0f2b2c5599ad93e"
+    assert b.bake is not None and b.bake.name == "metacognitive_thinking_v1_0.01_372f9448560bf8b1"
+    section = "RECIPE.BAKES.metacognitive_thinking_v1_0.01_372f9448560bf8b1"
+    assert b.get(section, "model_names") == '["neelsardana/baked_thinking/metacognitive_thinking_v1_0.01_372f9448560bf8b1/224"]'
+    assert b.is_foreign_parent and b.parent_adapters is None
+
+
+def test_our_fields_and_adapters() -> None:
+    b = bread.Bread()
+    b.set("REPO", "name", "m")
+    b.set("REPO", "base_model", "tiny")
+    b.set("PARENT_MODEL", "model_name", "m/yoda_bake_0123456789ab")
+    b.set("PARENT_MODEL", "adapters", '["' + "a" * 64 + '"]')
+    again = bread.parse(bread.dumps(b))
+    assert again.base_model == "tiny"
+    assert again.parent_adapters == ["a" * 64] and not again.is_foreign_parent
+    assert "adapters=\"[\\\"" in bread.dumps(b)  # quoted the way npm's ini quotes a value starting with [
+
+
+def test_values_needing_quotes_survive() -> None:
+    b = bread.Bread()
+    for i, value in enumerate(["a=b", " padded ", "semi;colon", "hash#tag", '"quoted"', "[list", "back\\slash", "é"]):
+        b.set("X.y.z", f"k{i}", value)
+    again = bread.parse(bread.dumps(b))
+    assert again.sections == b.sections
+    assert "[X\\.y\\.z]" in bread.dumps(b)
+
+
+def test_comments_and_blank_lines_are_ignored() -> None:
+    b = bread.parse("; c\n# c\n\n[REPO]\nname = spaced ; trailing comment\nflag\n")
+    assert b.get("REPO", "name") == "spaced" and b.get("REPO", "flag") == "true"
+
+
+def test_write_twice_same_bytes_and_read_never_writes(tmp_path: Path) -> None:
+    b = bread.parse((BGIT / "bread").read_text())
+    assert bread.write(tmp_path, b) is True
+    first = (tmp_path / ".bread").read_bytes()
+    os.utime(tmp_path / ".bread", ns=(1, 1))
+    assert bread.write(tmp_path, b) is False  # unchanged: not rewritten
+    assert (tmp_path / ".bread").stat().st_mtime_ns == 1
+    bread.read(tmp_path)
+    assert (tmp_path / ".bread").stat().st_mtime_ns == 1
+    assert (tmp_path / ".bread").read_bytes() == first
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -1,0 +1,32 @@
+"""YAML with positions: every key and item knows its line; duplicates are errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitbake import yamlio
+from gitbake.errors import ConfigError
+
+
+def test_positions_of_keys_and_items() -> None:
+    doc = yamlio.load("a: 1\nb:\n  - x: 2\n    y: [1, 2]\n", "f.yml")
+    assert doc.data == {"a": 1, "b": [{"x": 2, "y": [1, 2]}]}
+    assert doc.position(("b", 0, "y")) == (4, 5)
+    # locations that are not in the data (pydantic's union tags, missing keys) fall back to the parent
+    assert doc.position(("b", 0, "tag", "missing")) == (3, 5)
+
+
+def test_anchors_and_merge_keys_work() -> None:
+    doc = yamlio.load("base: &b {r: 8}\nother:\n  <<: *b\n  alpha: 16\n", "f.yml")
+    assert doc.data["other"] == {"r": 8, "alpha": 16}
+
+
+def test_duplicate_key_names_both_lines() -> None:
+    with pytest.raises(ConfigError) as exc:
+        yamlio.load("x:\n  a: 1\n  b: 2\n  a: 3\n", "f.yml")
+    issue = exc.value.issues[0]
+    assert (issue.line, issue.field) == (4, "x.a") and "line 2" in issue.message
+
+
+def test_dotted() -> None:
+    assert yamlio.dotted(("BAKE", "datasets", 0, "target")) == "BAKE.datasets[0].target"
