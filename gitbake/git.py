@@ -192,8 +192,10 @@ def history(root: Path, paths: Sequence[str], rev: str = "HEAD") -> Iterator[Fil
 
     with Repo(str(root)) as repo:
         try:
-            head_id = repo.refs[b"HEAD"] if rev == "HEAD" else repo[rev.encode()].id
+            head_id = repo.refs[b"HEAD"] if rev == "HEAD" else (rev_parse(root, rev) or "").encode()
         except KeyError:
+            return
+        if not head_id:
             return
         seen: set[bytes] = set()
         for entry in repo.get_walker(include=[head_id]):
@@ -214,14 +216,18 @@ def history(root: Path, paths: Sequence[str], rev: str = "HEAD") -> Iterator[Fil
 
 
 def show(root: Path, rev: str, path: str) -> bytes | None:
-    """Contents of `path` at `rev` (a commit id, branch or HEAD), or None when absent."""
+    """Contents of `path` at `rev` (any revision git understands), or None when absent."""
     from dulwich.object_store import tree_lookup_path
-    from dulwich.objects import Blob
+    from dulwich.objects import Blob, Commit
     from dulwich.repo import Repo
 
+    commit_id = rev_parse(root, rev)
+    if commit_id is None:
+        return None
     with Repo(str(root)) as repo:
+        commit = repo[commit_id.encode()]
+        assert isinstance(commit, Commit)
         try:
-            commit = repo[_resolve(repo, rev)]
             _mode, sha = tree_lookup_path(repo.object_store.__getitem__, commit.tree, path.encode())
         except KeyError:
             return None
@@ -229,7 +235,9 @@ def show(root: Path, rev: str, path: str) -> bytes | None:
         return blob.data if isinstance(blob, Blob) else None
 
 
-def _resolve(repo: object, rev: str) -> bytes:
-    from dulwich.objectspec import parse_commit
-
-    return parse_commit(repo, rev.encode()).id  # type: ignore[arg-type]
+def rev_parse(root: Path, rev: str) -> str | None:
+    """The commit id `rev` names (HEAD~2, a branch, a tag, a short id), or None."""
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root, capture_output=True, text=True, env=_env()
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None

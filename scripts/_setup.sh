@@ -1,0 +1,30 @@
+# Shared by scripts/demo and scripts/test: a virtualenv with gitbake installed (editable).
+# Sourced, not run. Honours $GITBAKE_VENV (default: .venv in the repository).
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${GITBAKE_VENV:-$REPO_ROOT/.venv}"
+EXTRAS="${GITBAKE_EXTRAS:-dev}"
+
+pick_python() {
+  for py in python3.12 python3.11 python3.10 python3; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+      echo "$py"; return 0
+    fi
+  done
+  echo "gitbake needs Python >= 3.10" >&2; return 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating virtualenv $VENV"
+  "$(pick_python)" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+# torch is installed first, and only when missing, pinned to the CPU wheel that satisfies our range:
+# a bare `torch` requirement would pull a multi-GB CUDA build.
+if [[ ",$EXTRAS," == *",train,"* ]] && ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+  echo "==> installing torch (CPU)"
+  "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
+fi
+echo "==> installing gitbake[$EXTRAS] into $VENV"
+"$PY" -m pip install -q --disable-pip-version-check -e "$REPO_ROOT[$EXTRAS]"
+export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,69 @@
+"""DESIGN §8: click only in cli.py, dulwich only in git.py, the ML stack only under engine/ (and chat,
+serve, export); commands that do not touch a model never import torch, transformers, peft or deepspeed."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from helpers import YODA
+
+PKG = Path(__file__).parent.parent / "gitbake"
+ML = {"torch", "transformers", "peft", "deepspeed", "accelerate", "safetensors"}
+ML_ALLOWED = ("engine/", "chat.py", "serve.py", "export.py")
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: p.relative_to(PKG).as_posix())
+def test_import_rules(path: Path) -> None:
+    rel = path.relative_to(PKG).as_posix()
+    found = imports(path)
+    if rel != "cli.py":
+        assert "click" not in found, f"{rel} imports click"
+    if rel != "git.py":
+        assert "dulwich" not in found, f"{rel} imports dulwich"
+    if not rel.startswith(ML_ALLOWED):
+        assert not (found & ML), f"{rel} imports {found & ML}"
+
+
+# Any import of the ML stack fails loudly in the child process, installed or not.
+PROBE = textwrap.dedent(
+    """
+    import sys
+    BLOCK = {ml!r}
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCK:
+                raise ImportError("forbidden import of " + name)
+            return None
+    sys.meta_path.insert(0, Block())
+    from gitbake.cli import cli
+    try:
+        cli.main(args=sys.argv[1:], prog_name="git bake", standalone_mode=False)
+    finally:
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCK)
+        assert not loaded, loaded
+    """
+).format(ml=ML)
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["validate"], ["target", "ls"], ["--version"]], ids=" ".join)
+def test_read_only_commands_do_not_import_the_ml_stack(args: list[str], model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(YODA)
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=model_repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

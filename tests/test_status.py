@@ -1,0 +1,138 @@
+"""`git bake status` / `validate`: what would run, names and keys, against .bread."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gitbake import bread
+from gitbake.init import template_input
+from helpers import YODA, git, invoke, record_bake
+
+PAGE = Path(__file__).parent / "data" / "bake_config_page"
+
+
+def test_fresh_repo_has_nothing_to_run(model_repo: Path) -> None:
+    result = invoke("status")
+    assert result.exit_code == 0
+    assert "Nothing to run" in result.stdout and "Commented out: PROMPT, TARGET, BAKE" in result.stdout
+    data = json.loads(invoke("status", "--json").stdout)
+    assert data["would_run"] == [] and data["commented_out"] == ["PROMPT", "TARGET", "BAKE"]
+    assert data["base_model"] == "tiny" and data["branch"] == "main"
+
+
+def test_uncommented_example_would_run_everything(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(re.sub(r"(?m)^# ", "", template_input()))
+    data = json.loads(invoke("status", "--json").stdout)
+    assert data["would_run"] == ["stim", "rollout", "bake"]
+    kinds = {(c["kind"], c["ref"]): c for c in data["changes"]}
+    assert set(kinds) == {("prompt", "teacher"), ("prompt", "student"), ("target", "yoda_target"), ("bake", "yoda_bake")}
+    assert all(c["state"] == "new" for c in data["changes"])
+    t = kinds[("target", "yoda_target")]
+    assert t["name"] == "yoda_target_" + t["key"][:12] and len(t["key"]) == 64
+    human = invoke("status").stdout
+    assert "stim -> rollout -> bake" in human and t["name"] in human and "implied: empty student prompt" in human
+
+
+def test_changed_and_unchanged_against_bread(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(YODA)
+    first = {c["ref"]: c for c in json.loads(invoke("status", "--json").stdout)["changes"]}
+    # record the prompts and target as a bake would, then edit only the bake
+    b = bread.read(model_repo)
+    assert b is not None
+    b.set_prompts({"teacher": bread.Named(first["teacher"]["key"], first["teacher"]["name"]),
+                   "student": bread.Named(first["student"]["key"], first["student"]["name"])})
+    b.sections["TARGET"] = {"hash": first["yoda_target"]["key"], "target_name": first["yoda_target"]["name"]}
+    b.sections["BAKE"] = {"hash": first["yoda_bake"]["key"], "bake_name": first["yoda_bake"]["name"]}
+    bread.write(model_repo, b)
+    states = {c["ref"]: c["state"] for c in json.loads(invoke("status", "--json").stdout)["changes"]}
+    assert set(states.values()) == {"unchanged"}
+    (model_repo / "input.yml").write_text(YODA.replace("epochs: 2", "epochs: 4"))
+    states = {c["ref"]: c["state"] for c in json.loads(invoke("status", "--json").stdout)["changes"]}
+    assert states == {"teacher": "unchanged", "student": "unchanged", "yoda_target": "unchanged", "yoda_bake": "changed"}
+
+
+def test_status_does_not_write(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(YODA)
+    before = {p: (model_repo / p).read_bytes() for p in (".bread", "recipe.yml", "input.yml")}
+    invoke("status")
+    invoke("validate")
+    assert {p: (model_repo / p).read_bytes() for p in before} == before
+
+
+def test_validate_prints_resolved_defaults(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(YODA)
+    result = invoke("validate")
+    assert result.exit_code == 0
+    assert "learning_rate: 0.0001" in result.stdout and "stage: 0" in result.stdout
+    assert "yoda_bake_" in result.stdout
+    data = json.loads(invoke("validate", "--json").stdout)
+    assert data["valid"] and data["bake"]["config"]["micro_batch_size"] == 4
+
+
+def test_bad_input_exit_2_names_file_line_field_and_changes_nothing(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text("BAKE:\n  name: b\n  epochs: three\n")
+    before = {p: (model_repo / p).read_bytes() for p in (".bread", "recipe.yml", "input.yml")}
+    for cmd in ("validate", "status"):
+        result = invoke(cmd)
+        assert result.exit_code == 2
+        assert "input.yml:3:3: BAKE.epochs" in result.stderr and "fix:" in result.stderr
+    assert {p: (model_repo / p).read_bytes() for p in before} == before
+
+
+@pytest.mark.parametrize("example, missing", [("13_complete.yml", "coding_target"), ("14_minimal.yml", "main_target"),
+                                              ("02_datasets.yml", "coding_target")])
+def test_validate_names_a_target_defined_nowhere(example: str, missing: str, model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text((PAGE / example).read_text())
+    result = invoke("validate")
+    assert result.exit_code == 2
+    assert f"no target named `{missing}` in input.yml or in the lineage" in result.stderr
+    assert re.search(r"input\.yml:\d+:\d+: BAKE\.datasets\[0\]\.target", result.stderr)
+
+
+def test_sequential_example_second_bake_uses_the_lineage_target(model_repo: Path) -> None:
+    first = (PAGE / "15_sequential_first.yml").read_text()
+    with_target = YODA.split("BAKE:")[0].replace("yoda_target", "main_target") + first.split("# Creates")[0].replace("# First bake\n", "")
+    (model_repo / "input.yml").write_text(with_target)
+    plan = json.loads(invoke("validate", "--json").stdout)
+    target = plan["target"]
+    assert plan["bake"]["datasets"][0]["name"] == target["name"]
+    # the first bake is recorded (as the bake commit will do), then the second version of input.yml has
+    # only a BAKE section naming the target by its plain name
+    record_bake(model_repo, target["name"], target["key"], target["config"])
+    (model_repo / "input.yml").write_text((PAGE / "16_sequential_second.yml").read_text())
+    second = json.loads(invoke("validate", "--json").stdout)
+    ds = second["bake"]["datasets"][0]
+    assert ds["name"] == target["name"] and ds["key"] == target["key"] and ds["source"] == "lineage"
+    assert second["stages"] == ["bake"]
+
+
+def test_did_you_mean_for_a_misspelt_lineage_target(model_repo: Path) -> None:
+    record_bake(model_repo, "main_target_0123456789ab", "a" * 64)
+    (model_repo / "input.yml").write_text("BAKE:\n  name: b\n  datasets:\n    - target: main_targt\n")
+    result = invoke("validate")
+    assert result.exit_code == 2 and "did you mean `main_target`?" in result.stderr
+
+
+def test_bake_without_datasets_or_target(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text((PAGE / "03_epochs.yml").read_text())
+    result = invoke("validate")
+    assert result.exit_code == 2 and "BAKE has no `datasets`" in result.stderr
+
+
+def test_not_a_repo_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke("status")
+    assert result.exit_code == 3 and "git bake init" in result.stderr
+    git(tmp_path, "init", "-q")
+    result = invoke("status")
+    assert result.exit_code == 3 and "no .bread" in result.stderr
+
+
+def test_status_in_a_subdirectory(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (model_repo / "templates").mkdir()
+    monkeypatch.chdir(model_repo / "templates")
+    assert invoke("status").exit_code == 0
