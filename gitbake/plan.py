@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional, Union
 
 from gitbake import identity, keys
 from gitbake.bread import Bread
@@ -124,8 +124,21 @@ class Plan:
         }
 
 
-def parent_of(root: Path, bread: Bread | None, recipe: Recipe | None, default_base: str = identity.TINY) -> Parent:
-    base = (bread.base_model if bread else None) or (recipe.base_model if recipe else None) or default_base
+RecipeSource = Union[Recipe, Callable[[], Optional[Recipe]], None]
+
+
+def _recipe_getter(recipe: RecipeSource) -> Callable[[], Recipe | None]:
+    """recipe.yml is read only when needed (status must stay fast): accept it or a function that reads it."""
+    if callable(recipe):
+        return recipe
+    return lambda: recipe
+
+
+def parent_of(root: Path, bread: Bread | None, recipe: RecipeSource, default_base: str = identity.TINY) -> Parent:
+    base = bread.base_model if bread else None
+    if base is None:
+        r = _recipe_getter(recipe)()
+        base = (r.base_model if r else None) or default_base
     adapters = bread.parent_adapters if bread else []
     foreign = bread.is_foreign_parent if bread else False
     chain = adapters or []
@@ -138,10 +151,11 @@ def parent_of(root: Path, bread: Bread | None, recipe: Recipe | None, default_ba
     )
 
 
-def build(loaded: LoadedInput, root: Path, bread: Bread | None, recipe: Recipe | None, lineage: Lineage | None = None) -> Plan:
+def build(loaded: LoadedInput, root: Path, bread: Bread | None, recipe_source: RecipeSource, lineage: Lineage | None = None) -> Plan:
     """Resolve every name and key; raise ConfigError with every unresolved reference, located."""
     cfg, doc = loaded.config, loaded.doc
-    parent = parent_of(root, bread, recipe)
+    parent = parent_of(root, bread, recipe_source)
+    get_recipe = _recipe_getter(recipe_source)
     plan = Plan(parent=parent)
     issues: list[Issue] = []
 
@@ -150,7 +164,7 @@ def build(loaded: LoadedInput, root: Path, bread: Bread | None, recipe: Recipe |
 
     target = cfg.TARGET
     if target is not None:
-        teacher_ref = target.teacher_ref or _default_teacher(plan.prompts, recipe)
+        teacher_ref = target.teacher_ref or _default_teacher(plan.prompts, get_recipe)
         student_ref = target.student_ref or _default_student(plan.prompts, teacher_ref)
         for ref, loc in ((teacher_ref, "teacher_prompt"), (student_ref, "student_prompt")):
             if ref is None:
@@ -161,7 +175,7 @@ def build(loaded: LoadedInput, root: Path, bread: Bread | None, recipe: Recipe |
             if ref == "student" and loc == "student_prompt":
                 plan.prompts["student"] = _prompt_plan("student", dict(EMPTY_STUDENT), "implied")
                 continue
-            found = _prompt_from_recipe(recipe, ref)
+            found = _prompt_from_recipe(get_recipe(), ref)
             if found is not None:
                 plan.prompts[ref] = _prompt_plan(ref, found, "recipe.yml")
             else:
@@ -214,12 +228,12 @@ def _prompt_plan(ref: str, config: dict[str, Any], source: str) -> PromptPlan:
     return PromptPlan(ref, key, keys.display_name(config.get("name") or ref, key), config, source)
 
 
-def _default_teacher(prompts: dict[str, PromptPlan], recipe: Recipe | None) -> str | None:
+def _default_teacher(prompts: dict[str, PromptPlan], get_recipe: Callable[[], Recipe | None]) -> str | None:
     if "teacher" in prompts:
         return "teacher"
     if prompts:
         return next(iter(prompts))
-    return "teacher" if _prompt_from_recipe(recipe, "teacher") is not None else None
+    return "teacher" if _prompt_from_recipe(get_recipe(), "teacher") is not None else None
 
 
 def _default_student(prompts: dict[str, PromptPlan], teacher: str | None) -> str:

@@ -27,7 +27,7 @@ Action = Literal["create_prompt", "create_target", "run_stim", "run_rollout", "c
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 class Step(Record):

@@ -17,8 +17,17 @@ from gitbake.plan import Plan, build
 class ModelRepo:
     root: Path
     bread: bread_mod.Bread | None
-    recipe: recipe_mod.Recipe | None
     _lineage: Lineage | None = field(default=None, init=False)
+    _recipe: recipe_mod.Recipe | None = field(default=None, init=False)
+    _recipe_read: bool = field(default=False, init=False)
+
+    @property
+    def recipe(self) -> recipe_mod.Recipe | None:
+        # read on first use: most commands never need it, and status must stay fast
+        if not self._recipe_read:
+            self._recipe = recipe_mod.read(self.root)
+            self._recipe_read = True
+        return self._recipe
 
     @property
     def lineage(self) -> Lineage:
@@ -37,7 +46,7 @@ class ModelRepo:
 
     def plan(self, loaded: config.LoadedInput | None = None) -> Plan:
         loaded = loaded or self.load_input()
-        return build(loaded, self.root, self.bread, self.recipe, self.lineage)
+        return build(loaded, self.root, self.bread, lambda: self.recipe, self.lineage)
 
 
 def open_repo(cwd: Path) -> ModelRepo:
@@ -54,4 +63,4 @@ def open_repo(cwd: Path) -> ModelRepo:
             f"{root} is a git repository but not a gitbake model repository (no .bread)",
             "run `git bake init` here to make it one",
         )
-    return ModelRepo(root, bread, recipe_mod.read(root))
+    return ModelRepo(root, bread)
