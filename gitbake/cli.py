@@ -219,7 +219,12 @@ def target() -> None:
 @target.command("ls", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
 def target_ls(as_json: bool) -> None:
-    """List targets, newest first: hashed name, plain name, where it is recorded."""
+    """List targets, newest first: hashed name, plain name, where it is recorded.
+
+    \b
+    Example:
+      git bake target ls --json | jq -r '.[].name'
+    """
     from gitbake.repo import open_repo
     from gitbake.targets import list_targets
 
@@ -244,7 +249,13 @@ target.add_command(target_ls, "list")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the target as JSON.")
 def target_show(name: str, as_json: bool) -> None:
-    """Show one target by plain or hashed name: its key, where it is recorded, and its config."""
+    """Show one target by plain or hashed name: its key, where it is recorded, and its config.
+
+    \b
+    Examples:
+      git bake target show yoda_target
+      git bake target show yoda_target_3f2a9c1d04be --json
+    """
     import yaml
 
     from gitbake.repo import open_repo

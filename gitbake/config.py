@@ -622,7 +622,7 @@ def _inside(root: Path, rel: str) -> Path | None:
 
 def _read_files(loaded: LoadedInput, root: Path) -> list[Issue]:
     """Check and read the files generators name; their contents become part of the stim key."""
-    doc, issues = loaded.doc, []
+    doc, issues = loaded.doc, list[Issue]()
     target = loaded.config.TARGET
     if target is None:
         return issues

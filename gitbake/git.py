@@ -191,14 +191,12 @@ def history(root: Path, paths: Sequence[str], rev: str = "HEAD") -> Iterator[Fil
     from dulwich.repo import Repo
 
     with Repo(str(root)) as repo:
-        try:
-            head_id = repo.refs[b"HEAD"] if rev == "HEAD" else (rev_parse(root, rev) or "").encode()
-        except KeyError:
+        resolved = rev_parse(root, rev)
+        if resolved is None:  # no commits yet, or an unknown revision
             return
-        if not head_id:
-            return
+        head_id = resolved.encode()
         seen: set[bytes] = set()
-        for entry in repo.get_walker(include=[head_id]):
+        for entry in repo.get_walker(include=[head_id]):  # type: ignore[list-item]
             c: Commit = entry.commit
             for path in paths:
                 try:

@@ -83,10 +83,10 @@ def is_key(value: str) -> bool:
 
 def strip_excluded(section: str, resolved: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of `resolved` without the fields that cannot change the output."""
-    out = json.loads(json.dumps(resolved))
+    out: dict[str, Any] = json.loads(json.dumps(resolved))
     for path in EXCLUDED[section]:
         parts = path.split(".")
-        node = out
+        node: Any = out
         for p in parts[:-1]:
             node = node.get(p) if isinstance(node, dict) else None
             if node is None:

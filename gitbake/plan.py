@@ -166,10 +166,12 @@ def build(loaded: LoadedInput, root: Path, bread: Bread | None, recipe_source: R
     if target is not None:
         teacher_ref = target.teacher_ref or _default_teacher(plan.prompts, get_recipe)
         student_ref = target.student_ref or _default_student(plan.prompts, teacher_ref)
-        for ref, loc in ((teacher_ref, "teacher_prompt"), (student_ref, "student_prompt")):
-            if ref is None:
+        refs: tuple[tuple[str | None, str], ...] = ((teacher_ref, "teacher_prompt"), (student_ref, "student_prompt"))
+        for maybe_ref, loc in refs:
+            if maybe_ref is None:
                 issues.append(doc.issue(("TARGET",), "the target needs a teacher prompt and none is defined", "add a PROMPT section with a `teacher:` prompt"))
                 continue
+            ref = maybe_ref
             if ref in plan.prompts:
                 continue
             if ref == "student" and loc == "student_prompt":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,7 @@ def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     for flag in ("-h", "--help"):
         result = invoke(*command, flag)
         assert result.exit_code == 0 and "Usage:" in result.stdout
-    text = invoke(*command, "-h").stdout
-    assert "Example" in text or command[-1] in ("ls", "show")
+    assert "Example" in invoke(*command, "-h").stdout
 
 
 def test_every_registered_command_is_covered() -> None:
@@ -67,3 +67,40 @@ def test_real_git_bake_external_command(tmp_path: Path) -> None:
 def test_python_dash_m(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "gitbake", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+BAD_INPUTS = {
+    "unclosed quote": 'PROMPT:\n  teacher:\n    messages:\n      - {role: system, content: "open}\n',
+    "tab indentation": "BAKE:\n\tname: b\n",
+    "top level list": "- BAKE\n",
+    "unknown section": "BAEK:\n  name: b\n",
+    "unknown field": "BAKE:\n  name: b\n  epoch: 1\n",
+    "wrong type": "BAKE:\n  name: b\n  epochs: three\n",
+    "temperature 5": "TARGET:\n  generators: [{type: hardcoded, questions: [q]}]\n  temperature: 5\n",
+    "r 0": "BAKE:\n  model: {baked_adapter_config: {r: 0}}\n",
+    "negative lr": "BAKE:\n  optimizer: {learning_rate: -1}\n",
+    "numq 0": "TARGET:\n  generators: [{type: oneshot_qs, numq: 0}]\n",
+    "unknown dataset target": "BAKE:\n  name: b\n  datasets: [{target: nowhere}]\n",
+    "unknown generator": "TARGET:\n  generators: [{type: magic}]\n",
+    "template outside": "PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: oneshot_qs, numq: 1, template_path: ../x.txt}]\n",
+    "missing template": "PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: oneshot_qs, numq: 1, template_path: t.txt}]\n",
+    "from_file outside": "PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: from_file, path: /etc/passwd}]\n",
+    "duplicate keys": "BAKE:\n  name: a\n  name: b\n",
+    "binary": b"BAKE:\x00\x01\n",
+    "20 MB": "BAKE:\n  name: b\n" + "#" * (20 * 1024 * 1024) + "\n",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_exit_2_located_and_nothing_changes(name: str, model_repo: Path) -> None:
+    content = BAD_INPUTS[name]
+    path = model_repo / "input.yml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = {p.name: p.read_bytes() for p in model_repo.iterdir() if p.is_file()}
+    for command in ("validate", "status"):
+        result = invoke(command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "input.yml" in result.stderr
+        if name not in ("20 MB",):
+            assert re.search(r"input\.yml:\d+", result.stderr), result.stderr
+    assert {p.name: p.read_bytes() for p in model_repo.iterdir() if p.is_file()} == before
