@@ -280,6 +280,283 @@ def target_show(name: str, as_json: bool) -> None:
         click.echo("  " + yaml.safe_dump(t.config, sort_keys=False, allow_unicode=True, width=100).rstrip().replace("\n", "\n  "))
 
 
+# --------------------------------------------------------------------------------------------- store
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _progress(label: str) -> Any:
+    """A one-line progress report on stderr when it is a terminal; silent otherwise (scripts, tests)."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+
+    def report(done: int, total: int, nbytes: int = 0) -> None:
+        extra = f", {_human(nbytes)}" if nbytes else ""
+        click.echo(f"\r{label}: {done}/{total}{extra}", err=True, nl=done == total)
+
+    return report
+
+
+@cli.group(context_settings=CONTEXT)
+def store() -> None:
+    """Inspect and maintain the content-addressed store of adapters and datasets.
+
+    The store lives in <git-common-dir>/bake, or where `git config bake.storePath DIR` says (a store
+    may be shared by several clones). Format: docs/store-format.md.
+
+    \b
+    Examples:
+      git bake store du
+      git bake store fsck
+      git bake store gc --dry-run
+    """
+
+
+@store.command("fsck", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def store_fsck(as_json: bool) -> None:
+    """Re-hash every object; quarantine corrupt ones and name them (exit 4); clear leftovers in tmp/.
+
+    \b
+    Example:
+      git bake store fsck || git bake pull     # re-fetch what was quarantined
+    """
+    from gitbake.errors import EXIT_CORRUPT
+    from gitbake.fsck import fsck
+    from gitbake.repo import open_repo
+
+    report = fsck(open_repo(Path.cwd()).store, progress=_progress("checking objects"))
+    if as_json:
+        _emit_json(report.as_json())
+    else:
+        click.echo(f"checked {report.checked} objects ({_human(report.bytes)}); removed {report.tmp_removed} leftover file(s) from tmp/")
+        for digest, actual in report.corrupt.items():
+            click.echo(f"corrupt: {digest} (hashes to {actual}); moved to quarantine/", err=True)
+        for manifest, missing in report.missing_in_manifests.items():
+            click.echo(f"incomplete: manifest {digest_short(manifest)} names {len(missing)} missing object(s): {', '.join(missing)}", err=True)
+        if report.dangling_keys:
+            click.echo(f"{len(report.dangling_keys)} stage key(s) point at missing objects (they count as not cached)")
+        if report.ok:
+            click.echo("store OK")
+        else:
+            click.echo("hint: `git bake pull` fetches good copies from the default remote", err=True)
+    if not report.ok:
+        raise SystemExit(EXIT_CORRUPT)
+
+
+def digest_short(d: str) -> str:
+    return d[:12]
+
+
+@store.command("gc", context_settings=CONTEXT)
+@click.option("--dry-run", "-n", is_flag=True, help="Only say what would be deleted.")
+@click.option("--grace", default="14d", show_default=True, metavar="AGE", help="Keep objects and keys younger than this (30m, 12h, 14d, 0).")
+@click.option("--force", is_flag=True, help="Also delete unreachable objects that no remote has (they may be the only copy).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def store_gc(dry_run: bool, grace: str, force: bool, as_json: bool) -> None:
+    """Delete objects that no ref, reflog entry or recent key reaches.
+
+    Counts the refs of every clone registered with the store. When remotes are configured, an
+    unreachable object that no remote has is kept (it may be the only copy) unless --force.
+
+    \b
+    Examples:
+      git bake store gc --dry-run
+      git bake store gc --grace 0 --force      # everything unreachable, now
+    """
+    from gitbake import remote as remote_mod
+    from gitbake.gc import gc, parse_grace
+    from gitbake.repo import open_repo, registered_clones
+
+    grace_s = parse_grace(grace)
+    repo = open_repo(Path.cwd())
+    st = repo.store
+    clones = registered_clones(st)
+    remotes = [remote_mod.Remote(n, u) for n, u in remote_mod.list_remotes(repo.root).items()]
+    report = gc(st, clones, grace_s, dry_run=dry_run, force=force, remote_has=remote_mod.have_any(remotes) if remotes else None)
+    if as_json:
+        _emit_json(report.as_json())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{report.live} live object(s) across {len(clones)} clone(s); {verb} {len(report.deleted)} ({_human(report.deleted_bytes)})")
+    if report.keys_deleted:
+        click.echo(f"{verb} {len(report.keys_deleted)} stage key(s) whose result is gone")
+    if report.kept_unpushed:
+        click.echo(f"kept {len(report.kept_unpushed)} unreachable object(s) that no remote has: `git bake push` them, or use --force")
+
+
+@store.command("du", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def store_du(as_json: bool) -> None:
+    """Show where the store is and what it holds.
+
+    \b
+    Example:
+      git bake store du --json | jq .bytes
+    """
+    from gitbake.fsck import du
+    from gitbake.repo import open_repo
+
+    report = du(open_repo(Path.cwd()).store)
+    if as_json:
+        _emit_json(report.as_json())
+        return
+    click.echo(f"store: {report.root}")
+    click.echo(f"objects: {report.objects} ({_human(report.bytes)}), of which {report.manifests} manifest(s)")
+    keys = ", ".join(f"{k} {v}" for k, v in sorted(report.keys.items())) or "none"
+    click.echo(f"stage keys: {keys}")
+    if report.tmp_bytes or report.quarantine_bytes:
+        click.echo(f"tmp/: {_human(report.tmp_bytes)}; quarantine/: {_human(report.quarantine_bytes)}")
+
+
+# -------------------------------------------------------------------------------------------- remote
+
+
+@cli.group(context_settings=CONTEXT)
+def remote() -> None:
+    """Manage remote stores that push and pull share adapters through.
+
+    A remote is a directory, file://, s3://, gs://... URL (fsspec; install gitbake[remote], or
+    gitbake[s3] for S3). Kept in git config; the first one added becomes the default (bake.remote).
+
+    \b
+    Examples:
+      git bake remote add origin /mnt/shared/models
+      git bake remote add cloud s3://my-bucket/models
+      git bake remote ls
+    """
+
+
+@remote.command("add", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("url")
+def remote_add(name: str, url: str) -> None:
+    """Add remote NAME at URL (the first becomes the default).
+
+    \b
+    Example:
+      git bake remote add origin s3://bucket/prefix
+    """
+    from gitbake import remote as remote_mod
+    from gitbake.repo import open_repo
+
+    root = open_repo(Path.cwd()).root
+    remote_mod.Remote(name, remote_mod.normalise_url(url, root))  # fails early on a URL fsspec cannot use
+    made_default = remote_mod.add_remote(root, name, url)
+    click.echo(f"added remote {name}: {remote_mod.list_remotes(root)[name]}" + (" (default)" if made_default else ""))
+
+
+@remote.command("ls", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the remotes as JSON.")
+def remote_ls(as_json: bool) -> None:
+    """List remotes; * marks the default.
+
+    \b
+    Example:
+      git bake remote ls --json
+    """
+    from gitbake import remote as remote_mod
+    from gitbake.repo import open_repo
+
+    root = open_repo(Path.cwd()).root
+    remotes, default = remote_mod.list_remotes(root), remote_mod.default_remote(root)
+    if as_json:
+        _emit_json({"default": default, "remotes": remotes})
+        return
+    if not remotes:
+        click.echo("No remotes. Add one: git bake remote add origin /path/or/s3://bucket/prefix")
+    for name, url in remotes.items():
+        click.echo(f"{'*' if name == default else ' '} {name:<12} {url}")
+
+
+remote.add_command(remote_ls, "list")
+
+
+@remote.command("rm", context_settings=CONTEXT)
+@click.argument("name")
+def remote_rm(name: str) -> None:
+    """Remove remote NAME (the objects on it are left alone).
+
+    \b
+    Example:
+      git bake remote rm origin
+    """
+    from gitbake import remote as remote_mod
+    from gitbake.repo import open_repo
+
+    remote_mod.remove_remote(open_repo(Path.cwd()).root, name)
+    click.echo(f"removed remote {name}")
+
+
+def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_json: bool) -> None:
+    from gitbake import reach
+    from gitbake import remote as remote_mod
+    from gitbake.repo import open_repo
+
+    repo = open_repo(Path.cwd())
+    # `git bake push REV` with no remote name: a first argument that is a revision, not a remote
+    if name is not None and name not in remote_mod.list_remotes(repo.root) and "://" not in name and not name.startswith(("/", ".", "~")):
+        from gitbake import git
+
+        if git.rev_parse(repo.root, name) is not None:
+            revs, name = (name, *revs), None
+    target = remote_mod.resolve(repo.root, name)
+    roots = reach.needed_by(repo.root, list(revs) or ["HEAD"])
+    fn = remote_mod.push if verb == "push" else remote_mod.pull
+    report = fn(repo.store, target, roots, jobs=jobs, progress=_progress(f"{verb} {target.name}"))
+    if as_json:
+        _emit_json(report.as_json())
+    else:
+        moved = "uploaded" if verb == "push" else "downloaded"
+        click.echo(f"{verb} {target.name} ({target.url}): {report.needed} object(s) needed, {len(report.transferred)} {moved} "
+                   f"({_human(report.bytes)}), {report.skipped} already there")
+    report.raise_for_problems(verb)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("remote_name", metavar="[REMOTE]", required=False)
+@click.argument("revs", nargs=-1, metavar="[REV]...")
+@click.option("-j", "--jobs", default=8, show_default=True, help="Objects in flight at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def push(remote_name: str | None, revs: tuple[str, ...], jobs: int, as_json: bool) -> None:
+    """Upload the objects the models of REV... need (default: HEAD) to REMOTE (default: bake.remote).
+
+    Skips what the remote has; an interrupted push resumes when run again.
+
+    \b
+    Examples:
+      git bake push
+      git bake push origin main formal
+    """
+    _transfer("push", remote_name, revs, jobs, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("remote_name", metavar="[REMOTE]", required=False)
+@click.argument("revs", nargs=-1, metavar="[REV]...")
+@click.option("-j", "--jobs", default=8, show_default=True, help="Objects in flight at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def pull(remote_name: str | None, revs: tuple[str, ...], jobs: int, as_json: bool) -> None:
+    """Download the objects the models of REV... need (default: HEAD) from REMOTE (default: bake.remote).
+
+    Every object is re-hashed as it arrives; a corrupt one is refused by name (exit 4).
+
+    \b
+    Examples:
+      git bake pull
+      git bake pull origin HEAD~3
+    """
+    _transfer("pull", remote_name, revs, jobs, as_json)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 

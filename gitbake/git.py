@@ -239,3 +239,37 @@ def rev_parse(root: Path, rev: str) -> str | None:
         ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root, capture_output=True, text=True, env=_env()
     )
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def all_commits(root: Path) -> list[str]:
+    """Every commit reachable from a ref or a reflog entry (what gc must keep the models of)."""
+    proc = subprocess.run(["git", "rev-list", "--all", "--reflog"], cwd=root, capture_output=True, text=True, env=_env())
+    return proc.stdout.split() if proc.returncode == 0 else []
+
+
+def blobs_at(root: Path, commits: Sequence[str], paths: Sequence[str]) -> Iterator[tuple[str, str, bytes]]:
+    """(commit, path, contents) of `paths` at each commit, each distinct blob once."""
+    from dulwich.object_store import tree_lookup_path
+    from dulwich.objects import Blob, Commit
+    from dulwich.repo import Repo
+
+    seen: set[bytes] = set()
+    with Repo(str(root)) as repo:
+        for cid in commits:
+            try:
+                commit = repo[cid.encode()]
+            except KeyError:
+                continue
+            if not isinstance(commit, Commit):
+                continue
+            for path in paths:
+                try:
+                    _mode, sha = tree_lookup_path(repo.object_store.__getitem__, commit.tree, path.encode())
+                except KeyError:
+                    continue
+                if sha in seen:
+                    continue
+                seen.add(sha)
+                blob = repo.object_store[sha]
+                if isinstance(blob, Blob):
+                    yield cid, path, blob.data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,8 +10,58 @@ from gitbake import bread as bread_mod
 from gitbake import config, git
 from gitbake import recipe as recipe_mod
 from gitbake.errors import NotARepoError
+from gitbake.fsutil import write_atomic
+from gitbake.keys import digest_bytes
 from gitbake.lineage import Lineage
 from gitbake.plan import Plan, build
+from gitbake.store import Store
+
+
+STORE_PATH_CONFIG = "bake.storePath"
+
+
+def store_root(root: Path) -> Path:
+    """`git config bake.storePath` (relative to the work tree), else `<git-common-dir>/bake`, which
+    worktrees of one repository share."""
+    configured = git.config_get(root, STORE_PATH_CONFIG)
+    if configured:
+        p = Path(os.path.expanduser(configured))
+        return p if p.is_absolute() else (root / p).resolve()
+    return git.common_dir(root) / "bake"
+
+
+def open_store(root: Path) -> Store:
+    """The store of the repository at `root`, which is registered with it so a shared store's gc sees
+    the refs of every clone that uses it."""
+    store = Store(store_root(root))
+    register_clone(store, root)
+    return store
+
+
+def register_clone(store: Store, root: Path) -> None:
+    clones = store.root / "clones"
+    entry = clones / digest_bytes(str(root.resolve()).encode())[:16]
+    if not entry.exists():
+        clones.mkdir(exist_ok=True)
+        write_atomic(entry, str(root.resolve()) + "\n")
+
+
+def registered_clones(store: Store) -> list[Path]:
+    """Work trees registered with the store that still exist (entries of deleted clones are dropped)."""
+    out = []
+    clones = store.root / "clones"
+    if not clones.is_dir():
+        return out
+    for entry in sorted(clones.iterdir()):
+        try:
+            path = Path(entry.read_text().strip())
+        except OSError:
+            continue
+        if (path / ".git").exists():
+            out.append(path)
+        else:
+            entry.unlink(missing_ok=True)
+    return out
 
 
 @dataclass
@@ -18,6 +69,13 @@ class ModelRepo:
     root: Path
     bread: bread_mod.Bread | None
     _lineage: Lineage | None = field(default=None, init=False)
+    _store: Store | None = field(default=None, init=False)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.root)
+        return self._store
     _recipe: recipe_mod.Recipe | None = field(default=None, init=False)
     _recipe_read: bool = field(default=False, init=False)
 

@@ -54,6 +54,19 @@ class ObjectMissing(GitbakeError):
     pass
 
 
+class StoreFull(GitbakeError):
+    pass
+
+
+def _disk_error(exc: OSError, root: Path) -> GitbakeError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(
+            f"no space left on the device of the store ({root}); nothing was stored",
+            "free some space (`git bake store gc` deletes unreachable objects), or point `git config bake.storePath` at a larger disk",
+        )
+    return GitbakeError(f"writing to the store ({root}) failed: {exc}")
+
+
 class CorruptObject(StoreCorruptError):
     def __init__(self, digest: str, actual: str, where: str) -> None:
         super().__init__(
@@ -210,7 +223,9 @@ class Store:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-                self._commit(tmp, digest)
+                self.commit_tmp(tmp, digest)
+            except OSError as exc:
+                raise _disk_error(exc, self.root) from exc
             finally:
                 _unlink(tmp)
         return digest
@@ -232,7 +247,11 @@ class Store:
             try:
                 digest, size = self._stream_into(path, tmp)
                 how = "exists" if self.has(digest) else "new"
-                self._commit(tmp, digest)
+                self.commit_tmp(tmp, digest)
+            except OSError as exc:
+                if exc.filename is not None and Path(exc.filename) == path:
+                    raise  # the source is unreadable: not the store's problem
+                raise _disk_error(exc, self.root) from exc
             finally:
                 _unlink(tmp)
             if os.stat(path).st_mtime_ns == st.st_mtime_ns:
@@ -302,7 +321,8 @@ class Store:
             os.fsync(fout.fileno())
         return hasher.hexdigest(), size
 
-    def _commit(self, tmp: Path, digest: str) -> None:
+    def commit_tmp(self, tmp: Path, digest: str) -> None:
+        """Link a fully written, fsynced file of `tmp/` into place as `digest` (never over an object)."""
         final = self.object_path(digest)
         if final.exists():
             return

@@ -26,5 +26,5 @@ if [[ ",$EXTRAS," == *",train,"* ]] && ! "$PY" -c 'import torch' >/dev/null 2>&1
   "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
 fi
 echo "==> installing gitbake[$EXTRAS] into $VENV"
-"$PY" -m pip install -q --disable-pip-version-check -e "$REPO_ROOT[$EXTRAS]"
+"$PY" -m pip install -q --disable-pip-version-check -c "$REPO_ROOT/scripts/constraints-dev.txt" -e "$REPO_ROOT[$EXTRAS]"
 export PATH="$VENV/bin:$PATH"

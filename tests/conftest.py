@@ -45,3 +45,32 @@ def model_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     init(root, base_model="tiny")
     monkeypatch.chdir(root)
     return root.resolve()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> object:
+    """A real S3-compatible HTTP server (moto's server mode) on 127.0.0.1, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the local S3 server; the AWS environment points every client at it."""
+    import re
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    bucket = ("t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower()))[:40].rstrip("-") + "-" + uuid.uuid4().hex[:8]
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/models"

@@ -1,0 +1,69 @@
+"""Which store objects a revision needs, and which any ref or reflog entry reaches.
+
+A commit's model is named by its `.bread` (`[PARENT_MODEL] adapters`: the adapter chain's manifests) and
+its `recipe.yml` (each step's `outputs` and each bake's `adapter`). Manifests name the files under them;
+`Store.closure` adds those.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from gitbake import bread as bread_mod
+from gitbake import git
+from gitbake import recipe as recipe_mod
+from gitbake.errors import ConfigError, UsageError
+
+LINEAGE_FILES = (bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE)
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+def digests_in(path: str, data: bytes) -> set[str]:
+    """Store digests a version of `.bread` or `recipe.yml` refers to (an unreadable file refers to none)."""
+    out: set[str] = set()
+    try:
+        text = data.decode("utf-8")
+        if path == bread_mod.BREAD_FILE:
+            adapters = bread_mod.parse(text).parent_adapters or []
+            out |= set(adapters)
+        else:
+            r = recipe_mod.parse(text)
+            for step in r.steps:
+                out |= set((step.outputs or {}).values())
+            for b in r.resources.bakes:
+                if b.adapter:
+                    out.add(b.adapter)
+                out |= set(((b.model_extra or {}).get("outputs") or {}).values())
+    except (ConfigError, UnicodeDecodeError, ValueError, TypeError, AttributeError):
+        return set()
+    return {d for d in out if isinstance(d, str) and _DIGEST.match(d)}
+
+
+def _from_versions(versions: Iterable[tuple[str, str, bytes]]) -> set[str]:
+    out: set[str] = set()
+    for _commit, path, data in versions:
+        out |= digests_in(path, data)
+    return out
+
+
+def needed_by(root: Path, revs: Sequence[str]) -> set[str]:
+    """Objects the models of `revs` need (their own .bread / recipe.yml, not their history's)."""
+    commits = []
+    for rev in revs:
+        cid = git.rev_parse(root, rev)
+        if cid is None:
+            raise UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
+        commits.append(cid)
+    return _from_versions(git.blobs_at(root, commits, LINEAGE_FILES))
+
+
+def reachable(root: Path) -> set[str]:
+    """Objects named by any commit that a ref or reflog entry reaches, and by the working tree."""
+    found = _from_versions(git.blobs_at(root, git.all_commits(root), LINEAGE_FILES))
+    for name in LINEAGE_FILES:
+        p = root / name
+        if p.is_file():
+            found |= digests_in(name, p.read_bytes())
+    return found

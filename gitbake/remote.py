@@ -1,0 +1,325 @@
+"""Remote stores through fsspec: `/path`, `file://`, `s3://`, `gs://`, ... (DESIGN §4).
+
+A remote has the store's layout (`format`, `objects/blake3/ab/cdef...`), so a directory remote is itself
+readable as a store. Transfers move only the objects the given revisions need, skip what the other side
+has (one listing, not one request per object), run several at a time, and re-hash everything that
+arrives: a corrupt object is refused by name. Each object lands whole or not at all (temp name + rename
+on filesystems; a single PUT on object stores), so an interrupted transfer resumes by running it again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import blake3
+
+from gitbake import git
+from gitbake.errors import GitbakeError, StoreCorruptError, UsageError
+from gitbake.store import FORMAT_LINE, CorruptObject, Store, check_digest
+
+CONFIG_SECTION = "bake-remote"
+DEFAULT_KEY = "bake.remote"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_JOBS = 8
+
+
+class RemoteError(GitbakeError):
+    pass
+
+
+def _fsspec() -> Any:
+    try:
+        import fsspec
+    except ImportError:
+        raise RemoteError(
+            "remotes need fsspec, which is not installed",
+            "pip install 'gitbake[remote]'   (and 'gitbake[s3]' for s3:// remotes)",
+        ) from None
+    return fsspec
+
+
+# ------------------------------------------------------------------------------------ configuration
+
+
+def list_remotes(root: Path) -> dict[str, str]:
+    out = {}
+    for key, value in git.config_get_regexp(root, rf"^{CONFIG_SECTION}\..*\.url$").items():
+        name = key[len(CONFIG_SECTION) + 1 : -len(".url")]
+        out[name] = value
+    return dict(sorted(out.items()))
+
+
+def default_remote(root: Path) -> str | None:
+    return git.config_get(root, DEFAULT_KEY)
+
+
+def add_remote(root: Path, name: str, url: str) -> bool:
+    """Add a remote; the first one becomes the default. Returns whether it became the default."""
+    if not _NAME.match(name):
+        raise UsageError(f"invalid remote name {name!r}", "use letters, digits, `.`, `_` and `-`")
+    if name in list_remotes(root):
+        raise UsageError(f"remote {name!r} already exists ({list_remotes(root)[name]})", f"remove it first: git bake remote rm {name}")
+    url = normalise_url(url, root)
+    git.config_set(root, f"{CONFIG_SECTION}.{name}.url", url)
+    if default_remote(root) is None:
+        git.config_set(root, DEFAULT_KEY, name)
+        return True
+    return False
+
+
+def remove_remote(root: Path, name: str) -> None:
+    if name not in list_remotes(root):
+        raise UsageError(f"no remote named {name!r}", "see `git bake remote ls`")
+    git.config_unset_section(root, f"{CONFIG_SECTION}.{name}")
+    if default_remote(root) == name:
+        git.run(root, "config", "--local", "--unset", DEFAULT_KEY, check=False)
+
+
+def normalise_url(url: str, root: Path) -> str:
+    """Plain paths become absolute (a remote must not depend on the cwd of the command using it)."""
+    if "://" in url:
+        return url
+    return str((root / os.path.expanduser(url)).resolve())
+
+
+def resolve(root: Path, name: str | None) -> Remote:
+    remotes = list_remotes(root)
+    if name is None:
+        name = default_remote(root)
+        if name is None:
+            raise UsageError("no remote given and no default remote", "add one: git bake remote add origin /path/or/s3://bucket/prefix")
+    if name not in remotes:
+        # a URL or path may be given directly
+        if "://" in name or name.startswith(("/", ".", "~")):
+            return Remote(name, normalise_url(name, root))
+        raise UsageError(f"no remote named {name!r}", "see `git bake remote ls`, or add it with `git bake remote add`")
+    return Remote(name, remotes[name])
+
+
+# ------------------------------------------------------------------------------------------ remote
+
+
+class Remote:
+    """One remote store. The same operations as the local store's, over fsspec."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+        fsspec = _fsspec()
+        try:
+            self.fs, self.base = fsspec.core.url_to_fs(url)
+        except ImportError as exc:
+            raise RemoteError(f"remote {name} ({url}) needs a package that is not installed: {exc}",
+                              "for s3:// install 'gitbake[s3]'; for others, the fsspec backend named in the error") from None
+        except ValueError as exc:
+            raise UsageError(f"remote {name}: cannot use {url!r}: {exc}") from None
+        self.base = self.base.rstrip("/")
+        self.atomic_puts = "file" in _protocols(self.fs)  # filesystems need temp + rename; object stores do not
+
+    def _obj(self, digest: str) -> str:
+        check_digest(digest)
+        return f"{self.base}/objects/blake3/{digest[:2]}/{digest[2:]}"
+
+    def ensure(self) -> None:
+        fmt = f"{self.base}/format"
+        if not self.fs.exists(fmt):
+            if self.atomic_puts:
+                self.fs.makedirs(self.base, exist_ok=True)
+            self.fs.pipe_file(fmt, FORMAT_LINE.encode())
+
+    def list_objects(self) -> set[str]:
+        prefix = f"{self.base}/objects/blake3/"
+        self.fs.invalidate_cache()  # another client may have written since we last listed
+        try:
+            found = self.fs.find(prefix)
+        except FileNotFoundError:
+            return set()
+        out = set()
+        for p in found:
+            rel = p[p.find("objects/blake3/") + len("objects/blake3/") :]
+            digest = rel.replace("/", "")
+            if re.fullmatch(r"[0-9a-f]{64}", digest):
+                out.add(digest)
+        return out
+
+    iter_objects = list_objects
+
+    def has(self, digest: str) -> bool:
+        return bool(self.fs.exists(self._obj(digest)))
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = blake3.blake3(data).hexdigest()
+        self._write(digest, lambda path: self.fs.pipe_file(path, data))
+        return digest
+
+    def read_bytes(self, digest: str) -> bytes:
+        try:
+            data: bytes = self.fs.cat_file(self._obj(digest))
+        except FileNotFoundError:
+            raise RemoteError(f"object {digest} is not on remote {self.name} ({self.url})") from None
+        actual = blake3.blake3(data).hexdigest()
+        if actual != digest:
+            raise CorruptObject(digest, actual, f"remote {self.name} ({self.url})")
+        return data
+
+    def upload(self, store: Store, digest: str) -> int:
+        src = store.object_path(digest)
+        store.verify(digest)  # never spread a corrupt object
+        self._write(digest, lambda path: self.fs.put_file(str(src), path))
+        return src.stat().st_size
+
+    def _write(self, digest: str, write: Callable[[str], None]) -> None:
+        final = self._obj(digest)
+        if not self.atomic_puts:
+            write(final)  # a PUT is all or nothing on object stores
+            return
+        parent = final.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{self.base}/tmp/{uuid.uuid4().hex}"
+        self.fs.makedirs(f"{self.base}/tmp", exist_ok=True)
+        try:
+            write(tmp)
+            if self.fs.exists(final):
+                return
+            self.fs.mv(tmp, final)
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm_file(tmp)
+
+    def download(self, store: Store, digest: str) -> int:
+        """Fetch into the store, hashing as it arrives; a corrupt object never enters the store."""
+        check_digest(digest)
+        tmp = store.tmp / f"{os.getpid()}-{uuid.uuid4().hex}"
+        hasher = blake3.blake3()
+        size = 0
+        try:
+            with store.writing():
+                try:
+                    src = self.fs.open(self._obj(digest), "rb")
+                except FileNotFoundError:
+                    raise RemoteError(f"object {digest} is not on remote {self.name} ({self.url})",
+                                      "push it from a clone that has it: git bake push") from None
+                with src, open(tmp, "wb") as out:
+                    while chunk := src.read(4 << 20):
+                        hasher.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                actual = hasher.hexdigest()
+                if actual != digest:
+                    raise CorruptObject(digest, actual, f"remote {self.name} ({self.url})")
+                store.commit_tmp(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return size
+
+
+def _protocols(fs: Any) -> set[str]:
+    proto = fs.protocol
+    return set(proto) if isinstance(proto, (list, tuple)) else {proto}
+
+
+# --------------------------------------------------------------------------------------- transfers
+
+
+@dataclass
+class TransferReport:
+    remote: str
+    url: str
+    needed: int = 0
+    transferred: list[str] = field(default_factory=list)
+    bytes: int = 0
+    skipped: int = 0  # the other side had them
+    missing: list[str] = field(default_factory=list)  # needed but nowhere to be found
+    corrupt: dict[str, str] = field(default_factory=dict)  # refused: digest -> error
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def raise_for_problems(self, verb: str) -> None:
+        if self.corrupt:
+            names = ", ".join(sorted(self.corrupt))
+            raise StoreCorruptError(
+                f"{verb} refused {len(self.corrupt)} corrupt object(s) from {self.remote}: {names}",
+                "the remote copy is damaged; push a good copy from a clone that has one, then pull again",
+            )
+        if self.missing:
+            raise GitbakeError(
+                f"{len(self.missing)} object(s) needed by these revisions are not available: {', '.join(sorted(self.missing))}",
+                "push them from a clone that has them" if verb == "pull" else "they are missing locally: pull them, or re-run the bake",
+            )
+
+
+Progress = Callable[[int, int, int], None]  # done, total, bytes
+
+
+def _run_parallel(digests: Iterable[str], work: Callable[[str], int], report: TransferReport, jobs: int, progress: Progress | None) -> None:
+    todo = sorted(digests)
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(work, d): d for d in todo}
+        for fut in as_completed(futures):
+            digest = futures[fut]
+            try:
+                report.bytes += fut.result()
+                report.transferred.append(digest)
+            except CorruptObject as exc:
+                report.corrupt[digest] = exc.message
+            except (RemoteError, FileNotFoundError):
+                report.missing.append(digest)
+            done += 1
+            if progress:
+                progress(done, len(todo), report.bytes)
+
+
+def push(store: Store, remote: Remote, roots: set[str], jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> TransferReport:
+    report = TransferReport(remote.name, remote.url)
+    local_missing = {d for d in roots if not store.has(d)}
+    needed = store.closure(roots - local_missing) | local_missing
+    report.needed = len(needed)
+    report.missing = sorted(d for d in needed if not store.has(d))
+    remote.ensure()
+    have = remote.list_objects()
+    todo = {d for d in needed if d not in have and store.has(d)}
+    report.skipped = len(needed & have)
+    _run_parallel(todo, lambda d: remote.upload(store, d), report, jobs, progress)
+    return report
+
+
+def pull(store: Store, remote: Remote, roots: set[str], jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> TransferReport:
+    report = TransferReport(remote.name, remote.url)
+    # first the roots (manifests among them), then the files the manifests name
+    first = {d for d in roots if not store.has(d)}
+    report.skipped += len(roots) - len(first)
+    _run_parallel(first, lambda d: remote.download(store, d), report, jobs, progress)
+    files: set[str] = set()
+    for d in roots:
+        if store.has(d) and store.is_manifest(d):
+            files |= {e.digest for e in store.read_manifest(d).files.values()}
+    second = {d for d in files if not store.has(d)}
+    report.skipped += len(files) - len(second)
+    _run_parallel(second, lambda d: remote.download(store, d), report, jobs, progress)
+    report.needed = len(roots | files)
+    return report
+
+
+def have_any(remotes: list[Remote]) -> Callable[[set[str]], set[str]]:
+    """For gc: which of the candidates some remote holds (one listing per remote)."""
+
+    def check(candidates: set[str]) -> set[str]:
+        found: set[str] = set()
+        for r in remotes:
+            try:
+                found |= candidates & r.list_objects()
+            except Exception:  # an unreachable remote proves nothing: keep the objects
+                continue
+        return found
+
+    return check
