@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Store throughput next to the tools it replaces, in one run, on the same files and disk.
+
+For each size (default 256 MiB and 1 GiB), prints medians of --runs runs:
+
+  put                 store.put_file (read, hash, write, fsync once)  vs  cp + fsync      goal <= 1.5x
+  put (take over)     hash + rename of a freshly written file         vs  cp              goal >= 3x faster
+  hash                blake3 (mmap, threads)                          vs  hashlib.sha256  goal >= 3x faster
+  materialise         reflink / hardlink of the read-only object      vs  cp              goal >= 50x faster
+  re-put (unchanged)  stat cache hit                                  vs  the first put   goal >= 20x faster
+
+    .venv/bin/python scripts/bench/store.py [--sizes 256,1024] [--runs 3] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gitbake.store import Store, hash_file  # noqa: E402
+
+MiB = 1 << 20
+
+
+def write_random(path: Path, size: int) -> None:
+    block = os.urandom(16 * MiB)
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            n = min(left, len(block))
+            fh.write(block[:n] if n < len(block) else block)
+            left -= n
+            block = block[1:] + block[:1]  # no two blocks alike: no accidental dedup anywhere
+        fh.flush()
+        os.fsync(fh.fileno())
+    past = time.time() - 60
+    os.utime(path, (past, past))  # written a minute ago: not racy for the stat cache
+
+
+def timed(fn: Callable[[], object], setup: Callable[[], object] | None, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        if setup:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cp(src: Path, dst: Path, fsync: bool) -> None:
+    subprocess.run(["cp", str(src), str(dst)], check=True)
+    if fsync:
+        fd = os.open(dst, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rm(path: Path) -> None:
+    if path.exists():
+        os.chmod(path, 0o644)
+        path.unlink()
+
+
+def bench(size_mib: int, work: Path, runs: int) -> list[tuple[str, float, float, str, bool]]:
+    size = size_mib * MiB
+    src = work / f"src-{size_mib}.bin"
+    write_random(src, size)
+    out: list[tuple[str, float, float, str, bool]] = []
+    dst = work / "dst.bin"
+
+    # put vs cp + fsync (equal durability)
+    t_cp_sync = timed(lambda: cp(src, dst, True), lambda: rm(dst), runs)
+    rm(dst)
+    stores: list[Store] = []
+
+    def fresh_store() -> None:
+        if stores:
+            stores[-1].close()
+            shutil.rmtree(stores[-1].root)
+        stores.append(Store(work / f"store-{len(stores)}"))
+
+    t_put = timed(lambda: stores[-1].put_file(src), fresh_store, runs)
+    out.append(("put", t_put, t_cp_sync, "cp + fsync", t_put / t_cp_sync <= 1.5))
+
+    # take over: a freshly written (and fsynced) adapter moved in by rename after hashing
+    fresh = work / "fresh.bin"
+    t_cp = timed(lambda: cp(src, dst, False), lambda: rm(dst), runs)
+    rm(dst)
+    t_take = timed(lambda: stores[-1].put_file(fresh, take=True), lambda: (fresh_store(), cp(src, fresh, True)), runs)
+    out.append(("put (take over)", t_take, t_cp, "cp", t_cp / t_take >= 3))
+
+    # hashing
+    t_b3 = timed(lambda: hash_file(src), None, runs)
+    t_sha = timed(lambda: sha256_file(src), None, runs)
+    out.append(("hash (blake3)", t_b3, t_sha, "sha256", t_sha / t_b3 >= 3))
+
+    # materialise vs cp
+    fresh_store()
+    s = stores[-1]
+    digest = s.put_file(src).digest
+    s.put_file(src)  # make sure the stat cache has it (first put was of a non-racy file)
+    n = [0]
+
+    def mat() -> None:
+        n[0] += 1
+        s.materialise(digest, work / "out" / f"m{n[0]}.bin")
+
+    t_mat = timed(mat, None, max(runs, 5))
+    out.append(("materialise", t_mat, t_cp, "cp", t_cp / t_mat >= 50))
+
+    # re-put of an unchanged file vs the first put
+    t_reput = timed(lambda: s.put_file(src), None, max(runs, 5))
+    out.append(("re-put (unchanged)", t_reput, t_put, "first put", t_put / t_reput >= 20))
+
+    s.close()
+    for st in stores:
+        shutil.rmtree(st.root, ignore_errors=True)
+    shutil.rmtree(work / "out", ignore_errors=True)
+    for p in (src, fresh, dst):
+        rm(p)
+    return out
+
+
+def fmt(seconds: float) -> str:
+    return f"{seconds * 1000:9.2f} ms"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="256,1024", help="sizes in MiB, comma-separated")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--dir", default=None, help="where to work (default: a temp dir; must have 3x the largest size free)")
+    args = ap.parse_args()
+    base = Path(args.dir) if args.dir else None
+    with tempfile.TemporaryDirectory(dir=base, prefix="gitbake-bench-") as tmp:
+        work = Path(tmp)
+        print(f"store bench in {work} ({os.cpu_count()} CPUs), median of {args.runs} runs")
+        for size in (int(s) for s in args.sizes.split(",")):
+            print(f"\n{size} MiB")
+            print(f"  {'operation':<20}{'ours':>12}  {'baseline':>12}  {'ratio':>8}  goal")
+            for name, ours, base_t, base_name, ok in bench(size, work, args.runs):
+                if name == "put":
+                    ratio, goal = f"{ours / base_t:6.2f}x", "<= 1.5x the time"
+                else:
+                    ratio, goal = f"{base_t / ours:6.1f}x", {"put (take over)": ">= 3x faster", "hash (blake3)": ">= 3x faster",
+                                                          "materialise": ">= 50x faster", "re-put (unchanged)": ">= 20x faster"}[name]
+                print(f"  {name:<20}{fmt(ours)}  {fmt(base_t)}  {ratio:>8}  {goal} vs {base_name}: {'met' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
