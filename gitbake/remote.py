@@ -35,7 +35,7 @@ class RemoteError(GitbakeError):
 
 def _fsspec() -> Any:
     try:
-        import fsspec
+        import fsspec  # type: ignore[import-untyped]
     except ImportError:
         raise RemoteError(
             "remotes need fsspec, which is not installed",

@@ -48,7 +48,7 @@ def register_clone(store: Store, root: Path) -> None:
 
 def registered_clones(store: Store) -> list[Path]:
     """Work trees registered with the store that still exist (entries of deleted clones are dropped)."""
-    out = []
+    out: list[Path] = []
     clones = store.root / "clones"
     if not clones.is_dir():
         return out

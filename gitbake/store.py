@@ -312,7 +312,7 @@ class Store:
         size = 0
         with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
             while True:
-                n = fin.readinto(buf)  # type: ignore[attr-defined]
+                n = fin.readinto(buf)
                 if not n:
                     break
                 hasher.update(view[:n])

@@ -1,5 +1,6 @@
 """DESIGN §8: click only in cli.py, dulwich only in git.py, the ML stack only under engine/ (and chat,
-serve, export); commands that do not touch a model never import torch, transformers, peft or deepspeed."""
+serve, export); commands that do not touch a model (status, validate, target, store, remote) never
+import torch, transformers, peft or deepspeed."""
 
 from __future__ import annotations
 
@@ -62,7 +63,12 @@ PROBE = textwrap.dedent(
 ).format(ml=ML)
 
 
-@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["validate"], ["target", "ls"], ["--version"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["status", "--json"], ["validate"], ["target", "ls"], ["--version"], ["store", "du"], ["store", "fsck"],
+     ["store", "gc", "--dry-run"], ["remote", "ls"]],
+    ids=" ".join,
+)
 def test_read_only_commands_do_not_import_the_ml_stack(args: list[str], model_repo: Path) -> None:
     (model_repo / "input.yml").write_text(YODA)
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=model_repo, capture_output=True, text=True)
