@@ -235,12 +235,13 @@ class Store:
         hashing, not copied); the caller must not touch it afterwards."""
         started = time.time_ns()
         st = os.stat(path)
-        cached = self.statcache.lookup(st)
-        if cached is not None and self.has(cached):
-            return PutResult(cached, st.st_size, "cached")
+        if not take:  # a file handed over is fresh: asking the stat cache would only cost time
+            cached = self.statcache.lookup(st)
+            if cached is not None and self.has(cached):
+                return PutResult(cached, st.st_size, "cached")
         with self.writing():
             if take:
-                result = self._take(path, st, started)
+                result = self._take(path, st)
                 if result is not None:
                     return result
             tmp = self._tmp_path()
@@ -258,7 +259,7 @@ class Store:
                 self.statcache.record(st, digest, started)
             return PutResult(digest, size, how)
 
-    def _take(self, path: Path, st: os.stat_result, started: int) -> PutResult | None:
+    def _take(self, path: Path, st: os.stat_result) -> PutResult | None:
         digest = hash_file(path)
         fd = os.open(path, os.O_RDONLY)
         try:
