@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 
 from gitbake.keys import canonical_json
 
+if TYPE_CHECKING:
+    from gitbake.statcache import StatCache
+
 TINY = "tiny"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-_CHUNK = 1 << 20
 
 
 def classify(base_model: str, root: Path | None = None) -> str:
@@ -35,38 +38,48 @@ def classify(base_model: str, root: Path | None = None) -> str:
     return "unknown"
 
 
-def base_identity(base_model: str, root: Path | None = None) -> dict[str, Any]:
+def base_identity(base_model: str, root: Path | None = None, cache: StatCache | None = None) -> dict[str, Any]:
     kind = classify(base_model, root)
     if kind == "tiny":
-        # The engine issue pins the digest of tiny's generated weights here; until then the name is the
-        # identity (no tiny weights exist to be mistaken for one another).
-        return {"kind": "tiny"}
+        from gitbake.tiny_pin import TINY_WEIGHTS_DIGEST
+
+        return {"kind": "tiny", "weights": TINY_WEIGHTS_DIGEST}
     if kind == "dir":
         p = Path(os.path.expanduser(base_model))
         if not p.is_absolute() and root is not None:
             p = root / p
-        return {"kind": "dir", "digest": directory_digest(p)}
+        return {"kind": "dir", "digest": directory_digest(p, cache)}
     if kind == "hub":
         repo_id, _, rev = base_model.partition("@")
         return {"kind": "hub", "id": repo_id, "revision": rev or hub_revision(repo_id)}
     return {"kind": "unknown", "name": base_model}
 
 
-def model_identity(base_model: str, adapters: list[str], root: Path | None = None) -> dict[str, Any]:
-    return {"base": base_identity(base_model, root), "adapters": list(adapters)}
+def model_identity(
+    base_model: str, adapters: list[str], root: Path | None = None, cache: StatCache | None = None
+) -> dict[str, Any]:
+    return {"base": base_identity(base_model, root, cache), "adapters": list(adapters)}
 
 
-def directory_digest(path: Path) -> str:
-    """blake3 over the sorted (relative path, file digest) list of a directory's regular files."""
+def directory_digest(path: Path, cache: StatCache | None = None) -> str:
+    """blake3 over the sorted (relative path, file digest) list of a directory's regular files.
+
+    With the store's stat cache, a multi-GB model directory that has not changed costs one stat per file."""
     if not path.is_dir():
         return "missing"
     entries = []
     for f in sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.relative_to(path).parts):
-        h = blake3.blake3()
-        with f.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                h.update(chunk)
-        entries.append([f.relative_to(path).as_posix(), h.hexdigest()])
+        started = time.time_ns()
+        st = f.stat()
+        digest = cache.lookup(st) if cache is not None else None
+        if digest is None:
+            h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            if st.st_size:
+                h.update_mmap(f)
+            digest = h.hexdigest()
+            if cache is not None:
+                cache.record(st, digest, started)
+        entries.append([f.relative_to(path).as_posix(), digest])
     return blake3.blake3(canonical_json(entries)).hexdigest()
 
 

@@ -18,6 +18,7 @@ from gitbake.config import FromFileGenerator, LoadedInput, OneshotGenerator, Pro
 from gitbake.errors import ConfigError, Issue
 from gitbake.lineage import Lineage
 from gitbake.recipe import Recipe
+from gitbake.statcache import StatCache
 
 EMPTY_STUDENT: dict[str, Any] = {"messages": [], "tools": None, "name": None}
 
@@ -134,7 +135,9 @@ def _recipe_getter(recipe: RecipeSource) -> Callable[[], Recipe | None]:
     return lambda: recipe
 
 
-def parent_of(root: Path, bread: Bread | None, recipe: RecipeSource, default_base: str = identity.TINY) -> Parent:
+def parent_of(
+    root: Path, bread: Bread | None, recipe: RecipeSource, default_base: str = identity.TINY, cache: StatCache | None = None
+) -> Parent:
     base = bread.base_model if bread else None
     if base is None:
         r = _recipe_getter(recipe)()
@@ -146,15 +149,22 @@ def parent_of(root: Path, bread: Bread | None, recipe: RecipeSource, default_bas
         base_model=base,
         adapters=chain,
         model_name=bread.parent_model_name if bread else None,
-        identity=identity.model_identity(base, chain, root),
+        identity=identity.model_identity(base, chain, root, cache),
         foreign=foreign,
     )
 
 
-def build(loaded: LoadedInput, root: Path, bread: Bread | None, recipe_source: RecipeSource, lineage: Lineage | None = None) -> Plan:
+def build(
+    loaded: LoadedInput,
+    root: Path,
+    bread: Bread | None,
+    recipe_source: RecipeSource,
+    lineage: Lineage | None = None,
+    cache: StatCache | None = None,
+) -> Plan:
     """Resolve every name and key; raise ConfigError with every unresolved reference, located."""
     cfg, doc = loaded.config, loaded.doc
-    parent = parent_of(root, bread, recipe_source)
+    parent = parent_of(root, bread, recipe_source, cache=cache)
     get_recipe = _recipe_getter(recipe_source)
     plan = Plan(parent=parent)
     issues: list[Issue] = []

@@ -35,7 +35,7 @@ class RemoteError(GitbakeError):
 
 def _fsspec() -> Any:
     try:
-        import fsspec  # type: ignore[import-untyped]
+        import fsspec
     except ImportError:
         raise RemoteError(
             "remotes need fsspec, which is not installed",

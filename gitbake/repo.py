@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitbake import bread as bread_mod
-from gitbake import config, git
+from gitbake import config, git, identity
 from gitbake import recipe as recipe_mod
 from gitbake.errors import NotARepoError
 from gitbake.fsutil import write_atomic
@@ -104,7 +104,10 @@ class ModelRepo:
 
     def plan(self, loaded: config.LoadedInput | None = None) -> Plan:
         loaded = loaded or self.load_input()
-        return build(loaded, self.root, self.bread, lambda: self.recipe, self.lineage)
+        base = self.bread.base_model if self.bread else None
+        # a local model directory is hashed through the store's stat cache (one stat per unchanged file)
+        cache = self.store.statcache if base and identity.classify(base, self.root) == "dir" else None
+        return build(loaded, self.root, self.bread, lambda: self.recipe, self.lineage, cache)
 
 
 def open_repo(cwd: Path) -> ModelRepo:

@@ -1,0 +1,144 @@
+"""Load a base model (`tiny`, a hub id from the local cache, a local directory) and its adapter chain.
+
+Device and dtype: CUDA with bf16 when present (fp16 on GPUs without bf16), else CPU fp32; both can be
+overridden (`GITBAKE_DEVICE`, `GITBAKE_DTYPE`, or arguments). `trust_remote_code` is off unless asked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from gitbake import identity
+from gitbake.errors import GitbakeError, UsageError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class ModelError(UsageError):
+    """A model cannot be loaded because of what the user pointed at (exit 2)."""
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel, in eval mode
+    tokenizer: Any
+    name: str  # what the user wrote: tiny, org/name, ./path
+    path: str  # what transformers loaded from
+    device: Any
+    dtype: Any
+    identity: dict[str, Any]
+
+
+def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    import torch
+
+    device = device or os.environ.get("GITBAKE_DEVICE")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    name = (dtype or os.environ.get("GITBAKE_DTYPE") or "auto").lower()
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if name == "auto":
+        if dev.type == "cuda":
+            return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return dev, torch.float32
+    if name not in table:
+        raise UsageError(f"unknown dtype {name!r}", "use auto, bf16, fp16 or fp32")
+    return dev, table[name]
+
+
+def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(path or id to load, from_pretrained kwargs, identity), with a clear error when it is not here."""
+    kind = identity.classify(base_model, root)
+    if kind == "tiny":
+        from gitbake.engine.tiny import ensure_tiny
+
+        path, digest = ensure_tiny()
+        return str(path), {}, {"kind": "tiny", "weights": digest}
+    if kind == "dir":
+        p = Path(os.path.expanduser(base_model))
+        if not p.is_absolute() and root is not None:
+            p = root / p
+        if not p.is_dir():
+            raise ModelError(f"model directory {p} does not exist", "give the path of a saved model (config.json + weights)")
+        if not (p / "config.json").exists() or not any((p / w).exists() for w in WEIGHT_FILES):
+            raise ModelError(
+                f"{p} has no model weights (expected config.json and one of {', '.join(WEIGHT_FILES)})",
+                "point --base-model at a directory written by save_pretrained()",
+            )
+        return str(p), {}, identity.base_identity(str(p))
+    if kind == "hub":
+        repo_id, _, rev = base_model.partition("@")
+        ident = identity.base_identity(base_model)
+        if ident["revision"] == "uncached":
+            raise ModelError(
+                f"{repo_id} is not in the local Hugging Face cache ({identity.hf_cache_dir()}); gitbake never downloads",
+                f"on a machine with network: `huggingface-cli download {repo_id}`, then copy the cache here "
+                "(or set HF_HOME / HF_HUB_CACHE to where it is), or save the model to a directory and use its path",
+            )
+        return repo_id, {"revision": rev or ident["revision"], "local_files_only": True}, ident
+    raise ModelError(f"`{base_model}` is not `tiny`, a Hugging Face id or a model directory")
+
+
+def load_base(
+    base_model: str,
+    root: Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, kwargs, ident = resolve_path(base_model, root)
+    dev, dt = pick_device(device, dtype)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from a hook
+    quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code, **kwargs)
+        except TypeError:  # transformers < 4.56 names it torch_dtype
+            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dt, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load {base_model}: {exc}", "check the model directory or cache") from None
+    model.to(dev)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    torch.set_grad_enabled(False)
+    return LoadedModel(model, tokenizer, base_model, path, dev, dt, ident)
+
+
+def quiet_transformers() -> None:
+    """Our own progress reporting is enough; transformers' bars and advice would drown it in a hook log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load(
+    base_model: str,
+    adapters: Sequence[Path] = (),
+    root: Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> LoadedModel:
+    """The base model with each adapter merged in, in order: the model of a point in the lineage."""
+    loaded = load_base(base_model, root, device, dtype)
+    if adapters:
+        from peft import PeftModel
+
+        model = loaded.model
+        for adapter in adapters:
+            if not (adapter / "adapter_config.json").exists():
+                raise GitbakeError(f"{adapter} is not a PEFT adapter (no adapter_config.json)")
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        loaded.model = model.eval()
+    return loaded
