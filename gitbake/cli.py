@@ -280,6 +280,111 @@ def target_show(name: str, as_json: bool) -> None:
         click.echo("  " + yaml.safe_dump(t.config, sort_keys=False, allow_unicode=True, width=100).rstrip().replace("\n", "\n  "))
 
 
+# ----------------------------------------------------------------------------------------------- run
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("stages", nargs=-1, type=click.Choice(["stim", "rollout"], case_sensitive=False))
+@click.option("--force", is_flag=True, help="Run the stages even when their results are in the store.")
+@click.option("--json", "as_json", is_flag=True, help="Print what ran as JSON.")
+def run(stages: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Run stages of the committed input.yml: stim (make questions), rollout (teacher answers).
+
+    Stages run in pipeline order whatever the order given; with none, both run. A stage whose key is
+    already in the store is a cache hit and does not run again (--force reruns it). rollout runs a
+    missing stim first.
+
+    \b
+    Examples:
+      git bake run stim
+      git bake run rollout --force
+    """
+    from gitbake.pipeline import run as do_run
+    from gitbake.repo import open_repo
+
+    wanted = [s.lower() for s in stages] or ["stim", "rollout"]
+    results, notes = do_run(open_repo(Path.cwd()), wanted, force=force, say=lambda m: click.echo(m, err=True))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    if as_json:
+        _emit_json([r.as_json() for r in results])
+        return
+    for r in results:
+        how = "cached" if r.cached else f"ran in {r.seconds:.1f}s"
+        unit = "questions" if r.stage == "stim" else "trajectories"
+        click.echo(f"{r.stage:<8} {how:<14} {r.count} {unit}  key {r.key[:12]}  -> {r.manifest[:12]}")
+        for note in r.notes:
+            click.echo(f"         note: {note}")
+
+
+def _view(stage: str, target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:
+    import itertools
+
+    from gitbake.pipeline import find_stage_output, read_records
+    from gitbake.repo import open_repo
+
+    repo = open_repo(Path.cwd())
+    name, key, manifest = find_stage_output(repo, stage, target_name)
+    records = read_records(repo.store, manifest, stage)
+    if count:
+        n = sum(1 for _ in records)
+        click.echo(json.dumps({"target": name, "count": n}) if as_json else str(n))
+        return
+    if jsonl is not None:
+        n = 0
+        with open(jsonl, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        click.echo(f"wrote {n} {stage} records of {name} to {jsonl}")
+        return
+    page = list(itertools.islice(records, offset, offset + limit))
+    if as_json:
+        _emit_json({"target": name, "key": key, "offset": offset, "records": page})
+        return
+    click.echo(f"# {stage} of {name} (key {key[:12]}), records {offset}..{offset + len(page) - 1}")
+    for rec in page:
+        shown = {k: v for k, v in rec.items() if not k.endswith("_ids")}  # token ids: use --json / --jsonl
+        click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
+
+
+def _viewer_options(f: Any) -> Any:
+    f = click.option("--json", "as_json", is_flag=True, help="Print the page as JSON (token ids included).")(f)
+    f = click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), help="Export every record to FILE as JSON lines.")(f)
+    f = click.option("-c", "--count", is_flag=True, help="Only print how many records there are.")(f)
+    f = click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Skip this many records.")(f)
+    f = click.option("-l", "--limit", default=10, show_default=True, type=click.IntRange(min=1), help="Show at most this many records.")(f)
+    f = click.option("--target", "target_name", metavar="NAME", help="A target by plain or hashed name (default: input.yml's, else the newest).")(f)
+    return f
+
+
+@cli.command(context_settings=CONTEXT)
+@_viewer_options
+def stim(target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:
+    """Show the questions of a target (its stim output), page by page; every record, not just 100.
+
+    \b
+    Examples:
+      git bake stim -l 5
+      git bake stim --offset 100 --limit 50
+      git bake stim --jsonl questions.jsonl
+    """
+    _view("stim", target_name, limit, offset, count, jsonl, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@_viewer_options
+def rollout(target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:
+    """Show the teacher's answers of a target (its rollout output), page by page.
+
+    \b
+    Examples:
+      git bake rollout -c
+      git bake rollout --target yoda_target --jsonl trajectories.jsonl
+    """
+    _view("rollout", target_name, limit, offset, count, jsonl, as_json)
+
+
 # --------------------------------------------------------------------------------------------- store
 
 

@@ -153,6 +153,7 @@ class Target(Model):
     u: str | None = None
     v: str | None = None
     template: str = "default"
+    heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
 
     _accepted: ClassVar[dict[str, str]] = {
         "template": "server-side target templates do not exist locally; the value is ignored",

@@ -101,10 +101,11 @@ def prompt_key(prompt: dict[str, Any]) -> str:
     return key_of({"kind": "prompt", "messages": prompt.get("messages", []), "tools": prompt.get("tools")})
 
 
-def stim_key(generators: list[dict[str, Any]], teacher_key: str) -> str:
-    """Generators (with file contents and generating-model identity folded in), order-free."""
+def stim_key(generators: list[dict[str, Any]], teacher_key: str, split: dict[str, Any] | None = None) -> str:
+    """Generators (with file contents and generating-model identity folded in), order-free, and how the
+    held-out questions are split off."""
     ordered = sorted(generators, key=canonical_json)
-    return key_of({"kind": "stim", "generators": ordered, "teacher": teacher_key})
+    return key_of({"kind": "stim", "generators": ordered, "teacher": teacher_key, "split": split or {}})
 
 
 def rollout_key(

@@ -294,7 +294,7 @@ def _target_plan(loaded: LoadedInput, plan: Plan, teacher: str, student: str, ro
         gens.append(g)
     teacher_key = plan.prompts[teacher].key
     student_key = plan.prompts[student].key
-    stim = keys.stim_key(gens, teacher_key)
+    stim = keys.stim_key(gens, teacher_key, {"heldout_fraction": config["heldout_fraction"]})
     sampling = {k: config[k] for k in ("num_traj_per_stimulus", "temperature", "max_tokens", "extra_kwargs")}
     if target.model_name:
         kind = identity.classify(target.model_name, root)

@@ -17,6 +17,7 @@ COMMANDS = [
     ["init"], ["validate"], ["status"], ["target"], ["target", "ls"], ["target", "show"],
     ["store"], ["store", "fsck"], ["store", "gc"], ["store", "du"],
     ["remote"], ["remote", "add"], ["remote", "ls"], ["remote", "rm"], ["push"], ["pull"],
+    ["run"], ["stim"], ["rollout"],
 ]
 
 

@@ -101,6 +101,7 @@ CHANGES_RESULT = [
     ("TARGET.generators.0.questions", ["c?"], "stim"),
     ("TARGET.generators.1.seed", 2, "stim"),
     ("TARGET.generators.1.numq", 6, "stim"),
+    ("TARGET.heldout_fraction", 0.2, "stim"),
     ("TARGET.num_traj_per_stimulus", 3, "rollout"),
     ("TARGET.temperature", 0.7, "rollout"),
     ("TARGET.max_tokens", 64, "rollout"),

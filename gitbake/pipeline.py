@@ -1,0 +1,231 @@
+"""Running stages: stim -> rollout (-> bake, eval with the engine issues that follow), with the store
+as the cache. A stage whose key is in the store is not run again unless forced (bgit's idempotency,
+local and across branches).
+
+This module imports no ML library at import time; the engine is imported when a stage really runs.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from gitbake import config as cfg
+from gitbake import git
+from gitbake.errors import GitbakeError, UsageError
+from gitbake.plan import Plan, TargetPlan
+from gitbake.repo import ModelRepo
+from gitbake.store import Store
+
+STAGE_FILES = {"stim": "stim.jsonl", "rollout": "rollout.jsonl"}
+
+
+@dataclass
+class StageResult:
+    stage: str
+    key: str
+    manifest: str
+    cached: bool
+    count: int
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def committed_input(repo: ModelRepo) -> tuple[cfg.LoadedInput, list[str]]:
+    """input.yml as committed at HEAD (what a commit bakes), and notes about the working tree."""
+    notes = []
+    data = git.show(repo.root, "HEAD", cfg.INPUT_FILE)
+    if data is None:
+        raise UsageError("input.yml is not committed", "commit it first: git add input.yml && git commit")
+    from gitbake.yamlio import decode_text
+
+    text = decode_text(data, cfg.INPUT_FILE)
+    wt = repo.input_path.read_text(encoding="utf-8", errors="replace") if repo.input_path.exists() else ""
+    if wt != text:
+        notes.append("input.yml has uncommitted changes; running the committed version (commit to run yours)")
+    return cfg.parse_input(text, repo.root), notes
+
+
+def write_records(store: Store, stage: str, key: str, records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """Store records as a manifest (`<stage>.jsonl` + metadata) and point the stage key at it."""
+    with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
+        path = Path(tmp) / STAGE_FILES[stage]
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in records:
+                fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+        manifest = store.put_dir(Path(tmp), {"kind": stage, "key": key, "count": len(records), **meta}, take=True)
+    store.set_key(stage, key, manifest)
+    return manifest
+
+
+def read_records(store: Store, manifest: str, stage: str) -> Iterator[dict[str, Any]]:
+    entry = store.read_manifest(manifest).files[STAGE_FILES[stage]]
+    store.verify(entry.digest)
+    with store.open(entry.digest) as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+class Runner:
+    """Runs the stages of one plan, loading the parent model at most once."""
+
+    def __init__(self, repo: ModelRepo, plan: Plan, loaded: cfg.LoadedInput, force: bool = False,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.repo, self.plan, self.loaded, self.force = repo, plan, loaded, force
+        self.store = repo.store
+        self.say = say or (lambda msg: None)
+        self._model: Any = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def target(self) -> TargetPlan:
+        if self.plan.target is None:
+            raise UsageError("input.yml has no TARGET to make questions and answers for", "add a TARGET section, commit, and run again")
+        return self.plan.target
+
+    def model(self) -> Any:
+        """The parent model: the base model with the lineage's adapters merged in, in order."""
+        if self._model is None:
+            from gitbake.engine.models import load
+
+            parent = self.plan.parent
+            adapters = []
+            if parent.adapters:
+                self._tmp = tempfile.TemporaryDirectory(dir=self.store.tmp)
+                for i, digest in enumerate(parent.adapters):
+                    dest = Path(self._tmp.name) / f"{i:03d}"
+                    self.store.materialise_tree(digest, dest)
+                    adapters.append(dest)
+            self.say(f"loading {parent.base_model}" + (f" + {len(adapters)} adapter(s)" if adapters else ""))
+            self._model = load(parent.base_model, adapters, root=self.repo.root)
+        return self._model
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def stim(self) -> StageResult:
+        t = self.target
+        key = t.stim_key
+        hit = None if self.force else self.store.get_key("stim", key)
+        if hit:
+            meta = self.store.read_manifest(hit).meta
+            return StageResult("stim", key, hit, True, int(str(meta.get("count", 0))))
+        from gitbake.engine import llm
+        from gitbake.engine.stim import StimContext, heldout_note, make_stim
+
+        started = time.monotonic()
+        target_cfg = self.loaded.config.TARGET
+        assert target_cfg is not None
+        needs_local = any(isinstance(g, cfg.OneshotGenerator) and g.model is None and g.base_url is None for g in target_cfg.generators)
+        local = self._local_writer() if needs_local else None
+        writers = {i: llm.writer_for(g, local) for i, g in enumerate(target_cfg.generators) if isinstance(g, cfg.OneshotGenerator)}
+
+        def write(gen: cfg.OneshotGenerator, prompt: str) -> str:
+            index = next(i for i, g in enumerate(target_cfg.generators) if g is gen)
+            return writers[index](gen, prompt)
+
+        ctx = StimContext(
+            root=self.repo.root,
+            teacher=self.plan.prompts[t.teacher].config,
+            student=self.plan.prompts[t.student].config,
+            templates=self.loaded.templates,
+            question_files=self.loaded.question_files,
+            oneshot_writer=write,
+        )
+        records = make_stim(target_cfg, ctx)
+        heldout = sum(r["split"] == "heldout" for r in records)
+        manifest = write_records(self.store, "stim", key, records, {"target": t.name, "heldout": heldout})
+        note = heldout_note(records)
+        return StageResult("stim", key, manifest, False, len(records), time.monotonic() - started, [note] if note else [])
+
+    def _local_writer(self) -> Callable[[str, float, int], str]:
+        def write(prompt: str, temperature: float, max_tokens: int) -> str:
+            from gitbake.engine.rollout import SamplingSettings, generate_batches
+            from gitbake.engine.templating import render, response_text
+
+            m = self.model()
+            ids = render(m.tokenizer, [], None, prompt)
+            (resp, _), = generate_batches(m.model, m.tokenizer, [ids], SamplingSettings(temperature=temperature, max_tokens=max_tokens, seed=0))
+            return response_text(m.tokenizer, resp)
+
+        return write
+
+    def rollout(self) -> StageResult:
+        t = self.target
+        key = t.key
+        hit = None if self.force else self.store.get_key("rollout", key)
+        if hit:
+            meta = self.store.read_manifest(hit).meta
+            return StageResult("rollout", key, hit, True, int(str(meta.get("count", 0))))
+        notes = []
+        stim_manifest = None if self.force else self.store.get_key("stim", t.stim_key)
+        if stim_manifest is None:
+            notes.append("ran the missing stim stage first")
+            stim_manifest = self.stim().manifest
+        from gitbake.engine.rollout import SamplingSettings, make_rollouts
+
+        started = time.monotonic()
+        stim = list(read_records(self.store, stim_manifest, "stim"))
+        c = t.config
+        settings = SamplingSettings(
+            num_traj_per_stimulus=c["num_traj_per_stimulus"],
+            temperature=c["temperature"],
+            max_tokens=c["max_tokens"],
+            extra_kwargs=dict(c["extra_kwargs"]),
+            seed=int(key[:8], 16),  # same key, same samples
+            batch_size=c["max_concurrency"],
+        )
+        m = self.model()
+        records = make_rollouts(m.model, m.tokenizer, stim, self.plan.prompts[t.teacher].config,
+                                self.plan.prompts[t.student].config, settings, label=f"rollout {t.name}")
+        manifest = write_records(self.store, "rollout", key, records, {"target": t.name, "stim": stim_manifest})
+        return StageResult("rollout", key, manifest, False, len(records), time.monotonic() - started, notes)
+
+
+def run(repo: ModelRepo, stages: list[str], force: bool = False, say: Callable[[str], None] | None = None) -> tuple[list[StageResult], list[str]]:
+    loaded, notes = committed_input(repo)
+    plan = repo.plan(loaded)
+    order = [s for s in ("stim", "rollout") if s in stages]
+    runner = Runner(repo, plan, loaded, force=force, say=say)
+    try:
+        results = [getattr(runner, stage)() for stage in order]
+    finally:
+        runner.close()
+    return results, notes
+
+
+def find_stage_output(repo: ModelRepo, stage: str, target_name: str | None) -> tuple[str, str, str]:
+    """(target name, key, manifest) of the stim / rollout output to show."""
+    key_attr = "stim_key" if stage == "stim" else "key"
+    candidates: list[tuple[str, str | None]] = []
+    if target_name is None:
+        try:
+            loaded, _ = committed_input(repo)
+            t = repo.plan(loaded).target
+            if t is not None:
+                candidates.append((t.name, getattr(t, key_attr)))
+        except GitbakeError:
+            pass
+        candidates += [(k.name, k.stim_key if stage == "stim" else k.key) for k in repo.lineage.targets()]
+    else:
+        from gitbake.targets import show_target
+
+        k = show_target(repo, target_name).target
+        candidates.append((k.name, k.stim_key if stage == "stim" else k.key))
+    for name, key in candidates:
+        if key and len(key) == 64:
+            manifest = repo.store.get_key(stage, key)
+            if manifest:
+                return name, key, manifest
+    which = candidates[0][0] if candidates else "this repository"
+    raise UsageError(f"no {stage} output for {which} yet", f"run it: git bake run {stage}")
+
