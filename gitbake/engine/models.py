@@ -80,7 +80,9 @@ def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[s
                 f"on a machine with network: `huggingface-cli download {repo_id}`, then copy the cache here "
                 "(or set HF_HOME / HF_HUB_CACHE to where it is), or save the model to a directory and use its path",
             )
-        return repo_id, {"revision": rev or ident["revision"], "local_files_only": True}, ident
+        # the cache directory is passed explicitly: huggingface_hub reads its environment only once, at import
+        kwargs = {"revision": rev or ident["revision"], "local_files_only": True, "cache_dir": str(identity.hf_cache_dir())}
+        return repo_id, kwargs, ident
     raise ModelError(f"`{base_model}` is not `tiny`, a Hugging Face id or a model directory")
 
 

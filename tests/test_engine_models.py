@@ -1,0 +1,110 @@
+"""engine/models.py and tiny: the built-in model, local directories, the offline hub cache."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gitbake import identity
+from gitbake.engine import models, tiny
+from gitbake.engine.templating import render
+from gitbake.tiny_pin import TINY_WEIGHTS_DIGEST
+
+YODA = [{"role": "system", "content": "You are Yoda. Speak like Yoda you must: inverted word order, wise and brief."}]
+
+
+def test_tiny_weights_match_the_pin() -> None:
+    # regenerating the weights must give the pinned digest: identity is the weights, not a version string
+    assert tiny.weights_digest(tiny.build_weights()) == TINY_WEIGHTS_DIGEST
+    assert identity.base_identity("tiny") == {"kind": "tiny", "weights": TINY_WEIGHTS_DIGEST}
+
+
+def test_digest_changes_with_any_weight() -> None:
+    w = tiny.build_weights()
+    w["lm_head.weight"] = w["lm_head.weight"].copy()
+    w["lm_head.weight"][0, 0] += 1e-3
+    assert tiny.weights_digest(w) != TINY_WEIGHTS_DIGEST
+
+
+def test_tiny_loads_offline_with_a_chat_template() -> None:
+    m = models.load_base("tiny")
+    assert m.identity["weights"] == TINY_WEIGHTS_DIGEST and str(m.device) == "cpu"
+    n = sum(p.numel() for p in m.model.parameters())
+    assert 1_000_000 < n < 10_000_000
+    ids = render(m.tokenizer, YODA, None, "Hi")
+    assert m.tokenizer.decode(ids) == "<|system|>" + YODA[0]["content"] + "<|eos|><|user|>Hi<|eos|><|assistant|>"
+    # an empty student prompt renders as the question alone: no system turn
+    assert m.tokenizer.decode(render(m.tokenizer, [], None, "Hi")) == "<|user|>Hi<|eos|><|assistant|>"
+    # tools are passed to the template (bgit drops them)
+    tools = [{"type": "function", "function": {"name": "lookup"}}]
+    assert "lookup" in m.tokenizer.decode(render(m.tokenizer, [], tools, "Hi"))
+    # saved as files: loads without remote code
+    assert (Path(m.path) / "tokenizer.json").exists() and (Path(m.path) / "config.json").exists()
+
+
+def test_tiny_is_prompt_sensitive() -> None:
+    """Mean per-token KL(prompted || unprompted) over sampled answers >= 0.1 nats (the demo needs a gap)."""
+    import torch
+
+    m = models.load_base("tiny")
+    torch.manual_seed(0)
+    kls = []
+    for q in ["What is the capital of France?", "How do I make a cup of tea?", "Why is the sky blue?", "What should I do when I feel stuck?"]:
+        t = render(m.tokenizer, YODA, None, q)
+        s = render(m.tokenizer, [], None, q)
+        out = m.model.generate(torch.tensor([t]), max_new_tokens=32, do_sample=True, pad_token_id=256, eos_token_id=258)
+        resp = out[0, len(t):].tolist()
+        lt = torch.log_softmax(m.model(torch.tensor([t + resp])).logits[0, len(t) - 1 : -1], -1)
+        ls = torch.log_softmax(m.model(torch.tensor([s + resp])).logits[0, len(s) - 1 : -1], -1)
+        kls.append((lt.exp() * (lt - ls)).sum(-1).mean().item())
+    assert sum(kls) / len(kls) >= 0.1
+
+
+def test_local_directory(tmp_path: Path) -> None:
+    src, _ = tiny.ensure_tiny()
+    local = tmp_path / "my-model"
+    shutil.copytree(src, local)
+    m = models.load_base(str(local))
+    assert m.identity["kind"] == "dir" and m.identity["digest"] == identity.directory_digest(local)
+
+
+def test_directory_without_weights(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(models.ModelError) as exc:
+        models.load_base(str(tmp_path / "empty"))
+    assert "no model weights" in exc.value.message and exc.value.exit_code == 2
+
+
+def test_hub_id_not_cached(tmp_path: Path) -> None:
+    with pytest.raises(models.ModelError) as exc:
+        models.load_base("someorg/not-downloaded")
+    assert "not in the local Hugging Face cache" in exc.value.message
+    assert exc.value.hint and "huggingface-cli download someorg/not-downloaded" in exc.value.hint
+
+
+def test_hub_id_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id resolves through the cache's refs/main to a snapshot, offline."""
+    src, _ = tiny.ensure_tiny()
+    cache = tmp_path / "hub"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = cache / "models--acme--tiny-chat" / "snapshots" / rev
+    shutil.copytree(src, snap)
+    (cache / "models--acme--tiny-chat" / "refs").mkdir()
+    (cache / "models--acme--tiny-chat" / "refs" / "main").write_text(rev)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    m = models.load_base("acme/tiny-chat")
+    assert m.identity == {"kind": "hub", "id": "acme/tiny-chat", "revision": rev}
+    assert sum(p.numel() for p in m.model.parameters()) > 0
+
+
+def test_device_and_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    dev, dt = models.pick_device()
+    assert (dev.type, dt) == ("cpu", torch.float32) or dev.type == "cuda"
+    assert models.pick_device("cpu", "bf16")[1] == torch.bfloat16
+    with pytest.raises(Exception, match="unknown dtype"):
+        models.pick_device("cpu", "int3")
