@@ -1,0 +1,137 @@
+"""`git bake run stim|rollout` end to end on tiny, the cache, and the stim / rollout viewers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gitbake import pipeline
+from gitbake.repo import open_repo
+from helpers import git, invoke
+
+INPUT = """\
+PROMPT:
+  teacher:
+    messages:
+      - role: system
+        content: You are Yoda. Speak like Yoda you must.
+TARGET:
+  name: yoda_target
+  generators:
+    - type: hardcoded
+      questions: ["What is the capital of France?", "How do I make tea?", "Why is the sky blue?"]
+    - type: persona
+      numq: 9
+      seed: 3
+  num_traj_per_stimulus: 2
+  max_tokens: 16
+  max_concurrency: 4
+"""
+
+
+@pytest.fixture
+def committed(model_repo: Path) -> Path:
+    (model_repo / "input.yml").write_text(INPUT)
+    git(model_repo, "commit", "-qam", "yoda target")
+    return model_repo
+
+
+def records(stage: str) -> list[dict]:
+    out = json.loads(invoke(stage, "--limit", "1000", "--json").stdout)
+    return out["records"]
+
+
+def test_run_stim_then_rollout_and_cache(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = json.loads(invoke("run", "--json").stdout)
+    assert [(r["stage"], r["cached"]) for r in first] == [("stim", False), ("rollout", False)]
+    assert first[0]["count"] == 12 and first[1]["count"] == 24
+    st = open_repo(committed).store
+    assert st.get_key("stim", first[0]["key"]) == first[0]["manifest"]
+    assert st.get_key("rollout", first[1]["key"]) == first[1]["manifest"]
+
+    # a second run is a cache hit: prove the stages do not execute
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("stage executed on a cache hit")
+
+    monkeypatch.setattr("gitbake.engine.stim.make_stim", boom)
+    monkeypatch.setattr("gitbake.engine.rollout.make_rollouts", boom)
+    second = json.loads(invoke("run", "--json").stdout)
+    assert [(r["stage"], r["cached"], r["manifest"]) for r in second] == [("stim", True, first[0]["manifest"]), ("rollout", True, first[1]["manifest"])]
+
+
+def test_identical_seeds_identical_outputs(committed: Path) -> None:
+    invoke("run")
+    before = records("rollout")
+    forced = json.loads(invoke("run", "--force", "--json").stdout)
+    assert not any(r["cached"] for r in forced)
+    after = records("rollout")
+    assert [r["response_ids"] for r in before] == [r["response_ids"] for r in after]
+    rec = before[0]
+    assert rec["teacher_ids"] and rec["student_ids"] and rec["response_ids"]
+    assert len(rec["teacher_ids"]) > len(rec["student_ids"])  # the teacher context carries the prompt
+    assert {r["split"] for r in before} == {"train", "heldout"}
+
+
+def test_rollout_runs_a_missing_stim_first(committed: Path) -> None:
+    out = json.loads(invoke("run", "rollout", "--json").stdout)
+    assert [r["stage"] for r in out] == ["rollout"] and "ran the missing stim stage first" in out[0]["notes"]
+    assert json.loads(invoke("run", "stim", "--json").stdout)[0]["cached"]
+
+
+def test_changed_sampling_reruns_rollout_not_stim(committed: Path) -> None:
+    invoke("run")
+    (committed / "input.yml").write_text(INPUT.replace("max_tokens: 16", "max_tokens: 8"))
+    git(committed, "commit", "-qam", "shorter answers")
+    out = json.loads(invoke("run", "--json").stdout)
+    assert [(r["stage"], r["cached"]) for r in out] == [("stim", True), ("rollout", False)]
+    assert all(len(r["response_ids"]) <= 8 for r in records("rollout"))
+
+
+def test_rollout_with_conditioned_samples_from_the_student_context(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(INPUT.replace("    - type: persona\n      numq: 9\n      seed: 3\n", "").replace(
+        "    - type: hardcoded\n", "    - type: hardcoded\n      rollout_with_conditioned: true\n"))
+    git(model_repo, "commit", "-qam", "conditioned")
+    invoke("run")
+    stim = records("stim")
+    assert all(r["rollout_with_conditioned"] for r in stim)
+
+
+def test_uncommitted_changes_are_not_run(committed: Path) -> None:
+    (committed / "input.yml").write_text(INPUT.replace("num_traj_per_stimulus: 2", "num_traj_per_stimulus: 3"))
+    result = invoke("run", "stim")
+    assert result.exit_code == 0 and "uncommitted changes" in result.stderr
+
+
+def test_viewers_page_count_and_export(committed: Path, tmp_path: Path) -> None:
+    invoke("run")
+    assert invoke("stim", "-c").stdout.strip() == "12"
+    assert invoke("rollout", "--count").stdout.strip() == "24"
+    page = json.loads(invoke("rollout", "--offset", "20", "--limit", "10", "--json").stdout)
+    assert [r["id"] for r in page["records"]] == [20, 21, 22, 23]
+    human = invoke("stim", "-l", "20").stdout
+    assert "What is the capital of France?" in human and "_ids" not in human
+    out = tmp_path / "all.jsonl"
+    assert "wrote 24" in invoke("rollout", "--jsonl", str(out)).stdout
+    assert len(out.read_text().splitlines()) == 24
+    assert invoke("stim", "--target", "nope").exit_code == 2
+
+
+def test_viewer_before_any_run_says_what_to_do(committed: Path) -> None:
+    result = invoke("rollout")
+    assert result.exit_code == 2 and "git bake run rollout" in result.stderr
+
+
+def test_run_without_target_or_commit(model_repo: Path) -> None:
+    result = invoke("run", "stim")
+    assert result.exit_code == 2 and "no TARGET" in result.stderr
+    assert invoke("run", "bake").exit_code == 2  # not a stage of this command (yet)
+
+
+def test_records_round_trip_through_the_store(committed: Path) -> None:
+    invoke("run", "stim")
+    st = open_repo(committed).store
+    key = json.loads(invoke("run", "stim", "--json").stdout)[0]["key"]
+    manifest = st.get_key("stim", key)
+    assert manifest and len(list(pipeline.read_records(st, manifest, "stim"))) == 12
