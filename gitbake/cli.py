@@ -478,13 +478,22 @@ def store_gc(dry_run: bool, grace: str, force: bool, as_json: bool) -> None:
       git bake store gc --grace 0 --force      # everything unreachable, now
     """
     from gitbake import remote as remote_mod
+    from gitbake.errors import GitbakeError
     from gitbake.gc import gc, parse_grace
-    from gitbake.repo import open_repo, registered_clones
+    from gitbake.repo import forget_clones, open_repo, registered_clones
 
     grace_s = parse_grace(grace)
     repo = open_repo(Path.cwd())
     st = repo.store
-    clones = registered_clones(st)
+    clones, missing = registered_clones(st)
+    if missing and not force:
+        raise GitbakeError(
+            "clones registered with this store are missing, so their models cannot be told apart from garbage: "
+            + ", ".join(map(str, missing)),
+            "mount or move them back; if they were deleted, run `git bake store gc --force` to forget them",
+        )
+    if missing and not dry_run:
+        forget_clones(st, missing)
     remotes = [remote_mod.Remote(n, u) for n, u in remote_mod.list_remotes(repo.root).items()]
     report = gc(st, clones, grace_s, dry_run=dry_run, force=force, remote_has=remote_mod.have_any(remotes) if remotes else None)
     if as_json:

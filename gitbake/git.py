@@ -244,7 +244,10 @@ def rev_parse(root: Path, rev: str) -> str | None:
 def all_commits(root: Path) -> list[str]:
     """Every commit reachable from a ref or a reflog entry (what gc must keep the models of)."""
     proc = subprocess.run(["git", "rev-list", "--all", "--reflog"], cwd=root, capture_output=True, text=True, env=_env())
-    return proc.stdout.split() if proc.returncode == 0 else []
+    if proc.returncode != 0:
+        # an unreadable ref must never look like "nothing is reachable" to gc
+        raise GitError(f"cannot list the commits of {root}: {proc.stderr.strip()}", "repair the repository (git fsck), then run again")
+    return proc.stdout.split()
 
 
 def blobs_at(root: Path, commits: Sequence[str], paths: Sequence[str]) -> Iterator[tuple[str, str, bytes]]:

@@ -46,22 +46,26 @@ def register_clone(store: Store, root: Path) -> None:
         write_atomic(entry, str(root.resolve()) + "\n")
 
 
-def registered_clones(store: Store) -> list[Path]:
-    """Work trees registered with the store that still exist (entries of deleted clones are dropped)."""
-    out: list[Path] = []
+def registered_clones(store: Store) -> tuple[list[Path], list[Path]]:
+    """(clones that exist, registered clones that are gone or unreachable). Nothing is forgotten here:
+    a moved or unmounted clone's models must not look unreferenced (see `forget_clones`)."""
+    present: list[Path] = []
+    missing: list[Path] = []
     clones = store.root / "clones"
     if not clones.is_dir():
-        return out
+        return present, missing
     for entry in sorted(clones.iterdir()):
         try:
             path = Path(entry.read_text().strip())
         except OSError:
             continue
-        if (path / ".git").exists():
-            out.append(path)
-        else:
-            entry.unlink(missing_ok=True)
-    return out
+        (present if (path / ".git").exists() else missing).append(path)
+    return present, missing
+
+
+def forget_clones(store: Store, paths: list[Path]) -> None:
+    for path in paths:
+        (store.root / "clones" / digest_bytes(str(path).encode())[:16]).unlink(missing_ok=True)
 
 
 @dataclass

@@ -116,11 +116,19 @@ class Manifest:
         body = json.loads(data)
         if not isinstance(body, dict) or body.get("kind") != MANIFEST_KIND:
             raise ValueError("not a gitbake manifest")
+        raw_files, meta = body.get("files"), body.get("meta") or {}
+        if not isinstance(raw_files, dict) or not isinstance(meta, dict):
+            raise ValueError("a manifest's files and meta must be objects")
         files = {}
-        for rel, entry in body["files"].items():
+        for rel, entry in raw_files.items():
             _check_relpath(rel)
-            files[rel] = FileEntry(check_digest(entry["digest"]), int(entry["size"]))
-        return cls(files, dict(body.get("meta") or {}))
+            if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str) or not isinstance(entry.get("size"), int):
+                raise ValueError(f"bad manifest entry for {rel!r}")
+            try:
+                files[rel] = FileEntry(check_digest(entry["digest"]), entry["size"])
+            except InvalidDigest:
+                raise ValueError(f"bad digest in manifest entry for {rel!r}") from None
+        return cls(files, dict(meta))
 
     @property
     def size(self) -> int:
@@ -186,6 +194,17 @@ class Store:
     def has(self, digest: str) -> bool:
         return self.object_path(digest).is_file()
 
+    def touch(self, digest: str) -> None:
+        """Mark an existing object as just stored: gc's grace period protects what a running bake reuses.
+
+        Only the mtime moves (the bytes are untouched); the stat cache's record follows it."""
+        path = self.object_path(digest)
+        try:
+            os.utime(path)
+            self.statcache.record_object(digest, os.stat(path))
+        except OSError:
+            pass
+
     def size(self, digest: str) -> int:
         return self.object_path(digest).stat().st_size
 
@@ -215,6 +234,7 @@ class Store:
     def put_bytes(self, data: bytes) -> str:
         digest = blake3.blake3(data).hexdigest()
         if self.has(digest):
+            self.touch(digest)
             return digest
         with self.writing():
             tmp = self._tmp_path()
@@ -238,6 +258,7 @@ class Store:
         if not take:  # a file handed over is fresh: asking the stat cache would only cost time
             cached = self.statcache.lookup(st)
             if cached is not None and self.has(cached):
+                self.touch(cached)
                 return PutResult(cached, st.st_size, "cached")
         with self.writing():
             if take:
@@ -269,6 +290,7 @@ class Store:
         final = self.object_path(digest)
         if final.exists():
             _unlink(path)
+            self.touch(digest)
             return PutResult(digest, st.st_size, "exists")
         final.parent.mkdir(exist_ok=True)
         os.chmod(path, 0o444)
@@ -317,21 +339,25 @@ class Store:
                 if not n:
                     break
                 hasher.update(view[:n])
-                fout.write(view[:n])
+                _write_all(fout, view[:n])
                 size += n
             os.fsync(fout.fileno())
+            if os.fstat(fout.fileno()).st_size != size:  # never trust a write the disk did not finish
+                raise OSError(errno.ENOSPC, "short write", str(tmp))
         return hasher.hexdigest(), size
 
     def commit_tmp(self, tmp: Path, digest: str) -> None:
         """Link a fully written, fsynced file of `tmp/` into place as `digest` (never over an object)."""
         final = self.object_path(digest)
         if final.exists():
+            self.touch(digest)
             return
         final.parent.mkdir(exist_ok=True)
         os.chmod(tmp, 0o444)
         try:
             os.link(tmp, final)
         except FileExistsError:
+            self.touch(digest)
             return  # another writer stored the same bytes first
         _fsync_dir(final.parent)
         self.statcache.record_object(digest, os.stat(final))
@@ -348,7 +374,7 @@ class Store:
             return False
         try:
             self.read_manifest(digest)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return False
         return True
 
@@ -500,6 +526,15 @@ def _link_or_copy(src: Path, dest: Path) -> str:
     shutil.copyfile(src, dest)
     os.chmod(dest, 0o444)
     return "copy"
+
+
+def _write_all(fout: BinaryIO, data: memoryview) -> None:
+    """An unbuffered write may be short (a nearly full disk): loop until all is written or it fails."""
+    while len(data):
+        n = fout.write(data)
+        if not n:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        data = data[n:]
 
 
 def _fsync_dir(path: Path) -> None:

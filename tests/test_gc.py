@@ -151,9 +151,32 @@ def test_shared_store_counts_every_clone(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.chdir(a)
     report = json.loads(invoke("store", "gc", "--json").stdout)
     assert report["deleted"] == [] and len(report["clones"]) == 2
-    # a deleted clone stops counting
+    # a moved or deleted clone is not silently treated as having no models
     import shutil
 
-    shutil.rmtree(b)
-    report = json.loads(invoke("store", "gc", "--json").stdout)
+    shutil.move(str(b), str(tmp_path / "b-moved"))
+    refused = invoke("store", "gc", "--dry-run")
+    assert refused.exit_code == 1 and "missing" in refused.stderr and str(b) in refused.stderr
+    assert sb.has(only_b) and len(list((shared / "clones").iterdir())) == 2  # even a dry run forgets nothing
+    report = json.loads(invoke("store", "gc", "--force", "--json").stdout)
     assert report["deleted"] == [only_b] and len(report["clones"]) == 1
+    assert len(list((shared / "clones").iterdir())) == 1
+
+
+def test_a_broken_ref_aborts_gc_instead_of_deleting(repo: Path) -> None:
+    s = open_repo(repo).store
+    d = old_object(s, b"adapter on a branch")
+    git(repo, "switch", "-q", "-c", "exp")
+    commit_naming(repo, [d], "bake on exp")
+    git(repo, "switch", "-q", "main")
+    (repo / ".git" / "refs" / "heads" / "broken").write_text("1" * 40 + "\n")
+    result = invoke("store", "gc", "--grace", "0")
+    assert result.exit_code == 1 and "cannot list the commits" in result.stderr
+    assert s.has(d)
+
+
+def test_reusing_an_old_object_renews_its_grace(repo: Path) -> None:
+    s = open_repo(repo).store
+    d = old_object(s, b"a stim output an old bake made, reused by a new one")
+    assert s.put_bytes(b"a stim output an old bake made, reused by a new one") == d
+    assert json.loads(invoke("store", "gc", "--json").stdout)["deleted"] == []

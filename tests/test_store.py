@@ -228,6 +228,43 @@ def test_full_disk_fails_cleanly(st: Store, tmp_path: Path, monkeypatch: pytest.
     assert os.fsync is real_fsync
 
 
+def test_short_writes_of_a_nearly_full_disk_never_store_a_truncated_object(st: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real full disk first accepts part of a write (a short count), then fails."""
+    src = old_file(tmp_path / "big.bin", os.urandom(3 * store_mod.CHUNK))
+    real_open = open
+    budget = {"left": store_mod.CHUNK + 1000}
+
+    class ShortFile:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def write(self, data: object) -> int:
+            n = min(len(data), budget["left"])  # type: ignore[arg-type]
+            budget["left"] -= n
+            if n == 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.inner.write(bytes(data)[:n])  # type: ignore[attr-defined, call-overload]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        def __enter__(self) -> ShortFile:
+            return self
+
+        def __exit__(self, *a: object) -> None:
+            self.inner.close()  # type: ignore[attr-defined]
+
+    def fake_open(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        fh = real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+        return ShortFile(fh) if "w" in mode and str(path).startswith(str(st.tmp)) else fh
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    with pytest.raises(store_mod.StoreFull):
+        st.put_file(src)
+    monkeypatch.setattr("builtins.open", real_open)
+    assert list(st.iter_objects()) == [] and list(st.tmp.iterdir()) == []
+
+
 def test_sigkill_mid_put_leaves_no_object(st: Store, tmp_path: Path) -> None:
     fifo = tmp_path / "slow-source"
     os.mkfifo(fifo)
