@@ -35,7 +35,7 @@ class Model(BaseModel):
     `_accepted` lists keys bgit documents that have no local meaning: they parse, and the loader warns.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, defer_build=True, allow_inf_nan=False)
     _accepted: ClassVar[dict[str, str]] = {}
 
 

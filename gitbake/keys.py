@@ -31,7 +31,7 @@ EXCLUDED: dict[str, tuple[str, ...]] = {
         "checkpoint",
         "train_log_iter_interval",
         "eval_interval",
-        "deepspeed",
+        "deepspeed.zero_optimization.stage",
         "template",
         "model_name",
         "activation_checkpoint_cpu_offload",
@@ -53,8 +53,19 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Sorted keys, no whitespace, UTF-8: one byte string per value, whatever the YAML looked like."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """Sorted keys, no whitespace, UTF-8, integral floats as integers (YAML's `1` and `1.0` mean the
+    same number): one byte string per value, whatever the YAML looked like."""
+    return json.dumps(_normal(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _normal(obj: Any) -> Any:
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: _normal(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_normal(v) for v in obj]
+    return obj
 
 
 def digest_bytes(data: bytes) -> str:

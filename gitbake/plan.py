@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 from gitbake import identity, keys
 from gitbake.bread import Bread
-from gitbake.config import FromFileGenerator, LoadedInput, OneshotGenerator, Prompt
+from gitbake.config import FromFileGenerator, HardcodedGenerator, LoadedInput, OneshotGenerator, Prompt
 from gitbake.errors import ConfigError, Issue
 from gitbake.lineage import Lineage
 from gitbake.recipe import Recipe
@@ -283,6 +283,8 @@ def _target_plan(loaded: LoadedInput, plan: Plan, teacher: str, student: str, ro
             # the *contents* count, not the path: editing a template must re-make the questions (bgit §7.5)
             g.pop("template_path", None)
             g["template_content"] = loaded.templates[i]
+        if isinstance(gen, HardcodedGenerator):
+            g.pop("numq", None)  # ignored for hardcoded questions (every listed one is used)
         if isinstance(gen, FromFileGenerator):
             g.pop("path", None)
             g["content_digest"] = keys.digest_bytes(loaded.question_files[i])

@@ -132,6 +132,8 @@ CHANGES_RESULT = [
     ("BAKE.data.temperature", 2.0, "bake"),
     ("BAKE.data.train_eval_split", [0.9, 0.1], "bake"),
     ("BAKE.data.seed", 5, "bake"),
+    ("BAKE.deepspeed", {"gradient_clipping": 1.0}, "bake"),
+    ("BAKE.deepspeed", {"bf16": {"enabled": True}}, "bake"),
 ]
 ORDER = ["prompt", "stim", "rollout", "bake"]
 
@@ -157,6 +159,7 @@ NOT_IN_KEY = [
     ("BAKE.train_log_iter_interval", 10),
     ("BAKE.eval_interval", 5),
     ("BAKE.deepspeed", {"zero_optimization": {"stage": 3}}),
+    ("TARGET.generators.0.numq", 7),
     ("BAKE.data.dl_num_workers", 8),
     ("BAKE.data.num_proc", 4),
     ("BAKE.model.disable_activation_checkpoint", True),
@@ -254,3 +257,16 @@ def test_docs_list_exactly_the_excluded_fields() -> None:
     listed = re.findall(r"`([a-z_.]+)`", section.split("(`gitbake/keys.py`")[0])
     expected = list(keys.EXCLUDED["TARGET"]) + list(keys.EXCLUDED["BAKE"])
     assert sorted(set(listed)) == sorted(set(expected))
+
+
+def test_integral_floats_and_ints_give_one_key(tmp_path: Path) -> None:
+    a = plan_of(_set(BASE, "TARGET.extra_kwargs", {"top_p": 1}), tmp_path)
+    b = plan_of(_set(BASE, "TARGET.extra_kwargs", {"top_p": 1.0}), tmp_path)
+    assert a.target and b.target and a.target.key == b.target.key
+
+
+def test_nan_is_rejected(tmp_path: Path) -> None:
+    from gitbake.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        plan_of({}, tmp_path, "BAKE:\n  name: b\n  optimizer: {learning_rate: .nan}\n")
