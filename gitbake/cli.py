@@ -39,6 +39,11 @@ class _BakeGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            # the filesystem said no (read-only, full, not a directory...): say what and where, not a traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(click.style("error: ", fg="red") + f"{exc.strerror or exc}{where}", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=_BakeGroup, context_settings=CONTEXT)
@@ -610,7 +615,7 @@ def remote_rm(name: str) -> None:
     click.echo(f"removed remote {name}")
 
 
-def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_json: bool) -> None:
+def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_json: bool, force: bool = False) -> None:
     from gitbake import reach
     from gitbake import remote as remote_mod
     from gitbake.repo import open_repo
@@ -624,8 +629,11 @@ def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_
             revs, name = (name, *revs), None
     target = remote_mod.resolve(repo.root, name)
     roots = reach.needed_by(repo.root, list(revs) or ["HEAD"])
-    fn = remote_mod.push if verb == "push" else remote_mod.pull
-    report = fn(repo.store, target, roots, jobs=jobs, progress=_progress(f"{verb} {target.name}"))
+    progress = _progress(f"{verb} {target.name}")
+    if verb == "push":
+        report = remote_mod.push(repo.store, target, roots, jobs=jobs, progress=progress, force=force)
+    else:
+        report = remote_mod.pull(repo.store, target, roots, jobs=jobs, progress=progress)
     if as_json:
         _emit_json(report.as_json())
     else:
@@ -639,8 +647,9 @@ def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_
 @click.argument("remote_name", metavar="[REMOTE]", required=False)
 @click.argument("revs", nargs=-1, metavar="[REV]...")
 @click.option("-j", "--jobs", default=8, show_default=True, help="Objects in flight at once.")
+@click.option("--force", is_flag=True, help="Upload even what the remote has (repairs a damaged remote copy).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def push(remote_name: str | None, revs: tuple[str, ...], jobs: int, as_json: bool) -> None:
+def push(remote_name: str | None, revs: tuple[str, ...], jobs: int, force: bool, as_json: bool) -> None:
     """Upload the objects the models of REV... need (default: HEAD) to REMOTE (default: bake.remote).
 
     Skips what the remote has; an interrupted push resumes when run again.
@@ -650,7 +659,7 @@ def push(remote_name: str | None, revs: tuple[str, ...], jobs: int, as_json: boo
       git bake push
       git bake push origin main formal
     """
-    _transfer("push", remote_name, revs, jobs, as_json)
+    _transfer("push", remote_name, revs, jobs, as_json, force)
 
 
 @cli.command(context_settings=CONTEXT)

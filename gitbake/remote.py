@@ -13,9 +13,10 @@ import os
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import blake3
 
@@ -30,6 +31,10 @@ DEFAULT_JOBS = 8
 
 
 class RemoteError(GitbakeError):
+    pass
+
+
+class ObjectNotOnRemote(RemoteError):
     pass
 
 
@@ -81,11 +86,19 @@ def remove_remote(root: Path, name: str) -> None:
         git.run(root, "config", "--local", "--unset", DEFAULT_KEY, check=False)
 
 
-def normalise_url(url: str, root: Path) -> str:
-    """Plain paths become absolute (a remote must not depend on the cwd of the command using it)."""
+def normalise_url(url: str, root: Path, cwd: Path | None = None) -> str:
+    """Plain paths become absolute, relative to where the command runs (a remote must not depend on the
+    cwd of later commands); a remote inside the work tree would fill the checkout with objects: refused."""
+    if not url.strip():
+        raise UsageError("a remote needs a URL or a path", "e.g. git bake remote add origin /mnt/shared/models")
     if "://" in url:
         return url
-    return str((root / os.path.expanduser(url)).resolve())
+    path = ((cwd or Path.cwd()) / os.path.expanduser(url)).resolve()
+    try:
+        path.relative_to(root.resolve())
+    except ValueError:
+        return str(path)
+    raise UsageError(f"{path} is inside this repository's work tree", "put the remote store outside the repository")
 
 
 def resolve(root: Path, name: str | None) -> Remote:
@@ -127,19 +140,41 @@ class Remote:
         return f"{self.base}/objects/blake3/{digest[:2]}/{digest[2:]}"
 
     def ensure(self) -> None:
+        """Make sure a store exists at the remote (creating its format file), before writing to it."""
         fmt = f"{self.base}/format"
-        if not self.fs.exists(fmt):
-            if self.atomic_puts:
-                self.fs.makedirs(self.base, exist_ok=True)
-            self.fs.pipe_file(fmt, FORMAT_LINE.encode())
+        with _guard(self, "creating the remote store"):
+            if self.atomic_puts and self.fs.exists(self.base) and not self.fs.isdir(self.base):
+                raise RemoteError(f"remote {self.name}: {self.base} exists and is not a directory")
+            if not self.fs.exists(fmt):
+                if self.atomic_puts:
+                    self.fs.makedirs(self.base, exist_ok=True)
+                self.fs.pipe_file(fmt, FORMAT_LINE.encode())
+
+    def check(self) -> None:
+        """Before reading: the remote must hold a gitbake store of a format we understand."""
+        with _guard(self, "reading the remote store"):
+            try:
+                line = self.fs.cat_file(f"{self.base}/format").decode(errors="replace").strip()
+            except FileNotFoundError:
+                raise RemoteError(
+                    f"remote {self.name} ({self.url}) has no gitbake store (no `format` file)",
+                    "check the URL, or push to it first",
+                ) from None
+        m = re.fullmatch(r"gitbake-store (\d+)", line)
+        if not m or int(m.group(1)) > int(FORMAT_LINE.split()[1]):
+            raise RemoteError(f"remote {self.name} ({self.url}) has format {line!r}, which this gitbake cannot read", "upgrade gitbake")
 
     def list_objects(self) -> set[str]:
         prefix = f"{self.base}/objects/blake3/"
         self.fs.invalidate_cache()  # another client may have written since we last listed
         try:
-            found = self.fs.find(prefix)
-        except FileNotFoundError:
-            return set()
+            with _guard(self, "listing objects"):
+                try:
+                    found = self.fs.find(prefix)
+                except FileNotFoundError:
+                    return set()
+        except RemoteError:
+            raise
         out = set()
         for p in found:
             rel = p[p.find("objects/blake3/") + len("objects/blake3/") :]
@@ -168,13 +203,14 @@ class Remote:
             raise CorruptObject(digest, actual, f"remote {self.name} ({self.url})")
         return data
 
-    def upload(self, store: Store, digest: str) -> int:
+    def upload(self, store: Store, digest: str, overwrite: bool = False) -> int:
         src = store.object_path(digest)
-        store.verify(digest)  # never spread a corrupt object
-        self._write(digest, lambda path: self.fs.put_file(str(src), path))
+        store.verify(digest, trust_stat=False)  # never spread a corrupt object
+        with _guard(self, f"uploading {digest[:12]}"):
+            self._write(digest, lambda path: self.fs.put_file(str(src), path), overwrite)
         return src.stat().st_size
 
-    def _write(self, digest: str, write: Callable[[str], None]) -> None:
+    def _write(self, digest: str, write: Callable[[str], None], overwrite: bool = False) -> None:
         final = self._obj(digest)
         if not self.atomic_puts:
             write(final)  # a PUT is all or nothing on object stores
@@ -186,7 +222,9 @@ class Remote:
         try:
             write(tmp)
             if self.fs.exists(final):
-                return
+                if not overwrite:
+                    return
+                self.fs.rm_file(final)  # replacing a damaged copy (push --force)
             self.fs.mv(tmp, final)
         finally:
             if self.fs.exists(tmp):
@@ -200,18 +238,19 @@ class Remote:
         size = 0
         try:
             with store.writing():
-                try:
-                    src = self.fs.open(self._obj(digest), "rb")
-                except FileNotFoundError:
-                    raise RemoteError(f"object {digest} is not on remote {self.name} ({self.url})",
-                                      "push it from a clone that has it: git bake push") from None
-                with src, open(tmp, "wb") as out:
-                    while chunk := src.read(4 << 20):
-                        hasher.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
+                with _guard(self, f"downloading {digest[:12]}"):
+                    try:
+                        src = self.fs.open(self._obj(digest), "rb")
+                    except FileNotFoundError:
+                        raise ObjectNotOnRemote(f"object {digest} is not on remote {self.name} ({self.url})",
+                                                "push it from a clone that has it: git bake push") from None
+                    with src, open(tmp, "wb") as out:
+                        while chunk := src.read(4 << 20):
+                            hasher.update(chunk)
+                            out.write(chunk)
+                            size += len(chunk)
+                        out.flush()
+                        os.fsync(out.fileno())
                 actual = hasher.hexdigest()
                 if actual != digest:
                     raise CorruptObject(digest, actual, f"remote {self.name} ({self.url})")
@@ -219,6 +258,24 @@ class Remote:
         finally:
             tmp.unlink(missing_ok=True)
         return size
+
+
+@contextmanager
+def _guard(remote: "Remote", action: str) -> Iterator[None]:
+    """Any failure of the transport (OSError, botocore, aiohttp, ...) becomes one clear RemoteError."""
+    try:
+        yield
+    except GitbakeError:
+        raise
+    except FileNotFoundError as exc:
+        raise RemoteError(f"remote {remote.name} ({remote.url}): {action}: not found ({exc})",
+                          "check the URL (and that the bucket exists)") from None
+    except Exception as exc:  # noqa: BLE001 - the transports raise anything; the user needs one message
+        name = type(exc).__name__
+        hint = "check the URL, the network and the credentials"
+        if "Credential" in name or "AccessDenied" in str(exc):
+            hint = "set credentials for the remote (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)"
+        raise RemoteError(f"remote {remote.name} ({remote.url}): {action} failed: {name}: {str(exc)[:300]}", hint) from None
 
 
 def _protocols(fs: Any) -> set[str]:
@@ -239,6 +296,7 @@ class TransferReport:
     skipped: int = 0  # the other side had them
     missing: list[str] = field(default_factory=list)  # needed but nowhere to be found
     corrupt: dict[str, str] = field(default_factory=dict)  # refused: digest -> error
+    errors: dict[str, str] = field(default_factory=dict)  # transport failures: digest -> error
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -246,10 +304,19 @@ class TransferReport:
     def raise_for_problems(self, verb: str) -> None:
         if self.corrupt:
             names = ", ".join(sorted(self.corrupt))
+            if verb == "push":
+                raise StoreCorruptError(
+                    f"push refused {len(self.corrupt)} object(s) that are corrupt in the local store: {names}",
+                    "run `git bake store fsck` (it quarantines them), then `git bake pull` good copies",
+                )
             raise StoreCorruptError(
-                f"{verb} refused {len(self.corrupt)} corrupt object(s) from {self.remote}: {names}",
-                "the remote copy is damaged; push a good copy from a clone that has one, then pull again",
+                f"pull refused {len(self.corrupt)} corrupt object(s) from remote {self.remote}: {names}",
+                "the remote copy is damaged: from a clone with a good copy run `git bake push --force`, then pull again",
             )
+        if self.errors:
+            first = next(iter(self.errors.values()))
+            raise RemoteError(f"{verb} failed for {len(self.errors)} object(s); the first error: {first}",
+                              "fix the cause and run it again: what was transferred stays, the rest resumes")
         if self.missing:
             raise GitbakeError(
                 f"{len(self.missing)} object(s) needed by these revisions are not available: {', '.join(sorted(self.missing))}",
@@ -272,31 +339,37 @@ def _run_parallel(digests: Iterable[str], work: Callable[[str], int], report: Tr
                 report.transferred.append(digest)
             except CorruptObject as exc:
                 report.corrupt[digest] = exc.message
-            except (RemoteError, FileNotFoundError):
+            except ObjectNotOnRemote:
                 report.missing.append(digest)
+            except GitbakeError as exc:
+                report.errors[digest] = exc.message
             done += 1
             if progress:
                 progress(done, len(todo), report.bytes)
 
 
-def push(store: Store, remote: Remote, roots: set[str], jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> TransferReport:
+def push(store: Store, remote: Remote, roots: set[str], jobs: int = DEFAULT_JOBS, progress: Progress | None = None,
+         force: bool = False) -> TransferReport:
+    """Upload what `roots` need. `force`: upload even what the remote has (repairs a damaged remote copy)."""
     report = TransferReport(remote.name, remote.url)
     local_missing = {d for d in roots if not store.has(d)}
     needed = store.closure(roots - local_missing) | local_missing
     report.needed = len(needed)
     report.missing = sorted(d for d in needed if not store.has(d))
     remote.ensure()
-    have = remote.list_objects()
+    have = set() if force else remote.list_objects()
     todo = {d for d in needed if d not in have and store.has(d)}
     report.skipped = len(needed & have)
-    _run_parallel(todo, lambda d: remote.upload(store, d), report, jobs, progress)
+    _run_parallel(todo, lambda d: remote.upload(store, d, overwrite=force), report, jobs, progress)
     return report
 
 
 def pull(store: Store, remote: Remote, roots: set[str], jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> TransferReport:
     report = TransferReport(remote.name, remote.url)
-    # first the roots (manifests among them), then the files the manifests name
     first = {d for d in roots if not store.has(d)}
+    if first:
+        remote.check()  # an unreachable or wrong URL is said as such, not as "objects missing"
+    # first the roots (manifests among them), then the files the manifests name
     report.skipped += len(roots) - len(first)
     _run_parallel(first, lambda d: remote.download(store, d), report, jobs, progress)
     files: set[str] = set()

@@ -200,11 +200,11 @@ def test_interrupted_push_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     real_upload = Remote.upload
     calls = {"n": 0}
 
-    def flaky(self: Remote, store: Store, digest: str) -> int:
+    def flaky(self: Remote, store: Store, digest: str, overwrite: bool = False) -> int:
         calls["n"] += 1
         if calls["n"] > 3:
             raise KeyboardInterrupt
-        return real_upload(self, store, digest)
+        return real_upload(self, store, digest, overwrite)
 
     monkeypatch.setattr(Remote, "upload", flaky)
     result = invoke("push", "-j", "1")
@@ -224,18 +224,75 @@ def test_pull_reports_objects_no_remote_has(tmp_path: Path, monkeypatch: pytest.
     git(tmp_path, "clone", "-q", str(root), str(clone))
     monkeypatch.chdir(clone)
     invoke("init")
-    invoke("remote", "add", "origin", str(tmp_path / "empty-remote"))
-    result = invoke("pull")
+    invoke("remote", "add", "origin", str(tmp_path / "not-a-store"))
+    result = invoke("pull")  # a wrong URL is said as such
+    assert result.exit_code == 1 and "has no gitbake store" in result.stderr
+    Remote("other", str(tmp_path / "empty-store")).ensure()
+    invoke("remote", "add", "empty", str(tmp_path / "empty-store"))
+    result = invoke("pull", "empty")
     assert result.exit_code == 1 and m in result.stderr and "push them" in result.stderr
+
+
+def test_push_force_repairs_a_damaged_remote_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, m, objects = baked_repo(tmp_path / "a")
+    monkeypatch.chdir(root)
+    url = str(tmp_path / "remote")
+    invoke("remote", "add", "origin", url)
+    invoke("push")
+    victim = sorted(objects - {m})[0]
+    r = Remote("origin", url)
+    os.chmod(r._obj(victim), 0o644)
+    r.fs.pipe_file(r._obj(victim), b"rot")
+    assert json.loads(invoke("push", "--json").stdout)["transferred"] == []  # a plain push trusts names
+    assert json.loads(invoke("push", "--force", "--json").stdout)["transferred"]
+    assert r.read_bytes(victim)  # verified: the good copy is back
+
+
+def test_push_refuses_a_locally_corrupt_object_and_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, m, objects = baked_repo(tmp_path / "a")
+    s = open_repo(root).store
+    victim = sorted(objects - {m})[0]
+    os.chmod(s.object_path(victim), 0o644)
+    s.object_path(victim).write_bytes(b"rot")
+    monkeypatch.chdir(root)
+    invoke("remote", "add", "origin", str(tmp_path / "remote"))
+    result = invoke("push")
+    assert result.exit_code == 4 and "corrupt in the local store" in result.stderr and victim in result.stderr
+
+
+def test_transport_failures_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, m, objects = baked_repo(tmp_path / "a")
+    monkeypatch.chdir(root)
+    (tmp_path / "a-file").write_text("not a directory")
+    invoke("remote", "add", "file", str(tmp_path / "a-file"))
+    result = invoke("push", "file")
+    assert result.exit_code == 1 and "not a directory" in result.stderr and "Traceback" not in result.output
+
+
+def test_s3_missing_bucket_is_a_clear_error(tmp_path: Path, s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, m, objects = baked_repo(tmp_path / "a")
+    monkeypatch.chdir(root)
+    invoke("remote", "add", "nobucket", "s3://no-such-bucket-here/models")
+    result = invoke("push", "nobucket")
+    assert result.exit_code == 1 and "remote nobucket" in result.stderr and "Traceback" not in result.output
+
+
+def test_remote_paths_resolve_from_the_cwd_and_stay_outside_the_repo(model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ("", ".", "sub/store"):
+        assert invoke("remote", "add", "x", bad).exit_code == 2
+    (model_repo / "sub").mkdir()
+    monkeypatch.chdir(model_repo / "sub")
+    assert invoke("remote", "add", "up", "../../shared").exit_code == 0
+    assert json.loads(invoke("remote", "ls", "--json").stdout)["remotes"]["up"] == str((model_repo.parent / "shared").resolve())
 
 
 def test_remote_config_commands(model_repo: Path, tmp_path: Path) -> None:
     assert "No remotes" in invoke("remote", "ls").stdout
-    assert "(default)" in invoke("remote", "add", "origin", "rel/path").stdout
+    assert "(default)" in invoke("remote", "add", "origin", "../rel/path").stdout
     invoke("remote", "add", "backup", "s3://bucket/prefix")
     data = json.loads(invoke("remote", "ls", "--json").stdout)
     assert data["default"] == "origin"
-    assert data["remotes"] == {"backup": "s3://bucket/prefix", "origin": str(model_repo / "rel" / "path")}
+    assert data["remotes"] == {"backup": "s3://bucket/prefix", "origin": str(model_repo.parent / "rel" / "path")}
     assert invoke("remote", "add", "origin", "/x").exit_code == 2
     assert invoke("remote", "add", "bad name", "/x").exit_code == 2
     assert invoke("remote", "rm", "origin").exit_code == 0
