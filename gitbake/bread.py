@@ -10,6 +10,7 @@ state twice gives the same bytes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from gitbake.errors import ConfigError, Issue
 from gitbake.fsutil import write_atomic
 
 BREAD_FILE = ".bread"
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 HEADER = "# Bread configuration mapping\n# Auto-generated - do not edit manually\n\n"
 
 
@@ -32,6 +34,7 @@ class Bread:
     """The parsed file: `sections` keeps everything in order; the properties are typed views."""
 
     sections: dict[str, dict[str, str]] = field(default_factory=dict)
+    lines: dict[tuple[str, str], int] = field(default_factory=dict, compare=False, repr=False)
 
     # ----------------------------------------------------------------------------- typed accessors
     def get(self, section: str, key: str) -> str | None:
@@ -85,8 +88,20 @@ class Bread:
         raw = self.get("PARENT_MODEL", "adapters")
         if raw is None:
             return None if self.parent_model_name else []
-        value = json.loads(raw)
-        return [str(v) for v in value]
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, list) or not all(isinstance(v, str) and _DIGEST.match(v) for v in value):
+            raise ConfigError(
+                [Issue(BREAD_FILE, self._line("PARENT_MODEL", "adapters"), None, "PARENT_MODEL.adapters",
+                       f"must be a JSON list of 64-hex adapter digests, not {raw!r}",
+                       "restore it from git (git checkout -- .bread); gitbake writes this line")]
+            )
+        return list(value)
+
+    def _line(self, section: str, key: str) -> int | None:
+        return self.lines.get((section, key))
 
     @property
     def is_foreign_parent(self) -> bool:
@@ -142,7 +157,8 @@ def _safe(value: str) -> str:
     )
     if needs_quote:
         return json.dumps(value)
-    return value.replace(";", "\\;").replace("#", "\\#")
+    # npm ini's reader unescapes backslash sequences, so a backslash itself must be escaped to read back
+    return value.replace("\\", "\\\\").replace(";", "\\;").replace("#", "\\#")
 
 
 def parse(text: str, display: str = BREAD_FILE) -> Bread:
@@ -156,7 +172,19 @@ def parse(text: str, display: str = BREAD_FILE) -> Bread:
             name = _unescape_section(stripped[1:-1])
             current = bread.sections.setdefault(name, {})
             continue
-        key, sep, value = stripped.partition("=")
+        if stripped.startswith('"'):
+            # a JSON-quoted key (it contains `=` or other specials)
+            try:
+                qkey, end = json.JSONDecoder().raw_decode(stripped)
+            except json.JSONDecodeError:
+                qkey, end = None, 0
+            rest = stripped[end:].lstrip()
+            if isinstance(qkey, str) and rest.startswith("="):
+                key, value, sep = json.dumps(qkey), rest[1:], "="
+            else:
+                key, sep, value = stripped.partition("=")
+        else:
+            key, sep, value = stripped.partition("=")
         if not sep:
             # npm ini reads a bare key as `true`; keep it rather than losing data
             value = "true"
@@ -165,7 +193,9 @@ def parse(text: str, display: str = BREAD_FILE) -> Bread:
             current = bread.sections.setdefault("", {})
         if not key:
             raise ConfigError([Issue(display, lineno, 1, "", "a line with `=` but no key", "delete the line, or regenerate .bread")])
+        name_of_section = next((n for n, v in bread.sections.items() if v is current), "")
         current[_unsafe(key)] = _unsafe(value)
+        bread.lines[(name_of_section, _unsafe(key))] = lineno
     return bread
 
 

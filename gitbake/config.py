@@ -78,9 +78,12 @@ class _Generator(Model):
     max_tokens: int | None = Field(default=None, ge=1)
 
 
+Question = Annotated[str, Field(min_length=1, pattern=r"\S")]
+
+
 class HardcodedGenerator(_Generator):
     type: Literal["hardcoded"]
-    questions: list[str] = Field(min_length=1)
+    questions: list[Question] = Field(min_length=1)
     numq: int | None = Field(default=None, ge=1)
 
 
@@ -480,10 +483,14 @@ def _fix_for(kind: str, err: Any) -> str | None:
         return "use a value " + bound[kind].format(**ctx)
     if kind == "literal_error":
         return f"use {ctx.get('expected')}"
-    if kind == "string_pattern_mismatch":
+    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME_PATTERN:
         return "use letters, digits, `.`, `_` and `-` only (no spaces or `/`), starting with a letter or digit"
     if kind == "too_short":
         return "give at least one item"
+    if kind == "string_type" and isinstance(err.get("input"), (bool, int, float)):
+        return f"quote it: YAML reads the bare word as {err.get('input')!r}; write e.g. \"no\" or \"1.0\""
+    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == r"\S":
+        return "write the question, or remove the empty item"
     return None
 
 
@@ -550,6 +557,10 @@ def _warnings(config: InputFile, doc: yamlio.YamlDoc) -> list[Issue]:
         for name, why in type(model)._accepted.items():
             if name in model.model_fields_set and getattr(model, name) not in (None, False, "default"):
                 out.append(doc.issue(loc + (name,), why))
+    if isinstance(doc.data, dict):
+        for section in SECTIONS:
+            if section in doc.data and doc.data[section] is None:
+                out.append(doc.issue((section,), f"{section} is empty: nothing to run for it", f"write the {section} fields under it, or comment it out"))
     if config.REPO is not None:
         out.append(
             doc.issue(
@@ -644,13 +655,12 @@ def _read_files(loaded: LoadedInput, root: Path) -> list[Issue]:
                 loaded.templates[i] = gen.template_content
             tpl = loaded.templates.get(i)
             if tpl is not None:
-                missing = [p for p in ("${numq}", "${prompt_u}") if p not in tpl and p.replace("{", "").replace("}", "") not in tpl]
-                if missing:
-                    where = "template_path" if gen.template_path else "template_content"
-                    issues.append(
-                        doc.issue(loc + (where,), "the template lacks " + " and ".join(f"`{m}`" for m in missing),
-                                  "a oneshot_qs template must contain ${numq} (how many questions) and ${prompt_u} (the teacher prompt)")
-                    )
+                where = "template_path" if gen.template_path else "template_content"
+                problem = _template_problem(tpl)
+                if problem:
+                    issues.append(doc.issue(loc + (where,), problem,
+                                            "a oneshot_qs template is a Python string.Template with ${numq} (how many questions) "
+                                            "and ${prompt_u} (the teacher prompt); write a literal $ as $$"))
         if isinstance(gen, FromFileGenerator):
             data, problem = _read_repo_file(root, gen.path, MAX_QUESTION_FILE_BYTES, text=False)
             if problem:
@@ -661,8 +671,60 @@ def _read_files(loaded: LoadedInput, root: Path) -> list[Issue]:
                                         "use one question per line (.txt) or one JSON object with a `question` field per line (.jsonl)"))
                 continue
             assert isinstance(data, bytes)
+            try:
+                check_question_file(data, gen.path)
+            except ConfigError as exc:
+                issues += exc.issues
+                continue
             loaded.question_files[i] = data
     return issues
+
+
+def _template_problem(text: str) -> str | None:
+    import string
+
+    names: set[str] = set()
+    for m in string.Template.pattern.finditer(text):
+        if m.group("invalid") is not None:
+            line = text[: m.start()].count("\n") + 1
+            return f"invalid placeholder at template line {line} (a `$` not followed by a name)"
+        name = m.group("named") or m.group("braced")
+        if name:
+            names.add(name)
+    unknown = sorted(names - {"numq", "prompt_u"})
+    if unknown:
+        return "unknown placeholder(s): " + ", ".join(f"${{{n}}}" for n in unknown)
+    missing = [p for p in ("numq", "prompt_u") if p not in names]
+    if missing:
+        return "the template lacks " + " and ".join(f"`${{{m}}}`" for m in missing)
+    return None
+
+
+def check_question_file(data: bytes, display: str) -> None:
+    """A question file must read (UTF-8 text; .jsonl: a `question` per line): checked at validate time."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([Issue(display, line, None, "", "not valid UTF-8 text", "save the question file as UTF-8")]) from None
+    if not display.endswith(".jsonl"):
+        return
+    import json
+
+    issues = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            issues.append(Issue(display, n, exc.colno, "", f"not valid JSON: {exc.msg}", 'write one object per line, e.g. {"question": "..."}'))
+            continue
+        q = obj.get("question") if isinstance(obj, dict) else None
+        if not isinstance(q, str) or not q.strip():
+            issues.append(Issue(display, n, None, "question", "no `question` string on this line", 'write {"question": "..."}'))
+    if issues:
+        raise ConfigError(issues)
 
 
 def _read_repo_file(root: Path, rel: str, limit: int, text: bool) -> tuple[str | bytes | None, tuple[str, str] | None]:

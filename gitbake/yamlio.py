@@ -79,6 +79,8 @@ def read_text(path: Path, display: str, limit: int = MAX_YAML_BYTES) -> str:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ConfigError([Issue(display, None, None, "", "file not found", None)]) from None
+    if path.is_dir():
+        raise ConfigError([Issue(display, None, None, "", "is a directory, not a file", f"remove the directory and write {display} as a file")])
     if size > limit:
         raise ConfigError(
             [
@@ -121,6 +123,8 @@ def load(text: str, display: str) -> YamlDoc:
             raise ConfigError([_syntax_issue(exc, display, text)]) from None
         except yaml.YAMLError as exc:  # pragma: no cover - pyyaml raises marked errors for text input
             raise ConfigError([Issue(display, None, None, "", str(exc))]) from None
+        except RecursionError:
+            raise ConfigError([Issue(display, None, None, "", f"nested too deeply (more than {MAX_DEPTH} levels)")]) from None
         doc = YamlDoc(display, None)
         if node is None:
             return doc
@@ -129,6 +133,8 @@ def load(text: str, display: str) -> YamlDoc:
             doc.data = _build(loader, node, (), doc.marks, issues, display)
         except yaml.MarkedYAMLError as exc:
             raise ConfigError([_syntax_issue(exc, display, text)]) from None
+        except RecursionError:
+            raise ConfigError([Issue(display, None, None, "", f"nested too deeply (more than {MAX_DEPTH} levels)")]) from None
         if issues:
             raise ConfigError(issues)
         return doc
@@ -140,6 +146,21 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+MAX_NODES = 200_000  # aliases can expand a small file exponentially ("billion laughs")
+MAX_DEPTH = 64
+
+
+@dataclass
+class _BuildState:
+    loader: yaml.SafeLoader
+    marks: dict[Loc, tuple[int, int]]
+    issues: list[Issue]
+    display: str
+    nodes: int = 0
+    active: set[int] = field(default_factory=set)  # node ids on the current path: an alias cycle
+    merged: dict[int, int] = field(default_factory=dict)  # mapping node id -> how many pairs came from `<<`
+
+
 def _build(
     loader: yaml.SafeLoader,
     node: yaml.Node,
@@ -148,40 +169,74 @@ def _build(
     issues: list[Issue],
     display: str,
 ) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
-        out: dict[Any, Any] = {}
-        for knode, vnode in node.value:
-            key = loader.construct_object(knode, deep=True)
-            line, col = _mark(knode)
-            try:
-                hash(key)
-            except TypeError:
-                issues.append(Issue(display, line, col, dotted(path), "a mapping key must be a plain value"))
-                continue
-            if key in out:
-                first = marks.get(path + (key,), (None, None))[0]
-                issues.append(
-                    Issue(
-                        display,
-                        line,
-                        col,
-                        dotted(path + (key,)),
-                        f"duplicate key `{key}` (first defined on line {first})",
-                        "keep one of the two; YAML would silently drop the first",
-                    )
+    return _build_node(_BuildState(loader, marks, issues, display), node, path)
+
+
+def _limit(state: _BuildState, node: yaml.Node, message: str) -> ConfigError:
+    line, col = _mark(node)
+    return ConfigError([Issue(state.display, line, col, "", message, "write the values out instead of nesting aliases this deep")])
+
+
+def _build_node(state: _BuildState, node: yaml.Node, path: Loc) -> Any:
+    state.nodes += 1
+    if state.nodes > MAX_NODES:
+        raise _limit(state, node, f"the document expands to more than {MAX_NODES:,} values (aliases?)")
+    if len(path) > MAX_DEPTH:
+        raise _limit(state, node, f"nested more than {MAX_DEPTH} levels deep")
+    if id(node) in state.active:
+        raise _limit(state, node, "an alias refers to the value that contains it (a cycle)")
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        state.active.add(id(node))
+    try:
+        if isinstance(node, yaml.MappingNode):
+            return _build_mapping(state, node, path)
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, child in enumerate(node.value):
+                state.marks[path + (i,)] = _mark(child)
+                items.append(_build_node(state, child, path + (i,)))
+            return items
+        return state.loader.construct_object(node, deep=True)
+    finally:
+        state.active.discard(id(node))
+
+
+def _build_mapping(state: _BuildState, node: yaml.MappingNode, path: Loc) -> dict[Any, Any]:
+    if id(node) not in state.merged:
+        explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+        state.loader.flatten_mapping(node)  # resolves `<<: *anchor`; merged pairs come first
+        state.merged[id(node)] = len(node.value) - explicit
+    n_merged = state.merged[id(node)]
+    out: dict[Any, Any] = {}
+    from_merge: set[Any] = set()
+    for n, (knode, vnode) in enumerate(node.value):
+        key = state.loader.construct_object(knode, deep=True)
+        line, col = _mark(knode)
+        try:
+            hash(key)
+        except TypeError:
+            state.issues.append(Issue(state.display, line, col, dotted(path), "a mapping key must be a plain value"))
+            continue
+        if key in out and key not in from_merge:
+            first = state.marks.get(path + (key,), (None, None))[0]
+            state.issues.append(
+                Issue(
+                    state.display,
+                    line,
+                    col,
+                    dotted(path + (key,)),
+                    f"duplicate key `{key}` (first defined on line {first})",
+                    "keep one of the two; YAML would silently drop the first",
                 )
-                continue
-            marks[path + (key,)] = (line, col)
-            out[key] = _build(loader, vnode, path + (key,), marks, issues, display)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for i, child in enumerate(node.value):
-            marks[path + (i,)] = _mark(child)
-            items.append(_build(loader, child, path + (i,), marks, issues, display))
-        return items
-    return loader.construct_object(node, deep=True)
+            )
+            continue
+        # a key merged in with `<<` may be overridden: that is what merge keys are for
+        from_merge.discard(key)
+        if n < n_merged:
+            from_merge.add(key)
+        state.marks[path + (key,)] = (line, col)
+        out[key] = _build_node(state, vnode, path + (key,))
+    return out
 
 
 def _syntax_issue(exc: yaml.MarkedYAMLError, display: str, text: str) -> Issue:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from gitbake import bread
 from helpers import BGIT
 
@@ -40,8 +42,9 @@ def test_our_fields_and_adapters() -> None:
 
 def test_values_needing_quotes_survive() -> None:
     b = bread.Bread()
-    for i, value in enumerate(["a=b", " padded ", "semi;colon", "hash#tag", '"quoted"', "[list", "back\\slash", "é"]):
+    for i, value in enumerate(["a=b", " padded ", "semi;colon", "hash#tag", '"quoted"', "[list", "back\\slash", "é", "\\;", "a\\#b"]):
         b.set("X.y.z", f"k{i}", value)
+    b.set("X.y.z", "key=with=equals", "v")
     again = bread.parse(bread.dumps(b))
     assert again.sections == b.sections
     assert "[X\\.y\\.z]" in bread.dumps(b)
@@ -63,3 +66,14 @@ def test_write_twice_same_bytes_and_read_never_writes(tmp_path: Path) -> None:
     assert (tmp_path / ".bread").stat().st_mtime_ns == 1
     assert (tmp_path / ".bread").read_bytes() == first
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("raw", ["foo", "[", "5", '["not-a-digest"]', "[1,2]"])
+def test_malformed_adapters_are_a_located_error(raw: str) -> None:
+    from gitbake.errors import ConfigError
+
+    b = bread.parse(f"[REPO]\nname=m\n[PARENT_MODEL]\nadapters={raw}\n")
+    with pytest.raises(ConfigError) as exc:
+        b.parent_adapters
+    issue = exc.value.issues[0]
+    assert (issue.file, issue.line, issue.field) == (".bread", 4, "PARENT_MODEL.adapters") and exc.value.exit_code == 2

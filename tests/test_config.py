@@ -390,3 +390,39 @@ def test_docs_config_page_documents_every_field() -> None:
     missing = sorted(f for f in fields if f"`{f}`" not in text and not f.startswith("TARGET.generators."))
     missing += sorted(g for g in gens if f"`{g}`" not in text)
     assert not missing, f"docs/config.md does not document: {missing}"
+
+
+@pytest.mark.parametrize(
+    "template, needle",
+    [("Write ${numq} for ${prompt_u} costs $5", "invalid placeholder"), ("${numq} ${prompt_u} ${other}", "${other}")],
+)
+def test_template_placeholders_are_checked(template: str, needle: str, tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text(template)
+    issue = one_error(ONESHOT.replace("{path}", "t.txt"), tmp_path)
+    assert needle in issue.message and "$$" in (issue.fix or "")
+
+
+def test_question_file_lines_are_checked_by_validate(tmp_path: Path) -> None:
+    (tmp_path / "q.jsonl").write_text('{"question": "ok?"}\nnot json\n')
+    issues = errors(FROMFILE.replace("{path}", "q.jsonl"), tmp_path)
+    assert [(i.file, i.line) for i in issues] == [("q.jsonl", 2)]
+    (tmp_path / "q.txt").write_bytes(b"ok?\n\xff\xfe\n")
+    issue = one_error(FROMFILE.replace("{path}", "q.txt"), tmp_path)
+    assert issue.file == "q.txt" and issue.line == 2 and "UTF-8" in issue.message
+
+
+def test_empty_question(tmp_path: Path) -> None:
+    issue = one_error("PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: hardcoded, questions: ['', 'ok?']}]\n", tmp_path)
+    assert issue.field == "TARGET.generators[0].questions[0]"
+
+
+def test_yaml_boolean_trap_says_to_quote(tmp_path: Path) -> None:
+    issue = one_error("PROMPT:\n  teacher:\n    messages: [{role: system, content: no}]\n", tmp_path)
+    assert "quote it" in (issue.fix or "") and "False" in (issue.fix or "")
+
+
+def test_empty_section_warns(tmp_path: Path) -> None:
+    loaded = parse("BAKE:\nTARGET:\n", tmp_path)
+    assert loaded.config.is_empty
+    assert sorted(w.field for w in loaded.warnings) == ["BAKE", "TARGET"]
+    assert "empty" in loaded.warnings[0].message

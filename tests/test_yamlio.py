@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gitbake import yamlio
@@ -30,3 +32,34 @@ def test_duplicate_key_names_both_lines() -> None:
 
 def test_dotted() -> None:
     assert yamlio.dotted(("BAKE", "datasets", 0, "target")) == "BAKE.datasets[0].target"
+
+
+def test_merge_keys_may_be_overridden() -> None:
+    doc = yamlio.load("g: &g {type: persona, seed: 1, numq: 3}\nx:\n  <<: *g\n  seed: 2\n", "f.yml")
+    assert doc.data["x"] == {"type": "persona", "seed": 2, "numq": 3}
+    assert doc.position(("x", "seed")) == (4, 3)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("a: &a [*a]\n", "cycle"),
+        ("[" * 5000 + "]" * 5000 + "\n", "deep"),
+        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), "expands"),
+    ],
+    ids=["alias cycle", "deep nesting", "billion laughs"],
+)
+def test_hostile_yaml_is_refused_quickly(text: str, needle: str) -> None:
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as exc:
+        yamlio.load(text, "f.yml")
+    assert needle in exc.value.issues[0].message and time.monotonic() - t0 < 5
+
+
+def test_a_directory_in_place_of_a_file(tmp_path: Path) -> None:
+    (tmp_path / "input.yml").mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        yamlio.read_text(tmp_path / "input.yml", "input.yml")

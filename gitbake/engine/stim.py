@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from gitbake import config as cfg
 from gitbake import keys
-from gitbake.errors import ConfigError, GitbakeError, Issue, UsageError
+from gitbake.errors import GitbakeError, UsageError
 
 DEFAULT_TEMPLATE = """\
 You are helping to test an AI assistant. The assistant has been given these instructions:
@@ -161,26 +161,11 @@ def _generate(gen: Any, index: int, ctx: StimContext) -> list[str]:
 
 def read_question_file(data: bytes, display: str) -> list[str]:
     """`.txt`: one question per line. `.jsonl`: one object per line with a `question` field."""
-    text = data.decode("utf-8", errors="strict")
+    cfg.check_question_file(data, display)  # the same checks `validate` runs, with line numbers
+    text = data.decode("utf-8")
     if display.endswith(".txt"):
         return [line.strip() for line in text.splitlines() if line.strip()]
-    out, issues = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            issues.append(Issue(display, n, exc.colno, "", f"not valid JSON: {exc.msg}", 'write one object per line, e.g. {"question": "..."}'))
-            continue
-        q = obj.get("question") if isinstance(obj, dict) else None
-        if not isinstance(q, str) or not q.strip():
-            issues.append(Issue(display, n, None, "question", "no `question` string on this line", 'write {"question": "..."}'))
-            continue
-        out.append(q.strip())
-    if issues:
-        raise ConfigError(issues)
-    return out
+    return [json.loads(line)["question"].strip() for line in text.splitlines() if line.strip()]
 
 
 def _from_dataset(gen: cfg.FromDatasetGenerator, root: Path) -> list[str]:
