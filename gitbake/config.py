@@ -656,9 +656,9 @@ def _read_files(loaded: LoadedInput, root: Path) -> list[Issue]:
             tpl = loaded.templates.get(i)
             if tpl is not None:
                 where = "template_path" if gen.template_path else "template_content"
-                problem = _template_problem(tpl)
-                if problem:
-                    issues.append(doc.issue(loc + (where,), problem,
+                tpl_problem = _template_problem(tpl)
+                if tpl_problem:
+                    issues.append(doc.issue(loc + (where,), tpl_problem,
                                             "a oneshot_qs template is a Python string.Template with ${numq} (how many questions) "
                                             "and ${prompt_u} (the teacher prompt); write a literal $ as $$"))
         if isinstance(gen, FromFileGenerator):
@@ -705,8 +705,8 @@ def check_question_file(data: bytes, display: str) -> None:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError([Issue(display, line, None, "", "not valid UTF-8 text", "save the question file as UTF-8")]) from None
+        bad_line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([Issue(display, bad_line, None, "", "not valid UTF-8 text", "save the question file as UTF-8")]) from None
     if not display.endswith(".jsonl"):
         return
     import json
