@@ -31,7 +31,7 @@ def classify(base_model: str, root: Path | None = None) -> str:
     p = Path(os.path.expanduser(base_model))
     if not p.is_absolute() and root is not None:
         p = root / p
-    if base_model.startswith((".", "/", "~")) or p.is_dir():
+    if base_model.startswith((".", "/", "~")) or (p.is_dir() and (root is not None or p.is_absolute())):
         return "dir"
     if HUB_ID.match(base_model):
         return "hub"

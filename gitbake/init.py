@@ -68,7 +68,7 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
         )
     created = existing_root is None
     if base_model is not None:
-        _check_base_model(base_model, directory)
+        base_model = _normalise_base_model(base_model, directory)
     if name is not None and not re.match(NAME_PATTERN, name):
         raise UsageError(f"--name `{name}` is not a valid name", "use letters, digits, `.`, `_` and `-` (no spaces or `/`)")
 
@@ -118,25 +118,44 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
     report.notes += _retire_bgit_hooks(root)
     # Hook installation (post-commit, post-checkout, ...) plugs in here with the git-workflow issue.
 
-    if created:
-        git.add(root, report.written)
+    if name is not None and name != repo_name:
+        report.notes.append(f"kept the name `{repo_name}` recorded in .bread (--name {name} applies to new repositories)")
+    if old_recipe is not None and old_recipe.base_model != base and not old_recipe.adapters:
+        old_recipe.base_model = base  # no bakes yet: the lineage may still change its base model
+        if recipe_mod.write(root, old_recipe):
+            report.written.append(recipe_mod.RECIPE_FILE)
+    # a repository without commits (new, or a first commit that failed, e.g. no git identity) gets one
+    if created or not git.has_commits(root):
+        git.add(root, sorted(set(report.written) | {f for f in _OURS if (root / f).exists()}))
         report.committed = git.commit(root, f"Initialise model repository {repo_name} (git bake init)", no_verify=True)
     elif report.written:
         git.add(root, report.written)
     return report
 
 
-def _check_base_model(base_model: str, directory: Path) -> None:
-    kind = identity.classify(base_model, directory if directory.exists() else None)
-    if kind == "unknown":
+_OURS = (bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE, INPUT_FILE, ".gitignore", ".gitattributes")
+
+
+def _normalise_base_model(base_model: str, directory: Path) -> str:
+    """Check `--base-model`; a directory is recorded relative to the repository when it lies inside it
+    (so clones find it), else as an absolute path. Relative paths are taken from where the user runs init."""
+    if not base_model.strip():
+        raise UsageError("--base-model is empty", "use `--base-model tiny`, a Hugging Face id, or a model directory")
+    as_path = (Path.cwd() / Path(base_model).expanduser()).resolve()
+    looks_like_path = base_model.startswith((".", "/", "~")) or as_path.is_dir()
+    if looks_like_path:
+        if not as_path.is_dir():
+            raise UsageError(f"--base-model directory `{base_model}` does not exist", "give the path of a saved model directory")
+        try:
+            return as_path.relative_to(directory.resolve()).as_posix()
+        except ValueError:
+            return str(as_path)
+    if identity.classify(base_model, None) == "unknown":
         raise UsageError(
             f"--base-model `{base_model}` is not `tiny`, a Hugging Face id (org/name) or an existing directory",
             "use `--base-model tiny` for the built-in offline model",
         )
-    if kind == "dir":
-        p = Path(base_model).expanduser()
-        if not p.is_dir():
-            raise UsageError(f"--base-model directory `{base_model}` does not exist", "give the path of a saved model directory")
+    return base_model
 
 
 def _choose_base(requested: str | None, old: bread_mod.Bread | None, old_recipe: recipe_mod.Recipe | None) -> str:

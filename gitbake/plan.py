@@ -174,7 +174,7 @@ def build(
 
     target = cfg.TARGET
     if target is not None:
-        teacher_ref = target.teacher_ref or _default_teacher(plan.prompts, get_recipe)
+        teacher_ref = target.teacher_ref or _default_teacher(plan.prompts, get_recipe, bread)
         student_ref = target.student_ref or _default_student(plan.prompts, teacher_ref)
         refs: tuple[tuple[str | None, str], ...] = ((teacher_ref, "teacher_prompt"), (student_ref, "student_prompt"))
         for maybe_ref, loc in refs:
@@ -187,7 +187,7 @@ def build(
             if ref == "student" and loc == "student_prompt":
                 plan.prompts["student"] = _prompt_plan("student", dict(EMPTY_STUDENT), "implied")
                 continue
-            found = _prompt_from_recipe(get_recipe(), ref)
+            found = _prompt_from_recipe(get_recipe(), ref, bread)
             if found is not None:
                 plan.prompts[ref] = _prompt_plan(ref, found, "recipe.yml")
             else:
@@ -240,12 +240,12 @@ def _prompt_plan(ref: str, config: dict[str, Any], source: str) -> PromptPlan:
     return PromptPlan(ref, key, keys.display_name(config.get("name") or ref, key), config, source)
 
 
-def _default_teacher(prompts: dict[str, PromptPlan], get_recipe: Callable[[], Recipe | None]) -> str | None:
+def _default_teacher(prompts: dict[str, PromptPlan], get_recipe: Callable[[], Recipe | None], bread: Bread | None) -> str | None:
     if "teacher" in prompts:
         return "teacher"
     if prompts:
         return next(iter(prompts))
-    return "teacher" if _prompt_from_recipe(get_recipe(), "teacher") is not None else None
+    return "teacher" if _prompt_from_recipe(get_recipe(), "teacher", bread) is not None else None
 
 
 def _default_student(prompts: dict[str, PromptPlan], teacher: str | None) -> str:
@@ -256,16 +256,28 @@ def _default_student(prompts: dict[str, PromptPlan], teacher: str | None) -> str
     return others[0] if others else "student"
 
 
-def _prompt_from_recipe(recipe: Recipe | None, ref: str) -> dict[str, Any] | None:
+def _prompt_from_recipe(recipe: Recipe | None, ref: str, bread: Bread | None = None) -> dict[str, Any] | None:
+    """A prompt of an earlier bake: ours are recorded by their PROMPT key (`ref`); bgit's by the hashed
+    name `.bread` maps the key to, with the messages under `config.content` (bgit.md §3.3)."""
     if recipe is None:
         return None
+    bgit_name = bread.prompts[ref].name if bread is not None and ref in bread.prompts else None
     for step in reversed(recipe.steps):
-        if step.action == "create_prompt" and (step.model_extra or {}).get("ref") == ref:
-            cfg = dict(step.config)
-            try:
-                return Prompt.model_validate(cfg).model_dump(mode="json")
-            except ValueError:
-                return None
+        if step.action != "create_prompt":
+            continue
+        ours = (step.model_extra or {}).get("ref") == ref
+        theirs = bgit_name is not None and step.resource_name == bgit_name
+        if not (ours or theirs):
+            continue
+        cfg = dict(step.config)
+        if theirs and isinstance(cfg.get("content"), dict):
+            cfg = {"messages": cfg["content"].get("messages") or [], "tools": cfg["content"].get("tools")}
+        if theirs:
+            cfg.pop("name", None)
+        try:
+            return Prompt.model_validate(cfg).model_dump(mode="json")
+        except ValueError:
+            return None
     return None
 
 

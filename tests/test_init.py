@@ -177,3 +177,58 @@ def test_cli_init_prints_next_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "Created model repository m" in result.stdout and "Next:" in result.stdout
     again = invoke("init", "m", "--json")
     assert again.exit_code == 0 and '"created_repo": false' in again.stdout
+
+
+def test_base_model_directory_relative_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = tmp_path / "models" / "mymodel"
+    weights.mkdir(parents=True)
+    (weights / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    report = init(tmp_path / "deep" / "m", base_model="models/mymodel")  # no ./, from the cwd
+    assert report.base_model == str(weights)
+    from gitbake import identity
+
+    assert identity.base_identity(report.base_model, report.root)["digest"] != "missing"
+    inside = init(tmp_path / "m2")
+    (inside.root / "weights").mkdir()
+    (inside.root / "weights" / "config.json").write_text("{}")
+    monkeypatch.chdir(inside.root)
+    assert init(inside.root, base_model="./weights").base_model == "weights"  # recorded relative: clones find it
+
+
+def test_empty_base_model_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert invoke("init", "m", "--base-model", "").exit_code == 2 and not (tmp_path / "m").exists()
+
+
+def test_first_commit_is_made_on_rerun_after_it_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-identity"))
+    (tmp_path / "no-identity").write_text("[user]\n\tuseConfigOnly = true\n")
+    monkeypatch.setenv("EMAIL", "")
+    monkeypatch.chdir(tmp_path)
+    first = invoke("init", "m")
+    assert first.exit_code == 1
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "ok"))
+    (tmp_path / "ok").write_text("[user]\n\tname = A\n\temail = a@b.c\n")
+    again = invoke("init", "m")
+    assert again.exit_code == 0, again.output
+    assert git(tmp_path / "m", "log", "--format=%s").strip() == "Initialise model repository m (git bake init)"
+
+
+def test_rerun_with_new_options(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    init(root)
+    report = init(root, base_model="org/model", name="other")
+    assert recipe.read(root).base_model == "org/model"  # type: ignore[union-attr]
+    assert any("kept the name `m`" in n for n in report.notes)
+
+
+def test_bgit_target_only_input_uses_bgits_recorded_prompts(tmp_path: Path) -> None:
+    from gitbake.repo import open_repo
+
+    root = make_bgit_repo(tmp_path / "b")
+    init(root, base_model="tiny")
+    (root / "input.yml").write_text("TARGET:\n  name: again\n  generators: [{type: hardcoded, questions: ['hi?']}]\n")
+    plan = open_repo(root).plan()
+    assert plan.prompts["teacher"].source == "recipe.yml"
+    assert plan.prompts["teacher"].config["messages"][0]["content"].startswith("Think about your own thinking")
