@@ -158,10 +158,6 @@ class Target(Model):
     template: str = "default"
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
 
-    _accepted: ClassVar[dict[str, str]] = {
-        "template": "server-side target templates do not exist locally; the value is ignored",
-    }
-
     @model_validator(mode="after")
     def _aliases_agree(self) -> Target:
         for new, old in (("teacher_prompt", "u"), ("student_prompt", "v")):
@@ -593,7 +589,7 @@ def _cross_checks(config: InputFile, doc: yamlio.YamlDoc, warnings: list[Issue])
     issues: list[Issue] = []
     target = config.TARGET
     if target is not None:
-        if not target.generators:
+        if not target.generators and target.template == "default":
             issues.append(
                 doc.issue(("TARGET", "generators"), "a target needs at least one generator to make questions",
                           "add e.g. `- type: hardcoded` with `questions: [...]`")
@@ -633,11 +629,15 @@ def _inside(root: Path, rel: str) -> Path | None:
 
 
 def _read_files(loaded: LoadedInput, root: Path) -> list[Issue]:
+    target = loaded.config.TARGET
+    if target is None or target.template != "default":
+        return []  # an inheriting target's files are read once its config is resolved (plan.py)
+    return read_generator_files(loaded, target, root)
+
+
+def read_generator_files(loaded: LoadedInput, target: Target, root: Path) -> list[Issue]:
     """Check and read the files generators name; their contents become part of the stim key."""
     doc, issues = loaded.doc, list[Issue]()
-    target = loaded.config.TARGET
-    if target is None:
-        return issues
     for i, gen in enumerate(target.generators):
         loc = ("TARGET", "generators", i)
         if isinstance(gen, (OneshotGenerator, CustomGenerator)) and gen.template_path is not None:

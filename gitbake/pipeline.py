@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from gitbake import config as cfg
+from gitbake.config import Target
 from gitbake import git
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.plan import Plan, TargetPlan
@@ -123,8 +124,7 @@ class Runner:
         from gitbake.engine.stim import StimContext, heldout_note, make_stim
 
         started = time.monotonic()
-        target_cfg = self.loaded.config.TARGET
-        assert target_cfg is not None
+        target_cfg = Target.model_validate(t.config)  # resolved: an inherited template is already applied
         needs_local = any(isinstance(g, cfg.OneshotGenerator) and g.model is None and g.base_url is None for g in target_cfg.generators)
         local = self._local_writer() if needs_local else None
         writers = {i: llm.writer_for(g, local) for i, g in enumerate(target_cfg.generators) if isinstance(g, cfg.OneshotGenerator)}

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 from gitbake import identity, keys
 from gitbake.bread import Bread
-from gitbake.config import FromFileGenerator, HardcodedGenerator, LoadedInput, OneshotGenerator, Prompt
+from gitbake.config import FromFileGenerator, HardcodedGenerator, LoadedInput, OneshotGenerator, Prompt, Target
 from gitbake.errors import ConfigError, Issue
 from gitbake.lineage import Lineage
 from gitbake.recipe import Recipe
@@ -173,6 +173,8 @@ def build(
         plan.prompts[ref] = _prompt_plan(ref, prompt.model_dump(mode="json"), "input.yml")
 
     target = cfg.TARGET
+    if target is not None and target.template != "default":
+        target = _inherit_template(loaded, target, root, lineage, issues)
     if target is not None:
         teacher_ref = target.teacher_ref or _default_teacher(plan.prompts, get_recipe, bread)
         student_ref = target.student_ref or _default_student(plan.prompts, teacher_ref)
@@ -197,7 +199,7 @@ def build(
                               f"add `{ref}:` under PROMPT (uncomment the PROMPT section if it was cleared)")
                 )
         if not issues and teacher_ref is not None and student_ref is not None:
-            plan.target = _target_plan(loaded, plan, teacher_ref, student_ref, root)
+            plan.target = _target_plan(loaded, target, plan, teacher_ref, student_ref, root)
 
     bake = cfg.BAKE
     if bake is not None:
@@ -233,6 +235,34 @@ def build(
                   f"`{parent.model_name}` was baked in Bread's cloud and is not on this machine; bakes start from the base model {parent.base_model}")
         )
     return plan
+
+
+def _inherit_template(loaded: LoadedInput, target: Target, root: Path, lineage: Lineage | None, issues: list[Issue]) -> Target | None:
+    """bgit's `TARGET.template: NAME`: start from an earlier target's config, override what this file sets.
+
+    The resolved result is what the keys cover (so `template` itself is not in a key)."""
+    from gitbake.config import read_generator_files
+
+    doc = loaded.doc
+    lineage = lineage or Lineage(root)
+    matches = [t for t in lineage.find_target(target.template) if t.config]
+    if not matches:
+        known = sorted({t.plain for t in lineage.targets() if t.config})
+        issues.append(doc.issue(("TARGET", "template"), f"no earlier target `{target.template}` with a recorded config to inherit from",
+                                "known: " + ", ".join(known) if known else "use `default`, or bake the target you want to inherit first"))
+        return None
+    base = {k: v for k, v in (matches[0].config or {}).items() if k in Target.model_fields and k not in ("u", "v")}
+    explicit = target.model_dump(mode="json", include=target.model_fields_set)
+    merged = {**base, **explicit, "template": "default"}
+    try:
+        resolved = Target.model_validate(merged)
+    except ValueError as exc:
+        issues.append(doc.issue(("TARGET", "template"), f"the inherited config of `{target.template}` is not valid here: {exc}"))
+        return None
+    loaded.templates, loaded.question_files = {}, {}
+    file_issues = read_generator_files(loaded, resolved, root)
+    issues.extend(file_issues)
+    return None if file_issues else resolved
 
 
 def _prompt_plan(ref: str, config: dict[str, Any], source: str) -> PromptPlan:
@@ -281,9 +311,7 @@ def _prompt_from_recipe(recipe: Recipe | None, ref: str, bread: Bread | None = N
     return None
 
 
-def _target_plan(loaded: LoadedInput, plan: Plan, teacher: str, student: str, root: Path) -> TargetPlan:
-    target = loaded.config.TARGET
-    assert target is not None
+def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, student: str, root: Path) -> TargetPlan:
     config = target.model_dump(mode="json")
     config["teacher_prompt"], config["student_prompt"] = teacher, student
     config.pop("u", None)

@@ -136,3 +136,19 @@ def test_status_in_a_subdirectory(model_repo: Path, monkeypatch: pytest.MonkeyPa
     (model_repo / "templates").mkdir()
     monkeypatch.chdir(model_repo / "templates")
     assert invoke("status").exit_code == 0
+
+
+def test_target_template_inherits_an_earlier_target(model_repo: Path) -> None:
+    old_config = {"name": "base_target", "generators": [{"type": "hardcoded", "questions": ["q1?", "q2?"]}],
+                  "num_traj_per_stimulus": 3, "temperature": 0.7, "max_tokens": 64}
+    record_bake(model_repo, "base_target_aaaaaaaaaaaa", "a" * 64, old_config)
+    (model_repo / "input.yml").write_text(
+        "PROMPT:\n  teacher:\n    messages: [{role: system, content: hi}]\n"
+        "TARGET:\n  name: derived\n  template: base_target\n  temperature: 1.2\n"
+    )
+    t = json.loads(invoke("validate", "--json").stdout)["target"]
+    assert t["config"]["generators"][0]["questions"] == ["q1?", "q2?"] and t["config"]["num_traj_per_stimulus"] == 3
+    assert t["config"]["temperature"] == 1.2 and t["plain"] == "derived"
+    (model_repo / "input.yml").write_text("PROMPT:\n  teacher: {}\nTARGET:\n  template: nowhere\n")
+    result = invoke("validate")
+    assert result.exit_code == 2 and "TARGET.template" in result.stderr and "nowhere" in result.stderr
