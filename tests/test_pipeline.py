@@ -135,3 +135,16 @@ def test_records_round_trip_through_the_store(committed: Path) -> None:
     key = json.loads(invoke("run", "stim", "--json").stdout)[0]["key"]
     manifest = st.get_key("stim", key)
     assert manifest and len(list(pipeline.read_records(st, manifest, "stim"))) == 12
+
+
+def test_rollout_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gitbake.engine import vllm_backend
+    from gitbake.errors import UsageError
+
+    monkeypatch.setenv("GITBAKE_ROLLOUT_BACKEND", "hf")
+    assert not vllm_backend.wanted()
+    monkeypatch.setenv("GITBAKE_ROLLOUT_BACKEND", "auto")
+    assert not vllm_backend.wanted()  # no vLLM and no GPU here: transformers' generate
+    monkeypatch.setenv("GITBAKE_ROLLOUT_BACKEND", "vllm")
+    with pytest.raises(UsageError, match="vLLM"):
+        vllm_backend.wanted()

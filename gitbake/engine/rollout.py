@@ -106,7 +106,14 @@ def make_rollouts(
             prompts.append(source)
             owners.append((rec, k, t_ids, s_ids))
     progress = Progress(label, len(prompts), unit="traj")
-    responses = generate_batches(model, tokenizer, prompts, settings, progress)
+    from gitbake.engine import vllm_backend
+
+    path = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if path and vllm_backend.wanted():
+        responses = vllm_backend.generate(path, prompts, settings.temperature, settings.max_tokens,
+                                          settings.extra_kwargs, settings.seed, tokenizer.eos_token_id)
+    else:
+        responses = generate_batches(model, tokenizer, prompts, settings, progress)
     out = []
     for n, ((rec, k, t_ids, s_ids), (resp, finished)) in enumerate(zip(owners, responses)):
         out.append(
