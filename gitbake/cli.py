@@ -289,25 +289,27 @@ def target_show(name: str, as_json: bool) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("stages", nargs=-1, type=click.Choice(["stim", "rollout"], case_sensitive=False))
+@click.argument("stages", nargs=-1, type=click.Choice(["stim", "rollout", "bake"], case_sensitive=False))
 @click.option("--force", is_flag=True, help="Run the stages even when their results are in the store.")
 @click.option("--json", "as_json", is_flag=True, help="Print what ran as JSON.")
 def run(stages: tuple[str, ...], force: bool, as_json: bool) -> None:
-    """Run stages of the committed input.yml: stim (make questions), rollout (teacher answers).
+    """Run stages of the committed input.yml: stim (questions), rollout (teacher answers), bake (train).
 
-    Stages run in pipeline order whatever the order given; with none, both run. A stage whose key is
-    already in the store is a cache hit and does not run again (--force reruns it). rollout runs a
-    missing stim first.
+    Stages run in pipeline order whatever the order given; with none, every stage input.yml has runs.
+    A stage whose key is already in the store is a cache hit and does not run again (--force reruns
+    it). rollout runs a missing stim first; bake runs missing stim and rollout first, then evaluates
+    the adapter on held-out questions (gap_closed).
 
     \b
     Examples:
+      git bake run
       git bake run stim
-      git bake run rollout --force
+      git bake run bake --force
     """
     from gitbake.pipeline import run as do_run
     from gitbake.repo import open_repo
 
-    wanted = [s.lower() for s in stages] or ["stim", "rollout"]
+    wanted = [s.lower() for s in stages] or None
     results, notes = do_run(open_repo(Path.cwd()), wanted, force=force, say=lambda m: click.echo(m, err=True))
     for note in notes:
         click.echo(f"note: {note}", err=True)
@@ -318,6 +320,10 @@ def run(stages: tuple[str, ...], force: bool, as_json: bool) -> None:
         how = "cached" if r.cached else f"ran in {r.seconds:.1f}s"
         unit = "questions" if r.stage == "stim" else "trajectories"
         click.echo(f"{r.stage:<8} {how:<14} {r.count} {unit}  key {r.key[:12]}  -> {r.manifest[:12]}")
+        if r.stage == "bake" and r.extra.get("gap_closed") is not None:
+            e = r.extra
+            click.echo(f"         eval: gap_closed {e['gap_closed']:.3f} (KL {e['d_before']:.4f} -> {e['d_after']:.4f} nats/token)"
+                       + (f", final loss {e['final_loss']:.4f}" if e.get("final_loss") is not None else ""))
         for note in r.notes:
             click.echo(f"         note: {note}")
 

@@ -22,7 +22,9 @@ from gitbake.plan import Plan, TargetPlan
 from gitbake.repo import ModelRepo
 from gitbake.store import Store
 
-STAGE_FILES = {"stim": "stim.jsonl", "rollout": "rollout.jsonl"}
+STAGE_FILES = {"stim": "stim.jsonl", "rollout": "rollout.jsonl", "eval": "eval.json"}
+STAGES = ("stim", "rollout", "bake")
+EVAL_SAMPLES = 2
 
 
 @dataclass
@@ -34,6 +36,7 @@ class StageResult:
     count: int
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -108,6 +111,12 @@ class Runner:
             self.say(f"loading {parent.base_model}" + (f" + {len(adapters)} adapter(s)" if adapters else ""))
             self._model = load(parent.base_model, adapters, root=self.repo.root)
         return self._model
+
+    def reset_model(self) -> None:
+        self._model = None
+
+    def bake(self) -> StageResult:
+        return _bake_stage(self)
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -191,16 +200,122 @@ class Runner:
         return StageResult("rollout", key, manifest, False, len(records), time.monotonic() - started, notes)
 
 
-def run(repo: ModelRepo, stages: list[str], force: bool = False, say: Callable[[str], None] | None = None) -> tuple[list[StageResult], list[str]]:
+def run(repo: ModelRepo, stages: list[str] | None, force: bool = False, say: Callable[[str], None] | None = None) -> tuple[list[StageResult], list[str]]:
+    """Run `stages` (None: every stage the committed input.yml has) in pipeline order."""
     loaded, notes = committed_input(repo)
     plan = repo.plan(loaded)
-    order = [s for s in ("stim", "rollout") if s in stages]
+    wanted = plan.stages if stages is None else stages
+    if stages is None and not wanted:
+        raise UsageError("the committed input.yml has nothing to run", "uncomment or write a TARGET and/or BAKE section, commit, and run again")
+    order = [s for s in STAGES if s in wanted]
     runner = Runner(repo, plan, loaded, force=force, say=say)
     try:
         results = [getattr(runner, stage)() for stage in order]
     finally:
         runner.close()
     return results, notes
+
+
+def _bake_stage(runner: "Runner") -> StageResult:
+    from gitbake.engine.bake import Baker, Trajectory, select
+    from gitbake.engine.eval import evaluate
+
+    plan, store = runner.plan, runner.store
+    b = plan.bake
+    if b is None:
+        raise UsageError("input.yml has no BAKE section", "add one (BAKE: name: ..., datasets: ...), commit, and run again")
+    hit = None if runner.force else store.get_key("bake", b.key)
+    if hit:
+        report = bake_report(store, b.key) or {}
+        return StageResult("bake", b.key, hit, True, int(report.get("trajectories_trained", 0)), extra=_summary(report))
+    notes: list[str] = []
+    datasets: list[tuple[list[Trajectory], float]] = []
+    contexts: dict[tuple[int, Any], tuple[list[int], list[int]]] = {}
+    train_contexts: dict[tuple[int, Any], tuple[list[int], list[int]]] = {}
+    max_tokens = 16
+    for i, d in enumerate(b.datasets):
+        manifest = store.get_key("rollout", d.key)
+        if manifest is None and runner.plan.target is not None and d.key == runner.plan.target.key:
+            rolled = runner.rollout()
+            notes += [f"{d.name}: {n}" for n in rolled.notes] + [f"{d.name}: ran the missing rollout stage first"]
+            manifest = rolled.manifest
+        if manifest is None:
+            raise GitbakeError(f"the rollouts of target {d.name} (key {d.key[:12]}) are not in the store",
+                               "fetch them with `git bake pull`, or define the target again so it can be made here")
+        trajs = []
+        for rec in read_records(store, manifest, "rollout"):
+            ctx = (rec["teacher_ids"], rec["student_ids"])
+            max_tokens = max(max_tokens, len(rec["response_ids"]))
+            if rec["split"] == "heldout":
+                contexts[(i, rec["stimulus_id"])] = ctx
+            else:
+                train_contexts[(i, rec["stimulus_id"])] = ctx
+                trajs.append(Trajectory(rec["teacher_ids"], rec["student_ids"], rec["response_ids"], i))
+        datasets.append((trajs, d.weight))
+    cfg = b.config
+    data = select(datasets, cfg["total_trajectories"], cfg["seed"], notes)
+    eval_note = None
+    if not contexts:
+        contexts = train_contexts
+        eval_note = "no held-out questions: evaluated on the training questions"
+        notes.append(eval_note)
+    if cfg["deepspeed"]["zero_optimization"]["stage"] or len(cfg["deepspeed"]) > 1:
+        from gitbake.engine.ds import require_deepspeed
+
+        require_deepspeed()
+    started = time.monotonic()
+    model = runner.model()
+    baker = Baker(model.model, model.tokenizer, cfg, plan.parent.base_model, say=runner.say)
+    scratch = store.root / "jobs" / f"bake-{b.key[:16]}"
+    with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
+        result = baker.train(data, Path(tmp) / "adapter", scratch=scratch, progress_label=f"bake {b.name}")
+        report = evaluate(baker.model, model.tokenizer, list(contexts.values()), EVAL_SAMPLES, min(max_tokens, 256),
+                          seed=int(b.key[:8], 16), note=eval_note)
+        report.update({
+            "bake": b.name, "key": b.key, "trajectories_trained": result.trajectories, "steps": result.steps,
+            "final_loss": result.metrics[-1]["loss"] if result.metrics else None, "train_seconds": round(result.seconds, 3),
+        })
+        # only now, after training, the adapter check and eval all succeeded, does anything enter the store
+        adapter = store.put_dir(Path(tmp) / "adapter", {"kind": "adapter"}, take=True)
+        report["adapter"] = adapter
+        rdir = Path(tmp) / "report"
+        rdir.mkdir()
+        with open(rdir / "metrics.jsonl", "w") as fh:
+            for row in result.metrics:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
+        (rdir / "eval.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        report_manifest = store.put_dir(rdir, {"kind": "bake-report", "adapter": adapter}, take=True)
+        store.set_key("bake", b.key, adapter)
+        store.set_key("eval", b.key, report_manifest)
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    runner.reset_model()  # the LoRA was injected into the loaded parent
+    notes += result.notes
+    return StageResult("bake", b.key, adapter, False, result.trajectories, time.monotonic() - started, notes, _summary(report))
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("gap_closed", "d_before", "d_after", "final_loss", "steps", "adapter", "note")
+    return {k: report[k] for k in keys if k in report}
+
+
+def read_json_object(store: Store, manifest: str, name: str) -> Any:
+    entry = store.read_manifest(manifest).files[name]
+    store.verify(entry.digest)
+    return json.loads(store.read_bytes(entry.digest))
+
+
+def bake_report(store: Store, bake_key: str) -> dict[str, Any] | None:
+    """The eval of a stored bake (gap_closed, ...), or None."""
+    manifest = store.get_key("eval", bake_key)
+    if manifest is None:
+        return None
+    try:
+        report: dict[str, Any] = read_json_object(store, manifest, "eval.json")
+        return report
+    except (GitbakeError, KeyError, ValueError):
+        return None
 
 
 def find_stage_output(repo: ModelRepo, stage: str, target_name: str | None) -> tuple[str, str, str]:

@@ -119,10 +119,14 @@ def load_base(
 
 def quiet_transformers() -> None:
     """Our own progress reporting is enough; transformers' bars and advice would drown it in a hook log."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # renames announced for a future major version are not the user's business
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
 
 
 def load(

@@ -1,0 +1,380 @@
+"""bake: train a LoRA adapter so the student (parent + LoRA, student context) matches the teacher
+(the parent, teacher context, adapter disabled, no grad) token by token (DESIGN §5, baking-method.md).
+
+Alignment: for a trajectory with teacher prompt length Lt, student prompt length Ls and response y, the
+teacher's hidden state at Lt-1+j and the student's at Ls-1+j both predict y_j — the standard shift, so the
+first response token is supervised and the end-of-turn token is a target; padding never is.
+The loss is the mean over response tokens of the divergence (forward KL by default), in fp32, in chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from gitbake.engine import kl
+from gitbake.errors import GitbakeError, UsageError
+from gitbake.progress import Progress
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class AdapterError(GitbakeError):
+    """A trained adapter failed its checks and was not stored."""
+
+
+@dataclass
+class Trajectory:
+    teacher_ids: list[int]
+    student_ids: list[int]
+    response_ids: list[int]
+    dataset: int = 0
+
+    def truncated(self, max_length: int) -> Trajectory | None:
+        room = min(max_length - len(self.teacher_ids), max_length - len(self.student_ids))
+        if room <= 0 or not self.response_ids:
+            return None
+        return Trajectory(self.teacher_ids, self.student_ids, self.response_ids[:room], self.dataset)
+
+    @property
+    def length(self) -> int:
+        return max(len(self.teacher_ids), len(self.student_ids)) + len(self.response_ids)
+
+
+@dataclass
+class BakeResult:
+    adapter_dir: Path
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    trajectories: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def select(datasets: Sequence[tuple[Sequence[Trajectory], float]], total: int | None, seed: int, notes: list[str]) -> list[Trajectory]:
+    """Weighted sampling across targets. Each dataset gets `total * weight / sum(weights)` trajectories
+    (all of them when `total` is not set and there is one dataset), drawn without replacement while
+    they last, then with replacement: weights are sampling weights, as in bgit."""
+    rng = random.Random(seed)
+    available = sum(len(d) for d, _ in datasets)
+    if total is not None and total > available:
+        notes.append(f"total_trajectories is {total} but only {available} exist: using all of them")
+        total = None
+    if total is None and len(datasets) == 1:
+        return list(datasets[0][0])
+    total = total if total is not None else available
+    weight_sum = sum(w for _, w in datasets) or 1.0
+    out: list[Trajectory] = []
+    for items, w in datasets:
+        want = round(total * w / weight_sum)
+        pool = list(items)
+        rng.shuffle(pool)
+        if want <= len(pool):
+            out += pool[:want]
+        else:
+            out += pool + [rng.choice(pool) for _ in range(want - len(pool))] if pool else []
+    return out
+
+
+def batches(items: Sequence[Trajectory], size: int, seed: int) -> list[list[Trajectory]]:
+    """Shuffled, then bucketed by length within windows, so a batch pads little but order still varies."""
+    rng = random.Random(seed)
+    order = list(items)
+    rng.shuffle(order)
+    window = size * 16
+    out: list[list[Trajectory]] = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda t: t.length)
+        out += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+    rng.shuffle(out)
+    return out
+
+
+def response_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, pad_id: int, device: Any) -> torch.Tensor:
+    """Hidden states at the positions that predict each response token, row-aligned across sides: [N, H]."""
+    prompts = [t.teacher_ids if side == "teacher" else t.student_ids for t in batch]
+    seqs = [p + t.response_ids[:-1] for p, t in zip(prompts, batch)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):  # right padding: positions of the real tokens stay 0..len-1
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    rows = []
+    for row, (p, t) in enumerate(zip(prompts, batch)):
+        start = len(p) - 1
+        rows.append(hidden[row, start : start + len(t.response_ids)])
+    return torch.cat(rows)
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+class Baker:
+    model: Any  # the PEFT model after training: adapter enabled = baked, disabled = parent
+
+    def __init__(self, model: Any, tokenizer: Any, config: dict[str, Any], base_name: str, say: Callable[[str], None] | None = None) -> None:
+        self.parent = model
+        self.tokenizer = tokenizer
+        self.cfg = config
+        self.base_name = base_name
+        self.say = say or (lambda m: None)
+        self.device = next(model.parameters()).device
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+
+    # the PEFT student wraps the parent; the teacher is the same model with the adapter disabled
+    def _peft(self) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        m = self.cfg["model"]
+        if m.get("student_model_path"):
+            raise UsageError("BAKE.model.student_model_path (distilling into a different model) is not supported yet",
+                             "remove it: the baked model is the parent model plus the adapter")
+        lc = m["baked_adapter_config"]
+        torch.manual_seed(self.cfg["seed"])
+        lora = LoraConfig(
+            r=lc["r"], lora_alpha=lc["lora_alpha"], lora_dropout=lc["lora_dropout"], bias=lc["bias"],
+            target_modules=lc["target_modules"], task_type="CAUSAL_LM",
+        )
+        torch.set_grad_enabled(True)
+        pm = get_peft_model(self.parent, lora)
+        if not m.get("disable_activation_checkpoint"):
+            inner = pm.get_base_model()
+            enable: Any = getattr(inner, "activation_checkpointing_enable", None) or inner.gradient_checkpointing_enable
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            pm.enable_input_require_grads()
+        return pm
+
+    def _optimizer(self, params: list[Any]) -> Any:
+        o = self.cfg["optimizer"]
+        kind = o["type"]
+        if kind == "sgd":
+            return torch.optim.SGD(params, lr=o["learning_rate"], weight_decay=o["weight_decay"])
+        cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+        return cls(params, lr=o["learning_rate"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
+
+    def _scheduler(self, optimizer: Any, total_steps: int) -> Any:
+        from transformers import get_scheduler
+
+        s = self.cfg["scheduler"]
+        warmup = s["warmup_steps"] or int(math.ceil(s["warmup_ratio"] * total_steps))
+        return get_scheduler(s["name"], optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1))
+
+    def train(self, trajectories: Sequence[Trajectory], out_dir: Path, scratch: Path | None = None,
+              progress_label: str = "bake") -> BakeResult:
+        cfg = self.cfg
+        notes: list[str] = []
+        max_len = cfg["data"]["max_length"]
+        data = [t2 for t in trajectories if (t2 := t.truncated(max_len)) is not None]
+        if len(data) < len(trajectories):
+            notes.append(f"{len(trajectories) - len(data)} trajectory(ies) did not fit data.max_length={max_len} and were skipped")
+        if not data:
+            raise UsageError("no trajectory fits data.max_length", "raise BAKE.data.max_length")
+        random.seed(cfg["seed"])
+        torch.manual_seed(cfg["seed"])
+        pm = self._peft()
+        inner = pm.get_base_model()
+        decoder, lm_head = inner.get_decoder(), inner.get_output_embeddings()
+        params = [p for p in pm.parameters() if p.requires_grad]
+        optimizer = self._optimizer(params)
+        mbs, ga, epochs = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["epochs"]
+        data_seed = cfg["data"].get("seed") if cfg["data"].get("seed") is not None else cfg["seed"]
+        per_epoch = math.ceil(math.ceil(len(data) / mbs) / ga)
+        total_steps = per_epoch * epochs
+        scheduler = self._scheduler(optimizer, total_steps)
+        beta, temperature, topk = float(cfg["data"]["beta"]), float(cfg["data"]["temperature"]), cfg["data"]["topk"]
+
+        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if topk:
+            # the teacher runs once: its top-k per position, reused every epoch
+            with torch.no_grad(), pm.disable_adapter():
+                pm.eval()
+                for i in range(0, len(data), mbs):
+                    chunk = data[i : i + mbs]
+                    ids, lps = kl.topk_of(lm_head, response_hidden(decoder, chunk, "teacher", self.pad_id, self.device), topk, temperature)
+                    offset = 0
+                    for j, t in enumerate(chunk):
+                        n = len(t.response_ids)
+                        cache[id(t)] = (ids[offset : offset + n], lps[offset : offset + n])
+                        offset += n
+
+        wandb_run = self._wandb(notes)
+        result = BakeResult(out_dir, trajectories=len(data), notes=notes)
+        state = {"step": 0, "epoch": 0, "batch": 0}
+        if scratch is not None and any(c.get("auto_resume") for c in cfg["checkpoint"] if c.get("enabled", True)):
+            resumed = self._resume(pm, optimizer, scheduler, scratch)
+            if resumed:
+                state = resumed
+                result.resumed_from = state["step"]
+                notes.append(f"resumed from the scratch checkpoint at step {state['step']}")
+        progress = Progress(progress_label, total_steps, unit="step")
+        if state["step"]:
+            progress.done = state["step"]
+        started = time.monotonic()
+        tokens_window, window_start = 0, time.monotonic()
+        try:
+            for epoch in range(state["epoch"], epochs):
+                epoch_batches = batches(data, mbs, data_seed + epoch)
+                first = state["batch"] if epoch == state["epoch"] else 0
+                pm.train()
+                accum_loss, accum_tokens, micro = 0.0, 0, 0
+                for b_index in range(first, len(epoch_batches)):
+                    batch = epoch_batches[b_index]
+                    n_tokens = sum(len(t.response_ids) for t in batch)
+                    s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
+                    if topk:
+                        ids = torch.cat([cache[id(t)][0] for t in batch])
+                        lps = torch.cat([cache[id(t)][1] for t in batch])
+                        loss_sum = kl.chunked_loss(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps))
+                    else:
+                        with torch.no_grad(), pm.disable_adapter():
+                            t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
+                        loss_sum = kl.chunked_loss(lm_head, s_hidden, t_hidden, beta, temperature)
+                    (loss_sum / max(n_tokens, 1) / ga).backward()
+                    accum_loss += loss_sum.item()
+                    accum_tokens += n_tokens
+                    tokens_window += n_tokens
+                    micro += 1
+                    last = b_index == len(epoch_batches) - 1
+                    if micro == ga or last:
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        state = {"step": state["step"] + 1, "epoch": epoch if not last else epoch + 1, "batch": 0 if last else b_index + 1}
+                        now = time.monotonic()
+                        row = {
+                            "step": state["step"],
+                            "epoch": epoch + (b_index + 1) / len(epoch_batches),
+                            "loss": accum_loss / max(accum_tokens, 1),
+                            "lr": scheduler.get_last_lr()[0],
+                            "tokens_per_s": tokens_window / max(now - window_start, 1e-9),
+                        }
+                        tokens_window, window_start = 0, now
+                        result.metrics.append(row)
+                        result.tokens += accum_tokens
+                        if wandb_run is not None:
+                            wandb_run.log(row)
+                        progress.label = f"{progress_label} loss {row['loss']:.4f}"
+                        progress.update()
+                        accum_loss, accum_tokens, micro = 0.0, 0, 0
+                        if scratch is not None and self._due(state, last):
+                            self._save_scratch(pm, optimizer, scheduler, state, scratch)
+        except KeyboardInterrupt:
+            if scratch is not None:
+                self._save_scratch(pm, optimizer, scheduler, state, scratch)
+            raise
+        result.steps = state["step"]
+        result.seconds = time.monotonic() - started
+        self._save_adapter(pm, out_dir)
+        self.model = pm
+        if wandb_run is not None:
+            wandb_run.finish()
+        return result
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def _due(self, state: dict[str, int], epoch_end: bool) -> bool:
+        for c in self.cfg["checkpoint"]:
+            if not c.get("enabled", True):
+                continue
+            if c.get("save_every_n_steps") and state["step"] % c["save_every_n_steps"] == 0:
+                return True
+            if epoch_end and c.get("save_every_n_epochs") and state["epoch"] % c["save_every_n_epochs"] == 0:
+                return True
+        return False
+
+    def _save_scratch(self, pm: Any, optimizer: Any, scheduler: Any, state: dict[str, int], scratch: Path) -> None:
+        tmp = scratch.parent / f".{scratch.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        pm.save_pretrained(str(tmp / "adapter"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(), "state": state}, tmp / "trainer.pt")
+        shutil.rmtree(scratch, ignore_errors=True)
+        tmp.rename(scratch)
+
+    def _resume(self, pm: Any, optimizer: Any, scheduler: Any, scratch: Path) -> dict[str, int] | None:
+        if not (scratch / "trainer.pt").exists():
+            return None
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(pm, load_file(str(scratch / "adapter" / "adapter_model.safetensors")))
+        saved = torch.load(scratch / "trainer.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        return dict(saved["state"])
+
+    def _wandb(self, notes: list[str]) -> Any:
+        w = self.cfg["wandb"]
+        if not w.get("enable"):
+            return None
+        try:
+            import wandb
+        except ImportError:
+            notes.append("wandb.enable is set but wandb is not installed: metrics go to metrics.jsonl only")
+            return None
+        return wandb.init(project=w.get("project"), name=w.get("name"), entity=w.get("entity"), config=self.cfg)
+
+    # -------------------------------------------------------------------------------- saving
+    def _save_adapter(self, pm: Any, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pm.save_pretrained(str(out_dir))
+        # identity must not depend on where the base model happens to live on this machine
+        cfg_path = out_dir / "adapter_config.json"
+        conf = json.loads(cfg_path.read_text())
+        conf["base_model_name_or_path"] = self.base_name
+        conf.pop("revision", None)
+        cfg_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+        for extra in out_dir.iterdir():
+            if extra.name not in ADAPTER_FILES:
+                shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+        check_adapter(out_dir, self.cfg["model"]["baked_adapter_config"], pm)
+
+
+def check_adapter(path: Path, requested: dict[str, Any], pm: Any | None = None) -> None:
+    """Refuse an adapter that is empty or does not match the request (the ZeRO-3 empty-adapter bug)."""
+    from safetensors import safe_open
+
+    missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
+    if missing:
+        raise AdapterError(f"the adapter at {path} lacks {', '.join(missing)}; it was not stored")
+    conf = json.loads((path / "adapter_config.json").read_text())
+    for key in ("r", "lora_alpha", "bias"):
+        if conf.get(key) != requested.get(key) and not (key == "lora_alpha" and float(conf.get(key, -1)) == float(requested[key])):
+            raise AdapterError(f"adapter_config.json has {key}={conf.get(key)!r}, but the bake asked for {requested.get(key)!r}; not stored")
+    r = requested["r"]
+    names = []
+    with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as fh:
+        for name in fh.keys():
+            t = fh.get_tensor(name)
+            if t.numel() == 0:
+                raise AdapterError(f"tensor {name} of the adapter is empty (shape {list(t.shape)}); not stored",
+                                   "this is the DeepSpeed ZeRO-3 save bug: gather the parameters before saving")
+            if "lora_A" in name and t.shape[0] != r:
+                raise AdapterError(f"{name} has shape {list(t.shape)}, expected rank {r}; not stored")
+            if "lora_B" in name and t.shape[1] != r:
+                raise AdapterError(f"{name} has shape {list(t.shape)}, expected rank {r}; not stored")
+            names.append(name)
+    if not any("lora_A" in n for n in names):
+        raise AdapterError("the adapter holds no LoRA weights; not stored")
+    if pm is not None:
+        expected = sum(1 for n, _ in pm.named_parameters() if "lora_A" in n)
+        if sum(1 for n in names if "lora_A" in n) != expected:
+            raise AdapterError(f"the adapter has {sum('lora_A' in n for n in names)} LoRA modules, the model {expected}; not stored")

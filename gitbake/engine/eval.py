@@ -1,0 +1,79 @@
+"""eval: how much of the prompt's effect the bake captured (baking-method.md §8).
+
+On held-out questions, fresh teacher samples at temperature 1 (no top-p, seeded), then token-weighted
+means of KL(teacher ‖ model) over the response positions, for the parent (D_before) and the baked model
+(D_after); gap_closed = 1 − D_after / D_before. Also the first-token KL and the per-position curve.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from gitbake.engine import kl
+from gitbake.engine.bake import Trajectory, response_hidden
+from gitbake.engine.rollout import SamplingSettings, generate_batches
+
+CURVE_POSITIONS = 64
+
+
+def evaluate(pm: Any, tokenizer: Any, contexts: Sequence[tuple[list[int], list[int]]], samples: int, max_tokens: int,
+             seed: int, note: str | None = None) -> dict[str, Any]:
+    """`pm` is the PEFT model: adapter enabled = baked, disabled = parent. Contexts: (teacher ids, student ids)."""
+    pm.eval()
+    inner = pm.get_base_model()
+    decoder, lm_head = inner.get_decoder(), inner.get_output_embeddings()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(pm.parameters()).device
+    prompts = [t for t, _ in contexts for _ in range(samples)]
+    with torch.no_grad(), pm.disable_adapter():
+        responses = generate_batches(pm, tokenizer, prompts, SamplingSettings(temperature=1.0, max_tokens=max_tokens, seed=seed, batch_size=16))
+    trajs = [Trajectory(t, s, resp) for (t, s), (resp, _) in zip([c for c in contexts for _ in range(samples)], responses) if resp]
+    before: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+    with torch.no_grad():
+        for i in range(0, len(trajs), 8):
+            batch = trajs[i : i + 8]
+            with pm.disable_adapter():
+                t_h = response_hidden(decoder, batch, "teacher", pad, device)
+                p_h = response_hidden(decoder, batch, "student", pad, device)
+            b_h = response_hidden(decoder, batch, "student", pad, device)
+            kb, ka = kl.per_position_kl(lm_head, t_h, p_h), kl.per_position_kl(lm_head, t_h, b_h)
+            offset = 0
+            for t in batch:
+                n = len(t.response_ids)
+                before.append(kb[offset : offset + n])
+                after.append(ka[offset : offset + n])
+                offset += n
+    d_before = float(torch.cat(before).mean()) if before else 0.0
+    d_after = float(torch.cat(after).mean()) if after else 0.0
+
+    def curve(rows: list[torch.Tensor]) -> list[float]:
+        out = []
+        for j in range(CURVE_POSITIONS):
+            vals = [r[j] for r in rows if len(r) > j]
+            if not vals:
+                break
+            out.append(round(float(torch.stack(vals).mean()), 6))
+        return out
+
+    result: dict[str, Any] = {
+        "questions": len(contexts),
+        "trajectories": len(trajs),
+        "tokens": int(sum(len(r) for r in before)),
+        "d_before": d_before,
+        "d_after": d_after,
+        "gap_closed": (1 - d_after / d_before) if d_before > 0 else None,
+        "first_token_kl_before": float(torch.stack([r[0] for r in before]).mean()) if before else None,
+        "first_token_kl_after": float(torch.stack([r[0] for r in after]).mean()) if after else None,
+        "per_trajectory_kl_before": float(torch.stack([r.sum() for r in before]).mean()) if before else None,
+        "per_trajectory_kl_after": float(torch.stack([r.sum() for r in after]).mean()) if after else None,
+        "curve_before": curve(before),
+        "curve_after": curve(after),
+        "seed": seed,
+        "samples_per_question": samples,
+    }
+    if note:
+        result["note"] = note
+    return result

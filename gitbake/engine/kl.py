@@ -1,0 +1,114 @@
+"""The distillation losses, over row-aligned hidden states of teacher and student response positions.
+
+Logits are never materialised for a whole batch: positions are processed in chunks through the output
+layer, and each student chunk is recomputed in backward (activation checkpointing), so only one chunk's
+[tokens, vocab] logits exist at a time. Everything is computed in fp32 (baking-method.md §9).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CHUNK_TOKENS = 256
+
+
+def divergence(t_logp: torch.Tensor, s_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-position divergence between teacher and student log-probs ([N, V] each) -> [N].
+
+    beta 0: forward KL(teacher || student); beta 1: reverse KL(student || teacher); in between: the
+    generalized Jensen-Shannon divergence of TRL's GKD (mixture m = beta*p_T + (1-beta)*p_S)."""
+    if beta == 0:
+        return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    if beta == 1:
+        return (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+    m = torch.logsumexp(torch.stack([t_logp + math.log(beta), s_logp + math.log(1 - beta)]), dim=0)
+    kl_t = (t_logp.exp() * (t_logp - m)).sum(-1)
+    kl_s = (s_logp.exp() * (s_logp - m)).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s
+
+
+def topk_divergence(t_ids: torch.Tensor, t_logp: torch.Tensor, s_logp_full: torch.Tensor) -> torch.Tensor:
+    """Forward KL of the (K+1)-way coarsening: the teacher's top-K tokens plus one tail bucket.
+
+    It lies in [0, full KL] (data processing), so it is a valid loss and metric (baking-method.md §2)."""
+    s_top = s_logp_full.gather(-1, t_ids.long())
+    p_t = t_logp.exp()
+    head = (p_t * (t_logp - s_top)).sum(-1)
+    tail_t = (1 - p_t.sum(-1)).clamp_min(1e-12)
+    tail_s = (1 - s_top.exp().sum(-1)).clamp_min(1e-12)
+    return head + tail_t * (tail_t.log() - tail_s.log())
+
+
+def _logp(lm_head: Any, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1)
+
+
+def _topk_piece(lm_head: Any, ids: torch.Tensor, lp: torch.Tensor, temperature: float, h: torch.Tensor) -> torch.Tensor:
+    return topk_divergence(ids, lp, _logp(lm_head, h, temperature)).sum()
+
+
+def _full_piece(lm_head: Any, t_lp: torch.Tensor, beta: float, temperature: float, h: torch.Tensor) -> torch.Tensor:
+    return divergence(t_lp, _logp(lm_head, h, temperature), beta).sum()
+
+
+def chunked_loss(
+    lm_head: Any,
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    chunk: int = CHUNK_TOKENS,
+) -> torch.Tensor:
+    """Sum over positions of the divergence. Either `teacher_hidden` ([N, H], no grad) or a cached
+    `teacher_topk` (ids [N, K], log-probs [N, K])."""
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    n = student_hidden.shape[0]
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        piece: Callable[[torch.Tensor], torch.Tensor]
+        if teacher_topk is not None:
+            ids, lp = teacher_topk[0][start:end], teacher_topk[1][start:end]
+            piece = partial(_topk_piece, lm_head, ids, lp, temperature)
+        else:
+            assert teacher_hidden is not None
+            with torch.no_grad():
+                t_lp = _logp(lm_head, teacher_hidden[start:end], temperature)
+            piece = partial(_full_piece, lm_head, t_lp, beta, temperature)
+        s_h = student_hidden[start:end]
+        if s_h.requires_grad:
+            # recomputed in backward: only this chunk's logits are ever alive
+            total = total + checkpoint(piece, s_h, use_reentrant=False)
+        else:
+            total = total + piece(s_h)
+    return total
+
+
+def per_position_kl(lm_head: Any, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor, chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+    """Forward KL at each position ([N]), no grad: for eval."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, teacher_hidden.shape[0], chunk):
+            end = min(teacher_hidden.shape[0], start + chunk)
+            out.append(divergence(_logp(lm_head, teacher_hidden[start:end], 1.0), _logp(lm_head, student_hidden[start:end], 1.0), 0.0))
+    return torch.cat(out) if out else teacher_hidden.new_zeros((0,))
+
+
+def topk_of(lm_head: Any, teacher_hidden: torch.Tensor, k: int, temperature: float = 1.0, chunk: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, lps = [], []
+    with torch.no_grad():
+        for start in range(0, teacher_hidden.shape[0], chunk):
+            lp = _logp(lm_head, teacher_hidden[start : start + chunk], temperature)
+            top = lp.topk(min(k, lp.shape[-1]), dim=-1)
+            ids.append(top.indices.to(torch.int32))
+            lps.append(top.values)
+    return torch.cat(ids), torch.cat(lps)
