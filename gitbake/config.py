@@ -200,12 +200,18 @@ class BakeModelConfig(Model):
     peft_config: dict[str, Any] | None = None
     save_name: str | None = None
     student_model_path: str | None = None
+
+    @field_validator("student_model_path")
+    @classmethod
+    def _no_other_student(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("distilling into a different student model is not supported yet; remove `student_model_path`")
+        return v
     parent_model_name: str | None = None
 
     _accepted: ClassVar[dict[str, str]] = {
         "peft_config": "use `baked_adapter_config` for LoRA settings; `peft_config` is ignored",
         "save_name": "adapters are named by their key in the store; `save_name` is ignored",
-        "student_model_path": "distilling into a different student model is not supported locally; ignored",
         "parent_model_name": "the parent is always the model of the previous bake (.bread PARENT_MODEL); ignored",
     }
 
@@ -253,7 +259,7 @@ class DataConfig(Model):
     type: str | None = None
     sources: list[Any] | None = None
     eval_sources: list[Any] | None = None
-    beta: float = Field(default=0.0, ge=0)
+    beta: float = Field(default=0.0, ge=0, le=1)
     temperature: float = Field(default=1.0, gt=0)
     max_length: int = Field(default=1024, ge=16)
     topk: int | None = Field(default=None, ge=1)
@@ -269,13 +275,6 @@ class DataConfig(Model):
         "eval_sources": "evaluation uses the held-out questions of each target; `data.eval_sources` is ignored",
         "cache_dir": "data lives in the store; `data.cache_dir` is ignored",
     }
-
-    @field_validator("beta")
-    @classmethod
-    def _forward_kl_only(cls, v: float) -> float:
-        if v != 0:
-            raise ValueError("only forward KL (beta 0) is implemented; remove `beta` or set it to 0")
-        return v
 
     @field_validator("train_eval_split")
     @classmethod
@@ -301,9 +300,6 @@ class WandbConfig(Model):
     name: str | None = None
     entity: str | None = None
 
-    _accepted: ClassVar[dict[str, str]] = {
-        "enable": "Weights & Biases logging is not built in; metrics go to `git bake metrics`",
-    }
 
 
 class Bake(Model):

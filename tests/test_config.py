@@ -141,7 +141,7 @@ BAKE:
 @pytest.mark.parametrize(
     "snippet, field",
     [
-        ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  wandb: {enable: true}\n", "BAKE.wandb.enable"),
+        ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  model: {save_name: x}\n", "BAKE.model.save_name"),
         ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  template: other_bake\n", "BAKE.template"),
         ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  model_name: x\n", "BAKE.model_name"),
         ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  model: {parent_model_name: u/r/b/1}\n", "BAKE.model.parent_model_name"),
@@ -221,6 +221,11 @@ def test_generator_without_type(tmp_path: Path) -> None:
 def test_all_errors_reported_at_once_in_file_order(tmp_path: Path) -> None:
     issues = errors("BAKE:\n  epochs: x\n  seed: y\n  bogus: 1\nTARGET:\n  temperature: 9\n", tmp_path)
     assert [i.line for i in issues] == [2, 3, 4, 6]
+
+
+def test_student_model_path_is_refused(tmp_path: Path) -> None:
+    issue = one_error("BAKE:\n  name: b\n  model: {student_model_path: other/model}\n", tmp_path)
+    assert issue.field == "BAKE.model.student_model_path" and "not supported" in issue.message
 
 
 def test_scheduler_lr_is_rejected_like_bgit(tmp_path: Path) -> None:

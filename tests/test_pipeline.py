@@ -148,3 +148,68 @@ def test_rollout_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITBAKE_ROLLOUT_BACKEND", "vllm")
     with pytest.raises(UsageError, match="vLLM"):
         vllm_backend.wanted()
+
+
+BAKE_SECTION = """\
+BAKE:
+  name: yoda_bake
+  epochs: 2
+  micro_batch_size: 4
+  optimizer:
+    learning_rate: 0.003
+  model:
+    disable_activation_checkpoint: true
+"""
+
+
+def test_run_bake_end_to_end_and_cache(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (committed / "input.yml").write_text(INPUT + BAKE_SECTION)
+    git(committed, "commit", "-qam", "bake it")
+    out = json.loads(invoke("run", "--json").stdout)
+    assert [r["stage"] for r in out] == ["stim", "rollout", "bake"]
+    b = out[2]
+    assert not b["cached"] and b["extra"]["gap_closed"] is not None and b["extra"]["d_after"] < b["extra"]["d_before"]
+    st = open_repo(committed).store
+    adapter = st.get_key("bake", b["key"])
+    assert adapter == b["manifest"]
+    assert sorted(st.read_manifest(adapter).files) == ["adapter_config.json", "adapter_model.safetensors"]
+    report = pipeline.bake_report(st, b["key"])
+    assert report and report["adapter"] == adapter and report["questions"] >= 1
+    assert not (st.root / "jobs" / f"bake-{b['key'][:16]}").exists()  # scratch removed after success
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("trained on a cache hit")
+
+    monkeypatch.setattr("gitbake.engine.bake.Baker.train", boom)
+    again = json.loads(invoke("run", "bake", "--json").stdout)
+    assert again[0]["cached"] and again[0]["manifest"] == adapter
+    human = invoke("run", "bake").stdout
+    assert "gap_closed" in human
+
+
+def test_a_failed_bake_stores_nothing(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (committed / "input.yml").write_text(INPUT + BAKE_SECTION)
+    git(committed, "commit", "-qam", "bake it")
+    invoke("run", "rollout")
+    st = open_repo(committed).store
+    before = set(st.iter_objects())
+
+    def fail(*a: object, **k: object) -> None:
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr("gitbake.engine.eval.evaluate", fail)
+    with pytest.raises(RuntimeError):
+        invoke("run", "bake")
+    assert set(st.iter_objects()) == before
+    assert not list((st.root / "keys").glob("bake/*")) and not list((st.root / "keys").glob("eval/*"))
+
+
+def test_deepspeed_requested_without_deepspeed_installed(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    (committed / "input.yml").write_text(INPUT + BAKE_SECTION + "  deepspeed:\n    zero_optimization:\n      stage: 2\n")
+    git(committed, "commit", "-qam", "zero 2")
+    result = invoke("run", "bake")
+    assert result.exit_code == 2 and "pip install 'gitbake[deepspeed]'" in result.stderr

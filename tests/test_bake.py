@@ -1,0 +1,191 @@
+"""The bake on tiny: step-0 invariants, KL falls, determinism, adapter checks, sequential parents,
+failure leaves nothing, and eval."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gitbake.config import Bake
+from gitbake.engine import bake, kl, models
+from gitbake.engine.rollout import SamplingSettings, make_rollouts
+from gitbake.engine.templating import render
+
+TEACHER = {"messages": [{"role": "system", "content": "You are Yoda. Speak like Yoda you must: inverted word order, wise and brief."}]}
+QUESTIONS = ["What is the capital of France?", "How do I make tea?", "Why is the sky blue?", "Tell me a joke.",
+             "What should I do when I feel stuck?", "Give me one tip for learning to code."]
+
+
+def config(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": "t", "datasets": [{"target": "x"}], "epochs": 2, "micro_batch_size": 4,
+                            "optimizer": {"learning_rate": 0.003}, "model": {"disable_activation_checkpoint": True}}
+    base.update(over)
+    return Bake.model_validate(base).model_dump(mode="json")
+
+
+@pytest.fixture(scope="module")
+def trajectories() -> list[bake.Trajectory]:
+    m = models.load_base("tiny")
+    stim = [{"id": i, "question": q, "split": "train"} for i, q in enumerate(QUESTIONS)]
+    recs = make_rollouts(m.model, m.tokenizer, stim, TEACHER, {"messages": []}, SamplingSettings(num_traj_per_stimulus=2, max_tokens=24, seed=3))
+    return [bake.Trajectory(r["teacher_ids"], r["student_ids"], r["response_ids"]) for r in recs]
+
+
+def fresh() -> models.LoadedModel:
+    return models.load_base("tiny")
+
+
+def test_step0_student_is_the_parent_and_teacher_reproduces_parent_logits(trajectories: list[bake.Trajectory]) -> None:
+    m = fresh()
+    parent = fresh()
+    b = bake.Baker(m.model, m.tokenizer, config(), "tiny")
+    pm = b._peft()
+    pm.eval()
+    inner = pm.get_base_model()
+    batch = trajectories[:3]
+    with torch.no_grad():
+        s = bake.response_hidden(inner.get_decoder(), batch, "student", 256, "cpu")
+        with pm.disable_adapter():
+            t = bake.response_hidden(inner.get_decoder(), batch, "teacher", 256, "cpu")
+        pt = bake.response_hidden(parent.model.get_decoder(), batch, "teacher", 256, "cpu")
+        ps = bake.response_hidden(parent.model.get_decoder(), batch, "student", 256, "cpu")
+    assert torch.allclose(t, pt, atol=1e-5)  # the teacher pass is the parent with the teacher prompt
+    assert torch.allclose(s, ps, atol=1e-5)  # LoRA B starts at 0: the student is the parent at step 0
+    # and the step-0 loss is the parent's KL gap on these trajectories
+    loss = kl.chunked_loss(inner.get_output_embeddings(), s, t) / s.shape[0]
+    direct = kl.per_position_kl(parent.model.get_output_embeddings(), pt, ps).mean()
+    assert abs(loss.item() - direct.item()) < 1e-4 and direct.item() > 0.05
+
+
+def test_alignment_first_response_token_is_supervised(trajectories: list[bake.Trajectory]) -> None:
+    """Row j of the hidden states predicts response token j (the standard shift), for both sides."""
+    m = fresh()
+    t = trajectories[0]
+    with torch.no_grad():
+        h = bake.response_hidden(m.model.get_decoder(), [t], "teacher", 256, "cpu")
+        logits = m.model.get_output_embeddings()(h)
+        full = m.model(torch.tensor([t.teacher_ids + t.response_ids])).logits[0]
+    lt = len(t.teacher_ids)
+    assert torch.allclose(logits, full[lt - 1 : lt - 1 + len(t.response_ids)], atol=1e-4)
+    assert h.shape[0] == len(t.response_ids)
+
+
+def test_kl_falls_and_same_seed_same_bytes(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    outs = []
+    for run in range(2):
+        m = fresh()
+        res = bake.Baker(m.model, m.tokenizer, config(epochs=4), "tiny").train(trajectories, tmp_path / f"a{run}")
+        outs.append(res)
+    losses = [row["loss"] for row in outs[0].metrics]
+    assert losses[-1] < 0.6 * losses[0]
+    for f in bake.ADAPTER_FILES:
+        assert (tmp_path / "a0" / f).read_bytes() == (tmp_path / "a1" / f).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a0").iterdir()) == sorted(bake.ADAPTER_FILES)
+    conf = json.loads((tmp_path / "a0" / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == "tiny" and conf["r"] == 8
+
+
+def test_adapter_round_trip_is_exact(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    m = fresh()
+    b = bake.Baker(m.model, m.tokenizer, config(epochs=1), "tiny")
+    b.train(trajectories, tmp_path / "a")
+    b.model.eval()
+    ids = torch.tensor([render(m.tokenizer, [], None, "Hello")])
+    with torch.no_grad():
+        expected = b.model(ids).logits
+    loaded = models.load("tiny", [tmp_path / "a"])
+    with torch.no_grad():
+        got = loaded.model(ids).logits
+    assert torch.allclose(expected, got, atol=1e-5)
+
+
+def test_empty_or_mismatched_adapter_is_refused(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    m = fresh()
+    bake.Baker(m.model, m.tokenizer, config(epochs=1), "tiny").train(trajectories, tmp_path / "a")
+    requested = config()["model"]["baked_adapter_config"]
+    bake.check_adapter(tmp_path / "a", requested)
+    with pytest.raises(bake.AdapterError, match="asked for"):
+        bake.check_adapter(tmp_path / "a", {**requested, "r": 16})
+    empty = tmp_path / "empty"
+    shutil.copytree(tmp_path / "a", empty)
+    tensors = load_file(str(empty / "adapter_model.safetensors"))
+    save_file({k: torch.zeros(0) for k in tensors}, str(empty / "adapter_model.safetensors"))
+    with pytest.raises(bake.AdapterError, match="empty"):
+        bake.check_adapter(empty, requested)
+
+
+def test_sequential_bake_teacher_is_the_parent(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    m = fresh()
+    bake.Baker(m.model, m.tokenizer, config(epochs=2), "tiny").train(trajectories, tmp_path / "first")
+    parent = models.load("tiny", [tmp_path / "first"])  # base + the first adapter, merged
+    base = fresh()
+    b2 = bake.Baker(parent.model, parent.tokenizer, config(epochs=1), "tiny")
+    pm = b2._peft()
+    pm.eval()
+    t = trajectories[:2]
+    with torch.no_grad(), pm.disable_adapter():
+        teacher = bake.response_hidden(pm.get_base_model().get_decoder(), t, "teacher", 256, "cpu")
+    with torch.no_grad():
+        from_parent = bake.response_hidden(parent.model.get_decoder(), t, "teacher", 256, "cpu")
+        from_base = bake.response_hidden(base.model.get_decoder(), t, "teacher", 256, "cpu")
+    assert torch.allclose(teacher, from_parent, atol=1e-5)
+    assert not torch.allclose(teacher, from_base, atol=1e-3)  # not the bare base model
+
+
+def test_topk_and_gkd_variants_train(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    for name, data in (("topk", {"topk": 16}), ("jsd", {"beta": 0.5})):
+        m = fresh()
+        res = bake.Baker(m.model, m.tokenizer, config(epochs=3, data=data), "tiny").train(trajectories, tmp_path / name)
+        assert res.metrics[-1]["loss"] < res.metrics[0]["loss"], name
+
+
+def test_divergences() -> None:
+    p = torch.log_softmax(torch.randn(5, 11), -1)
+    q = torch.log_softmax(torch.randn(5, 11), -1)
+    assert torch.allclose(kl.divergence(p, p, 0.0), torch.zeros(5), atol=1e-6)
+    fwd = kl.divergence(p, q, 0.0)
+    assert torch.allclose(fwd, torch.nn.functional.kl_div(q, p, log_target=True, reduction="none").sum(-1), atol=1e-5)
+    top = p.topk(4, -1)
+    coarse = kl.topk_divergence(top.indices, top.values, q)
+    assert bool((coarse >= -1e-6).all()) and bool((coarse <= fwd + 1e-5).all())  # data processing inequality
+    jsd = kl.divergence(p, q, 0.5)
+    assert bool((jsd >= 0).all()) and bool((jsd <= fwd + 1e-5).all())
+
+
+def test_weighted_selection_and_total() -> None:
+    a = [bake.Trajectory([1], [1], [2], 0) for _ in range(10)]
+    b = [bake.Trajectory([1], [1], [3], 1) for _ in range(10)]
+    notes: list[str] = []
+    picked = bake.select([(a, 3.0), (b, 1.0)], 8, 0, notes)
+    assert sum(t.dataset == 0 for t in picked) == 6 and sum(t.dataset == 1 for t in picked) == 2
+    assert len(bake.select([(a, 1.0)], 50, 0, notes)) == 10 and "only 10 exist" in notes[0]
+
+
+def test_interrupt_leaves_a_scratch_checkpoint_and_resume_continues(trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(epochs=2, micro_batch_size=2, checkpoint=[{"save_every_n_steps": 2, "auto_resume": True}])
+    m = fresh()
+    b = bake.Baker(m.model, m.tokenizer, cfg, "tiny")
+    real = bake.kl.chunked_loss
+    calls = {"n": 0}
+
+    def flaky(*a: Any, **k: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(bake.kl, "chunked_loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        b.train(trajectories, tmp_path / "out", scratch=tmp_path / "scratch")
+    assert (tmp_path / "scratch" / "trainer.pt").exists() and not (tmp_path / "out").exists()
+    monkeypatch.setattr(bake.kl, "chunked_loss", real)
+    m2 = fresh()
+    res = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "out", scratch=tmp_path / "scratch")
+    assert res.resumed_from == 4 and res.steps == 12 and len(res.metrics) == 8
