@@ -314,7 +314,7 @@ class Bake(Model):
     model: BakeModelConfig = Field(default_factory=BakeModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    deepspeed: DeepSpeedConfig | None = None  # None: train without DeepSpeed
     data: DataConfig = Field(default_factory=DataConfig)
     checkpoint: list[CheckpointConfig] = Field(default_factory=list)
     wandb: WandbConfig = Field(default_factory=WandbConfig)

@@ -259,7 +259,7 @@ def _bake_stage(runner: "Runner") -> StageResult:
         contexts = train_contexts
         eval_note = "no held-out questions: evaluated on the training questions"
         notes.append(eval_note)
-    if cfg["deepspeed"]["zero_optimization"]["stage"] or len(cfg["deepspeed"]) > 1:
+    if cfg["deepspeed"] is not None:
         from gitbake.engine.ds import require_deepspeed
 
         require_deepspeed()

@@ -41,7 +41,7 @@ def test_yoda_example_resolves_with_defaults(tmp_path: Path) -> None:
     assert bake is not None and bake.name == "yoda_bake"
     assert bake.epochs == 2
     # defaults are for one GPU or a CPU: no ZeRO-3, a modest LoRA rank
-    assert bake.deepspeed.zero_optimization.stage == 0
+    assert bake.deepspeed is None  # DeepSpeed only when asked for
     assert bake.model.baked_adapter_config.r == 8
     assert bake.optimizer.learning_rate == 1e-4
     assert loaded.config.TARGET is not None and loaded.config.TARGET.temperature == 1.0
@@ -61,7 +61,7 @@ def test_complete_example_values(tmp_path: Path) -> None:
     assert bake.model.baked_adapter_config.r == 16
     assert bake.model.baked_adapter_config.lora_dropout == 0.1
     assert bake.scheduler.type == "huggingface"
-    assert bake.deepspeed.zero_optimization.stage == 2
+    assert bake.deepspeed is not None and bake.deepspeed.zero_optimization.stage == 2
     assert bake.datasets is not None and bake.datasets[0].target == "coding_target"
 
 

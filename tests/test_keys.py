@@ -158,7 +158,6 @@ NOT_IN_KEY = [
     ("BAKE.checkpoint", [{"save_every_n_steps": 5}]),
     ("BAKE.train_log_iter_interval", 10),
     ("BAKE.eval_interval", 5),
-    ("BAKE.deepspeed", {"zero_optimization": {"stage": 3}}),
     ("TARGET.generators.0.numq", 7),
     ("BAKE.data.dl_num_workers", 8),
     ("BAKE.data.num_proc", 4),
@@ -270,3 +269,9 @@ def test_nan_is_rejected(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError):
         plan_of({}, tmp_path, "BAKE:\n  name: b\n  optimizer: {learning_rate: .nan}\n")
+
+
+def test_the_zero_stage_is_not_in_the_key(tmp_path: Path) -> None:
+    two = plan_of(_set(BASE, "BAKE.deepspeed", {"zero_optimization": {"stage": 2}}), tmp_path)
+    three = plan_of(_set(BASE, "BAKE.deepspeed", {"zero_optimization": {"stage": 3}}), tmp_path)
+    assert two.bake and three.bake and two.bake.key == three.bake.key

@@ -192,12 +192,19 @@ class Baker:
         inner = pm.get_base_model()
         decoder, lm_head = inner.get_decoder(), inner.get_output_embeddings()
         params = [p for p in pm.parameters() if p.requires_grad]
-        optimizer = self._optimizer(params)
         mbs, ga, epochs = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["epochs"]
         data_seed = cfg["data"].get("seed") if cfg["data"].get("seed") is not None else cfg["seed"]
         per_epoch = math.ceil(math.ceil(len(data) / mbs) / ga)
         total_steps = per_epoch * epochs
-        scheduler = self._scheduler(optimizer, total_steps)
+        engine = None
+        if cfg.get("deepspeed") is not None:
+            from gitbake.engine import ds
+
+            ds.require_deepspeed()
+            engine, optimizer, scheduler = ds.initialize(pm, params, cfg, lambda opt: self._scheduler(opt, total_steps))
+        else:
+            optimizer = self._optimizer(params)
+            scheduler = self._scheduler(optimizer, total_steps)
         beta, temperature, topk = float(cfg["data"]["beta"]), float(cfg["data"]["temperature"]), cfg["data"]["topk"]
 
         cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -246,16 +253,22 @@ class Baker:
                         with torch.no_grad(), pm.disable_adapter():
                             t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
                         loss_sum = kl.chunked_loss(lm_head, s_hidden, t_hidden, beta, temperature)
-                    (loss_sum / max(n_tokens, 1) / ga).backward()
+                    if engine is not None:
+                        engine.backward(loss_sum / max(n_tokens, 1))  # DeepSpeed divides by the accumulation steps
+                    else:
+                        (loss_sum / max(n_tokens, 1) / ga).backward()
                     accum_loss += loss_sum.item()
                     accum_tokens += n_tokens
                     tokens_window += n_tokens
                     micro += 1
                     last = b_index == len(epoch_batches) - 1
+                    if engine is not None:
+                        engine.step()  # steps the optimizer and the scheduler at accumulation boundaries
                     if micro == ga or last:
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
+                        if engine is None:
+                            optimizer.step()
+                            scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
                         state = {"step": state["step"] + 1, "epoch": epoch if not last else epoch + 1, "batch": 0 if last else b_index + 1}
                         now = time.monotonic()
                         row = {
@@ -281,7 +294,12 @@ class Baker:
             raise
         result.steps = state["step"]
         result.seconds = time.monotonic() - started
-        self._save_adapter(pm, out_dir)
+        stage = int(((cfg.get("deepspeed") or {}).get("zero_optimization") or {}).get("stage", 0))
+        from gitbake.engine import ds as ds_mod
+
+        with ds_mod.gathered(params, stage if engine is not None else 0):
+            if ds_mod.rank() == 0:  # only rank 0 writes
+                self._save_adapter(pm, out_dir)
         self.model = pm
         if wandb_run is not None:
             wandb_run.finish()
