@@ -3,7 +3,7 @@
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${GITBAKE_VENV:-$REPO_ROOT/.venv}"
-EXTRAS="${GITBAKE_EXTRAS:-train,dev}"
+EXTRAS="${GITBAKE_EXTRAS:-train,deepspeed,dev}"
 
 pick_python() {
   for py in python3.12 python3.11 python3.10 python3; do

@@ -197,6 +197,7 @@ class Baker:
         per_epoch = math.ceil(math.ceil(len(data) / mbs) / ga)
         total_steps = per_epoch * epochs
         engine = None
+        zero3 = int(((cfg.get("deepspeed") or {}).get("zero_optimization") or {}).get("stage", 0)) == 3
         if cfg.get("deepspeed") is not None:
             from gitbake.engine import ds
 
@@ -241,6 +242,7 @@ class Baker:
                 first = state["batch"] if epoch == state["epoch"] else 0
                 pm.train()
                 accum_loss, accum_tokens, micro = 0.0, 0, 0
+                pending: Any = None
                 for b_index in range(first, len(epoch_batches)):
                     batch = epoch_batches[b_index]
                     n_tokens = sum(len(t.response_ids) for t in batch)
@@ -248,24 +250,27 @@ class Baker:
                     if topk:
                         ids = torch.cat([cache[id(t)][0] for t in batch])
                         lps = torch.cat([cache[id(t)][1] for t in batch])
-                        loss_sum = kl.chunked_loss(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps))
+                        loss_sum = kl.chunked_loss(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps), recompute=not zero3)
                     else:
                         with torch.no_grad(), pm.disable_adapter():
                             t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
-                        loss_sum = kl.chunked_loss(lm_head, s_hidden, t_hidden, beta, temperature)
+                        loss_sum = kl.chunked_loss(lm_head, s_hidden, t_hidden, beta, temperature, recompute=not zero3)
+                    scaled = loss_sum / max(n_tokens, 1) / ga
                     if engine is not None:
-                        engine.backward(loss_sum / max(n_tokens, 1))  # DeepSpeed divides by the accumulation steps
+                        pending = scaled if pending is None else pending + scaled  # one backward per step
                     else:
-                        (loss_sum / max(n_tokens, 1) / ga).backward()
+                        scaled.backward()
                     accum_loss += loss_sum.item()
                     accum_tokens += n_tokens
                     tokens_window += n_tokens
                     micro += 1
                     last = b_index == len(epoch_batches) - 1
-                    if engine is not None:
-                        engine.step()  # steps the optimizer and the scheduler at accumulation boundaries
                     if micro == ga or last:
-                        if engine is None:
+                        if engine is not None:
+                            engine.backward(pending, scale_wrt_gas=False)
+                            engine.step()  # the optimizer and the scheduler
+                            pending = None
+                        else:
                             optimizer.step()
                             scheduler.step()
                             optimizer.zero_grad(set_to_none=True)

@@ -64,7 +64,9 @@ def ds_config(cfg: dict[str, Any]) -> dict[str, Any]:
     o = cfg["optimizer"]
     conf: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
-        "gradient_accumulation_steps": cfg["gradient_accumulation_steps"],
+        # gitbake accumulates itself (one backward per optimizer step): DeepSpeed's own accumulation under
+        # ZeRO-3 drifted from the plain path's loss curve here, ours matches it exactly
+        "gradient_accumulation_steps": 1,
         "zero_optimization": dict(user.pop("zero_optimization", {}) or {"stage": 0}),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

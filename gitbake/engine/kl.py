@@ -68,6 +68,7 @@ def chunked_loss(
     temperature: float = 1.0,
     teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
     chunk: int = CHUNK_TOKENS,
+    recompute: bool = True,
 ) -> torch.Tensor:
     """Sum over positions of the divergence. Either `teacher_hidden` ([N, H], no grad) or a cached
     `teacher_topk` (ids [N, K], log-probs [N, K])."""
@@ -85,8 +86,9 @@ def chunked_loss(
                 t_lp = _logp(lm_head, teacher_hidden[start:end], temperature)
             piece = partial(_full_piece, lm_head, t_lp, beta, temperature)
         s_h = student_hidden[start:end]
-        if s_h.requires_grad:
-            # recomputed in backward: only this chunk's logits are ever alive
+        if s_h.requires_grad and recompute:
+            # recomputed in backward: only this chunk's logits are ever alive (not under ZeRO-3, whose
+            # partitioned output layer is released between forward and recomputation)
             total = total + checkpoint(piece, s_h, use_reentrant=False)
         else:
             total = total + piece(s_h)
