@@ -189,6 +189,16 @@ def status(as_json: bool) -> None:
             state = click.style(c.state, fg=_STATE_COLOUR.get(c.state))
             implied = "  (implied: empty student prompt)" if c.kind == "prompt" and report.plan.prompts[c.ref].source == "implied" else ""
             click.echo(f"  {c.kind:<7} {c.ref:<{w_ref}}  {c.name:<{w_name}}  {state}{implied}")
+    if report.stages:
+        click.echo("\nStages:")
+        for row in report.stages:
+            detail = ""
+            if row.get("count") is not None:
+                detail = f"{row['count']} {'questions' if row['stage'] == 'stim' else 'trajectories'}"
+            ev = row.get("eval") or {}
+            if ev.get("gap_closed") is not None:
+                detail = f"gap_closed {ev['gap_closed']:.3f} (KL {ev['d_before']:.4f} -> {ev['d_after']:.4f})"
+            click.echo(f"  {row['stage']:<8} {row['state']:<8} {detail}")
     if report.commented_out:
         click.echo(f"\nCommented out: {', '.join(report.commented_out)}")
     if report.would_run:

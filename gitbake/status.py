@@ -40,6 +40,7 @@ class StatusReport:
     changes: list[Change] = field(default_factory=list)
     commented_out: list[str] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # stage, key, state (cached|missing), count, eval
 
     @property
     def would_run(self) -> list[str]:
@@ -56,6 +57,7 @@ class StatusReport:
             "changes": [c.as_json() for c in self.changes],
             "commented_out": self.commented_out,
             "would_run": self.would_run,
+            "stages": self.stages,
             "warnings": [w.render() for w in self.warnings],
         }
 
@@ -82,7 +84,32 @@ def status(repo: ModelRepo) -> StatusReport:
     if plan.bake is not None:
         old_b = bread.bake if bread else None
         report.changes.append(Change("bake", plan.bake.plain, plan.bake.name, plan.bake.key, _state(old_b.hash if old_b else None, plan.bake.key)))
+    report.stages = stage_states(repo, plan)
     return report
+
+
+def stage_states(repo: ModelRepo, plan: Plan) -> list[dict[str, Any]]:
+    """Which stages of this plan the store already holds (a commit would not run them again)."""
+    from gitbake.pipeline import bake_report
+
+    keys: list[tuple[str, str]] = []
+    if plan.target is not None:
+        keys += [("stim", plan.target.stim_key), ("rollout", plan.target.key)]
+    if plan.bake is not None:
+        keys.append(("bake", plan.bake.key))
+    out = []
+    for stage, key in keys:
+        manifest = repo.store.get_key(stage, key)
+        row: dict[str, Any] = {"stage": stage, "key": key, "state": "cached" if manifest else "missing"}
+        if manifest:
+            meta = repo.store.read_manifest(manifest).meta
+            if "count" in meta:
+                row["count"] = meta["count"]
+            if stage == "bake":
+                report = bake_report(repo.store, key) or {}
+                row["eval"] = {k: report.get(k) for k in ("gap_closed", "d_before", "d_after", "final_loss")}
+        out.append(row)
+    return out
 
 
 def validate(repo: ModelRepo) -> tuple[LoadedInput, Plan]:

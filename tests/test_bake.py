@@ -189,3 +189,12 @@ def test_interrupt_leaves_a_scratch_checkpoint_and_resume_continues(trajectories
     m2 = fresh()
     res = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "out", scratch=tmp_path / "scratch")
     assert res.resumed_from == 4 and res.steps == 12 and len(res.metrics) == 8
+
+
+def test_activation_checkpointing_on_by_default_gives_the_same_curve(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    curves = []
+    for disable in (False, True):
+        m = fresh()
+        cfg = config(epochs=1, model={"disable_activation_checkpoint": disable})
+        curves.append([r["loss"] for r in bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(trajectories, tmp_path / str(disable)).metrics])
+    assert curves[0] == pytest.approx(curves[1], rel=1e-4)

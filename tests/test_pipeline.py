@@ -185,6 +185,10 @@ def test_run_bake_end_to_end_and_cache(committed: Path, monkeypatch: pytest.Monk
     assert again[0]["cached"] and again[0]["manifest"] == adapter
     human = invoke("run", "bake").stdout
     assert "gap_closed" in human
+    status = json.loads(invoke("status", "--json").stdout)
+    assert [(r["stage"], r["state"]) for r in status["stages"]] == [("stim", "cached"), ("rollout", "cached"), ("bake", "cached")]
+    assert status["stages"][2]["eval"]["gap_closed"] == b["extra"]["gap_closed"]
+    assert "gap_closed" in invoke("status").stdout
 
 
 def test_a_failed_bake_stores_nothing(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:

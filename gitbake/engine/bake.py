@@ -155,9 +155,11 @@ class Baker:
         torch.set_grad_enabled(True)
         pm = get_peft_model(self.parent, lora)
         if not m.get("disable_activation_checkpoint"):
-            inner = pm.get_base_model()
-            enable: Any = getattr(inner, "activation_checkpointing_enable", None) or inner.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            inner: Any = pm.get_base_model()
+            if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+                inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             pm.enable_input_require_grads()
         return pm
 
