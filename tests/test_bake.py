@@ -172,20 +172,25 @@ def test_interrupt_leaves_a_scratch_checkpoint_and_resume_continues(trajectories
     cfg = config(epochs=2, micro_batch_size=2, checkpoint=[{"save_every_n_steps": 2, "auto_resume": True}])
     m = fresh()
     b = bake.Baker(m.model, m.tokenizer, cfg, "tiny")
-    real = bake.kl.chunked_loss
+    real = bake.kl.chunked_loss, bake.kl.fused_loss
     calls = {"n": 0}
 
-    def flaky(*a: Any, **k: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
+    def wrap(fn: Any) -> Any:
+        def flaky(*a: Any, **k: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+            return fn(*a, **k)
 
-    monkeypatch.setattr(bake.kl, "chunked_loss", flaky)
+        return flaky
+
+    monkeypatch.setattr(bake.kl, "chunked_loss", wrap(real[0]))
+    monkeypatch.setattr(bake.kl, "fused_loss", wrap(real[1]))
     with pytest.raises(KeyboardInterrupt):
         b.train(trajectories, tmp_path / "out", scratch=tmp_path / "scratch")
     assert (tmp_path / "scratch" / "trainer.pt").exists() and not (tmp_path / "out").exists()
-    monkeypatch.setattr(bake.kl, "chunked_loss", real)
+    monkeypatch.setattr(bake.kl, "chunked_loss", real[0])
+    monkeypatch.setattr(bake.kl, "fused_loss", real[1])
     m2 = fresh()
     res = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "out", scratch=tmp_path / "scratch")
     assert res.resumed_from == 4 and res.steps == 12 and len(res.metrics) == 8
@@ -198,3 +203,24 @@ def test_activation_checkpointing_on_by_default_gives_the_same_curve(trajectorie
         cfg = config(epochs=1, model={"disable_activation_checkpoint": disable})
         curves.append([r["loss"] for r in bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(trajectories, tmp_path / str(disable)).metrics])
     assert curves[0] == pytest.approx(curves[1], rel=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["kl", "jsd", "topk"])
+def test_fused_loss_matches_the_checkpointed_one(variant: str) -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 40, bias=False)
+    head.weight.requires_grad_(False)
+    s1 = torch.randn(37, 16, requires_grad=True)
+    s2 = s1.detach().clone().requires_grad_(True)
+    t = torch.randn(37, 16)
+    kwargs: dict[str, Any] = {"beta": 0.5 if variant == "jsd" else 0.0, "temperature": 1.3, "chunk": 8}
+    if variant == "topk":
+        kwargs["teacher_topk"] = kl.topk_of(head, t, 5, 1.3)
+        a = kl.chunked_loss(head, s1, None, **kwargs)
+        b = kl.fused_loss(head, s2, None, **kwargs)
+    else:
+        a = kl.chunked_loss(head, s1, t, **kwargs)
+        b = kl.fused_loss(head, s2, t, **kwargs)
+    a.backward()
+    b.backward()
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(s1.grad, s2.grad, atol=1e-5)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -224,6 +226,7 @@ class Baker:
                         cache[id(t)] = (ids[offset : offset + n], lps[offset : offset + n])
                         offset += n
 
+        fused = kl.head_is_frozen(lm_head) and not zero3 and os.environ.get("GITBAKE_FUSED_LOSS", "1") != "0"
         wandb_run = self._wandb(notes)
         result = BakeResult(out_dir, trajectories=len(data), notes=notes)
         state = {"step": 0, "epoch": 0, "batch": 0}
@@ -249,14 +252,17 @@ class Baker:
                     batch = epoch_batches[b_index]
                     n_tokens = sum(len(t.response_ids) for t in batch)
                     s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
+                    # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
+                    # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path
+                    loss_fn = kl.fused_loss if fused else partial(kl.chunked_loss, recompute=not zero3)
                     if topk:
                         ids = torch.cat([cache[id(t)][0] for t in batch])
                         lps = torch.cat([cache[id(t)][1] for t in batch])
-                        loss_sum = kl.chunked_loss(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps), recompute=not zero3)
+                        loss_sum = loss_fn(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps))
                     else:
                         with torch.no_grad(), pm.disable_adapter():
                             t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
-                        loss_sum = kl.chunked_loss(lm_head, s_hidden, t_hidden, beta, temperature, recompute=not zero3)
+                        loss_sum = loss_fn(lm_head, s_hidden, t_hidden, beta, temperature)
                     scaled = loss_sum / max(n_tokens, 1) / ga
                     if engine is not None:
                         pending = scaled if pending is None else pending + scaled  # one backward per step

@@ -8,6 +8,7 @@ layer, and each student chunk is recomputed in backward (activation checkpointin
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-CHUNK_TOKENS = 256
+CHUNK_TOKENS = int(os.environ.get("GITBAKE_KL_CHUNK", "128"))
 
 
 def divergence(t_logp: torch.Tensor, s_logp: torch.Tensor, beta: float) -> torch.Tensor:
@@ -58,6 +59,80 @@ def _topk_piece(lm_head: Any, ids: torch.Tensor, lp: torch.Tensor, temperature: 
 
 def _full_piece(lm_head: Any, t_lp: torch.Tensor, beta: float, temperature: float, h: torch.Tensor) -> torch.Tensor:
     return divergence(t_lp, _logp(lm_head, h, temperature), beta).sum()
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """Output layer + loss, chunk by chunk, with the gradient w.r.t. the hidden states computed on the
+    way (d loss / d logits through autograd on the chunk alone, then @ W). Each chunk's logits exist
+    once, are never kept for backward and never recomputed: the fused linear+KL idea, in plain torch.
+    Valid when the output layer itself is frozen (it is: LoRA does not adapt it)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                pieces: list[Callable[[torch.Tensor], torch.Tensor]], bounds: list[tuple[int, int]]) -> torch.Tensor:
+        grad_h = torch.zeros_like(hidden, dtype=torch.float32)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        w = weight.float()
+        for piece, (start, end) in zip(pieces, bounds):
+            h = hidden[start:end].float()
+            with torch.enable_grad():
+                logits = F.linear(h, w, None if bias is None else bias.float()).detach().requires_grad_(True)
+                loss = piece(logits)
+                (g,) = torch.autograd.grad(loss, logits)
+            grad_h[start:end] = g @ w
+            total = total + loss.detach()
+        ctx.save_for_backward(grad_h)
+        ctx.hidden_dtype = hidden.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        (grad_h,) = ctx.saved_tensors
+        return (grad_out * grad_h).to(ctx.hidden_dtype), None, None, None, None
+
+
+def _logits_piece_full(t_lp: torch.Tensor, beta: float, temperature: float, logits: torch.Tensor) -> torch.Tensor:
+    if temperature != 1.0:
+        logits = logits / temperature
+    return divergence(t_lp, F.log_softmax(logits, dim=-1), beta).sum()
+
+
+def _logits_piece_topk(ids: torch.Tensor, lp: torch.Tensor, temperature: float, logits: torch.Tensor) -> torch.Tensor:
+    if temperature != 1.0:
+        logits = logits / temperature
+    return topk_divergence(ids, lp, F.log_softmax(logits, dim=-1)).sum()
+
+
+def fused_loss(
+    lm_head: Any,
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    chunk: int = CHUNK_TOKENS,
+) -> torch.Tensor:
+    """Same value and gradient as `chunked_loss`, without recomputation (needs a frozen output layer)."""
+    n = student_hidden.shape[0]
+    pieces: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    bounds: list[tuple[int, int]] = []
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        if teacher_topk is not None:
+            pieces.append(partial(_logits_piece_topk, teacher_topk[0][start:end], teacher_topk[1][start:end], temperature))
+        else:
+            assert teacher_hidden is not None
+            with torch.no_grad():
+                t_lp = _logp(lm_head, teacher_hidden[start:end], temperature)
+            pieces.append(partial(_logits_piece_full, t_lp, beta, temperature))
+        bounds.append((start, end))
+    bias = getattr(lm_head, "bias", None)
+    result: torch.Tensor = _FusedHeadLoss.apply(student_hidden, lm_head.weight.detach(), None if bias is None else bias.detach(), pieces, bounds)
+    return result
+
+
+def head_is_frozen(lm_head: Any) -> bool:
+    return isinstance(lm_head, torch.nn.Linear) and not any(p.requires_grad for p in lm_head.parameters()) and lm_head.weight.numel() > 0
 
 
 def chunked_loss(

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Bake throughput, memory and quality: ours next to a straightforward implementation, same run.
+
+On the benchmark model (scripts/bench/_models.py: ~29 M parameters, 32k vocabulary, so logits matter)
+and one fixed set of trajectories:
+
+  ours           gitbake.engine.bake.Baker: one model (teacher = adapter disabled), response-only hidden
+                 states, chunked fp32 loss recomputed in backward, length-bucketed micro-batches
+  straightforward  what a typical user writes: a frozen teacher copy plus a PEFT student, full logits for
+                 the whole sequence, no bucketing, one optimizer step per sample
+
+Each runs in its own process, one after the other. Printed: response tokens/s of training, peak memory
+(peak RSS above the process's RSS right after its imports), and the final mean per-token
+KL(teacher || student) on the trajectories. Goals: >= 2x tokens/s, <= 0.7x peak memory, final KL within 10%.
+Then the demo bake on `tiny` (scripts/demo's input.yml) through `git bake run`, and its gap_closed on
+held-out questions (goal >= 0.95).
+
+    .venv/bin/python scripts/bench/bake.py [--trajectories 64] [--epochs 2] [--skip-demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+
+def rss_kb() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def trajectories(n: int, seed: int = 0) -> list[tuple[list[int], list[int], list[int]]]:
+    """(teacher prompt, student prompt, response): the teacher prompt carries a 48-token 'system prompt'."""
+    import random
+
+    from _models import BENCH_CONFIG
+
+    rng = random.Random(seed)
+    v = BENCH_CONFIG["vocab_size"]
+    system = [rng.randrange(3, v) for _ in range(48)]
+    out = []
+    for _ in range(n):
+        q = [rng.randrange(3, v) for _ in range(rng.randint(12, 40))]
+        resp = [rng.randrange(3, v) for _ in range(rng.randint(24, 64))]
+        out.append(([1] + system + q, [1] + q, resp))
+    return out
+
+
+def final_kl(model_t, model_s, trajs) -> float:  # type: ignore[no-untyped-def]
+    import torch
+    import torch.nn.functional as F
+
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for t, s, r in trajs:
+            lt = F.log_softmax(model_t(torch.tensor([t + r[:-1]])).logits[0, len(t) - 1 :].float(), -1)
+            ls = F.log_softmax(model_s(torch.tensor([s + r[:-1]])).logits[0, len(s) - 1 :].float(), -1)
+            total += float((lt.exp() * (lt - ls)).sum())
+            n += len(r)
+    return total / n
+
+
+def child(impl: str, n: int, epochs: int) -> None:
+    import copy  # noqa: F401 - every import happens before the memory baseline is taken
+
+    import peft  # noqa: F401
+    import torch
+    import torch.nn.functional as F  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import LlamaConfig, LlamaForCausalLM  # noqa: F401
+
+    import gitbake.config  # noqa: F401
+    import gitbake.engine.bake  # noqa: F401
+    from _models import BENCH_CONFIG, BenchTokenizer, bench_model
+
+    base_rss = rss_kb()
+    trajs = trajectories(n)
+    tokens = sum(len(r) for _, _, r in trajs) * epochs
+    lr, r_ = 1e-3, 8
+    if impl == "ours":
+        from gitbake.config import Bake
+        from gitbake.engine.bake import Baker, Trajectory
+
+        model = bench_model()
+        mbs = int(os.environ.get("BENCH_MBS", "4"))
+        cfg = Bake.model_validate({"name": "b", "datasets": [{"target": "t"}], "epochs": epochs, "micro_batch_size": mbs,
+                                   "optimizer": {"learning_rate": float(os.environ.get("BENCH_LR", str(lr)))},
+                                   "model": {"baked_adapter_config": {"r": r_, "lora_alpha": 16},
+                                             "disable_activation_checkpoint": os.environ.get("BENCH_NOCKPT") == "1"},
+                                   "seed": 0}).model_dump(mode="json")
+        baker = Baker(model, BenchTokenizer(), cfg, "bench")
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            baker.train([Trajectory(t, s, r) for t, s, r in trajs], Path(tmp) / "a")
+        elapsed = time.perf_counter() - t0
+        pm = baker.model
+        pm.eval()
+
+        class Teacher:
+            def __call__(self, ids):  # type: ignore[no-untyped-def]
+                with pm.disable_adapter():
+                    return pm(ids)
+
+        kl = final_kl(Teacher(), pm, trajs)
+    else:
+        import copy
+
+        import torch.nn.functional as F
+        from peft import LoraConfig, get_peft_model
+
+        teacher = bench_model()
+        student = get_peft_model(copy.deepcopy(teacher), LoraConfig(r=r_, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
+        student.train()
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            for t, s, r in trajs:  # one sample per step, full logits
+                with torch.no_grad():
+                    lt = F.log_softmax(teacher(torch.tensor([t + r])).logits[0].float(), -1)[len(t) - 1 : -1]
+                ls = F.log_softmax(student(torch.tensor([s + r])).logits[0].float(), -1)[len(s) - 1 : -1]
+                loss = F.kl_div(ls, lt, log_target=True, reduction="sum") / len(r)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+        elapsed = time.perf_counter() - t0
+        student.eval()
+        kl = final_kl(teacher, student, trajs)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss
+    print("RESULT " + json.dumps({"impl": impl, "tokens_per_s": tokens / elapsed, "peak_mb": peak / 1024, "final_kl": kl,
+                                  "seconds": elapsed, "vocab": BENCH_CONFIG["vocab_size"]}))
+
+
+def demo_gap_closed() -> tuple[float | None, str]:
+    from gitbake.init import template_input
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench",
+               "GIT_COMMITTER_EMAIL": "b@x", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+        subprocess.run(["git", "bake", "init", "demo"], cwd=tmp, check=True, capture_output=True, env=env)
+        root = Path(tmp) / "demo"
+        (root / "input.yml").write_text(re.sub(r"(?m)^# ", "", template_input()))
+        subprocess.run(["git", "commit", "-qam", "bake"], cwd=root, check=True, env=env)
+        out = subprocess.run(["git", "bake", "run", "--json"], cwd=root, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            return None, out.stderr[-500:]
+        bake = [r for r in json.loads(out.stdout) if r["stage"] == "bake"][0]["extra"]
+        return bake.get("gap_closed"), bake.get("note", "held-out questions")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trajectories", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--child", choices=["ours", "naive"])
+    ap.add_argument("--skip-demo", action="store_true")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.trajectories, args.epochs)
+        return
+    results = {}
+    for impl in ("ours", "naive"):
+        proc = subprocess.run([sys.executable, __file__, "--child", impl, "--trajectories", str(args.trajectories), "--epochs", str(args.epochs)],
+                              capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            sys.exit(f"{impl} failed:\n{proc.stderr[-2000:]}")
+        results[impl] = json.loads(line[0][len("RESULT "):])
+    ours, naive = results["ours"], results["naive"]
+    print(f"bake bench: ~29 M-parameter Llama, 32k vocabulary, {args.trajectories} trajectories x {args.epochs} epochs")
+    for name, r in (("ours", ours), ("straightforward", naive)):
+        print(f"  {name:<16} {r['tokens_per_s']:9.1f} tokens/s   peak {r['peak_mb']:8.1f} MB   final KL {r['final_kl']:.5f}   ({r['seconds']:.1f} s)")
+    speed = ours["tokens_per_s"] / naive["tokens_per_s"]
+    mem = ours["peak_mb"] / naive["peak_mb"]
+    kl_diff = abs(ours["final_kl"] - naive["final_kl"]) / naive["final_kl"]
+    print(f"  tokens/s: {speed:.2f}x (goal >= 2x: {'met' if speed >= 2 else 'MISSED'})")
+    print(f"  peak memory: {mem:.2f}x (goal <= 0.7x: {'met' if mem <= 0.7 else 'MISSED'})")
+    print(f"  final KL: {100 * kl_diff:.1f}% apart (goal within 10%: {'met' if kl_diff <= 0.1 else 'MISSED'})")
+    if not args.skip_demo:
+        gap, note = demo_gap_closed()
+        if gap is None:
+            print(f"  demo bake failed: {note}")
+        else:
+            print(f"  demo bake on tiny: gap_closed {gap:.3f} on {note} (goal >= 0.95: {'met' if gap >= 0.95 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
