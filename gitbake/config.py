@@ -142,6 +142,11 @@ GENERATOR_TYPES = ("hardcoded", "from_file", "from_dataset", "oneshot_qs", "pers
 # --------------------------------------------------------------------------------------------- TARGET
 
 
+# Sampling settings a local rollout understands (transformers' generate); the rest of OpenAI's
+# (presence_penalty, n, stop, ...) have no local equivalent or would break the record layout.
+SAMPLING_KWARGS = {"top_p", "top_k", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size"}
+
+
 class Target(Model):
     name: Name = "target"
     generators: list[Generator] = Field(default_factory=list)
@@ -157,6 +162,16 @@ class Target(Model):
     v: str | None = None
     template: str = "default"
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+    @field_validator("extra_kwargs")
+    @classmethod
+    def _sampling_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - SAMPLING_KWARGS)
+        if unknown:
+            raise ValueError(
+                f"unsupported sampling setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SAMPLING_KWARGS))}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _aliases_agree(self) -> Target:
@@ -188,6 +203,13 @@ class LoraConfig(Model):
     lora_alpha: float = Field(default=16, gt=0)
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     bias: Literal["none", "all", "lora_only"] = "none"
+
+    @field_validator("bias")
+    @classmethod
+    def _no_bias_training(cls, v: str) -> str:
+        if v != "none":
+            raise ValueError("training biases would change the base model the teacher shares (adapter disabled); use `none`")
+        return v
     target_modules: str | list[str] = "all-linear"
 
 
@@ -274,7 +296,14 @@ class DataConfig(Model):
         "sources": "training data comes from BAKE.datasets; `data.sources` is ignored",
         "eval_sources": "evaluation uses the held-out questions of each target; `data.eval_sources` is ignored",
         "cache_dir": "data lives in the store; `data.cache_dir` is ignored",
+        "train_eval_split": "eval uses each target's held-out questions (TARGET.heldout_fraction); `train_eval_split` is ignored",
     }
+
+    @model_validator(mode="after")
+    def _topk_is_forward_kl(self) -> DataConfig:
+        if self.topk is not None and self.beta != 0:
+            raise ValueError("`topk` caches the teacher for forward KL only; use `beta: 0` with `topk`, or drop `topk`")
+        return self
 
     @field_validator("train_eval_split")
     @classmethod

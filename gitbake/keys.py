@@ -24,7 +24,7 @@ KEY_HEX = 64
 # Fields of the resolved config that cannot change a stage's output, per section (dotted paths).
 # Documented in docs/config.md; tests/test_keys.py checks every other field does change the key.
 EXCLUDED: dict[str, tuple[str, ...]] = {
-    "TARGET": ("name", "max_concurrency", "template"),
+    "TARGET": ("name", "template"),
     "BAKE": (
         "name",
         "wandb",
@@ -41,6 +41,7 @@ EXCLUDED: dict[str, tuple[str, ...]] = {
         "data.type",
         "data.sources",
         "data.eval_sources",
+        "data.train_eval_split",
         "model.disable_activation_checkpoint",
         "model.save_name",
         "model.parent_model_name",

@@ -88,6 +88,8 @@ class Runner:
         self.say = say or (lambda msg: None)
         self._model: Any = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._stim_done: str | None = None
+        self._attempt = 0
 
     @property
     def target(self) -> TargetPlan:
@@ -109,7 +111,9 @@ class Runner:
                     self.store.materialise_tree(digest, dest)
                     adapters.append(dest)
             self.say(f"loading {parent.base_model}" + (f" + {len(adapters)} adapter(s)" if adapters else ""))
-            self._model = load(parent.base_model, adapters, root=self.repo.root)
+            model_cfg = self.plan.bake.config["model"] if self.plan.bake is not None else {}
+            self._model = load(parent.base_model, adapters, root=self.repo.root, dtype=model_cfg.get("dtype"),
+                               attn_implementation=model_cfg.get("attn_implementation"))
         return self._model
 
     def reset_model(self) -> None:
@@ -153,6 +157,7 @@ class Runner:
         records = make_stim(target_cfg, ctx)
         heldout = sum(r["split"] == "heldout" for r in records)
         manifest = write_records(self.store, "stim", key, records, {"target": t.name, "heldout": heldout})
+        self._stim_done = manifest  # a rollout in this same run uses it, even under --force
         note = heldout_note(records)
         return StageResult("stim", key, manifest, False, len(records), time.monotonic() - started, [note] if note else [])
 
@@ -163,7 +168,8 @@ class Runner:
 
             m = self.model()
             ids = render(m.tokenizer, [], None, prompt)
-            (resp, _), = generate_batches(m.model, m.tokenizer, [ids], SamplingSettings(temperature=temperature, max_tokens=max_tokens, seed=0))
+            self._attempt += 1  # a retry must be able to give another answer
+            (resp, _), = generate_batches(m.model, m.tokenizer, [ids], SamplingSettings(temperature=temperature, max_tokens=max_tokens, seed=self._attempt))
             return response_text(m.tokenizer, resp)
 
         return write
@@ -176,7 +182,7 @@ class Runner:
             meta = self.store.read_manifest(hit).meta
             return StageResult("rollout", key, hit, True, int(str(meta.get("count", 0))))
         notes = []
-        stim_manifest = None if self.force else self.store.get_key("stim", t.stim_key)
+        stim_manifest = self._stim_done or (None if self.force else self.store.get_key("stim", t.stim_key))
         if stim_manifest is None:
             notes.append("ran the missing stim stage first")
             stim_manifest = self.stim().manifest
@@ -193,7 +199,14 @@ class Runner:
             seed=int(key[:8], 16),  # same key, same samples
             batch_size=c["max_concurrency"],
         )
-        m = self.model()
+        if c.get("model_name"):
+            # the target names the model that answers (bgit's TARGET.model_name); its identity is in the key
+            from gitbake.engine.models import load
+
+            self.say(f"loading {c['model_name']} for the rollout")
+            m = load(c["model_name"], root=self.repo.root)
+        else:
+            m = self.model()
         records = make_rollouts(m.model, m.tokenizer, stim, self.plan.prompts[t.teacher].config,
                                 self.plan.prompts[t.student].config, settings, label=f"rollout {t.name}")
         manifest = write_records(self.store, "rollout", key, records, {"target": t.name, "stim": stim_manifest})
@@ -232,8 +245,9 @@ def _bake_stage(runner: "Runner") -> StageResult:
     datasets: list[tuple[list[Trajectory], float]] = []
     contexts: dict[tuple[int, Any], tuple[list[int], list[int]]] = {}
     train_contexts: dict[tuple[int, Any], tuple[list[int], list[int]]] = {}
-    max_tokens = 16
-    for i, d in enumerate(b.datasets):
+    max_tokens = 1
+    # datasets in key order: the key sorts them, so the selection must not depend on their YAML order
+    for i, d in enumerate(sorted(b.datasets, key=lambda d: (d.key, d.weight))):
         manifest = store.get_key("rollout", d.key)
         if manifest is None and runner.plan.target is not None and d.key == runner.plan.target.key:
             rolled = runner.rollout()

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 from gitbake import identity, keys
 from gitbake.bread import Bread
-from gitbake.config import FromFileGenerator, HardcodedGenerator, LoadedInput, OneshotGenerator, Prompt, Target
+from gitbake.config import FromDatasetGenerator, FromFileGenerator, HardcodedGenerator, LoadedInput, OneshotGenerator, Prompt, Target
 from gitbake.errors import ConfigError, Issue
 from gitbake.lineage import Lineage
 from gitbake.recipe import Recipe
@@ -316,6 +316,8 @@ def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, 
     config["teacher_prompt"], config["student_prompt"] = teacher, student
     config.pop("u", None)
     config.pop("v", None)
+    teacher_key = plan.prompts[teacher].key
+    student_key = plan.prompts[student].key
     gens = []
     for i, (gen, raw) in enumerate(zip(target.generators, config["generators"])):
         g = dict(raw)
@@ -324,7 +326,11 @@ def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, 
             g.pop("template_path", None)
             g["template_content"] = loaded.templates[i]
         if isinstance(gen, HardcodedGenerator):
-            g.pop("numq", None)  # ignored for hardcoded questions (every listed one is used)
+            g.pop("numq", None)
+        if isinstance(gen, FromDatasetGenerator):
+            local = root / gen.dataset
+            if local.is_file():  # a local file's questions are its contents, like from_file's
+                g["content_digest"] = keys.digest_bytes(local.read_bytes())  # ignored for hardcoded questions (every listed one is used)
         if isinstance(gen, FromFileGenerator):
             g.pop("path", None)
             g["content_digest"] = keys.digest_bytes(loaded.question_files[i])
@@ -336,8 +342,10 @@ def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, 
         gens.append(g)
     teacher_key = plan.prompts[teacher].key
     student_key = plan.prompts[student].key
-    stim = keys.stim_key(gens, teacher_key, {"heldout_fraction": config["heldout_fraction"]})
-    sampling = {k: config[k] for k in ("num_traj_per_stimulus", "temperature", "max_tokens", "extra_kwargs")}
+    # the stim records carry the student's context too (conditioned_stimulus): its key is part of theirs
+    stim = keys.stim_key(gens, teacher_key, {"heldout_fraction": config["heldout_fraction"], "student": student_key})
+    # max_concurrency is the batch size, and batches are seeded as a whole: it changes the samples
+    sampling = {k: config[k] for k in ("num_traj_per_stimulus", "temperature", "max_tokens", "extra_kwargs", "max_concurrency")}
     if target.model_name:
         kind = identity.classify(target.model_name, root)
         model_id: Any = identity.base_identity(target.model_name, root) if kind in ("dir", "hub") else {"name": target.model_name}

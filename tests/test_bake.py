@@ -193,7 +193,8 @@ def test_interrupt_leaves_a_scratch_checkpoint_and_resume_continues(trajectories
     monkeypatch.setattr(bake.kl, "fused_loss", real[1])
     m2 = fresh()
     res = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "out", scratch=tmp_path / "scratch")
-    assert res.resumed_from == 4 and res.steps == 12 and len(res.metrics) == 8
+    assert res.resumed_from == 4 and res.steps == 12
+    assert [r["step"] for r in res.metrics] == list(range(1, 13))  # the rows before the interrupt are kept
 
 
 def test_activation_checkpointing_on_by_default_gives_the_same_curve(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
@@ -224,3 +225,58 @@ def test_fused_loss_matches_the_checkpointed_one(variant: str) -> None:
     a.backward()
     b.backward()
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(s1.grad, s2.grad, atol=1e-5)
+
+
+def test_gradient_accumulation_normalises_by_the_micro_batches_in_the_group(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    """A single short accumulation group (ga larger than the batches) updates like ga=1 (plain SGD)."""
+    deltas = []
+    for ga in (1, 4):
+        m = fresh()
+        cfg = config(epochs=1, micro_batch_size=len(trajectories), gradient_accumulation_steps=ga,
+                     optimizer={"learning_rate": 0.1, "type": "sgd"}, scheduler={"name": "constant"})
+        b = bake.Baker(m.model, m.tokenizer, cfg, "tiny")
+        b.train(trajectories, tmp_path / f"ga{ga}")
+        deltas.append(sum(float(p.detach().abs().sum()) for n, p in b.model.named_parameters() if "lora_B" in n))
+    assert deltas[0] == pytest.approx(deltas[1], rel=1e-4)
+
+
+def test_adapter_config_is_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys, pathlib
+        from gitbake.config import Bake
+        from gitbake.engine import bake, models
+        m = models.load_base("tiny")
+        t = [bake.Trajectory([257, 260, 72, 105, 258, 261], [260, 72, 105, 258, 261], [65, 66, 258])]
+        cfg = Bake.model_validate({"name": "t", "datasets": [{"target": "x"}], "epochs": 1}).model_dump(mode="json")
+        bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(t, pathlib.Path(sys.argv[1]))
+        """
+    )
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"a{seed}"
+        import os
+
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        outs.append((out / "adapter_config.json").read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_teacher_runs_without_dropout(trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = fresh()
+    b = bake.Baker(m.model, m.tokenizer, config(epochs=1), "tiny")
+    seen = []
+    real = bake.response_hidden
+
+    def spy(decoder: Any, batch: Any, side: str, *a: Any) -> Any:
+        if side == "teacher":
+            seen.append(decoder.training)
+        return real(decoder, batch, side, *a)
+
+    monkeypatch.setattr(bake, "response_hidden", spy)
+    b.train(trajectories, tmp_path / "a")
+    assert seen and not any(seen)

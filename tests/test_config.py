@@ -121,7 +121,7 @@ BAKE:
   optimizer: {learning_rate: 0.008, type: AdamW, weight_decay: 0.01, betas: [0.9, 0.95]}
   scheduler: {type: huggingface}
   deepspeed: {zero_optimization: {stage: 3, overlap_comm: true}}
-  data: {beta: 0, temperature: 1, max_length: 3000, train_eval_split: [0.9, 0.1], dl_num_workers: 4, num_proc: 2,
+  data: {beta: 0, temperature: 1, max_length: 3000, dl_num_workers: 4, num_proc: 2,
          seed: 1, topk: 20, cache_dir: .cache}
   checkpoint:
     - {type: huggingface, output_dir: bakes/b1/ckpts, enabled: true, auto_resume: false,
@@ -431,3 +431,17 @@ def test_empty_section_warns(tmp_path: Path) -> None:
     assert loaded.config.is_empty
     assert sorted(w.field for w in loaded.warnings) == ["BAKE", "TARGET"]
     assert "empty" in loaded.warnings[0].message
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("TARGET:\n  extra_kwargs: {presence_penalty: 0.5}\n", "TARGET.extra_kwargs"),
+        ("TARGET:\n  extra_kwargs: {num_return_sequences: 2}\n", "TARGET.extra_kwargs"),
+        ("BAKE:\n  model: {baked_adapter_config: {bias: all}}\n", "BAKE.model.baked_adapter_config.bias"),
+        ("BAKE:\n  data: {topk: 8, beta: 0.5}\n", "BAKE.data"),
+    ],
+)
+def test_settings_that_would_silently_misbehave_are_refused(text: str, field: str, tmp_path: Path) -> None:
+    issues = errors(text, tmp_path)
+    assert field in [i.field for i in issues]

@@ -103,6 +103,8 @@ CHANGES_RESULT = [
     ("TARGET.generators.1.numq", 6, "stim"),
     ("TARGET.heldout_fraction", 0.2, "stim"),
     ("TARGET.num_traj_per_stimulus", 3, "rollout"),
+    ("TARGET.max_concurrency", 3, "rollout"),
+    ("PROMPT.student", {"messages": [{"role": "system", "content": "trigger"}]}, "stim"),
     ("TARGET.temperature", 0.7, "rollout"),
     ("TARGET.max_tokens", 64, "rollout"),
     ("TARGET.extra_kwargs", {"top_p": 0.9}, "rollout"),
@@ -116,7 +118,6 @@ CHANGES_RESULT = [
     ("BAKE.model.baked_adapter_config.r", 16, "bake"),
     ("BAKE.model.baked_adapter_config.lora_alpha", 8, "bake"),
     ("BAKE.model.baked_adapter_config.lora_dropout", 0.1, "bake"),
-    ("BAKE.model.baked_adapter_config.bias", "all", "bake"),
     ("BAKE.model.baked_adapter_config.target_modules", ["q_proj"], "bake"),
     ("BAKE.model.dtype", "fp32", "bake"),
     ("BAKE.model.attn_implementation", "eager", "bake"),
@@ -130,7 +131,6 @@ CHANGES_RESULT = [
     ("BAKE.data.max_length", 512, "bake"),
     ("BAKE.data.topk", 20, "bake"),
     ("BAKE.data.temperature", 2.0, "bake"),
-    ("BAKE.data.train_eval_split", [0.9, 0.1], "bake"),
     ("BAKE.data.seed", 5, "bake"),
     ("BAKE.deepspeed", {"gradient_clipping": 1.0}, "bake"),
     ("BAKE.deepspeed", {"bf16": {"enabled": True}}, "bake"),
@@ -152,7 +152,7 @@ def test_every_field_that_changes_the_result_changes_its_key(tmp_path: Path, cha
 
 NOT_IN_KEY = [
     ("TARGET.name", "renamed"),
-    ("TARGET.max_concurrency", 3),
+    ("BAKE.data.train_eval_split", [0.9, 0.1]),
     ("BAKE.name", "other"),
     ("BAKE.wandb", {"enable": False, "project": "p"}),
     ("BAKE.checkpoint", [{"save_every_n_steps": 5}]),

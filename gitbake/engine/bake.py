@@ -67,27 +67,32 @@ class BakeResult:
 
 
 def select(datasets: Sequence[tuple[Sequence[Trajectory], float]], total: int | None, seed: int, notes: list[str]) -> list[Trajectory]:
-    """Weighted sampling across targets. Each dataset gets `total * weight / sum(weights)` trajectories
-    (all of them when `total` is not set and there is one dataset), drawn without replacement while
-    they last, then with replacement: weights are sampling weights, as in bgit."""
+    """Weighted sampling across targets. Each dataset gets its share `total * weight / sum(weights)` of
+    the trajectories (largest remainders, so the shares add up to `total`), drawn without replacement
+    while they last, then with replacement: weights are sampling weights, as in bgit. With no `total`:
+    one dataset is used whole; several are mixed by weight at their combined size."""
     rng = random.Random(seed)
     available = sum(len(d) for d, _ in datasets)
     if total is not None and total > available:
-        notes.append(f"total_trajectories is {total} but only {available} exist: using all of them")
-        total = None
+        notes.append(f"total_trajectories is {total} but only {available} exist: drawing {available}")
+        total = available
     if total is None and len(datasets) == 1:
         return list(datasets[0][0])
     total = total if total is not None else available
     weight_sum = sum(w for _, w in datasets) or 1.0
+    exact = [total * w / weight_sum for _, w in datasets]
+    shares = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: exact[i] - shares[i], reverse=True)[: total - sum(shares)]:
+        shares[i] += 1
     out: list[Trajectory] = []
-    for items, w in datasets:
-        want = round(total * w / weight_sum)
+    for (items, _w), want in zip(datasets, shares):
         pool = list(items)
         rng.shuffle(pool)
         if want <= len(pool):
             out += pool[:want]
-        else:
-            out += pool + [rng.choice(pool) for _ in range(want - len(pool))] if pool else []
+        elif pool:
+            out += pool + [rng.choice(pool) for _ in range(want - len(pool))]
+            notes.append(f"a dataset of {len(pool)} trajectories was drawn {want} times by its weight (with repeats)")
     return out
 
 
@@ -148,6 +153,12 @@ class Baker:
         if m.get("student_model_path"):
             raise UsageError("BAKE.model.student_model_path (distilling into a different model) is not supported yet",
                              "remove it: the baked model is the parent model plus the adapter")
+        conf = getattr(self.parent, "config", None)
+        for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+            value = getattr(conf, attr, None)
+            if value not in (None, 1, 1.0):
+                raise UsageError(f"this model post-processes its logits ({attr}={value}), which the bake does not reproduce yet",
+                                 "use a model without logit soft-capping or scaling")
         lc = m["baked_adapter_config"]
         torch.manual_seed(self.cfg["seed"])
         lora = LoraConfig(
@@ -229,8 +240,12 @@ class Baker:
         fused = kl.head_is_frozen(lm_head) and not zero3 and os.environ.get("GITBAKE_FUSED_LOSS", "1") != "0"
         wandb_run = self._wandb(notes)
         result = BakeResult(out_dir, trajectories=len(data), notes=notes)
+        self._metrics = result.metrics
         state = {"step": 0, "epoch": 0, "batch": 0}
-        if scratch is not None and any(c.get("auto_resume") for c in cfg["checkpoint"] if c.get("enabled", True)):
+        if scratch is not None and zero3 and (scratch / "trainer.pt").exists():
+            notes.append("a scratch checkpoint exists, but resuming under ZeRO-3 is not supported: starting over")
+            shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None and not zero3 and any(c.get("auto_resume") for c in cfg["checkpoint"] if c.get("enabled", True)):
             resumed = self._resume(pm, optimizer, scheduler, scratch)
             if resumed:
                 state = resumed
@@ -260,10 +275,14 @@ class Baker:
                         lps = torch.cat([cache[id(t)][1] for t in batch])
                         loss_sum = loss_fn(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps))
                     else:
+                        pm.eval()  # the teacher never sees dropout: it is the frozen parent
                         with torch.no_grad(), pm.disable_adapter():
                             t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
+                        pm.train()
                         loss_sum = loss_fn(lm_head, s_hidden, t_hidden, beta, temperature)
-                    scaled = loss_sum / max(n_tokens, 1) / ga
+                    group_start = b_index - b_index % ga
+                    group = min(ga, len(epoch_batches) - group_start)  # the last group of an epoch may be short
+                    scaled = loss_sum / max(n_tokens, 1) / group
                     if engine is not None:
                         pending = scaled if pending is None else pending + scaled  # one backward per step
                     else:
@@ -273,7 +292,7 @@ class Baker:
                     tokens_window += n_tokens
                     micro += 1
                     last = b_index == len(epoch_batches) - 1
-                    if micro == ga or last:
+                    if (b_index + 1) % ga == 0 or last:
                         if engine is not None:
                             engine.backward(pending, scale_wrt_gas=False)
                             engine.step()  # the optimizer and the scheduler
@@ -302,7 +321,7 @@ class Baker:
                         if scratch is not None and self._due(state, last):
                             self._save_scratch(pm, optimizer, scheduler, state, scratch)
         except KeyboardInterrupt:
-            if scratch is not None:
+            if scratch is not None and not zero3:
                 self._save_scratch(pm, optimizer, scheduler, state, scratch)
             raise
         result.steps = state["step"]
@@ -335,7 +354,7 @@ class Baker:
         tmp.mkdir(parents=True)
         pm.save_pretrained(str(tmp / "adapter"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(), "state": state}, tmp / "trainer.pt")
+                    "rng": torch.get_rng_state(), "state": state, "metrics": self._metrics}, tmp / "trainer.pt")
         shutil.rmtree(scratch, ignore_errors=True)
         tmp.rename(scratch)
 
@@ -350,6 +369,7 @@ class Baker:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])
+        self._metrics[:] = list(saved.get("metrics", []))
         return dict(saved["state"])
 
     def _wandb(self, notes: list[str]) -> Any:
@@ -372,6 +392,9 @@ class Baker:
         conf = json.loads(cfg_path.read_text())
         conf["base_model_name_or_path"] = self.base_name
         conf.pop("revision", None)
+        for k, v in conf.items():  # PEFT keeps some of these as sets: their order changes per process
+            if isinstance(v, list) and all(isinstance(x, str) for x in v):
+                conf[k] = sorted(v)
         cfg_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
         for extra in out_dir.iterdir():
             if extra.name not in ADAPTER_FILES:

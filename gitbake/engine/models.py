@@ -30,6 +30,7 @@ class LoadedModel:
     device: Any
     dtype: Any
     identity: dict[str, Any]
+    adapters: int = 0  # adapters merged into `model`
 
 
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
@@ -92,12 +93,15 @@ def load_base(
     device: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, kwargs, ident = resolve_path(base_model, root)
     dev, dt = pick_device(device, dtype)
+    if attn_implementation:
+        kwargs = {**kwargs, "attn_implementation": attn_implementation}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from a hook
     quiet_transformers()
     try:
@@ -135,9 +139,10 @@ def load(
     root: Path | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
     """The base model with each adapter merged in, in order: the model of a point in the lineage."""
-    loaded = load_base(base_model, root, device, dtype)
+    loaded = load_base(base_model, root, device, None if dtype == "auto" else dtype, attn_implementation=attn_implementation)
     if adapters:
         from peft import PeftModel
 
@@ -146,5 +151,7 @@ def load(
             if not (adapter / "adapter_config.json").exists():
                 raise GitbakeError(f"{adapter} is not a PEFT adapter (no adapter_config.json)")
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model._gitbake_merged = True  # its weights are no longer those on disk (vLLM must not reload them)
         loaded.model = model.eval()
+        loaded.adapters = len(adapters)
     return loaded

@@ -49,12 +49,15 @@ def generate_batches(
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
+    # the model's own stop tokens (chat models often have several, e.g. <end_of_turn>), else the tokenizer's
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []) | ({eos} if eos is not None else set())
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     results: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_tokens,
         "pad_token_id": pad,
-        "eos_token_id": eos,
+        "eos_token_id": sorted(stops) if stops else None,
     }
     if settings.temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_k=0)
@@ -76,8 +79,9 @@ def generate_batches(
         for row, i in enumerate(idx):
             resp = out[row, width:].tolist()
             finished = False
-            if eos is not None and eos in resp:
-                resp = resp[: resp.index(eos) + 1]  # keep EOS: the student must learn to stop
+            ends = [k for k, tok in enumerate(resp) if tok in stops]
+            if ends:
+                resp = resp[: ends[0] + 1]  # keep the stop token: the student must learn to stop
                 finished = True
             else:
                 while resp and resp[-1] == pad:
@@ -109,7 +113,8 @@ def make_rollouts(
     from gitbake.engine import vllm_backend
 
     path = getattr(getattr(model, "config", None), "_name_or_path", None)
-    if path and vllm_backend.wanted():
+    # vLLM loads weights from disk: only for an unmodified model (a merged parent exists only in memory)
+    if path and not getattr(model, "_gitbake_merged", False) and vllm_backend.wanted():
         responses = vllm_backend.generate(path, prompts, settings.temperature, settings.max_tokens,
                                           settings.extra_kwargs, settings.seed, tokenizer.eos_token_id)
     else:

@@ -125,7 +125,7 @@ def heldout_note(records: Sequence[dict[str, Any]]) -> str | None:
 def _heldout_indices(n: int, fraction: float) -> set[int]:
     if n < 10 or fraction <= 0:
         return set()
-    k = max(1, round(n * fraction))
+    k = min(n - 1, max(1, round(n * fraction)))  # never hold out every question: something must train
     return set(random.Random(n).sample(range(n), k))
 
 

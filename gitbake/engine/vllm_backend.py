@@ -42,10 +42,13 @@ def generate(model_path: str, prompts: Sequence[Sequence[int]], temperature: flo
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_path, seed=seed, enforce_eager=False)
-    params = SamplingParams(
-        temperature=temperature, max_tokens=max_tokens, seed=seed,
-        top_p=float(extra.get("top_p", 1.0)), top_k=int(extra.get("top_k", -1)),
-    )
+    # one seed per request: with a shared seed, the trajectories of one question would all be the same
+    params = [
+        SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed * 1_000_003 + i,
+                       top_p=float(extra.get("top_p", 1.0)), top_k=int(extra.get("top_k", -1)),
+                       min_p=float(extra.get("min_p", 0.0)), repetition_penalty=float(extra.get("repetition_penalty", 1.0)))
+        for i in range(len(prompts))
+    ]
     outs = llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params)
     results = []
     for out in outs:
