@@ -54,7 +54,17 @@ def committed_input(repo: ModelRepo) -> tuple[cfg.LoadedInput, list[str]]:
     wt = repo.input_path.read_text(encoding="utf-8", errors="replace") if repo.input_path.exists() else ""
     if wt != text:
         notes.append("input.yml has uncommitted changes; running the committed version (commit to run yours)")
-    return cfg.parse_input(text, repo.root), notes
+    loaded = cfg.parse_input(text, repo.root)
+    # files the generators read come from the working tree: say so when they differ from the commit
+    target = loaded.config.TARGET
+    for gen in target.generators if target is not None else []:
+        for rel in (getattr(gen, "template_path", None), getattr(gen, "path", None), getattr(gen, "dataset", None)):
+            if not rel or not (repo.root / rel).is_file():
+                continue
+            committed = git.show(repo.root, "HEAD", Path(rel).as_posix())
+            if committed != (repo.root / rel).read_bytes():
+                notes.append(f"{rel} differs from its committed version (or is not committed); the working tree's is used")
+    return loaded, notes
 
 
 def write_records(store: Store, stage: str, key: str, records: list[dict[str, Any]], meta: dict[str, Any]) -> str:

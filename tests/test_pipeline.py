@@ -217,3 +217,14 @@ def test_deepspeed_requested_without_deepspeed_installed(committed: Path, monkey
     git(committed, "commit", "-qam", "zero 2")
     result = invoke("run", "bake")
     assert result.exit_code == 2 and "pip install 'gitbake[deepspeed]'" in result.stderr
+
+
+def test_uncommitted_question_file_is_said(model_repo: Path) -> None:
+    (model_repo / "q.txt").write_text("one?\ntwo?\n")
+    (model_repo / "input.yml").write_text("PROMPT:\n  teacher: {messages: [{role: system, content: hi}]}\n"
+                                          "TARGET:\n  generators: [{type: from_file, path: q.txt}]\n")
+    git(model_repo, "add", "-A")
+    git(model_repo, "commit", "-qm", "file target")
+    assert "differs from its committed version" not in invoke("run", "stim").stderr
+    (model_repo / "q.txt").write_text("one?\nchanged?\n")
+    assert "q.txt differs from its committed version" in invoke("run", "stim").stderr
