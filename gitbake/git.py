@@ -10,7 +10,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from gitbake.errors import GitbakeError, NotARepoError
 
@@ -186,8 +186,7 @@ def history(root: Path, paths: Sequence[str], rev: str = "HEAD") -> Iterator[Fil
     A version is reported at the newest commit that has it; older commits with the same blob are skipped,
     so the cost is one tree lookup per commit and one blob read per distinct version.
     """
-    from dulwich.object_store import tree_lookup_path
-    from dulwich.objects import Blob, Commit
+    from dulwich.objects import Commit
     from dulwich.repo import Repo
 
     with Repo(str(root)) as repo:
@@ -198,19 +197,27 @@ def history(root: Path, paths: Sequence[str], rev: str = "HEAD") -> Iterator[Fil
         seen: set[bytes] = set()
         for entry in repo.get_walker(include=[head_id]):  # type: ignore[list-item]
             c: Commit = entry.commit
-            for path in paths:
-                try:
-                    _mode, sha = tree_lookup_path(repo.object_store.__getitem__, c.tree, path.encode())
-                except KeyError:
-                    continue
-                if sha in seen:
-                    continue
-                seen.add(sha)
-                blob = repo.object_store[sha]
-                if isinstance(blob, Blob):
-                    yield FileVersion(
-                        c.id.decode(), path, blob.data, c.commit_time, c.message.decode("utf-8", "replace").splitlines()[0] if c.message else ""
-                    )
+            summary = c.message.decode("utf-8", "replace").splitlines()[0] if c.message else ""
+            for path, data in _new_blobs(repo, c, paths, seen):
+                yield FileVersion(c.id.decode(), path, data, c.commit_time, summary)
+
+
+def _new_blobs(repo: Any, commit: Any, paths: Sequence[str], seen: set[bytes]) -> Iterator[tuple[str, bytes]]:
+    """(path, contents) of `paths` in `commit` whose blob is not in `seen` (which it updates)."""
+    from dulwich.object_store import tree_lookup_path
+    from dulwich.objects import Blob
+
+    for path in paths:
+        try:
+            _mode, sha = tree_lookup_path(repo.object_store.__getitem__, commit.tree, path.encode())
+        except KeyError:
+            continue
+        if sha in seen:
+            continue
+        seen.add(sha)
+        blob = repo.object_store[sha]
+        if isinstance(blob, Blob):
+            yield path, blob.data
 
 
 def show(root: Path, rev: str, path: str) -> bytes | None:
@@ -252,8 +259,7 @@ def all_commits(root: Path) -> list[str]:
 
 def blobs_at(root: Path, commits: Sequence[str], paths: Sequence[str]) -> Iterator[tuple[str, str, bytes]]:
     """(commit, path, contents) of `paths` at each commit, each distinct blob once."""
-    from dulwich.object_store import tree_lookup_path
-    from dulwich.objects import Blob, Commit
+    from dulwich.objects import Commit
     from dulwich.repo import Repo
 
     seen: set[bytes] = set()
@@ -265,14 +271,5 @@ def blobs_at(root: Path, commits: Sequence[str], paths: Sequence[str]) -> Iterat
                 continue
             if not isinstance(commit, Commit):
                 continue
-            for path in paths:
-                try:
-                    _mode, sha = tree_lookup_path(repo.object_store.__getitem__, commit.tree, path.encode())
-                except KeyError:
-                    continue
-                if sha in seen:
-                    continue
-                seen.add(sha)
-                blob = repo.object_store[sha]
-                if isinstance(blob, Blob):
-                    yield cid, path, blob.data
+            for path, data in _new_blobs(repo, commit, paths, seen):
+                yield cid, path, data

@@ -54,11 +54,11 @@ def _logp(lm_head: Any, hidden: torch.Tensor, temperature: float) -> torch.Tenso
 
 
 def _topk_piece(lm_head: Any, ids: torch.Tensor, lp: torch.Tensor, temperature: float, h: torch.Tensor) -> torch.Tensor:
-    return topk_divergence(ids, lp, _logp(lm_head, h, temperature)).sum()
+    return _logits_piece_topk(ids, lp, temperature, lm_head(h).float())
 
 
 def _full_piece(lm_head: Any, t_lp: torch.Tensor, beta: float, temperature: float, h: torch.Tensor) -> torch.Tensor:
-    return divergence(t_lp, _logp(lm_head, h, temperature), beta).sum()
+    return _logits_piece_full(t_lp, beta, temperature, lm_head(h).float())
 
 
 class _FusedHeadLoss(torch.autograd.Function):
