@@ -5,4 +5,4 @@ can compute keys without importing numpy or torch. `tests/test_engine_models.py`
 and fails if this pin does not match them; update both together.
 """
 
-TINY_WEIGHTS_DIGEST = "16e39114971e89b43f69f414e313d9f62ef6e04d3e6d0ba7a566058baafe4f05"
+TINY_WEIGHTS_DIGEST = "26331e82b4fa48a65621e16c94c5eb494b98e645300d2b7a15e00b5f61876abc"

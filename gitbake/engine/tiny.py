@@ -8,8 +8,9 @@ torch). `tests/test_engine_models.py` rebuilds the weights and checks the pin: a
 generated cannot slip through as a false cache hit.
 
 The init scale is larger than a default init on purpose: a default-scale random model barely reacts to
-its prompt (per-token KL between prompted and unprompted answers ~0.04 nats here); at std 0.05 it is
-~0.3 nats, enough for a bake to have something to learn and for eval to show the gap closing.
+its prompt (per-token KL between prompted and unprompted answers ~0.04 nats here); at std 0.04 it is
+~0.2 nats, enough for a bake to have something to learn. Larger scales react more (0.05: ~0.3 nats) but
+are rougher functions whose bakes generalise worse to held-out questions (gap_closed ~0.93 vs ~0.97).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import blake3
 import numpy as np
 
 SEED = 20241118
-INIT_STD = 0.05
+INIT_STD = 0.04
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>"]
 VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 CONFIG: dict[str, Any] = {
