@@ -16,6 +16,9 @@ Then the demo bake on `tiny` (scripts/demo's input.yml) through `git bake run`, 
 held-out questions (goal >= 0.95).
 
     .venv/bin/python scripts/bench/bake.py [--trajectories 64] [--epochs 2] [--skip-demo]
+
+Our side uses gitbake's defaults (micro-batch 4, lr 1e-3, linear decay, activation checkpointing);
+BENCH_MBS, BENCH_LR, BENCH_SCHED and BENCH_NOCKPT=1 override them to explore the trade-offs.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def child(impl: str, n: int, epochs: int) -> None:
         mbs = int(os.environ.get("BENCH_MBS", "4"))
         cfg = Bake.model_validate({"name": "b", "datasets": [{"target": "t"}], "epochs": epochs, "micro_batch_size": mbs,
                                    "optimizer": {"learning_rate": float(os.environ.get("BENCH_LR", str(lr)))},
+                                   "scheduler": {"name": os.environ.get("BENCH_SCHED", "linear")},
                                    "model": {"baked_adapter_config": {"r": r_, "lora_alpha": 16},
                                              "disable_activation_checkpoint": os.environ.get("BENCH_NOCKPT") == "1"},
                                    "seed": 0}).model_dump(mode="json")
