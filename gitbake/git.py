@@ -144,8 +144,6 @@ def config_unset_section(root: Path, section: str) -> bool:
     return proc.returncode == 0
 
 
-def git_dir(root: Path) -> Path:
-    return Path(run(root, "rev-parse", "--absolute-git-dir").strip())
 
 
 def hooks_dir(root: Path) -> Path:
@@ -166,9 +164,6 @@ def common_dir(root: Path) -> Path:
     return _common(root)
 
 
-def is_tracked(root: Path, path: str) -> bool:
-    proc = subprocess.run(["git", "ls-files", "--error-unmatch", "--", path], cwd=root, capture_output=True, env=_env())
-    return proc.returncode == 0
 
 
 @dataclass(frozen=True)

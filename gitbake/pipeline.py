@@ -22,7 +22,7 @@ from gitbake.plan import Plan, TargetPlan
 from gitbake.repo import ModelRepo
 from gitbake.store import Store
 
-STAGE_FILES = {"stim": "stim.jsonl", "rollout": "rollout.jsonl", "eval": "eval.json"}
+STAGE_FILES = {"stim": "stim.jsonl", "rollout": "rollout.jsonl"}
 STAGES = ("stim", "rollout", "bake")
 EVAL_SAMPLES = 2
 
@@ -136,13 +136,19 @@ class Runner:
         if self._tmp is not None:
             self._tmp.cleanup()
 
+    def _cached(self, stage: str, key: str) -> StageResult | None:
+        """The stored result of `stage` for `key` (a cache hit), unless --force."""
+        hit = None if self.force else self.store.get_key(stage, key)
+        if hit is None:
+            return None
+        meta = self.store.read_manifest(hit).meta
+        return StageResult(stage, key, hit, True, int(str(meta.get("count", 0))))
+
     def stim(self) -> StageResult:
         t = self.target
         key = t.stim_key
-        hit = None if self.force else self.store.get_key("stim", key)
-        if hit:
-            meta = self.store.read_manifest(hit).meta
-            return StageResult("stim", key, hit, True, int(str(meta.get("count", 0))))
+        if (cached := self._cached("stim", key)) is not None:
+            return cached
         from gitbake.engine import llm
         from gitbake.engine.stim import StimContext, heldout_note, make_stim
 
@@ -187,10 +193,8 @@ class Runner:
     def rollout(self) -> StageResult:
         t = self.target
         key = t.key
-        hit = None if self.force else self.store.get_key("rollout", key)
-        if hit:
-            meta = self.store.read_manifest(hit).meta
-            return StageResult("rollout", key, hit, True, int(str(meta.get("count", 0))))
+        if (cached := self._cached("rollout", key)) is not None:
+            return cached
         notes = []
         stim_manifest = self._stim_done or (None if self.force else self.store.get_key("stim", t.stim_key))
         if stim_manifest is None:

@@ -190,76 +190,45 @@ def test_fsck_reports_manifests_with_missing_files(st: Store, tmp_path: Path) ->
     assert report.missing_in_manifests == {m: [f]}
 
 
-def test_full_disk_fails_cleanly(st: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = old_file(tmp_path / "big.bin", os.urandom(3 * store_mod.CHUNK))
-    real_fsync = os.fsync
+class _NearlyFullDisk:
+    """Files in the store's tmp/ accept `room` bytes, then fail with ENOSPC. With `short`, the last write
+    that does not fit is first accepted in part (a short count), as a real nearly full disk does."""
 
-    class FullFile:
-        def __init__(self, inner: object) -> None:
-            self.inner = inner
-            self.written = 0
+    def __init__(self, inner: object, budget: dict[str, int], short: bool) -> None:
+        self.inner, self.budget, self.short = inner, budget, short
 
-        def write(self, data: object) -> int:
-            self.written += len(data)  # type: ignore[arg-type]
-            if self.written > store_mod.CHUNK:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.inner.write(data)  # type: ignore[attr-defined]
+    def write(self, data: object) -> int:
+        n = min(len(data), self.budget["left"])  # type: ignore[arg-type]
+        if n == 0 or (n < len(data) and not self.short):  # type: ignore[arg-type]
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.budget["left"] -= n
+        return self.inner.write(bytes(data)[:n])  # type: ignore[attr-defined, call-overload]
 
-        def __getattr__(self, name: str) -> object:
-            return getattr(self.inner, name)
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
 
-        def __enter__(self) -> FullFile:
-            return self
+    def __enter__(self) -> _NearlyFullDisk:
+        return self
 
-        def __exit__(self, *a: object) -> None:
-            self.inner.close()  # type: ignore[attr-defined]
+    def __exit__(self, *a: object) -> None:
+        self.inner.close()  # type: ignore[attr-defined]
 
+
+@pytest.mark.parametrize("short", [False, True], ids=["ENOSPC", "short writes"])
+def test_full_disk_fails_cleanly_and_never_stores_a_truncated_object(
+    short: bool, st: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the last write does not fit: a short write there must not go unnoticed
+    src = old_file(tmp_path / "big.bin", os.urandom(store_mod.CHUNK + 2000))
+    budget = {"left": store_mod.CHUNK + 1000}
     real_open = open
 
     def fake_open(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
         fh = real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
-        return FullFile(fh) if "w" in mode and str(path).startswith(str(st.tmp)) else fh
+        return _NearlyFullDisk(fh, budget, short) if "w" in mode and str(path).startswith(str(st.tmp)) else fh
 
     monkeypatch.setattr("builtins.open", fake_open)
     with pytest.raises(store_mod.StoreFull, match="no space left"):
-        st.put_file(src)
-    monkeypatch.setattr("builtins.open", real_open)
-    assert list(st.iter_objects()) == [] and list(st.tmp.iterdir()) == []
-    assert os.fsync is real_fsync
-
-
-def test_short_writes_of_a_nearly_full_disk_never_store_a_truncated_object(st: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real full disk first accepts part of a write (a short count), then fails."""
-    src = old_file(tmp_path / "big.bin", os.urandom(3 * store_mod.CHUNK))
-    real_open = open
-    budget = {"left": store_mod.CHUNK + 1000}
-
-    class ShortFile:
-        def __init__(self, inner: object) -> None:
-            self.inner = inner
-
-        def write(self, data: object) -> int:
-            n = min(len(data), budget["left"])  # type: ignore[arg-type]
-            budget["left"] -= n
-            if n == 0:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.inner.write(bytes(data)[:n])  # type: ignore[attr-defined, call-overload]
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self.inner, name)
-
-        def __enter__(self) -> ShortFile:
-            return self
-
-        def __exit__(self, *a: object) -> None:
-            self.inner.close()  # type: ignore[attr-defined]
-
-    def fake_open(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
-        fh = real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
-        return ShortFile(fh) if "w" in mode and str(path).startswith(str(st.tmp)) else fh
-
-    monkeypatch.setattr("builtins.open", fake_open)
-    with pytest.raises(store_mod.StoreFull):
         st.put_file(src)
     monkeypatch.setattr("builtins.open", real_open)
     assert list(st.iter_objects()) == [] and list(st.tmp.iterdir()) == []

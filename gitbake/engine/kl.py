@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+LogitsPiece = Callable[[torch.Tensor], torch.Tensor]  # a chunk's loss, given the student's logits
 CHUNK_TOKENS = int(os.environ.get("GITBAKE_KL_CHUNK", "64"))
 
 
@@ -51,14 +52,6 @@ def _logp(lm_head: Any, hidden: torch.Tensor, temperature: float) -> torch.Tenso
     if temperature != 1.0:
         logits = logits / temperature
     return F.log_softmax(logits, dim=-1)
-
-
-def _topk_piece(lm_head: Any, ids: torch.Tensor, lp: torch.Tensor, temperature: float, h: torch.Tensor) -> torch.Tensor:
-    return _logits_piece_topk(ids, lp, temperature, lm_head(h).float())
-
-
-def _full_piece(lm_head: Any, t_lp: torch.Tensor, beta: float, temperature: float, h: torch.Tensor) -> torch.Tensor:
-    return _logits_piece_full(t_lp, beta, temperature, lm_head(h).float())
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -113,6 +106,10 @@ class _ForwardKL:
         return divergence(self.t_lp, torch.log_softmax(logits, dim=-1), 0.0).sum()
 
 
+def _on_hidden(lm_head: Any, piece: LogitsPiece, h: torch.Tensor) -> torch.Tensor:
+    return piece(lm_head(h).float())
+
+
 def _logits_piece_full(t_lp: torch.Tensor, beta: float, temperature: float, logits: torch.Tensor) -> torch.Tensor:
     if temperature != 1.0:
         logits = logits / temperature
@@ -125,6 +122,31 @@ def _logits_piece_topk(ids: torch.Tensor, lp: torch.Tensor, temperature: float, 
     return topk_divergence(ids, lp, F.log_softmax(logits, dim=-1)).sum()
 
 
+def _pieces(
+    lm_head: Any,
+    n: int,
+    teacher_hidden: torch.Tensor | None,
+    beta: float,
+    temperature: float,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None,
+    chunk: int,
+) -> list[tuple[int, int, LogitsPiece]]:
+    """Per chunk of positions: (start, end, the loss of that chunk as a function of the student's logits)."""
+    out: list[tuple[int, int, LogitsPiece]] = []
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        piece: LogitsPiece
+        if teacher_topk is not None:
+            piece = partial(_logits_piece_topk, teacher_topk[0][start:end], teacher_topk[1][start:end], temperature)
+        else:
+            assert teacher_hidden is not None
+            with torch.no_grad():
+                t_lp = _logp(lm_head, teacher_hidden[start:end], temperature)
+            piece = _ForwardKL(t_lp) if beta == 0 and temperature == 1.0 else partial(_logits_piece_full, t_lp, beta, temperature)
+        out.append((start, end, piece))
+    return out
+
+
 def fused_loss(
     lm_head: Any,
     student_hidden: torch.Tensor,
@@ -135,24 +157,12 @@ def fused_loss(
     chunk: int = CHUNK_TOKENS,
 ) -> torch.Tensor:
     """Same value and gradient as `chunked_loss`, without recomputation (needs a frozen output layer)."""
-    n = student_hidden.shape[0]
-    pieces: list[Callable[[torch.Tensor], torch.Tensor]] = []
-    bounds: list[tuple[int, int]] = []
-    for start in range(0, n, chunk):
-        end = min(n, start + chunk)
-        if teacher_topk is not None:
-            pieces.append(partial(_logits_piece_topk, teacher_topk[0][start:end], teacher_topk[1][start:end], temperature))
-        else:
-            assert teacher_hidden is not None
-            with torch.no_grad():
-                t_lp = _logp(lm_head, teacher_hidden[start:end], temperature)
-            if beta == 0 and temperature == 1.0:
-                pieces.append(_ForwardKL(t_lp))
-            else:
-                pieces.append(partial(_logits_piece_full, t_lp, beta, temperature))
-        bounds.append((start, end))
+    chunks = _pieces(lm_head, student_hidden.shape[0], teacher_hidden, beta, temperature, teacher_topk, chunk)
     bias = getattr(lm_head, "bias", None)
-    result: torch.Tensor = _FusedHeadLoss.apply(student_hidden, lm_head.weight.detach(), None if bias is None else bias.detach(), pieces, bounds)
+    result: torch.Tensor = _FusedHeadLoss.apply(
+        student_hidden, lm_head.weight.detach(), None if bias is None else bias.detach(),
+        [p for _, _, p in chunks], [(a, b) for a, b, _ in chunks],
+    )
     return result
 
 
@@ -173,25 +183,15 @@ def chunked_loss(
     """Sum over positions of the divergence. Either `teacher_hidden` ([N, H], no grad) or a cached
     `teacher_topk` (ids [N, K], log-probs [N, K])."""
     total = student_hidden.new_zeros((), dtype=torch.float32)
-    n = student_hidden.shape[0]
-    for start in range(0, n, chunk):
-        end = min(n, start + chunk)
-        piece: Callable[[torch.Tensor], torch.Tensor]
-        if teacher_topk is not None:
-            ids, lp = teacher_topk[0][start:end], teacher_topk[1][start:end]
-            piece = partial(_topk_piece, lm_head, ids, lp, temperature)
-        else:
-            assert teacher_hidden is not None
-            with torch.no_grad():
-                t_lp = _logp(lm_head, teacher_hidden[start:end], temperature)
-            piece = partial(_full_piece, lm_head, t_lp, beta, temperature)
+    for start, end, piece in _pieces(lm_head, student_hidden.shape[0], teacher_hidden, beta, temperature, teacher_topk, chunk):
+        on_hidden = partial(_on_hidden, lm_head, piece)
         s_h = student_hidden[start:end]
         if s_h.requires_grad and recompute:
             # recomputed in backward: only this chunk's logits are ever alive (not under ZeRO-3, whose
             # partitioned output layer is released between forward and recomputation)
-            total = total + checkpoint(piece, s_h, use_reentrant=False)
+            total = total + checkpoint(on_hidden, s_h, use_reentrant=False)
         else:
-            total = total + piece(s_h)
+            total = total + on_hidden(s_h)
     return total
 
 
