@@ -1,6 +1,24 @@
-"""`python -m gitbake` is the same program as `git bake` (the hook shims fall back to it)."""
+"""`python -m gitbake` is the same program as `git bake` (the hook shims fall back to it).
 
-from gitbake.cli import main
+`git bake hook NAME` is dispatched before click is imported: hooks run on every commit and checkout,
+and most of the time have nothing to do, so their start-up time is the whole cost.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if len(argv) >= 2 and argv[0] == "hook" and argv[1] not in ("-h", "--help"):
+        from gitbake.hooks import main as hook_main
+
+        sys.exit(hook_main(argv[1], argv[2:]))
+    from gitbake.cli import main as cli_main
+
+    cli_main()
+
 
 if __name__ == "__main__":
     main()

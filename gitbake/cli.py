@@ -198,7 +198,19 @@ def status(as_json: bool) -> None:
             ev = row.get("eval") or {}
             if ev.get("gap_closed") is not None:
                 detail = f"gap_closed {ev['gap_closed']:.3f} (KL {ev['d_before']:.4f} -> {ev['d_after']:.4f})"
+            if row.get("progress"):
+                pr = row["progress"]
+                detail = f"{pr['done']}/{pr['total']} {pr['unit']}, ETA {pr['eta_s']:.0f}s"
             click.echo(f"  {row['stage']:<8} {row['state']:<8} {detail}")
+    for j in report.jobs:
+        click.echo(f"\nJob {j['id']}: {j['state']}" + (f" — {j['error'].splitlines()[0]}" if j.get("error") and j["state"] != "done" else "")
+                   + ("  (see `git bake jobs logs`)" if j["state"] in ("failed", "died") else "  (`git bake jobs wait` waits for it)"))
+    for ref in report.pending:
+        click.echo(f"\nA finished bake is waiting as {ref} (the branch moved on while it ran): take it with `git bake fetch`")
+    m = report.model
+    if m.get("state") in ("stale", "absent"):
+        click.echo(click.style("\nwarning: ", fg="yellow") + f".bake/model is not the model of HEAD ({m.get('model_name') or 'base model'}); "
+                   f"fix: {m['fix']}", err=True)
     if report.commented_out:
         click.echo(f"\nCommented out: {', '.join(report.commented_out)}")
     if report.would_run:
@@ -301,32 +313,55 @@ def target_show(name: str, as_json: bool) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.argument("stages", nargs=-1, type=click.Choice(["stim", "rollout", "bake"], case_sensitive=False))
 @click.option("--force", is_flag=True, help="Run the stages even when their results are in the store.")
+@click.option("--detach", "-d", is_flag=True, help="Run in the background; `git bake jobs wait` / `git bake fetch` collect it.")
 @click.option("--json", "as_json", is_flag=True, help="Print what ran as JSON.")
-def run(stages: tuple[str, ...], force: bool, as_json: bool) -> None:
-    """Run stages of the committed input.yml: stim (questions), rollout (teacher answers), bake (train).
+def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> None:
+    """Run the committed input.yml: stim (questions), rollout (teacher answers), bake (train + eval).
 
     Stages run in pipeline order whatever the order given; with none, every stage input.yml has runs.
     A stage whose key is already in the store is a cache hit and does not run again (--force reruns
     it). rollout runs a missing stim first; bake runs missing stim and rollout first, then evaluates
     the adapter on held-out questions (gap_closed).
 
+    When the bake ran, one bake commit follows holding the new .bread, the new recipe.yml and input.yml
+    with its sections commented out, and .bake/model becomes the new model. input.yml must be
+    committed: that commit is what the model is the model of. (After a commit of input.yml the
+    post-commit hook does all this by itself.)
+
     \b
     Examples:
       git bake run
       git bake run stim
       git bake run bake --force
+      git bake run --detach && git bake jobs wait
     """
-    from gitbake.pipeline import run as do_run
+    from gitbake import git
     from gitbake.repo import open_repo
 
+    repo = open_repo(Path.cwd())
     wanted = [s.lower() for s in stages] or None
-    results, notes = do_run(open_repo(Path.cwd()), wanted, force=force, say=lambda m: click.echo(m, err=True))
-    for note in notes:
+    if detach:
+        from gitbake import jobs
+        from gitbake.pipeline import committed_input
+
+        committed_input(repo)  # refuse uncommitted changes now, not in the background
+        head = git.rev_parse(repo.root, "HEAD") or ""
+        job = jobs.start(repo, head, git.symbolic_head(repo.root), wanted, force)
+        if as_json:
+            _emit_json(job.as_json())
+            return
+        click.echo(f"started job {job.id} in the background (log: {job.log_path})")
+        click.echo("`git bake status` shows its progress; `git bake jobs wait` waits for it; `git bake jobs cancel` stops it")
+        return
+    from gitbake.workflow import run_and_commit
+
+    report = run_and_commit(repo, wanted, force=force, say=lambda m: click.echo(m, err=True))
+    for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if as_json:
-        _emit_json([r.as_json() for r in results])
+        _emit_json(report.as_json())
         return
-    for r in results:
+    for r in report.results:
         how = "cached" if r.cached else f"ran in {r.seconds:.1f}s"
         unit = "questions" if r.stage == "stim" else "trajectories"
         click.echo(f"{r.stage:<8} {how:<14} {r.count} {unit}  key {r.key[:12]}  -> {r.manifest[:12]}")
@@ -336,6 +371,22 @@ def run(stages: tuple[str, ...], force: bool, as_json: bool) -> None:
                        + (f", final loss {e['final_loss']:.4f}" if e.get("final_loss") is not None else ""))
         for note in r.notes:
             click.echo(f"         note: {note}")
+    _say_commit(report)
+
+
+def _say_commit(report: Any) -> None:
+    c = report.commit
+    if c is None:
+        return
+    if c.ref is not None:
+        click.echo(f"bake commit {c.commit[:12]} on {c.ref.removeprefix('refs/heads/')}: .bread, recipe.yml and input.yml (commented out)")
+        if c.kept:
+            click.echo(f"note: left your uncommitted changes to {', '.join(c.kept)} as they are", err=True)
+    else:
+        click.echo(f"the branch moved on while baking: the bake commit is kept as {c.pending}; take it with `git bake fetch`")
+    m = report.model or {}
+    if m.get("state") == "missing":
+        click.echo(f"note: .bake/model needs {len(m['missing'])} object(s) that are not here: run `git bake pull`", err=True)
 
 
 def _view(stage: str, target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:
@@ -657,6 +708,12 @@ def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_
         click.echo(f"{verb} {target.name} ({target.url}): {report.needed} object(s) needed, {len(report.transferred)} {moved} "
                    f"({_human(report.bytes)}), {report.skipped} already there")
     report.raise_for_problems(verb)
+    if verb == "pull" and (not revs or "HEAD" in revs):
+        from gitbake.workflow import refresh_model
+
+        state = refresh_model(repo, fetch=False)  # what was pulled for HEAD is HEAD's model: put it in place
+        if state["state"] == "updated" and not as_json:
+            click.echo(f".bake/model is now {state.get('model_name') or 'the base model'}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -694,6 +751,380 @@ def pull(remote_name: str | None, revs: tuple[str, ...], jobs: int, as_json: boo
       git bake pull origin HEAD~3
     """
     _transfer("pull", remote_name, revs, jobs, as_json)
+
+
+# --------------------------------------------------------------------------------------- hooks, jobs
+
+
+@cli.command("hook", hidden=True, context_settings={**CONTEXT, "ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def hook(name: str, args: tuple[str, ...]) -> None:
+    """Run a git hook (the shims in .git/hooks call this)."""
+    from gitbake.hooks import main as hook_main
+
+    raise SystemExit(hook_main(name, list(args)))
+
+
+@cli.group(context_settings=CONTEXT)
+def hooks() -> None:
+    """Install or remove gitbake's git hooks (`git bake init` installs them).
+
+    \b
+    pre-commit     refuses a commit of an invalid input.yml (field, line and fix)
+    post-commit    a commit that changed input.yml starts the bake (in the background;
+                   `git config bake.hookMode foreground` runs it inline, `off` not at all)
+    post-checkout  .bake/model follows HEAD (fetching from the bake remote when needed)
+    post-merge     the same after a merge or pull
+    pre-push       with `git config bake.autoPush true`, uploads the models before git pushes
+
+    A hook that was there before is kept as NAME.legacy and still runs; bgit's hooks are set aside
+    as NAME.bgit. core.hooksPath is respected.
+    """
+
+
+@hooks.command("install", context_settings=CONTEXT)
+def hooks_install() -> None:
+    """Install (or update) the hooks of this repository."""
+    from gitbake import git
+    from gitbake.hooks import HOOKS, install
+    from gitbake.repo import open_repo
+
+    root = open_repo(Path.cwd()).root
+    for note in install(root):
+        click.echo(f"note: {note}")
+    click.echo(f"installed {', '.join(HOOKS)} in {git.hooks_dir(root)}")
+
+
+@hooks.command("uninstall", context_settings=CONTEXT)
+def hooks_uninstall() -> None:
+    """Remove gitbake's hooks (your own hooks that were kept as .legacy come back)."""
+    from gitbake.hooks import uninstall
+    from gitbake.repo import open_repo
+
+    for note in uninstall(open_repo(Path.cwd()).root):
+        click.echo(f"note: {note}")
+    click.echo("removed gitbake's hooks")
+
+
+@hooks.command("ls", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def hooks_ls(as_json: bool) -> None:
+    """Show which hooks are gitbake's."""
+    from gitbake.hooks import installed
+    from gitbake.repo import open_repo
+
+    states = installed(open_repo(Path.cwd()).root)
+    if as_json:
+        _emit_json(states)
+        return
+    for name, state in states.items():
+        click.echo(f"{name:<14} {state}")
+
+
+def _ago(t: float | None) -> str:
+    import time as _time
+
+    if not t:
+        return "-"
+    s = max(0, int(_time.time() - t))
+    return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
+
+
+def _job_line(j: Any) -> str:
+    p = j.progress() if j.state == "running" else None
+    detail = ""
+    if p:
+        detail = f"  {p['label']}: {p['done']}/{p['total']} {p['unit']}, ETA {p['eta_s']:.0f}s"
+    elif j.error and j.state != "done":
+        detail = f"  {j.error.splitlines()[0][:100]}"
+    elif j.result and (j.result.get("commit") or {}).get("commit"):
+        c = j.result["commit"]
+        detail = f"  -> {c['commit'][:12]}" + (f" (kept as {c['pending']})" if c.get("pending") else "")
+    return f"{j.id}  {j.state:<9} {j.trigger[:10]}  {_ago(j.created):<8}{detail}"
+
+
+@cli.group(context_settings=CONTEXT, invoke_without_command=True)
+@click.pass_context
+def jobs(ctx: click.Context) -> None:
+    """Background bake jobs of this repository (started by commits and `git bake run --detach`).
+
+    \b
+    Examples:
+      git bake jobs                # = jobs ls
+      git bake jobs wait           # until the running and queued jobs finish; exit 1 if one failed
+      git bake jobs logs           # the newest job's log
+      git bake jobs cancel         # stop the running job (nothing is stored or committed)
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(jobs_ls)
+
+
+@jobs.command("ls", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+def jobs_ls(as_json: bool) -> None:
+    """List jobs, newest first."""
+    from gitbake import jobs as jobs_mod
+    from gitbake.repo import open_repo
+
+    found = jobs_mod.list_jobs(open_repo(Path.cwd()))
+    if as_json:
+        _emit_json([j.as_json() for j in found])
+        return
+    if not found:
+        click.echo("No bake jobs yet. A commit that changes input.yml starts one.")
+    for j in found:
+        click.echo(_job_line(j))
+
+
+@jobs.command("wait", context_settings=CONTEXT)
+@click.argument("job_id", required=False)
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the finished jobs as JSON.")
+def jobs_wait(job_id: str | None, timeout: float | None, as_json: bool) -> None:
+    """Wait for JOB_ID (default: every running or queued job); exit 1 if one failed."""
+    from gitbake import jobs as jobs_mod
+    from gitbake.repo import open_repo
+
+    repo = open_repo(Path.cwd())
+    todo = [jobs_mod.find(repo, job_id)] if job_id else jobs_mod.active(repo)
+    done = [jobs_mod.wait(j, timeout) for j in todo]
+    if as_json:
+        _emit_json([j.as_json() for j in done])
+    else:
+        for j in done:
+            click.echo(_job_line(j))
+        if not done:
+            click.echo("no job is running")
+    if any(j.state != "done" for j in done):
+        raise SystemExit(1)
+
+
+@jobs.command("logs", context_settings=CONTEXT)
+@click.argument("job_id", required=False)
+def jobs_logs(job_id: str | None) -> None:
+    """Print a job's log (default: the newest job)."""
+    from gitbake import jobs as jobs_mod
+    from gitbake.repo import open_repo
+
+    job = jobs_mod.find(open_repo(Path.cwd()), job_id)
+    try:
+        click.echo(job.log_path.read_text(errors="replace"), nl=False)
+    except FileNotFoundError:
+        click.echo("(no log)")
+
+
+@jobs.command("cancel", context_settings=CONTEXT)
+@click.argument("job_id", required=False)
+def jobs_cancel(job_id: str | None) -> None:
+    """Stop a running or queued job (default: the newest). Nothing is stored or committed."""
+    from gitbake import jobs as jobs_mod
+    from gitbake.repo import open_repo
+
+    repo = open_repo(Path.cwd())
+    job = jobs_mod.find(repo, job_id) if job_id else next(iter(jobs_mod.active(repo)), None)
+    if job is None:
+        click.echo("no job is running")
+        return
+    job = jobs_mod.cancel(job)
+    click.echo(f"job {job.id}: {job.state}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--force", is_flag=True, help="Take it even if the branch's model changed since it was baked.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def fetch(force: bool, as_json: bool) -> None:
+    """Take a finished background bake whose branch had moved on (kept under refs/bake/).
+
+    The bake's .bread and recipe.yml become a bake commit on top of the current branch; input.yml is
+    commented out only if it is still the one that was baked.
+
+    \b
+    Example:
+      git bake fetch
+    """
+    from gitbake import bakecommit, git, jobs as jobs_mod
+    from gitbake.repo import open_repo
+    from gitbake.workflow import refresh_model
+
+    repo = open_repo(Path.cwd())
+    waiting = bakecommit.pending(repo.root, git.symbolic_head(repo.root))
+    if not waiting:
+        running = jobs_mod.active(repo)
+        msg = f"job {running[0].id} is still {running[0].state}: `git bake jobs wait`, then fetch" if running else "no bake result is waiting for this branch"
+        if as_json:
+            _emit_json({"taken": [], "message": msg})
+        else:
+            click.echo(msg)
+        return
+    taken = []
+    for ref in sorted(waiting):
+        result = bakecommit.take_pending(repo.root, ref, force=force)
+        taken.append(result.as_json())
+        if not as_json:
+            click.echo(f"took {ref}: bake commit {result.commit[:12]}")
+    refresh_model(repo)
+    if as_json:
+        _emit_json({"taken": taken})
+
+
+# ------------------------------------------------------------------------------------- model views
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("rev", default="HEAD")
+@click.option("--to", "dest", type=click.Path(file_okay=False, path_type=Path), help="Materialise here instead of .bake/model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def checkout(rev: str, dest: Path | None, as_json: bool) -> None:
+    """Materialise the model of REV (default HEAD) without moving HEAD: .bake/model, or --to DIR.
+
+    Files are linked from the store (reflink or hardlink, read-only), so this takes milliseconds
+    whatever the model's size. Missing objects come from the bake remote when one is configured.
+
+    \b
+    Examples:
+      git bake checkout                 # after a `git reset`: .bake/model follows HEAD again
+      git bake checkout HEAD~2 --to /tmp/older-model
+    """
+    from gitbake.repo import open_repo
+    from gitbake.workflow import checkout as do_checkout
+
+    out = do_checkout(open_repo(Path.cwd()), rev, dest)
+    if as_json:
+        _emit_json(out)
+        return
+    n = len(out["adapters"])
+    hows = sorted(set(out["methods"].values()))
+    click.echo(f"{out['dest']}: {out.get('model_name') or 'the base model'} of {rev} ({out['commit'][:12]}), base {out['base_model']}, "
+               f"{n} adapter{'s' if n != 1 else ''}" + (f" ({', '.join(hows)})" if hows else ""))
+
+
+def _metrics_text(m: dict[str, Any]) -> str:
+    parts = []
+    if m.get("final_loss") is not None:
+        parts.append(f"loss {m['final_loss']:.4f}")
+    if m.get("gap_closed") is not None:
+        parts.append(f"gap_closed {m['gap_closed']:.3f}")
+    return ", ".join(parts)
+
+
+@cli.command("log", context_settings=CONTEXT)
+@click.argument("rev", default="HEAD")
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
+def log_cmd(rev: str, as_json: bool) -> None:
+    """Model versions on this branch (or REV), newest first: commit, date, bake, loss, gap_closed.
+
+    \b
+    Example:
+      git bake log --json | jq '.[0].metrics.gap_closed'
+    """
+    import datetime
+
+    from gitbake.history import log
+    from gitbake.repo import open_repo
+
+    versions = log(open_repo(Path.cwd()).root, rev)
+    if as_json:
+        _emit_json([v.as_json() for v in versions])
+        return
+    if not versions:
+        click.echo("No model versions yet: commit an input.yml with a BAKE section.")
+    for v in versions:
+        date = datetime.datetime.fromtimestamp(v.time).strftime("%Y-%m-%d %H:%M")
+        click.echo(f"{v.commit[:10]}  {date}  {v.bake_name or '?':<36} {_metrics_text(v.metrics)}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the tree as JSON.")
+def tree(as_json: bool) -> None:
+    """The lineage of every model on every branch: each bake under the model it was baked on."""
+    from gitbake.history import TreeNode, tree as do_tree
+    from gitbake.repo import open_repo
+
+    roots = do_tree(open_repo(Path.cwd()).root)
+    if as_json:
+        _emit_json([r.as_json() for r in roots])
+        return
+    if not roots:
+        click.echo("No model versions yet.")
+
+    def walk(node: TreeNode, prefix: str, last: bool, top: bool) -> None:
+        v = node.version
+        extra = ""
+        if v is not None:
+            extra = "  " + "  ".join(x for x in (_metrics_text(v.metrics), f"[{', '.join(v.refs)}]" if v.refs else "", v.commit[:10]) if x)
+        click.echo(("" if top else prefix + ("└── " if last else "├── ")) + node.label + extra)
+        child_prefix = "" if top else prefix + ("    " if last else "│   ")
+        for i, c in enumerate(node.children):
+            walk(c, child_prefix, i == len(node.children) - 1, False)
+
+    for r in roots:
+        walk(r, "", True, True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("rev", default="HEAD")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def show(rev: str, as_json: bool) -> None:
+    """The model of REV: base model, adapter chain, bake, metrics, and whether it is in the local store."""
+    from gitbake.history import version_at
+    from gitbake.repo import open_repo
+
+    repo = open_repo(Path.cwd())
+    v = version_at(repo.root, rev)
+    local = {a: repo.store.has(a) for a in v.adapters}
+    if as_json:
+        _emit_json({**v.as_json(), "local": local})
+        return
+    click.echo(f"commit:     {v.commit}")
+    click.echo(f"model:      {v.model_name or 'the base model (nothing baked yet)'}")
+    click.echo(f"base model: {v.base_model}")
+    if v.bake_name:
+        click.echo(f"bake:       {v.bake_name}" + (f" (on top of {v.parent_bake})" if v.parent_bake else ""))
+    for i, a in enumerate(v.adapters):
+        click.echo(f"adapter {i}:  {a}" + ("" if local[a] else "  (not in the local store: git bake pull)"))
+    for k, val in v.metrics.items():
+        click.echo(f"  {k}: {val}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def models(as_json: bool) -> None:
+    """Every model version on every branch, and whether its adapters are in the local store."""
+    from gitbake.history import models as do_models
+    from gitbake.repo import open_repo
+
+    repo = open_repo(Path.cwd())
+    rows = do_models(repo.root, repo.store.has)
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo("No model versions yet.")
+    for r in rows:
+        where = f"[{', '.join(r['refs'])}]" if r["refs"] else ""
+        click.echo(f"{r['commit'][:10]}  {r['bake_name'] or '?':<36} {len(r['adapters'])} adapter(s)  "
+                   f"{'local' if r['local'] else 'not local'}  {where}")
+
+
+@cli.command("eval", context_settings=CONTEXT)
+@click.argument("rev", default="HEAD")
+@click.option("--json", "as_json", is_flag=True, help="Print the eval as JSON.")
+def eval_cmd(rev: str, as_json: bool) -> None:
+    """Recompute the eval of REV's model: KL to the teacher on held-out questions, before and after.
+
+    The result is stored beside the adapter; the model's identity does not change.
+    """
+    from gitbake.pipeline import reevaluate
+    from gitbake.repo import open_repo
+
+    report = reevaluate(open_repo(Path.cwd()), rev, say=lambda m: click.echo(m, err=True))
+    if as_json:
+        _emit_json(report)
+        return
+    click.echo(f"{report['bake']}: gap_closed {report['gap_closed']:.3f} (KL {report['d_before']:.4f} -> {report['d_after']:.4f} nats/token) "
+               f"on {report['questions']} held-out question(s)")
+
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -28,6 +28,16 @@ def find_root(start: Path) -> Path | None:
     return None
 
 
+def dot_git(root: Path) -> Path | None:
+    """The git directory of the work tree at `root`, read from the filesystem (no process: hooks and
+    status run this on every call). A worktree's `.git` is a file `gitdir: PATH`."""
+    d = root / ".git"
+    if d.is_file():
+        target = d.read_text(encoding="utf-8", errors="replace").strip().removeprefix("gitdir:").strip()
+        d = (root / target).resolve()
+    return d if d.is_dir() else None
+
+
 def require_root(start: Path) -> Path:
     root = find_root(start)
     if root is None:
@@ -38,7 +48,7 @@ def require_root(start: Path) -> Path:
     return root
 
 
-def run(root: Path, *args: str, check: bool = True, input: str | None = None) -> str:
+def run(root: Path, *args: str, check: bool = True, input: str | None = None, env: dict[str, str] | None = None) -> str:
     """Run `git args...` in `root`; raise GitError with git's own message on failure."""
     proc = subprocess.run(
         ["git", *args],
@@ -46,12 +56,17 @@ def run(root: Path, *args: str, check: bool = True, input: str | None = None) ->
         capture_output=True,
         text=True,
         input=input,
-        env=_env(),
+        env={**_env(), **(env or {})},
     )
     if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip()
         raise GitError(f"git {' '.join(args)} failed: {msg}")
     return proc.stdout
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without the GIT_* variables a hook exports (for processes we start)."""
+    return _env()
 
 
 def _env() -> dict[str, str]:
@@ -144,8 +159,6 @@ def config_unset_section(root: Path, section: str) -> bool:
     return proc.returncode == 0
 
 
-
-
 def hooks_dir(root: Path) -> Path:
     """Where git looks for hooks: honours core.hooksPath (relative paths are relative to the work tree)."""
     custom = config_get(root, "core.hooksPath")
@@ -162,8 +175,6 @@ def _common(root: Path) -> Path:
 
 def common_dir(root: Path) -> Path:
     return _common(root)
-
-
 
 
 @dataclass(frozen=True)
@@ -268,3 +279,124 @@ def blobs_at(root: Path, commits: Sequence[str], paths: Sequence[str]) -> Iterat
                 continue
             for path, data in _new_blobs(repo, commit, paths, seen):
                 yield cid, path, data
+
+
+# ------------------------------------------------------------------------------------ bake commits
+
+
+def write_blob(root: Path, data: bytes) -> str:
+    """Store `data` as a blob in the repository's object database; its id."""
+    proc = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=root, input=data, capture_output=True, env=_env())
+    if proc.returncode != 0:
+        raise GitError(f"git hash-object failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout.decode().strip()
+
+
+def commit_files(root: Path, parent: str, files: dict[str, bytes], message: str) -> str:
+    """A new commit on top of `parent` whose tree is the parent's with `files` replaced.
+
+    Built in a private index, so the user's index and working tree are not touched and no hook fires:
+    a background bake can commit while the user keeps working."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gitbake-index-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        run(root, "read-tree", parent, env=env)
+        for path, data in files.items():
+            blob = write_blob(root, data)
+            run(root, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+        tree = run(root, "write-tree", env=env).strip()
+    return run(root, "commit-tree", tree, "-p", parent, input=message).strip()
+
+
+def update_ref(root: Path, ref: str, new: str, old: str | None, message: str) -> bool:
+    """Compare-and-swap: point `ref` at `new` only if it still points at `old` (None: must not exist)."""
+    args = ["update-ref", "-m", message]
+    if ref == "HEAD":
+        args.append("--no-deref")
+    proc = subprocess.run(["git", *args, ref, new, old or "0" * 40], cwd=root, capture_output=True, text=True, env=_env())
+    return proc.returncode == 0
+
+
+def symbolic_head(root: Path) -> str | None:
+    """The branch ref HEAD points at (refs/heads/main), or None when detached."""
+    proc = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=root, capture_output=True, text=True, env=_env())
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def index_blob(root: Path, path: str) -> str | None:
+    """The blob id the index holds for `path` (stage 0), or None."""
+    out = run(root, "ls-files", "-s", "--", path)
+    for line in out.splitlines():
+        meta, _, name = line.partition("\t")
+        parts = meta.split()
+        if name == path and len(parts) == 3 and parts[2] == "0":
+            return parts[1]
+    return None
+
+
+def tree_blob(root: Path, rev: str, path: str) -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}:{path}"], cwd=root, capture_output=True, text=True, env=_env())
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def hash_file_blob(path: Path) -> str:
+    """git's blob id of a file's bytes (what `git hash-object` prints), without running git."""
+    import hashlib
+
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def set_index_entry(root: Path, path: str, blob: str) -> None:
+    run(root, "update-index", "--cacheinfo", f"100644,{blob},{path}")
+
+
+def refresh_index(root: Path, paths: Sequence[str]) -> None:
+    # a file rewritten with its index blob's bytes: refresh its stat data so git status stays clean
+    run(root, "update-index", "-q", "--refresh", "--", *paths, check=False)
+
+
+def parents(root: Path, rev: str) -> list[str]:
+    out = run(root, "rev-list", "--parents", "-n", "1", rev).split()
+    return out[1:]
+
+
+def changed_files(root: Path, commit: str) -> list[str]:
+    """Paths a commit changed against its first parent (all its files for a root commit)."""
+    out = run(root, "diff-tree", "--no-commit-id", "--name-only", "-r", "--root", "-m", "--first-parent", commit)
+    return sorted(set(out.split()))
+
+
+def commit_message(root: Path, rev: str) -> str:
+    return run(root, "log", "-1", "--format=%B", rev)
+
+
+def refs(root: Path, prefix: str) -> dict[str, str]:
+    """ref name -> commit id for every ref under `prefix` (refs/heads/, refs/bake/)."""
+    out = run(root, "for-each-ref", "--format=%(refname) %(objectname)", prefix)
+    found = {}
+    for line in out.splitlines():
+        name, _, sha = line.partition(" ")
+        if sha:
+            found[name] = sha
+    return found
+
+
+def delete_ref(root: Path, ref: str) -> None:
+    run(root, "update-ref", "-d", ref)
+
+
+def first_parent_log(root: Path, rev: str, paths: Sequence[str]) -> list[tuple[str, int, str]]:
+    """(commit, time, subject) of commits on `rev`'s first-parent line that touched `paths`, newest first."""
+    out = run(root, "log", "--first-parent", "--format=%H %ct %s", rev, "--", *paths, check=False)
+    rows = []
+    for line in out.splitlines():
+        sha, t, subject = (line.split(" ", 2) + [""])[:3]
+        rows.append((sha, int(t), subject))
+    return rows
+
+
+def git_dir(root: Path) -> Path:
+    raw = Path(run(root, "rev-parse", "--git-dir").strip())
+    return raw if raw.is_absolute() else (root / raw).resolve()

@@ -115,8 +115,9 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
         report.notes.append("replaced bgit's `keepTheirs` merge setting, which kept the current side, with one that takes the incoming lineage")
     git.config_set(root, f"merge.{MERGE_DRIVER}.name", "gitbake: take the incoming model lineage")
     git.config_set(root, f"merge.{MERGE_DRIVER}.driver", MERGE_DRIVER_CMD)
-    report.notes += _retire_bgit_hooks(root)
-    # Hook installation (post-commit, post-checkout, ...) plugs in here with the git-workflow issue.
+    from gitbake import hooks
+
+    report.notes += hooks.install(root)
 
     if name is not None and name != repo_name:
         report.notes.append(f"kept the name `{repo_name}` recorded in .bread (--name {name} applies to new repositories)")
@@ -130,6 +131,13 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
         report.committed = git.commit(root, f"Initialise model repository {repo_name} (git bake init)", no_verify=True)
     elif report.written:
         git.add(root, report.written)
+    if b.parent_adapters:  # a clone of a baked repository: bring its model back, or say how
+        from gitbake.repo import open_repo
+        from gitbake.workflow import refresh_model
+
+        state = refresh_model(open_repo(root))
+        if state["state"] == "missing":
+            report.notes.append(f"the model of HEAD needs {len(state['missing'])} object(s) that are not here: run `git bake pull`")
     return report
 
 
@@ -210,15 +218,3 @@ def _write_gitattributes(root: Path) -> bool:
         if f not in seen:
             out.append(f"{f} merge={MERGE_DRIVER}")
     return write_atomic(path, "\n".join(out) + "\n")
-
-
-def _retire_bgit_hooks(root: Path) -> list[str]:
-    """bgit's hooks call `bgit update-bread` (and abort commits when it fails): set them aside."""
-    notes = []
-    hooks = git.hooks_dir(root)
-    for hook in ("pre-commit", "post-merge"):
-        path = hooks / hook
-        if path.is_file() and "bgit" in path.read_text(encoding="utf-8", errors="replace"):
-            path.rename(hooks / f"{hook}.bgit")
-            notes.append(f"moved bgit's {hook} hook aside to {hook}.bgit (it calls `bgit update-bread`, which needs Bread's cloud)")
-    return notes

@@ -48,6 +48,7 @@ class KnownTarget:
 @dataclass
 class Lineage:
     root: Path
+    rev: str | None = None  # None: the working tree's files and HEAD's history; else that commit's history only
     _targets: list[KnownTarget] | None = field(default=None, init=False)
 
     def targets(self) -> list[KnownTarget]:
@@ -74,11 +75,11 @@ class Lineage:
     def _scan(self) -> Iterable[KnownTarget]:
         bread_file, recipe_file = bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE
         wt: list[tuple[str | None, str, bytes]] = []
-        for name in (bread_file, recipe_file):
+        for name in (bread_file, recipe_file) if self.rev is None else ():
             p = self.root / name
             if p.is_file():
                 wt.append((None, name, p.read_bytes()))
-        versions = [(v.commit, v.path, v.data) for v in git.history(self.root, [bread_file, recipe_file])]
+        versions = [(v.commit, v.path, v.data) for v in git.history(self.root, [bread_file, recipe_file], self.rev or "HEAD")]
         for commit, path, data in wt + versions:
             try:
                 text = data.decode("utf-8")

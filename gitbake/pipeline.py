@@ -43,17 +43,22 @@ class StageResult:
 
 
 def committed_input(repo: ModelRepo) -> tuple[cfg.LoadedInput, list[str]]:
-    """input.yml as committed at HEAD (what a commit bakes), and notes about the working tree."""
+    """input.yml as committed (at `repo.rev`, else HEAD): what a commit bakes. From the working tree's
+    point of view (no `rev`), uncommitted changes to input.yml are refused: the model must be the one
+    its commit describes."""
     notes = []
-    data = git.show(repo.root, "HEAD", cfg.INPUT_FILE)
+    rev = repo.rev or "HEAD"
+    data = git.show(repo.root, rev, cfg.INPUT_FILE)
     if data is None:
         raise UsageError("input.yml is not committed", "commit it first: git add input.yml && git commit")
     from gitbake.yamlio import decode_text
 
     text = decode_text(data, cfg.INPUT_FILE)
-    wt = repo.input_path.read_text(encoding="utf-8", errors="replace") if repo.input_path.exists() else ""
-    if wt != text:
-        notes.append("input.yml has uncommitted changes; running the committed version (commit to run yours)")
+    if repo.rev is None:
+        wt = repo.input_path.read_text(encoding="utf-8", errors="replace") if repo.input_path.exists() else ""
+        if wt != text:
+            raise UsageError("input.yml has uncommitted changes; a bake runs the committed input.yml",
+                             "commit them (git commit -am '...'; the hook then bakes), or discard them: git checkout -- input.yml")
     loaded = cfg.parse_input(text, repo.root)
     # files the generators read come from the working tree: say so when they differ from the commit
     target = loaded.config.TARGET
@@ -61,7 +66,7 @@ def committed_input(repo: ModelRepo) -> tuple[cfg.LoadedInput, list[str]]:
         for rel in (getattr(gen, "template_path", None), getattr(gen, "path", None), getattr(gen, "dataset", None)):
             if not rel or not (repo.root / rel).is_file():
                 continue
-            committed = git.show(repo.root, "HEAD", Path(rel).as_posix())
+            committed = git.show(repo.root, rev, Path(rel).as_posix())
             if committed != (repo.root / rel).read_bytes():
                 notes.append(f"{rel} differs from its committed version (or is not committed); the working tree's is used")
     return loaded, notes
@@ -231,16 +236,20 @@ def run(repo: ModelRepo, stages: list[str] | None, force: bool = False, say: Cal
     """Run `stages` (None: every stage the committed input.yml has) in pipeline order."""
     loaded, notes = committed_input(repo)
     plan = repo.plan(loaded)
+    return execute(repo, plan, loaded, stages, force, say), notes
+
+
+def execute(repo: ModelRepo, plan: Plan, loaded: cfg.LoadedInput, stages: list[str] | None, force: bool = False,
+            say: Callable[[str], None] | None = None) -> list[StageResult]:
     wanted = plan.stages if stages is None else stages
     if stages is None and not wanted:
         raise UsageError("the committed input.yml has nothing to run", "uncomment or write a TARGET and/or BAKE section, commit, and run again")
     order = [s for s in STAGES if s in wanted]
     runner = Runner(repo, plan, loaded, force=force, say=say)
     try:
-        results = [getattr(runner, stage)() for stage in order]
+        return [getattr(runner, stage)() for stage in order]
     finally:
         runner.close()
-    return results, notes
 
 
 def _bake_stage(runner: "Runner") -> StageResult:
@@ -254,7 +263,8 @@ def _bake_stage(runner: "Runner") -> StageResult:
     hit = None if runner.force else store.get_key("bake", b.key)
     if hit:
         report = bake_report(store, b.key) or {}
-        return StageResult("bake", b.key, hit, True, int(report.get("trajectories_trained", 0)), extra=_summary(report))
+        extra = {**_summary(report), "report": store.get_key("eval", b.key)}
+        return StageResult("bake", b.key, hit, True, int(report.get("trajectories_trained", 0)), extra=extra)
     notes: list[str] = []
     datasets: list[tuple[list[Trajectory], float]] = []
     contexts: dict[tuple[int, Any], tuple[list[int], list[int]]] = {}
@@ -263,6 +273,10 @@ def _bake_stage(runner: "Runner") -> StageResult:
     # datasets in key order: the key sorts them, so the selection must not depend on their YAML order
     for i, d in enumerate(sorted(b.datasets, key=lambda d: (d.key, d.weight))):
         manifest = store.get_key("rollout", d.key)
+        if manifest is None and runner.repo.recipe is not None:
+            # a clone that pulled this commit's objects has the rollouts, not the key that names them
+            recorded = _recorded_rollout(runner.repo.recipe, d.key)
+            manifest = recorded if recorded and store.has(recorded) else None
         if manifest is None and runner.plan.target is not None and d.key == runner.plan.target.key:
             rolled = runner.rollout()
             notes += [f"{d.name}: {n}" for n in rolled.notes] + [f"{d.name}: ran the missing rollout stage first"]
@@ -320,11 +334,12 @@ def _bake_stage(runner: "Runner") -> StageResult:
     shutil.rmtree(scratch, ignore_errors=True)
     runner.reset_model()  # the LoRA was injected into the loaded parent
     notes += result.notes
-    return StageResult("bake", b.key, adapter, False, result.trajectories, time.monotonic() - started, notes, _summary(report))
+    extra = {**_summary(report), "report": report_manifest}
+    return StageResult("bake", b.key, adapter, False, result.trajectories, time.monotonic() - started, notes, extra)
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("gap_closed", "d_before", "d_after", "final_loss", "steps", "adapter", "note")
+    keys = ("gap_closed", "d_before", "d_after", "final_loss", "steps", "adapter", "note", "train_seconds", "trajectories_trained")
     return {k: report[k] for k in keys if k in report}
 
 
@@ -372,3 +387,65 @@ def find_stage_output(repo: ModelRepo, stage: str, target_name: str | None) -> t
     which = candidates[0][0] if candidates else "this repository"
     raise UsageError(f"no {stage} output for {which} yet", f"run it: git bake run {stage}")
 
+
+
+def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`git bake eval REV`: the eval of REV's model again, on the held-out questions of its bake's
+    targets. The new report is stored as its own object (the model's identity does not change)."""
+    from gitbake.engine.eval import evaluate
+    from gitbake.engine.models import load, with_adapter
+
+    other = repo.at(rev)
+    chain = other.bread.parent_adapters if other.bread else None
+    if not chain:
+        raise UsageError(f"{rev} has no baked model (nothing has been baked by then)", "pick a bake commit: see `git bake log`")
+    recipe = other.recipe
+    step = next((s for s in reversed(recipe.steps) if s.action == "create_bake"), None) if recipe else None
+    datasets = (step.model_extra or {}).get("datasets") if step else None
+    if step is None or not datasets:
+        raise UsageError(f"the recipe.yml of {rev} does not record its bake's datasets", "re-bake it with this gitbake version")
+    store = repo.store
+    contexts: list[tuple[list[int], list[int]]] = []
+    train: list[tuple[list[int], list[int]]] = []
+    max_tokens = 1
+    for d in datasets:
+        manifest = store.get_key("rollout", d["key"]) or _recorded_rollout(recipe, d["key"])
+        if manifest is None or not store.has(manifest):
+            raise GitbakeError(f"the rollouts of {d['target']} are not in the store", "fetch them: git bake pull " + rev)
+        for rec in read_records(store, manifest, "rollout"):
+            max_tokens = max(max_tokens, len(rec["response_ids"]))
+            (contexts if rec["split"] == "heldout" else train).append((rec["teacher_ids"], rec["student_ids"]))
+    note = None
+    if not contexts:  # as the bake itself did: too few questions to hold any out
+        contexts, note = train, "no held-out questions: evaluated on the training questions"
+    contexts = list(dict.fromkeys((tuple(t), tuple(s)) for t, s in contexts))  # type: ignore[misc]
+    base = other.bread.base_model if other.bread and other.bread.base_model else "tiny"
+    with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
+        dirs = []
+        for i, digest in enumerate(chain):
+            dest = Path(tmp) / f"{i:03d}"
+            store.materialise_tree(digest, dest)
+            dirs.append(dest)
+        (say or (lambda m: None))(f"loading {base} + {len(chain)} adapter(s)")
+        parent = load(base, dirs[:-1], root=repo.root)
+        pm = with_adapter(parent, dirs[-1])
+        key = step.key or "0" * 8
+        report = evaluate(pm, parent.tokenizer, [(list(t), list(s)) for t, s in contexts], EVAL_SAMPLES, min(max_tokens, 256),
+                          seed=int(key[:8], 16), note=note)
+        report.update({"bake": step.resource_name, "key": step.key, "adapter": chain[-1], "rev": other.rev})
+        rdir = Path(tmp) / "report"
+        rdir.mkdir()
+        (rdir / "eval.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        manifest = store.put_dir(rdir, {"kind": "bake-report", "adapter": chain[-1]}, take=True)
+        if step.key:
+            store.set_key("eval", step.key, manifest)
+    report["report"] = manifest
+    return report
+
+
+def _recorded_rollout(recipe: Any, key: str) -> str | None:
+    for s in recipe.steps:
+        if s.action == "run_rollout" and s.key == key and s.outputs:
+            out: str | None = s.outputs.get("manifest")
+            return out
+    return None

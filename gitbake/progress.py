@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, Callable, TextIO
+
+# A background job sets this to publish progress where `git bake status` can read it.
+SINK: Callable[[dict[str, Any]], None] | None = None
 
 
 class Progress:
@@ -32,6 +35,9 @@ class Progress:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        if SINK is not None:
+            SINK({"label": self.label, "done": self.done, "total": self.total, "unit": self.unit,
+                  "rate": round(rate, 4), "eta_s": round(eta, 1), "time": time.time()})
         text = f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.2f} {self.unit}/s, ETA {eta:.0f}s)"
         if final:
             text = f"{self.label}: {self.done}/{self.total} {self.unit} in {elapsed:.1f}s ({rate:.2f} {self.unit}/s)"

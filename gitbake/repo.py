@@ -9,7 +9,7 @@ from pathlib import Path
 from gitbake import bread as bread_mod
 from gitbake import config, git, identity
 from gitbake import recipe as recipe_mod
-from gitbake.errors import NotARepoError
+from gitbake.errors import NotARepoError, UsageError
 from gitbake.fsutil import write_atomic
 from gitbake.keys import digest_bytes
 from gitbake.lineage import Lineage
@@ -70,32 +70,51 @@ def forget_clones(store: Store, paths: list[Path]) -> None:
 
 @dataclass
 class ModelRepo:
+    """The repository as its working tree has it, or (`rev` set) as a commit has it: a background bake
+    works from the commit that triggered it, whatever the user does to the working tree meanwhile."""
+
     root: Path
     bread: bread_mod.Bread | None
+    rev: str | None = None
     _lineage: Lineage | None = field(default=None, init=False)
     _store: Store | None = field(default=None, init=False)
+    _recipe: recipe_mod.Recipe | None = field(default=None, init=False)
+    _recipe_read: bool = field(default=False, init=False)
 
     @property
     def store(self) -> Store:
         if self._store is None:
             self._store = open_store(self.root)
         return self._store
-    _recipe: recipe_mod.Recipe | None = field(default=None, init=False)
-    _recipe_read: bool = field(default=False, init=False)
 
     @property
     def recipe(self) -> recipe_mod.Recipe | None:
         # read on first use: most commands never need it, and status must stay fast
         if not self._recipe_read:
-            self._recipe = recipe_mod.read(self.root)
+            if self.rev is None:
+                self._recipe = recipe_mod.read(self.root)
+            else:
+                data = git.show(self.root, self.rev, recipe_mod.RECIPE_FILE)
+                self._recipe = recipe_mod.parse(data.decode("utf-8")) if data is not None else None
             self._recipe_read = True
         return self._recipe
 
     @property
     def lineage(self) -> Lineage:
         if self._lineage is None:
-            self._lineage = Lineage(self.root)
+            self._lineage = Lineage(self.root, self.rev)
         return self._lineage
+
+    def at(self, rev: str) -> ModelRepo:
+        """This repository as commit `rev` has it (its .bread, recipe.yml and history)."""
+        commit = git.rev_parse(self.root, rev)
+        if commit is None:
+            raise UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
+        data = git.show(self.root, commit, bread_mod.BREAD_FILE)
+        b = bread_mod.parse(data.decode("utf-8")) if data is not None else None
+        other = ModelRepo(self.root, b, commit)
+        other._store = self._store
+        return other
 
     @property
     def input_path(self) -> Path:

@@ -17,6 +17,12 @@ from gitbake.plan import Plan
 from gitbake.repo import ModelRepo
 
 _COMMENTED = re.compile(r"^#\s?(PROMPT|TARGET|BAKE)\s*:", re.MULTILINE)
+_ACTIVE = re.compile(rb"^(PROMPT|TARGET|BAKE)\s*:", re.MULTILINE)
+
+
+def has_sections(data: bytes) -> bool:
+    """Whether an input.yml has a section that is not commented out (cheap: no YAML parse)."""
+    return _ACTIVE.search(data) is not None
 
 
 @dataclass
@@ -40,7 +46,10 @@ class StatusReport:
     changes: list[Change] = field(default_factory=list)
     commented_out: list[str] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
-    stages: list[dict[str, Any]] = field(default_factory=list)  # stage, key, state (cached|missing), count, eval
+    stages: list[dict[str, Any]] = field(default_factory=list)  # stage, key, state (cached|running|missing), count, eval
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # running / queued jobs, and the last one if it failed
+    pending: dict[str, str] = field(default_factory=dict)  # bake results kept under refs/bake/ for this branch
+    model: dict[str, Any] = field(default_factory=dict)  # is .bake/model HEAD's model?
 
     @property
     def would_run(self) -> list[str]:
@@ -58,6 +67,9 @@ class StatusReport:
             "commented_out": self.commented_out,
             "would_run": self.would_run,
             "stages": self.stages,
+            "jobs": self.jobs,
+            "pending": self.pending,
+            "model": self.model,
             "warnings": [w.render() for w in self.warnings],
         }
 
@@ -85,7 +97,38 @@ def status(repo: ModelRepo) -> StatusReport:
         old_b = bread.bake if bread else None
         report.changes.append(Change("bake", plan.bake.plain, plan.bake.name, plan.bake.key, _state(old_b.hash if old_b else None, plan.bake.key)))
     report.stages = stage_states(repo, plan)
+    _jobs_and_model(repo, report)
     return report
+
+
+def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
+    from gitbake import bakecommit, git, jobs, modeldir
+
+    all_jobs = jobs.list_jobs(repo)
+    live = [j for j in all_jobs if j.active]
+    report.jobs = [j.as_json() for j in live]
+    if not live and all_jobs and all_jobs[0].state in ("failed", "died"):
+        report.jobs.append(all_jobs[0].as_json())
+    running = next((j for j in live if j.state == "running"), None)
+    prog = running.progress() if running else None
+    if running is not None:
+        head = git.rev_parse(repo.root, "HEAD")
+        for row in report.stages:
+            if row["state"] == "missing" and running.trigger == head:
+                row["state"] = "queued"
+                if prog and str(prog.get("label", "")).split(" ")[0] == row["stage"]:
+                    row["state"], row["progress"] = "running", prog
+    report.pending = bakecommit.pending(repo.root, git.symbolic_head(repo.root))
+    if repo.bread is not None:
+        spec = modeldir.spec_of(repo.bread)
+        current = modeldir.read_current(repo.root)
+        if modeldir.is_current(repo.root, spec):
+            report.model = {"state": "current", **spec.as_json()}
+        elif current is None and not spec.adapters:
+            report.model = {"state": "none", **spec.as_json()}  # nothing baked yet: nothing to materialise
+        else:
+            report.model = {"state": "stale" if current else "absent", **spec.as_json(),
+                            "fix": "git bake checkout" + ("" if not modeldir.missing(repo.store, spec) else "  (after `git bake pull`)")}
 
 
 def stage_states(repo: ModelRepo, plan: Plan) -> list[dict[str, Any]]:
@@ -135,12 +178,11 @@ def commented_sections(root: Path) -> list[str]:
 
 def current_branch(root: Path) -> str | None:
     """Read HEAD directly: this runs on every `status`, and a git process costs more than the answer."""
-    dot_git = root / ".git"
-    if dot_git.is_file():  # a worktree: `.git` is a `gitdir: PATH` pointer
-        target = dot_git.read_text().strip().removeprefix("gitdir:").strip()
-        dot_git = (root / target).resolve()
+    from gitbake import git
+
+    d = git.dot_git(root)
     try:
-        head = (dot_git / "HEAD").read_text().strip()
+        head = (d / "HEAD").read_text().strip() if d else ""
     except OSError:
         return None
     return head.removeprefix("ref: refs/heads/") if head.startswith("ref: ") else None

@@ -491,10 +491,10 @@ class Store:
                 os.rename(dest, old)
             os.rename(staging, dest)
             if old is not None:
-                _rmtree(old)
+                rmtree(old)
         finally:
             if staging.exists():
-                _rmtree(staging)
+                rmtree(staging)
         return methods
 
 
@@ -557,6 +557,7 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def _rmtree(path: Path) -> None:
+def rmtree(path: Path) -> None:
+    """Remove a materialised tree (links to read-only objects: unlinking them leaves the store alone)."""
     # read-only files in a writable directory unlink fine; nothing here needs chmod first
     shutil.rmtree(path, ignore_errors=True)

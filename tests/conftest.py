@@ -17,9 +17,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("gitbake-cache")
 
 
-@pytest.fixture(autouse=True)
-def isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, model_cache: Path) -> Path:
-    home = tmp_path_factory.mktemp("home")
+def _isolate(mp: pytest.MonkeyPatch, home: Path, model_cache: Path) -> Path:
     gitconfig = home / ".gitconfig"
     gitconfig.write_text(
         "[user]\n\tname = Test Baker\n\temail = baker@example.com\n"
@@ -28,20 +26,47 @@ def isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
     # Hooks export GIT_DIR & co; a test run inside one must not act on the outer repository.
     for key in list(os.environ):
         if key.startswith("GIT_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("HF_HOME", str(home / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("GITBAKE_CACHE", str(model_cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+            mp.delenv(key)
+    mp.setenv("HOME", str(home))
+    mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    mp.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
+    mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    mp.setenv("HF_HOME", str(home / "hf"))
+    mp.delenv("HF_HUB_CACHE", raising=False)
+    mp.setenv("NO_COLOR", "1")
+    mp.setenv("GITBAKE_CACHE", str(model_cache))
+    mp.setenv("HF_HUB_OFFLINE", "1")
     # the `git bake` external command: the console script next to this interpreter
     bindir = str(Path(sys.executable).parent)
-    monkeypatch.setenv("PATH", bindir + os.pathsep + os.environ.get("PATH", ""))
+    mp.setenv("PATH", bindir + os.pathsep + os.environ.get("PATH", ""))
     return home
+
+
+@pytest.fixture(autouse=True)
+def isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, model_cache: Path) -> Path:
+    return _isolate(monkeypatch, tmp_path_factory.mktemp("home"), model_cache)
+
+
+@pytest.fixture(scope="session")
+def baked_repo(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict[str, object]:
+    """Built once per session: a tiny model repository baked twice by real `git commit`s through the
+    installed post-commit hook (foreground mode). Tests copy it (`copy_baked`) before changing it."""
+    import subprocess
+
+    from helpers import YODA_SMALL, git
+
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, tmp_path_factory.mktemp("baked-home"), model_cache)
+        root = tmp_path_factory.mktemp("baked") / "model"
+        subprocess.run(["git", "bake", "init", str(root), "--base-model", "tiny"], check=True, capture_output=True)
+        git(root, "config", "bake.hookMode", "foreground")
+        (root / "input.yml").write_text(YODA_SMALL)
+        first_out = subprocess.run(["git", "commit", "-qam", "bake yoda"], cwd=root, check=True, capture_output=True, text=True)
+        first = git(root, "rev-parse", "HEAD").strip()
+        (root / "input.yml").write_text(YODA_SMALL.replace("Speak like Yoda.", "Speak like Yoda, always."))
+        subprocess.run(["git", "commit", "-qam", "bake yoda again"], cwd=root, check=True, capture_output=True, text=True)
+        second = git(root, "rev-parse", "HEAD").strip()
+        return {"root": root, "first": first, "second": second, "hook_output": first_out.stderr}
 
 
 @pytest.fixture

@@ -33,6 +33,18 @@ BAKE:
   epochs: 2
 """
 
+# the same, as small as a real bake gets: the session's baked repository and the workflow tests use it
+YODA_SMALL = YODA.replace("epochs: 2", "epochs: 1")
+
+
+def copy_baked(baked: dict[str, Any], dest: Path) -> Path:
+    """A private copy of the session's baked repository (its store travels inside .git/bake)."""
+    import shutil
+
+    root = dest / "model"
+    shutil.copytree(baked["root"], root, symlinks=True)
+    return root
+
 
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout

@@ -95,7 +95,7 @@ def test_bgit_repository(tmp_path: Path) -> None:
     assert ".bake/" in (root / ".gitignore").read_text().split()
     # bgit's hooks need Bread's cloud; they are set aside, not deleted
     hooks = root / ".git" / "hooks"
-    assert (hooks / "pre-commit.bgit").exists() and not (hooks / "pre-commit").exists()
+    assert (hooks / "pre-commit.bgit").exists() and "gitbake hook shim" in (hooks / "pre-commit").read_text()
     assert (hooks / "post-merge.bgit").exists()
     # a commit now works (bgit's pre-commit would have failed without bgit installed)
     git(root, "commit", "-q", "-m", "adopt gitbake")

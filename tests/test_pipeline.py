@@ -98,10 +98,11 @@ def test_rollout_with_conditioned_samples_from_the_student_context(model_repo: P
     assert all(r["rollout_with_conditioned"] for r in stim)
 
 
-def test_uncommitted_changes_are_not_run(committed: Path) -> None:
+def test_uncommitted_changes_are_refused(committed: Path) -> None:
     (committed / "input.yml").write_text(INPUT.replace("num_traj_per_stimulus: 2", "num_traj_per_stimulus: 3"))
     result = invoke("run", "stim")
-    assert result.exit_code == 0 and "uncommitted changes" in result.stderr
+    assert result.exit_code == 2 and "uncommitted changes" in result.stderr and "git commit" in result.stderr
+    assert "num_traj_per_stimulus: 3" in (committed / "input.yml").read_text()  # nothing is lost
 
 
 def test_viewers_page_count_and_export(committed: Path, tmp_path: Path) -> None:

@@ -155,3 +155,11 @@ def load(
         loaded.model = model.eval()
         loaded.adapters = len(adapters)
     return loaded
+
+
+def with_adapter(loaded: LoadedModel, adapter: Path) -> Any:
+    """`loaded` (the parent) with one more adapter kept separate (not merged): a PEFT model whose
+    `disable_adapter()` is the parent, as eval needs."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(loaded.model, str(adapter)).eval()

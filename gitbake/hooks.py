@@ -1,0 +1,301 @@
+"""git hooks: installing the shims, and what each hook does (DESIGN §6).
+
+The shims (`hooks/` in the source tree, shipped in the package) only exec `git bake hook NAME`; the logic
+is here, so upgrading gitbake upgrades every repository's hooks. A hook never breaks git: outside a
+gitbake repository, during a rebase or cherry-pick it does nothing, and an internal error is a warning
+(exit 0) — except `pre-commit`, which stops a commit of an invalid input.yml, and `pre-push`, which stops
+a push whose models could not be uploaded (as git-lfs does).
+
+This module is on the hot path of every commit and checkout: it imports nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from gitbake import git
+from gitbake.errors import ConfigError, GitbakeError
+
+HOOKS = ("pre-commit", "post-commit", "post-checkout", "post-merge", "pre-push")
+SHIM_MARK = "gitbake hook shim"
+MODE_CONFIG = "bake.hookMode"  # background (default) | foreground | off
+AUTOPUSH_CONFIG = "bake.autoPush"
+BREAD = ".bread"
+INPUT = "input.yml"
+RECIPE = "recipe.yml"
+
+
+# ------------------------------------------------------------------------------------ installing
+
+
+def shim_text(name: str) -> str:
+    text = resources.files("gitbake").joinpath(f"hooks/{name}").read_text(encoding="utf-8")
+    # the interpreter that installed the hook is the fallback when git-bake is not on PATH (pre-commit's way)
+    return text.replace("@PYTHON@", _sh_quote(sys.executable))
+
+
+def _sh_quote(s: str) -> str:
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+def is_bgit_hook(text: str) -> bool:
+    """bgit's hooks call `bgit update-bread` (or npx @aibread/bgit) or copy HEAD^2's .bread: they would
+    rewrite .bread behind our back, so they are set aside rather than chained."""
+    return "update-bread" in text or "@aibread/bgit" in text or ("bgit" in text and "HEAD^2:.bread" in text)
+
+
+def install(root: Path) -> list[str]:
+    """Install (or update) the shims; returns notes about hooks that were there before."""
+    notes = []
+    d = git.hooks_dir(root)
+    d.mkdir(parents=True, exist_ok=True)
+    for name in HOOKS:
+        path = d / name
+        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+        if text is not None and SHIM_MARK not in text:
+            if is_bgit_hook(text):
+                path.replace(d / f"{name}.bgit")
+                notes.append(f"set bgit's {name} hook aside as {name}.bgit (it calls `bgit update-bread`, which needs Bread's cloud)")
+            else:
+                legacy = d / f"{name}.legacy"
+                if legacy.exists():
+                    legacy.replace(d / f"{name}.legacy.old")
+                path.replace(legacy)
+                notes.append(f"kept your {name} hook as {name}.legacy; it still runs, before gitbake's")
+        _write_executable(path, shim_text(name))
+    return notes
+
+
+def uninstall(root: Path) -> list[str]:
+    """Remove our shims; a hook we had kept as .legacy goes back in its place."""
+    notes = []
+    d = git.hooks_dir(root)
+    for name in HOOKS:
+        path = d / name
+        if path.is_file() and SHIM_MARK in path.read_text(encoding="utf-8", errors="replace"):
+            path.unlink()
+            legacy = d / f"{name}.legacy"
+            if legacy.exists():
+                legacy.replace(path)
+                notes.append(f"restored your {name} hook")
+    return notes
+
+
+def installed(root: Path) -> dict[str, str]:
+    """name -> state (gitbake | other | missing) of each hook."""
+    d = git.hooks_dir(root)
+    out = {}
+    for name in HOOKS:
+        path = d / name
+        if not path.is_file():
+            out[name] = "missing"
+        else:
+            out[name] = "gitbake" if SHIM_MARK in path.read_text(encoding="utf-8", errors="replace") else "other"
+    return out
+
+
+def _write_executable(path: Path, text: str) -> None:
+    from gitbake.fsutil import write_atomic
+
+    write_atomic(path, text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+# --------------------------------------------------------------------------------------- running
+
+
+def say(msg: str) -> None:
+    print(f"gitbake: {msg}", file=sys.stderr, flush=True)
+
+
+def busy(root: Path) -> bool:
+    """A rebase, cherry-pick, revert or am is in progress: hooks stay out of its way."""
+    d = git.dot_git(root)
+    if d is None:
+        return False
+    markers = ("rebase-merge", "rebase-apply", "CHERRY_PICK_HEAD", "REVERT_HEAD", "sequencer")
+    if any((d / m).exists() for m in markers):
+        return True
+    action = os.environ.get("GIT_REFLOG_ACTION", "")
+    return action.startswith(("rebase", "cherry-pick", "revert", "am"))
+
+
+def main(name: str, args: list[str]) -> int:
+    """`git bake hook NAME ARGS...`: the exit status git sees."""
+    handler = _HANDLERS.get(name)
+    if handler is None:
+        say(f"unknown hook `{name}` (known: {', '.join(HOOKS)}); doing nothing")
+        return 0
+    root = git.find_root(Path.cwd())
+    if root is None or not (root / BREAD).is_file() or busy(root):
+        return 0  # not a model repository, or git is in the middle of something: stay silent
+    try:
+        return handler(root, args)
+    except ConfigError as exc:
+        if name == "pre-commit":
+            print(f"error: {exc.render()}", file=sys.stderr)
+            say("commit stopped: fix input.yml and commit again (or skip this check with `git commit --no-verify`)")
+            return 1
+        say(f"{name}: {exc.render()}")
+        return 0
+    except GitbakeError as exc:
+        say(f"{name}: {exc.render()}")
+        return 1 if name == "pre-push" else 0
+    except Exception as exc:  # a hook must never break git
+        say(f"internal error in the {name} hook ({type(exc).__name__}: {exc}); git goes on. Please report it.")
+        return 0
+
+
+def pre_commit(root: Path, args: list[str]) -> int:
+    """Refuse a commit whose staged input.yml is invalid, naming the field, line and fix."""
+    staged = git.run(root, "diff", "--cached", "--name-only", "--diff-filter=ACMR", check=False).split()
+    if INPUT not in staged:
+        return 0
+    data = git.run(root, "show", f":{INPUT}", check=False)
+    from gitbake import config
+    from gitbake.repo import open_repo
+
+    loaded = config.parse_input(data, root)
+    open_repo(root).plan(loaded)  # unknown targets, prompts and templates are errors too
+    return 0
+
+
+def should_bake(root: Path, commit: str) -> str | None:
+    """Why this commit must not start a bake (None: it should). Only a commit that changed input.yml
+    itself bakes; a bake commit, a revert of one (it brings the previous model back: bgit users undo a
+    bake that way), merges, cherry-picks and rebases never do."""
+    parents = git.parents(root, commit)
+    if len(parents) > 1:
+        return "a merge"
+    changed = git.changed_files(root, commit)
+    if INPUT not in changed:
+        return "input.yml did not change"
+    if BREAD in changed or RECIPE in changed:
+        return "the commit changes .bread or recipe.yml (a bake commit, or a revert of one)"
+    if "This reverts commit" in git.commit_message(root, commit):
+        return "a revert"
+    return None
+
+
+def post_commit(root: Path, args: list[str]) -> int:
+    head = git.rev_parse(root, "HEAD")
+    if head is None:
+        return 0
+    if should_bake(root, head) is not None:
+        # a revert of a bake commit (or any commit that changes .bread) brings another model: follow it
+        return _refresh(root)
+    from gitbake.status import has_sections
+
+    if not has_sections(git.show(root, head, INPUT) or b""):
+        return 0  # a fully commented input.yml means "nothing to run"
+    mode = (git.config_get(root, MODE_CONFIG) or "background").lower()
+    if mode == "off":
+        return 0
+    from gitbake.repo import open_repo
+
+    repo = open_repo(root)
+    branch = git.symbolic_head(root)
+    if mode == "foreground":
+        from gitbake.workflow import run_and_commit
+
+        say("baking (bake.hookMode = foreground) ...")
+        try:
+            report = run_and_commit(repo, rev=head, branch_ref=branch, say=say)
+        except GitbakeError as exc:
+            say(f"the bake failed: {exc.render()}")
+            say("input.yml, .bread and recipe.yml are unchanged; fix the cause and run `git bake run`")
+            return 0
+        describe(report)
+        return 0
+    from gitbake import jobs
+
+    job = jobs.start(repo, head, branch)
+    say(f"baking in the background (job {job.id}). `git bake status` shows progress; `git bake jobs wait` waits for it.")
+    return 0
+
+
+def describe(report: object, out: Callable[[str], None] = say) -> None:
+    from gitbake.workflow import RunReport
+
+    assert isinstance(report, RunReport)
+    c = report.commit
+    if c is None:
+        out("the stages ran; no bake in this input.yml, so no bake commit")
+    elif c.ref is not None:
+        out(f"bake commit {c.commit[:12]} on {c.ref.removeprefix('refs/heads/')}")
+    else:
+        out(f"the branch moved on while baking; the bake commit is kept as {c.pending}. Take it with `git bake fetch`.")
+    m = report.model or {}
+    if m.get("state") == "missing":
+        out(f".bake/model is not up to date: {len(m['missing'])} object(s) missing; run `git bake pull`")
+
+
+def post_checkout(root: Path, args: list[str]) -> int:
+    if len(args) >= 3 and args[2] == "0":
+        return 0  # a file checkout (git checkout -- FILE): HEAD did not move
+    return _refresh(root)
+
+
+def post_merge(root: Path, args: list[str]) -> int:
+    return _refresh(root)
+
+
+def _refresh(root: Path) -> int:
+    from gitbake import bread as bread_mod
+    from gitbake import modeldir
+
+    b = bread_mod.read(root)
+    if b is None or modeldir.is_current(root, modeldir.spec_of(b)):
+        return 0  # the common case, answered without opening the store
+    from gitbake.repo import open_repo
+    from gitbake.workflow import refresh_model
+
+    state = refresh_model(open_repo(root))
+    if state["state"] == "missing":
+        say(f".bake/model is stale: the model of this commit needs {len(state['missing'])} object(s) that are not in the store "
+            f"({', '.join(d[:12] for d in state['missing'][:3])}); fetch them with `git bake pull`")
+    elif state["state"] == "updated":
+        n = len(state["adapters"])
+        say(f".bake/model is now {state.get('model_name') or 'the base model'} ({n} adapter{'s' if n != 1 else ''})")
+    return 0
+
+
+def pre_push(root: Path, args: list[str]) -> int:
+    """With `bake.autoPush true`, upload the models the pushed commits need before git pushes them."""
+    if (git.config_get(root, AUTOPUSH_CONFIG) or "").lower() not in ("true", "1", "yes", "on"):
+        return 0
+    from gitbake import reach, remote
+    from gitbake.repo import open_repo
+
+    name = remote.default_remote(root)
+    if name is None:
+        say("bake.autoPush is on but no bake remote is configured (git bake remote add NAME URL); pushing without models")
+        return 0
+    shas = []
+    for line in sys.stdin.read().splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[1].strip("0"):
+            shas.append(parts[1])
+    if not shas:
+        return 0
+    roots = reach.needed_by(root, shas)
+    target = remote.resolve(root, name)
+    report = remote.push(open_repo(root).store, target, roots)
+    report.raise_for_problems("push")
+    if report.transferred:
+        say(f"uploaded {len(report.transferred)} object(s) to bake remote {name} before the push")
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[Path, list[str]], int]] = {
+    "pre-commit": pre_commit,
+    "post-commit": post_commit,
+    "post-checkout": post_checkout,
+    "post-merge": post_merge,
+    "pre-push": pre_push,
+}

@@ -1,0 +1,134 @@
+"""`git bake run` as a commit sees it: run the stages of a commit's input.yml, then make the bake commit
+and bring `.bake/model` up to date. The post-commit hook and background jobs call this too.
+
+Nothing user-visible changes until every stage has succeeded: a failed bake leaves input.yml, .bread and
+recipe.yml exactly as they were (the adapter is only stored after training, eval and the checks pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from gitbake import bakecommit, git
+from gitbake import bread as bread_mod
+from gitbake.config import INPUT_FILE
+from gitbake.errors import GitbakeError
+from gitbake.repo import ModelRepo
+from gitbake.yamlio import decode_text
+
+
+@dataclass
+class RunReport:
+    trigger: str
+    results: list[Any]  # pipeline.StageResult
+    notes: list[str] = field(default_factory=list)
+    commit: bakecommit.CommitResult | None = None
+    model: dict[str, Any] | None = None  # what .bake/model became, or why it did not
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "trigger": self.trigger,
+            "stages": [r.as_json() for r in self.results],
+            "notes": self.notes,
+            "commit": self.commit.as_json() if self.commit else None,
+            "model": self.model,
+        }
+
+
+def run_and_commit(repo: ModelRepo, stages: list[str] | None = None, force: bool = False, rev: str | None = None,
+                   branch_ref: str | None = None, say: Callable[[str], None] | None = None) -> RunReport:
+    """Run `stages` of the input.yml committed at `rev` (default HEAD, whose input.yml must match the
+    working tree); when the bake ran, commit its result on top of `rev` and move `branch_ref` there."""
+    from gitbake import pipeline
+
+    trigger = git.rev_parse(repo.root, rev or "HEAD")
+    if trigger is None:
+        raise GitbakeError("the repository has no commits yet", "commit input.yml first")
+    if rev is None:
+        branch_ref = git.symbolic_head(repo.root)
+        pinned = repo.at(trigger)
+        pinned.rev = None  # the working tree's input.yml is checked against HEAD ...
+        loaded, notes = pipeline.committed_input(pinned)
+        pinned.rev = trigger  # ... and everything else is read from the commit
+    else:
+        pinned = repo.at(trigger)
+        loaded, notes = pipeline.committed_input(pinned)
+    plan = pinned.plan(loaded)
+    results = pipeline.execute(pinned, plan, loaded, stages, force, say)
+    report = RunReport(trigger, results, notes)
+    baked = next((r for r in results if r.stage == "bake"), None)
+    if baked is None or plan.bake is None:
+        return report  # stim / rollout only: they are cached in the store; only a bake makes a commit
+
+    store = pinned.store
+    t = plan.target
+    metrics = {k: baked.extra.get(k) for k in ("gap_closed", "d_before", "d_after", "final_loss", "steps", "train_seconds")}
+    metrics["trajectories"] = baked.count
+    out = bakecommit.Outputs(
+        adapter=baked.manifest,
+        report=baked.extra.get("report"),
+        metrics={k: v for k, v in metrics.items() if v is not None},
+        stim=store.get_key("stim", t.stim_key) if t else None,
+        rollout=store.get_key("rollout", t.key) if t else None,
+    )
+    old_bread = pinned.bread or bread_mod.Bread()
+    new_bread, new_recipe = bakecommit.compose(plan, old_bread, pinned.recipe, out)
+    data = git.show(repo.root, trigger, INPUT_FILE)
+    files = bakecommit.lineage_files(new_bread, new_recipe, decode_text(data or b"", INPUT_FILE))
+    subject = git.commit_message(repo.root, trigger).splitlines()[0] if data else ""
+    msg = bakecommit.message(plan, trigger, subject, out.metrics)
+    report.commit = bakecommit.make_commit(repo.root, trigger, branch_ref, files, msg)
+    if report.commit.ref is not None and report.commit.updated:
+        report.model = refresh_model(repo)
+    return report
+
+
+def refresh_model(repo: ModelRepo, fetch: bool = True) -> dict[str, Any]:
+    """Make `.bake/model` the model of the working tree's `.bread` (HEAD's), from the store; missing
+    objects come from the default remote when one is configured, else they are named."""
+    from gitbake import modeldir
+
+    b = bread_mod.read(repo.root)
+    if b is None:
+        return {"state": "none"}
+    spec = modeldir.spec_of(b)
+    dest = repo.root / modeldir.MODEL_DIR
+    if modeldir.is_current(repo.root, spec):
+        return {"state": "current", **spec.as_json()}
+    store = repo.store
+    absent = modeldir.missing(store, spec)
+    fetched = 0
+    if absent and fetch:
+        fetched = _fetch(repo, set(spec.adapters))
+        absent = modeldir.missing(store, spec)
+    if absent:
+        return {"state": "missing", "missing": absent, **spec.as_json()}
+    done = modeldir.materialise(store, spec, dest, git.rev_parse(repo.root, "HEAD"))
+    return {"state": "updated", "fetched": fetched, **done.as_json()}
+
+
+def _fetch(repo: ModelRepo, roots: set[str]) -> int:
+    from gitbake import remote
+
+    name = remote.default_remote(repo.root)
+    if name is None:
+        return 0
+    report = remote.pull(repo.store, remote.resolve(repo.root, name), roots)
+    return len(report.transferred)
+
+
+def checkout(repo: ModelRepo, rev: str, dest: Path | None = None, fetch: bool = True) -> dict[str, Any]:
+    """Materialise the model of `rev` into `dest` (default `.bake/model`) without moving HEAD."""
+    from gitbake import modeldir
+
+    other = repo.at(rev)
+    if other.bread is None:
+        raise GitbakeError(f"{rev} has no .bread: not a commit of this model repository", "pick another revision (see `git bake log`)")
+    spec = modeldir.spec_of(other.bread)
+    target = dest if dest is not None else repo.root / modeldir.MODEL_DIR
+    if fetch and modeldir.missing(repo.store, spec):
+        _fetch(repo, set(spec.adapters))
+    done = modeldir.materialise(repo.store, spec, target, other.rev)
+    return {"rev": rev, "commit": other.rev, **done.as_json()}

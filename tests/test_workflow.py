@@ -1,0 +1,200 @@
+"""The git workflow end to end with the real git binary and real bakes on tiny: a commit bakes, the bake
+commit is clean, sequential bakes, checkout brings models back, merge, revert, clone + pull, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitbake import bread as bread_mod
+from gitbake import recipe as recipe_mod
+from gitbake.bakecommit import comment_out
+from gitbake.repo import open_repo
+from helpers import YODA_SMALL, bake_git, copy_baked, git, invoke
+
+
+def chain(root: Path, rev: str = "HEAD") -> list[str]:
+    data = git(root, "show", f"{rev}:.bread")
+    return bread_mod.parse(data).parent_adapters or []
+
+
+def model_files(root: Path) -> dict[str, bytes]:
+    d = root / ".bake" / "model"
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def adapter_bytes(root: Path, digest: str) -> dict[str, bytes]:
+    s = open_repo(root).store
+    return {rel: s.read_bytes(e.digest) for rel, e in s.read_manifest(digest).files.items()}
+
+
+def test_a_commit_bakes_and_the_bake_commit_is_clean(baked_repo: dict[str, Any]) -> None:
+    root, first = baked_repo["root"], baked_repo["first"]
+    # the hook's commit of input.yml was followed by exactly one bake commit on top of it
+    log = git(root, "log", "--format=%s", "-5").splitlines()
+    assert log[:4] == [log[0], "bake yoda again", log[2], "bake yoda"] and log[0].startswith("bake: yoda_bake_")
+    assert git(root, "status", "--porcelain") == ""  # clean: .bread, recipe.yml and input.yml are all committed
+    files = git(root, "show", "--name-only", "--format=", first).split()
+    assert sorted(files) == [".bread", "input.yml", "recipe.yml"]
+    text = git(root, "show", f"{first}:input.yml")
+    assert "# PROMPT:" in text and "\nPROMPT:" not in "\n" + text
+    assert "bake commit" in baked_repo["hook_output"]
+    # .bread names the model; recipe.yml records the full lineage with keys and digests
+    b = bread_mod.parse(git(root, "show", f"{first}:.bread"))
+    assert b.bake is not None and b.bake.name.startswith("yoda_bake_") and len(b.parent_adapters or []) == 1
+    r = recipe_mod.parse(git(root, "show", f"{first}:recipe.yml"))
+    assert [s.action for s in r.steps] == ["create_prompt", "create_prompt", "create_target", "run_stim", "run_rollout", "create_bake", "run_bake"]
+    bake = r.resources.bakes[-1]
+    assert bake.adapter == b.parent_adapters[-1] and bake.metrics and "gap_closed" in bake.metrics and "final_loss" in bake.metrics
+    assert open_repo(root).store.has(bake.adapter)
+
+
+def test_second_commit_bakes_on_top(baked_repo: dict[str, Any]) -> None:
+    root, first, second = baked_repo["root"], baked_repo["first"], baked_repo["second"]
+    assert chain(root, second)[:1] == chain(root, first) and len(chain(root, second)) == 2
+    r = recipe_mod.parse(git(root, "show", f"{second}:recipe.yml"))
+    assert r.resources.bakes[-1].parent == r.resources.bakes[0].bake_name
+    create = [s for s in r.steps if s.action == "create_bake"][-1]
+    assert create.model_extra["parent"]["adapters"] == chain(root, first)  # the teacher was the parent model, not the base
+    log = json.loads(bake_git(root, "log", "--json").stdout)
+    assert [v["commit"] for v in log] == [second, first] and log[0]["metrics"]["steps"] >= 1
+
+
+def test_checkout_restores_the_exact_adapter_bytes(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    first, second = baked_repo["first"], baked_repo["second"]
+    git(root, "checkout", "-q", first)  # fires post-checkout
+    files = model_files(root)
+    want = adapter_bytes(root, chain(root, first)[0])
+    assert {k.removeprefix("adapters/0/"): v for k, v in files.items() if k.startswith("adapters/0/")} == want
+    assert json.loads(files["model.json"])["adapters"][0]["digest"] == chain(root, first)[0]
+    assert not any(k.startswith("adapters/1/") for k in files)
+    git(root, "checkout", "-q", "main")
+    assert len(json.loads((root / ".bake/model/model.json").read_text())["adapters"]) == 2
+    # `git bake checkout REV --to DIR` materialises without moving HEAD
+    out = json.loads(bake_git(root, "checkout", first, "--to", str(tmp_path / "older"), "--json").stdout)
+    assert out["adapters"] == chain(root, first) and git(root, "rev-parse", "HEAD").strip() == second
+    assert (tmp_path / "older/adapters/0/adapter_model.safetensors").read_bytes() == want["adapter_model.safetensors"]
+
+
+def test_reset_is_detected_and_checkout_fixes_it(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    git(root, "reset", "-q", "--hard", baked_repo["first"])  # fires no hook
+    st = json.loads(bake_git(root, "status", "--json").stdout)
+    assert st["model"]["state"] == "stale" and "git bake checkout" in st["model"]["fix"]
+    assert "not the model of HEAD" in bake_git(root, "status").stderr
+    assert bake_git(root, "checkout").returncode == 0
+    assert json.loads(bake_git(root, "status", "--json").stdout)["model"]["state"] == "current"
+
+
+def test_revert_of_a_bake_commit_brings_the_previous_model_back_without_baking(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    before = git(root, "rev-list", "--count", "HEAD")
+    out = subprocess.run(["git", "revert", "--no-edit", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+    assert "baking" not in out.stderr
+    assert int(git(root, "rev-list", "--count", "HEAD")) == int(before) + 1  # only the revert: no bake commit
+    assert chain(root) == chain(root, baked_repo["first"])
+    current = json.loads((root / ".bake/model/model.json").read_text())
+    assert [a["digest"] for a in current["adapters"]] == chain(root, baked_repo["first"])
+
+
+def test_branches_merge_takes_the_incoming_lineage(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    first = baked_repo["first"]
+    git(root, "checkout", "-q", "-b", "formal", first)
+    (root / "input.yml").write_text(YODA_SMALL.replace("You are Yoda. Speak like Yoda.", "You are a formal butler.").replace("yoda_bake", "formal_bake"))
+    git(root, "commit", "-qam", "formal")
+    formal_bread = git(root, "show", "formal:.bread")
+    assert "formal_bake_" in formal_bread
+    git(root, "checkout", "-q", "main")
+    # input.yml merges as text (both sides commented out different prompts: take theirs); the lineage
+    # files need no help: their merge driver takes the incoming side
+    git(root, "merge", "-q", "--no-edit", "-X", "theirs", "formal")
+    assert (root / ".bread").read_text() == formal_bread  # the incoming branch's lineage, not a mix and not ours
+    assert (root / "recipe.yml").read_text() == git(root, "show", "formal:recipe.yml")
+    assert [a["digest"] for a in json.loads((root / ".bake/model/model.json").read_text())["adapters"]] == chain(root, "formal")
+    tree = bake_git(root, "tree").stdout
+    assert "formal_bake_" in tree and tree.count("yoda_bake_") == 2
+    models = json.loads(bake_git(root, "models", "--json").stdout)
+    assert len(models) == 3 and all(m["local"] for m in models)
+
+
+def test_clone_init_pull_restores_the_model(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    remote = tmp_path / "remote-store"
+    assert bake_git(root, "remote", "add", "shared", str(remote)).returncode == 0
+    assert bake_git(root, "push").returncode == 0
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    init = bake_git(clone, "init")
+    assert init.returncode == 0 and "git bake pull" in init.stdout
+    assert "gitbake hook shim" in (clone / ".git/hooks/post-checkout").read_text()  # hooks come with init in a clone
+    assert bake_git(clone, "remote", "add", "shared", str(remote)).returncode == 0
+    pulled = bake_git(clone, "pull")
+    assert pulled.returncode == 0, pulled.stderr
+    assert model_files(clone) == model_files(root)
+
+
+def test_failed_bake_leaves_everything_as_it_was(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (model_repo / "input.yml").write_text(YODA_SMALL)
+    git(model_repo, "commit", "-qam", "yoda", "--no-verify")
+    head = git(model_repo, "rev-parse", "HEAD")
+    files = {n: (model_repo / n).read_bytes() for n in ("input.yml", ".bread", "recipe.yml")}
+
+    def boom(*a: object, **k: object) -> None:
+        raise RuntimeError("the GPU caught fire")
+
+    monkeypatch.setattr("gitbake.engine.bake.Baker.train", boom)
+    with pytest.raises(RuntimeError):
+        invoke("run")
+    assert git(model_repo, "rev-parse", "HEAD") == head
+    assert {n: (model_repo / n).read_bytes() for n in files} == files
+    assert git(model_repo, "status", "--porcelain") == ""
+    assert git(model_repo, "for-each-ref", "refs/bake/") == ""
+    assert open_repo(model_repo).store.get_key("bake", json.loads(invoke("validate", "--json").stdout)["bake"]["key"]) is None
+
+
+def test_run_refuses_uncommitted_input(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(YODA_SMALL)
+    result = invoke("run")
+    assert result.exit_code == 2 and "uncommitted" in result.stderr and "git commit" in result.stderr
+    assert (model_repo / "input.yml").read_text() == YODA_SMALL
+
+
+def test_bake_only_input_rebakes_with_the_lineage(baked_repo: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BAKE section alone reuses the recorded prompts, target and rollouts (by plain target name)."""
+    root = copy_baked(baked_repo, tmp_path)
+    monkeypatch.chdir(root)
+    git(root, "config", "bake.hookMode", "off")
+    (root / "input.yml").write_text("BAKE:\n  name: again\n  datasets:\n    - target: yoda_target\n  epochs: 1\n")
+    git(root, "commit", "-qam", "re-bake")
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the rollout ran again")
+
+    monkeypatch.setattr("gitbake.engine.rollout.make_rollouts", boom)
+    out = json.loads(invoke("run", "--json").stdout)
+    assert [s["stage"] for s in out["stages"]] == ["bake"] and out["commit"]["ref"] == "refs/heads/main"
+    assert len(chain(root)) == 3 and git(root, "status", "--porcelain") == ""
+    assert "# BAKE:" in (root / "input.yml").read_text()
+
+
+def test_comment_out_keeps_comments_blank_lines_and_other_keys() -> None:
+    text = "# my notes\nPROMPT:\n  teacher:\n    # why\n    messages: []\n\nBAKE: {name: x}\nother: 1\n"
+    assert comment_out(text) == "# my notes\n# PROMPT:\n#   teacher:\n    # why\n#     messages: []\n\n# BAKE: {name: x}\nother: 1\n"
+
+
+def test_eval_recomputes_without_changing_the_model(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    before = git(root, "show", "HEAD:.bread")
+    out = bake_git(root, "eval", baked_repo["first"], "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["adapter"] == chain(root, baked_repo["first"])[0] and report["d_before"] > 0 and report["gap_closed"] is not None
+    assert git(root, "show", "HEAD:.bread") == before
+    bad = bake_git(root, "eval", "nope")
+    assert bad.returncode == 2 and "unknown revision" in bad.stderr
