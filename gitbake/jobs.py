@@ -127,6 +127,13 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def job_lock(repo: ModelRepo) -> Any:
+    """One bake job per repository at a time; the next one waits here (state `queued`)."""
+    from gitbake.locks import FileLock
+
+    return FileLock(repo.store.locks / f"job-{digest_bytes(str(repo.root).encode())[:16]}", timeout=7 * 86400, what="bake job")
+
+
 def list_jobs(repo: ModelRepo) -> list[Job]:
     """This repository's jobs, newest first."""
     d = jobs_dir(repo)
@@ -196,7 +203,6 @@ def cancel(job: Job, grace: float = 10.0) -> Job:
 
 def _run(d: Path) -> int:
     from gitbake import progress
-    from gitbake.locks import FileLock
     from gitbake.repo import open_repo
     from gitbake.workflow import run_and_commit
 
@@ -204,12 +210,18 @@ def _run(d: Path) -> int:
     job.pid = os.getpid()
     job.save()
     repo = open_repo(Path(job.root))
-    lock = FileLock(repo.store.locks / f"job-{digest_bytes(job.root.encode())[:16]}", timeout=7 * 86400, what="bake job")
+    lock = job_lock(repo)
 
-    def on_term(signum: int, frame: Any) -> None:
+    stopped: list[int] = []
+
+    def on_stop(signum: int, frame: Any) -> None:
+        # remembered: a library may wrap the KeyboardInterrupt (transformers turns one raised during a lazy
+        # import into ModuleNotFoundError), and a cancelled job must not be reported as a failed one
+        stopped.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     last = [0.0]
 
     def publish(p: dict[str, Any]) -> None:
@@ -243,6 +255,8 @@ def _run(d: Path) -> int:
         traceback.print_exc()
         job.state, job.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
     finally:
+        if stopped and job.state != "done":
+            job.state, job.error, code = "cancelled", "cancelled; nothing was stored or committed", 130
         job.finished = time.time()
         job.save()
     return code

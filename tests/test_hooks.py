@@ -1,0 +1,167 @@
+"""Hooks with the real git binary: install / uninstall, the user's own hooks, bgit's hooks, core.hooksPath,
+pre-commit validation, silence where there is nothing to do, pre-push, and no ML imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from gitbake import hooks
+from gitbake.remote import Remote
+from helpers import YODA_SMALL, bake_git, copy_baked, git, make_bgit_repo
+
+
+def commit(root: Path, msg: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "commit", "-q", "-m", msg, *args], cwd=root, capture_output=True, text=True)
+
+
+def test_init_installs_every_hook(model_repo: Path) -> None:
+    d = model_repo / ".git" / "hooks"
+    for name in hooks.HOOKS:
+        text = (d / name).read_text()
+        assert hooks.SHIM_MARK in text and f"git bake hook \"$hook\"" in text and (d / name).stat().st_mode & 0o111
+    # the shipped shims are the source of truth: installed = packaged, with this interpreter as fallback
+    src = Path(__file__).parent.parent / "hooks" / "post-commit"
+    assert (d / "post-commit").read_text() == src.read_text().replace("@PYTHON@", f"'{sys.executable}'")
+
+
+def test_existing_user_hook_is_kept_and_still_runs(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    git(tmp_path, "init", "-q", str(root))
+    hook = root / ".git" / "hooks" / "post-commit"
+    hook.write_text("#!/bin/sh\necho ran >> \"$(git rev-parse --show-toplevel)/.mine\"\n")
+    hook.chmod(0o755)
+    assert bake_git(root, "init", "--base-model", "tiny").returncode == 0
+    assert (root / ".git/hooks/post-commit.legacy").exists()
+    runs = (root / ".mine").read_text().count("ran")  # init's own first commit ran it too
+    (root / "notes.txt").write_text("x")
+    git(root, "add", "notes.txt")
+    assert commit(root, "notes").returncode == 0
+    assert (root / ".mine").read_text().count("ran") == runs + 1
+    # uninstall puts it back
+    assert bake_git(root, "hooks", "uninstall").returncode == 0
+    assert hook.read_text().startswith("#!/bin/sh\necho ran") and not (root / ".git/hooks/post-commit.legacy").exists()
+
+
+def test_failing_user_pre_commit_still_stops_the_commit(model_repo: Path) -> None:
+    legacy = model_repo / ".git/hooks/pre-commit.legacy"
+    legacy.write_text("#!/bin/sh\necho 'no commits on Fridays' >&2\nexit 1\n")
+    legacy.chmod(0o755)
+    (model_repo / "x.txt").write_text("x")
+    git(model_repo, "add", "x.txt")
+    out = commit(model_repo, "x")
+    assert out.returncode != 0 and "Fridays" in out.stderr
+
+
+def test_bgit_hooks_are_replaced(tmp_path: Path) -> None:
+    root = make_bgit_repo(tmp_path / "bgit")
+    out = bake_git(root, "init")
+    assert out.returncode == 0 and "bgit" in out.stdout
+    d = root / ".git/hooks"
+    assert hooks.SHIM_MARK in (d / "pre-commit").read_text() and hooks.SHIM_MARK in (d / "post-merge").read_text()
+    assert "update-bread" in (d / "pre-commit.bgit").read_text()
+    assert not (d / "pre-commit.legacy").exists()  # bgit's hook is not chained: it would rewrite .bread
+    assert "keepTheirs" not in git(root, "config", "--local", "--list")
+
+
+def test_core_hooks_path_is_respected(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    git(tmp_path, "init", "-q", str(root))
+    git(root, "config", "core.hooksPath", "githooks")
+    assert bake_git(root, "init", "--base-model", "tiny").returncode == 0
+    assert hooks.SHIM_MARK in (root / "githooks/post-commit").read_text()
+    assert not (root / ".git/hooks/post-commit").exists()
+
+
+def test_hooks_are_silent_in_a_plain_repository(tmp_path: Path) -> None:
+    shared = tmp_path / "shared-hooks"
+    shared.mkdir()
+    for name in hooks.HOOKS:
+        (shared / name).write_text(hooks.shim_text(name))
+        (shared / name).chmod(0o755)
+    root = tmp_path / "plain"
+    git(tmp_path, "init", "-q", str(root))
+    git(root, "config", "core.hooksPath", str(shared))
+    (root / "input.yml").write_text("PROMPT: {}\n")  # even a file named input.yml: no .bread, not ours
+    git(root, "add", "input.yml")
+    out = commit(root, "plain")
+    assert out.returncode == 0 and out.stderr == "" and out.stdout == ""
+    co = subprocess.run(["git", "checkout", "-q", "-b", "other"], cwd=root, capture_output=True, text=True)
+    assert co.returncode == 0 and co.stderr == ""
+
+
+def test_pre_commit_rejects_an_invalid_staged_input(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(YODA_SMALL.replace("epochs: 1", "epochs: 1\n  epoch: 3"))
+    git(model_repo, "add", "input.yml")
+    out = commit(model_repo, "typo")
+    assert out.returncode == 1
+    assert "input.yml:" in out.stderr and "epoch" in out.stderr and "epochs" in out.stderr  # line, field, did-you-mean
+    assert "--no-verify" in out.stderr
+    assert git(model_repo, "log", "--format=%s", "-1").strip().startswith("Initialise")  # nothing committed
+    assert "epoch: 3" in (model_repo / "input.yml").read_text()  # and nothing lost
+    # only the staged version counts: fixing the working tree without staging still fails
+    (model_repo / "input.yml").write_text(YODA_SMALL)
+    assert commit(model_repo, "typo").returncode == 1
+
+
+def test_pre_commit_rejects_an_unknown_dataset_target(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(YODA_SMALL.replace("- target: yoda_target", "- target: yoda_targte"))
+    git(model_repo, "add", "input.yml")
+    out = commit(model_repo, "typo")
+    assert out.returncode == 1 and "yoda_targte" in out.stderr and "did you mean `yoda_target`" in out.stderr
+
+
+def test_nothing_happens_during_a_rebase(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.hookMode", "off")
+    git(model_repo, "checkout", "-q", "-b", "feature")
+    (model_repo / "input.yml").write_text(YODA_SMALL)
+    git(model_repo, "commit", "-qam", "yoda")
+    git(model_repo, "checkout", "-q", "main")
+    (model_repo / "other.txt").write_text("x")
+    git(model_repo, "add", "other.txt")
+    git(model_repo, "commit", "-qm", "other")
+    git(model_repo, "config", "bake.hookMode", "foreground")  # a bake would now run inline, if one started
+    git(model_repo, "checkout", "-q", "feature")
+    out = subprocess.run(["git", "rebase", "-q", "main"], cwd=model_repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "baking" not in out.stderr
+    assert git(model_repo, "log", "--format=%s", "-1").strip() == "yoda"  # no bake commit followed
+    picked = subprocess.run(["git", "cherry-pick", "--allow-empty", "HEAD"], cwd=model_repo, capture_output=True, text=True)
+    assert "baking" not in picked.stderr
+
+
+def test_internal_error_warns_and_git_goes_on(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    (root / ".bread").write_text((root / ".bread").read_text().replace("adapters=", "adapters=broken"))
+    out = subprocess.run(["git", "bake", "hook", "post-checkout", "a", "b", "1"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0 and "gitbake" in out.stderr and "PARENT_MODEL.adapters" in out.stderr
+
+
+def test_a_hook_with_nothing_to_do_imports_no_ml_library(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    code = ("import sys, runpy\nsys.argv = ['git-bake', 'hook', '{}', 'x', 'y', '1']\n"
+            "try:\n    runpy.run_module('gitbake', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "bad = [m for m in ('torch', 'transformers', 'peft', 'deepspeed', 'click') if m in sys.modules]\nprint(bad)\n")
+    for name in ("post-checkout", "post-merge", "post-commit", "pre-commit"):
+        out = subprocess.run([sys.executable, "-c", code.format(name)], cwd=root, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == "[]", (name, out.stdout, out.stderr)
+
+
+def test_pre_push_uploads_models_when_auto_push_is_on(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    bare = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(root, "remote", "add", "origin", str(bare))
+    store_remote = tmp_path / "models"
+    assert bake_git(root, "remote", "add", "models", str(store_remote)).returncode == 0
+    out = subprocess.run(["git", "push", "-q", "origin", "main"], cwd=root, capture_output=True, text=True)
+    adapters = json.loads(bake_git(root, "show", "--json").stdout)["adapters"]
+    remote = Remote("models", str(store_remote))
+    assert out.returncode == 0 and not any(remote.has(a) for a in adapters)  # off by default
+    git(root, "config", "bake.autoPush", "true")
+    out = subprocess.run(["git", "push", "-q", "origin", "main:other"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0 and "uploaded" in out.stderr
+    assert adapters and all(remote.has(a) for a in adapters)

@@ -1,0 +1,124 @@
+"""Background bake jobs with real processes: a commit starts one, the user keeps working, a job is killed
+or cancelled mid-bake, a second job queues."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from gitbake import jobs
+from gitbake.repo import open_repo
+from helpers import YODA_SMALL, bake_git, git
+
+
+def commit_input(root: Path, text: str, msg: str) -> subprocess.CompletedProcess[str]:
+    (root / "input.yml").write_text(text)
+    return subprocess.run(["git", "commit", "-qam", msg], cwd=root, capture_output=True, text=True)
+
+
+def wait_for(pred: object, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_a_commit_starts_a_background_job(model_repo: Path) -> None:
+    out = commit_input(model_repo, YODA_SMALL, "yoda")
+    assert out.returncode == 0 and "background" in out.stderr and "git bake jobs wait" in out.stderr
+    waited = bake_git(model_repo, "jobs", "wait", "--timeout", "300")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert git(model_repo, "log", "--format=%s", "-1").startswith("bake: yoda_bake_")
+    assert git(model_repo, "status", "--porcelain") == ""
+    listed = json.loads(bake_git(model_repo, "jobs", "ls", "--json").stdout)
+    assert listed[0]["state"] == "done" and listed[0]["result"]["commit"]["ref"] == "refs/heads/main"
+    assert "bake commit" in bake_git(model_repo, "jobs", "logs").stdout
+    assert json.loads((model_repo / ".bake/model/model.json").read_text())["adapters"]
+
+
+def test_user_keeps_working_while_a_bake_runs(model_repo: Path) -> None:
+    repo = open_repo(model_repo)
+    with jobs.job_lock(repo):  # another bake holds the repository: the new job queues behind it
+        out = commit_input(model_repo, YODA_SMALL, "yoda")
+        assert out.returncode == 0
+        job = jobs.active(repo)[0]
+        wait_for(lambda: jobs.load(job.path).pid is not None and jobs.load(job.path).state == "queued")
+        status = json.loads(bake_git(model_repo, "status", "--json").stdout)
+        assert status["jobs"][0]["state"] == "queued"
+        # the user commits other work meanwhile
+        (model_repo / "notes.md").write_text("my notes\n")
+        git(model_repo, "add", "notes.md")
+        git(model_repo, "commit", "-qm", "notes")
+    done = jobs.wait(job, timeout=300)
+    assert done.state == "done", done.error
+    # the branch had moved: nothing of the user's is touched, the result waits under refs/bake/
+    assert git(model_repo, "log", "--format=%s", "-1").strip() == "notes"
+    assert (model_repo / "input.yml").read_text() == YODA_SMALL
+    pending = done.result["commit"]["pending"]
+    assert pending.startswith("refs/bake/main/")
+    assert "git bake fetch" in bake_git(model_repo, "status").stdout
+    fetched = bake_git(model_repo, "fetch")
+    assert fetched.returncode == 0, fetched.stderr
+    assert git(model_repo, "log", "--format=%s", "-3").splitlines()[1:] == ["notes", "yoda"]
+    assert git(model_repo, "status", "--porcelain") == "" and (model_repo / "notes.md").exists()
+    assert "# PROMPT:" in (model_repo / "input.yml").read_text()
+    assert git(model_repo, "for-each-ref", "refs/bake/") == ""
+    assert json.loads((model_repo / ".bake/model/model.json").read_text())["adapters"]
+
+
+def test_killed_job_leaves_a_consistent_repository_and_a_retry_works(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.hookMode", "off")
+    slow = YODA_SMALL.replace("epochs: 1", "epochs: 400")
+    commit_input(model_repo, slow, "slow yoda")
+    head = git(model_repo, "rev-parse", "HEAD")
+    job = json.loads(bake_git(model_repo, "run", "--detach", "--json").stdout)
+    path = Path(job["dir"])
+    wait_for(lambda: "bake " in ((path / "progress.json").read_text() if (path / "progress.json").exists() else "")
+             or "rollout" in ((path / "progress.json").read_text() if (path / "progress.json").exists() else ""))
+    time.sleep(1.5)  # into the training loop
+    os.killpg(jobs.load(path).pid, signal.SIGKILL)
+    wait_for(lambda: jobs.load(path).state == "died", 30)
+    assert "died" in bake_git(model_repo, "status").stdout
+    assert git(model_repo, "rev-parse", "HEAD") == head and git(model_repo, "status", "--porcelain") == ""
+    assert (model_repo / "input.yml").read_text() == slow
+    assert git(model_repo, "for-each-ref", "refs/bake/") == ""
+    bake_key = json.loads(bake_git(model_repo, "validate", "--json").stdout)["bake"]["key"]
+    assert open_repo(model_repo).store.get_key("bake", bake_key) is None
+    # a retry (here a smaller one) works
+    commit_input(model_repo, YODA_SMALL, "smaller")
+    retry = bake_git(model_repo, "run")
+    assert retry.returncode == 0, retry.stderr
+    assert git(model_repo, "status", "--porcelain") == "" and git(model_repo, "log", "--format=%s", "-1").startswith("bake: ")
+
+
+def test_cancel_stops_cleanly(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.hookMode", "off")
+    commit_input(model_repo, YODA_SMALL.replace("epochs: 1", "epochs: 400"), "slow")
+    started = json.loads(bake_git(model_repo, "run", "--detach", "--json").stdout)
+    path = Path(started["dir"])
+    wait_for(lambda: jobs.load(path).state == "running")
+    out = bake_git(model_repo, "jobs", "cancel")
+    assert out.returncode == 0 and "cancelled" in out.stdout
+    assert jobs.load(path).state == "cancelled"
+    assert git(model_repo, "log", "--format=%s", "-1").strip() == "slow" and git(model_repo, "status", "--porcelain") == ""
+    assert bake_git(model_repo, "jobs", "wait", started["id"]).returncode == 1  # it did not finish
+
+
+def test_detach_refuses_uncommitted_input(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(YODA_SMALL)
+    out = bake_git(model_repo, "run", "--detach")
+    assert out.returncode == 2 and "uncommitted" in out.stderr
+    assert jobs.list_jobs(open_repo(model_repo)) == []
+
+
+def test_jobs_commands_without_jobs(model_repo: Path) -> None:
+    assert "No bake jobs" in bake_git(model_repo, "jobs").stdout
+    assert bake_git(model_repo, "jobs", "logs").returncode == 2
+    assert "no job is running" in bake_git(model_repo, "jobs", "cancel").stdout
+    assert "no bake result" in bake_git(model_repo, "fetch").stdout
