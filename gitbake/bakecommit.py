@@ -76,7 +76,7 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
     for ref, p in plan.prompts.items():
         prompts[ref] = bread_mod.Named(p.key, p.name)
         if not any(s.action == "create_prompt" and s.key == p.key and (s.model_extra or {}).get("ref") == ref for s in r.steps):
-            _add(r, Step(step=0, action="create_prompt", resource_type="prompt", resource_name=p.name, config=p.config, key=p.key, ref=ref))
+            _add(r, _step(action="create_prompt", resource_type="prompt", resource_name=p.name, config=p.config, key=p.key, ref=ref))
             if p.name not in r.resources.prompts:
                 r.resources.prompts.append(p.name)
     b.set_prompts(prompts)
@@ -86,11 +86,11 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
         b.sections["TARGET"] = {"hash": t.key, "target_name": t.name}
         if not any(s.action == "create_target" and s.key == t.key for s in r.steps):
             deps = [f"prompt:{plan.prompts[t.teacher].name}", f"prompt:{plan.prompts[t.student].name}"]
-            _add(r, Step(step=0, action="create_target", resource_type="target", resource_name=t.name, dependencies=deps,
+            _add(r, _step(action="create_target", resource_type="target", resource_name=t.name, dependencies=deps,
                          config=t.config, key=t.key, stim_key=t.stim_key))
-            _add(r, Step(step=0, action="run_stim", resource_type="target", resource_name=t.name, dependencies=[f"target:{t.name}"],
+            _add(r, _step(action="run_stim", resource_type="target", resource_name=t.name, dependencies=[f"target:{t.name}"],
                          key=t.stim_key, outputs={"manifest": out.stim} if out.stim else None))
-            _add(r, Step(step=0, action="run_rollout", resource_type="target", resource_name=t.name,
+            _add(r, _step(action="run_rollout", resource_type="target", resource_name=t.name,
                          dependencies=[f"target:{t.name}:stim_complete"], key=t.key, outputs={"manifest": out.rollout} if out.rollout else None))
             if t.name not in r.resources.targets:
                 r.resources.targets.append(t.name)
@@ -99,10 +99,10 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
     b.sections["BAKE"] = {"hash": bk.key, "bake_name": bk.name}
     deps = [f"target:{d.name}:rollout_complete" for d in bk.datasets] + ([f"bake:{parent_bake}"] if parent_bake else [])
     inputs = [{"target": d.name, "key": d.key, "weight": d.weight} for d in bk.datasets]
-    _add(r, Step(step=0, action="create_bake", resource_type="bake", resource_name=bk.name, dependencies=deps, config=bk.config,
+    _add(r, _step(action="create_bake", resource_type="bake", resource_name=bk.name, dependencies=deps, config=bk.config,
                  key=bk.key, datasets=inputs, parent={"model_name": plan.parent.model_name, "adapters": plan.parent.adapters}))
     outputs = {"adapter": out.adapter} | ({"report": out.report} if out.report else {})
-    _add(r, Step(step=0, action="run_bake", resource_type="bake", resource_name=bk.name, dependencies=[f"bake:{bk.name}"],
+    _add(r, _step(action="run_bake", resource_type="bake", resource_name=bk.name, dependencies=[f"bake:{bk.name}"],
                  key=bk.key, outputs=outputs))
     r.resources.bakes.append(BakeResource(bake_name=bk.name, model_names=[name], key=bk.key, adapter=out.adapter,
                                           parent=parent_bake, metrics=out.metrics))
@@ -115,6 +115,11 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
                             "recipe_file": recipe_mod.RECIPE_FILE}
     b.sections[f"RECIPE.BAKES.{bk.name}"] = {"model_names": json.dumps([name])}
     return b, r
+
+
+def _step(**fields: Any) -> Step:
+    # our extra fields (ref, stim_key, datasets, parent) are kept by the tolerant record model
+    return Step.model_validate({"step": 0, **fields})
 
 
 def _add(r: Recipe, step: Step) -> None:

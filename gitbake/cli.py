@@ -780,12 +780,22 @@ def hooks() -> None:
 
     A hook that was there before is kept as NAME.legacy and still runs; bgit's hooks are set aside
     as NAME.bgit. core.hooksPath is respected.
+
+    \b
+    Examples:
+      git bake hooks install
+      git config bake.hookMode foreground     # bake inline in `git commit` instead of in the background
     """
 
 
 @hooks.command("install", context_settings=CONTEXT)
 def hooks_install() -> None:
-    """Install (or update) the hooks of this repository."""
+    """Install (or update) the hooks of this repository.
+
+    \b
+    Example:
+      git bake hooks install     # after cloning a model repository (git bake init does it too)
+    """
     from gitbake import git
     from gitbake.hooks import HOOKS, install
     from gitbake.repo import open_repo
@@ -798,7 +808,12 @@ def hooks_install() -> None:
 
 @hooks.command("uninstall", context_settings=CONTEXT)
 def hooks_uninstall() -> None:
-    """Remove gitbake's hooks (your own hooks that were kept as .legacy come back)."""
+    """Remove gitbake's hooks (your own hooks that were kept as .legacy come back).
+
+    \b
+    Example:
+      git bake hooks uninstall
+    """
     from gitbake.hooks import uninstall
     from gitbake.repo import open_repo
 
@@ -810,7 +825,12 @@ def hooks_uninstall() -> None:
 @hooks.command("ls", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def hooks_ls(as_json: bool) -> None:
-    """Show which hooks are gitbake's."""
+    """Show which hooks are gitbake's.
+
+    \b
+    Example:
+      git bake hooks ls --json
+    """
     from gitbake.hooks import installed
     from gitbake.repo import open_repo
 
@@ -863,7 +883,12 @@ def jobs(ctx: click.Context) -> None:
 @jobs.command("ls", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 def jobs_ls(as_json: bool) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first: id, state, the commit baked, age, progress or result.
+
+    \b
+    Example:
+      git bake jobs ls --json | jq '.[0].state'
+    """
     from gitbake import jobs as jobs_mod
     from gitbake.repo import open_repo
 
@@ -882,7 +907,13 @@ def jobs_ls(as_json: bool) -> None:
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the finished jobs as JSON.")
 def jobs_wait(job_id: str | None, timeout: float | None, as_json: bool) -> None:
-    """Wait for JOB_ID (default: every running or queued job); exit 1 if one failed."""
+    """Wait for JOB_ID (default: every running or queued job); exit 1 if one failed.
+
+    \b
+    Examples:
+      git bake jobs wait
+      git bake jobs wait 20261125-101500-ab12cd --timeout 3600
+    """
     from gitbake import jobs as jobs_mod
     from gitbake.repo import open_repo
 
@@ -903,7 +934,12 @@ def jobs_wait(job_id: str | None, timeout: float | None, as_json: bool) -> None:
 @jobs.command("logs", context_settings=CONTEXT)
 @click.argument("job_id", required=False)
 def jobs_logs(job_id: str | None) -> None:
-    """Print a job's log (default: the newest job)."""
+    """Print a job's log (default: the newest job).
+
+    \b
+    Example:
+      git bake jobs logs | tail
+    """
     from gitbake import jobs as jobs_mod
     from gitbake.repo import open_repo
 
@@ -917,7 +953,12 @@ def jobs_logs(job_id: str | None) -> None:
 @jobs.command("cancel", context_settings=CONTEXT)
 @click.argument("job_id", required=False)
 def jobs_cancel(job_id: str | None) -> None:
-    """Stop a running or queued job (default: the newest). Nothing is stored or committed."""
+    """Stop a running or queued job (default: the running one). Nothing is stored or committed.
+
+    \b
+    Example:
+      git bake jobs cancel
+    """
     from gitbake import jobs as jobs_mod
     from gitbake.repo import open_repo
 
@@ -1037,7 +1078,12 @@ def log_cmd(rev: str, as_json: bool) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the tree as JSON.")
 def tree(as_json: bool) -> None:
-    """The lineage of every model on every branch: each bake under the model it was baked on."""
+    """The lineage of every model on every branch: each bake under the model it was baked on.
+
+    \b
+    Example:
+      git bake tree
+    """
     from gitbake.history import TreeNode, tree as do_tree
     from gitbake.repo import open_repo
 
@@ -1066,7 +1112,13 @@ def tree(as_json: bool) -> None:
 @click.argument("rev", default="HEAD")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def show(rev: str, as_json: bool) -> None:
-    """The model of REV: base model, adapter chain, bake, metrics, and whether it is in the local store."""
+    """The model of REV: base model, adapter chain, bake, metrics, and whether it is in the local store.
+
+    \b
+    Examples:
+      git bake show
+      git bake show HEAD~2 --json
+    """
     from gitbake.history import version_at
     from gitbake.repo import open_repo
 
@@ -1090,7 +1142,12 @@ def show(rev: str, as_json: bool) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def models(as_json: bool) -> None:
-    """Every model version on every branch, and whether its adapters are in the local store."""
+    """Every model version on every branch, and whether its adapters are in the local store.
+
+    \b
+    Example:
+      git bake models --json | jq -r '.[] | select(.local | not) | .commit'
+    """
     from gitbake.history import models as do_models
     from gitbake.repo import open_repo
 
@@ -1114,6 +1171,11 @@ def eval_cmd(rev: str, as_json: bool) -> None:
     """Recompute the eval of REV's model: KL to the teacher on held-out questions, before and after.
 
     The result is stored beside the adapter; the model's identity does not change.
+
+    \b
+    Examples:
+      git bake eval
+      git bake eval HEAD~2 --json
     """
     from gitbake.pipeline import reevaluate
     from gitbake.repo import open_repo

@@ -22,6 +22,9 @@ def _isolate(mp: pytest.MonkeyPatch, home: Path, model_cache: Path) -> Path:
     gitconfig.write_text(
         "[user]\n\tname = Test Baker\n\temail = baker@example.com\n"
         "[init]\n\tdefaultBranch = main\n[commit]\n\tgpgsign = false\n[advice]\n\tdetachedHead = false\n"
+        # a commit of input.yml would start a background bake that outlives its test: tests that want the
+        # hook to bake say so (`git config bake.hookMode background|foreground`)
+        "[bake]\n\thookMode = off\n"
     )
     # Hooks export GIT_DIR & co; a test run inside one must not act on the outer repository.
     for key in list(os.environ):

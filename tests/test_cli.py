@@ -18,6 +18,9 @@ COMMANDS = [
     ["store"], ["store", "fsck"], ["store", "gc"], ["store", "du"],
     ["remote"], ["remote", "add"], ["remote", "ls"], ["remote", "rm"], ["push"], ["pull"],
     ["run"], ["stim"], ["rollout"],
+    ["hooks"], ["hooks", "install"], ["hooks", "uninstall"], ["hooks", "ls"],
+    ["jobs"], ["jobs", "ls"], ["jobs", "wait"], ["jobs", "logs"], ["jobs", "cancel"], ["fetch"],
+    ["checkout"], ["log"], ["tree"], ["show"], ["models"], ["eval"],
 ]
 
 
@@ -45,7 +48,7 @@ def test_every_registered_command_is_covered() -> None:
                 out += walk(cmd, prefix + [name])
         return out
 
-    registered = {" ".join(c) for c in walk(cli, []) if c not in (["target", "list"], ["remote", "list"])}
+    registered = {" ".join(c) for c in walk(cli, []) if c not in (["target", "list"], ["remote", "list"], ["hook"])}
     assert registered == {" ".join(c) for c in COMMANDS}
 
 

@@ -30,6 +30,7 @@ def wait_for(pred: object, timeout: float = 120.0) -> None:
 
 
 def test_a_commit_starts_a_background_job(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.hookMode", "background")  # the default; the test isolation turns it off globally
     out = commit_input(model_repo, YODA_SMALL, "yoda")
     assert out.returncode == 0 and "background" in out.stderr and "git bake jobs wait" in out.stderr
     waited = bake_git(model_repo, "jobs", "wait", "--timeout", "300")
@@ -43,6 +44,7 @@ def test_a_commit_starts_a_background_job(model_repo: Path) -> None:
 
 
 def test_user_keeps_working_while_a_bake_runs(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.hookMode", "background")
     repo = open_repo(model_repo)
     with jobs.job_lock(repo):  # another bake holds the repository: the new job queues behind it
         out = commit_input(model_repo, YODA_SMALL, "yoda")

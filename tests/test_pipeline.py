@@ -44,7 +44,7 @@ def records(stage: str) -> list[dict]:
 
 
 def test_run_stim_then_rollout_and_cache(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = json.loads(invoke("run", "--json").stdout)
+    first = json.loads(invoke("run", "--json").stdout)["stages"]
     assert [(r["stage"], r["cached"]) for r in first] == [("stim", False), ("rollout", False)]
     assert first[0]["count"] == 12 and first[1]["count"] == 24
     st = open_repo(committed).store
@@ -57,14 +57,14 @@ def test_run_stim_then_rollout_and_cache(committed: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr("gitbake.engine.stim.make_stim", boom)
     monkeypatch.setattr("gitbake.engine.rollout.make_rollouts", boom)
-    second = json.loads(invoke("run", "--json").stdout)
+    second = json.loads(invoke("run", "--json").stdout)["stages"]
     assert [(r["stage"], r["cached"], r["manifest"]) for r in second] == [("stim", True, first[0]["manifest"]), ("rollout", True, first[1]["manifest"])]
 
 
 def test_identical_seeds_identical_outputs(committed: Path) -> None:
     invoke("run")
     before = records("rollout")
-    forced = json.loads(invoke("run", "--force", "--json").stdout)
+    forced = json.loads(invoke("run", "--force", "--json").stdout)["stages"]
     assert not any(r["cached"] for r in forced)
     after = records("rollout")
     assert [r["response_ids"] for r in before] == [r["response_ids"] for r in after]
@@ -75,16 +75,16 @@ def test_identical_seeds_identical_outputs(committed: Path) -> None:
 
 
 def test_rollout_runs_a_missing_stim_first(committed: Path) -> None:
-    out = json.loads(invoke("run", "rollout", "--json").stdout)
+    out = json.loads(invoke("run", "rollout", "--json").stdout)["stages"]
     assert [r["stage"] for r in out] == ["rollout"] and "ran the missing stim stage first" in out[0]["notes"]
-    assert json.loads(invoke("run", "stim", "--json").stdout)[0]["cached"]
+    assert json.loads(invoke("run", "stim", "--json").stdout)["stages"][0]["cached"]
 
 
 def test_changed_sampling_reruns_rollout_not_stim(committed: Path) -> None:
     invoke("run")
     (committed / "input.yml").write_text(INPUT.replace("max_tokens: 16", "max_tokens: 8"))
     git(committed, "commit", "-qam", "shorter answers")
-    out = json.loads(invoke("run", "--json").stdout)
+    out = json.loads(invoke("run", "--json").stdout)["stages"]
     assert [(r["stage"], r["cached"]) for r in out] == [("stim", True), ("rollout", False)]
     assert all(len(r["response_ids"]) <= 8 for r in records("rollout"))
 
@@ -133,7 +133,7 @@ def test_run_without_target_or_commit(model_repo: Path) -> None:
 def test_records_round_trip_through_the_store(committed: Path) -> None:
     invoke("run", "stim")
     st = open_repo(committed).store
-    key = json.loads(invoke("run", "stim", "--json").stdout)[0]["key"]
+    key = json.loads(invoke("run", "stim", "--json").stdout)["stages"][0]["key"]
     manifest = st.get_key("stim", key)
     assert manifest and len(list(pipeline.read_records(st, manifest, "stim"))) == 12
 
@@ -166,7 +166,7 @@ BAKE:
 def test_run_bake_end_to_end_and_cache(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (committed / "input.yml").write_text(INPUT + BAKE_SECTION)
     git(committed, "commit", "-qam", "bake it")
-    out = json.loads(invoke("run", "--json").stdout)
+    out = json.loads(invoke("run", "--json").stdout)["stages"]
     assert [r["stage"] for r in out] == ["stim", "rollout", "bake"]
     b = out[2]
     assert not b["cached"] and b["extra"]["gap_closed"] is not None and b["extra"]["d_after"] < b["extra"]["d_before"]
@@ -178,18 +178,20 @@ def test_run_bake_end_to_end_and_cache(committed: Path, monkeypatch: pytest.Monk
     assert report and report["adapter"] == adapter and report["questions"] >= 1
     assert not (st.root / "jobs" / f"bake-{b['key'][:16]}").exists()  # scratch removed after success
 
-    def boom(*a: object, **k: object) -> None:
-        raise AssertionError("trained on a cache hit")
-
-    monkeypatch.setattr("gitbake.engine.bake.Baker.train", boom)
-    again = json.loads(invoke("run", "bake", "--json").stdout)
-    assert again[0]["cached"] and again[0]["manifest"] == adapter
-    human = invoke("run", "bake").stdout
-    assert "gap_closed" in human
+    # the bake made its commit; back on the commit that triggered it, everything is a cache hit
+    assert git(committed, "log", "--format=%s", "-1").startswith("bake: ")
+    git(committed, "reset", "-q", "--hard", "HEAD~1")
     status = json.loads(invoke("status", "--json").stdout)
     assert [(r["stage"], r["state"]) for r in status["stages"]] == [("stim", "cached"), ("rollout", "cached"), ("bake", "cached")]
     assert status["stages"][2]["eval"]["gap_closed"] == b["extra"]["gap_closed"]
     assert "gap_closed" in invoke("status").stdout
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("trained on a cache hit")
+
+    monkeypatch.setattr("gitbake.engine.bake.Baker.train", boom)
+    human = invoke("run", "bake").stdout
+    assert "cached" in human and "gap_closed" in human and "bake commit" in human
 
 
 def test_a_failed_bake_stores_nothing(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
