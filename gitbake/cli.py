@@ -552,7 +552,8 @@ def store_gc(dry_run: bool, grace: str, force: bool, as_json: bool) -> None:
     from gitbake import remote as remote_mod
     from gitbake.errors import GitbakeError
     from gitbake.gc import gc, parse_grace
-    from gitbake.repo import forget_clones, open_repo, registered_clones
+    from gitbake.repo import open_repo
+    from gitbake.storepath import forget_clones, registered_clones
 
     grace_s = parse_grace(grace)
     repo = open_repo(Path.cwd())

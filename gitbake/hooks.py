@@ -246,16 +246,22 @@ def post_merge(root: Path, args: list[str]) -> int:
 
 
 def _refresh(root: Path) -> int:
+    # this path runs on every checkout: it opens the store without loading the config models (`repo`)
     from gitbake import bread as bread_mod
     from gitbake import modeldir
 
     b = bread_mod.read(root)
     if b is None or modeldir.is_current(root, modeldir.spec_of(b)):
         return 0  # the common case, answered without opening the store
-    from gitbake.repo import open_repo
-    from gitbake.workflow import refresh_model
+    from gitbake.storepath import open_store
 
-    state = refresh_model(open_repo(root))
+    def fetch(roots: set[str]) -> int:
+        from gitbake.workflow import fetch_objects
+
+        return fetch_objects(root, store, roots)
+
+    store = open_store(root)
+    state = modeldir.refresh(root, store, fetch, git.rev_parse(root, "HEAD"))
     if state["state"] == "missing":
         say(f".bake/model is stale: the model of this commit needs {len(state['missing'])} object(s) that are not in the store "
             f"({', '.join(d[:12] for d in state['missing'][:3])}); fetch them with `git bake pull`")

@@ -13,7 +13,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gitbake import bread as bread_mod
 from gitbake.errors import GitbakeError
@@ -117,3 +117,23 @@ class ModelObjectsMissing(GitbakeError):
             f"the model needs {len(digests)} object(s) that are not in the store: {names}",
             "fetch them with `git bake pull` (add a remote first: `git bake remote add NAME URL`)",
         )
+
+
+def refresh(root: Path, store: Store, fetch: Callable[[set[str]], int] | None = None, commit: str | None = None) -> dict[str, Any]:
+    """Make `.bake/model` the model named by the working tree's `.bread` (HEAD's). Missing objects are
+    asked of `fetch` (the default bake remote) when given, else named in the result."""
+    b = bread_mod.read(root)
+    if b is None:
+        return {"state": "none"}
+    spec = spec_of(b)
+    if is_current(root, spec):
+        return {"state": "current", **spec.as_json()}
+    absent = missing(store, spec)
+    fetched = 0
+    if absent and fetch is not None:
+        fetched = fetch(set(spec.adapters))
+        absent = missing(store, spec)
+    if absent:
+        return {"state": "missing", "missing": absent, **spec.as_json()}
+    done = materialise(store, spec, root / MODEL_DIR, commit)
+    return {"state": "updated", "fetched": fetched, **done.as_json()}

@@ -16,6 +16,7 @@ from gitbake import bread as bread_mod
 from gitbake.config import INPUT_FILE
 from gitbake.errors import GitbakeError
 from gitbake.repo import ModelRepo
+from gitbake.store import Store
 from gitbake.yamlio import decode_text
 
 
@@ -90,32 +91,18 @@ def refresh_model(repo: ModelRepo, fetch: bool = True) -> dict[str, Any]:
     objects come from the default remote when one is configured, else they are named."""
     from gitbake import modeldir
 
-    b = bread_mod.read(repo.root)
-    if b is None:
-        return {"state": "none"}
-    spec = modeldir.spec_of(b)
-    dest = repo.root / modeldir.MODEL_DIR
-    if modeldir.is_current(repo.root, spec):
-        return {"state": "current", **spec.as_json()}
-    store = repo.store
-    absent = modeldir.missing(store, spec)
-    fetched = 0
-    if absent and fetch:
-        fetched = _fetch(repo, set(spec.adapters))
-        absent = modeldir.missing(store, spec)
-    if absent:
-        return {"state": "missing", "missing": absent, **spec.as_json()}
-    done = modeldir.materialise(store, spec, dest, git.rev_parse(repo.root, "HEAD"))
-    return {"state": "updated", "fetched": fetched, **done.as_json()}
+    return modeldir.refresh(repo.root, repo.store, (lambda roots: fetch_objects(repo.root, repo.store, roots)) if fetch else None,
+                            git.rev_parse(repo.root, "HEAD"))
 
 
-def _fetch(repo: ModelRepo, roots: set[str]) -> int:
+def fetch_objects(root: Path, store: Store, roots: set[str]) -> int:
+    """Pull `roots` from the default bake remote, if there is one; how many objects arrived."""
     from gitbake import remote
 
-    name = remote.default_remote(repo.root)
+    name = remote.default_remote(root)
     if name is None:
         return 0
-    report = remote.pull(repo.store, remote.resolve(repo.root, name), roots)
+    report = remote.pull(store, remote.resolve(root, name), roots)
     return len(report.transferred)
 
 
@@ -129,6 +116,6 @@ def checkout(repo: ModelRepo, rev: str, dest: Path | None = None, fetch: bool = 
     spec = modeldir.spec_of(other.bread)
     target = dest if dest is not None else repo.root / modeldir.MODEL_DIR
     if fetch and modeldir.missing(repo.store, spec):
-        _fetch(repo, set(spec.adapters))
+        fetch_objects(repo.root, repo.store, set(spec.adapters))
     done = modeldir.materialise(repo.store, spec, target, other.rev)
     return {"rev": rev, "commit": other.rev, **done.as_json()}

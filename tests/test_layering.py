@@ -1,5 +1,6 @@
 """DESIGN §8: click only in cli.py, dulwich only in git.py, the ML stack only under engine/ (and chat,
-serve, export); commands that do not touch a model (status, validate, target, store, remote) never
+serve, export); commands that do not touch a model (status, validate, target, store, remote, log, tree,
+show, models, jobs, hooks, checkout, fetch) never
 import torch, transformers, peft or deepspeed."""
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ PROBE = textwrap.dedent(
 @pytest.mark.parametrize(
     "args",
     [["status"], ["status", "--json"], ["validate"], ["target", "ls"], ["--version"], ["store", "du"], ["store", "fsck"],
-     ["store", "gc", "--dry-run"], ["remote", "ls"]],
+     ["store", "gc", "--dry-run"], ["remote", "ls"], ["log"], ["tree"], ["show"], ["models"], ["jobs", "ls"], ["hooks", "ls"],
+     ["checkout"], ["fetch"]],
     ids=" ".join,
 )
 def test_read_only_commands_do_not_import_the_ml_stack(args: list[str], model_repo: Path) -> None:

@@ -300,7 +300,8 @@ def test_corrupt_object_cli_exit_4(model_repo: Path) -> None:
 
 def test_store_root_config_and_worktrees(model_repo: Path, tmp_path: Path) -> None:
     from helpers import git
-    from gitbake.repo import open_repo, store_root
+    from gitbake.repo import open_repo
+    from gitbake.storepath import store_root
 
     assert store_root(model_repo) == model_repo / ".git" / "bake"
     git(model_repo, "worktree", "add", "-q", str(tmp_path / "wt"))
