@@ -213,7 +213,10 @@ def status(as_json: bool) -> None:
                    f"fix: {m['fix']}", err=True)
     if report.commented_out:
         click.echo(f"\nCommented out: {', '.join(report.commented_out)}")
-    if report.would_run:
+    baking = any(j["state"] in ("running", "queued") for j in report.jobs)
+    if report.would_run and baking:
+        click.echo(f"\nBaking now: {' -> '.join(report.would_run)}")
+    elif report.would_run:
         click.echo(f"\nA commit of input.yml would run: {' -> '.join(report.would_run)}")
     else:
         click.echo("\nNothing to run: input.yml has no PROMPT, TARGET or BAKE. Uncomment or write a section, then commit.")
