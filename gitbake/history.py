@@ -79,6 +79,8 @@ def version_at(root: Path, rev: str) -> ModelVersion:
 def log(root: Path, rev: str = "HEAD") -> list[ModelVersion]:
     """Model versions on `rev`'s first-parent line, newest first: each commit where the chain changed."""
     out: list[ModelVersion] = []
+    if git.rev_parse(root, rev) is None:
+        raise UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
     rows = git.first_parent_log(root, rev, [bread_mod.BREAD_FILE])
     for sha, _t, _subject in rows:
         try:

@@ -27,6 +27,11 @@ class Progress:
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.monotonic()
+        if SINK is not None:  # every update: the sink decides how often to publish
+            elapsed = max(now - self.start, 1e-9)
+            rate = self.done / elapsed
+            SINK({"label": self.label, "done": self.done, "total": self.total, "unit": self.unit, "rate": round(rate, 4),
+                  "eta_s": round((self.total - self.done) / rate if rate > 0 else 0.0, 1), "time": time.time()})
         if self.done >= self.total or (self.tty and now - self._last > 0.1) or (not self.tty and now - self._last > self.every_s):
             self._last = now
             self._emit(final=self.done >= self.total)
@@ -35,9 +40,6 @@ class Progress:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        if SINK is not None:
-            SINK({"label": self.label, "done": self.done, "total": self.total, "unit": self.unit,
-                  "rate": round(rate, 4), "eta_s": round(eta, 1), "time": time.time()})
         text = f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.2f} {self.unit}/s, ETA {eta:.0f}s)"
         if final:
             text = f"{self.label}: {self.done}/{self.total} {self.unit} in {elapsed:.1f}s ({rate:.2f} {self.unit}/s)"

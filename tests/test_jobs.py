@@ -124,3 +124,20 @@ def test_jobs_commands_without_jobs(model_repo: Path) -> None:
     assert bake_git(model_repo, "jobs", "logs").returncode == 2
     assert "no job is running" in bake_git(model_repo, "jobs", "cancel").stdout
     assert "no bake result" in bake_git(model_repo, "fetch").stdout
+
+
+def test_uncommitted_edits_survive_the_bake_commit(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.hookMode", "background")
+    repo = open_repo(model_repo)
+    with jobs.job_lock(repo):
+        commit_input(model_repo, YODA_SMALL, "yoda")
+        job = jobs.active(repo)[0]
+        mine = YODA_SMALL.replace("epochs: 1", "epochs: 3")  # the user already edits the next bake
+        (model_repo / "input.yml").write_text(mine)
+    done = jobs.wait(job, timeout=300)
+    assert done.state == "done" and done.result["commit"]["ref"] == "refs/heads/main"
+    assert done.result["commit"]["kept"] == ["input.yml"]
+    assert (model_repo / "input.yml").read_text() == mine  # not overwritten by the cleared version
+    assert git(model_repo, "status", "--porcelain").split() == ["M", "input.yml"]  # an edit on top of the bake commit
+    assert "# PROMPT:" in git(model_repo, "show", "HEAD:input.yml")
+    assert (model_repo / ".bread").read_text() == git(model_repo, "show", "HEAD:.bread")  # untouched files moved on

@@ -137,6 +137,32 @@ def test_clone_init_pull_restores_the_model(baked_repo: dict[str, Any], tmp_path
     pulled = bake_git(clone, "pull")
     assert pulled.returncode == 0, pulled.stderr
     assert model_files(clone) == model_files(root)
+    # with a default bake remote, checking out an older model fetches what it needs by itself
+    co = subprocess.run(["git", "checkout", "-q", baked_repo["first"]], cwd=clone, capture_output=True, text=True)
+    assert co.returncode == 0 and ".bake/model is now" in co.stderr
+    assert model_files(clone)["adapters/0/adapter_model.safetensors"] == adapter_bytes(root, chain(root, baked_repo["first"])[0])["adapter_model.safetensors"]
+
+
+def test_checkout_without_the_objects_names_them(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    assert bake_git(clone, "init").returncode == 0
+    co = subprocess.run(["git", "checkout", "-q", baked_repo["first"]], cwd=clone, capture_output=True, text=True)
+    assert co.returncode == 0 and "git bake pull" in co.stderr  # a warning, and git goes on
+    out = bake_git(clone, "checkout")
+    assert out.returncode == 1 and "not in the store" in out.stderr and "git bake pull" in out.stderr
+    st = json.loads(bake_git(clone, "status", "--json").stdout)
+    assert st["model"]["state"] in ("stale", "absent") and "pull" in st["model"]["fix"]
+
+
+def test_unknown_revisions_are_usage_errors(baked_repo: dict[str, Any]) -> None:
+    root = baked_repo["root"]
+    for args in (["checkout", "nope"], ["show", "nope"], ["log", "nope"], ["eval", "nope"]):
+        out = bake_git(root, *args)
+        assert out.returncode == 2 and "unknown revision `nope`" in out.stderr, args
+    out = bake_git(root, "show", git(root, "rev-list", "--max-parents=0", "HEAD").strip())
+    assert out.returncode == 0 and "base model (nothing baked yet)" in out.stdout
 
 
 def test_failed_bake_leaves_everything_as_it_was(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,8 @@
   switch       `git checkout` between two model versions (100 MB adapters each) with the hooks
                installed (post-checkout re-materialises .bake/model)  vs  the same switch with hooks
                disabled                                                    goal: the hook adds < 150 ms
+  idle hooks   each hook answering with nothing to do (`git bake hook NAME` as the shims run it)
+               next to `python -c pass`                                    goal: < 150 ms each
   materialise  .bake/model for 1 GiB of adapters (links from the store)  vs  copying the same files
                out of an object directory, as git-lfs's smudge does        goal >= 50x faster
 
@@ -75,7 +77,23 @@ def timed(fn: Callable[[], object], runs: int, setup: Callable[[], object] | Non
     return statistics.median(times)
 
 
-def bench_switch(base: Path, adapter_mb: int, runs: int) -> tuple[float, float]:
+def bench_idle_hooks(root: Path, runs: int) -> dict[str, float]:
+    """Each hook with nothing to do: the model is current, nothing is staged, the last commit is not input.yml's."""
+    (root / "notes.txt").write_text("notes\n")
+    git(root, "add", "notes.txt")
+    git(root, "commit", "-q", "-m", "notes")
+    head = git(root, "rev-parse", "HEAD").strip()
+    calls = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "post-checkout": ["git", "bake", "hook", "post-checkout", head, head, "1"],
+        "post-commit": ["git", "bake", "hook", "post-commit"],
+        "pre-commit": ["git", "bake", "hook", "pre-commit"],
+        "post-merge": ["git", "bake", "hook", "post-merge", "0"],
+    }
+    return {name: timed(lambda c=cmd: subprocess.run(c, cwd=root, check=True, capture_output=True), runs) for name, cmd in calls.items()}
+
+
+def bench_switch(base: Path, adapter_mb: int, runs: int) -> tuple[float, float, Path]:
     root = base / "switch"
     init(root, base_model="tiny")  # installs the hooks
     store = open_repo(root).store
@@ -100,7 +118,7 @@ def bench_switch(base: Path, adapter_mb: int, runs: int) -> tuple[float, float]:
     current = json.loads((root / ".bake/model/model.json").read_text())["adapters"][0]["digest"]
     assert current in digests, "the hook did not materialise the model"
     without = timed(switch(False), runs)
-    return with_hooks, without
+    return with_hooks, without, root
 
 
 def bench_materialise(base: Path, total_mb: int, runs: int) -> tuple[float, float]:
@@ -134,12 +152,17 @@ def main() -> None:
     os.environ.setdefault("GIT_CONFIG_NOSYSTEM", "1")
     base = Path(tempfile.mkdtemp(prefix="gitbake-bench-checkout-", dir=args.dir))
     try:
-        with_hooks, without = bench_switch(base, args.adapter_mb, args.runs)
+        with_hooks, without, root = bench_switch(base, args.adapter_mb, args.runs)
         added = (with_hooks - without) * 1000
         print(f"switch between two models ({args.adapter_mb} MB adapters), median of {args.runs}:")
         print(f"  git checkout with gitbake's hooks   {with_hooks * 1000:8.1f} ms")
         print(f"  git checkout without hooks          {without * 1000:8.1f} ms")
         print(f"  the hook adds                       {added:8.1f} ms   goal < 150 ms: {'met' if added < 150 else 'MISSED'}")
+        idle = bench_idle_hooks(root, args.runs)
+        print(f"hooks with nothing to do, median of {args.runs}:")
+        for name, t in idle.items():
+            goal = "" if name.startswith("python") else f"   goal < 150 ms: {'met' if t < 0.150 else 'MISSED'}"
+            print(f"  {name:<34}  {t * 1000:8.1f} ms{goal}")
         ours, theirs = bench_materialise(base, args.total_mb, args.runs)
         ratio = theirs / ours
         print(f"materialise {args.total_mb} MiB of adapters (4 adapters), median of {args.runs}:")
