@@ -58,6 +58,7 @@ class Outputs:
     metrics: dict[str, Any]
     stim: str | None = None
     rollout: str | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)  # training step -> adapter manifest
 
 
 def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, out: Outputs) -> tuple[bread_mod.Bread, Recipe]:
@@ -102,6 +103,7 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
     _add(r, _step(action="create_bake", resource_type="bake", resource_name=bk.name, dependencies=deps, config=bk.config,
                  key=bk.key, datasets=inputs, parent={"model_name": plan.parent.model_name, "adapters": plan.parent.adapters}))
     outputs = {"adapter": out.adapter} | ({"report": out.report} if out.report else {})
+    outputs |= {f"checkpoint_{step}": digest for step, digest in sorted(out.checkpoints.items(), key=lambda kv: int(kv[0]))}
     _add(r, _step(action="run_bake", resource_type="bake", resource_name=bk.name, dependencies=[f"bake:{bk.name}"],
                  key=bk.key, outputs=outputs))
     r.resources.bakes.append(BakeResource(bake_name=bk.name, model_names=[name], key=bk.key, adapter=out.adapter,

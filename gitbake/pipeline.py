@@ -263,7 +263,7 @@ def _bake_stage(runner: "Runner") -> StageResult:
     hit = None if runner.force else store.get_key("bake", b.key)
     if hit:
         report = bake_report(store, b.key) or {}
-        extra = {**_summary(report), "report": store.get_key("eval", b.key)}
+        extra = {**_summary(report), "report": store.get_key("eval", b.key), "checkpoints": report.get("checkpoints") or {}}
         return StageResult("bake", b.key, hit, True, int(report.get("trajectories_trained", 0)), extra=extra)
     notes: list[str] = []
     datasets: list[tuple[list[Trajectory], float]] = []
@@ -310,7 +310,8 @@ def _bake_stage(runner: "Runner") -> StageResult:
     baker = Baker(model.model, model.tokenizer, cfg, plan.parent.base_model, say=runner.say)
     scratch = store.root / "jobs" / f"bake-{b.key[:16]}"
     with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
-        result = baker.train(data, Path(tmp) / "adapter", scratch=scratch, progress_label=f"bake {b.name}")
+        keep = Path(tmp) / "checkpoints"
+        result = baker.train(data, Path(tmp) / "adapter", scratch=scratch, progress_label=f"bake {b.name}", keep=keep)
         report = evaluate(baker.model, model.tokenizer, list(contexts.values()), EVAL_SAMPLES, min(max_tokens, 256),
                           seed=int(b.key[:8], 16), note=eval_note)
         report.update({
@@ -320,6 +321,10 @@ def _bake_stage(runner: "Runner") -> StageResult:
         # only now, after training, the adapter check and eval all succeeded, does anything enter the store
         adapter = store.put_dir(Path(tmp) / "adapter", {"kind": "adapter"}, take=True)
         report["adapter"] = adapter
+        # the checkpoints BAKE.checkpoint asked for: their adapters, outside the model's identity
+        checkpoints = {int(d.name): store.put_dir(d, {"kind": "adapter-checkpoint", "step": int(d.name)}, take=True)
+                       for d in sorted(keep.iterdir(), key=lambda p: int(p.name))} if keep.is_dir() else {}
+        report["checkpoints"] = {str(k): v for k, v in checkpoints.items()}
         rdir = Path(tmp) / "report"
         rdir.mkdir()
         with open(rdir / "metrics.jsonl", "w") as fh:
@@ -334,7 +339,7 @@ def _bake_stage(runner: "Runner") -> StageResult:
     shutil.rmtree(scratch, ignore_errors=True)
     runner.reset_model()  # the LoRA was injected into the loaded parent
     notes += result.notes
-    extra = {**_summary(report), "report": report_manifest}
+    extra = {**_summary(report), "report": report_manifest, "checkpoints": report["checkpoints"]}
     return StageResult("bake", b.key, adapter, False, result.trajectories, time.monotonic() - started, notes, extra)
 
 

@@ -73,6 +73,7 @@ def run_and_commit(repo: ModelRepo, stages: list[str] | None = None, force: bool
         metrics={k: v for k, v in metrics.items() if v is not None},
         stim=store.get_key("stim", t.stim_key) if t else None,
         rollout=store.get_key("rollout", t.key) if t else None,
+        checkpoints=dict(baked.extra.get("checkpoints") or {}),
     )
     old_bread = pinned.bread or bread_mod.Bread()
     new_bread, new_recipe = bakecommit.compose(plan, old_bread, pinned.recipe, out)

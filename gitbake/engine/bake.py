@@ -192,7 +192,9 @@ class Baker:
         return get_scheduler(s["name"], optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1))
 
     def train(self, trajectories: Sequence[Trajectory], out_dir: Path, scratch: Path | None = None,
-              progress_label: str = "bake") -> BakeResult:
+              progress_label: str = "bake", keep: Path | None = None) -> BakeResult:
+        """Train and save the adapter to `out_dir`. `scratch`: where BAKE.checkpoint saves (and resumes);
+        `keep`: where each of those checkpoints' adapters is also kept, as `<step>/` (chat --checkpoint)."""
         cfg = self.cfg
         notes: list[str] = []
         max_len = cfg["data"]["max_length"]
@@ -320,6 +322,8 @@ class Baker:
                         accum_loss, accum_tokens, micro = 0.0, 0, 0
                         if scratch is not None and self._due(state, last):
                             self._save_scratch(pm, optimizer, scheduler, state, scratch)
+                            if keep is not None and not zero3 and ds_rank0():
+                                pm.save_pretrained(str(keep / str(state["step"])))
         except KeyboardInterrupt:
             if scratch is not None and not zero3:
                 self._save_scratch(pm, optimizer, scheduler, state, scratch)
@@ -432,3 +436,9 @@ def check_adapter(path: Path, requested: dict[str, Any], pm: Any | None = None) 
         expected = sum(1 for n, _ in pm.named_parameters() if "lora_A" in n)
         if sum(1 for n in names if "lora_A" in n) != expected:
             raise AdapterError(f"the adapter has {sum('lora_A' in n for n in names)} LoRA modules, the model {expected}; not stored")
+
+
+def ds_rank0() -> bool:
+    from gitbake.engine import ds
+
+    return bool(ds.rank() == 0)
