@@ -1,0 +1,135 @@
+"""`git bake chat`: one answer, the REPL's commands, any revision, checkpoints, and the streaming engine."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gitbake.chat import Session, handle, side_by_side
+from gitbake.engine import infer
+from gitbake.engine.models import load_base
+from gitbake.engine.templating import render
+from gitbake.repo import open_repo
+from gitbake.versions import resolve
+from helpers import YODA_SMALL, bake_git, copy_baked, git
+
+
+def test_one_answer_is_deterministic_at_temperature_zero_on_any_revision(baked_repo: dict[str, Any]) -> None:
+    root = baked_repo["root"]
+    args = ["chat", "-p", "What is the capital of France?", "--temperature", "0", "--max-tokens", "24"]
+    head = bake_git(root, *args)
+    assert head.returncode == 0, head.stderr
+    assert head.stdout == bake_git(root, *args).stdout and head.stdout.strip()
+    # any revision, not only HEAD: each loads its own model (tiny's one-step bakes barely move its noise,
+    # so the model, not the text, is what is checked)
+    for rev, adapters in ((baked_repo["first"], 1), ("HEAD", 2), (git(root, "rev-list", "--max-parents=0", "HEAD").strip(), 0)):
+        out = subprocess.run(["git", "bake", "chat", rev, "--max-tokens", "2"], cwd=root, input="/status\n", capture_output=True, text=True)
+        assert out.returncode == 0 and f"{adapters} adapter(s)" in out.stdout, (rev, out.stdout, out.stderr)
+
+
+def test_repl_commands(baked_repo: dict[str, Any]) -> None:
+    script = "hello\n/status\n/system You are a pirate. Speak only in rhymes.\n/system\n/compare hi\n/clear\n/status\n/nope\n/help\n/quit\nnever read\n"
+    out = subprocess.run(["git", "bake", "chat", "--max-tokens", "8"], cwd=baked_repo["root"], input=script,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "turns:       1" in text and "turns:       0" in text  # /status before and after /clear
+    assert "system prompt: You are a pirate. Speak only in rhymes." in text  # the whole text, not the first word
+    assert "base model (tiny)" in text and " | " in text  # /compare, side by side
+    assert "unknown command /nope" in text and "/compare [TEXT]" in text
+
+
+def test_session_keeps_history_and_system_prompt(baked_repo: dict[str, Any]) -> None:
+    repo = open_repo(baked_repo["root"])
+    version = resolve(repo, "HEAD")
+    from gitbake.chat import load
+
+    s = Session(repo, version, load(repo, version), temperature=0.0, max_tokens=4)
+    out: list[str] = []
+    handle(s, "/system Be brief and kind.", out.append)
+    handle(s, "first question", out.append)
+    handle(s, "second question", out.append)
+    assert [m["role"] for m in s.history] == ["user", "assistant", "user", "assistant"]
+    assert s._messages("third")[0] == {"role": "system", "content": "Be brief and kind."}
+    assert not handle(s, "/exit", out.append)
+
+
+def test_checkpoint_of_a_bake(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.hookMode", "foreground")
+    text = YODA_SMALL.replace("epochs: 1", "epochs: 3\n  micro_batch_size: 2\n  checkpoint:\n    - save_every_n_steps: 2")
+    (model_repo / "input.yml").write_text(text)
+    subprocess.run(["git", "commit", "-qam", "with checkpoints"], cwd=model_repo, check=True, capture_output=True)
+    from gitbake.versions import checkpoints
+
+    saved = checkpoints(open_repo(model_repo), "HEAD")
+    assert saved and all(step % 2 == 0 for step in saved)
+    step = min(saved)
+    args = ["chat", "-p", "Tell me a joke.", "--temperature", "0", "--max-tokens", "16"]
+    half = subprocess.run(["git", "bake", "chat", "--checkpoint", str(step), "--max-tokens", "2"], cwd=model_repo,
+                          input="/status\n", capture_output=True, text=True)
+    assert half.returncode == 0 and f"checkpoint step {step}" in half.stdout, half.stderr
+    assert bake_git(model_repo, *args, "--checkpoint", str(step)).returncode == 0
+    v = resolve(open_repo(model_repo), "HEAD", step)
+    final = resolve(open_repo(model_repo), "HEAD").adapters[-1]
+    assert v.adapters[-1] == saved[step] != final  # the half-baked adapter, not the final one
+    missing = bake_git(model_repo, *args, "--checkpoint", "999")
+    assert missing.returncode == 2 and "no checkpoint at step 999" in missing.stderr and str(step) in missing.stderr
+    # checkpoints are not the model's identity: .bread names the final adapter only
+    assert saved[step] not in (model_repo / ".bread").read_text()
+
+
+def test_unknown_revision_or_no_model(model_repo: Path) -> None:
+    out = bake_git(model_repo, "chat", "nope", "-p", "hi")
+    assert out.returncode == 2 and "unknown revision `nope`" in out.stderr
+
+
+def test_side_by_side_wraps_both_columns() -> None:
+    text = side_by_side("left", "a " * 40, "right", "b", width=40)
+    lines = text.splitlines()
+    assert all(" | " in line for line in lines) and lines[0].startswith("left") and "right" in lines[0]
+    assert len(lines) > 3
+
+
+def test_batched_decoding_matches_generate_and_streams() -> None:
+    m = load_base("tiny")
+    tok = m.tokenizer
+    prompts = [render(tok, [], None, q) for q in ("Hi", "What is the capital of France, dear friend?", "x")]
+    stops = infer.stop_tokens(m.model, tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows = list(infer._decode_batch(m.model, prompts, [0, 0, 0], [10, 10, 10], stops, pad, 0))
+    for i, p in enumerate(prompts):
+        ours = [r[i] for r in rows if r[i] is not None]
+        ref = m.model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=10,
+                               do_sample=False, pad_token_id=pad, eos_token_id=sorted(stops))[0, len(p):].tolist()
+        assert ours == ref[: len(ours)] and ours  # left padding and positions are right: same tokens as generate()
+    text = "".join(infer.stream(m.model, tok, prompts[1], 0.0, 10))
+    assert text == tok.decode([t for t in (r[1] for r in rows) if t is not None and t not in stops], skip_special_tokens=True)
+
+
+def test_batcher_decodes_concurrent_requests_together() -> None:
+    m = load_base("tiny")
+    b = infer.Batcher(m.model, m.tokenizer, max_batch=8, gather_s=0.2)
+    try:
+        reqs = [b.submit(infer.Request(render(m.tokenizer, [], None, f"question {i}"), 0.0, 6)) for i in range(5)]
+        results = []
+        for r in reqs:
+            parts, info = [], None
+            while info is None:
+                kind, value = r.events.get(timeout=60)
+                if kind == "text":
+                    parts.append(value)
+                elif kind == "done":
+                    info = value
+                else:
+                    pytest.fail(value)
+            results.append(("".join(parts), info))
+        assert b.batches[0] == 5  # one batch, one forward pass per step for all five
+        assert all(info["completion_tokens"] <= 6 for _, info in results)
+        alone = "".join(infer.stream(m.model, m.tokenizer, render(m.tokenizer, [], None, "question 3"), 0.0, 6))
+        assert results[3][0] == alone  # batching does not change a greedy answer
+    finally:
+        b.close()
