@@ -20,6 +20,7 @@ from gitbake import bread as bread_mod
 from gitbake import git
 from gitbake import recipe as recipe_mod
 from gitbake.config import INPUT_FILE
+from gitbake.errors import GitbakeError
 from gitbake.plan import Plan
 from gitbake.recipe import BakeResource, Recipe, Step
 
@@ -27,6 +28,7 @@ PENDING_PREFIX = "refs/bake/"
 TRAILER = "Gitbake-Trigger"
 _SECTION = re.compile(r"^(PROMPT|TARGET|BAKE)\s*:")
 _TOP_LEVEL = re.compile(r"^[^\s#]")
+_PENDING_LEAF = re.compile(r"^[0-9a-f]{12}$")
 
 
 def comment_out(text: str) -> str:
@@ -137,6 +139,7 @@ class CommitResult:
     pending: str | None = None  # refs/bake/... when the branch had moved on
     updated: list[str] = field(default_factory=list)  # working-tree files brought up to date
     kept: list[str] = field(default_factory=list)  # working-tree files the user had changed (left alone)
+    warning: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -157,10 +160,17 @@ def make_commit(root: Path, trigger: str, branch_ref: str | None, files: dict[st
     """Commit `files` on top of `trigger`; move `branch_ref` (or a detached HEAD) only if it is still there."""
     new = git.commit_files(root, trigger, files, msg)
     ref = branch_ref or "HEAD"
-    if git.update_ref(root, ref, new, trigger, msg.splitlines()[0]):
+    # moving the branch under a rebase, merge or cherry-pick would break it; a detached bake must not
+    # move a HEAD that has since been put on a branch
+    blocked = git.operation_in_progress(root) is not None or (branch_ref is None and git.symbolic_head(root) is not None)
+    if not blocked and git.update_ref(root, ref, new, trigger, msg.splitlines()[0]):
         result = CommitResult(new, trigger, ref)
         if git.symbolic_head(root) == branch_ref or (branch_ref is None and git.rev_parse(root, "HEAD") == new):
-            sync_worktree(root, trigger, new, files, result)
+            try:
+                sync_worktree(root, trigger, new, files, result)
+            except GitbakeError as exc:  # the commit stands; say what is left to do
+                result.warning = (f"the bake commit is made, but the working tree could not be updated ({exc.message}); "
+                                  "run `git reset --keep HEAD` to bring it up to date")
         return result
     where = (branch_ref or "HEAD").removeprefix("refs/heads/")
     pending = f"{PENDING_PREFIX}{where}/{trigger[:12]}"
@@ -198,9 +208,11 @@ def lineage_files(b: bread_mod.Bread, r: Recipe, input_text: str) -> dict[str, b
 
 
 def pending(root: Path, branch_ref: str | None) -> dict[str, str]:
-    """Bake results kept under refs/bake/ for `branch_ref` (ref -> commit)."""
+    """Bake results kept under refs/bake/ for `branch_ref` (ref -> commit): exactly
+    `refs/bake/<branch>/<12 hex>`, so branch `f` never sees branch `f/x`'s results."""
     where = (branch_ref or "HEAD").removeprefix("refs/heads/")
-    return git.refs(root, f"{PENDING_PREFIX}{where}/")
+    prefix = f"{PENDING_PREFIX}{where}/"
+    return {ref: sha for ref, sha in git.refs(root, prefix).items() if _PENDING_LEAF.match(ref[len(prefix):])}
 
 
 def take_pending(root: Path, ref: str, force: bool = False) -> CommitResult:

@@ -353,7 +353,9 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
         if as_json:
             _emit_json(job.as_json())
             return
-        click.echo(f"started job {job.id} in the background (log: {job.log_path})")
+        ahead = [j for j in jobs.active(repo) if j.id != job.id]
+        click.echo(f"started job {job.id} in the background (log: {job.log_path})"
+                   + (f"; it is queued behind job {ahead[0].id}" if ahead else ""))
         click.echo("`git bake status` shows its progress; `git bake jobs wait` waits for it; `git bake jobs cancel` stops it")
         return
     from gitbake.workflow import run_and_commit
@@ -381,6 +383,8 @@ def _say_commit(report: Any) -> None:
     c = report.commit
     if c is None:
         return
+    if c.warning:
+        click.echo(f"warning: {c.warning}", err=True)
     if c.ref is not None:
         click.echo(f"bake commit {c.commit[:12]} on {c.ref.removeprefix('refs/heads/')}: .bread, recipe.yml and input.yml (commented out)")
         if c.kept:
@@ -770,6 +774,18 @@ def hook(name: str, args: tuple[str, ...]) -> None:
     raise SystemExit(hook_main(name, list(args)))
 
 
+@cli.command("merge-driver", hidden=True, context_settings=CONTEXT)
+@click.argument("kind", type=click.Choice(["input"]))
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("ours", type=click.Path(path_type=Path))
+@click.argument("theirs", type=click.Path(path_type=Path))
+def merge_driver(kind: str, base: Path, ours: Path, theirs: Path) -> None:
+    """git's merge driver for input.yml (configured by init)."""
+    from gitbake.mergedriver import merge_input
+
+    raise SystemExit(merge_input(base, ours, theirs))
+
+
 @cli.group(context_settings=CONTEXT)
 def hooks() -> None:
     """Install or remove gitbake's git hooks (`git bake init` installs them).
@@ -780,6 +796,7 @@ def hooks() -> None:
                    `git config bake.hookMode foreground` runs it inline, `off` not at all)
     post-checkout  .bake/model follows HEAD (fetching from the bake remote when needed)
     post-merge     the same after a merge or pull
+    post-rewrite   the same after a rebase or `git pull --rebase` (checkouts during them are skipped)
     pre-push       with `git config bake.autoPush true`, uploads the models before git pushes
 
     A hook that was there before is kept as NAME.legacy and still runs; bgit's hooks are set aside
@@ -967,7 +984,8 @@ def jobs_cancel(job_id: str | None) -> None:
     from gitbake.repo import open_repo
 
     repo = open_repo(Path.cwd())
-    job = jobs_mod.find(repo, job_id) if job_id else next(iter(jobs_mod.active(repo)), None)
+    live = jobs_mod.active(repo)  # the running one first, then the newest queued
+    job = jobs_mod.find(repo, job_id) if job_id else next(iter(sorted(live, key=lambda j: j.state != "running")), None)
     if job is None:
         click.echo("no job is running")
         return

@@ -38,6 +38,18 @@ def dot_git(root: Path) -> Path | None:
     return d if d.is_dir() else None
 
 
+OPERATION_MARKERS = ("rebase-merge", "rebase-apply", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "sequencer")
+
+
+def operation_in_progress(root: Path) -> str | None:
+    """The marker of a rebase, merge, cherry-pick, revert or am in progress (None when there is none):
+    moving a branch under one of them would break it."""
+    d = dot_git(root)
+    if d is None:
+        return None
+    return next((m for m in OPERATION_MARKERS if (d / m).exists()), None)
+
+
 def require_root(start: Path) -> Path:
     root = find_root(start)
     if root is None:
@@ -50,14 +62,21 @@ def require_root(start: Path) -> Path:
 
 def run(root: Path, *args: str, check: bool = True, input: str | None = None, env: dict[str, str] | None = None) -> str:
     """Run `git args...` in `root`; raise GitError with git's own message on failure."""
-    proc = subprocess.run(
-        ["git", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        input=input,
-        env={**_env(), **(env or {})},
-    )
+    for attempt in range(50):
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            input=input,
+            env={**_env(), **(env or {})},
+        )
+        # another git process (an editor polling `git status`) holds index.lock for a moment: wait for it
+        if proc.returncode == 0 or "index.lock" not in proc.stderr or attempt == 49:
+            break
+        import time
+
+        time.sleep(0.1)
     if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip()
         raise GitError(f"git {' '.join(args)} failed: {msg}")

@@ -21,7 +21,7 @@ from typing import Callable
 from gitbake import git
 from gitbake.errors import ConfigError, GitbakeError
 
-HOOKS = ("pre-commit", "post-commit", "post-checkout", "post-merge", "pre-push")
+HOOKS = ("pre-commit", "post-commit", "post-checkout", "post-merge", "post-rewrite", "pre-push")
 SHIM_MARK = "gitbake hook shim"
 MODE_CONFIG = "bake.hookMode"  # background (default) | foreground | off
 AUTOPUSH_CONFIG = "bake.autoPush"
@@ -35,8 +35,9 @@ RECIPE = "recipe.yml"
 
 def shim_text(name: str) -> str:
     text = resources.files("gitbake").joinpath(f"hooks/{name}").read_text(encoding="utf-8")
-    # the interpreter that installed the hook is the fallback when git-bake is not on PATH (pre-commit's way)
-    return text.replace("@PYTHON@", _sh_quote(sys.executable))
+    # the interpreter (and package) that installed the hook run it, as long as they exist (pre-commit's way)
+    package = str(Path(__file__).resolve().parent)
+    return text.replace("@PYTHON@", _sh_quote(sys.executable)).replace("@PACKAGE@", _sh_quote(package))
 
 
 def _sh_quote(s: str) -> str:
@@ -57,6 +58,11 @@ def install(root: Path) -> list[str]:
     for name in HOOKS:
         path = d / name
         text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+        if text is not None and SHIM_MARK not in text and "husky" in text:
+            # husky's hooks find their script by their own file name: renamed to .legacy they would silently
+            # do nothing. Leave them, and say how to chain ours.
+            notes.append(f"your {name} hook is husky's: left as it is; add the line `git bake hook {name} \"$@\"` to .husky/{name}")
+            continue
         if text is not None and SHIM_MARK not in text:
             if is_bgit_hook(text):
                 path.replace(d / f"{name}.bgit")
@@ -115,11 +121,8 @@ def say(msg: str) -> None:
 
 def busy(root: Path) -> bool:
     """A rebase, cherry-pick, revert or am is in progress: hooks stay out of its way."""
-    d = git.dot_git(root)
-    if d is None:
-        return False
-    markers = ("rebase-merge", "rebase-apply", "CHERRY_PICK_HEAD", "REVERT_HEAD", "sequencer")
-    if any((d / m).exists() for m in markers):
+    marker = git.operation_in_progress(root)
+    if marker is not None and marker != "MERGE_HEAD":  # a merge's own commit is not a rebase: post-merge must run
         return True
     action = os.environ.get("GIT_REFLOG_ACTION", "")
     return action.startswith(("rebase", "cherry-pick", "revert", "am"))
@@ -132,8 +135,10 @@ def main(name: str, args: list[str]) -> int:
         say(f"unknown hook `{name}` (known: {', '.join(HOOKS)}); doing nothing")
         return 0
     root = git.find_root(Path.cwd())
-    if root is None or not (root / BREAD).is_file() or busy(root):
-        return 0  # not a model repository, or git is in the middle of something: stay silent
+    if root is None or not (root / BREAD).is_file():
+        return 0  # not a model repository: stay silent
+    if busy(root) and name != "post-rewrite":
+        return 0  # git is in the middle of a rebase or cherry-pick: post-rewrite catches up at its end
     try:
         return handler(root, args)
     except ConfigError as exc:
@@ -153,10 +158,14 @@ def main(name: str, args: list[str]) -> int:
 
 def pre_commit(root: Path, args: list[str]) -> int:
     """Refuse a commit whose staged input.yml is invalid, naming the field, line and fix."""
-    staged = git.run(root, "diff", "--cached", "--name-only", "--diff-filter=ACMR", check=False).split()
+    # `git commit -a` and `git commit PATH` commit a temporary index that git names in GIT_INDEX_FILE:
+    # that one, not .git/index, is what is being committed
+    index = os.environ.get("GIT_INDEX_FILE")
+    env = {"GIT_INDEX_FILE": str((Path.cwd() / index).resolve())} if index else None
+    staged = git.run(root, "diff", "--cached", "--name-only", "--diff-filter=ACMR", check=False, env=env).split()
     if INPUT not in staged:
         return 0
-    data = git.run(root, "show", f":{INPUT}", check=False)
+    data = git.run(root, "show", f":{INPUT}", check=False, env=env)
     from gitbake import config
     from gitbake.repo import open_repo
 
@@ -186,7 +195,14 @@ def post_commit(root: Path, args: list[str]) -> int:
     head = git.rev_parse(root, "HEAD")
     if head is None:
         return 0
-    if should_bake(root, head) is not None:
+    why = should_bake(root, head)
+    if why is not None:
+        if why.startswith(("the commit changes", "a revert")) and INPUT in git.changed_files(root, head):
+            if "revert" in why or "This reverts commit" in git.commit_message(root, head):
+                say("a revert of a bake: the previous model is back, nothing to bake")
+            else:
+                say("not baking: this commit changes .bread or recipe.yml as well as input.yml "
+                    "(commit input.yml on its own to bake it, or run `git bake run`)")
         # a revert of a bake commit (or any commit that changes .bread) brings another model: follow it
         return _refresh(root)
     from gitbake.status import has_sections
@@ -214,8 +230,13 @@ def post_commit(root: Path, args: list[str]) -> int:
         return 0
     from gitbake import jobs
 
+    ahead = jobs.active(repo)
     job = jobs.start(repo, head, branch)
-    say(f"baking in the background (job {job.id}). `git bake status` shows progress; `git bake jobs wait` waits for it.")
+    if ahead:
+        say(f"another bake is running (job {ahead[0].id}); this commit's bake is queued behind it as job {job.id}. "
+            f"`git bake jobs` lists them; `git bake jobs cancel {job.id}` drops this one.")
+    else:
+        say(f"baking in the background (job {job.id}). `git bake status` shows progress; `git bake jobs wait` waits for it.")
     return 0
 
 
@@ -224,6 +245,8 @@ def describe(report: object, out: Callable[[str], None] = say) -> None:
 
     assert isinstance(report, RunReport)
     c = report.commit
+    if c is not None and c.warning:
+        out(f"warning: {c.warning}")
     if c is None:
         out("the stages ran; no bake in this input.yml, so no bake commit")
     elif c.ref is not None:
@@ -242,6 +265,11 @@ def post_checkout(root: Path, args: list[str]) -> int:
 
 
 def post_merge(root: Path, args: list[str]) -> int:
+    return _refresh(root)
+
+
+def post_rewrite(root: Path, args: list[str]) -> int:
+    """After a rebase (or `git pull --rebase`) or an amend: the checkouts on the way were skipped."""
     return _refresh(root)
 
 
@@ -303,5 +331,6 @@ _HANDLERS: dict[str, Callable[[Path, list[str]], int]] = {
     "post-commit": post_commit,
     "post-checkout": post_checkout,
     "post-merge": post_merge,
+    "post-rewrite": post_rewrite,
     "pre-push": pre_push,
 }

@@ -23,6 +23,8 @@ MERGE_DRIVER = "bake-theirs"
 # `cp %B %A` leaves the incoming branch's version as the merge result: a model's lineage files cannot be
 # merged line by line, so a merge adopts the incoming lineage (DESIGN §6).
 MERGE_DRIVER_CMD = "cp -f %B %A"
+INPUT_DRIVER = "bake-input"
+INPUT_DRIVER_CMD = "git bake merge-driver input %O %A %B"
 LINEAGE_FILES = (bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE)
 IGNORE_LINE = ".bake/"
 BGIT_DEFAULT_BASE = "Qwen/Qwen3-32B"  # the Bread API's default when `bgit init` passes none
@@ -115,6 +117,8 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
         report.notes.append("replaced bgit's `keepTheirs` merge setting, which kept the current side, with one that takes the incoming lineage")
     git.config_set(root, f"merge.{MERGE_DRIVER}.name", "gitbake: take the incoming model lineage")
     git.config_set(root, f"merge.{MERGE_DRIVER}.driver", MERGE_DRIVER_CMD)
+    git.config_set(root, f"merge.{INPUT_DRIVER}.name", "gitbake: input.yml as text, or the incoming one when both are cleared")
+    git.config_set(root, f"merge.{INPUT_DRIVER}.driver", INPUT_DRIVER_CMD)
     from gitbake import hooks
 
     report.notes += hooks.install(root)
@@ -217,4 +221,6 @@ def _write_gitattributes(root: Path) -> bool:
     for f in LINEAGE_FILES:
         if f not in seen:
             out.append(f"{f} merge={MERGE_DRIVER}")
+    if not any(line.split()[:1] == [INPUT_FILE] for line in out):
+        out.append(f"{INPUT_FILE} merge={INPUT_DRIVER}")
     return write_atomic(path, "\n".join(out) + "\n")

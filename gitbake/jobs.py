@@ -83,7 +83,11 @@ def jobs_dir(repo: ModelRepo) -> Path:
 
 
 def start(repo: ModelRepo, trigger: str, branch: str | None, stages: list[str] | None = None, force: bool = False) -> Job:
-    """Start a detached job for the input.yml committed at `trigger`."""
+    """Start a detached job for the input.yml committed at `trigger` (queued behind a running one)."""
+    same = [j for j in active(repo) if j.trigger == trigger]
+    if same:
+        raise UsageError(f"job {same[0].id} is already baking {trigger[:12]} ({same[0].state})",
+                         "wait for it (`git bake jobs wait`) or cancel it (`git bake jobs cancel`)")
     jid = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     d = jobs_dir(repo) / jid
     d.mkdir(parents=True)

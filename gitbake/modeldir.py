@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gitbake import bread as bread_mod
-from gitbake.errors import GitbakeError
+from gitbake.errors import GitbakeError, UsageError
+from gitbake.locks import FileLock
 from gitbake.store import Store, rmtree
 
 MODEL_DIR = Path(".bake") / "model"
@@ -83,7 +84,23 @@ def materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None = 
     absent = missing(store, spec)
     if absent:
         raise ModelObjectsMissing(absent)
+    check_destination(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.parent / f".{dest.name}.lock", what=f"{dest} (another checkout is writing it)"):
+        return _materialise(store, spec, dest, commit)
+
+
+def check_destination(dest: Path) -> None:
+    """Only a model directory we wrote (it has model.json) or an empty one is ever replaced: never the
+    user's files, a work tree or a store."""
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise UsageError(f"{dest} exists and is not a directory", "give a new or empty directory")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / MODEL_JSON).is_file():
+        raise UsageError(f"{dest} is not empty and is not a gitbake model directory (no {MODEL_JSON}); it is left alone",
+                         "give a new or empty directory, or one a previous `git bake checkout --to` wrote")
+
+
+def _materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None) -> Materialised:
     staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp"
     methods: dict[str, str] = {}
     try:

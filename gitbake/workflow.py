@@ -7,9 +7,10 @@ recipe.yml exactly as they were (the adapter is only stored after training, eval
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from gitbake import bakecommit, git
 from gitbake import bread as bread_mod
@@ -81,10 +82,31 @@ def run_and_commit(repo: ModelRepo, stages: list[str] | None = None, force: bool
     files = bakecommit.lineage_files(new_bread, new_recipe, decode_text(data or b"", INPUT_FILE))
     subject = git.commit_message(repo.root, trigger).splitlines()[0] if data else ""
     msg = bakecommit.message(plan, trigger, subject, out.metrics)
-    report.commit = bakecommit.make_commit(repo.root, trigger, branch_ref, files, msg)
-    if report.commit.ref is not None and report.commit.updated:
-        report.model = refresh_model(repo)
+    with uninterruptible():  # a cancel between moving the branch and updating the index would leave them apart
+        report.commit = bakecommit.make_commit(repo.root, trigger, branch_ref, files, msg)
+        if report.commit.ref is not None and report.commit.updated:
+            try:
+                report.model = refresh_model(repo)
+            except GitbakeError as exc:  # the bake commit stands; .bake/model can be made again
+                report.model = {"state": "error", "error": exc.message, "fix": "git bake checkout"}
     return report
+
+
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM until the block is done (they are delivered right after)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def refresh_model(repo: ModelRepo, fetch: bool = True) -> dict[str, Any]:

@@ -25,7 +25,8 @@ def test_init_installs_every_hook(model_repo: Path) -> None:
         assert hooks.SHIM_MARK in text and f"git bake hook \"$hook\"" in text and (d / name).stat().st_mode & 0o111
     # the shipped shims are the source of truth: installed = packaged, with this interpreter as fallback
     src = Path(__file__).parent.parent / "hooks" / "post-commit"
-    assert (d / "post-commit").read_text() == src.read_text().replace("@PYTHON@", f"'{sys.executable}'")
+    package = Path(hooks.__file__).resolve().parent
+    assert (d / "post-commit").read_text() == src.read_text().replace("@PYTHON@", f"'{sys.executable}'").replace("@PACKAGE@", f"'{package}'")
 
 
 def test_existing_user_hook_is_kept_and_still_runs(tmp_path: Path) -> None:
@@ -165,3 +166,57 @@ def test_pre_push_uploads_models_when_auto_push_is_on(baked_repo: dict[str, Any]
     out = subprocess.run(["git", "push", "-q", "origin", "main:other"], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0 and "uploaded" in out.stderr
     assert adapters and all(remote.has(a) for a in adapters)
+
+
+def test_pre_commit_checks_the_index_being_committed(model_repo: Path) -> None:
+    # `git commit -a` commits a temporary index: an invalid input.yml in it is refused ...
+    (model_repo / "input.yml").write_text("BAKE:\n  epochs: bogus\n")
+    out = subprocess.run(["git", "commit", "-qam", "x"], cwd=model_repo, capture_output=True, text=True)
+    assert out.returncode == 1 and "epochs" in out.stderr
+    out = subprocess.run(["git", "commit", "-qm", "x", "input.yml"], cwd=model_repo, capture_output=True, text=True)
+    assert out.returncode == 1 and "epochs" in out.stderr
+    # ... and a commit of another path is not refused for an input.yml it does not commit
+    git(model_repo, "add", "input.yml")
+    (model_repo / "other.txt").write_text("x")
+    git(model_repo, "add", "other.txt")
+    out = subprocess.run(["git", "commit", "-qm", "other", "other.txt"], cwd=model_repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_husky_hooks_are_left_in_place_with_a_note(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    git(tmp_path, "init", "-q", str(root))
+    hook = root / ".git/hooks/pre-commit"
+    hook.write_text('#!/usr/bin/env sh\n. "$(dirname "$0")/_/husky.sh"\nnpx lint-staged\n')
+    hook.chmod(0o755)
+    out = bake_git(root, "init", "--base-model", "tiny")
+    assert out.returncode == 0 and "husky" in out.stdout and 'git bake hook pre-commit "$@"' in out.stdout
+    assert "lint-staged" in hook.read_text() and not (root / ".git/hooks/pre-commit.legacy").exists()
+    assert hooks.SHIM_MARK in (root / ".git/hooks/post-commit").read_text()
+
+
+def test_rebase_refreshes_the_model_at_its_end(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(baked_repo, tmp_path)
+    git(root, "checkout", "-q", "-b", "side", baked_repo["first"])
+    (root / "side.txt").write_text("x")
+    git(root, "add", "side.txt")
+    git(root, "commit", "-qm", "side work")
+    assert len(json.loads((root / ".bake/model/model.json").read_text())["adapters"]) == 1
+    out = subprocess.run(["git", "rebase", "-q", "main"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads((root / ".bake/model/model.json").read_text())["adapters"]) == 2  # main's model, via post-rewrite
+    assert json.loads(bake_git(root, "status", "--json").stdout)["model"]["state"] == "current"
+
+
+def test_shim_runs_the_installing_interpreter_before_path(model_repo: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "git-bake").write_text("#!/bin/sh\necho stale-global-install >&2\nexit 1\n")
+    (fake / "git-bake").chmod(0o755)
+    import os
+
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    (model_repo / "x.txt").write_text("x")
+    git(model_repo, "add", "x.txt")
+    out = subprocess.run(["git", "commit", "-qm", "x"], cwd=model_repo, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "stale-global-install" not in out.stderr

@@ -141,3 +141,24 @@ def test_uncommitted_edits_survive_the_bake_commit(model_repo: Path) -> None:
     assert git(model_repo, "status", "--porcelain").split() == ["M", "input.yml"]  # an edit on top of the bake commit
     assert "# PROMPT:" in git(model_repo, "show", "HEAD:input.yml")
     assert (model_repo / ".bread").read_text() == git(model_repo, "show", "HEAD:.bread")  # untouched files moved on
+
+
+def test_one_job_per_commit_and_cancel_picks_the_running_one(model_repo: Path) -> None:
+    commit_input(model_repo, YODA_SMALL.replace("epochs: 1", "epochs: 400"), "slow")
+    first = json.loads(bake_git(model_repo, "run", "--detach", "--json").stdout)
+    again = bake_git(model_repo, "run", "--detach")
+    assert again.returncode == 2 and "already baking" in again.stderr
+    wait_for(lambda: jobs.load(Path(first["dir"])).state == "running")
+    # a second commit's job queues behind the running one
+    commit_input(model_repo, YODA_SMALL.replace("epochs: 1", "epochs: 401"), "slower")
+    second = bake_git(model_repo, "run", "--detach")
+    assert second.returncode == 0 and "queued behind" in second.stdout
+    queued = [j for j in jobs.active(open_repo(model_repo)) if j.id != first["id"]][0]
+    wait_for(lambda: jobs.load(queued.path).state == "queued")
+    status = json.loads(bake_git(model_repo, "status", "--json").stdout)
+    assert sorted(j["state"] for j in status["jobs"]) == ["queued", "running"]
+    out = bake_git(model_repo, "jobs", "cancel")
+    assert out.returncode == 0 and first["id"] in out.stdout
+    assert jobs.load(Path(first["dir"])).state == "cancelled"
+    assert bake_git(model_repo, "jobs", "cancel", queued.id).returncode == 0
+    assert jobs.load(queued.path).state == "cancelled" and not jobs.active(open_repo(model_repo))

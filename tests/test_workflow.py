@@ -111,9 +111,10 @@ def test_branches_merge_takes_the_incoming_lineage(baked_repo: dict[str, Any], t
     formal_bread = git(root, "show", "formal:.bread")
     assert "formal_bake_" in formal_bread
     git(root, "checkout", "-q", "main")
-    # input.yml merges as text (both sides commented out different prompts: take theirs); the lineage
-    # files need no help: their merge driver takes the incoming side
-    git(root, "merge", "-q", "--no-edit", "-X", "theirs", "formal")
+    # both sides' input.yml are cleared (commented out): no conflict, the incoming one is taken, as the
+    # lineage files' driver takes the incoming .bread and recipe.yml
+    git(root, "merge", "-q", "--no-edit", "formal")
+    assert (root / "input.yml").read_text() == git(root, "show", "formal:input.yml")
     assert (root / ".bread").read_text() == formal_bread  # the incoming branch's lineage, not a mix and not ours
     assert (root / "recipe.yml").read_text() == git(root, "show", "formal:recipe.yml")
     assert [a["digest"] for a in json.loads((root / ".bake/model/model.json").read_text())["adapters"]] == chain(root, "formal")
@@ -224,3 +225,17 @@ def test_eval_recomputes_without_changing_the_model(baked_repo: dict[str, Any], 
     assert git(root, "show", "HEAD:.bread") == before
     bad = bake_git(root, "eval", "nope")
     assert bad.returncode == 2 and "unknown revision" in bad.stderr
+
+
+def test_checkout_to_never_deletes_a_directory_it_did_not_write(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = baked_repo["root"]
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("keep me")
+    out = bake_git(root, "checkout", "HEAD", "--to", str(mine))
+    assert out.returncode == 2 and "left alone" in out.stderr and (mine / "thesis.txt").read_text() == "keep me"
+    assert bake_git(root, "checkout", "HEAD", "--to", str(root)).returncode == 2 and (root / ".git").is_dir()
+    fresh = tmp_path / "fresh"
+    assert bake_git(root, "checkout", "HEAD", "--to", str(fresh)).returncode == 0
+    assert bake_git(root, "checkout", baked_repo["first"], "--to", str(fresh)).returncode == 0  # ours: replaced
+    assert len(json.loads((fresh / "model.json").read_text())["adapters"]) == 1

@@ -1,0 +1,66 @@
+"""The bake commit's compare-and-swap: when the branch may move and when the result waits in refs/bake/."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from gitbake import bakecommit
+from helpers import git
+
+
+def commit_file(root: Path, name: str, text: str, msg: str) -> str:
+    (root / name).write_text(text)
+    git(root, "add", name)
+    git(root, "commit", "-qm", msg)
+    return git(root, "rev-parse", "HEAD").strip()
+
+
+FILES = {".bread": b"# Bread configuration mapping\n[REPO]\nname=x\n", "recipe.yml": b"steps: []\n", "input.yml": b"# PROMPT:\n"}
+
+
+def test_the_branch_moves_when_it_still_points_at_the_trigger(model_repo: Path) -> None:
+    trigger = git(model_repo, "rev-parse", "HEAD").strip()
+    r = bakecommit.make_commit(model_repo, trigger, "refs/heads/main", dict(FILES), "bake: x\n")
+    assert r.ref == "refs/heads/main" and r.pending is None
+    assert git(model_repo, "rev-parse", "HEAD").strip() == r.commit and git(model_repo, "status", "--porcelain") == ""
+    assert git(model_repo, "rev-parse", f"{r.commit}^").strip() == trigger
+
+
+def test_a_moved_branch_keeps_the_result_aside(model_repo: Path) -> None:
+    trigger = git(model_repo, "rev-parse", "HEAD").strip()
+    mine = commit_file(model_repo, "notes.md", "x\n", "notes")
+    r = bakecommit.make_commit(model_repo, trigger, "refs/heads/main", dict(FILES), "bake: x\n")
+    assert r.ref is None and r.pending == f"refs/bake/main/{trigger[:12]}"
+    assert git(model_repo, "rev-parse", "HEAD").strip() == mine
+    assert bakecommit.pending(model_repo, "refs/heads/main") == {r.pending: r.commit}
+
+
+def test_no_move_during_a_merge_in_progress(model_repo: Path) -> None:
+    base = git(model_repo, "rev-parse", "HEAD").strip()
+    git(model_repo, "checkout", "-q", "-b", "other")
+    commit_file(model_repo, "f.txt", "theirs\n", "theirs")
+    git(model_repo, "checkout", "-q", "main")
+    trigger = commit_file(model_repo, "f.txt", "ours\n", "ours")
+    proc = subprocess.run(["git", "merge", "other"], cwd=model_repo, capture_output=True, text=True)
+    assert proc.returncode != 0 and (model_repo / ".git/MERGE_HEAD").exists()  # a conflicted merge in progress
+    r = bakecommit.make_commit(model_repo, trigger, "refs/heads/main", dict(FILES), "bake: x\n")
+    assert r.ref is None and r.pending and git(model_repo, "rev-parse", "main").strip() == trigger
+    assert base != trigger
+
+
+def test_a_detached_bake_does_not_move_a_branch_checked_out_since(model_repo: Path) -> None:
+    trigger = git(model_repo, "rev-parse", "HEAD").strip()
+    git(model_repo, "checkout", "-q", "--detach")
+    git(model_repo, "checkout", "-q", "-b", "exp")
+    r = bakecommit.make_commit(model_repo, trigger, None, dict(FILES), "bake: x\n")
+    assert r.ref is None and r.pending == f"refs/bake/HEAD/{trigger[:12]}"
+    assert git(model_repo, "symbolic-ref", "HEAD").strip() == "refs/heads/exp"
+
+
+def test_pending_results_of_one_branch_are_not_another_branchs(model_repo: Path) -> None:
+    head = git(model_repo, "rev-parse", "HEAD").strip()
+    git(model_repo, "update-ref", "refs/bake/f/x/0123456789ab", head)
+    git(model_repo, "update-ref", "refs/bake/f/0123456789ab", head)
+    assert list(bakecommit.pending(model_repo, "refs/heads/f")) == ["refs/bake/f/0123456789ab"]
+    assert list(bakecommit.pending(model_repo, "refs/heads/f/x")) == ["refs/bake/f/x/0123456789ab"]
