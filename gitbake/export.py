@@ -8,8 +8,10 @@ order). `--merged`: a plain Hugging Face model directory with every adapter merg
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,12 @@ def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) ->
 
     version = resolve(repo, rev)
     _prepare(dest, force)
-    loaded = load(repo, version)
-    loaded.model.save_pretrained(str(dest), safe_serialization=True)
-    loaded.tokenizer.save_pretrained(str(dest))
+    # saving asks whether DeepSpeed ZeRO-3 is on, which imports DeepSpeed, whose logger prints to stdout:
+    # stdout is this command's output (--json), so the libraries talk to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        loaded = load(repo, version)
+        loaded.model.save_pretrained(str(dest), safe_serialization=True)
+        loaded.tokenizer.save_pretrained(str(dest))
     meta = {"base_model": version.base_model, "adapters": list(version.adapters), "model_name": version.model_name, "commit": version.commit}
     (dest / "gitbake.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {"dest": str(dest), "kind": "merged", **meta}
