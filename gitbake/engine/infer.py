@@ -52,6 +52,8 @@ class TextDecoder:
 def _sample(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One token per row; temperature 0 is greedy."""
     greedy = logits.argmax(-1)
+    if not bool((temperature > 0).any()):
+        return greedy  # all greedy: no softmax over the vocabulary at all
     t = temperature.clamp(min=1e-5).unsqueeze(-1)
     probs = torch.softmax(logits.float() / t, dim=-1)
     sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
