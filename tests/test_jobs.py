@@ -81,9 +81,12 @@ def test_killed_job_leaves_a_consistent_repository_and_a_retry_works(model_repo:
     head = git(model_repo, "rev-parse", "HEAD")
     job = json.loads(bake_git(model_repo, "run", "--detach", "--json").stdout)
     path = Path(job["dir"])
-    wait_for(lambda: "bake " in ((path / "progress.json").read_text() if (path / "progress.json").exists() else "")
-             or "rollout" in ((path / "progress.json").read_text() if (path / "progress.json").exists() else ""))
-    time.sleep(1.5)  # into the training loop
+    wait_for(lambda: '"bake ' in ((path / "progress.json").read_text() if (path / "progress.json").exists() else ""))
+    # mid-bake: status shows the stage running, with its progress and ETA
+    rows = {r["stage"]: r for r in json.loads(bake_git(model_repo, "status", "--json").stdout)["stages"]}
+    assert rows["rollout"]["state"] == "cached" and rows["bake"]["state"] == "running"
+    assert rows["bake"]["progress"]["total"] == 400 and "eta_s" in rows["bake"]["progress"]
+    assert "ETA" in bake_git(model_repo, "status").stdout
     os.killpg(jobs.load(path).pid, signal.SIGKILL)
     wait_for(lambda: jobs.load(path).state == "died", 30)
     assert "died" in bake_git(model_repo, "status").stdout
