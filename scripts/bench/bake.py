@@ -158,12 +158,13 @@ def demo_gap_closed() -> tuple[float | None, str]:
                "GIT_COMMITTER_EMAIL": "b@x", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
         subprocess.run(["git", "bake", "init", "demo"], cwd=tmp, check=True, capture_output=True, env=env)
         root = Path(tmp) / "demo"
+        subprocess.run(["git", "config", "bake.hookMode", "off"], cwd=root, check=True)  # `run` bakes, in this process
         (root / "input.yml").write_text(re.sub(r"(?m)^# ", "", template_input()))
         subprocess.run(["git", "commit", "-qam", "bake"], cwd=root, check=True, env=env)
         out = subprocess.run(["git", "bake", "run", "--json"], cwd=root, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             return None, out.stderr[-500:]
-        bake = [r for r in json.loads(out.stdout) if r["stage"] == "bake"][0]["extra"]
+        bake = [r for r in json.loads(out.stdout)["stages"] if r["stage"] == "bake"][0]["extra"]
         return bake.get("gap_closed"), bake.get("note", "held-out questions")
 
 
