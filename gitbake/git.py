@@ -402,6 +402,23 @@ def refs(root: Path, prefix: str) -> dict[str, str]:
     return found
 
 
+def may_have_refs(root: Path, prefix: str) -> bool:
+    """Whether any ref under `prefix` (e.g. refs/bake/) can exist, from the files alone: a loose ref
+    directory or a packed-refs line. False is certain; True is worth asking git (`refs`)."""
+    d = dot_git(root)
+    if d is None:
+        return True
+    common = d
+    if (d / "commondir").is_file():  # a worktree: refs live in the main repository's git dir
+        common = (d / (d / "commondir").read_text().strip()).resolve()
+    if (common / prefix).is_dir():
+        return True
+    try:
+        return f" {prefix}" in (common / "packed-refs").read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def delete_ref(root: Path, ref: str) -> None:
     run(root, "update-ref", "-d", ref)
 

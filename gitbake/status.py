@@ -118,7 +118,9 @@ def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
                 row["state"] = "queued"
                 if prog and str(prog.get("label", "")).split(" ")[0] == row["stage"]:
                     row["state"], row["progress"] = "running", prog
-    report.pending = bakecommit.pending(repo.root, git.symbolic_head(repo.root))
+    if git.may_have_refs(repo.root, bakecommit.PENDING_PREFIX):  # status runs often: ask git only when there may be some
+        branch = current_branch(repo.root)
+        report.pending = bakecommit.pending(repo.root, f"refs/heads/{branch}" if branch else None)
     if repo.bread is not None:
         spec = modeldir.spec_of(repo.bread)
         current = modeldir.read_current(repo.root)
