@@ -197,7 +197,10 @@ def post_commit(root: Path, args: list[str]) -> int:
         return 0
     why = should_bake(root, head)
     if why is not None:
-        if why.startswith(("the commit changes", "a revert")) and INPUT in git.changed_files(root, head):
+        from gitbake.status import has_sections
+
+        if (why.startswith(("the commit changes", "a revert")) and INPUT in git.changed_files(root, head)
+                and has_sections(git.show(root, head, INPUT) or b"")):
             if "revert" in why or "This reverts commit" in git.commit_message(root, head):
                 say("a revert of a bake: the previous model is back, nothing to bake")
             else:
