@@ -310,7 +310,8 @@ def _bake_stage(runner: "Runner") -> StageResult:
     baker = Baker(model.model, model.tokenizer, cfg, plan.parent.base_model, say=runner.say)
     scratch = store.root / "jobs" / f"bake-{b.key[:16]}"
     with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
-        keep = Path(tmp) / "checkpoints"
+        # kept beside the scratch checkpoint, so an interrupted bake that resumes still has its earlier ones
+        keep = scratch.parent / f"{scratch.name}-checkpoints"
         result = baker.train(data, Path(tmp) / "adapter", scratch=scratch, progress_label=f"bake {b.name}", keep=keep)
         report = evaluate(baker.model, model.tokenizer, list(contexts.values()), EVAL_SAMPLES, min(max_tokens, 256),
                           seed=int(b.key[:8], 16), note=eval_note)
@@ -337,6 +338,7 @@ def _bake_stage(runner: "Runner") -> StageResult:
     import shutil
 
     shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(keep, ignore_errors=True)
     runner.reset_model()  # the LoRA was injected into the loaded parent
     notes += result.notes
     extra = {**_summary(report), "report": report_manifest, "checkpoints": report["checkpoints"]}

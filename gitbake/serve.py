@@ -20,6 +20,19 @@ from gitbake.errors import GitbakeError, UsageError
 
 MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_TOKENS = 256
+MAX_BODY = 4 << 20  # a chat request is text: more than 4 MiB is a mistake or an attack
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            return  # a client that left is not the server's error
+        super().handle_error(request, client_address)
 
 
 @dataclass
@@ -84,11 +97,31 @@ def parse_request(body: bytes, models: dict[str, Served]) -> tuple[Served, list[
         temperature = 1.0
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
         raise ApiError(400, f"`temperature` must be a number from 0 to 2, not {temperature!r}", param="temperature")
-    seed = req.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    seed = req.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise ApiError(400, "`seed` must be an integer", param="seed")
-    return served, messages, {"max_tokens": max_tokens, "temperature": float(temperature), "seed": seed,
-                              "stream": bool(req.get("stream", False))}
+    top_p = req.get("top_p", 1.0)
+    if top_p is None:
+        top_p = 1.0
+    if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
+        raise ApiError(400, f"`top_p` must be a number in (0, 1], not {top_p!r}", param="top_p")
+    n = req.get("n", 1)
+    if n not in (1, None):
+        raise ApiError(400, "only `n: 1` is supported (one choice per request; send several requests)", param="n")
+    stop = req.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(x, str) and x for x in stops):
+        raise ApiError(400, "`stop` must be a string or a list of up to 4 non-empty strings", param="stop")
+    stream = req.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise ApiError(400, "`stream` must be true or false", param="stream")
+    options = req.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "`stream_options` must be an object", param="stream_options")
+    return served, messages, {"max_tokens": max_tokens, "temperature": float(temperature), "seed": seed, "top_p": float(top_p),
+                              "stop": stops, "stream": stream, "include_usage": bool(options.get("include_usage", False))}
 
 
 class Server:
@@ -96,11 +129,10 @@ class Server:
         self.models, self.api_key = models, api_key
         handler = _handler(self)
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = _HTTPServer((host, port), handler)
         except OSError as exc:
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                              "choose another port with --port (0 picks a free one)") from None
-        self.httpd.daemon_threads = True
 
     @property
     def url(self) -> str:
@@ -126,7 +158,7 @@ class Server:
         from gitbake.engine.templating import render
 
         ids = render(served.model.tokenizer, messages, None, None)
-        return served.batcher.submit(Request(ids, opts["temperature"], opts["max_tokens"], opts["seed"]))
+        return served.batcher.submit(Request(ids, opts["temperature"], opts["max_tokens"], opts["seed"], opts["top_p"], opts["stop"]))
 
 
 def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
@@ -151,23 +183,56 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer KEY`", "invalid_request_error",
                                None, "invalid_api_key")
 
+        timeout = 60  # a client that stops sending in the middle of a request is dropped, not waited on forever
+
+        def _model(self, name: str, s: Served) -> dict[str, Any]:
+            return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "gitbake",
+                    "commit": s.version.commit, "adapters": list(s.version.adapters)}
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             try:
                 self._auth()
-                if self.path.rstrip("/") != "/v1/models":
-                    raise ApiError(404, f"no route {self.path}; try GET /v1/models or POST /v1/chat/completions", code="not_found")
-                now = int(time.time())
-                data = [{"id": n, "object": "model", "created": now, "owned_by": "gitbake",
-                         "commit": s.version.commit, "adapters": list(s.version.adapters)} for n, s in server.models.items()]
-                self._json(200, {"object": "list", "data": data})
+                path = self.path.rstrip("/")
+                if path == "/v1/models":
+                    self._json(200, {"object": "list", "data": [self._model(n, s) for n, s in server.models.items()]})
+                    return
+                name = path.removeprefix("/v1/models/") if path.startswith("/v1/models/") else None
+                if name is not None and name in server.models:
+                    self._json(200, self._model(name, server.models[name]))
+                    return
+                if name is not None:
+                    raise ApiError(404, f"the model `{name}` does not exist", "invalid_request_error", "model", "model_not_found")
+                raise ApiError(404, f"no route {self.path}; try GET /v1/models or POST /v1/chat/completions", code="not_found")
             except ApiError as exc:
                 self._json(exc.status, exc.body())
 
-        def do_POST(self) -> None:  # noqa: N802
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+        def _body(self) -> bytes:
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                self.close_connection = True  # the chunks were not read: the connection cannot be reused
+                raise ApiError(411, "send the body with a Content-Length (chunked transfer encoding is not supported)")
+            raw = self.headers.get("Content-Length")
+            if raw is None:
+                return b""
             try:
-                self._auth()
+                length = int(raw)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.close_connection = True
+                raise ApiError(400, f"invalid Content-Length {raw!r}")
+            if length > MAX_BODY:
+                self.close_connection = True
+                raise ApiError(413, f"the request body is {length} bytes; the limit is {MAX_BODY}")
+            return self.rfile.read(length)
+
+        def do_POST(self) -> None:  # noqa: N802
+            try:
+                try:
+                    self._auth()
+                except ApiError:
+                    self.close_connection = True  # its body is not read: the connection cannot carry another request
+                    raise
+                body = self._body()
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     raise ApiError(404, f"no route {self.path}; try POST /v1/chat/completions", code="not_found")
                 served, messages, opts = parse_request(body, server.models)
@@ -177,10 +242,14 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 return
             cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
             created = int(time.time())
-            if opts["stream"]:
-                self._stream(req, served.name, cid, created)
-            else:
-                self._whole(req, served.name, cid, created)
+            try:
+                if opts["stream"]:
+                    self._stream(req, served.name, cid, created, opts["include_usage"])
+                else:
+                    self._whole(req, served.name, cid, created)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                req.cancelled.set()  # the client left: stop decoding its answer
+                self.close_connection = True
 
         def _events(self, req: Any) -> Any:
             while True:
@@ -206,7 +275,7 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                                           "finish_reason": info.get("finish_reason", "stop"), "logprobs": None}],
                              "usage": usage})
 
-        def _stream(self, req: Any, name: str, cid: str, created: int) -> None:
+        def _stream(self, req: Any, name: str, cid: str, created: int, include_usage: bool) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
@@ -220,20 +289,23 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
                 self.wfile.flush()
 
-            try:
-                chunk({"role": "assistant", "content": ""})
-                for kind, value in self._events(req):
-                    if kind == "text":
-                        chunk({"content": value})
-                    elif kind == "error":
-                        self.wfile.write(f"data: {json.dumps(ApiError(500, value, 'server_error').body())}\n\n".encode())
-                        break
-                    else:
-                        chunk({}, value.get("finish_reason", "stop"))
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client left; its answer is finished by the batch and dropped
+            chunk({"role": "assistant", "content": ""})
+            for kind, value in self._events(req):
+                if kind == "text":
+                    chunk({"content": value})
+                elif kind == "error":
+                    self.wfile.write(f"data: {json.dumps(ApiError(500, value, 'server_error').body())}\n\n".encode())
+                    break
+                else:
+                    chunk({}, value.get("finish_reason", "stop"))
+                    if include_usage:
+                        usage = {"prompt_tokens": value.get("prompt_tokens", 0), "completion_tokens": value.get("completion_tokens", 0)}
+                        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                        payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                                   "choices": [], "usage": usage}
+                        self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
 
     return Handler
 

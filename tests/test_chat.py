@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,5 +132,34 @@ def test_batcher_decodes_concurrent_requests_together() -> None:
         assert all(info["completion_tokens"] <= 6 for _, info in results)
         alone = "".join(infer.stream(m.model, m.tokenizer, render(m.tokenizer, [], None, "question 3"), 0.0, 6))
         assert results[3][0] == alone  # batching does not change a greedy answer
+    finally:
+        b.close()
+
+
+def test_batcher_mixed_lengths_and_joining_mid_batch() -> None:
+    m = load_base("tiny")
+    b = infer.Batcher(m.model, m.tokenizer, max_batch=8, gather_s=0.0)
+    try:
+        def collect(r: infer.Request) -> tuple[str, dict[str, Any]]:
+            parts = []
+            while True:
+                kind, value = r.events.get(timeout=60)
+                if kind == "text":
+                    parts.append(value)
+                elif kind == "done":
+                    return "".join(parts), value
+                else:
+                    pytest.fail(value)
+
+        long = b.submit(infer.Request(render(m.tokenizer, [], None, "a long one"), 0.0, 40))
+        time.sleep(0.2)  # the long one is decoding when the short ones arrive: they join its batch
+        shorts = [b.submit(infer.Request(render(m.tokenizer, [], None, f"short {i}"), 0.0, 3 + i)) for i in range(3)]
+        results = [collect(r) for r in shorts] + [collect(long)]
+        for i, (_, info) in enumerate(results[:3]):
+            assert info["completion_tokens"] <= 3 + i and info["finish_reason"] in ("stop", "length")
+        assert results[3][1]["completion_tokens"] <= 40
+        alone = "".join(infer.stream(m.model, m.tokenizer, render(m.tokenizer, [], None, "short 1"), 0.0, 4))
+        assert results[1][0] == alone  # joining mid-batch (a re-prefill) does not change a greedy answer
+        assert max(b.batches) > 1
     finally:
         b.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +68,7 @@ def test_concurrent_requests_are_batched_and_all_succeed(server: tuple[Server, d
         answers = list(pool.map(ask, range(8)))
     assert len(answers) == 8
     sizes = srv.models[name].batcher.batches[before:]
-    assert sum(sizes) == 8 and max(sizes) > 1  # shared forward passes, not one request at a time
+    assert max(sizes) > 1 and len(sizes) < 8  # shared forward passes (prefills here), not one request at a time
 
 
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server: tuple[Server, dict[str, Any]]) -> None:
@@ -151,3 +152,84 @@ TARGET:
     # tiny writes noise, so the writer may not yield enough well-formed questions; what matters is that
     # the served model was asked (the request reached it through the OpenAI-compatible API)
     assert sum(srv.models[name].batcher.batches) > before
+
+
+def test_sampling_parameters(server: tuple[Server, dict[str, Any]]) -> None:
+    srv, info = server
+    c = client(srv)
+    name = info["names"][0]
+    msgs = [{"role": "user", "content": "Tell me a story."}]
+
+    def ask(**kw: Any) -> str:
+        r = c.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=1.0, **kw)  # type: ignore[arg-type]
+        return r.choices[0].message.content or ""
+
+    alone = ask(seed=5)
+    with ThreadPoolExecutor(4) as pool:  # the same seed gives the same answer inside a batch of others
+        crowd = list(pool.map(lambda s: ask(seed=s), [5, 6, 7, 8]))
+    assert crowd[0] == alone
+    assert len({ask(), ask(), ask()}) > 1  # no seed: fresh randomness each time
+    assert ask(seed=5, top_p=0.5) is not None
+    # stop strings end the answer before them (and the stream never shows them)
+    full = c.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0).choices[0].message.content or ""
+    if len(full) >= 4:
+        cut = full[2:4]
+        r = c.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0, stop=[cut])
+        assert r.choices[0].finish_reason == "stop" and cut not in (r.choices[0].message.content or "")
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model=name, messages=msgs, max_tokens=12, temperature=0, stop=cut, stream=True) if ch.choices)
+        assert streamed == r.choices[0].message.content
+    chunks = list(c.chat.completions.create(model=name, messages=msgs, max_tokens=3, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 3
+    assert c.models.retrieve(name).id == name
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("nope")
+    for bad in ({"n": 2}, {"top_p": 0}, {"stop": ["a", "b", "c", "d", "e"]}):
+        with pytest.raises(openai.BadRequestError):
+            c.chat.completions.create(model=name, messages=msgs, **bad)  # type: ignore[call-overload]
+
+
+def raw(srv: Server, request: bytes) -> bytes:
+    host, port = srv.httpd.server_address[:2]
+    with socket.create_connection((str(host), int(port)), timeout=30) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_bad_http_framing_is_refused_and_the_server_keeps_serving(server: tuple[Server, dict[str, Any]]) -> None:
+    srv, info = server
+    auth = b"Authorization: Bearer sekret\r\n"
+    assert raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: abc\r\n\r\n{}").startswith(b"HTTP/1.1 400")
+    assert raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: -1\r\n\r\n{}").startswith(b"HTTP/1.1 400")
+    chunked = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 411") and chunked.count(b"HTTP/1.1") == 1
+    huge = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 999999999\r\n\r\n")
+    assert huge.startswith(b"HTTP/1.1 413")
+    stream_str = json.dumps({"model": info["names"][0], "messages": [{"role": "user", "content": "hi"}], "stream": "false"}).encode()
+    out = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: %d\r\n\r\n" % len(stream_str) + stream_str)
+    assert out.startswith(b"HTTP/1.1 400") and b"stream" in out
+    assert client(srv).chat.completions.create(model=info["names"][0], messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+
+
+def test_a_client_that_leaves_is_not_decoded_for(server: tuple[Server, dict[str, Any]]) -> None:
+    srv, info = server
+    name = info["names"][0]
+    batcher = srv.models[name].batcher
+    before = batcher.cancelled
+    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "go on forever"}], "max_tokens": 4096,
+                       "temperature": 0, "stream": True}).encode()
+    host, port = srv.httpd.server_address[:2]
+    s = socket.create_connection((str(host), int(port)), timeout=30)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert s.recv(100).startswith(b"HTTP/1.1 200")
+    s.close()  # the client leaves mid-answer
+    deadline = time.monotonic() + 120
+    while batcher.cancelled == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert batcher.cancelled > before  # its row stopped, long before 4096 tokens
+    r = client(srv).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert r.choices[0].finish_reason in ("stop", "length")

@@ -247,12 +247,16 @@ class Baker:
         if scratch is not None and zero3 and (scratch / "trainer.pt").exists():
             notes.append("a scratch checkpoint exists, but resuming under ZeRO-3 is not supported: starting over")
             shutil.rmtree(scratch, ignore_errors=True)
+        if keep is not None and zero3 and any(c.get("enabled", True) for c in cfg["checkpoint"]):
+            notes.append("checkpoints are not kept under ZeRO-3 (its partitioned weights are only gathered for the final adapter)")
         if scratch is not None and not zero3 and any(c.get("auto_resume") for c in cfg["checkpoint"] if c.get("enabled", True)):
             resumed = self._resume(pm, optimizer, scheduler, scratch)
             if resumed:
                 state = resumed
                 result.resumed_from = state["step"]
                 notes.append(f"resumed from the scratch checkpoint at step {state['step']}")
+        if keep is not None and not state["step"]:
+            shutil.rmtree(keep, ignore_errors=True)  # a fresh start: checkpoints of an abandoned attempt are not this bake's
         progress = Progress(progress_label, total_steps, unit="step")
         if state["step"]:
             progress.done = state["step"]
@@ -323,7 +327,8 @@ class Baker:
                         if scratch is not None and self._due(state, last):
                             self._save_scratch(pm, optimizer, scheduler, state, scratch)
                             if keep is not None and not zero3 and ds_rank0():
-                                pm.save_pretrained(str(keep / str(state["step"])))
+                                # the same normalised, checked format as the final adapter
+                                self._save_adapter(pm, keep / str(state["step"]))
         except KeyboardInterrupt:
             if scratch is not None and not zero3:
                 self._save_scratch(pm, optimizer, scheduler, state, scratch)

@@ -60,15 +60,6 @@ def _sample(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Ge
     return torch.where(temperature > 0, sampled, greedy)
 
 
-def _cache_argument(model: Any) -> str:
-    """transformers 5 renamed `past_key_values` to `cache` (in arguments and outputs); the GPU machines
-    run 4.x. Ask the model which one it takes."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _decode_batch(model: Any, prompts: Sequence[Sequence[int]], temps: Sequence[float], max_tokens: Sequence[int],
                   stops: set[int], pad: int, seed: int) -> Iterator[list[int | None]]:
     """Yield, per step, the new token of each row (None once a row has finished)."""
@@ -88,11 +79,12 @@ def _decode_batch(model: Any, prompts: Sequence[Sequence[int]], temps: Sequence[
     done = [False] * n
     produced = [0] * n
     past = None
-    cache_arg = _cache_argument(model)
+    cache_arg, keep = _forward_kwargs(model)
     step_ids, step_pos = ids, pos
     with torch.no_grad():
         while True:
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **{cache_arg: past})
+            extra = {cache_arg: past} if past is not None else keep  # the prefill needs the last position's logits only
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **extra)
             past = getattr(out, cache_arg, None)
             nxt = _sample(out.logits[:, -1, :].float().cpu(), temperature.cpu(), gen)
             row: list[int | None] = []
@@ -135,21 +127,79 @@ class Request:
     prompt: list[int]
     temperature: float
     max_tokens: int
-    seed: int = 0
+    seed: int | None = None  # None: a fresh random seed, so unseeded sampled answers differ
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
     events: "queue.Queue[tuple[str, Any]]" = field(default_factory=queue.Queue)  # ("text", str) | ("done", info) | ("error", str)
+    cancelled: threading.Event = field(default_factory=threading.Event)  # the client went away: stop decoding it
     submitted: float = field(default_factory=time.monotonic)
 
 
+class _Row:
+    """One request inside a running batch."""
+
+    def __init__(self, req: Request, tokenizer: Any) -> None:
+        import os
+
+        self.req = req
+        self.ids = list(req.prompt)  # prompt + generated: what a re-prefill feeds
+        self.produced = 0
+        self.decoder = TextDecoder(tokenizer)
+        self.text = ""  # generated text
+        self.sent = 0  # how much of it the client has
+        self.finish: str | None = None
+        seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)  # its own: a seed means the same answer in any batch
+
+    def next_token(self, logits: torch.Tensor) -> int:
+        r = self.req
+        if r.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / r.temperature, dim=-1)
+        if r.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < r.top_p  # the smallest set whose mass reaches top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        return int(torch.multinomial(probs, 1, generator=self.gen))
+
+    def visible(self, final: bool) -> str:
+        """Text that can be sent: a tail that might begin a stop string is held back until it cannot."""
+        end = len(self.text)
+        if not final:
+            for s in self.req.stop:
+                for k in range(min(len(s) - 1, end), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        end = min(end, len(self.text) - k)
+                        break
+        out, self.sent = self.text[self.sent:end], max(self.sent, end)
+        return out
+
+
+def _forward_kwargs(model: Any) -> tuple[str, dict[str, Any]]:
+    """The cache argument's name, and how to ask for the last position's logits only (a 150k vocabulary
+    times every prompt position would be gigabytes)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {"num_logits_to_keep": 1} if "num_logits_to_keep" in params else {}
+    return ("cache" if "cache" in params else "past_key_values"), keep
+
+
 class Batcher:
-    """One model, one worker thread, requests decoded together."""
+    """One model, one worker thread, requests decoded together. A request that arrives while a batch is
+    running joins it at the next step (the batch is re-prefilled with every live row's tokens so far);
+    a cancelled request (its client left) stops at once."""
 
     def __init__(self, model: Any, tokenizer: Any, max_batch: int = 16, gather_s: float = 0.01) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.gather_s = max_batch, gather_s
         self.stops = stop_tokens(model, tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.cache_arg, self.keep_kwargs = _forward_kwargs(model)
+        self.device = next(model.parameters()).device
         self.pending: "queue.Queue[Request]" = queue.Queue()
-        self.batches: list[int] = []  # sizes of the batches run (for tests and the benchmark)
+        self.batches: list[int] = []  # rows of each prefill: sizes of the batches formed (tests, the benchmark)
+        self.cancelled = 0  # requests stopped because their client left
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="gitbake-batcher")
         self.thread.start()
@@ -161,55 +211,108 @@ class Batcher:
     def close(self) -> None:
         self._stop.set()
 
+    def _take(self, n: int, wait: float) -> list[Request]:
+        out: list[Request] = []
+        deadline = time.monotonic() + wait
+        while len(out) < n:
+            try:
+                out.append(self.pending.get(timeout=max(0.0, deadline - time.monotonic())) if wait else self.pending.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
     def _loop(self) -> None:
+        rows: list[_Row] = []
         while not self._stop.is_set():
             try:
-                first = self.pending.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            batch = [first]
-            deadline = time.monotonic() + self.gather_s
-            while len(batch) < self.max_batch:  # whoever arrives in the next moment rides along
-                try:
-                    batch.append(self.pending.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            self.batches.append(len(batch))
-            try:
-                self._run(batch)
-            except Exception as exc:  # a failed batch fails its requests, not the server
-                for r in batch:
-                    r.events.put(("error", f"{type(exc).__name__}: {exc}"))
-
-    def _run(self, batch: list[Request]) -> None:
-        decoders = [TextDecoder(self.tokenizer) for _ in batch]
-        counts = [0] * len(batch)
-        reasons: list[str | None] = [None] * len(batch)
-        seed = batch[0].seed
-        steps = _decode_batch(self.model, [r.prompt for r in batch], [r.temperature for r in batch],
-                              [r.max_tokens for r in batch], self.stops, self.pad, seed)
-        for row in steps:
-            for i, tok in enumerate(row):
-                if tok is None or reasons[i] is not None:
-                    continue
-                if tok in self.stops:
-                    reasons[i] = "stop"
+                if not rows:
+                    try:
+                        first = self.pending.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    rows = [_Row(r, self.tokenizer) for r in [first] + self._take(self.max_batch - 1, self.gather_s)]
+                    logits = self._prefill(rows)
                 else:
-                    counts[i] += 1
-                    delta = decoders[i].push(tok)
-                    if delta:
-                        batch[i].events.put(("text", delta))
-                    if counts[i] >= batch[i].max_tokens:
-                        reasons[i] = "length"
-                if reasons[i] is not None:
-                    rest = decoders[i].flush()
-                    if rest:
-                        batch[i].events.put(("text", rest))
-                    batch[i].events.put(("done", {"finish_reason": reasons[i], "completion_tokens": counts[i],
-                                                  "prompt_tokens": len(batch[i].prompt)}))
-        for i, r in enumerate(batch):
-            if reasons[i] is None:
-                rest = decoders[i].flush()
-                if rest:
-                    r.events.put(("text", rest))
-                r.events.put(("done", {"finish_reason": "length", "completion_tokens": counts[i], "prompt_tokens": len(r.prompt)}))
+                    live = [r for r in rows if r.finish is None]
+                    joining = self._take(self.max_batch - len(live), 0.0)
+                    if joining or len(live) * 2 <= len(rows):
+                        # new requests join, or finished rows outnumber live ones: rebuild the batch from live rows
+                        rows = live + [_Row(r, self.tokenizer) for r in joining]
+                        logits = self._prefill(rows)
+                    else:
+                        logits = self._step(rows)
+                self._advance(rows, logits)
+                if all(r.finish is not None for r in rows):
+                    rows = []
+            except Exception as exc:  # a failed batch fails its requests, not the server
+                for r in rows:
+                    if r.finish is None:
+                        r.req.events.put(("error", f"{type(exc).__name__}: {exc}"))
+                rows = []
+
+    def _prefill(self, rows: list[_Row]) -> torch.Tensor:
+        self.batches.append(len(rows))
+        n, width = len(rows), max(len(r.ids) for r in rows)
+        ids = torch.full((n, width), self.pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.ids):] = torch.tensor(r.ids, dtype=torch.long)
+            mask[i, width - len(r.ids):] = 1
+        self._mask = mask.to(self.device)
+        self._pos = (self._mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=self._mask, position_ids=self._pos, use_cache=True,
+                             **self.keep_kwargs)
+        self._cache = getattr(out, self.cache_arg, None)
+        self._pos = self._pos[:, -1:]
+        logits: torch.Tensor = out.logits[:, -1, :].float().cpu()
+        return logits
+
+    def _step(self, rows: list[_Row]) -> torch.Tensor:
+        last = torch.tensor([[r.ids[-1]] for r in rows], dtype=torch.long, device=self.device)
+        self._pos = self._pos + 1
+        self._mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)], dim=1)
+        with torch.no_grad():
+            out = self.model(input_ids=last, attention_mask=self._mask, position_ids=self._pos, use_cache=True,
+                             **{self.cache_arg: self._cache})
+        self._cache = getattr(out, self.cache_arg, None)
+        logits: torch.Tensor = out.logits[:, -1, :].float().cpu()
+        return logits
+
+    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        for i, row in enumerate(rows):
+            if row.finish is not None:
+                row.ids.append(self.pad)  # finished rows ride along until the batch is rebuilt
+                continue
+            if row.req.cancelled.is_set():
+                row.finish = "cancelled"
+                self.cancelled += 1
+                row.ids.append(self.pad)
+                continue
+            tok = row.next_token(logits[i])
+            row.ids.append(tok)
+            if tok in self.stops:
+                self._finish(row, "stop", flush=True)
+                continue
+            row.produced += 1
+            row.text += row.decoder.push(tok)
+            hit = min((row.text.find(s) for s in row.req.stop if s and s in row.text), default=-1)
+            if hit >= 0:
+                row.text = row.text[:hit]
+                self._finish(row, "stop", flush=False)  # nothing of the stop string or after it is sent
+                continue
+            if row.produced >= row.req.max_tokens:
+                self._finish(row, "length", flush=True)
+                continue
+            delta = row.visible(final=False)
+            if delta:
+                row.req.events.put(("text", delta))
+
+    def _finish(self, row: _Row, reason: str, flush: bool) -> None:
+        if flush:
+            row.text += row.decoder.flush()
+        rest = row.visible(final=True)
+        if rest:
+            row.req.events.put(("text", rest))
+        row.finish = reason
+        row.req.events.put(("done", {"finish_reason": reason, "completion_tokens": row.produced, "prompt_tokens": len(row.req.prompt)}))
