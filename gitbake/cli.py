@@ -1358,8 +1358,9 @@ def metrics(bake: str | None, png: Path | None, as_csv: bool, as_json: bool) -> 
     if e.get("gap_closed") is not None:
         click.echo(f"eval: gap_closed {e['gap_closed']:.3f} (KL {e['d_before']:.4f} -> {e['d_after']:.4f} nats/token) "
                    f"on {e.get('questions')} question(s)" + (f"; {e['note']}" if e.get("note") else ""))
-    if rows := m.rows:
-        click.echo(f"loss: first {rows[0].get('loss', 0):.4f}, last {rows[-1].get('loss', 0):.4f}, min {min(r.get('loss', 0) for r in rows):.4f}")
+    losses = [float(r.get("loss", "nan")) for r in m.rows]
+    if finite := [x for x in losses if x == x and abs(x) != float("inf")]:
+        click.echo(f"loss: first {losses[0]:.4f}, last {losses[-1]:.4f}, min {min(finite):.4f}")
     if png is not None:
         click.echo(f"wrote {png}")
 

@@ -76,6 +76,13 @@ def diff(repo: ModelRepo, rev1: str, rev2: str | None, questions_file: Path | No
 
     a = resolve(repo, rev1)
     b = resolve(repo, rev2) if rev2 else a.parent()
+    if rev2 is None and b.adapters:  # name the parent by its own bake
+        recipe = repo.at(a.commit).recipe
+        names = {x.adapter: x.bake_name for x in (recipe.resources.bakes if recipe else []) if x.adapter}
+        b.name = names.get(b.adapters[-1], b.name)
+    if a.base_model != b.base_model:
+        raise UsageError(f"{rev1} and {rev2} are baked on different base models ({a.base_model}, {b.base_model})",
+                         "compare versions of one lineage: their answers are not token-aligned otherwise")
     if questions_file is not None:
         questions, note = read_questions(questions_file), None
     else:

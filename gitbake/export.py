@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,51 +21,84 @@ from gitbake.repo import ModelRepo
 from gitbake.versions import Version, materialised, resolve
 
 
-def _prepare(dest: Path, force: bool) -> None:
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+MARKERS = ("chain.json", "gitbake.json")  # what an earlier export left: only such a directory is replaced
+
+
+def _staging(repo: ModelRepo, dest: Path, force: bool) -> Path:
+    """A fresh directory beside `dest` to write into; `_publish` moves it into place once complete, so a
+    failed export leaves `dest` as it was."""
+    dest = dest.absolute()
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} exists and is a file", "give a directory path")
+    protected = [repo.root.resolve(), repo.store.root.resolve(), Path.cwd().resolve()]
+    if any(p == dest.resolve() or dest.resolve() in p.parents for p in protected):
+        raise UsageError(f"{dest} holds this repository, its store or the current directory; it is left alone",
+                         "give a new directory for the export")
+    if dest.is_dir() and any(dest.iterdir()):
         if not force:
-            raise UsageError(f"{dest} exists and is not empty", "give a new directory, or --force to replace it")
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        else:
-            dest.unlink()
-    dest.mkdir(parents=True, exist_ok=True)
+            raise UsageError(f"{dest} exists and is not empty", "give a new directory, or --force to replace an earlier export")
+        if not any((dest / m).is_file() for m in MARKERS):
+            raise UsageError(f"{dest} is not an earlier gitbake export (no chain.json or gitbake.json); --force leaves it alone",
+                             "give a new directory for the export")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.export-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def _publish(staging: Path, dest: Path) -> None:
+    for f in staging.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)  # an export is the user's to keep: plain, readable files
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        dest.rename(old)
+    staging.rename(dest)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> dict[str, Any]:
     version = resolve(repo, rev)
     if not version.adapters:
         raise UsageError(f"{rev} has no baked model: nothing to export as adapters", "export a bake commit (see `git bake log`), or use --merged")
-    _prepare(dest, force)
-    names = _bake_names(repo, version)
-    chain = []
-    with materialised(repo, version) as dirs:
-        for i, (d, digest) in enumerate(zip(dirs, version.adapters)):
-            sub = f"{i:02d}-{names.get(digest, digest[:12])}"
-            shutil.copytree(d, dest / sub)  # real copies: the export leaves the store behind
-            for f in (dest / sub).iterdir():
-                f.chmod(0o644)
-            chain.append({"path": sub, "digest": digest, "bake": names.get(digest)})
-    meta = {"base_model": version.base_model, "adapters": chain, "model_name": version.model_name, "commit": version.commit,
-            "how": "load the base model, then for each adapter in order: PeftModel.from_pretrained(model, path).merge_and_unload()"}
-    (dest / "chain.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return {"dest": str(dest), "kind": "adapter", **meta}
+    staging = _staging(repo, dest, force)
+    try:
+        names = _bake_names(repo, version)
+        chain = []
+        with materialised(repo, version) as dirs:
+            for i, (d, digest) in enumerate(zip(dirs, version.adapters)):
+                sub = f"{i:02d}-{names.get(digest, digest[:12])}"
+                shutil.copytree(d, staging / sub)  # real copies: the export leaves the store behind
+                chain.append({"path": sub, "digest": digest, "bake": names.get(digest)})
+        meta = {"base_model": version.base_model, "adapters": chain, "model_name": version.model_name, "commit": version.commit,
+                "how": "load the base model, then for each adapter in order: PeftModel.from_pretrained(model, path).merge_and_unload()"}
+        (staging / "chain.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _publish(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"dest": str(dest.absolute()), "kind": "adapter", **meta}
 
 
 def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> dict[str, Any]:
     from gitbake.chat import load
 
     version = resolve(repo, rev)
-    _prepare(dest, force)
-    # saving asks whether DeepSpeed ZeRO-3 is on, which imports DeepSpeed, whose logger prints to stdout:
-    # stdout is this command's output (--json), so the libraries talk to stderr
-    with contextlib.redirect_stdout(sys.stderr):
-        loaded = load(repo, version)
-        loaded.model.save_pretrained(str(dest), safe_serialization=True)
-        loaded.tokenizer.save_pretrained(str(dest))
-    meta = {"base_model": version.base_model, "adapters": list(version.adapters), "model_name": version.model_name, "commit": version.commit}
-    (dest / "gitbake.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return {"dest": str(dest), "kind": "merged", **meta}
+    staging = _staging(repo, dest, force)
+    try:
+        # saving asks whether DeepSpeed ZeRO-3 is on, which imports DeepSpeed, whose logger prints to stdout:
+        # stdout is this command's output (--json), so the libraries talk to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            loaded = load(repo, version)
+            loaded.model.save_pretrained(str(staging), safe_serialization=True)
+            loaded.tokenizer.save_pretrained(str(staging))
+        meta = {"base_model": version.base_model, "adapters": list(version.adapters), "model_name": version.model_name,
+                "commit": version.commit}
+        (staging / "gitbake.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _publish(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"dest": str(dest.absolute()), "kind": "merged", **meta}
 
 
 def _bake_names(repo: ModelRepo, version: Version) -> dict[str, str]:

@@ -28,7 +28,8 @@ class BakeMetrics:
     eval: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"bake": self.bake, "commit": self.commit, "metrics": self.rows, "eval": self.eval}
+        out: dict[str, Any] = finite_json({"bake": self.bake, "commit": self.commit, "metrics": self.rows, "eval": self.eval})
+        return out
 
 
 def find(repo: ModelRepo, which: str | None) -> BakeMetrics:
@@ -70,17 +71,24 @@ def find(repo: ModelRepo, which: str | None) -> BakeMetrics:
 
 
 def chart(values: list[float], width: int = 60, height: int = 12, label: str = "loss") -> str:
-    """A terminal line chart of `values` (one column per bucket of steps)."""
+    """A terminal line chart of `values` (one column per bucket of steps; non-finite values are skipped)."""
     if not values:
         return "(no metrics recorded)"
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    lo, hi = min(vals), max(vals)
-    span = (hi - lo) or 1.0
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return f"(no finite {label} values among {len(values)} steps)"
+    lo, hi = min(finite), max(finite)
+    if hi == lo:  # a flat curve: centre it, with ticks that say so
+        lo, hi = lo - 0.5 * (abs(lo) or 1.0), hi + 0.5 * (abs(hi) or 1.0)
+    span = hi - lo
     cols = min(width, len(values))
-    buckets = [values[int(i * len(values) / cols): max(int((i + 1) * len(values) / cols), int(i * len(values) / cols) + 1)] for i in range(cols)]
-    means = [sum(b) / len(b) for b in buckets]
     grid = [[" "] * cols for _ in range(height)]
-    for x, v in enumerate(means):
+    for x in range(cols):
+        a = int(x * len(values) / cols)
+        bucket = [v for v in values[a:max(int((x + 1) * len(values) / cols), a + 1)] if math.isfinite(v)]
+        if not bucket:
+            continue
+        v = sum(bucket) / len(bucket)
         y = int(round((v - lo) / span * (height - 1)))
         grid[height - 1 - y][x] = "*"
     out = []
@@ -90,6 +98,17 @@ def chart(values: list[float], width: int = 60, height: int = 12, label: str = "
     out.append(" " * 11 + "+" + "-" * cols)
     out.append(" " * 12 + f"step 1{' ' * max(1, cols - 6 - len(str(len(values))))}{len(values)}   ({label})")
     return "\n".join(out)
+
+
+def finite_json(value: Any) -> Any:
+    """NaN and infinities are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

@@ -42,3 +42,14 @@ def test_chart_draws_a_falling_curve() -> None:
     lines = text.splitlines()
     assert lines[0].strip().startswith("1.0000") and lines[0].rstrip().endswith("*")  # the first step is the highest
     assert "*" in lines[4] and chart([]) == "(no metrics recorded)"
+
+
+def test_chart_survives_non_finite_and_flat_curves() -> None:
+    nan, inf = float("nan"), float("inf")
+    assert chart([0.3, nan, 0.2]).count("*") == 2
+    assert "no finite" in chart([nan, inf])
+    flat = chart([0.5, 0.5, 0.5], width=3, height=5).splitlines()
+    assert "*" in flat[2] and float(flat[2].split("|")[0]) == 0.5  # drawn on the row labelled with its value
+    from gitbake.metrics import finite_json
+
+    assert finite_json({"a": [nan, 1.0], "b": inf}) == {"a": [None, 1.0], "b": None}

@@ -147,6 +147,8 @@ def main() -> None:
     print(f"  concurrent / sequential = {ratio:.2f}x   goal >= 2x with no failures: {'met' if ok else 'MISSED'}")
     proc.terminate()  # the server prints the batches it formed as it stops
     proc.wait(30)
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
