@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """`git bake serve` throughput: eight concurrent clients next to the same requests sent one at a time.
 
-The server is gitbake's (`gitbake.serve.Server` with its batching engine, over real HTTP on 127.0.0.1,
-driven by the official `openai` client with streaming), serving the shared benchmark model
-(`_models.py`: Llama-shaped, ~29 M parameters, 32k vocabulary). Prints requests/s and the median time to
+The server is the real `git bake serve`, in its own process, over HTTP on 127.0.0.1, for a model
+repository whose base model is the shared benchmark model (`_models.py`: Llama-shaped, ~29 M parameters,
+32k vocabulary) saved as a local directory; the clients use the official `openai` client with streaming. Prints requests/s and the median time to
 the first token for both, and the ratio. Goal: concurrent throughput >= 2x sequential, no request failing.
 
     .venv/bin/python scripts/bench/serve.py [--requests 32] [--clients 8] [--max-tokens 32]
@@ -12,33 +12,21 @@ the first token for both, and the ratio. Goal: concurrent throughput >= 2x seque
 from __future__ import annotations
 
 import argparse
-import signal
+import re
+import shutil
+import subprocess
+import tempfile
 import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _models import BENCH_CONFIG, bench_model  # noqa: E402
-
-
-class Tokenizer:
-    """Enough of a tokenizer for the benchmark model: characters to ids and back (no chat template)."""
-
-    pad_token_id = BENCH_CONFIG["pad_token_id"]
-    eos_token_id = BENCH_CONFIG["eos_token_id"]
-    chat_template = None
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [1] + [3 + (ord(c) * 7919) % (BENCH_CONFIG["vocab_size"] - 3) for c in text]}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return "".join(f" {i}" for i in ids if i > 2)
+from _models import bench_model  # noqa: E402
 
 
 def run(c: Any, name: str, question: str, max_tokens: int) -> tuple[float, float]:
@@ -54,32 +42,19 @@ def run(c: Any, name: str, question: str, max_tokens: int) -> tuple[float, float
     return (first if first is not None else total), total
 
 
-def serve_only(portfile: Path, clients: int) -> None:
-    """The server process: gitbake's Server and Batcher on the benchmark model, until terminated."""
-    import json as _json
+def model_repo(base: Path) -> Path:
+    """A model repository whose base model is the benchmark model, saved as a local directory (with the
+    built-in tiny model's byte-level tokenizer: the text is noise, the compute is the benchmark's)."""
+    import os
 
-    from gitbake.engine.infer import Batcher
-    from gitbake.serve import Served, Server
+    from gitbake.engine.tiny import build_tokenizer
 
-    model = bench_model()
-    tok = Tokenizer()
-    name = "bench_bake_000000000000"
-    batcher = Batcher(model, tok, max_batch=clients)
-    version = SimpleNamespace(commit="0" * 40, adapters=())
-    server = Server({name: Served(name, version, SimpleNamespace(model=model, tokenizer=tok), batcher)}, "127.0.0.1", 0, None)
-    tmp = portfile.with_suffix(".tmp")
-    tmp.write_text(_json.dumps({"url": server.url, "name": name}))
-    tmp.rename(portfile)
-
-    def stop(*_: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        server.serve_forever()
-    finally:
-        sizes = batcher.batches
-        print(f"  server: {len(sizes)} batches, sizes {sizes}", flush=True)
+    model_dir = base / "bench-model"
+    bench_model().save_pretrained(str(model_dir))
+    build_tokenizer().save_pretrained(str(model_dir))
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"], "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@x"}
+    subprocess.run(["git", "bake", "init", str(base / "repo"), "--base-model", str(model_dir)], check=True, capture_output=True, env=env)
+    return base / "repo"
 
 
 def main() -> None:
@@ -87,29 +62,29 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--serve-only", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve_only:
-        serve_only(args.serve_only, args.clients)
-        return
 
     from openai import OpenAI
 
-    # the server runs in its own process, as `git bake serve` does: clients in the same process would
-    # compete with it for the interpreter lock and the measure would be of that
-    import json as _json
-    import subprocess
-    import tempfile
+    # the real `git bake serve`, in its own process, on a repository whose model is the benchmark model
+    base = Path(tempfile.mkdtemp(prefix="gitbake-bench-serve-"))
+    root = model_repo(base)
+    import os
 
-    portfile = Path(tempfile.mkdtemp()) / "port"
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-only", str(portfile), "--clients", str(args.clients)])
-    while not portfile.exists():
-        if proc.poll() is not None:
-            raise SystemExit("the server did not start")
-        time.sleep(0.1)
-    info = _json.loads(portfile.read_text())
-    name = info["name"]
-    client = OpenAI(base_url=info["url"], api_key="none", max_retries=0, timeout=600)
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.Popen(["git", "bake", "serve", "--port", "0", "--max-batch", str(args.clients)], cwd=root,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    line, m = "", None
+    while proc.stderr is not None and m is None:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        m = re.match(r"serving (.+) at (http://\S+) ", line)
+    if not m:
+        proc.kill()
+        raise SystemExit(f"git bake serve did not start: {line}{proc.stderr.read() if proc.stderr else ''}")
+    name, url = m.group(1), m.group(2)
+    client = OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
     questions = [f"Question number {i}: tell me about item {i * 37 % 101} in some detail." for i in range(args.requests)]
     failures = {"sequential": 0, "concurrent": 0}
 
@@ -145,8 +120,9 @@ def main() -> None:
     print(f"  one at a time        {seq_rps:7.2f} req/s   median first token {med_first(seq):8.1f} ms   failed {failures['sequential']}")
     print(f"  {args.clients} concurrent clients {conc_rps:7.2f} req/s   median first token {med_first(conc):8.1f} ms   failed {failures['concurrent']}")
     print(f"  concurrent / sequential = {ratio:.2f}x   goal >= 2x with no failures: {'met' if ok else 'MISSED'}")
-    proc.terminate()  # the server prints the batches it formed as it stops
+    proc.terminate()
     proc.wait(30)
+    shutil.rmtree(base, ignore_errors=True)
     if not ok:
         sys.exit(1)
 
