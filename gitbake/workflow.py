@@ -7,6 +7,7 @@ recipe.yml exactly as they were (the adapter is only stored after training, eval
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ def run_and_commit(repo: ModelRepo, stages: list[str] | None = None, force: bool
     baked = next((r for r in results if r.stage == "bake"), None)
     if baked is None or plan.bake is None:
         return report  # stim / rollout only: they are cached in the store; only a bake makes a commit
+    if os.environ.get("RANK", "0") != "0":
+        return report  # under the deepspeed launcher only rank 0 writes (the store, and so the commit)
 
     store = pinned.store
     t = plan.target

@@ -239,3 +239,13 @@ def test_checkout_to_never_deletes_a_directory_it_did_not_write(baked_repo: dict
     assert bake_git(root, "checkout", "HEAD", "--to", str(fresh)).returncode == 0
     assert bake_git(root, "checkout", baked_repo["first"], "--to", str(fresh)).returncode == 0  # ours: replaced
     assert len(json.loads((fresh / "model.json").read_text())["adapters"]) == 1
+
+
+def test_only_rank_zero_makes_the_bake_commit(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (model_repo / "input.yml").write_text(YODA_SMALL)
+    git(model_repo, "commit", "-qam", "yoda", "--no-verify")
+    head = git(model_repo, "rev-parse", "HEAD")
+    monkeypatch.setenv("RANK", "1")  # what the deepspeed launcher sets in the other processes
+    out = json.loads(invoke("run", "--json").stdout)
+    assert out["commit"] is None and [s["stage"] for s in out["stages"]][-1] == "bake"
+    assert git(model_repo, "rev-parse", "HEAD") == head and git(model_repo, "status", "--porcelain") == ""
