@@ -205,8 +205,12 @@ def status(as_json: bool) -> None:
     for j in report.jobs:
         click.echo(f"\nJob {j['id']}: {j['state']}" + (f" — {j['error'].splitlines()[0]}" if j.get("error") and j["state"] != "done" else "")
                    + ("  (see `git bake jobs logs`)" if j["state"] in ("failed", "died") else "  (`git bake jobs wait` waits for it)"))
-    for ref in report.pending:
-        click.echo(f"\nA finished bake is waiting as {ref} (the branch moved on while it ran): take it with `git bake fetch`")
+    for ref, info in report.pending.items():
+        if info.get("superseded"):
+            click.echo(f"\nA finished bake waits as {ref}, but a later bake has landed since: `git bake fetch --force` takes it "
+                       "anyway (replacing that lineage), `git bake fetch --drop` discards it")
+        else:
+            click.echo(f"\nA finished bake is waiting as {ref} (the branch moved on while it ran): take it with `git bake fetch`")
     m = report.model
     if m.get("state") in ("stale", "absent"):
         click.echo(click.style("\nwarning: ", fg="yellow") + f".bake/model is not the model of HEAD ({m.get('model_name') or 'base model'}); "
@@ -995,8 +999,9 @@ def jobs_cancel(job_id: str | None) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--force", is_flag=True, help="Take it even if the branch's model changed since it was baked.")
+@click.option("--drop", is_flag=True, help="Discard the waiting results instead (their adapters stay in the store until gc).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def fetch(force: bool, as_json: bool) -> None:
+def fetch(force: bool, drop: bool, as_json: bool) -> None:
     """Take a finished background bake whose branch had moved on (kept under refs/bake/).
 
     The bake's .bread and recipe.yml become a bake commit on top of the current branch; input.yml is
@@ -1005,6 +1010,7 @@ def fetch(force: bool, as_json: bool) -> None:
     \b
     Example:
       git bake fetch
+      git bake fetch --drop     # a later bake made it moot
     """
     from gitbake import bakecommit, git, jobs as jobs_mod
     from gitbake.repo import open_repo
@@ -1019,6 +1025,14 @@ def fetch(force: bool, as_json: bool) -> None:
             _emit_json({"taken": [], "message": msg})
         else:
             click.echo(msg)
+        return
+    if drop:
+        for ref in sorted(waiting):
+            git.delete_ref(repo.root, ref)
+        if as_json:
+            _emit_json({"dropped": sorted(waiting)})
+        else:
+            click.echo(f"dropped {', '.join(sorted(waiting))}")
         return
     taken = []
     for ref in sorted(waiting):

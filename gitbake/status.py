@@ -48,7 +48,7 @@ class StatusReport:
     warnings: list[Issue] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)  # stage, key, state (cached|running|missing), count, eval
     jobs: list[dict[str, Any]] = field(default_factory=list)  # running / queued jobs, and the last one if it failed
-    pending: dict[str, str] = field(default_factory=dict)  # bake results kept under refs/bake/ for this branch
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # refs/bake/ results for this branch: commit, superseded
     model: dict[str, Any] = field(default_factory=dict)  # is .bake/model HEAD's model?
 
     @property
@@ -120,7 +120,12 @@ def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
                     row["state"], row["progress"] = "running", prog
     if git.may_have_refs(repo.root, bakecommit.PENDING_PREFIX):  # status runs often: ask git only when there may be some
         branch = current_branch(repo.root)
-        report.pending = bakecommit.pending(repo.root, f"refs/heads/{branch}" if branch else None)
+        waiting = bakecommit.pending(repo.root, f"refs/heads/{branch}" if branch else None)
+        here = git.show(repo.root, "HEAD", ".bread")
+        for ref, sha in waiting.items():
+            trigger = git.parents(repo.root, sha)[0]
+            # taking it needs the branch's model to be the one it was baked on: else a later bake landed
+            report.pending[ref] = {"commit": sha, "superseded": git.show(repo.root, trigger, ".bread") != here}
     if repo.bread is not None:
         spec = modeldir.spec_of(repo.bread)
         current = modeldir.read_current(repo.root)

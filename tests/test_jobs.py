@@ -165,3 +165,22 @@ def test_one_job_per_commit_and_cancel_picks_the_running_one(model_repo: Path) -
     assert jobs.load(Path(first["dir"])).state == "cancelled"
     assert bake_git(model_repo, "jobs", "cancel", queued.id).returncode == 0
     assert jobs.load(queued.path).state == "cancelled" and not jobs.active(open_repo(model_repo))
+
+
+def test_two_quick_commits_queue_and_the_superseded_result_can_be_dropped(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.hookMode", "background")
+    first = commit_input(model_repo, YODA_SMALL, "first")
+    second = commit_input(model_repo, YODA_SMALL.replace("Speak like Yoda.", "Speak like Yoda, always."), "second")
+    assert first.returncode == 0 and second.returncode == 0
+    assert "queued behind" in second.stderr or "background" in second.stderr
+    waited = bake_git(model_repo, "jobs", "wait", "--timeout", "300")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    # the second commit's bake landed on the branch; the first one's result waits, superseded
+    assert git(model_repo, "log", "--format=%s", "-3").splitlines() == [git(model_repo, "log", "--format=%s", "-1").strip(), "second", "first"]
+    st = json.loads(bake_git(model_repo, "status", "--json").stdout)
+    (ref, info), = st["pending"].items()
+    assert info["superseded"] and "later bake has landed" in bake_git(model_repo, "status").stdout
+    refused = bake_git(model_repo, "fetch")
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert bake_git(model_repo, "fetch", "--drop").returncode == 0
+    assert git(model_repo, "for-each-ref", "refs/bake/") == "" and git(model_repo, "status", "--porcelain") == ""
