@@ -18,6 +18,7 @@ from typing import Any
 
 from gitbake.errors import UsageError
 from gitbake.repo import ModelRepo
+from gitbake.store import swap_in
 from gitbake.versions import Version, materialised, resolve
 
 
@@ -49,13 +50,7 @@ def _staging(repo: ModelRepo, dest: Path, force: bool) -> Path:
 def _publish(staging: Path, dest: Path) -> None:
     for f in staging.rglob("*"):
         f.chmod(0o755 if f.is_dir() else 0o644)  # an export is the user's to keep: plain, readable files
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        dest.rename(old)
-    staging.rename(dest)
-    if old is not None:
-        shutil.rmtree(old)
+    swap_in(staging, dest)
 
 
 def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> dict[str, Any]:

@@ -9,7 +9,6 @@ swapped in, so a reader never sees half a model.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Callable
 from gitbake import bread as bread_mod
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.locks import FileLock
-from gitbake.store import Store, rmtree
+from gitbake.store import Store, rmtree, swap_in
 
 MODEL_DIR = Path(".bake") / "model"
 MODEL_JSON = "model.json"
@@ -113,13 +112,7 @@ def _materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None) 
             chain.append({"digest": digest, "path": f"adapters/{i}"})
         meta = {"format": FORMAT, "base_model": spec.base_model, "adapters": chain, "model_name": spec.model_name, "commit": commit}
         (staging / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if dest.exists() or dest.is_symlink():
-            old = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.old"
-            os.rename(dest, old)
-        os.rename(staging, dest)
-        if old is not None:
-            rmtree(old)
+        swap_in(staging, dest)
     finally:
         if staging.exists():
             rmtree(staging)

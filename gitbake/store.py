@@ -485,13 +485,7 @@ class Store:
                 target = staging / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 methods[rel] = _link_or_copy(self.object_path(entry.digest), target)
-            old = None
-            if dest.exists() or dest.is_symlink():
-                old = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.old"
-                os.rename(dest, old)
-            os.rename(staging, dest)
-            if old is not None:
-                rmtree(old)
+            swap_in(staging, dest)
         finally:
             if staging.exists():
                 rmtree(staging)
@@ -555,6 +549,18 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def swap_in(staging: Path, dest: Path) -> None:
+    """Replace `dest` with the complete directory `staging`: the old one is renamed away first and
+    removed after, so `dest` is never half-written (the moment between the renames it is absent)."""
+    old = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.old"
+        os.rename(dest, old)
+    os.rename(staging, dest)
+    if old is not None:
+        rmtree(old)
 
 
 def rmtree(path: Path) -> None:

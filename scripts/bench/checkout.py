@@ -21,21 +21,21 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gitbake import bread as bread_mod  # noqa: E402
 from gitbake import modeldir  # noqa: E402
 from gitbake.init import init  # noqa: E402
 from gitbake.repo import open_repo  # noqa: E402
 from gitbake.store import Store  # noqa: E402
+from _timing import timed  # noqa: E402
 
 MiB = 1 << 20
 
@@ -66,17 +66,6 @@ def commit_model(root: Path, chain: list[str], msg: str) -> str:
     return git(root, "rev-parse", "HEAD").strip()
 
 
-def timed(fn: Callable[[], object], runs: int, setup: Callable[[], object] | None = None) -> float:
-    times = []
-    for _ in range(runs):
-        if setup:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def bench_idle_hooks(root: Path, runs: int) -> dict[str, float]:
     """Each hook with nothing to do: the model is current, nothing is staged, the last commit is not input.yml's."""
     (root / "notes.txt").write_text("notes\n")
@@ -90,7 +79,7 @@ def bench_idle_hooks(root: Path, runs: int) -> dict[str, float]:
         "pre-commit": ["git", "bake", "hook", "pre-commit"],
         "post-merge": ["git", "bake", "hook", "post-merge", "0"],
     }
-    return {name: timed(lambda c=cmd: subprocess.run(c, cwd=root, check=True, capture_output=True), runs) for name, cmd in calls.items()}
+    return {name: timed(lambda c=cmd: subprocess.run(c, cwd=root, check=True, capture_output=True), None, runs) for name, cmd in calls.items()}
 
 
 def bench_switch(base: Path, adapter_mb: int, runs: int) -> tuple[float, float, Path]:
@@ -114,10 +103,10 @@ def bench_switch(base: Path, adapter_mb: int, runs: int) -> tuple[float, float, 
         return go
 
     switch(True)()  # warm: .bake/model exists, the page cache holds git and python
-    with_hooks = timed(switch(True), runs)
+    with_hooks = timed(switch(True), None, runs)
     current = json.loads((root / ".bake/model/model.json").read_text())["adapters"][0]["digest"]
     assert current in digests, "the hook did not materialise the model"
-    without = timed(switch(False), runs)
+    without = timed(switch(False), None, runs)
     return with_hooks, without, root
 
 
@@ -137,8 +126,8 @@ def bench_materialise(base: Path, total_mb: int, runs: int) -> tuple[float, floa
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, out)
 
-    ours = timed(lambda: modeldir.materialise(store, spec, dest), runs, lambda: shutil.rmtree(dest, ignore_errors=True))
-    theirs = timed(lfs_copy, runs, lambda: shutil.rmtree(copy_dest, ignore_errors=True))
+    ours = timed(lambda: modeldir.materialise(store, spec, dest), lambda: shutil.rmtree(dest, ignore_errors=True), runs)
+    theirs = timed(lfs_copy, lambda: shutil.rmtree(copy_dest, ignore_errors=True), runs)
     return ours, theirs
 
 

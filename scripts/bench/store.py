@@ -18,17 +18,18 @@ import argparse
 import hashlib
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gitbake.store import Store, hash_file  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import timed  # noqa: E402
 
 MiB = 1 << 20
 
@@ -46,17 +47,6 @@ def write_random(path: Path, size: int) -> None:
         os.fsync(fh.fileno())
     past = time.time() - 60
     os.utime(path, (past, past))  # written a minute ago: not racy for the stat cache
-
-
-def timed(fn: Callable[[], object], setup: Callable[[], object] | None, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        if setup:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def cp(src: Path, dst: Path, fsync: bool) -> None:
