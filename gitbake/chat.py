@@ -20,8 +20,8 @@ HELP = """\
 /system TEXT   set the system prompt to TEXT (all of it); /system alone shows it, /system - clears it
 /clear         forget the conversation (the system prompt stays)
 /status        which model this is, the settings, the length of the conversation
-/compare [TEXT] the same turn from the base model and from this version, side by side
-               (TEXT, or your last message)
+/compare [TEXT] the same turn (this conversation, then TEXT or your last message again) from the
+               base model and from this version, side by side
 /help          this text
 /quit, /exit   leave (so does Ctrl-D); Ctrl-C stops an answer
 """
@@ -76,7 +76,8 @@ class Session:
         return self._base
 
     def compare(self, text: str) -> tuple[str, str]:
-        msgs = self._messages(text, with_history=False)
+        """The same turn (the conversation so far, then `text`) answered by the base model and by this version."""
+        msgs = self._messages(text)
         return self.answer(self.base(), msgs, None), self.answer(self.model, msgs, None)
 
     def status(self) -> str:
@@ -126,11 +127,18 @@ def handle(session: Session, line: str, out: Callable[[str], None]) -> bool:
                 session.system = None if arg == "-" else arg
                 out(f"(system prompt {'cleared' if arg == '-' else 'set'})\n")
         elif cmd == "/compare":
-            question = arg or next((m["content"] for m in reversed(session.history) if m["role"] == "user"), "")
-            if not question:
-                out("nothing to compare yet: /compare TEXT, or say something first\n")
-                return True
-            base, ours = session.compare(question)
+            if arg:
+                base, ours = session.compare(arg)
+            else:  # the last turn again: the conversation before it, then its user message
+                last = max((i for i, m in enumerate(session.history) if m["role"] == "user"), default=None)
+                if last is None:
+                    out("nothing to compare yet: /compare TEXT, or say something first\n")
+                    return True
+                saved, session.history = session.history, session.history[:last]
+                try:
+                    base, ours = session.compare(saved[last]["content"])
+                finally:
+                    session.history = saved
             out(side_by_side(f"base model ({session.version.base_model})", base, session.version.name, ours) + "\n")
         else:
             out(f"unknown command {cmd}; /help lists them\n")

@@ -163,3 +163,25 @@ def test_batcher_mixed_lengths_and_joining_mid_batch() -> None:
         assert max(b.batches) > 1
     finally:
         b.close()
+
+
+def test_compare_is_the_same_turn_in_the_same_conversation(baked_repo: dict[str, Any]) -> None:
+    repo = open_repo(baked_repo["root"])
+    version = resolve(repo, "HEAD")
+    from gitbake.chat import load
+
+    s = Session(repo, version, load(repo, version), temperature=0.0, max_tokens=4)
+    seen: list[list[dict[str, str]]] = []
+    real = s.answer
+    s.answer = lambda model, messages, write: seen.append(list(messages)) or real(model, messages, write)  # type: ignore[method-assign]
+    out: list[str] = []
+    handle(s, "first", out.append)
+    handle(s, "second", out.append)
+    seen.clear()
+    handle(s, "/compare", out.append)  # the last turn again: "first" exchange, then "second"
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert [m["content"] for m in seen[0] if m["role"] == "user"] == ["first", "second"]
+    assert len(s.history) == 4  # comparing does not change the conversation
+    seen.clear()
+    handle(s, "/compare third", out.append)
+    assert [m["content"] for m in seen[0] if m["role"] == "user"] == ["first", "second", "third"]
