@@ -112,7 +112,6 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
                                           parent=parent_bake, metrics=out.metrics))
 
     chain = list(plan.parent.adapters) + [out.adapter]
-    b.sections.setdefault("PARENT_MODEL", {})
     b.sections["PARENT_MODEL"] = {"model_name": name, "adapters": json.dumps(chain)}
     b.set("REPO", "base_model", b.base_model or plan.parent.base_model)
     b.sections["RECIPE"] = {"base_model": r.base_model or plan.parent.base_model, "total_steps": str(len(r.steps)),

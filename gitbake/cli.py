@@ -380,24 +380,8 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
                        + (f", final loss {e['final_loss']:.4f}" if e.get("final_loss") is not None else ""))
         for note in r.notes:
             click.echo(f"         note: {note}")
-    _say_commit(report)
-
-
-def _say_commit(report: Any) -> None:
-    c = report.commit
-    if c is None:
-        return
-    if c.warning:
-        click.echo(f"warning: {c.warning}", err=True)
-    if c.ref is not None:
-        click.echo(f"bake commit {c.commit[:12]} on {c.ref.removeprefix('refs/heads/')}: .bread, recipe.yml and input.yml (commented out)")
-        if c.kept:
-            click.echo(f"note: left your uncommitted changes to {', '.join(c.kept)} as they are", err=True)
-    else:
-        click.echo(f"the branch moved on while baking: the bake commit is kept as {c.pending}; take it with `git bake fetch`")
-    m = report.model or {}
-    if m.get("state") == "missing":
-        click.echo(f"note: .bake/model needs {len(m['missing'])} object(s) that are not here: run `git bake pull`", err=True)
+    for line in report.outcome():
+        click.echo(line, err=line.startswith(("warning:", "note:")))
 
 
 def _view(stage: str, target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:

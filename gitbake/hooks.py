@@ -175,41 +175,36 @@ def pre_commit(root: Path, args: list[str]) -> int:
 
 
 def should_bake(root: Path, commit: str) -> str | None:
-    """Why this commit must not start a bake (None: it should). Only a commit that changed input.yml
-    itself bakes; a bake commit, a revert of one (it brings the previous model back: bgit users undo a
-    bake that way), merges, cherry-picks and rebases never do."""
-    parents = git.parents(root, commit)
-    if len(parents) > 1:
-        return "a merge"
+    """Why this commit must not start a bake (None: it should): "merge", "no input change", "revert" or
+    "lineage". Only a commit that changed input.yml itself bakes; a bake commit, a revert of one (it
+    brings the previous model back: bgit users undo a bake that way), merges, cherry-picks and rebases
+    never do."""
+    if len(git.parents(root, commit)) > 1:
+        return "merge"
     changed = git.changed_files(root, commit)
     if INPUT not in changed:
-        return "input.yml did not change"
-    if BREAD in changed or RECIPE in changed:
-        return "the commit changes .bread or recipe.yml (a bake commit, or a revert of one)"
+        return "no input change"
     if "This reverts commit" in git.commit_message(root, commit):
-        return "a revert"
+        return "revert"
+    if BREAD in changed or RECIPE in changed:
+        return "lineage"  # a bake commit, or a commit that edits the lineage by hand
     return None
 
 
 def post_commit(root: Path, args: list[str]) -> int:
+    from gitbake.status import has_sections
+
     head = git.rev_parse(root, "HEAD")
     if head is None:
         return 0
     why = should_bake(root, head)
     if why is not None:
-        from gitbake.status import has_sections
-
-        if (why.startswith(("the commit changes", "a revert")) and INPUT in git.changed_files(root, head)
-                and has_sections(git.show(root, head, INPUT) or b"")):
-            if "revert" in why or "This reverts commit" in git.commit_message(root, head):
-                say("a revert of a bake: the previous model is back, nothing to bake")
-            else:
-                say("not baking: this commit changes .bread or recipe.yml as well as input.yml "
-                    "(commit input.yml on its own to bake it, or run `git bake run`)")
+        if why in ("revert", "lineage") and has_sections(git.show(root, head, INPUT) or b""):
+            say("a revert: nothing to bake; .bake/model follows the reverted .bread" if why == "revert" else
+                "not baking: this commit changes .bread or recipe.yml as well as input.yml "
+                "(commit input.yml on its own to bake it, or run `git bake run`)")
         # a revert of a bake commit (or any commit that changes .bread) brings another model: follow it
         return _refresh(root)
-    from gitbake.status import has_sections
-
     if not has_sections(git.show(root, head, INPUT) or b""):
         return 0  # a fully commented input.yml means "nothing to run"
     mode = (git.config_get(root, MODE_CONFIG) or "background").lower()
@@ -229,7 +224,8 @@ def post_commit(root: Path, args: list[str]) -> int:
             say(f"the bake failed: {exc.render()}")
             say("input.yml, .bread and recipe.yml are unchanged; fix the cause and run `git bake run`")
             return 0
-        describe(report)
+        for line in report.outcome() or ["the stages ran; no bake in this input.yml, so no bake commit"]:
+            say(line)
         return 0
     from gitbake import jobs
 
@@ -241,24 +237,6 @@ def post_commit(root: Path, args: list[str]) -> int:
     else:
         say(f"baking in the background (job {job.id}). `git bake status` shows progress; `git bake jobs wait` waits for it.")
     return 0
-
-
-def describe(report: object, out: Callable[[str], None] = say) -> None:
-    from gitbake.workflow import RunReport
-
-    assert isinstance(report, RunReport)
-    c = report.commit
-    if c is not None and c.warning:
-        out(f"warning: {c.warning}")
-    if c is None:
-        out("the stages ran; no bake in this input.yml, so no bake commit")
-    elif c.ref is not None:
-        out(f"bake commit {c.commit[:12]} on {c.ref.removeprefix('refs/heads/')}")
-    else:
-        out(f"the branch moved on while baking; the bake commit is kept as {c.pending}. Take it with `git bake fetch`.")
-    m = report.model or {}
-    if m.get("state") == "missing":
-        out(f".bake/model is not up to date: {len(m['missing'])} object(s) missing; run `git bake pull`")
 
 
 def post_checkout(root: Path, args: list[str]) -> int:

@@ -243,11 +243,8 @@ def _run(d: Path) -> int:
             report = run_and_commit(repo, job.stages, job.force, rev=job.trigger, branch_ref=job.branch,
                                     say=lambda m: print(m, flush=True))
             job.state, job.result = "done", report.as_json()
-            c = report.commit
-            if c is not None and c.pending:
-                print(f"the branch moved on while baking: the bake commit is kept as {c.pending}; take it with `git bake fetch`")
-            elif c is not None:
-                print(f"bake commit {c.commit[:12]} on {(c.ref or '').removeprefix('refs/heads/')}")
+            for line in report.outcome():
+                print(line, flush=True)
     except KeyboardInterrupt:
         job.state, job.error, code = "cancelled", "cancelled; nothing was stored or committed", 130
     except GitbakeError as exc:

@@ -30,6 +30,27 @@ class RunReport:
     commit: bakecommit.CommitResult | None = None
     model: dict[str, Any] | None = None  # what .bake/model became, or why it did not
 
+    def outcome(self) -> list[str]:
+        """What became of the bake commit and .bake/model, in lines for the CLI, the hook and a job's log."""
+        c = self.commit
+        lines: list[str] = []
+        if c is None:
+            return lines
+        if c.warning:
+            lines.append(f"warning: {c.warning}")
+        if c.ref is not None:
+            lines.append(f"bake commit {c.commit[:12]} on {c.ref.removeprefix('refs/heads/')}: .bread, recipe.yml and input.yml (commented out)")
+            if c.kept:
+                lines.append(f"note: left your uncommitted changes to {', '.join(c.kept)} as they are")
+        else:
+            lines.append(f"the branch moved on while baking: the bake commit is kept as {c.pending}; take it with `git bake fetch`")
+        m = self.model or {}
+        if m.get("state") == "missing":
+            lines.append(f"note: .bake/model needs {len(m['missing'])} object(s) that are not here: run `git bake pull`")
+        elif m.get("state") == "error":
+            lines.append(f"note: .bake/model could not be updated ({m['error']}): run `{m['fix']}`")
+        return lines
+
     def as_json(self) -> dict[str, Any]:
         return {
             "trigger": self.trigger,

@@ -99,16 +99,22 @@ def test_batched_decoding_matches_generate_and_streams() -> None:
     m = load_base("tiny")
     tok = m.tokenizer
     prompts = [render(tok, [], None, q) for q in ("Hi", "What is the capital of France, dear friend?", "x")]
-    stops = infer.stop_tokens(m.model, tok)
+    dec = infer.Decoder(m.model, tok)
+    rows = [infer._Row(infer.Request(p, 0.0, 10), tok) for p in prompts]
+    logits = dec.prefill(rows)  # one left-padded batch of three lengths
+    while True:
+        dec.advance(rows, logits)
+        if all(r.finish is not None for r in rows):
+            break
+        logits = dec.step(rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows = list(infer._decode_batch(m.model, prompts, [0, 0, 0], [10, 10, 10], stops, pad, 0))
-    for i, p in enumerate(prompts):
-        ours = [r[i] for r in rows if r[i] is not None]
+    for p, row in zip(prompts, rows):
+        ours = row.ids[len(p): len(p) + row.produced + (row.finish == "stop")]  # then pads while the others finish
         ref = m.model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=10,
-                               do_sample=False, pad_token_id=pad, eos_token_id=sorted(stops))[0, len(p):].tolist()
-        assert ours == ref[: len(ours)] and ours  # left padding and positions are right: same tokens as generate()
+                               do_sample=False, pad_token_id=pad, eos_token_id=sorted(dec.stops))[0, len(p):].tolist()
+        assert ours and ours == ref[: len(ours)]  # left padding and positions are right: same tokens as generate()
     text = "".join(infer.stream(m.model, tok, prompts[1], 0.0, 10))
-    assert text == tok.decode([t for t in (r[1] for r in rows) if t is not None and t not in stops], skip_special_tokens=True)
+    assert text == tok.decode(rows[1].ids[len(prompts[1]):][: rows[1].produced], skip_special_tokens=True)
 
 
 def test_batcher_decodes_concurrent_requests_together() -> None:

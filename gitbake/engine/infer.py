@@ -49,79 +49,6 @@ class TextDecoder:
         return delta
 
 
-def _sample(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row; temperature 0 is greedy."""
-    greedy = logits.argmax(-1)
-    if not bool((temperature > 0).any()):
-        return greedy  # all greedy: no softmax over the vocabulary at all
-    t = temperature.clamp(min=1e-5).unsqueeze(-1)
-    probs = torch.softmax(logits.float() / t, dim=-1)
-    sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return torch.where(temperature > 0, sampled, greedy)
-
-
-def _decode_batch(model: Any, prompts: Sequence[Sequence[int]], temps: Sequence[float], max_tokens: Sequence[int],
-                  stops: set[int], pad: int, seed: int) -> Iterator[list[int | None]]:
-    """Yield, per step, the new token of each row (None once a row has finished)."""
-    device = next(model.parameters()).device
-    n = len(prompts)
-    width = max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        mask[r, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    # left padding: positions count real tokens only (what generate() does)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    temperature = torch.tensor(list(temps), dtype=torch.float32, device=device)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    done = [False] * n
-    produced = [0] * n
-    past = None
-    cache_arg, keep = _forward_kwargs(model)
-    step_ids, step_pos = ids, pos
-    with torch.no_grad():
-        while True:
-            extra = {cache_arg: past} if past is not None else keep  # the prefill needs the last position's logits only
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **extra)
-            past = getattr(out, cache_arg, None)
-            nxt = _sample(out.logits[:, -1, :].float().cpu(), temperature.cpu(), gen)
-            row: list[int | None] = []
-            for r in range(n):
-                if done[r]:
-                    row.append(None)
-                    continue
-                tok = int(nxt[r])
-                produced[r] += 1
-                row.append(tok)
-                if tok in stops or produced[r] >= max_tokens[r]:
-                    done[r] = True
-            yield row
-            if all(done):
-                return
-            step_ids = nxt.view(n, 1).to(device)
-            step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
-
-
-def stream(model: Any, tokenizer: Any, prompt: Sequence[int], temperature: float = 0.7, max_tokens: int = 256,
-           seed: int = 0) -> Iterator[str]:
-    """Text deltas of one answer, as they are generated."""
-    stops = stop_tokens(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    dec = TextDecoder(tokenizer)
-    for (tok,) in _decode_batch(model, [prompt], [temperature], [max_tokens], stops, pad, seed):
-        if tok is None or tok in stops:
-            break
-        delta = dec.push(tok)
-        if delta:
-            yield delta
-    rest = dec.flush()
-    if rest:
-        yield rest
-
-
 @dataclass
 class Request:
     prompt: list[int]
@@ -185,72 +112,20 @@ def _forward_kwargs(model: Any) -> tuple[str, dict[str, Any]]:
     return ("cache" if "cache" in params else "past_key_values"), keep
 
 
-class Batcher:
-    """One model, one worker thread, requests decoded together. A request that arrives while a batch is
-    running joins it at the next step (the batch is re-prefilled with every live row's tokens so far);
-    a cancelled request (its client left) stops at once."""
+class Decoder:
+    """Rows decoded together, synchronously: left-padded prefill (positions count real tokens only, as
+    generate() does), then one forward pass per step for every row, with the KV cache."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 16, gather_s: float = 0.01) -> None:
+    def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.gather_s = max_batch, gather_s
         self.stops = stop_tokens(model, tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.cache_arg, self.keep_kwargs = _forward_kwargs(model)
         self.device = next(model.parameters()).device
-        self.pending: "queue.Queue[Request]" = queue.Queue()
         self.batches: list[int] = []  # rows of each prefill: sizes of the batches formed (tests, the benchmark)
         self.cancelled = 0  # requests stopped because their client left
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="gitbake-batcher")
-        self.thread.start()
 
-    def submit(self, req: Request) -> Request:
-        self.pending.put(req)
-        return req
-
-    def close(self) -> None:
-        self._stop.set()
-
-    def _take(self, n: int, wait: float) -> list[Request]:
-        out: list[Request] = []
-        deadline = time.monotonic() + wait
-        while len(out) < n:
-            try:
-                out.append(self.pending.get(timeout=max(0.0, deadline - time.monotonic())) if wait else self.pending.get_nowait())
-            except queue.Empty:
-                break
-        return out
-
-    def _loop(self) -> None:
-        rows: list[_Row] = []
-        while not self._stop.is_set():
-            try:
-                if not rows:
-                    try:
-                        first = self.pending.get(timeout=0.1)
-                    except queue.Empty:
-                        continue
-                    rows = [_Row(r, self.tokenizer) for r in [first] + self._take(self.max_batch - 1, self.gather_s)]
-                    logits = self._prefill(rows)
-                else:
-                    live = [r for r in rows if r.finish is None]
-                    joining = self._take(self.max_batch - len(live), 0.0)
-                    if joining or len(live) * 2 <= len(rows):
-                        # new requests join, or finished rows outnumber live ones: rebuild the batch from live rows
-                        rows = live + [_Row(r, self.tokenizer) for r in joining]
-                        logits = self._prefill(rows)
-                    else:
-                        logits = self._step(rows)
-                self._advance(rows, logits)
-                if all(r.finish is not None for r in rows):
-                    rows = []
-            except Exception as exc:  # a failed batch fails its requests, not the server
-                for r in rows:
-                    if r.finish is None:
-                        r.req.events.put(("error", f"{type(exc).__name__}: {exc}"))
-                rows = []
-
-    def _prefill(self, rows: list[_Row]) -> torch.Tensor:
+    def prefill(self, rows: list[_Row]) -> torch.Tensor:
         self.batches.append(len(rows))
         n, width = len(rows), max(len(r.ids) for r in rows)
         ids = torch.full((n, width), self.pad, dtype=torch.long)
@@ -268,7 +143,7 @@ class Batcher:
         logits: torch.Tensor = out.logits[:, -1, :].float().cpu()
         return logits
 
-    def _step(self, rows: list[_Row]) -> torch.Tensor:
+    def step(self, rows: list[_Row]) -> torch.Tensor:
         last = torch.tensor([[r.ids[-1]] for r in rows], dtype=torch.long, device=self.device)
         self._pos = self._pos + 1
         self._mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)], dim=1)
@@ -279,7 +154,7 @@ class Batcher:
         logits: torch.Tensor = out.logits[:, -1, :].float().cpu()
         return logits
 
-    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
+    def advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
         for i, row in enumerate(rows):
             if row.finish is not None:
                 row.ids.append(self.pad)  # finished rows ride along until the batch is rebuilt
@@ -316,3 +191,81 @@ class Batcher:
             row.req.events.put(("text", rest))
         row.finish = reason
         row.req.events.put(("done", {"finish_reason": reason, "completion_tokens": row.produced, "prompt_tokens": len(row.req.prompt)}))
+
+
+class Batcher(Decoder):
+    """One model, one worker thread, requests decoded together. A request that arrives while a batch is
+    running joins it at the next step (the batch is re-prefilled with every live row's tokens so far);
+    a cancelled request (its client left) stops at once."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 16, gather_s: float = 0.01) -> None:
+        super().__init__(model, tokenizer)
+        self.max_batch, self.gather_s = max_batch, gather_s
+        self.pending: "queue.Queue[Request]" = queue.Queue()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="gitbake-batcher")
+        self.thread.start()
+
+    def submit(self, req: Request) -> Request:
+        self.pending.put(req)
+        return req
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _take(self, n: int, wait: float) -> list[Request]:
+        out: list[Request] = []
+        deadline = time.monotonic() + wait
+        while len(out) < n:
+            try:
+                out.append(self.pending.get(timeout=max(0.0, deadline - time.monotonic())) if wait else self.pending.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def _loop(self) -> None:
+        rows: list[_Row] = []
+        while not self._stop.is_set():
+            try:
+                if not rows:
+                    try:
+                        first = self.pending.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    rows = [_Row(r, self.tokenizer) for r in [first] + self._take(self.max_batch - 1, self.gather_s)]
+                    logits = self.prefill(rows)
+                else:
+                    live = [r for r in rows if r.finish is None]
+                    joining = self._take(self.max_batch - len(live), 0.0)
+                    if joining or len(live) * 2 <= len(rows):
+                        # new requests join, or finished rows outnumber live ones: rebuild the batch from live rows
+                        rows = live + [_Row(r, self.tokenizer) for r in joining]
+                        logits = self.prefill(rows)
+                    else:
+                        logits = self.step(rows)
+                self.advance(rows, logits)
+                if all(r.finish is not None for r in rows):
+                    rows = []
+            except Exception as exc:  # a failed batch fails its requests, not the server
+                for r in rows:
+                    if r.finish is None:
+                        r.req.events.put(("error", f"{type(exc).__name__}: {exc}"))
+                rows = []
+
+
+def stream(model: Any, tokenizer: Any, prompt: Sequence[int], temperature: float = 0.7, max_tokens: int = 256,
+           seed: int | None = 0) -> Iterator[str]:
+    """Text deltas of one answer, as they are generated (the batch machinery, with one row, in this thread)."""
+    dec = Decoder(model, tokenizer)
+    req = Request(list(prompt), temperature, max_tokens, seed)
+    rows = [_Row(req, tokenizer)]
+    logits = dec.prefill(rows)
+    while True:
+        dec.advance(rows, logits)
+        while not req.events.empty():
+            kind, value = req.events.get_nowait()
+            if kind == "text":
+                yield value
+        if rows[0].finish is not None:
+            return
+        logits = dec.step(rows)
