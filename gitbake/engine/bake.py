@@ -129,6 +129,48 @@ def response_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, pad_id
     return torch.cat(rows)
 
 
+TEACHER_CACHE_MB = float(os.environ.get("GITBAKE_TEACHER_CACHE_MB", "2048"))
+
+
+def teacher_states(decoder: Any, data: Sequence[Trajectory], pad_id: int, device: Any, batch_size: int,
+                   budget_mb: float = TEACHER_CACHE_MB, label: str = "bake") -> dict[int, torch.Tensor] | None:
+    """The teacher's hidden states at every response position, computed once for the whole bake.
+
+    The teacher is frozen, so its states are the same in every epoch: recomputing them each epoch (as a
+    frozen teacher copy does) spends a forward pass per trajectory per epoch for nothing. The states of
+    the final layer (after its norm) are kept, not log-probs: H numbers per position instead of V, kept in
+    host memory and exact. Trajectories are run sorted by teacher length, so the batches pad little.
+    None when they would take more than `budget_mb` (the bake then runs the teacher batch by batch)."""
+    width = _hidden_size(decoder)
+    if width is None:
+        return None
+    sample = next(decoder.parameters())
+    itemsize = torch.empty((), dtype=sample.dtype).element_size()
+    size = sum(len(t.response_ids) for t in data) * width * itemsize
+    if size > budget_mb * 2**20:
+        return None
+    order = sorted(data, key=lambda t: len(t.teacher_ids) + len(t.response_ids))
+    progress = Progress(f"{label}: teacher", math.ceil(len(order) / batch_size), unit="batch")
+    out: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for i in range(0, len(order), batch_size):
+            chunk = order[i : i + batch_size]
+            hidden = response_hidden(decoder, chunk, "teacher", pad_id, device).cpu()
+            offset = 0
+            for t in chunk:
+                n = len(t.response_ids)
+                out[id(t)] = hidden[offset : offset + n].clone()  # its own storage: the batch's is freed
+                offset += n
+            progress.update()
+    return out
+
+
+def _hidden_size(decoder: Any) -> int | None:
+    conf = getattr(decoder, "config", None)
+    value = getattr(conf, "hidden_size", None)
+    return int(value) if isinstance(value, int) else None
+
+
 # -------------------------------------------------------------------------------------- training
 
 
@@ -239,6 +281,12 @@ class Baker:
                         cache[id(t)] = (ids[offset : offset + n], lps[offset : offset + n])
                         offset += n
 
+        states: dict[int, torch.Tensor] | None = None
+        if not topk:
+            pm.eval()  # the teacher never sees dropout: it is the frozen parent
+            with pm.disable_adapter():
+                states = teacher_states(decoder, data, self.pad_id, self.device, max(2 * mbs, 8), label=progress_label)
+
         fused = kl.head_is_frozen(lm_head) and not zero3 and os.environ.get("GITBAKE_FUSED_LOSS", "1") != "0"
         wandb_run = self._wandb(notes)
         result = BakeResult(out_dir, trajectories=len(data), notes=notes)
@@ -281,10 +329,13 @@ class Baker:
                         lps = torch.cat([cache[id(t)][1] for t in batch])
                         loss_sum = loss_fn(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps))
                     else:
-                        pm.eval()  # the teacher never sees dropout: it is the frozen parent
-                        with torch.no_grad(), pm.disable_adapter():
-                            t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
-                        pm.train()
+                        if states is not None:
+                            t_hidden = torch.cat([states[id(t)] for t in batch]).to(self.device)
+                        else:
+                            pm.eval()  # the teacher never sees dropout: it is the frozen parent
+                            with torch.no_grad(), pm.disable_adapter():
+                                t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
+                            pm.train()
                         loss_sum = loss_fn(lm_head, s_hidden, t_hidden, beta, temperature)
                     group_start = b_index - b_index % ga
                     group = min(ga, len(epoch_batches) - group_start)  # the last group of an epoch may be short

@@ -121,26 +121,37 @@ def child(impl: str, n: int, epochs: int) -> None:
         kl = final_kl(Teacher(), pm, trajs)
     else:
         import copy
+        import math
+        import random
 
         import torch.nn.functional as F
         from peft import LoraConfig, get_peft_model
+        from transformers import get_scheduler
 
         teacher = bench_model()
         student = get_peft_model(copy.deepcopy(teacher), LoraConfig(r=r_, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
         for p in teacher.parameters():
             p.requires_grad_(False)
-        opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
+        mbs = int(os.environ.get("BENCH_MBS", "4"))
+        steps = math.ceil(len(trajs) / mbs) * epochs
+        opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=float(os.environ.get("BENCH_LR", str(lr))))
+        sched = get_scheduler(os.environ.get("BENCH_SCHED", "linear"), optimizer=opt, num_warmup_steps=0, num_training_steps=steps)
         student.train()
-        torch.manual_seed(0)
+        rng = random.Random(0)
         t0 = time.perf_counter()
         for _ in range(epochs):
-            for t, s, r in trajs:  # one sample per step, full logits
-                with torch.no_grad():
-                    lt = F.log_softmax(teacher(torch.tensor([t + r])).logits[0].float(), -1)[len(t) - 1 : -1]
-                ls = F.log_softmax(student(torch.tensor([s + r])).logits[0].float(), -1)[len(s) - 1 : -1]
-                loss = F.kl_div(ls, lt, log_target=True, reduction="sum") / len(r)
-                loss.backward()
-                opt.step()
+            order = list(trajs)
+            rng.shuffle(order)
+            for i in range(0, len(order), mbs):  # one sample per forward/backward, full logits
+                group = order[i : i + mbs]
+                for t, s, r in group:
+                    with torch.no_grad():
+                        lt = F.log_softmax(teacher(torch.tensor([t + r])).logits[0].float(), -1)[len(t) - 1 : -1]
+                    ls = F.log_softmax(student(torch.tensor([s + r])).logits[0].float(), -1)[len(s) - 1 : -1]
+                    loss = F.kl_div(ls, lt, log_target=True, reduction="sum") / len(r) / len(group)
+                    loss.backward()
+                opt.step()  # the same batch, optimizer and schedule as ours: the same training
+                sched.step()
                 opt.zero_grad()
         elapsed = time.perf_counter() - t0
         student.eval()
