@@ -280,3 +280,47 @@ def test_teacher_runs_without_dropout(trajectories: list[bake.Trajectory], tmp_p
     monkeypatch.setattr(bake, "response_hidden", spy)
     b.train(trajectories, tmp_path / "a")
     assert seen and not any(seen)
+
+
+def test_tiled_output_layer_is_the_plain_one() -> None:
+    torch.manual_seed(1)
+    h, w, b = torch.randn(9, 16), torch.randn(70, 16), torch.randn(70)
+    assert torch.allclose(kl.head_logits(h, w, b, tile=8), torch.nn.functional.linear(h, w, b), atol=1e-5)
+    assert torch.allclose(kl.head_logits(h, w, None, tile=8), h @ w.T, atol=1e-5)
+
+
+def test_closed_form_kl_gradient_is_autograd_s() -> None:
+    torch.manual_seed(2)
+    t_lp = torch.log_softmax(torch.randn(6, 30), -1)
+    s_logits = torch.randn(6, 30, requires_grad=True)
+    ref = kl.divergence(t_lp, torch.log_softmax(s_logits, -1), 0.0).sum()
+    ref.backward()
+    value, grad = kl.forward_kl_and_grad(t_lp, s_logits.detach())
+    assert torch.allclose(value.sum(), ref, atol=1e-5) and torch.allclose(grad, s_logits.grad, atol=1e-5)
+
+
+def test_teacher_prefix_cache_gives_the_states_of_whole_sequences(trajectories: list[bake.Trajectory]) -> None:
+    """The teacher's shared prompt runs once; the rest of each sequence attends to its cached keys."""
+    m = fresh()
+    decoder = m.model.get_decoder()
+    with torch.no_grad():
+        prefix = bake.Prefix.of(decoder, trajectories, "cpu")
+        assert prefix is not None and prefix.length >= bake.PREFIX_MIN  # the system prompt is shared
+        whole = bake.response_hidden(decoder, trajectories[:5], "teacher", 256, "cpu")
+        cached = bake.response_hidden(decoder, trajectories[:5], "teacher", 256, "cpu", prefix)
+        again = bake.response_hidden(decoder, trajectories[:2], "teacher", 256, "cpu", prefix)  # the cache is not consumed
+    assert torch.allclose(whole, cached, atol=1e-4) and torch.allclose(whole[: again.shape[0]], again, atol=1e-4)
+    # trajectories that share nothing long enough get no cache
+    odd = [bake.Trajectory([257] + t.teacher_ids[1:], t.student_ids, t.response_ids) for t in trajectories[:1]]
+    assert bake.Prefix.of(decoder, odd + [bake.Trajectory([300] * 40, [1], [2])], "cpu") is None
+
+
+def test_teacher_states_once_or_batch_by_batch_train_alike(trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teacher's states computed once for the bake (prefix-cached) or per batch: the same curve."""
+    curves = []
+    for budget in (bake.TEACHER_CACHE_MB, 0.0):
+        monkeypatch.setattr(bake, "TEACHER_CACHE_MB", budget)
+        monkeypatch.setattr(bake.teacher_states, "__defaults__", (budget, "bake"))
+        m = fresh()
+        curves.append([r["loss"] for r in bake.Baker(m.model, m.tokenizer, config(epochs=2), "tiny").train(trajectories, tmp_path / str(budget)).metrics])
+    assert curves[0] == pytest.approx(curves[1], rel=1e-3)

@@ -81,7 +81,8 @@ def test_killed_job_leaves_a_consistent_repository_and_a_retry_works(model_repo:
     head = git(model_repo, "rev-parse", "HEAD")
     job = json.loads(bake_git(model_repo, "run", "--detach", "--json").stdout)
     path = Path(job["dir"])
-    wait_for(lambda: '"bake ' in ((path / "progress.json").read_text() if (path / "progress.json").exists() else ""))
+    # training has begun (the teacher's pass over the trajectories, which comes first, counts batches)
+    wait_for(lambda: '"unit": "step"' in ((path / "progress.json").read_text() if (path / "progress.json").exists() else ""))
     # mid-bake: status shows the stage running, with its progress and ETA
     rows = {r["stage"]: r for r in json.loads(bake_git(model_repo, "status", "--json").stdout)["stages"]}
     assert rows["rollout"]["state"] == "cached" and rows["bake"]["state"] == "running"

@@ -71,7 +71,8 @@ def test_key_order_style_and_comments_do_not_change_keys(tmp_path_factory: Any, 
     shuffled = _reorder(BASE, data)
     # generator order does not matter either
     shuffled["TARGET"]["generators"] = data.draw(st.permutations(shuffled["TARGET"]["generators"]))
-    text = yaml.safe_dump(shuffled, sort_keys=False, default_flow_style=(style == "flow"), indent=data.draw(st.sampled_from([2, 4])))
+    text = yaml.safe_dump(shuffled, sort_keys=False, default_flow_style=(style == "flow"), indent=data.draw(st.sampled_from([2, 4])),
+                          width=10**9)  # no folded scalar: a comment line may go between any two lines
     lines = text.splitlines()
     for i in range(comments):
         lines.insert(min(len(lines), i * 3), "# a comment")

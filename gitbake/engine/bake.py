@@ -9,6 +9,7 @@ The loss is the mean over response tokens of the divergence (forward KL by defau
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from gitbake.engine import kl
+from gitbake.engine.infer import cache_arg
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.progress import Progress
 
@@ -110,23 +112,69 @@ def batches(items: Sequence[Trajectory], size: int, seed: int) -> list[list[Traj
     return out
 
 
-def response_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, pad_id: int, device: Any) -> torch.Tensor:
-    """Hidden states at the positions that predict each response token, row-aligned across sides: [N, H]."""
+def response_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, pad_id: int, device: Any,
+                    prefix: Prefix | None = None) -> torch.Tensor:
+    """Hidden states at the positions that predict each response token, row-aligned across sides: [N, H].
+
+    `prefix`: the first `prefix.length` tokens of every sequence, already run (their keys and values):
+    only the rest is computed. The states are the same, as attention is causal."""
+    skip = prefix.length if prefix is not None else 0
     prompts = [t.teacher_ids if side == "teacher" else t.student_ids for t in batch]
-    seqs = [p + t.response_ids[:-1] for p, t in zip(prompts, batch)]
+    seqs = [(p + t.response_ids[:-1])[skip:] for p, t in zip(prompts, batch)]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), skip + width), dtype=torch.long)
     for row, s in enumerate(seqs):  # right padding: positions of the real tokens stay 0..len-1
         ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[row, : len(s)] = 1
-    out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        mask[row, : skip + len(s)] = 1
+    extra: dict[str, Any] = {"use_cache": False}
+    if prefix is not None:
+        extra = {"use_cache": True, prefix.arg: prefix.for_batch(len(seqs))}
+    out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), **extra)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     rows = []
     for row, (p, t) in enumerate(zip(prompts, batch)):
-        start = len(p) - 1
+        start = len(p) - 1 - skip
         rows.append(hidden[row, start : start + len(t.response_ids)])
     return torch.cat(rows)
+
+
+PREFIX_MIN = 16  # a shared prefix shorter than this is not worth a cache
+PREFIX_CACHE = os.environ.get("GITBAKE_PREFIX_CACHE", "1") != "0"
+
+
+@dataclass
+class Prefix:
+    """A run of tokens that begins every teacher sequence of a group (the teacher's system prompt, the
+    same for every question of a target), run through the teacher once; its keys and values are reused."""
+
+    length: int
+    cache: Any
+    arg: str  # the cache's name in the decoder's forward
+
+    @classmethod
+    def of(cls, decoder: Any, group: Sequence[Trajectory], device: Any) -> Prefix | None:
+        first = group[0].teacher_ids
+        # the position before the first response token must stay in the rest: it is a row we need
+        n = min(len(t.teacher_ids) for t in group) - 1
+        for t in group[1:]:
+            other = t.teacher_ids
+            n = next((i for i in range(n) if other[i] != first[i]), n)
+        if n < PREFIX_MIN:
+            return None
+        ids = torch.tensor([first[:n]], dtype=torch.long, device=device)
+        out = decoder(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        arg = cache_arg(decoder)
+        cache = getattr(out, arg, None)
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return None  # a decoder without a reusable cache: every sequence is run whole
+        return cls(n, cache, arg)
+
+    def for_batch(self, rows: int) -> Any:
+        # a fresh copy each time: the forward appends the batch's own keys and values to it
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
 
 
 TEACHER_CACHE_MB = float(os.environ.get("GITBAKE_TEACHER_CACHE_MB", "2048"))
@@ -149,19 +197,25 @@ def teacher_states(decoder: Any, data: Sequence[Trajectory], pad_id: int, device
     size = sum(len(t.response_ids) for t in data) * width * itemsize
     if size > budget_mb * 2**20:
         return None
-    order = sorted(data, key=lambda t: len(t.teacher_ids) + len(t.response_ids))
-    progress = Progress(f"{label}: teacher", math.ceil(len(order) / batch_size), unit="batch")
+    # one group per target: its trajectories share the teacher's prompt, run once as a cached prefix
+    groups: dict[int, list[Trajectory]] = {}
+    for t in data:
+        groups.setdefault(t.dataset, []).append(t)
+    progress = Progress(f"{label}: teacher", sum(math.ceil(len(g) / batch_size) for g in groups.values()), unit="batch")
     out: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        for i in range(0, len(order), batch_size):
-            chunk = order[i : i + batch_size]
-            hidden = response_hidden(decoder, chunk, "teacher", pad_id, device).cpu()
-            offset = 0
-            for t in chunk:
-                n = len(t.response_ids)
-                out[id(t)] = hidden[offset : offset + n].clone()  # its own storage: the batch's is freed
-                offset += n
-            progress.update()
+        for group in groups.values():
+            order = sorted(group, key=lambda t: len(t.teacher_ids) + len(t.response_ids))
+            prefix = Prefix.of(decoder, order, device) if PREFIX_CACHE else None
+            for i in range(0, len(order), batch_size):
+                chunk = order[i : i + batch_size]
+                hidden = response_hidden(decoder, chunk, "teacher", pad_id, device, prefix).cpu()
+                offset = 0
+                for t in chunk:
+                    n = len(t.response_ids)
+                    out[id(t)] = hidden[offset : offset + n].clone()  # its own storage: the batch's is freed
+                    offset += n
+                progress.update()
     return out
 
 

@@ -45,6 +45,14 @@ def init_distributed() -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if os.environ["WORLD_SIZE"] == "1" and backend == "gloo":
+        # one process exchanges nothing: DeepSpeed's shared-memory all-reduce kernel for the CPU, which it
+        # would compile with gcc on first use (a minute or more), would never run
+        import deepspeed.ops
+
+        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+        if isinstance(compatible, dict):
+            compatible["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 

@@ -102,6 +102,13 @@ class _Row:
         return out
 
 
+def cache_arg(model: Any) -> str:
+    """The name of the KV cache in a forward's arguments and outputs (`cache` since transformers 5.24)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _forward_kwargs(model: Any) -> tuple[str, dict[str, Any]]:
     """The cache argument's name, and how to ask for the last position's logits only (a 150k vocabulary
     times every prompt position would be gigabytes)."""
@@ -109,7 +116,7 @@ def _forward_kwargs(model: Any) -> tuple[str, dict[str, Any]]:
 
     params = inspect.signature(model.forward).parameters
     keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {"num_logits_to_keep": 1} if "num_logits_to_keep" in params else {}
-    return ("cache" if "cache" in params else "past_key_values"), keep
+    return cache_arg(model), keep
 
 
 class Decoder:

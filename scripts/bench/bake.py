@@ -4,10 +4,14 @@
 On the benchmark model (scripts/bench/_models.py: ~29 M parameters, 32k vocabulary, so logits matter)
 and one fixed set of trajectories:
 
-  ours           gitbake.engine.bake.Baker: one model (teacher = adapter disabled), response-only hidden
-                 states, chunked fp32 loss recomputed in backward, length-bucketed micro-batches
+  ours           gitbake.engine.bake.Baker: one model (teacher = adapter disabled); the teacher's states at
+                 the response positions computed once for the whole bake (its shared system prompt run
+                 once, as a cached prefix); response-only hidden states; the output layer a vocabulary
+                 slice at a time, teacher and student rows in one product, the KL's gradient in closed
+                 form; length-bucketed micro-batches; activation checkpointing
   straightforward  what a typical user writes: a frozen teacher copy plus a PEFT student, full logits for
-                 the whole sequence, no bucketing, one optimizer step per sample
+                 the whole sequence, one sample per forward/backward, gradients accumulated to the same
+                 batch size, with the same optimizer, learning rate and schedule
 
 Each runs in its own process, one after the other. Printed: response tokens/s of training, peak memory
 (peak RSS above the process's RSS right after its imports), and the final mean per-token
