@@ -72,7 +72,6 @@ def lineage_questions(repo: ModelRepo, versions: list[Version]) -> tuple[list[st
 def diff(repo: ModelRepo, rev1: str, rev2: str | None, questions_file: Path | None, samples: int, max_tokens: int,
          top: int) -> dict[str, Any]:
     from gitbake.chat import load
-    from gitbake.engine.compare import behaviour_diff
 
     a = resolve(repo, rev1)
     b = resolve(repo, rev2) if rev2 else a.parent()
@@ -87,6 +86,8 @@ def diff(repo: ModelRepo, rev1: str, rev2: str | None, questions_file: Path | No
         questions, note = read_questions(questions_file), None
     else:
         questions, note = lineage_questions(repo, [a] + ([b] if rev2 else []))
+    from gitbake.engine.compare import behaviour_diff  # the ML stack, once the input is known to be good
+
     ma, mb = load(repo, a), load(repo, b)
     result = behaviour_diff(ma, mb, questions, samples, max_tokens)
     result["questions"] = result["questions"][: max(top, 0)] if top >= 0 else result["questions"]

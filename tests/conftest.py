@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -73,14 +74,24 @@ def baked_repo(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> d
 
 
 @pytest.fixture
-def model_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def model_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh `git bake init` repository (base model tiny), with the cwd inside it."""
     from gitbake.init import init
 
     root = tmp_path / "model"
     init(root, base_model="tiny")
     monkeypatch.chdir(root)
-    return root.resolve()
+    yield root.resolve()
+    # a background bake that a failed test left running would slow every test after it: stop it
+    from gitbake import jobs
+    from gitbake.repo import open_repo
+
+    for job in jobs.active(open_repo(root)):
+        if job.pid:
+            try:
+                os.killpg(job.pid, 9)
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,19 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+def bake_here(root: Path, *args: str, input: str | None = None) -> Result:
+    """The CLI in this process, in `root`: for repeated model commands, once the real external command has
+    been tested (each new process spends seconds importing the ML stack)."""
+    import os
+
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+    finally:
+        os.chdir(before)
+
+
 def bake_git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real `git bake` external command, as a user would."""
     return subprocess.run(["git", "bake", *args], cwd=root, capture_output=True, text=True)

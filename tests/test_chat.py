@@ -16,7 +16,7 @@ from gitbake.engine.models import load_base
 from gitbake.engine.templating import render
 from gitbake.repo import open_repo
 from gitbake.versions import resolve
-from helpers import YODA_SMALL, bake_git, copy_baked, git
+from helpers import YODA_SMALL, bake_git, bake_here, copy_baked, git
 
 
 def test_one_answer_is_deterministic_at_temperature_zero_on_any_revision(baked_repo: dict[str, Any]) -> None:
@@ -28,8 +28,8 @@ def test_one_answer_is_deterministic_at_temperature_zero_on_any_revision(baked_r
     # any revision, not only HEAD: each loads its own model (tiny's one-step bakes barely move its noise,
     # so the model, not the text, is what is checked)
     for rev, adapters in ((baked_repo["first"], 1), ("HEAD", 2), (git(root, "rev-list", "--max-parents=0", "HEAD").strip(), 0)):
-        out = subprocess.run(["git", "bake", "chat", rev, "--max-tokens", "2"], cwd=root, input="/status\n", capture_output=True, text=True)
-        assert out.returncode == 0 and f"{adapters} adapter(s)" in out.stdout, (rev, out.stdout, out.stderr)
+        out = bake_here(root, "chat", rev, "--max-tokens", "2", input="/status\n")
+        assert out.exit_code == 0 and f"{adapters} adapter(s)" in out.stdout, (rev, out.stdout)
 
 
 def test_repl_commands(baked_repo: dict[str, Any]) -> None:
@@ -73,12 +73,12 @@ def test_checkpoint_of_a_bake(model_repo: Path) -> None:
     half = subprocess.run(["git", "bake", "chat", "--checkpoint", str(step), "--max-tokens", "2"], cwd=model_repo,
                           input="/status\n", capture_output=True, text=True)
     assert half.returncode == 0 and f"checkpoint step {step}" in half.stdout, half.stderr
-    assert bake_git(model_repo, *args, "--checkpoint", str(step)).returncode == 0
+    assert bake_here(model_repo, *args, "--checkpoint", str(step)).exit_code == 0
     v = resolve(open_repo(model_repo), "HEAD", step)
     final = resolve(open_repo(model_repo), "HEAD").adapters[-1]
     assert v.adapters[-1] == saved[step] != final  # the half-baked adapter, not the final one
-    missing = bake_git(model_repo, *args, "--checkpoint", "999")
-    assert missing.returncode == 2 and "no checkpoint at step 999" in missing.stderr and str(step) in missing.stderr
+    missing = bake_here(model_repo, *args, "--checkpoint", "999")
+    assert missing.exit_code == 2 and "no checkpoint at step 999" in missing.stderr and str(step) in missing.stderr
     # checkpoints are not the model's identity: .bread names the final adapter only
     assert saved[step] not in (model_repo / ".bread").read_text()
 

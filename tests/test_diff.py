@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from helpers import bake_git
+from helpers import bake_git, bake_here
 
 
 def test_diff_two_versions_and_against_the_parent(baked_repo: dict[str, Any], tmp_path: Path) -> None:
@@ -17,15 +17,15 @@ def test_diff_two_versions_and_against_the_parent(baked_repo: dict[str, Any], tm
     assert d["mean_kl"] > 0 and d["tokens"] > 0 and d["questions"]
     q = d["questions"][0]
     assert {"question", "kl", "answer_a", "answer_b"} <= set(q) and q["kl"] >= d["questions"][-1]["kl"]
-    same = json.loads(bake_git(root, "diff", "HEAD", "HEAD", "--json", "--max-tokens", "8").stdout)
+    same = json.loads(bake_here(root, "diff", "HEAD", "HEAD", "--json", "--max-tokens", "8").stdout)
     assert same["mean_kl"] < 1e-6  # a model does not differ from itself: the measure can tell
-    parent = json.loads(bake_git(root, "diff", "HEAD", "--json", "--max-tokens", "8").stdout)
+    parent = json.loads(bake_here(root, "diff", "HEAD", "--json", "--max-tokens", "8").stdout)
     assert parent["b"]["adapters"] == parent["a"]["adapters"][:-1] and parent["mean_kl"] > 0
     qfile = tmp_path / "q.txt"
     qfile.write_text("Who are you?\n\nWhat is love?\n")
-    custom = json.loads(bake_git(root, "diff", "HEAD", "--questions", str(qfile), "--json", "--max-tokens", "8").stdout)
+    custom = json.loads(bake_here(root, "diff", "HEAD", "--questions", str(qfile), "--json", "--max-tokens", "8").stdout)
     assert custom["asked"] == 2
-    human = bake_git(root, "diff", "HEAD", "--max-tokens", "8", "--top", "1").stdout
+    human = bake_here(root, "diff", "HEAD", "--max-tokens", "8", "--top", "1").stdout
     assert "mean KL" in human and " | " in human
 
 

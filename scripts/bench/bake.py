@@ -13,13 +13,13 @@ and one fixed set of trajectories:
                  the whole sequence, one sample per forward/backward, gradients accumulated to the same
                  batch size, with the same optimizer, learning rate and schedule
 
-Each runs in its own process, one after the other. Printed: response tokens/s of training, peak memory
+Each runs in its own process, one after the other, --repeat times (interleaved; medians printed). Printed: response tokens/s of training, peak memory
 (peak RSS above the process's RSS right after its imports), and the final mean per-token
 KL(teacher || student) on the trajectories. Goals: >= 2x tokens/s, <= 0.7x peak memory, final KL within 10%.
 Then the demo bake on `tiny` (scripts/demo's input.yml) through `git bake run`, and its gap_closed on
 held-out questions (goal >= 0.95).
 
-    .venv/bin/python scripts/bench/bake.py [--trajectories 64] [--epochs 2] [--skip-demo]
+    .venv/bin/python scripts/bench/bake.py [--trajectories 64] [--epochs 2] [--repeat 3] [--skip-demo]
 
 Our side uses gitbake's defaults (micro-batch 4, lr 1e-3, linear decay, activation checkpointing);
 BENCH_MBS, BENCH_LR, BENCH_SCHED and BENCH_NOCKPT=1 override them to explore the trade-offs.
@@ -110,10 +110,10 @@ def child(impl: str, n: int, epochs: int) -> None:
                                              "disable_activation_checkpoint": os.environ.get("BENCH_NOCKPT") == "1"},
                                    "seed": 0}).model_dump(mode="json")
         baker = Baker(model, BenchTokenizer(), cfg, "bench")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         with tempfile.TemporaryDirectory() as tmp:
             baker.train([Trajectory(t, s, r) for t, s, r in trajs], Path(tmp) / "a")
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         pm = baker.model
         pm.eval()
 
@@ -142,7 +142,7 @@ def child(impl: str, n: int, epochs: int) -> None:
         sched = get_scheduler(os.environ.get("BENCH_SCHED", "linear"), optimizer=opt, num_warmup_steps=0, num_training_steps=steps)
         student.train()
         rng = random.Random(0)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for _ in range(epochs):
             order = list(trajs)
             rng.shuffle(order)
@@ -157,11 +157,11 @@ def child(impl: str, n: int, epochs: int) -> None:
                 opt.step()  # the same batch, optimizer and schedule as ours: the same training
                 sched.step()
                 opt.zero_grad()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         student.eval()
         kl = final_kl(teacher, student, trajs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss
-    print("RESULT " + json.dumps({"impl": impl, "tokens_per_s": tokens / elapsed, "peak_mb": peak / 1024, "final_kl": kl,
+    print("RESULT " + json.dumps({"impl": impl, "tokens_per_s": tokens / elapsed, "tokens_per_cpu_s": tokens / cpu, "peak_mb": peak / 1024, "final_kl": kl,
                                   "seconds": elapsed, "vocab": BENCH_CONFIG["vocab_size"]}))
 
 
@@ -189,22 +189,31 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--child", choices=["ours", "naive"])
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each side, interleaved; medians are printed")
     args = ap.parse_args()
     if args.child:
         child(args.child, args.trajectories, args.epochs)
         return
-    results = {}
-    for impl in ("ours", "naive"):
-        proc = subprocess.run([sys.executable, __file__, "--child", impl, "--trajectories", str(args.trajectories), "--epochs", str(args.epochs)],
-                              capture_output=True, text=True)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
-            sys.exit(f"{impl} failed:\n{proc.stderr[-2000:]}")
-        results[impl] = json.loads(line[0][len("RESULT "):])
-    ours, naive = results["ours"], results["naive"]
-    print(f"bake bench: ~29 M-parameter Llama, 32k vocabulary, {args.trajectories} trajectories x {args.epochs} epochs")
+    import statistics
+
+    runs: dict[str, list[dict[str, float]]] = {"ours": [], "naive": []}
+    for _ in range(args.repeat):  # interleaved, so a slow spell of a noisy machine hits both sides
+        for impl in ("ours", "naive"):
+            proc = subprocess.run([sys.executable, __file__, "--child", impl, "--trajectories", str(args.trajectories), "--epochs", str(args.epochs)],
+                                  capture_output=True, text=True)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if not line:
+                sys.exit(f"{impl} failed:\n{proc.stderr[-2000:]}")
+            runs[impl].append(json.loads(line[0][len("RESULT "):]))
+    med = {impl: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "tokens_per_cpu_s", "peak_mb", "final_kl", "seconds")} for impl, rs in runs.items()}
+    ours, naive = med["ours"], med["naive"]
+    print(f"bake bench: ~29 M-parameter Llama, 32k vocabulary, {args.trajectories} trajectories x {args.epochs} epochs, "
+          f"median of {args.repeat} interleaved runs")
     for name, r in (("ours", ours), ("straightforward", naive)):
         print(f"  {name:<16} {r['tokens_per_s']:9.1f} tokens/s   peak {r['peak_mb']:8.1f} MB   final KL {r['final_kl']:.5f}   ({r['seconds']:.1f} s)")
+    pairs = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
+    print("  tokens/s ratio of each run: " + ", ".join(f"{x:.2f}x" for x in pairs))
+    print(f"  tokens per CPU-second: {ours['tokens_per_cpu_s'] / naive['tokens_per_cpu_s']:.2f}x")
     speed = ours["tokens_per_s"] / naive["tokens_per_s"]
     mem = ours["peak_mb"] / naive["peak_mb"]
     kl_diff = abs(ours["final_kl"] - naive["final_kl"]) / naive["final_kl"]
