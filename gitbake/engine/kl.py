@@ -50,7 +50,8 @@ def topk_divergence(t_ids: torch.Tensor, t_logp: torch.Tensor, s_logp_full: torc
 VOCAB_TILE = int(os.environ.get("GITBAKE_VOCAB_TILE", "1024"))
 
 
-def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tile: int = VOCAB_TILE) -> torch.Tensor:
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tile: int = VOCAB_TILE,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """`hidden @ weight.T (+ bias)`, [N, V], computed a slice of the vocabulary at a time.
 
     A large vocabulary's output layer does not fit in the CPU's caches: one [N, H] x [H, V] product
@@ -59,8 +60,14 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     benchmark model: about 1.5x the throughput of one product). The values are the same products."""
     v = weight.shape[0]
     if v <= 2 * tile or hidden.device.type != "cpu":
-        return F.linear(hidden, weight, bias)
-    out = torch.empty((hidden.shape[0], v), dtype=torch.result_type(hidden, weight), device=hidden.device)
+        if out is None:
+            return F.linear(hidden, weight, bias)
+        torch.mm(hidden, weight.t(), out=out)
+        if bias is not None:
+            out += bias
+        return out
+    if out is None:
+        out = torch.empty((hidden.shape[0], v), dtype=torch.result_type(hidden, weight), device=hidden.device)
     for start in range(0, v, tile):
         end = min(v, start + tile)
         torch.mm(hidden, weight[start:end].t(), out=out[:, start:end])
@@ -87,13 +94,15 @@ def _head_params(lm_head: Any) -> tuple[torch.Tensor | None, torch.Tensor | None
     return None, None
 
 
-def forward_kl_and_grad(t_lp: torch.Tensor, s_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_kl_and_grad_(t_logits: torch.Tensor, s_logits: torch.Tensor, p_buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward KL(teacher || student) summed over rows, and its gradient w.r.t. the student's logits in
-    closed form: softmax(s) - p_t. Four [rows, vocab] passes and two dot products, no autograd graph."""
-    s_lp = torch.log_softmax(s_logits, dim=-1)
-    p_t = t_lp.exp()
+    closed form (softmax(s) - p_t), without autograd. In place: the logits become log-probs, then the
+    student's become the gradient; `p_buf` receives the teacher's probabilities (no new [rows, vocab] block)."""
+    t_lp = t_logits.sub_(torch.logsumexp(t_logits, dim=-1, keepdim=True))
+    s_lp = s_logits.sub_(torch.logsumexp(s_logits, dim=-1, keepdim=True))
+    p_t = torch.exp(t_lp, out=p_buf)
     flat = p_t.view(-1)
-    loss = torch.dot(flat, t_lp.reshape(-1)) - torch.dot(flat, s_lp.view(-1))
+    loss = torch.dot(flat, t_lp.reshape(-1)) - torch.dot(flat, s_lp.reshape(-1))
     grad = s_lp.exp_().sub_(p_t)
     return loss, grad
 
@@ -135,14 +144,18 @@ class _FusedHeadLoss(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=torch.float32)
         w = weight.float()
         b = None if bias is None else bias.float()
+        work: tuple[torch.Tensor, torch.Tensor] | None = None
         for start in range(0, hidden.shape[0], chunk):
             end = min(hidden.shape[0], start + chunk)
             h = hidden[start:end].float()
             if teacher.plain_kl:
                 assert teacher.hidden is not None
                 n = end - start
-                both = head_logits(torch.cat([teacher.hidden[start:end].float(), h]), w, b)
-                loss, g = forward_kl_and_grad(torch.log_softmax(both[:n], dim=-1), both[n:])
+                if work is None:  # [rows, vocab] buffers made once and reused by every chunk: the
+                    # allocator is not asked for (and does not keep around) fresh blocks each time
+                    work = (w.new_empty((2 * min(chunk, hidden.shape[0]), w.shape[0])), w.new_empty((min(chunk, hidden.shape[0]), w.shape[0])))
+                both = head_logits(torch.cat([teacher.hidden[start:end].float(), h]), w, b, out=work[0][: 2 * n])
+                loss, g = forward_kl_and_grad_(both[:n], both[n:], work[1][:n])
             else:
                 piece = teacher.piece(start, end)
                 logits = head_logits(h, w, b)
