@@ -399,9 +399,6 @@ def find_stage_output(repo: ModelRepo, stage: str, target_name: str | None) -> t
 def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`git bake eval REV`: the eval of REV's model again, on the held-out questions of its bake's
     targets. The new report is stored as its own object (the model's identity does not change)."""
-    from gitbake.engine.eval import evaluate
-    from gitbake.engine.models import load, with_adapter
-
     other = repo.at(rev)
     chain = other.bread.parent_adapters if other.bread else None
     if not chain:
@@ -427,6 +424,9 @@ def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = No
         contexts, note = train, "no held-out questions: evaluated on the training questions"
     contexts = list(dict.fromkeys((tuple(t), tuple(s)) for t, s in contexts))  # type: ignore[misc]
     base = other.bread.base_model if other.bread and other.bread.base_model else "tiny"
+    from gitbake.engine.eval import evaluate  # the ML stack, once the revision is known to have a model
+    from gitbake.engine.models import load, with_adapter
+
     with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
         dirs = []
         for i, digest in enumerate(chain):

@@ -312,12 +312,13 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
 
 def load_served(repo: Any, revs: list[str], max_batch: int = 16) -> dict[str, Served]:
     from gitbake.chat import load
-    from gitbake.engine.infer import Batcher
     from gitbake.versions import resolve
 
+    versions = [resolve(repo, rev) for rev in revs or ["HEAD"]]  # every revision checked before any model loads
+    from gitbake.engine.infer import Batcher
+
     models: dict[str, Served] = {}
-    for rev in revs or ["HEAD"]:
-        version = resolve(repo, rev)
+    for version in versions:
         if version.name in models:
             continue  # two revisions with the same model: serve it once
         loaded = load(repo, version)

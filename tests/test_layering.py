@@ -75,3 +75,31 @@ def test_read_only_commands_do_not_import_the_ml_stack(args: list[str], model_re
     (model_repo / "input.yml").write_text(YODA)
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=model_repo, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+BAD_REVISION_PROBE = textwrap.dedent(
+    """
+    import sys
+    BLOCK = {ml!r}
+    from gitbake.cli import cli
+    for args in {cases!r}:
+        try:
+            cli.main(args=args, prog_name="git bake")
+        except SystemExit as exc:
+            assert exc.code == 2, (args, exc.code)
+        else:
+            raise AssertionError(args)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCK)
+    assert not loaded, loaded[:5]
+    """
+)
+
+
+def test_model_commands_refuse_a_bad_revision_before_loading_the_ml_stack(model_repo: Path) -> None:
+    """A typo in a revision is answered at once, not after seconds of importing torch."""
+    cases = [["chat", "nope", "-p", "hi"], ["diff", "nope"], ["eval", "nope"], ["serve", "nope", "--port", "1"],
+             ["export", "nope", "--adapter", "out"]]
+    proc = subprocess.run([sys.executable, "-c", BAD_REVISION_PROBE.format(ml=ML, cases=cases)], cwd=model_repo,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("unknown revision") == len(cases)
