@@ -214,10 +214,10 @@ def main() -> None:
     pairs = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
     print("  tokens/s ratio of each run: " + ", ".join(f"{x:.2f}x" for x in pairs))
     print(f"  tokens per CPU-second: {ours['tokens_per_cpu_s'] / naive['tokens_per_cpu_s']:.2f}x")
-    speed = ours["tokens_per_s"] / naive["tokens_per_s"]
+    speed = statistics.median(pairs)  # each run against the run beside it: a slow spell of the machine cancels
     mem = ours["peak_mb"] / naive["peak_mb"]
     kl_diff = abs(ours["final_kl"] - naive["final_kl"]) / naive["final_kl"]
-    print(f"  tokens/s: {speed:.2f}x (goal >= 2x: {'met' if speed >= 2 else 'MISSED'})")
+    print(f"  tokens/s: {speed:.2f}x, median of those ratios (goal >= 2x: {'met' if speed >= 2 else 'MISSED'})")
     print(f"  peak memory: {mem:.2f}x (goal <= 0.7x: {'met' if mem <= 0.7 else 'MISSED'})")
     print(f"  final KL: {100 * kl_diff:.1f}% apart (goal within 10%: {'met' if kl_diff <= 0.1 else 'MISSED'})")
     if not args.skip_demo:
