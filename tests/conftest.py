@@ -87,11 +87,7 @@ def model_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     from gitbake.repo import open_repo
 
     for job in jobs.active(open_repo(root)):
-        if job.pid:
-            try:
-                os.killpg(job.pid, 9)
-            except OSError:
-                pass
+        jobs.cancel(job, grace=0)
 
 
 @pytest.fixture(scope="session")

@@ -50,9 +50,9 @@ def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
 
-def invoke(*args: str) -> Result:
+def invoke(*args: str, input: str | None = None) -> Result:
     """Run the CLI in-process (cwd is the test's), stderr kept apart from stdout."""
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
 
 def bake_here(root: Path, *args: str, input: str | None = None) -> Result:
@@ -63,7 +63,7 @@ def bake_here(root: Path, *args: str, input: str | None = None) -> Result:
     before = os.getcwd()
     os.chdir(root)
     try:
-        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+        return invoke(*args, input=input)
     finally:
         os.chdir(before)
 

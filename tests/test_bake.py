@@ -287,6 +287,10 @@ def test_tiled_output_layer_is_the_plain_one() -> None:
     h, w, b = torch.randn(9, 16), torch.randn(70, 16), torch.randn(70)
     assert torch.allclose(kl.head_logits(h, w, b, tile=8), torch.nn.functional.linear(h, w, b), atol=1e-5)
     assert torch.allclose(kl.head_logits(h, w, None, tile=8), h @ w.T, atol=1e-5)
+    for tile in (8, 1024):  # into a caller's buffer, tiled or as one product
+        buf = torch.full((9, 70), float("nan"))
+        assert kl.head_logits(h, w, b, tile=tile, out=buf) is buf
+        assert torch.allclose(buf, torch.nn.functional.linear(h, w, b), atol=1e-5)
 
 
 def test_closed_form_kl_gradient_is_autograd_s() -> None:

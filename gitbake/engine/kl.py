@@ -62,10 +62,7 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if v <= 2 * tile or hidden.device.type != "cpu":
         if out is None:
             return F.linear(hidden, weight, bias)
-        torch.mm(hidden, weight.t(), out=out)
-        if bias is not None:
-            out += bias
-        return out
+        tile = v  # one product, into the caller's buffer
     if out is None:
         out = torch.empty((hidden.shape[0], v), dtype=torch.result_type(hidden, weight), device=hidden.device)
     for start in range(0, v, tile):
@@ -153,7 +150,8 @@ class _FusedHeadLoss(torch.autograd.Function):
                 n = end - start
                 if work is None:  # [rows, vocab] buffers made once and reused by every chunk: the
                     # allocator is not asked for (and does not keep around) fresh blocks each time
-                    work = (w.new_empty((2 * min(chunk, hidden.shape[0]), w.shape[0])), w.new_empty((min(chunk, hidden.shape[0]), w.shape[0])))
+                    rows = min(chunk, hidden.shape[0])
+                    work = (w.new_empty((2 * rows, w.shape[0])), w.new_empty((rows, w.shape[0])))
                 both = head_logits(torch.cat([teacher.hidden[start:end].float(), h]), w, b, out=work[0][: 2 * n])
                 loss, g = forward_kl_and_grad_(both[:n], both[n:], work[1][:n])
             else:
