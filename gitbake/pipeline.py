@@ -115,7 +115,7 @@ class Runner:
     def model(self) -> Any:
         """The parent model: the base model with the lineage's adapters merged in, in order."""
         if self._model is None:
-            from gitbake.engine.models import load
+            from gitbake.engine.models import bake_dtype, load
 
             parent = self.plan.parent
             adapters = []
@@ -127,7 +127,7 @@ class Runner:
                     adapters.append(dest)
             self.say(f"loading {parent.base_model}" + (f" + {len(adapters)} adapter(s)" if adapters else ""))
             model_cfg = self.plan.bake.config["model"] if self.plan.bake is not None else {}
-            self._model = load(parent.base_model, adapters, root=self.repo.root, dtype=model_cfg.get("dtype"),
+            self._model = load(parent.base_model, adapters, root=self.repo.root, dtype=bake_dtype(model_cfg.get("dtype")),
                                attn_implementation=model_cfg.get("attn_implementation"))
         return self._model
 

@@ -4,6 +4,7 @@ failure leaves nothing, and eval."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,50 @@ def test_teacher_states_once_are_the_per_batch_ones(trajectories: list[bake.Traj
     assert states is not None and set(states) == {id(t) for t in data}
     assert torch.allclose(torch.cat([states[id(t)] for t in batch]), direct, atol=1e-4)
     assert bake.teacher_states(decoder, data, 256, "cpu", 8, budget_mb=0.0) is None
+
+
+def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher() -> None:
+    """A bf16 output layer on the CPU: the loss and gradient are those of fp32 arithmetic on the same bf16
+    values, even when the student is close to the teacher (rounding both sides' logits to bf16 would be
+    8% off here), and rows beyond a multiple of 16 (padded with zero rows) add nothing."""
+    torch.manual_seed(3)
+    head = torch.nn.Linear(64, 3000).bfloat16().requires_grad_(False)
+    head.weight.mul_(8)
+    ref_head = torch.nn.Linear(64, 3000).requires_grad_(False)
+    ref_head.weight.copy_(head.weight.float())
+    ref_head.bias.copy_(head.bias.float())
+    t = torch.randn(37, 64).bfloat16()
+    for scale in (0.5, 0.02):
+        s = (t.float() + scale * torch.randn(37, 64)).bfloat16().requires_grad_(True)
+        s_ref = s.detach().float().requires_grad_(True)
+        with torch.enable_grad():  # loading a model turns it off for the process
+            ours = kl.fused_loss(head, s, t, chunk=16)
+            ours.backward()
+            ref = kl.chunked_loss(ref_head, s_ref, t.float(), chunk=16)
+            ref.backward()
+        assert ours.dtype == torch.float32 and abs(ours.item() - ref.item()) < 0.005 * ref.item()
+        assert s.grad is not None and s.grad.dtype == torch.bfloat16 and s_ref.grad is not None
+        assert torch.nn.functional.cosine_similarity(s.grad.float().flatten(), s_ref.grad.flatten(), dim=0) > 0.999
+        # eval's per-position KL the same way
+        per = kl.per_position_kl(head, t, s.detach(), chunk=16)
+        per_ref = kl.per_position_kl(ref_head, t.float(), s_ref.detach())
+        assert per.dtype == torch.float32 and torch.allclose(per, per_ref, rtol=0.05, atol=1e-6)
+        assert abs(per.mean() - per_ref.mean()) < 0.005 * per_ref.mean()
+
+
+def test_a_bf16_bake_keeps_fp32_adapters_and_pads_to_few_shapes(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    m = models.load_base("tiny", dtype="bf16")
+    decoder = m.model.get_decoder()
+    batch = trajectories[:3]
+    with torch.no_grad():  # widths rounded up to a multiple of 16: the real positions' states do not change
+        together = bake.response_hidden(decoder, batch, "teacher", 256, "cpu")
+        alone = torch.cat([bake.response_hidden(decoder, [t], "teacher", 256, "cpu") for t in batch])
+    assert together.dtype == torch.bfloat16 and torch.allclose(together.float(), alone.float(), atol=0.05, rtol=0.02)
+    res = bake.Baker(m.model, m.tokenizer, config(epochs=2), "tiny").train(trajectories, tmp_path / "a")
+    losses = [row["loss"] for row in res.metrics]
+    assert losses[-1] < losses[0]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    assert weights and all(v.dtype == torch.float32 for v in weights.values())  # LoRA weights stay fp32
+    assert os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") and os.environ.get("LRU_CACHE_CAPACITY")

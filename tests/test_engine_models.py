@@ -108,3 +108,28 @@ def test_device_and_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert models.pick_device("cpu", "bf16")[1] == torch.bfloat16
     with pytest.raises(Exception, match="unknown dtype"):
         models.pick_device("cpu", "int3")
+
+
+def test_a_bake_runs_in_bf16_on_a_cpu_that_multiplies_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GITBAKE_DTYPE", raising=False)
+    monkeypatch.setenv("GITBAKE_CPU_BF16", "1")
+    assert models.native_bf16()
+    assert models.bake_dtype(None, "cpu") == "bf16" and models.bake_dtype("auto", "cpu") == "bf16"
+    assert models.bake_dtype("fp32", "cpu") == "fp32"  # BAKE.model.dtype wins
+    monkeypatch.setenv("GITBAKE_DTYPE", "fp32")
+    assert models.bake_dtype(None, "cpu") is None  # and so does GITBAKE_DTYPE (pick_device reads it)
+    monkeypatch.delenv("GITBAKE_DTYPE")
+    monkeypatch.setenv("GITBAKE_CPU_BF16", "0")  # emulated bf16 is slower than fp32: keep fp32
+    assert models.bake_dtype(None, "cpu") is None and models.pick_device("cpu", None)[1].is_floating_point
+    monkeypatch.delenv("GITBAKE_CPU_BF16")
+    assert isinstance(models.native_bf16(), bool)
+
+
+def test_onednn_caches_are_capped_unless_the_user_set_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")
+    models.limit_onednn_caches()
+    import os
+
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == models.ONEDNN_CACHE
+    assert os.environ["LRU_CACHE_CAPACITY"] == "7"

@@ -122,6 +122,10 @@ def response_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, pad_id
     prompts = [t.teacher_ids if side == "teacher" else t.student_ids for t in batch]
     seqs = [(p + t.response_ids[:-1])[skip:] for p, t in zip(prompts, batch)]
     width = max(len(s) for s in seqs)
+    if torch.device(device).type == "cpu" and next(decoder.parameters()).dtype == torch.bfloat16:
+        # oneDNN compiles a kernel for every product shape it meets (and caches a few dozen): widths rounded
+        # up to a multiple of 16 keep a bake to a handful of shapes, for a few padded positions
+        width = -(-width // 16) * 16
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), skip + width), dtype=torch.long)
     for row, s in enumerate(seqs):  # right padding: positions of the real tokens stay 0..len-1
@@ -238,6 +242,10 @@ class Baker:
         self.base_name = base_name
         self.say = say or (lambda m: None)
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16:
+            from gitbake.engine.models import limit_onednn_caches
+
+            limit_onednn_caches()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
 

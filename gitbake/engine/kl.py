@@ -65,12 +65,40 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         tile = v  # one product, into the caller's buffer
     if out is None:
         out = torch.empty((hidden.shape[0], v), dtype=torch.result_type(hidden, weight), device=hidden.device)
+    widen = out.dtype != torch.result_type(hidden, weight)  # bf16 products into an fp32 buffer, a tile at a time
     for start in range(0, v, tile):
         end = min(v, start + tile)
-        torch.mm(hidden, weight[start:end].t(), out=out[:, start:end])
+        if widen:
+            out[:, start:end] = torch.mm(hidden, weight[start:end].t())
+        else:
+            torch.mm(hidden, weight[start:end].t(), out=out[:, start:end])
     if bias is not None:
         out += bias
     return out
+
+
+def low_precision(weight: torch.Tensor) -> bool:
+    """A bf16 output layer on the CPU: its products run in bf16 into fp32 logits (`pair_logits`)."""
+    return weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+
+
+def pair_logits(teacher: torch.Tensor, student: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 logits of teacher rows then student rows ([2N, V]) through a bf16 output layer.
+
+    The teacher's rows and the student's *difference* from them go through the layer, and the student's
+    logits are the teacher's plus that product: rounding both sides' logits to bf16 would quantise their
+    gap, which is all a KL sees (steps of 0.03 at logits near 5), while the difference's own product keeps
+    bf16's relative precision."""
+    n = teacher.shape[0]
+    if out is None:
+        out = torch.empty((2 * n, weight.shape[0]), dtype=torch.float32, device=weight.device)
+    rows = torch.cat([teacher.to(weight.dtype), (student.float() - teacher.float()).to(weight.dtype)])
+    both = head_logits(rows, weight, None, out=out)
+    if bias is not None:
+        both[:n] += bias.float()
+    both[n:] += both[:n]
+    return both
 
 
 def _logp(lm_head: Any, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -137,33 +165,52 @@ class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, teacher: _Teacher,
                 chunk: int) -> torch.Tensor:
+        # a bf16 output layer multiplies in bf16 (fp32 accumulation) into fp32 logits; the softmax, the
+        # KL and its gradient are fp32 always
+        low = low_precision(weight)
+        rows_in, t_hidden = hidden.shape[0], teacher.hidden
+        if low and teacher.plain_kl and t_hidden is not None and rows_in % 16:
+            # oneDNN compiles a kernel per product shape: rows padded to a multiple of 16 keep the last chunk
+            # to a few shapes. A zero row on both sides gives identical logits: exactly zero loss and gradient
+            pad = 16 - rows_in % 16
+            hidden = torch.cat([hidden.detach(), hidden.new_zeros((pad, hidden.shape[1]))])
+            t_hidden = torch.cat([t_hidden, t_hidden.new_zeros((pad, t_hidden.shape[1]))])
         grad_h = torch.zeros_like(hidden, dtype=torch.float32)
         total = hidden.new_zeros((), dtype=torch.float32)
-        w = weight.float()
+        w = weight if low else weight.float()
         b = None if bias is None else bias.float()
         work: tuple[torch.Tensor, torch.Tensor] | None = None
         for start in range(0, hidden.shape[0], chunk):
             end = min(hidden.shape[0], start + chunk)
-            h = hidden[start:end].float()
+            h = hidden[start:end].to(w.dtype)
             if teacher.plain_kl:
-                assert teacher.hidden is not None
+                assert t_hidden is not None
                 n = end - start
                 if work is None:  # [rows, vocab] buffers made once and reused by every chunk: the
                     # allocator is not asked for (and does not keep around) fresh blocks each time
                     rows = min(chunk, hidden.shape[0])
-                    work = (w.new_empty((2 * rows, w.shape[0])), w.new_empty((rows, w.shape[0])))
-                both = head_logits(torch.cat([teacher.hidden[start:end].float(), h]), w, b, out=work[0][: 2 * n])
+                    work = (w.new_empty((2 * rows, w.shape[0]), dtype=torch.float32), w.new_empty((rows, w.shape[0]), dtype=torch.float32))
+                if low:
+                    both = pair_logits(t_hidden[start:end], h, w, b, out=work[0][: 2 * n])
+                else:
+                    both = head_logits(torch.cat([t_hidden[start:end].to(w.dtype), h]), w, b, out=work[0][: 2 * n])
                 loss, g = forward_kl_and_grad_(both[:n], both[n:], work[1][:n])
             else:
                 piece = teacher.piece(start, end)
-                logits = head_logits(h, w, b)
+                logits = head_logits(h, w, b).float()
                 with torch.enable_grad():
                     logits.requires_grad_(True)
                     loss = piece(logits)
                     (g,) = torch.autograd.grad(loss, logits)
-            grad_h[start:end] = g @ w
+            if low:  # bf16 products a vocabulary slice at a time, summed in fp32 (see head_logits)
+                acc = grad_h[start:end]
+                for v0 in range(0, w.shape[0], VOCAB_TILE):
+                    v1 = min(w.shape[0], v0 + VOCAB_TILE)
+                    acc += g[:, v0:v1].to(w.dtype) @ w[v0:v1]
+            else:
+                grad_h[start:end] = g @ w
             total = total + loss.detach()
-        ctx.save_for_backward(grad_h)
+        ctx.save_for_backward(grad_h[:rows_in])
         ctx.hidden_dtype = hidden.dtype
         return total
 
@@ -241,9 +288,15 @@ def chunked_loss(
 def per_position_kl(lm_head: Any, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor, chunk: int = CHUNK_TOKENS) -> torch.Tensor:
     """Forward KL at each position ([N]), no grad: for eval."""
     out = []
+    weight, bias = _head_params(lm_head)
     with torch.no_grad():
         for start in range(0, teacher_hidden.shape[0], chunk):
             end = min(teacher_hidden.shape[0], start + chunk)
+            if weight is not None and low_precision(weight):  # the gap, not two rounded logits (pair_logits)
+                both = pair_logits(teacher_hidden[start:end], student_hidden[start:end], weight, bias)
+                n = end - start
+                out.append(divergence(F.log_softmax(both[:n], -1), F.log_softmax(both[n:], -1), 0.0))
+                continue
             out.append(divergence(_logp(lm_head, teacher_hidden[start:end], 1.0), _logp(lm_head, student_hidden[start:end], 1.0), 0.0))
     return torch.cat(out) if out else teacher_hidden.new_zeros((0,))
 

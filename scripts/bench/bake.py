@@ -8,10 +8,16 @@ and one fixed set of trajectories:
                  the response positions computed once for the whole bake (its shared system prompt run
                  once, as a cached prefix); response-only hidden states; the output layer a vocabulary
                  slice at a time, teacher and student rows in one product, the KL's gradient in closed
-                 form; length-bucketed micro-batches; activation checkpointing
+                 form; length-bucketed micro-batches; activation checkpointing; the model in the dtype
+                 `git bake` loads a bake's model in on this machine (`auto`: bf16 on a CPU with native
+                 bf16 products, LoRA weights, optimizer and loss in fp32; else fp32)
   straightforward  what a typical user writes: a frozen teacher copy plus a PEFT student, full logits for
                  the whole sequence, one sample per forward/backward, gradients accumulated to the same
-                 batch size, with the same optimizer, learning rate and schedule
+                 batch size, with the same optimizer, learning rate and schedule, in fp32
+  ours, fp32     ours with BAKE.model.dtype: fp32, printed beside them so the precision's share is visible
+
+The final KL of our side is measured as a user gets the model: the stored adapter on the fp32 parent,
+against the fp32 parent.
 
 Each runs in its own process, one after the other, --repeat times (interleaved; medians printed). Printed: response tokens/s of training, peak memory
 (peak RSS above the process's RSS right after its imports), and the final mean per-token
@@ -37,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -97,11 +104,15 @@ def child(impl: str, n: int, epochs: int) -> None:
     trajs = trajectories(n)
     tokens = sum(len(r) for _, _, r in trajs) * epochs
     lr, r_ = 1e-3, 8
-    if impl == "ours":
+    if impl in ("ours", "ours-fp32"):
         from gitbake.config import Bake
         from gitbake.engine.bake import Baker, Trajectory
+        from gitbake.engine.models import bake_dtype, pick_device
 
         model = bench_model()
+        # the dtype `git bake` loads a bake's model in here (`auto`: bf16 on a CPU with native bf16)
+        dtype = pick_device("cpu", "fp32" if impl == "ours-fp32" else bake_dtype(None, "cpu"))[1]
+        model = model.to(dtype)
         mbs = int(os.environ.get("BENCH_MBS", "4"))
         cfg = Bake.model_validate({"name": "b", "datasets": [{"target": "t"}], "epochs": epochs, "micro_batch_size": mbs,
                                    "optimizer": {"learning_rate": float(os.environ.get("BENCH_LR", str(lr)))},
@@ -114,8 +125,13 @@ def child(impl: str, n: int, epochs: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             baker.train([Trajectory(t, s, r) for t, s, r in trajs], Path(tmp) / "a")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        pm = baker.model
-        pm.eval()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss
+        # quality as a user gets it: the stored adapter on the fp32 parent, against the fp32 parent
+        from peft import PeftModel
+
+        with tempfile.TemporaryDirectory() as tmp:
+            baker.model.save_pretrained(tmp)
+            pm = PeftModel.from_pretrained(bench_model(), tmp).float().eval()
 
         class Teacher:
             def __call__(self, ids):  # type: ignore[no-untyped-def]
@@ -133,6 +149,7 @@ def child(impl: str, n: int, epochs: int) -> None:
         from transformers import get_scheduler
 
         teacher = bench_model()
+        dtype = teacher.dtype
         student = get_peft_model(copy.deepcopy(teacher), LoraConfig(r=r_, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -158,10 +175,10 @@ def child(impl: str, n: int, epochs: int) -> None:
                 sched.step()
                 opt.zero_grad()
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss
         student.eval()
         kl = final_kl(teacher, student, trajs)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss
-    print("RESULT " + json.dumps({"impl": impl, "tokens_per_s": tokens / elapsed, "tokens_per_cpu_s": tokens / cpu, "peak_mb": peak / 1024, "final_kl": kl,
+    print("RESULT " + json.dumps({"impl": impl, "dtype": str(dtype).replace("torch.", ""), "tokens_per_s": tokens / elapsed, "tokens_per_cpu_s": tokens / cpu, "peak_mb": peak / 1024, "final_kl": kl,
                                   "seconds": elapsed, "vocab": BENCH_CONFIG["vocab_size"]}))
 
 
@@ -187,7 +204,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trajectories", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--child", choices=["ours", "naive"])
+    ap.add_argument("--child", choices=["ours", "ours-fp32", "naive"])
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side, interleaved; medians are printed")
     args = ap.parse_args()
@@ -196,9 +213,9 @@ def main() -> None:
         return
     import statistics
 
-    runs: dict[str, list[dict[str, float]]] = {"ours": [], "naive": []}
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "naive": [], "ours-fp32": []}
     for _ in range(args.repeat):  # interleaved, so a slow spell of a noisy machine hits both sides
-        for impl in ("ours", "naive"):
+        for impl in runs:
             proc = subprocess.run([sys.executable, __file__, "--child", impl, "--trajectories", str(args.trajectories), "--epochs", str(args.epochs)],
                                   capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -206,11 +223,13 @@ def main() -> None:
                 sys.exit(f"{impl} failed:\n{proc.stderr[-2000:]}")
             runs[impl].append(json.loads(line[0][len("RESULT "):]))
     med = {impl: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "tokens_per_cpu_s", "peak_mb", "final_kl", "seconds")} for impl, rs in runs.items()}
-    ours, naive = med["ours"], med["naive"]
+    ours, naive, fp32 = med["ours"], med["naive"], med["ours-fp32"]
     print(f"bake bench: ~29 M-parameter Llama, 32k vocabulary, {args.trajectories} trajectories x {args.epochs} epochs, "
           f"median of {args.repeat} interleaved runs")
-    for name, r in (("ours", ours), ("straightforward", naive)):
-        print(f"  {name:<16} {r['tokens_per_s']:9.1f} tokens/s   peak {r['peak_mb']:8.1f} MB   final KL {r['final_kl']:.5f}   ({r['seconds']:.1f} s)")
+    for name, impl in (("ours", "ours"), ("straightforward", "naive"), ("ours, fp32", "ours-fp32")):
+        r = med[impl]
+        print(f"  {name:<16} {r['tokens_per_s']:9.1f} tokens/s   peak {r['peak_mb']:8.1f} MB   final KL {r['final_kl']:.5f}   "
+              f"({r['seconds']:.1f} s, {runs[impl][0]['dtype']})")
     pairs = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
     print("  tokens/s ratio of each run: " + ", ".join(f"{x:.2f}x" for x in pairs))
     print(f"  tokens per CPU-second: {ours['tokens_per_cpu_s'] / naive['tokens_per_cpu_s']:.2f}x")
@@ -220,6 +239,9 @@ def main() -> None:
     print(f"  tokens/s: {speed:.2f}x, median of those ratios (goal >= 2x: {'met' if speed >= 2 else 'MISSED'})")
     print(f"  peak memory: {mem:.2f}x (goal <= 0.7x: {'met' if mem <= 0.7 else 'MISSED'})")
     print(f"  final KL: {100 * kl_diff:.1f}% apart (goal within 10%: {'met' if kl_diff <= 0.1 else 'MISSED'})")
+    fp32_pairs = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs["ours-fp32"], runs["naive"])]
+    print(f"  ours in fp32 (BAKE.model.dtype: fp32) against the same runs: {statistics.median(fp32_pairs):.2f}x tokens/s, "
+          f"{fp32['peak_mb'] / naive['peak_mb']:.2f}x peak memory, final KL {100 * abs(fp32['final_kl'] - naive['final_kl']) / naive['final_kl']:.1f}% apart")
     if not args.skip_demo:
         gap, note = demo_gap_closed()
         if gap is None:
