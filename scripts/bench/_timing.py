@@ -17,3 +17,15 @@ def timed(fn: Callable[[], object], setup: Callable[[], object] | None, runs: in
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def paired(ours: Callable[[], object], ours_setup: Callable[[], object] | None, base: Callable[[], object],
+           base_setup: Callable[[], object] | None, runs: int) -> tuple[float, float, float]:
+    """(median seconds of ours, of the baseline, median of each run's baseline/ours ratio), the two run
+    one after the other in each round: a slow spell of a noisy machine hits both sides of a ratio."""
+    a, b, ratios = [], [], []
+    for _ in range(runs):
+        b.append(timed(base, base_setup, 1))
+        a.append(timed(ours, ours_setup, 1))
+        ratios.append(b[-1] / a[-1])
+    return statistics.median(a), statistics.median(b), statistics.median(ratios)
