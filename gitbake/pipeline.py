@@ -126,8 +126,11 @@ class Runner:
                     self.store.materialise_tree(digest, dest)
                     adapters.append(dest)
             self.say(f"loading {parent.base_model}" + (f" + {len(adapters)} adapter(s)" if adapters else ""))
-            model_cfg = self.plan.bake.config["model"] if self.plan.bake is not None else {}
-            self._model = load(parent.base_model, adapters, root=self.repo.root, dtype=bake_dtype(model_cfg.get("dtype")),
+            bake_cfg = self.plan.bake.config if self.plan.bake is not None else {}
+            model_cfg = bake_cfg.get("model", {})
+            # a bake's stages (its rollouts, training and eval) share one model, in the bake's dtype
+            dtype = bake_dtype(model_cfg.get("dtype"), deepspeed=bake_cfg.get("deepspeed") is not None) if bake_cfg else model_cfg.get("dtype")
+            self._model = load(parent.base_model, adapters, root=self.repo.root, dtype=dtype,
                                attn_implementation=model_cfg.get("attn_implementation"))
         return self._model
 

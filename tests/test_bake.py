@@ -335,10 +335,13 @@ def test_teacher_states_once_are_the_per_batch_ones(trajectories: list[bake.Traj
     assert bake.teacher_states(decoder, data, 256, "cpu", 8, budget_mb=0.0) is None
 
 
-def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher() -> None:
+def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bf16 output layer on the CPU: the loss and gradient are those of fp32 arithmetic on the same bf16
     values, even when the student is close to the teacher (rounding both sides' logits to bf16 would be
     8% off here), and rows beyond a multiple of 16 (padded with zero rows) add nothing."""
+    calls = []
+    real = kl.pair_logits
+    monkeypatch.setattr(kl, "pair_logits", lambda *a, **k: calls.append(a[0].shape[0]) or real(*a, **k))
     torch.manual_seed(3)
     head = torch.nn.Linear(64, 3000).bfloat16().requires_grad_(False)
     head.weight.mul_(8)
@@ -362,16 +365,57 @@ def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher() -> None:
         per_ref = kl.per_position_kl(ref_head, t.float(), s_ref.detach())
         assert per.dtype == torch.float32 and torch.allclose(per, per_ref, rtol=0.05, atol=1e-6)
         assert abs(per.mean() - per_ref.mean()) < 0.005 * per_ref.mean()
+    assert calls and all(n % 16 == 0 for n in calls[:3])  # bf16 products, on rows padded to 16 (37 -> 48)
 
 
-def test_a_bf16_bake_keeps_fp32_adapters_and_pads_to_few_shapes(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+@pytest.mark.parametrize("vocab", [300, 3000])  # one product, and vocabulary tiles
+@pytest.mark.parametrize("variant", ["kl-t2", "jsd", "topk", "checkpointed"])
+def test_other_divergences_through_a_bf16_head_are_fp32_exact(variant: str, vocab: int) -> None:
+    """Divergences without pair_logits (temperature, GKD's JSD, top-k, the recomputed chunked path) use fp32
+    products of the bf16 layer's values, with its bias: the same numbers as an fp32 copy of the layer."""
+    torch.manual_seed(4)
+    head = torch.nn.Linear(32, vocab).bfloat16().requires_grad_(False)
+    ref_head = torch.nn.Linear(32, vocab).requires_grad_(False)
+    ref_head.weight.copy_(head.weight.float())
+    ref_head.bias.copy_(head.bias.float())
+    t = torch.randn(21, 32).bfloat16()
+    s = (t.float() + 0.05 * torch.randn(21, 32)).bfloat16().requires_grad_(True)
+    s_ref = s.detach().float().requires_grad_(True)
+    kwargs: dict[str, Any] = {"beta": 0.5 if variant == "jsd" else 0.0, "temperature": 2.0 if variant == "kl-t2" else 1.0, "chunk": 8}
+    with torch.enable_grad():
+        if variant == "topk":
+            ours = kl.fused_loss(head, s, None, teacher_topk=kl.topk_of(head, t, 5), **kwargs)
+            ref = kl.fused_loss(ref_head, s_ref, None, teacher_topk=kl.topk_of(ref_head, t.float(), 5), **kwargs)
+        elif variant == "checkpointed":
+            ours = kl.chunked_loss(head, s, t, **kwargs)
+            ref = kl.chunked_loss(ref_head, s_ref, t.float(), **kwargs)
+        else:
+            ours = kl.fused_loss(head, s, t, **kwargs)
+            ref = kl.fused_loss(ref_head, s_ref, t.float(), **kwargs)
+        ours.backward()
+        ref.backward()
+    assert s.grad is not None and s_ref.grad is not None
+    assert abs(ours.item() - ref.item()) <= 1e-4 * abs(ref.item()) + 1e-6
+    assert torch.allclose(s.grad.float(), s_ref.grad, rtol=0.01, atol=1e-3 * float(s_ref.grad.abs().max()))
+
+
+def test_a_bf16_bake_pads_widths_to_few_shapes_and_keeps_fp32_adapters(trajectories: list[bake.Trajectory], tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    widths: dict[str, list[int]] = {"bf16": [], "fp32": []}
+    for dtype in widths:
+        m = models.load_base("tiny", dtype=dtype)
+        decoder = m.model.get_decoder()
+        decoder.register_forward_pre_hook(lambda mod, args, kw, d=dtype: widths[d].append(kw["input_ids"].shape[1]), with_kwargs=True)
+        batch = trajectories[:3]
+        with torch.no_grad():  # widths rounded up to a multiple of 16: the real positions' states do not change
+            together = bake.response_hidden(decoder, batch, "teacher", 256, "cpu")
+            alone = torch.cat([bake.response_hidden(decoder, [t], "teacher", 256, "cpu") for t in batch])
+        assert torch.allclose(together.float(), alone.float(), atol=0.05, rtol=0.02)
+    assert all(w % 16 == 0 for w in widths["bf16"]) and not all(w % 16 == 0 for w in widths["fp32"])
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
     m = models.load_base("tiny", dtype="bf16")
-    decoder = m.model.get_decoder()
-    batch = trajectories[:3]
-    with torch.no_grad():  # widths rounded up to a multiple of 16: the real positions' states do not change
-        together = bake.response_hidden(decoder, batch, "teacher", 256, "cpu")
-        alone = torch.cat([bake.response_hidden(decoder, [t], "teacher", 256, "cpu") for t in batch])
-    assert together.dtype == torch.bfloat16 and torch.allclose(together.float(), alone.float(), atol=0.05, rtol=0.02)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == models.ONEDNN_CACHE  # capped before its first product
     res = bake.Baker(m.model, m.tokenizer, config(epochs=2), "tiny").train(trajectories, tmp_path / "a")
     losses = [row["loss"] for row in res.metrics]
     assert losses[-1] < losses[0]
@@ -379,4 +423,3 @@ def test_a_bf16_bake_keeps_fp32_adapters_and_pads_to_few_shapes(trajectories: li
 
     weights = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
     assert weights and all(v.dtype == torch.float32 for v in weights.values())  # LoRA weights stay fp32
-    assert os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") and os.environ.get("LRU_CACHE_CAPACITY")

@@ -110,19 +110,28 @@ def test_device_and_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         models.pick_device("cpu", "int3")
 
 
-def test_a_bake_runs_in_bf16_on_a_cpu_that_multiplies_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bake_runs_in_bf16_on_a_cpu_that_multiplies_it_natively(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GITBAKE_DTYPE", raising=False)
     monkeypatch.setenv("GITBAKE_CPU_BF16", "1")
-    assert models.native_bf16()
     assert models.bake_dtype(None, "cpu") == "bf16" and models.bake_dtype("auto", "cpu") == "bf16"
     assert models.bake_dtype("fp32", "cpu") == "fp32"  # BAKE.model.dtype wins
+    assert models.bake_dtype(None, "cpu", deepspeed=True) is None  # ZeRO-3's loss path would round in bf16
     monkeypatch.setenv("GITBAKE_DTYPE", "fp32")
     assert models.bake_dtype(None, "cpu") is None  # and so does GITBAKE_DTYPE (pick_device reads it)
-    monkeypatch.delenv("GITBAKE_DTYPE")
+    monkeypatch.setenv("GITBAKE_DTYPE", "auto")
+    assert models.bake_dtype(None, "cpu") == "bf16"  # `auto` is no override
     monkeypatch.setenv("GITBAKE_CPU_BF16", "0")  # emulated bf16 is slower than fp32: keep fp32
-    assert models.bake_dtype(None, "cpu") is None and models.pick_device("cpu", None)[1].is_floating_point
+    assert models.bake_dtype(None, "cpu") is None
     monkeypatch.delenv("GITBAKE_CPU_BF16")
-    assert isinstance(models.native_bf16(), bool)
+    # the detection reads the CPU's flags
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert models.native_bf16(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n")  # AVX-512 without BF16: emulated
+    assert not models.native_bf16(str(info))
+    info.write_text("flags\t\t: fpu amx_tile amx_bf16\n")
+    assert models.native_bf16(str(info))
+    assert not models.native_bf16(str(tmp_path / "missing"))
 
 
 def test_onednn_caches_are_capped_unless_the_user_set_them(monkeypatch: pytest.MonkeyPatch) -> None:

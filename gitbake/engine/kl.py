@@ -59,19 +59,24 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     `tile` rows of the weight stay cached while every position uses them (measured on the 32k-vocabulary
     benchmark model: about 1.5x the throughput of one product). The values are the same products."""
     v = weight.shape[0]
+    # fp32 rows through a bf16 layer: fp32 products of its values (exact, for the paths that need it);
+    # bf16 rows into an fp32 buffer: bf16 products, widened (pair_logits)
+    mixed = weight.dtype != hidden.dtype
     if v <= 2 * tile or hidden.device.type != "cpu":
         if out is None:
+            if mixed:
+                return F.linear(hidden, weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype))
             return F.linear(hidden, weight, bias)
         tile = v  # one product, into the caller's buffer
     if out is None:
-        out = torch.empty((hidden.shape[0], v), dtype=torch.result_type(hidden, weight), device=hidden.device)
-    widen = out.dtype != torch.result_type(hidden, weight)  # bf16 products into an fp32 buffer, a tile at a time
+        out = torch.empty((hidden.shape[0], v), dtype=hidden.dtype, device=hidden.device)
     for start in range(0, v, tile):
         end = min(v, start + tile)
-        if widen:
-            out[:, start:end] = torch.mm(hidden, weight[start:end].t())
+        w = weight[start:end] if not mixed else weight[start:end].to(hidden.dtype)
+        if out.dtype != hidden.dtype:
+            out[:, start:end] = torch.mm(hidden, w.t())
         else:
-            torch.mm(hidden, weight[start:end].t(), out=out[:, start:end])
+            torch.mm(hidden, w.t(), out=out[:, start:end])
     if bias is not None:
         out += bias
     return out
@@ -106,7 +111,10 @@ def _logp(lm_head: Any, hidden: torch.Tensor, temperature: float) -> torch.Tenso
     if weight is None:  # not a plain linear layer (or partitioned away): the module itself
         logits = lm_head(hidden).float()
     else:
-        logits = head_logits(hidden.to(weight.dtype), weight, bias).float()  # the layer's own precision, as lm_head(h)
+        # the layer's own precision, as lm_head(h); a bf16 layer on the CPU in fp32 (bf16 logits would round
+        # away the small differences a divergence measures)
+        h = hidden.float() if low_precision(weight) else hidden.to(weight.dtype)
+        logits = head_logits(h, weight, bias).float()
     if temperature != 1.0:
         logits = logits / temperature
     return F.log_softmax(logits, dim=-1)
@@ -165,9 +173,10 @@ class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, teacher: _Teacher,
                 chunk: int) -> torch.Tensor:
-        # a bf16 output layer multiplies in bf16 (fp32 accumulation) into fp32 logits; the softmax, the
-        # KL and its gradient are fp32 always
-        low = low_precision(weight)
+        # a bf16 output layer on the CPU: forward KL multiplies in bf16 (fp32 accumulation, pair_logits);
+        # the other divergences in fp32 products of its values. The softmax, the loss and its gradient are
+        # fp32 always
+        low = low_precision(weight) and teacher.plain_kl
         rows_in, t_hidden = hidden.shape[0], teacher.hidden
         if low and teacher.plain_kl and t_hidden is not None and rows_in % 16:
             # oneDNN compiles a kernel per product shape: rows padded to a multiple of 16 keep the last chunk
@@ -177,12 +186,12 @@ class _FusedHeadLoss(torch.autograd.Function):
             t_hidden = torch.cat([t_hidden, t_hidden.new_zeros((pad, t_hidden.shape[1]))])
         grad_h = torch.zeros_like(hidden, dtype=torch.float32)
         total = hidden.new_zeros((), dtype=torch.float32)
-        w = weight if low else weight.float()
+        w = weight if low_precision(weight) else weight.float()  # bf16 stays bf16: head_logits widens by tile
         b = None if bias is None else bias.float()
         work: tuple[torch.Tensor, torch.Tensor] | None = None
         for start in range(0, hidden.shape[0], chunk):
             end = min(hidden.shape[0], start + chunk)
-            h = hidden[start:end].to(w.dtype)
+            h = hidden[start:end] if low else hidden[start:end].float()
             if teacher.plain_kl:
                 assert t_hidden is not None
                 n = end - start
@@ -193,7 +202,7 @@ class _FusedHeadLoss(torch.autograd.Function):
                 if low:
                     both = pair_logits(t_hidden[start:end], h, w, b, out=work[0][: 2 * n])
                 else:
-                    both = head_logits(torch.cat([t_hidden[start:end].to(w.dtype), h]), w, b, out=work[0][: 2 * n])
+                    both = head_logits(torch.cat([t_hidden[start:end].float(), h]), w, b, out=work[0][: 2 * n])
                 loss, g = forward_kl_and_grad_(both[:n], both[n:], work[1][:n])
             else:
                 piece = teacher.piece(start, end)
@@ -202,11 +211,11 @@ class _FusedHeadLoss(torch.autograd.Function):
                     logits.requires_grad_(True)
                     loss = piece(logits)
                     (g,) = torch.autograd.grad(loss, logits)
-            if low:  # bf16 products a vocabulary slice at a time, summed in fp32 (see head_logits)
+            if w.dtype != g.dtype:  # a vocabulary slice at a time, summed in fp32 (see head_logits)
                 acc = grad_h[start:end]
                 for v0 in range(0, w.shape[0], VOCAB_TILE):
                     v1 = min(w.shape[0], v0 + VOCAB_TILE)
-                    acc += g[:, v0:v1].to(w.dtype) @ w[v0:v1]
+                    acc += g[:, v0:v1].to(w.dtype) @ w[v0:v1] if low else g[:, v0:v1] @ w[v0:v1].float()
             else:
                 grad_h[start:end] = g @ w
             total = total + loss.detach()
@@ -221,6 +230,12 @@ class _FusedHeadLoss(torch.autograd.Function):
 
 
 def _on_hidden(lm_head: Any, piece: LogitsPiece, h: torch.Tensor) -> torch.Tensor:
+    weight = getattr(lm_head, "weight", None)
+    if isinstance(lm_head, torch.nn.Linear) and weight is not None and weight.numel() and low_precision(weight):
+        # fp32 products of the bf16 layer's values (through autograd, for a trained head too): bf16 logits
+        # would round away the small differences a divergence measures
+        bias = None if lm_head.bias is None else lm_head.bias.float()
+        return piece(F.linear(h.float(), weight.float(), bias))
     return piece(lm_head(h).float())
 
 

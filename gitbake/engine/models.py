@@ -53,14 +53,14 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[An
     return dev, table[name]
 
 
-def native_bf16() -> bool:
+def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16). Without it oneDNN emulates
     bf16 and fp32 is faster. `GITBAKE_CPU_BF16=0|1` overrides the detection."""
     forced = os.environ.get("GITBAKE_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open(cpuinfo) as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
@@ -70,11 +70,12 @@ def native_bf16() -> bool:
     return False
 
 
-def bake_dtype(requested: str | None, device: str | None = None) -> str | None:
+def bake_dtype(requested: str | None, device: str | None = None, deepspeed: bool = False) -> str | None:
     """The dtype a bake loads its model in. `auto` is bf16 on a CPU with native bf16 products (about 4x
     the fp32 rate there; the LoRA weights, the optimizer and the loss stay fp32, as on a GPU), else what
-    `pick_device` picks. `GITBAKE_DTYPE` or an explicit dtype wins."""
-    if requested not in (None, "auto") or os.environ.get("GITBAKE_DTYPE"):
+    `pick_device` picks. `GITBAKE_DTYPE` or an explicit dtype wins. Not under DeepSpeed on a CPU, whose
+    ZeRO-3 partitions the output layer and so takes the loss path that bf16 would round."""
+    if requested not in (None, "auto") or os.environ.get("GITBAKE_DTYPE", "auto").lower() != "auto" or deepspeed:
         return requested
     import torch
 
