@@ -125,7 +125,9 @@ def response_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, pad_id
     if torch.device(device).type == "cpu" and next(decoder.parameters()).dtype == torch.bfloat16:
         # oneDNN compiles a kernel for every product shape it meets (and caches a few dozen): widths rounded
         # up to a multiple of 16 keep a bake to a handful of shapes, for a few padded positions
-        width = -(-width // 16) * 16
+        limit = getattr(getattr(decoder, "config", None), "max_position_embeddings", None)
+        rounded = -(-width // 16) * 16
+        width = rounded if not isinstance(limit, int) or skip + rounded <= limit else width
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), skip + width), dtype=torch.long)
     for row, s in enumerate(seqs):  # right padding: positions of the real tokens stay 0..len-1

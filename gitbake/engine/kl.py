@@ -134,8 +134,9 @@ def forward_kl_and_grad_(t_logits: torch.Tensor, s_logits: torch.Tensor, p_buf: 
     t_lp = t_logits.sub_(torch.logsumexp(t_logits, dim=-1, keepdim=True))
     s_lp = s_logits.sub_(torch.logsumexp(s_logits, dim=-1, keepdim=True))
     p_t = torch.exp(t_lp, out=p_buf)
-    flat = p_t.view(-1)
-    loss = torch.dot(flat, t_lp.reshape(-1)) - torch.dot(flat, s_lp.reshape(-1))
+    # one dot over the log-ratio, not the difference of two large dots (the cross-entropy and the
+    # entropy, which cancel to a small KL and would leave their rounding in it)
+    loss = torch.dot(p_t.view(-1), t_lp.sub_(s_lp).view(-1))
     grad = s_lp.exp_().sub_(p_t)
     return loss, grad
 
