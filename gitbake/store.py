@@ -8,7 +8,8 @@
     <root>/quarantine/                  objects fsck found corrupt
     <root>/statcache.sqlite             stat cache (gitbake/statcache.py)
 
-Every write goes one way: stream into `tmp/` while hashing, fsync, then link into place; an object that
+Every write goes one way: into `tmp/` (a kernel copy, then hashed; or streamed and hashed on the way),
+fsync, then link into place; the digest is always that of the bytes in `tmp/`; an object that
 exists is never rewritten, a digest is validated before it becomes a path, and a crash leaves at most a
 stray file in `tmp/` (which `fsck` clears). Writers hold the store's shared lock; fsck and gc take it
 exclusively, so they never delete what a writer is about to reference.
@@ -329,6 +330,11 @@ class Store:
         return self.tmp / f"{os.getpid()}-{uuid.uuid4().hex}"
 
     def _stream_into(self, src: Path, tmp: Path) -> tuple[str, int]:
+        """Copy `src` to `tmp` (fsynced) and hash what `tmp` holds: the kernel copies where it can (a
+        reflink on copy-on-write filesystems), else the bytes stream through a buffer, hashed on the way."""
+        copied = _kernel_copy(src, tmp)
+        if copied is not None:
+            return hash_file(tmp), copied  # the bytes stored, read back from the page cache
         hasher = blake3.blake3()
         buf = bytearray(CHUNK)
         view = memoryview(buf)
@@ -520,6 +526,35 @@ def _link_or_copy(src: Path, dest: Path) -> str:
     shutil.copyfile(src, dest)
     os.chmod(dest, 0o444)
     return "copy"
+
+
+def _kernel_copy(src: Path, dst: Path) -> int | None:
+    """`src` copied to a new `dst` by copy_file_range and fsynced; its size. The bytes never pass through
+    Python (cp does the same), and a copy-on-write filesystem shares the extents instead of copying. None,
+    with nothing written, where the kernel cannot (not a regular file, another filesystem on an old kernel,
+    no such call): the caller streams instead. A full disk raises OSError, as a write would."""
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None:
+        return None
+    with open(src, "rb", buffering=0) as fin:
+        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+            return None
+        with open(dst, "wb", buffering=0) as fout:
+            size = 0
+            while True:
+                try:
+                    n = copy(fin.fileno(), fout.fileno(), 1 << 30)
+                except OSError as exc:
+                    if size == 0 and exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM):
+                        return None
+                    raise
+                if n == 0:
+                    break
+                size += n
+            os.fsync(fout.fileno())
+            if os.fstat(fout.fileno()).st_size != size:  # never trust a copy the disk did not finish
+                raise OSError(errno.ENOSPC, "short write", str(dst))
+    return size
 
 
 def _write_all(fout: BinaryIO, data: memoryview) -> None:

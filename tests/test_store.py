@@ -215,13 +215,26 @@ class _NearlyFullDisk:
 
 
 @pytest.mark.parametrize("short", [False, True], ids=["ENOSPC", "short writes"])
+@pytest.mark.parametrize("how", ["streamed", "kernel copy"])
 def test_full_disk_fails_cleanly_and_never_stores_a_truncated_object(
-    short: bool, st: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, short: bool, st: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the last write does not fit: a short write there must not go unnoticed
     src = old_file(tmp_path / "big.bin", os.urandom(store_mod.CHUNK + 2000))
     budget = {"left": store_mod.CHUNK + 1000}
-    real_open = open
+    real_open, real_copy = open, os.copy_file_range
+    if how == "streamed":
+        monkeypatch.setattr(store_mod, "_kernel_copy", lambda src, dst: None)
+    else:
+        def fake_copy(fd_in: int, fd_out: int, count: int, *args: object) -> int:
+            # the file does not fit: ENOSPC at once, or (`short`) what fits is copied first, a short count
+            n = min(count, budget["left"])
+            if n == 0 or not short:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            budget["left"] -= n
+            return real_copy(fd_in, fd_out, n)
+
+        monkeypatch.setattr(os, "copy_file_range", fake_copy)
 
     def fake_open(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
         fh = real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
@@ -232,6 +245,32 @@ def test_full_disk_fails_cleanly_and_never_stores_a_truncated_object(
         st.put_file(src)
     monkeypatch.setattr("builtins.open", real_open)
     assert list(st.iter_objects()) == [] and list(st.tmp.iterdir()) == []
+
+
+def test_put_copies_in_the_kernel_and_streams_where_it_cannot(st: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regular file is copied by copy_file_range (no bytes through Python); a pipe, or a filesystem
+    pair the kernel refuses, is streamed; both store the same object under the same digest."""
+    data = os.urandom(3 * store_mod.CHUNK + 5)
+    src = old_file(tmp_path / "a.bin", data)
+    calls: list[int] = []
+    real_copy = os.copy_file_range
+
+    def counting(fd_in: int, fd_out: int, count: int, *args: object) -> int:
+        calls.append(count)
+        return real_copy(fd_in, fd_out, count)
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    digest = st.put_file(src).digest
+    assert calls and st.object_path(digest).read_bytes() == data and digest == store_mod.hash_file(src)
+
+    def refused(fd_in: int, fd_out: int, count: int, *args: object) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refused)
+    other = Store(tmp_path / "other")
+    assert other.put_file(src).digest == digest and other.object_path(digest).read_bytes() == data
+    assert list(other.tmp.iterdir()) == []
+    other.close()
 
 
 def test_sigkill_mid_put_leaves_no_object(st: Store, tmp_path: Path) -> None:
