@@ -537,7 +537,9 @@ def _kernel_copy(src: Path, dst: Path) -> int | None:
     if copy is None:
         return None
     with open(src, "rb", buffering=0) as fin:
-        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+        st = os.fstat(fin.fileno())
+        # small files gain nothing, and some that report size 0 (/proc, sysfs) copy as empty in the kernel
+        if not stat.S_ISREG(st.st_mode) or st.st_size < CHUNK:
             return None
         with open(dst, "wb", buffering=0) as fout:
             size = 0
