@@ -129,7 +129,7 @@ class Runner:
             bake_cfg = self.plan.bake.config if self.plan.bake is not None else {}
             model_cfg = bake_cfg.get("model", {})
             # a bake's stages (its rollouts, training and eval) share one model, in the bake's dtype
-            dtype = bake_dtype(model_cfg.get("dtype"), deepspeed=bake_cfg.get("deepspeed") is not None) if bake_cfg else model_cfg.get("dtype")
+            dtype = bake_dtype(model_cfg.get("dtype"), deepspeed=bake_cfg.get("deepspeed") is not None) if bake_cfg else None
             self._model = load(parent.base_model, adapters, root=self.repo.root, dtype=dtype,
                                attn_implementation=model_cfg.get("attn_implementation"))
         return self._model

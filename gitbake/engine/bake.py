@@ -122,7 +122,7 @@ def response_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, pad_id
     prompts = [t.teacher_ids if side == "teacher" else t.student_ids for t in batch]
     seqs = [(p + t.response_ids[:-1])[skip:] for p, t in zip(prompts, batch)]
     width = max(len(s) for s in seqs)
-    if torch.device(device).type == "cpu" and next(decoder.parameters()).dtype == torch.bfloat16:
+    if kl.low_precision(next(decoder.parameters())):
         # oneDNN compiles a kernel for every product shape it meets (and caches a few dozen): widths rounded
         # up to a multiple of 16 keep a bake to a handful of shapes, for a few padded positions
         limit = getattr(getattr(decoder, "config", None), "max_position_embeddings", None)
@@ -244,7 +244,7 @@ class Baker:
         self.base_name = base_name
         self.say = say or (lambda m: None)
         self.device = next(model.parameters()).device
-        if self.device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16:
+        if kl.low_precision(next(model.parameters())):
             from gitbake.engine.models import limit_onednn_caches
 
             limit_onednn_caches()

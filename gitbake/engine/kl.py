@@ -83,7 +83,8 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def low_precision(weight: torch.Tensor) -> bool:
-    """A bf16 output layer on the CPU: its products run in bf16 into fp32 logits (`pair_logits`)."""
+    """A bf16 tensor on the CPU (an output layer's weight, a model's parameters): bf16 products there
+    run through oneDNN, into fp32 logits for a loss (`pair_logits`)."""
     return weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
 
 
@@ -179,7 +180,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         # fp32 always
         low = low_precision(weight) and teacher.plain_kl
         rows_in, t_hidden = hidden.shape[0], teacher.hidden
-        if low and teacher.plain_kl and t_hidden is not None and rows_in % 16:
+        if low and t_hidden is not None and rows_in % 16:
             # oneDNN compiles a kernel per product shape: rows padded to a multiple of 16 keep the last chunk
             # to a few shapes. A zero row on both sides gives identical logits: exactly zero loss and gradient
             pad = 16 - rows_in % 16
