@@ -4,7 +4,8 @@
 For each size (default 256 MiB and 1 GiB), prints medians of --runs runs; where a ratio compares two timed
 operations, each round runs both, one after the other, and the ratio printed is the median of the rounds'
 own ratios (this machine's speed drifts between rounds; a ratio of two separate medians can pair a fast
-spell with a slow one):
+spell with a slow one). Each timed step starts on a quiet disk (the set-up's deletions synced first) and,
+on our side, in a store already in use, as a bake's store is by the time it puts an adapter:
 
   put                 store.put_file (read, hash, write, fsync once)  vs  cp + fsync      goal <= 1.5x
   put (take over)     hash + link of a freshly written adapter        vs  cp              goal >= 3x faster
@@ -85,6 +86,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def settle() -> None:
+    """Flush what the set-up left pending before a timed step: this disk is mounted with `discard`, and
+    deleting the last round's 1 GiB file queues a discard that the next journal commit (the next fsync)
+    would otherwise pay for, whichever side happened to run next."""
+    os.sync()
+    time.sleep(0.2)
+
+
 def rm(path: Path) -> None:
     if path.exists():
         os.chmod(path, 0o644)
@@ -100,20 +109,28 @@ def bench(size_mib: int, work: Path, runs: int) -> list[tuple[str, float, float,
     stores: list[Store] = []
 
     def fresh_store() -> None:
+        """A new store, already in use (as a bake's store is by the time it puts an adapter: the stat
+        cache's database, the lock and the shard directories exist), and a quiet disk."""
         if stores:
             stores[-1].close()
             shutil.rmtree(stores[-1].root)
         stores.append(Store(work / f"store-{len(stores)}"))
+        stores[-1].put_bytes(b"in use\n")
+        settle()
+
+    def clear_dst() -> None:
+        rm(dst)
+        settle()
 
     # put vs cp + fsync (equal durability); each round times both, and the ratio is the median of the rounds'
-    t_put, t_cp_sync, faster = paired(lambda: stores[-1].put_file(src), fresh_store, lambda: cp(src, dst, True), lambda: rm(dst), runs)
+    t_put, t_cp_sync, faster = paired(lambda: stores[-1].put_file(src), fresh_store, lambda: cp(src, dst, True), clear_dst, runs)
     rm(dst)
     out.append(("put", t_put, t_cp_sync, 1 / faster, "cp + fsync", 1 / faster <= 1.5))
 
     # take over: a freshly written (and fsynced) adapter moved in by rename after hashing
     fresh = work / "fresh.safetensors"
-    t_take, t_cp, faster = paired(lambda: stores[-1].put_file(fresh, take=True), lambda: (fresh_store(), write_adapter(fresh, size)),
-                                  lambda: cp(src, dst, False), lambda: rm(dst), runs)
+    t_take, t_cp, faster = paired(lambda: stores[-1].put_file(fresh, take=True), lambda: (write_adapter(fresh, size), fresh_store()),
+                                  lambda: cp(src, dst, False), clear_dst, runs)
     rm(dst)
     out.append(("put (take over)", t_take, t_cp, faster, "cp", faster >= 3))
 
