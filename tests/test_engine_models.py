@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -95,9 +96,35 @@ def test_hub_id_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.M
     (cache / "models--acme--tiny-chat" / "refs").mkdir()
     (cache / "models--acme--tiny-chat" / "refs" / "main").write_text(rev)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # a process that imported huggingface_hub before HF_HUB_OFFLINE was set (it reads it once): loading must
+    # still never reach for the network (transformers asked it for an adapter_config.json, and waited out
+    # 20 s of retries offline)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    attempts: list[object] = []
+
+    def no_network(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("the network is unreachable in this test")
+
+    def no_lookup(host: object, *args: object, **kwargs: object) -> None:
+        attempts.append(host)
+        raise socket.gaierror("the network is unreachable in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
     m = models.load_base("acme/tiny-chat")
     assert m.identity == {"kind": "hub", "id": "acme/tiny-chat", "revision": rev}
     assert sum(p.numel() for p in m.model.parameters()) > 0
+    assert attempts == []
+    # a branch name resolves through the cache's refs, as `main` does
+    assert models.load_base("acme/tiny-chat@main").identity["revision"] == "main"
+    assert attempts == []
+    # a revision the cache does not hold: a clear error, no download
+    with pytest.raises(models.ModelError, match="not complete in the local Hugging Face cache"):
+        models.load_base("acme/tiny-chat@" + "f" * 40)
+    assert attempts == []
 
 
 def test_device_and_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:

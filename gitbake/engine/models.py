@@ -8,6 +8,7 @@ CPU that multiplies bf16 natively runs in bf16 (`bake_dtype`). Both can be overr
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -125,9 +126,19 @@ def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[s
                 f"on a machine with network: `huggingface-cli download {repo_id}`, then copy the cache here "
                 "(or set HF_HOME / HF_HUB_CACHE to where it is), or save the model to a directory and use its path",
             )
-        # the cache directory is passed explicitly: huggingface_hub reads its environment only once, at import
-        kwargs = {"revision": rev or ident["revision"], "local_files_only": True, "cache_dir": str(identity.hf_cache_dir())}
-        return repo_id, kwargs, ident
+        # Loaded from the snapshot's directory, not by id: by id, transformers looks for an adapter_config.json
+        # without the `local_files_only` it was given (and huggingface_hub reads HF_HUB_OFFLINE only once, at
+        # import), so each load would ask the network, and wait out its retries offline (20 s, measured)
+        commit = ident["revision"]
+        if not re.fullmatch(r"[0-9a-f]{40}", commit):  # `id@branch`: the commit the cache's ref names
+            commit = identity.hub_revision(repo_id, commit)
+        snapshot = identity.hf_cache_dir() / ("models--" + repo_id.replace("/", "--")) / "snapshots" / commit
+        if not (snapshot / "config.json").is_file():
+            raise ModelError(
+                f"{base_model} is not complete in the local Hugging Face cache ({snapshot} has no config.json); gitbake never downloads",
+                f"on a machine with network: `huggingface-cli download {repo_id}`, then copy the cache here",
+            )
+        return str(snapshot), {}, ident
     raise ModelError(f"`{base_model}` is not `tiny`, a Hugging Face id or a model directory")
 
 
@@ -139,6 +150,7 @@ def load_base(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
 ) -> LoadedModel:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network (read when huggingface_hub is imported)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -148,7 +160,6 @@ def load_base(
         limit_onednn_caches()
     if attn_implementation:
         kwargs = {**kwargs, "attn_implementation": attn_implementation}
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from a hook
     quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
