@@ -4,8 +4,9 @@
 For each size (default 256 MiB and 1 GiB), prints medians of --runs runs; where a ratio compares two timed
 operations, each round runs both, one after the other, and the ratio printed is the median of the rounds'
 own ratios (this machine's speed drifts between rounds; a ratio of two separate medians can pair a fast
-spell with a slow one). Each timed step starts on a quiet disk (the set-up's deletions synced first) and,
-on our side, in a store already in use, as a bake's store is by the time it puts an adapter:
+spell with a slow one). Which side runs first alternates by round. Each timed step starts on a quiet disk
+(the set-up's deletions synced first) and, on our side, in a store already in use, as a bake's store is by
+the time it puts an adapter:
 
   put                 store.put_file (read, hash, write, fsync once)  vs  cp + fsync      goal <= 1.5x
   put (take over)     hash + link of a freshly written adapter        vs  cp              goal >= 3x faster
