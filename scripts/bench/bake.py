@@ -17,7 +17,9 @@ and one fixed set of trajectories:
   ours, fp32     ours with BAKE.model.dtype: fp32
   straightforward, bf16  the straightforward loop on the model in bf16
 The last two give the same-precision comparisons, printed below the headline, so the share of the lead
-that comes from the precision is visible.
+that comes from the precision is visible. Below them, the ratio of the work (multiply-adds, counted from the
+trajectories and the model's shapes) of the straightforward loop to the least an exact bake must do, and to
+ours as configured: the ceiling of any same-precision lead on this benchmark.
 
 The final KL of our side is measured as a user gets the model: the stored adapter on the fp32 parent,
 against the fp32 parent.
@@ -108,6 +110,34 @@ def adapter_kl(trained, trajs) -> float:  # type: ignore[no-untyped-def]
                 return pm(ids)
 
     return final_kl(Teacher(), pm, trajs)
+
+
+def work_ratios(n: int, epochs: int) -> tuple[float, float]:
+    """How many more multiply-adds the straightforward loop does than (least exact bake, our bake as
+    configured), counted from the trajectories and the model's shapes: a decoder layer's linear layers
+    cost 2 x their weights per token in a forward, as much again for the input gradients in a backward
+    (the frozen weights get none; LoRA's and attention's share is small here); the output layer 2 x H x V
+    per row and pass. The straightforward loop: the teacher's whole sequence forward, the student's forward
+    and backward, every position through the output layer. The least an exact bake can do: the teacher
+    once per bake (its shared prefix once), the student forward and backward with nothing recomputed, and
+    per response row and epoch the student's logits and their gradient, plus the teacher's in the first
+    epoch only (cached after, at V floats a row). Ours as configured adds one recomputed forward
+    (activation checkpointing) and the teacher's logits every epoch."""
+    from _models import BENCH_CONFIG as C
+
+    h, i_, v, layers = C["hidden_size"], C["intermediate_size"], C["vocab_size"], C["num_hidden_layers"]
+    body = 2 * layers * (4 * h * h + 3 * h * i_)  # per token, one forward
+    head = 2 * h * v  # per row, one product
+    trajs = trajectories(n)
+    shared = 49  # the BOS and the 48-token system prompt every teacher sequence starts with
+    naive = least = ours = 0.0
+    for t, s_, r in trajs:
+        lt, ls, lr = len(t) + len(r), len(s_) + len(r), len(r)
+        naive += epochs * (body * (lt + 2 * ls) + head * (lt + 2 * ls))
+        teacher_once = body * (lt - shared)
+        least += teacher_once + epochs * (body * 2 * ls + head * 2 * lr) + head * lr
+        ours += teacher_once + epochs * (body * 3 * ls + head * 3 * lr)
+    return naive / least, naive / ours
 
 
 def child(impl: str, n: int, epochs: int) -> None:
@@ -259,6 +289,10 @@ def main() -> None:
         k = abs(med[a]["final_kl"] - med[b]["final_kl"]) / med[b]["final_kl"]
         print(f"    {name}: {r:.2f}x tokens/s ({'met' if r >= 2 else 'MISSED'}), {m:.2f}x peak memory "
               f"({'met' if m <= 0.7 else 'MISSED'}), final KL {100 * k:.1f}% apart")
+    bound, configured = work_ratios(args.trajectories, args.epochs)
+    print(f"  the work: the straightforward loop does {bound:.2f}x the multiply-adds of the least an exact bake must do (any")
+    print(f"    memory), {configured:.2f}x those of ours as configured (work_ratios); at the same precision, 2x tokens/s here would")
+    print("    need the bake to run its products faster than that loop runs its own, not only to run fewer of them")
     if not args.skip_demo:
         gap, note = demo_gap_closed()
         if gap is None:
