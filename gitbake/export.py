@@ -85,6 +85,9 @@ def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) ->
         # stdout is this command's output (--json), so the libraries talk to stderr
         with contextlib.redirect_stdout(sys.stderr):
             loaded = load(repo, version)
+            # the name, not where this machine keeps it (a cache snapshot, a home directory): some
+            # transformers versions write it into config.json
+            loaded.model.config._name_or_path = version.base_model
             loaded.model.save_pretrained(str(staging), safe_serialization=True)
             loaded.tokenizer.save_pretrained(str(staging))
         meta = {"base_model": version.base_model, "adapters": list(version.adapters), "model_name": version.model_name,

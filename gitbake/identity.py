@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 TINY = "tiny"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit of a hub repository, as the cache's snapshots are named
 
 
 def classify(base_model: str, root: Path | None = None) -> str:
@@ -51,7 +52,9 @@ def base_identity(base_model: str, root: Path | None = None, cache: StatCache | 
         return {"kind": "dir", "digest": directory_digest(p, cache)}
     if kind == "hub":
         repo_id, _, rev = base_model.partition("@")
-        return {"kind": "hub", "id": repo_id, "revision": rev or hub_revision(repo_id)}
+        # a branch or tag names whatever commit it points to today: the identity is that commit, so a key
+        # follows the weights (and `org/name` and `org/name@main` are the same model)
+        return {"kind": "hub", "id": repo_id, "revision": rev if COMMIT.fullmatch(rev) else hub_revision(repo_id, rev or "main")}
     return {"kind": "unknown", "name": base_model}
 
 
@@ -90,10 +93,16 @@ def hf_cache_dir() -> Path:
     return Path(home) / "hub"
 
 
+def hub_repo_dir(repo_id: str) -> Path:
+    return hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
 def hub_revision(repo_id: str, ref: str = "main") -> str:
-    """The commit the local cache resolves `ref` to; `uncached` when the model is not downloaded."""
-    refs = hf_cache_dir() / ("models--" + repo_id.replace("/", "--")) / "refs" / ref
+    """The commit the local cache resolves `ref` (a branch or tag) to; `uncached` when it has none."""
+    if ".." in ref.split("/"):
+        return "uncached"  # a ref name, never a path out of the cache
     try:
-        return refs.read_text().strip()
+        commit = (hub_repo_dir(repo_id) / "refs" / ref).read_text().strip()
     except OSError:
         return "uncached"
+    return commit if COMMIT.fullmatch(commit) else "uncached"

@@ -118,12 +118,14 @@ def test_hub_id_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.M
     assert m.identity == {"kind": "hub", "id": "acme/tiny-chat", "revision": rev}
     assert sum(p.numel() for p in m.model.parameters()) > 0
     assert attempts == []
-    # a branch name resolves through the cache's refs, as `main` does
-    assert models.load_base("acme/tiny-chat@main").identity["revision"] == "main"
-    assert attempts == []
-    # a revision the cache does not hold: a clear error, no download
-    with pytest.raises(models.ModelError, match="not complete in the local Hugging Face cache"):
-        models.load_base("acme/tiny-chat@" + "f" * 40)
+    # a branch resolves through the cache's refs, as the plain id does; a commit names its snapshot
+    assert models.load_base("acme/tiny-chat@main").identity == m.identity
+    assert models.load_base("acme/tiny-chat@" + rev).identity == m.identity
+    # what the cache does not hold: a clear error, no download
+    for missing in ("f" * 40, "v9"):
+        with pytest.raises(models.ModelError, match=f"acme/tiny-chat at {missing} is not in the local Hugging Face cache") as exc:
+            models.load_base("acme/tiny-chat@" + missing)
+        assert exc.value.hint and f"huggingface-cli download acme/tiny-chat --revision {missing}" in exc.value.hint
     assert attempts == []
 
 

@@ -4,6 +4,7 @@ both giving the in-tool model's logits."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ def test_merged_export_loads_with_transformers_alone(baked_repo: dict[str, Any],
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["kind"] == "merged" and len(info["adapters"]) == 2
+    for meta in (tmp_path / "merged").glob("*.json"):  # where this machine keeps the base model is not part of it
+        assert os.environ["GITBAKE_CACHE"] not in meta.read_text(), meta.name
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
     AutoTokenizer.from_pretrained(str(tmp_path / "merged"))
     with torch.no_grad():

@@ -244,11 +244,21 @@ def test_hub_identity_uses_the_local_cache_revision(tmp_path: Path, monkeypatch:
     cache = tmp_path / "hub"
     refs = cache / "models--org--model" / "refs"
     refs.mkdir(parents=True)
-    (refs / "main").write_text("abc123\n")
+    main, v2 = "a" * 40, "b" * 40
+    (refs / "main").write_text(main + "\n")
+    (refs / "v2").write_text(v2)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    assert identity.base_identity("org/model") == {"kind": "hub", "id": "org/model", "revision": "abc123"}
+    assert identity.base_identity("org/model") == {"kind": "hub", "id": "org/model", "revision": main}
     assert identity.base_identity("org/other")["revision"] == "uncached"
-    assert identity.base_identity("org/model@v2")["revision"] == "v2"
+    # a branch or tag is the commit it points to: the key follows the weights, and @main is the plain id
+    assert identity.base_identity("org/model@v2")["revision"] == v2
+    assert identity.base_identity("org/model@main") == identity.base_identity("org/model")
+    (refs / "v2").write_text("c" * 40)  # the tag moved: another model
+    assert identity.base_identity("org/model@v2")["revision"] == "c" * 40
+    assert identity.base_identity("org/model@" + "d" * 40)["revision"] == "d" * 40  # a commit is itself
+    assert identity.base_identity("org/model@v3")["revision"] == "uncached"
+    (tmp_path / "secret").write_text("e" * 40)
+    assert identity.base_identity("org/model@../../../secret")["revision"] == "uncached"  # a ref, never a path
 
 
 def test_docs_list_exactly_the_excluded_fields() -> None:

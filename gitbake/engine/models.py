@@ -8,7 +8,6 @@ CPU that multiplies bf16 natively runs in bf16 (`bake_dtype`). Both can be overr
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -120,23 +119,16 @@ def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[s
     if kind == "hub":
         repo_id, _, rev = base_model.partition("@")
         ident = identity.base_identity(base_model)
-        if ident["revision"] == "uncached":
-            raise ModelError(
-                f"{repo_id} is not in the local Hugging Face cache ({identity.hf_cache_dir()}); gitbake never downloads",
-                f"on a machine with network: `huggingface-cli download {repo_id}`, then copy the cache here "
-                "(or set HF_HOME / HF_HUB_CACHE to where it is), or save the model to a directory and use its path",
-            )
         # Loaded from the snapshot's directory, not by id: by id, transformers looks for an adapter_config.json
         # without the `local_files_only` it was given (and huggingface_hub reads HF_HUB_OFFLINE only once, at
         # import), so each load would ask the network, and wait out its retries offline (20 s, measured)
-        commit = ident["revision"]
-        if not re.fullmatch(r"[0-9a-f]{40}", commit):  # `id@branch`: the commit the cache's ref names
-            commit = identity.hub_revision(repo_id, commit)
-        snapshot = identity.hf_cache_dir() / ("models--" + repo_id.replace("/", "--")) / "snapshots" / commit
-        if not (snapshot / "config.json").is_file():
+        snapshot = identity.hub_repo_dir(repo_id) / "snapshots" / ident["revision"]
+        if ident["revision"] == "uncached" or not (snapshot / "config.json").is_file():
+            what = f"{repo_id} at {rev}" if rev else repo_id
             raise ModelError(
-                f"{base_model} is not complete in the local Hugging Face cache ({snapshot} has no config.json); gitbake never downloads",
-                f"on a machine with network: `huggingface-cli download {repo_id}`, then copy the cache here",
+                f"{what} is not in the local Hugging Face cache ({identity.hf_cache_dir()}); gitbake never downloads",
+                f"on a machine with network: `huggingface-cli download {repo_id}{f' --revision {rev}' if rev else ''}`, then copy "
+                "the cache here (or set HF_HOME / HF_HUB_CACHE to where it is), or save the model to a directory and use its path",
             )
         return str(snapshot), {}, ident
     raise ModelError(f"`{base_model}` is not `tiny`, a Hugging Face id or a model directory")

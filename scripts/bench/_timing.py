@@ -21,19 +21,18 @@ def timed(fn: Callable[[], object], setup: Callable[[], object] | None, runs: in
 
 def paired(ours: Callable[[], object], ours_setup: Callable[[], object] | None, base: Callable[[], object],
            base_setup: Callable[[], object] | None, runs: int) -> tuple[float, float, float]:
-    """(median seconds of ours, of the baseline, median of each run's baseline/ours ratio), the two run
-    one after the other in each round: a slow spell of a noisy machine hits both sides of a ratio.
-
-    The order alternates from round to round (baseline first, then ours first, ...): on this VM the second
-    of two 1 GiB writes in a row was at times 4x slower than the first, every other round, whichever
-    program made it (measured with cp and copy_file_range alike), so a fixed order charged it to one side."""
+    """(median seconds of ours, of the baseline, median of each round's baseline/ours ratio). A round runs
+    baseline, ours, ours, baseline (ABBA), and its ratio is of the two sums: a slow spell of a noisy machine
+    hits both sides of a ratio, and so does any effect of position. On this VM the second of two 1 GiB
+    writes in a row was at times 4x slower than the first, every other round, whichever program made it
+    (cp and copy_file_range alike): a fixed order charged it to one side, and so could a strict alternation."""
     a, b, ratios = [], [], []
-    for i in range(runs):
-        if i % 2 == 0:
-            b.append(timed(base, base_setup, 1))
-            a.append(timed(ours, ours_setup, 1))
-        else:
-            a.append(timed(ours, ours_setup, 1))
-            b.append(timed(base, base_setup, 1))
-        ratios.append(b[-1] / a[-1])
+    for _ in range(runs):
+        b1 = timed(base, base_setup, 1)
+        a1 = timed(ours, ours_setup, 1)
+        a2 = timed(ours, ours_setup, 1)
+        b2 = timed(base, base_setup, 1)
+        a += [a1, a2]
+        b += [b1, b2]
+        ratios.append((b1 + b2) / (a1 + a2))
     return statistics.median(a), statistics.median(b), statistics.median(ratios)

@@ -2,9 +2,10 @@
 """Store throughput next to the tools it replaces, in one run, on the same files and disk.
 
 For each size (default 256 MiB and 1 GiB), prints medians of --runs runs; where a ratio compares two timed
-operations, each round runs both, one after the other, and the ratio printed is the median of the rounds'
-own ratios (this machine's speed drifts between rounds; a ratio of two separate medians can pair a fast
-spell with a slow one). Which side runs first alternates by round. Each timed step starts on a quiet disk
+operations, each round runs baseline, ours, ours, baseline, and the ratio printed is the median of the
+rounds' own ratios (this machine's speed drifts between rounds; a ratio of two separate medians can pair a
+fast spell with a slow one, and a fixed order can charge an effect of position to one side; see
+_timing.paired). Each timed step starts on a quiet disk
 (the set-up's deletions synced first) and, on our side, in a store already in use, as a bake's store is by
 the time it puts an adapter:
 
