@@ -34,13 +34,18 @@ class LoadedModel:
     adapters: int = 0  # adapters merged into `model`
 
 
+def _device(device: str | None) -> Any:
+    """The device asked for (argument, then GITBAKE_DEVICE), else CUDA when present, else the CPU."""
+    import torch
+
+    name = device or os.environ.get("GITBAKE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
     import torch
 
-    device = device or os.environ.get("GITBAKE_DEVICE")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = _device(device)
     name = (dtype or os.environ.get("GITBAKE_DTYPE") or "auto").lower()
     table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
              "fp32": torch.float32, "float32": torch.float32}
@@ -77,10 +82,7 @@ def bake_dtype(requested: str | None, device: str | None = None, deepspeed: bool
     ZeRO-3 partitions the output layer and so takes the loss path that bf16 would round."""
     if requested not in (None, "auto") or os.environ.get("GITBAKE_DTYPE", "auto").lower() != "auto" or deepspeed:
         return requested
-    import torch
-
-    name = device or os.environ.get("GITBAKE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(name).type == "cpu" and native_bf16():
+    if _device(device).type == "cpu" and native_bf16():
         return "bf16"
     return requested
 
@@ -96,14 +98,14 @@ def limit_onednn_caches() -> None:
     os.environ.setdefault("LRU_CACHE_CAPACITY", ONEDNN_CACHE)  # PyTorch's ideep layer
 
 
-def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(path or id to load, from_pretrained kwargs, identity), with a clear error when it is not here."""
+def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """(the directory to load, identity), with a clear error when it is not here."""
     kind = identity.classify(base_model, root)
     if kind == "tiny":
         from gitbake.engine.tiny import ensure_tiny
 
         path, digest = ensure_tiny()
-        return str(path), {}, {"kind": "tiny", "weights": digest}
+        return str(path), {"kind": "tiny", "weights": digest}
     if kind == "dir":
         p = Path(os.path.expanduser(base_model))
         if not p.is_absolute() and root is not None:
@@ -115,7 +117,7 @@ def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[s
                 f"{p} has no model weights (expected config.json and one of {', '.join(WEIGHT_FILES)})",
                 "point --base-model at a directory written by save_pretrained()",
             )
-        return str(p), {}, identity.base_identity(str(p))
+        return str(p), identity.base_identity(str(p))
     if kind == "hub":
         repo_id, _, rev = base_model.partition("@")
         ident = identity.base_identity(base_model)
@@ -130,7 +132,7 @@ def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[s
                 f"on a machine with network: `huggingface-cli download {repo_id}{f' --revision {rev}' if rev else ''}`, then copy "
                 "the cache here (or set HF_HOME / HF_HUB_CACHE to where it is), or save the model to a directory and use its path",
             )
-        return str(snapshot), {}, ident
+        return str(snapshot), ident
     raise ModelError(f"`{base_model}` is not `tiny`, a Hugging Face id or a model directory")
 
 
@@ -146,12 +148,11 @@ def load_base(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, kwargs, ident = resolve_path(base_model, root)
+    path, ident = resolve_path(base_model, root)
     dev, dt = pick_device(device, dtype)
     if dev.type == "cpu" and dt == torch.bfloat16:
         limit_onednn_caches()
-    if attn_implementation:
-        kwargs = {**kwargs, "attn_implementation": attn_implementation}
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
