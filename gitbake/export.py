@@ -16,38 +16,26 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gitbake import destination
 from gitbake.errors import UsageError
 from gitbake.repo import ModelRepo
 from gitbake.store import swap_in
 from gitbake.versions import Version, materialised, resolve
 
 
-MARKERS = ("chain.json", "gitbake.json")  # what an earlier export left: only such a directory is replaced
-
-
 def _staging(repo: ModelRepo, dest: Path, force: bool) -> Path:
     """A fresh directory beside `dest` to write into; `_publish` moves it into place once complete, so a
-    failed export leaves `dest` as it was."""
-    dest = dest.absolute()
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"{dest} exists and is a file", "give a directory path")
-    protected = [repo.root.resolve(), repo.store.root.resolve(), Path.cwd().resolve()]
-    if any(p == dest.resolve() or dest.resolve() in p.parents for p in protected):
-        raise UsageError(f"{dest} holds this repository, its store or the current directory; it is left alone",
-                         "give a new directory for the export")
-    if dest.is_dir() and any(dest.iterdir()):
-        if not force:
-            raise UsageError(f"{dest} exists and is not empty", "give a new directory, or --force to replace an earlier export")
-        if not any((dest / m).is_file() for m in MARKERS):
-            raise UsageError(f"{dest} is not an earlier gitbake export (no chain.json or gitbake.json); --force leaves it alone",
-                             "give a new directory for the export")
+    failed export leaves `dest` as it was. `dest` goes through the one destination guard: only an earlier
+    export (gitbake's marker, not a plain chain.json) is replaced, and only with --force."""
+    dest = destination.check(dest, protected=repo.never_replaced(), replace=force, what="the export")
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.export-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     return staging
 
 
-def _publish(staging: Path, dest: Path) -> None:
+def _publish(staging: Path, dest: Path, kind: str) -> None:
+    destination.write_marker(staging, kind)
     for f in staging.rglob("*"):
         f.chmod(0o755 if f.is_dir() else 0o644)  # an export is the user's to keep: plain, readable files
     swap_in(staging, dest)
@@ -69,7 +57,7 @@ def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) 
         meta = {"base_model": version.base_model, "adapters": chain, "model_name": version.model_name, "commit": version.commit,
                 "how": "load the base model, then for each adapter in order: PeftModel.from_pretrained(model, path).merge_and_unload()"}
         (staging / "chain.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _publish(staging, dest)
+        _publish(staging, dest, "export-adapter")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"dest": str(dest.absolute()), "kind": "adapter", **meta}
@@ -93,7 +81,7 @@ def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) ->
         meta = {"base_model": version.base_model, "adapters": list(version.adapters), "model_name": version.model_name,
                 "commit": version.commit}
         (staging / "gitbake.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _publish(staging, dest)
+        _publish(staging, dest, "export-merged")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"dest": str(dest.absolute()), "kind": "merged", **meta}

@@ -12,9 +12,10 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from gitbake import bread as bread_mod
+from gitbake import destination
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.locks import FileLock
 from gitbake.store import Store, rmtree, swap_in
@@ -78,25 +79,23 @@ class Materialised:
         return {"dest": str(self.dest), **self.spec.as_json(), "methods": self.methods, "changed": self.changed}
 
 
-def materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None = None) -> Materialised:
-    """Make `dest` the model of `spec`; raises when an object is missing (nothing is changed then)."""
+def materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None = None,
+                protected: Iterable[Path] = (), reserved: bool = False) -> Materialised:
+    """Make `dest` the model of `spec`; raises when an object is missing (nothing is changed then).
+
+    `dest` goes through the one destination guard (gitbake.destination): only a directory gitbake wrote is
+    replaced, never one of `protected`. `reserved` says `dest` is a repository's own `.bake/model`, which
+    gitbake alone writes: one materialised before the marker existed (model.json only) is replaced too.
+    """
     absent = missing(store, spec)
     if absent:
         raise ModelObjectsMissing(absent)
-    check_destination(dest)
+    legacy = reserved and dest.is_dir() and not dest.is_symlink() and (dest / MODEL_JSON).is_file()
+    if not legacy:
+        dest = destination.check(dest, protected=protected, what="the model")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(dest.parent / f".{dest.name}.lock", what=f"{dest} (another checkout is writing it)"):
         return _materialise(store, spec, dest, commit)
-
-
-def check_destination(dest: Path) -> None:
-    """Only a model directory we wrote (it has model.json) or an empty one is ever replaced: never the
-    user's files, a work tree or a store."""
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise UsageError(f"{dest} exists and is not a directory", "give a new or empty directory")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / MODEL_JSON).is_file():
-        raise UsageError(f"{dest} is not empty and is not a gitbake model directory (no {MODEL_JSON}); it is left alone",
-                         "give a new or empty directory, or one a previous `git bake checkout --to` wrote")
 
 
 def _materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None) -> Materialised:
@@ -112,6 +111,7 @@ def _materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None) 
             chain.append({"digest": digest, "path": f"adapters/{i}"})
         meta = {"format": FORMAT, "base_model": spec.base_model, "adapters": chain, "model_name": spec.model_name, "commit": commit}
         (staging / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        destination.write_marker(staging, "model")
         swap_in(staging, dest)
     finally:
         if staging.exists():
@@ -145,5 +145,5 @@ def refresh(root: Path, store: Store, fetch: Callable[[set[str]], int] | None = 
         absent = missing(store, spec)
     if absent:
         return {"state": "missing", "missing": absent, **spec.as_json()}
-    done = materialise(store, spec, root / MODEL_DIR, commit)
+    done = materialise(store, spec, root / MODEL_DIR, commit, reserved=True)
     return {"state": "updated", "fetched": fetched, **done.as_json()}

@@ -63,6 +63,11 @@ class ModelRepo:
         other._store = self._store
         return other
 
+    def never_replaced(self) -> list[Path]:
+        """What no command that replaces a directory may replace (gitbake.destination): the work tree, its
+        .git (and the common dir of a worktree) and the store."""
+        return [self.root, git.git_dir(self.root), git.common_dir(self.root), self.store.root]
+
     @property
     def input_path(self) -> Path:
         return self.root / config.INPUT_FILE

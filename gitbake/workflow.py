@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from gitbake import bakecommit, git
+from gitbake import bakecommit, destination, git
 from gitbake import bread as bread_mod
 from gitbake.config import INPUT_FILE
 from gitbake.errors import GitbakeError
@@ -162,7 +162,10 @@ def checkout(repo: ModelRepo, rev: str, dest: Path | None = None, fetch: bool = 
         raise GitbakeError(f"{rev} has no .bread: not a commit of this model repository", "pick another revision (see `git bake log`)")
     spec = modeldir.spec_of(other.bread)
     target = dest if dest is not None else repo.root / modeldir.MODEL_DIR
+    protected = repo.never_replaced()
+    if dest is not None:
+        destination.check(dest, protected=protected, what="the model")  # before any fetch: refuse at once
     if fetch and modeldir.missing(repo.store, spec):
         fetch_objects(repo.root, repo.store, set(spec.adapters))
-    done = modeldir.materialise(repo.store, spec, target, other.rev)
+    done = modeldir.materialise(repo.store, spec, target, other.rev, protected=protected, reserved=dest is None)
     return {"rev": rev, "commit": other.rev, **done.as_json()}
