@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gitbake.config import Bake
-from gitbake.engine import bake, kl, models
+from gitbake.engine import bake, kl, models, trainstate
 from gitbake.engine.rollout import SamplingSettings, make_rollouts
 from gitbake.engine.templating import render
 
@@ -189,7 +189,8 @@ def test_interrupt_leaves_a_scratch_checkpoint_and_resume_continues(trajectories
     monkeypatch.setattr(bake.kl, "fused_loss", wrap(real[1]))
     with pytest.raises(KeyboardInterrupt):
         b.train(trajectories, tmp_path / "out", scratch=tmp_path / "scratch")
-    assert (tmp_path / "scratch" / "trainer.pt").exists() and not (tmp_path / "out").exists()
+    assert trainstate.exists(tmp_path / "scratch") and not (tmp_path / "out").exists()
+    assert not list((tmp_path / "scratch").rglob("*.pt")) and not list((tmp_path / "scratch").rglob("*.bin"))  # nothing pickled
     monkeypatch.setattr(bake.kl, "chunked_loss", real[0])
     monkeypatch.setattr(bake.kl, "fused_loss", real[1])
     m2 = fresh()
@@ -434,3 +435,52 @@ def test_closed_form_kl_value_does_not_cancel_two_large_sums() -> None:
     ref = kl.divergence(torch.log_softmax(t.double(), -1), torch.log_softmax(s.double(), -1), 0.0).sum()
     value, _ = kl.forward_kl_and_grad_(t.clone(), s.clone(), torch.empty(128, 32000))
     assert abs(value.item() - ref.item()) < 1e-4 * ref.item()
+
+
+class _Payload:
+    """A pickle that runs code when loaded: what someone who can write a shared store could plant."""
+
+    def __init__(self, witness: Path) -> None:
+        self.witness = witness
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.mkdir, (str(self.witness),))
+
+
+def test_resume_never_unpickles_a_planted_checkpoint(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    import pickle
+
+    cfg = config(epochs=1, micro_batch_size=2, checkpoint=[{"save_every_n_steps": 2, "auto_resume": True}])
+    scratch = tmp_path / "scratch"
+    (scratch / "adapter").mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({}, str(scratch / "adapter" / "adapter_model.safetensors"))  # loads fine: the pickle is reached
+    witness = tmp_path / "pwned"
+    (scratch / "trainer.pt").write_bytes(pickle.dumps(_Payload(witness)))
+    m = fresh()
+    res = bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "out", scratch=scratch)
+    assert not witness.exists() and res.resumed_from is None and res.steps > 0
+    # a damaged or foreign state in the new format is a fresh start too, with a note, not a crash
+    (scratch / "adapter").mkdir(parents=True, exist_ok=True)
+    (scratch / trainstate.STATE).write_text('{"format": 1, "state": {"__tensor__": "nope"}}')
+    (scratch / trainstate.TENSORS).write_bytes(b"\x00garbage")
+    m2 = fresh()
+    res2 = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "out2", scratch=scratch)
+    assert res2.resumed_from is None and any("could not be read" in n for n in res2.notes)
+
+
+def test_train_state_round_trips_without_pickle(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.9))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "state": {"step": 3}, "metrics": [{"loss": 1.5}]}
+    trainstate.save(state, tmp_path)
+    back = trainstate.load(tmp_path)
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.8, 0.9) and back["state"] == {"step": 3}
+    assert set(back["optimizer"]["state"]) == {0, 1}
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(back["rng"], state["rng"]) and back["metrics"] == [{"loss": 1.5}]
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt2.load_state_dict(back["optimizer"])

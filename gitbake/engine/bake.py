@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from gitbake.engine import kl
+from gitbake.engine import kl, trainstate
 from gitbake.engine.infer import cache_arg
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.progress import Progress
@@ -356,13 +356,13 @@ class Baker:
         result = BakeResult(out_dir, trajectories=len(data), notes=notes)
         self._metrics = result.metrics
         state = {"step": 0, "epoch": 0, "batch": 0}
-        if scratch is not None and zero3 and (scratch / "trainer.pt").exists():
+        if scratch is not None and zero3 and trainstate.exists(scratch):
             notes.append("a scratch checkpoint exists, but resuming under ZeRO-3 is not supported: starting over")
             shutil.rmtree(scratch, ignore_errors=True)
         if keep is not None and zero3 and any(c.get("enabled", True) for c in cfg["checkpoint"]):
             notes.append("checkpoints are not kept under ZeRO-3 (its partitioned weights are only gathered for the final adapter)")
         if scratch is not None and not zero3 and any(c.get("auto_resume") for c in cfg["checkpoint"] if c.get("enabled", True)):
-            resumed = self._resume(pm, optimizer, scheduler, scratch)
+            resumed = self._resume(pm, optimizer, scheduler, scratch, notes)
             if resumed:
                 state = resumed
                 result.resumed_from = state["step"]
@@ -477,19 +477,25 @@ class Baker:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         pm.save_pretrained(str(tmp / "adapter"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(), "state": state, "metrics": self._metrics}, tmp / "trainer.pt")
+        # no pickle: a shared store's scratch checkpoint must not be able to run code in the next bake
+        trainstate.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "rng": torch.get_rng_state(), "state": state, "metrics": self._metrics}, tmp)
         shutil.rmtree(scratch, ignore_errors=True)
         tmp.rename(scratch)
 
-    def _resume(self, pm: Any, optimizer: Any, scheduler: Any, scratch: Path) -> dict[str, int] | None:
-        if not (scratch / "trainer.pt").exists():
+    def _resume(self, pm: Any, optimizer: Any, scheduler: Any, scratch: Path, notes: list[str]) -> dict[str, int] | None:
+        if not trainstate.exists(scratch):
             return None
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(pm, load_file(str(scratch / "adapter" / "adapter_model.safetensors")))
-        saved = torch.load(scratch / "trainer.pt", weights_only=False)
+        try:  # read everything before changing anything: a damaged or foreign checkpoint is a fresh start
+            saved = trainstate.load(scratch)
+            weights = load_file(str(scratch / "adapter" / "adapter_model.safetensors"))
+        except Exception as exc:  # noqa: BLE001 - trainstate.BadTrainState, or safetensors' own error types
+            notes.append(f"the scratch checkpoint could not be read ({type(exc).__name__}: {str(exc)[:120]}): starting over")
+            return None
+        set_peft_model_state_dict(pm, weights)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])
