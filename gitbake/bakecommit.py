@@ -6,6 +6,10 @@ The commit is built from the commit that triggered the bake, in a private index 
 the branch moves only if it still points at that commit (compare-and-swap). Otherwise the commit is kept
 under `refs/bake/` and `git bake fetch` takes it. Working-tree files move only where the user has not
 changed them since the trigger.
+
+A bake commit never names an object that is not in the store: what it adds is checked, and the ref moved,
+under the store's shared lock, so gc (which takes it exclusively) runs either before the check (and the
+bake's lease kept the data) or after the ref names it.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from gitbake import bread as bread_mod
-from gitbake import git
+from gitbake import git, leases, reach
 from gitbake import recipe as recipe_mod
 from gitbake.config import INPUT_FILE
-from gitbake.errors import GitbakeError
+from gitbake.errors import GitbakeError, StoreCorruptError
+from gitbake.store import Store
+from gitbake.storepath import store_root
 from gitbake.plan import Plan
 from gitbake.recipe import BakeResource, Recipe, Step
 
@@ -157,24 +163,59 @@ def message(plan: Plan, trigger: str, subject: str, metrics: dict[str, Any]) -> 
 
 def make_commit(root: Path, trigger: str, branch_ref: str | None, files: dict[str, bytes], msg: str) -> CommitResult:
     """Commit `files` on top of `trigger`; move `branch_ref` (or a detached HEAD) only if it is still there."""
-    new = git.commit_files(root, trigger, files, msg)
-    ref = branch_ref or "HEAD"
+    store = Store(store_root(root))
+    try:
+        with store.writing():
+            check_present(store, root, trigger, files)
+            new = git.commit_files(root, trigger, files, msg)
+            moved = _move(root, trigger, branch_ref, new, msg)
+            if not moved:
+                where = (branch_ref or "HEAD").removeprefix("refs/heads/")
+                pending = f"{PENDING_PREFIX}{where}/{trigger[:12]}"
+                git.update_ref(root, pending, new, None, msg.splitlines()[0])
+    finally:
+        store.close()
+    leases.release(store.root, leases.bake_owner(trigger))  # a ref names the bake's results now
+    if not moved:
+        return CommitResult(new, trigger, None, pending)
+    result = CommitResult(new, trigger, branch_ref or "HEAD")
+    if git.symbolic_head(root) == branch_ref or (branch_ref is None and git.rev_parse(root, "HEAD") == new):
+        try:
+            sync_worktree(root, trigger, new, files, result)
+        except GitbakeError as exc:  # the commit stands; say what is left to do
+            result.warning = (f"the bake commit is made, but the working tree could not be updated ({exc.message}); "
+                              "run `git reset --keep HEAD` to bring it up to date")
+    return result
+
+
+def _move(root: Path, trigger: str, branch_ref: str | None, new: str, msg: str) -> bool:
+    """Compare-and-swap the branch (or a detached HEAD) from `trigger` to `new`."""
     # moving the branch under a rebase, merge or cherry-pick would break it; a detached bake must not
     # move a HEAD that has since been put on a branch
     blocked = git.operation_in_progress(root) is not None or (branch_ref is None and git.symbolic_head(root) is not None)
-    if not blocked and git.update_ref(root, ref, new, trigger, msg.splitlines()[0]):
-        result = CommitResult(new, trigger, ref)
-        if git.symbolic_head(root) == branch_ref or (branch_ref is None and git.rev_parse(root, "HEAD") == new):
-            try:
-                sync_worktree(root, trigger, new, files, result)
-            except GitbakeError as exc:  # the commit stands; say what is left to do
-                result.warning = (f"the bake commit is made, but the working tree could not be updated ({exc.message}); "
-                                  "run `git reset --keep HEAD` to bring it up to date")
-        return result
-    where = (branch_ref or "HEAD").removeprefix("refs/heads/")
-    pending = f"{PENDING_PREFIX}{where}/{trigger[:12]}"
-    git.update_ref(root, pending, new, None, msg.splitlines()[0])
-    return CommitResult(new, trigger, None, pending)
+    return not blocked and git.update_ref(root, branch_ref or "HEAD", new, trigger, msg.splitlines()[0])
+
+
+def check_present(store: Store, root: Path, trigger: str, files: dict[str, bytes]) -> None:
+    """Refuse a bake commit that would name an object the store does not hold (nor every file of a
+    manifest it names). Only what the commit adds is checked: what `trigger` already named may live on a
+    remote (a clone that pulled only the adapters still bakes)."""
+    added: set[str] = set()
+    for path, data in files.items():
+        if path in reach.LINEAGE_FILES:
+            added |= reach.digests_in(path, data) - reach.digests_in(path, git.show(root, trigger, path) or b"")
+    missing = sorted(d for d in added if not store.has(d))
+    for digest in sorted(added - set(missing)):
+        if store.is_manifest(digest):
+            missing += [f"{e.digest} ({rel} of {digest[:12]})" for rel, e in sorted(store.read_manifest(digest).files.items())
+                        if not store.has(e.digest)]
+    if missing:
+        raise StoreCorruptError(
+            f"the bake commit would name {len(missing)} object(s) that are no longer in the store ({store.root}): "
+            + ", ".join(missing) + "; nothing was committed",
+            "something deleted them during the bake (a `git bake store gc` of an older gitbake, or by hand): "
+            "run `git bake run` again; whatever is still stored is reused",
+        )
 
 
 def sync_worktree(root: Path, old: str, new: str, files: dict[str, bytes], result: CommitResult) -> None:

@@ -495,25 +495,37 @@ def store() -> None:
 @store.command("fsck", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def store_fsck(as_json: bool) -> None:
-    """Re-hash every object; quarantine corrupt ones and name them (exit 4); clear leftovers in tmp/.
+    """Re-hash every object; check every manifest and what HEAD's model needs; name what is wrong (exit 4).
+
+    Corrupt objects (and anything in objects/ that is not a regular file) move to quarantine/.
+    Leftovers in tmp/ are removed (folders only when no other process uses the store).
 
     \b
     Example:
       git bake store fsck || git bake pull     # re-fetch what was quarantined
     """
     from gitbake.errors import EXIT_CORRUPT
-    from gitbake.fsck import fsck
+    from gitbake.fsck import fsck, head_needs
     from gitbake.repo import open_repo
 
-    report = fsck(open_repo(Path.cwd()).store, progress=_progress("checking objects"))
+    repo = open_repo(Path.cwd())
+    report = fsck(repo.store, progress=_progress("checking objects"), needed=head_needs(repo.root))
     if as_json:
         _emit_json(report.as_json())
     else:
-        click.echo(f"checked {report.checked} objects ({_human(report.bytes)}); removed {report.tmp_removed} leftover file(s) from tmp/")
+        click.echo(f"checked {report.checked} objects ({_human(report.bytes)}); removed {report.tmp_removed} leftover(s) from tmp/")
+        if report.tmp_kept:
+            click.echo(f"kept {report.tmp_kept} folder(s) in tmp/: another process is using the store (run fsck again when it is done)")
         for digest, actual in report.corrupt.items():
             click.echo(f"corrupt: {digest} (hashes to {actual}); moved to quarantine/", err=True)
+        for digest, what in report.not_files.items():
+            click.echo(f"corrupt: {digest} is {what}, not a file; moved to quarantine/", err=True)
+        for digest, why in report.bad_manifests.items():
+            click.echo(f"bad manifest: {digest}: {why}", err=True)
         for manifest, missing in report.missing_in_manifests.items():
             click.echo(f"incomplete: manifest {digest_short(manifest)} names {len(missing)} missing object(s): {', '.join(missing)}", err=True)
+        for digest, who in report.missing_needed.items():
+            click.echo(f"missing: {digest}, which {who} names", err=True)
         if report.dangling_keys:
             click.echo(f"{len(report.dangling_keys)} stage key(s) point at missing objects (they count as not cached)")
         if report.ok:
@@ -553,7 +565,9 @@ def store_gc(dry_run: bool, grace: str, force: bool, as_json: bool) -> None:
     grace_s = parse_grace(grace)
     repo = open_repo(Path.cwd())
     st = repo.store
-    clones, missing = registered_clones(st)
+    clones, missing, removed = registered_clones(st)
+    if removed and not dry_run:
+        forget_clones(st, removed)  # worktrees git has removed: nothing of theirs is left to keep
     if missing and not force:
         raise GitbakeError(
             "clones registered with this store are missing, so their models cannot be told apart from garbage: "
@@ -573,6 +587,10 @@ def store_gc(dry_run: bool, grace: str, force: bool, as_json: bool) -> None:
         click.echo(f"{verb} {len(report.keys_deleted)} stage key(s) whose result is gone")
     if report.kept_unpushed:
         click.echo(f"kept {len(report.kept_unpushed)} unreachable object(s) that no remote has: `git bake push` them, or use --force")
+    if report.leases:
+        click.echo(f"kept what {len(report.leases)} running bake(s) read or stored")
+    if report.tmp_removed:
+        click.echo(f"removed {report.tmp_removed} leftover(s) from tmp/")
 
 
 @store.command("du", context_settings=CONTEXT)

@@ -3,9 +3,13 @@
 Live = the closure (manifests -> files) of every object named by `.bread` / `recipe.yml` at any commit
 that a ref or reflog entry of any clone registered with the store reaches, or by their working trees;
 plus every object a stage key younger than the grace period points to; plus every object younger than the
-grace period (a bake in progress has written objects it has not yet recorded). Everything else is garbage,
-except, when remotes are configured, garbage that no remote has: it may be the only copy, so it is kept
-unless `--force`.
+grace period; plus what a running bake's lease holds (gitbake/leases.py: the objects and keys it reads,
+and everything stored since it began), whatever the grace period. Everything else is garbage, except,
+when remotes are configured, garbage that no remote has: it may be the only copy, so it is kept unless
+`--force`.
+
+gc only deletes: it writes nothing (no temp file, no database row it depends on), so it works on a full
+disk, which is when it is needed most. It also clears the leftovers in `tmp/` (Store.clear_tmp).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gitbake import reach
+from gitbake import leases, reach
 from gitbake.errors import UsageError
-from gitbake.store import Store
+from gitbake.store import Store, check_key
 
 DEFAULT_GRACE = "14d"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -40,6 +44,8 @@ class GcReport:
     kept_unpushed: list[str] = field(default_factory=list)
     keys_deleted: list[str] = field(default_factory=list)
     clones: list[str] = field(default_factory=list)
+    leases: list[str] = field(default_factory=list)  # running bakes whose data was kept
+    tmp_removed: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -60,14 +66,20 @@ def gc(
         roots: set[str] = set()
         for clone in clones:
             roots |= reach.reachable(clone)
+        held = leases.current(store, prune=not dry_run)
+        report.leases = [lease.name for lease in held]
+        # what a running bake stored since it began is live, however short the grace period
+        young_after = min([now - grace_s] + [lease.since - leases.CLOCK_SLACK_S for lease in held])
+        for lease in held:
+            roots |= set(lease.digests) | _leased_keys(store, lease.keys)
         young_keys: set[str] = set()
         for _stage, _key, digest, mtime in store.iter_keys():
-            if now - mtime < grace_s and len(digest) == 64:
+            if mtime > young_after and len(digest) == 64:
                 young_keys.add(digest)
         roots |= young_keys
         all_objects = set(store.iter_objects())
         for digest in all_objects:
-            if now - store.object_path(digest).stat().st_mtime < grace_s:
+            if _object_mtime(store, digest) > young_after:
                 roots.add(digest)
         live = store.closure({d for d in roots if d in all_objects}) | (roots - all_objects)
         report.live = len(live & all_objects)
@@ -78,11 +90,11 @@ def gc(
             garbage = [d for d in garbage if d in elsewhere]
         for digest in garbage:
             path = store.object_path(digest)
-            report.deleted_bytes += path.stat().st_size
+            report.deleted_bytes += path.lstat().st_size
             report.deleted.append(digest)
             if not dry_run:
                 path.unlink()
-                store.statcache.forget_object(digest)
+                store.statcache.forget_object(digest)  # a hint: on a full disk it may fail, harmlessly
         gone = set(garbage)
         for stage, key, digest, _mtime in store.iter_keys():
             # a key must never promise a result that is no longer there (a false cache hit)
@@ -90,5 +102,27 @@ def gc(
                 report.keys_deleted.append(f"{stage}/{key}")
                 if not dry_run:
                     store.key_path(stage, key).unlink(missing_ok=True)
+        if not dry_run:
+            report.tmp_removed = store.clear_tmp()[0]
     return report
+
+
+def _object_mtime(store: Store, digest: str) -> float:
+    # lstat: an object that is a dangling symlink is still an entry gc can see (and delete)
+    return store.object_path(digest).lstat().st_mtime
+
+
+def _leased_keys(store: Store, keys: list[str]) -> set[str]:
+    """The objects the stage keys a lease names point to now (a key set since is young anyway)."""
+    out: set[str] = set()
+    for entry in keys:
+        stage, _, key = entry.partition("/")
+        try:
+            check_key(stage, key)
+            digest = store.key_path(stage, key).read_text().strip()
+        except (OSError, UsageError):
+            continue
+        if len(digest) == 64:
+            out.add(digest)
+    return out
 

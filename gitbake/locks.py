@@ -55,8 +55,11 @@ class FileLock:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
         if not self.shared:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n".encode())
+            except OSError:
+                pass  # only a courtesy for a timeout message: a full disk must not stop gc, which frees space
         self._fd = fd
 
     def release(self) -> None:
@@ -78,3 +81,18 @@ def _read_holder(path: Path) -> str:
         return path.read_text(errors="replace").strip()
     except OSError:
         return ""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs on this machine (a finished child not yet reaped, a zombie, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): it exists

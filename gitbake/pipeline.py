@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from gitbake import config as cfg
 from gitbake.config import Target
-from gitbake import git
+from gitbake import git, leases
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.plan import Plan, TargetPlan
 from gitbake.repo import ModelRepo
@@ -250,7 +250,9 @@ def execute(repo: ModelRepo, plan: Plan, loaded: cfg.LoadedInput, stages: list[s
     order = [s for s in STAGES if s in wanted]
     runner = Runner(repo, plan, loaded, force=force, say=say)
     try:
-        return [getattr(runner, stage)() for stage in order]
+        # gc keeps what the stages read or store until the bake commit names it (gitbake/leases.py)
+        with leases.stages(repo.store, plan, repo.rev, until_commit="bake" in order):
+            return [getattr(runner, stage)() for stage in order]
     finally:
         runner.close()
 

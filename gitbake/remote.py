@@ -5,12 +5,16 @@ readable as a store. Transfers move only the objects the given revisions need, s
 has (one listing, not one request per object), run several at a time, and re-hash everything that
 arrives: a corrupt object is refused by name. Each object lands whole or not at all (temp name + rename
 on filesystems; a single PUT on object stores), so an interrupted transfer resumes by running it again.
+The `format` file is written the same way, and one that an interrupted first push of an older gitbake
+left empty or partial counts as absent: the next push repairs it. A push also clears the remote's `tmp/`
+of the partial files of interrupted pushes, once they are older than TMP_GRACE_S.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -28,6 +32,9 @@ CONFIG_SECTION = "bake-remote"
 DEFAULT_KEY = "bake.remote"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_JOBS = 8
+# a partial upload in the remote's tmp/ this old is a leftover (no single object takes a day to upload)
+TMP_GRACE_S = 86400.0
+_FORMAT = re.compile(r"gitbake-store (\d+)")
 
 
 class RemoteError(GitbakeError):
@@ -139,30 +146,71 @@ class Remote:
         check_digest(digest)
         return f"{self.base}/objects/blake3/{digest[:2]}/{digest[2:]}"
 
+    def _format_line(self) -> str | None:
+        """The remote's `format` line; None when there is none, or only what an interrupted write left
+        (empty, or a prefix of a format line): both mean "no format written yet"."""
+        try:
+            line = self.fs.cat_file(f"{self.base}/format").decode(errors="replace").strip()
+        except FileNotFoundError:
+            return None
+        if not line or (FORMAT_LINE.startswith(line) and not _FORMAT.fullmatch(line)):
+            return None
+        return str(line)
+
+    def _check_format(self, line: str) -> None:
+        m = _FORMAT.fullmatch(line)
+        if m is None:
+            raise RemoteError(f"remote {self.name} ({self.url}) has a `format` file that does not name a gitbake store: {line[:80]!r}",
+                              "check the URL: is this the right directory or bucket?")
+        if int(m.group(1)) > int(FORMAT_LINE.split()[1]):
+            raise RemoteError(f"remote {self.name} ({self.url}) has format {line!r}, which this gitbake cannot read", "upgrade gitbake")
+
     def ensure(self) -> None:
-        """Make sure a store exists at the remote (creating its format file), before writing to it."""
-        fmt = f"{self.base}/format"
+        """Make sure a store exists at the remote (writing or repairing its format file), before writing
+        to it; on filesystems, also clear partial files that interrupted pushes left in its tmp/."""
         with _guard(self, "creating the remote store"):
             if self.atomic_puts and self.fs.exists(self.base) and not self.fs.isdir(self.base):
                 raise RemoteError(f"remote {self.name}: {self.base} exists and is not a directory")
-            if not self.fs.exists(fmt):
+            line = self._format_line()
+            if line is not None:
+                self._check_format(line)
+            else:
                 if self.atomic_puts:
                     self.fs.makedirs(self.base, exist_ok=True)
-                self.fs.pipe_file(fmt, FORMAT_LINE.encode())
+                self._put_atomic(f"{self.base}/format", lambda path: self.fs.pipe_file(path, FORMAT_LINE.encode()), True)
+            if self.atomic_puts:
+                self._clear_tmp()
 
     def check(self) -> None:
         """Before reading: the remote must hold a gitbake store of a format we understand."""
         with _guard(self, "reading the remote store"):
+            line = self._format_line()
+        if line is None:
+            raise RemoteError(
+                f"remote {self.name} ({self.url}) has no gitbake store (no `format` file, or an empty one that an interrupted first push left)",
+                "check the URL; or push to it (`git bake push`), which writes (or repairs) it",
+            )
+        self._check_format(line)
+
+    def _clear_tmp(self) -> int:
+        """Delete files in the remote's tmp/ older than TMP_GRACE_S: partial uploads of interrupted
+        pushes (a push in progress elsewhere writes fresh ones, which stay)."""
+        tmp = f"{self.base}/tmp"
+        try:
+            entries = self.fs.ls(tmp, detail=True)
+        except FileNotFoundError:
+            return 0
+        cleared = 0
+        cutoff = time.time() - TMP_GRACE_S
+        for info in entries:
+            if info.get("type") != "file" or _mtime(info) > cutoff:
+                continue
             try:
-                line = self.fs.cat_file(f"{self.base}/format").decode(errors="replace").strip()
+                self.fs.rm_file(info["name"])
+                cleared += 1
             except FileNotFoundError:
-                raise RemoteError(
-                    f"remote {self.name} ({self.url}) has no gitbake store (no `format` file)",
-                    "check the URL, or push to it first",
-                ) from None
-        m = re.fullmatch(r"gitbake-store (\d+)", line)
-        if not m or int(m.group(1)) > int(FORMAT_LINE.split()[1]):
-            raise RemoteError(f"remote {self.name} ({self.url}) has format {line!r}, which this gitbake cannot read", "upgrade gitbake")
+                pass  # another push cleared it first
+        return cleared
 
     def list_objects(self) -> set[str]:
         prefix = f"{self.base}/objects/blake3/"
@@ -211,7 +259,10 @@ class Remote:
         return src.stat().st_size
 
     def _write(self, digest: str, write: Callable[[str], None], overwrite: bool = False) -> None:
-        final = self._obj(digest)
+        self._put_atomic(self._obj(digest), write, overwrite)
+
+    def _put_atomic(self, final: str, write: Callable[[str], None], overwrite: bool) -> None:
+        """`write(path)` lands at `final` whole or not at all: on filesystems into tmp/, then renamed."""
         if not self.atomic_puts:
             write(final)  # a PUT is all or nothing on object stores
             return
@@ -276,6 +327,16 @@ def _guard(remote: "Remote", action: str) -> Iterator[None]:
         if "Credential" in name or "AccessDenied" in str(exc):
             hint = "set credentials for the remote (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)"
         raise RemoteError(f"remote {remote.name} ({remote.url}): {action} failed: {name}: {str(exc)[:300]}", hint) from None
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    """A listing entry's modification time in seconds (fsspec backends name and type it differently);
+    unknown: now, so an entry whose age cannot be told is never taken for a leftover."""
+    value: Any = info.get("mtime", info.get("LastModified", info.get("updated")))
+    if isinstance(value, (int, float)):
+        return float(value)
+    stamp = getattr(value, "timestamp", None)  # a datetime
+    return float(stamp()) if callable(stamp) else time.time()
 
 
 def _protocols(fs: Any) -> set[str]:

@@ -4,14 +4,15 @@
     <root>/objects/blake3/ab/cdef...    file contents, named by blake3 digest, read-only (0444)
     <root>/keys/<stage>/<key>           -> digest of the stage's manifest
     <root>/tmp/                         in-progress writes
-    <root>/locks/                       flock(2) files
+    <root>/locks/                       flock(2) files (`open`: held shared by every process using the store)
+    <root>/leases/                      what running bakes read or will write (gitbake/leases.py)
     <root>/quarantine/                  objects fsck found corrupt
     <root>/statcache.sqlite             stat cache (gitbake/statcache.py)
 
 Every write goes one way: into `tmp/` (a kernel copy, then hashed; or streamed and hashed on the way),
 fsync, then link into place; the digest is always that of the bytes in `tmp/`; an object that
 exists is never rewritten, a digest is validated before it becomes a path, and a crash leaves at most a
-stray file in `tmp/` (which `fsck` clears). Writers hold the store's shared lock; fsck and gc take it
+stray file in `tmp/` (which `fsck` and `gc` clear). Writers hold the store's shared lock; fsck and gc take it
 exclusively, so they never delete what a writer is about to reference.
 """
 
@@ -59,13 +60,47 @@ class StoreFull(GitbakeError):
     pass
 
 
-def _disk_error(exc: OSError, root: Path) -> GitbakeError:
+def disk_error(exc: OSError, root: Path) -> GitbakeError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFull(
             f"no space left on the device of the store ({root}); nothing was stored",
             "free some space (`git bake store gc` deletes unreachable objects), or point `git config bake.storePath` at a larger disk",
         )
     return GitbakeError(f"writing to the store ({root}) failed: {exc}")
+
+
+class NotAnObjectFile(StoreCorruptError):
+    """An object's name holds something other than a regular file (a symlink, a directory): tampering."""
+
+    def __init__(self, digest: str, what: str, root: Path) -> None:
+        super().__init__(
+            f"object {digest} in {root} is not a regular file but {what}",
+            "run `git bake store fsck` to move it to quarantine/, then `git bake pull` to fetch a good copy",
+        )
+        self.digest = digest
+        self.what = what
+
+
+class BadManifest(StoreCorruptError, ValueError):
+    """An object read as a manifest (a stored directory) does not parse as one. Also a ValueError, which
+    is what callers that probe whether an object is a manifest catch."""
+
+    def __init__(self, digest: str, reason: str) -> None:
+        super().__init__(
+            f"object {digest} is not a valid gitbake manifest: {reason}",
+            "run `git bake store fsck` to see what is damaged, then `git bake pull` (or bake again) to restore it",
+        )
+        self.digest = digest
+        self.reason = reason
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (for messages about tampered objects)."""
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a special file"
 
 
 class CorruptObject(StoreCorruptError):
@@ -157,8 +192,10 @@ class Store:
         self.keys = root / "keys"
         self.locks = root / "locks"
         self.quarantine = root / "quarantine"
+        self.leases = root / "leases"
         self._init()
         self.statcache = StatCache(root / "statcache.sqlite")
+        self._presence = _Presence(self.locks / "open")
 
     def _init(self) -> None:
         fmt = self.root / "format"
@@ -178,6 +215,7 @@ class Store:
 
     def close(self) -> None:
         self.statcache.close()
+        self._presence.close()
 
     # ----------------------------------------------------------------------------------- locking
     def writing(self) -> FileLock:
@@ -186,6 +224,39 @@ class Store:
 
     def exclusive(self, timeout: float = 600.0) -> FileLock:
         return FileLock(self.locks / "store", timeout=timeout, what="store (fsck/gc)")
+
+    def clear_tmp(self) -> tuple[int, int]:
+        """Remove the leftovers in `tmp/`: (removed, kept). Call with the exclusive lock held.
+
+        A file directly in `tmp/` is a single write, made under the shared lock, so none is in progress
+        now: every one is a leftover of a crash. A directory is a job's working area (a bake's adapter
+        being trained, a dataset being written), used without that lock for as long as the job runs: it
+        is removed only when no other process has the store open (the `locks/open` presence lock, which
+        the kernel drops when its holder dies, so a killed job's folders go as soon as nothing else runs)."""
+        try:
+            entries = list(self.tmp.iterdir())
+        except FileNotFoundError:
+            return 0, 0
+        alone = self._presence.alone()
+        removed = kept = 0
+        try:
+            for entry in entries:
+                if entry.is_dir() and not entry.is_symlink():
+                    if not alone:
+                        kept += 1
+                        continue
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += not entry.exists()
+                    continue
+                try:
+                    entry.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        finally:
+            if alone:
+                self._presence.share()
+        return removed, kept
 
     # ------------------------------------------------------------------------------------- paths
     def object_path(self, digest: str) -> Path:
@@ -196,7 +267,9 @@ class Store:
         return self.object_path(digest).is_file()
 
     def touch(self, digest: str) -> None:
-        """Mark an existing object as just stored: gc's grace period protects what a running bake reuses.
+        """Mark an existing object as just stored: gc's grace period (and a bake's lease, which keeps
+        whatever is stored after it began) protects what a running bake reuses. Callers hold the shared
+        lock, so gc cannot delete the object between the check that it exists and this.
 
         Only the mtime moves (the bytes are untouched); the stat cache's record follows it."""
         path = self.object_path(digest)
@@ -215,6 +288,8 @@ class Store:
             return path.open("rb")
         except FileNotFoundError:
             raise ObjectMissing(f"object {digest} is not in the store ({self.root})", "fetch it with `git bake pull`") from None
+        except IsADirectoryError:
+            raise NotAnObjectFile(digest, "a directory", self.root) from None
 
     def read_bytes(self, digest: str) -> bytes:
         with self.open(digest) as fh:
@@ -234,10 +309,10 @@ class Store:
     # -------------------------------------------------------------------------------------- puts
     def put_bytes(self, data: bytes) -> str:
         digest = blake3.blake3(data).hexdigest()
-        if self.has(digest):
-            self.touch(digest)
-            return digest
         with self.writing():
+            if self.has(digest):
+                self.touch(digest)
+                return digest
             tmp = self._tmp_path()
             try:
                 with open(tmp, "wb") as fh:
@@ -246,7 +321,7 @@ class Store:
                     os.fsync(fh.fileno())
                 self.commit_tmp(tmp, digest)
             except OSError as exc:
-                raise _disk_error(exc, self.root) from exc
+                raise disk_error(exc, self.root) from exc
             finally:
                 _unlink(tmp)
         return digest
@@ -256,12 +331,12 @@ class Store:
         hashing, not copied); the caller must not touch it afterwards."""
         started = time.time_ns()
         st = os.stat(path)
-        if not take:  # a file handed over is fresh: asking the stat cache would only cost time
-            cached = self.statcache.lookup(st)
-            if cached is not None and self.has(cached):
-                self.touch(cached)
-                return PutResult(cached, st.st_size, "cached")
         with self.writing():
+            if not take:  # a file handed over is fresh: asking the stat cache would only cost time
+                cached = self.statcache.lookup(st)
+                if cached is not None and self.has(cached):
+                    self.touch(cached)
+                    return PutResult(cached, st.st_size, "cached")
             if take:
                 result = self._take(path, st)
                 if result is not None:
@@ -274,7 +349,7 @@ class Store:
             except OSError as exc:
                 if exc.filename is not None and Path(exc.filename) == path:
                     raise  # the source is unreadable: not the store's problem
-                raise _disk_error(exc, self.root) from exc
+                raise disk_error(exc, self.root) from exc
             finally:
                 _unlink(tmp)
             if os.stat(path).st_mtime_ns == st.st_mtime_ns:
@@ -374,7 +449,7 @@ class Store:
         try:
             with path.open("rb") as fh:
                 head = fh.read(len(b'{"files":'))
-        except FileNotFoundError:
+        except OSError:  # missing, or not a file (fsck quarantines that)
             return False
         if head != b'{"files":':
             return False
@@ -385,7 +460,13 @@ class Store:
         return True
 
     def read_manifest(self, digest: str) -> Manifest:
-        return Manifest.from_bytes(self.read_bytes(digest))
+        """The manifest `digest`; BadManifest (a clean StoreCorruptError, never a traceback) when that
+        object is not one: every command that reads a stored directory comes through here."""
+        data = self.read_bytes(digest)
+        try:
+            return Manifest.from_bytes(data)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise BadManifest(digest, str(exc) or type(exc).__name__) from None
 
     def closure(self, roots: set[str]) -> set[str]:
         """`roots` plus every object their manifests name (the files of each stored directory)."""
@@ -404,13 +485,20 @@ class Store:
 
     def set_key(self, stage: str, key: str, digest: str) -> None:
         check_digest(digest)
-        if not self.has(digest):
-            raise ObjectMissing(f"cannot point {stage} key {key[:12]} at {digest}: not in the store")
         path = self.key_path(stage, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._tmp_path()
-        tmp.write_text(digest + "\n")
-        os.replace(tmp, path)
+        with self.writing():  # gc must not delete the object between this check and the key
+            if not self.has(digest):
+                raise ObjectMissing(f"cannot point {stage} key {key[:12]} at {digest}: not in the store",
+                                    "a `git bake store gc` may have run meanwhile: run the command again")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._tmp_path()
+            try:
+                tmp.write_text(digest + "\n")
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise disk_error(exc, self.root) from exc
+            finally:
+                _unlink(tmp)
 
     def get_key(self, stage: str, key: str) -> str | None:
         """The digest a stage key points to, when that object is present (a cache hit)."""
@@ -446,9 +534,11 @@ class Store:
         size and mtime are as written is trusted without reading it (what keeps materialising O(1))."""
         path = self.object_path(digest)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except FileNotFoundError:
             raise ObjectMissing(f"object {digest} is not in the store ({self.root})", "fetch it with `git bake pull`") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAnObjectFile(digest, file_kind(st.st_mode), self.root)
         if trust_stat and self.statcache.object_trusted(digest, st):
             return
         actual = self.hash_object(digest)
@@ -598,6 +688,44 @@ def swap_in(staging: Path, dest: Path) -> None:
     os.rename(staging, dest)
     if old is not None:
         rmtree(old)
+
+
+class _Presence:
+    """A shared flock(2) on `locks/open` while this Store is open: a process that can take it exclusively
+    knows no other process uses the store, so the folders in `tmp/` are leftovers. Best effort: a store
+    we cannot write (a full disk, a read-only mount) is still usable, only not marked as in use."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd: int | None = None
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+        except OSError:
+            self.close()
+
+    def alone(self) -> bool:
+        """Whether no other process (nor another Store of this one) has the store open; if so, the lock
+        is now held exclusively until `share()`."""
+        if self.fd is None:
+            return False
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # converts our shared lock, if no one else holds one
+        except OSError:
+            self.share()  # a failed conversion drops the lock we had (flock(2)): take it again
+            return False
+        return True
+
+    def share(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def rmtree(path: Path) -> None:

@@ -64,3 +64,41 @@ def test_pending_results_of_one_branch_are_not_another_branchs(model_repo: Path)
     git(model_repo, "update-ref", "refs/bake/f/0123456789ab", head)
     assert list(bakecommit.pending(model_repo, "refs/heads/f")) == ["refs/bake/f/0123456789ab"]
     assert list(bakecommit.pending(model_repo, "refs/heads/f/x")) == ["refs/bake/f/x/0123456789ab"]
+
+
+def test_a_bake_commit_never_names_an_object_the_store_lacks(model_repo: Path) -> None:
+    """The check runs before the compare-and-swap: a result that vanished from the store (deleted during
+    the bake) stops the commit, by name; what the trigger already named is not checked again."""
+    import json
+
+    import pytest
+
+    from gitbake.errors import StoreCorruptError
+    from gitbake.repo import open_repo
+
+    store = open_repo(model_repo).store
+    here = model_repo.parent / "adapter"
+    here.mkdir()
+    (here / "adapter_model.safetensors").write_bytes(b"weights")
+    present = store.put_dir(here, {"kind": "adapter"})
+    gone = "e" * 64
+    trigger = git(model_repo, "rev-parse", "HEAD").strip()
+
+    def bread_naming(chain: list[str]) -> dict[str, bytes]:
+        text = FILES[".bread"].decode() + f"[PARENT_MODEL]\nadapters={json.dumps(chain)}\n"
+        return {**FILES, ".bread": text.encode()}
+
+    with pytest.raises(StoreCorruptError, match=gone):
+        bakecommit.make_commit(model_repo, trigger, "refs/heads/main", bread_naming([present, gone]), "bake: x\n")
+    assert git(model_repo, "rev-parse", "HEAD").strip() == trigger and git(model_repo, "for-each-ref", "refs/bake/") == ""
+
+    # a manifest that is here but lost one of its files is refused too
+    weights = next(iter(store.read_manifest(present).files.values())).digest
+    lost = store.object_path(weights)
+    data = lost.read_bytes()
+    lost.unlink()
+    with pytest.raises(StoreCorruptError, match=weights):
+        bakecommit.make_commit(model_repo, trigger, "refs/heads/main", bread_naming([present]), "bake: x\n")
+    store.put_bytes(data)
+    r = bakecommit.make_commit(model_repo, trigger, "refs/heads/main", bread_naming([present]), "bake: x\n")
+    assert r.ref == "refs/heads/main"

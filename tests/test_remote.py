@@ -331,3 +331,53 @@ def test_have_any_for_gc(tmp_path: Path) -> None:
     r = Remote("r", str(tmp_path / "r"))
     d = r.put_bytes(b"x")
     assert remote_mod.have_any([r])({d, "2" * 64}) == {d}
+
+
+def test_an_interrupted_first_push_does_not_brick_the_remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first push that died while writing `format` left it empty: later pushes succeeded and every pull
+    said "upgrade gitbake". Now `format` lands whole or not at all; an empty one (as older versions left)
+    counts as absent and the next push repairs it; stale partial uploads in the remote's tmp/ are cleared."""
+    import time
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    root, m, objects = baked_repo(tmp_path / "a")
+    url = tmp_path / "remote"
+    monkeypatch.chdir(root)
+    invoke("remote", "add", "origin", str(url))
+    real_pipe = LocalFileSystem.pipe_file
+
+    def dies_midway(self: Any, path: str, value: bytes, **kwargs: Any) -> None:
+        with open(path, "wb") as fh:
+            fh.write(value[:4])  # the first bytes land, then the process is killed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalFileSystem, "pipe_file", dies_midway)
+    assert invoke("push").exit_code == 130
+    monkeypatch.setattr(LocalFileSystem, "pipe_file", real_pipe)
+    assert not (url / "format").exists() and not list((url / "tmp").iterdir())
+
+    # what an older gitbake left: an empty format file, and partial uploads in tmp/ (one old, one fresh)
+    (url / "format").write_bytes(b"")
+    (url / "tmp").mkdir(exist_ok=True)
+    stale, fresh = url / "tmp" / "stale-partial", url / "tmp" / "another-push-in-progress"
+    stale.write_bytes(b"half an object")
+    fresh.write_bytes(b"half an object")
+    long_ago = time.time() - 2 * remote_mod.TMP_GRACE_S
+    os.utime(stale, (long_ago, long_ago))
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(root), str(clone))
+    monkeypatch.chdir(clone)
+    invoke("init")
+    invoke("remote", "add", "origin", str(url))
+    refused = invoke("pull")
+    assert refused.exit_code == 1 and "upgrade gitbake" not in refused.stderr and "interrupted first push" in refused.stderr
+
+    monkeypatch.chdir(root)
+    assert invoke("push").exit_code == 0
+    assert (url / "format").read_text() == "gitbake-store 1\n"
+    assert not stale.exists() and fresh.exists()
+    monkeypatch.chdir(clone)
+    pulled = invoke("pull", "--json")
+    assert pulled.exit_code == 0, pulled.stderr
+    assert set(json.loads(pulled.stdout)["transferred"]) == objects

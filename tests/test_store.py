@@ -202,7 +202,7 @@ class _NearlyFullDisk:
         if n == 0 or (n < len(data) and not self.short):  # type: ignore[arg-type]
             raise OSError(errno.ENOSPC, "No space left on device")
         self.budget["left"] -= n
-        return self.inner.write(bytes(data)[:n])  # type: ignore[attr-defined, call-overload]
+        return self.inner.write(bytes(data)[:n])  # type: ignore[attr-defined, call-overload, no-any-return]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -368,3 +368,91 @@ def test_du(model_repo: Path) -> None:
 
 def test_store_errors_are_gitbake_errors() -> None:
     assert issubclass(CorruptObject, StoreCorruptError)
+
+
+def test_fsck_quarantines_what_is_not_a_file_instead_of_aborting(st: Store, tmp_path: Path) -> None:
+    """An object that is a dangling symlink or a directory used to abort fsck with a traceback."""
+    good = st.put_bytes(b"good")
+    link, folder = "a" * 64, "b" * 64
+    st.object_path(link).parent.mkdir(exist_ok=True)
+    os.symlink(tmp_path / "nowhere", st.object_path(link))
+    st.object_path(folder).parent.mkdir(exist_ok=True)
+    st.object_path(folder).mkdir()
+    with pytest.raises(StoreCorruptError, match="a directory"):
+        st.read_bytes(folder)
+    with pytest.raises(StoreCorruptError, match="a symlink"):
+        st.verify(link)
+    report = fsck(st)
+    assert report.not_files == {link: "a symlink", folder: "a directory"} and not report.ok
+    assert len(report.quarantined) == 2 and st.has(good) and fsck(st).ok
+
+
+def test_fsck_checks_manifests_and_what_head_needs(model_repo: Path) -> None:
+    """fsck said "store OK" for a manifest that does not parse and for a missing manifest of HEAD's model,
+    and checkout and chat then crashed with tracebacks. Now fsck names both (exit 4), and checkout and
+    chat say what is wrong."""
+    import json
+
+    from helpers import bake_git, git, invoke
+    from gitbake import bread
+    from gitbake.repo import open_repo
+
+    s = open_repo(model_repo).store
+    weights = s.put_bytes(b"weights")
+    body = {"files": {"../../escape": {"digest": weights, "size": 7}}, "format": 1, "kind": "gitbake-manifest", "meta": {}}
+    bad = s.put_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    unkeyed = s.put_bytes(json.dumps({**body, "files": {"a": {"digest": "zz", "size": 1}}}, sort_keys=True).encode())
+    b = bread.read(model_repo)
+    assert b is not None
+    b.set("PARENT_MODEL", "adapters", json.dumps([bad]))
+    bread.write(model_repo, b)
+    git(model_repo, "commit", "-qam", "a model whose manifest is damaged")
+
+    result = invoke("store", "fsck", "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 4 and set(report["bad_manifests"]) == {bad, unkeyed}
+    assert "unsafe path" in report["bad_manifests"][bad] and "HEAD's .bread" in report["bad_manifests"][bad]
+    for args in (["checkout"], ["chat", "-p", "hi"]):
+        out = bake_git(model_repo, *args)
+        assert out.returncode == 4 and bad in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+
+    missing = "c" * 64  # HEAD's model names a manifest that is not here at all
+    b.set("PARENT_MODEL", "adapters", json.dumps([missing]))
+    bread.write(model_repo, b)
+    git(model_repo, "commit", "-qam", "a model whose manifest is missing")
+    result = invoke("store", "fsck")
+    assert result.exit_code == 4 and f"missing: {missing}, which HEAD's .bread names" in result.stderr
+    assert "store OK" not in result.stdout
+
+
+def test_fsck_clears_the_tmp_folders_of_killed_jobs(st: Store) -> None:
+    """A killed job's working folder in tmp/ used to stay for ever. fsck removes tmp/ folders once no
+    other process has the store open; while one does (a job still running), they stay."""
+    code = textwrap.dedent(
+        f"""
+        import sys, tempfile, time; sys.path.insert(0, {str(REPO)!r})
+        from pathlib import Path
+        from gitbake.store import Store
+        store = Store(Path({str(st.root)!r}))
+        work = tempfile.TemporaryDirectory(dir=store.tmp)  # as a bake's stages hold theirs
+        (Path(work.name) / "adapter_model.safetensors").write_bytes(b"half-trained")
+        print(work.name, flush=True)
+        time.sleep(600)
+        """
+    )
+    killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    running = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout is not None and running.stdout is not None
+        dead_dir, live_dir = Path(killed.stdout.readline().strip()), Path(running.stdout.readline().strip())
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        report = fsck(st)
+        assert report.tmp_kept == 2 and dead_dir.is_dir() and live_dir.is_dir()  # a job still uses the store
+    finally:
+        running.send_signal(signal.SIGKILL)
+        running.wait()
+        killed.stdout.close()  # type: ignore[union-attr]
+        running.stdout.close()  # type: ignore[union-attr]
+    report = fsck(st)
+    assert report.tmp_removed == 2 and report.tmp_kept == 0 and list(st.tmp.iterdir()) == [] and report.ok
