@@ -192,7 +192,7 @@ def parse(text: str, display: str = BREAD_FILE) -> Bread:
         if current is None:
             current = bread.sections.setdefault("", {})
         if not key:
-            raise ConfigError([Issue(display, lineno, 1, "", "a line with `=` but no key", "delete the line, or regenerate .bread")])
+            raise ConfigError([Issue(display, lineno, 1, "", "a line with `=` but no key", RESTORE)])
         name_of_section = next((n for n, v in bread.sections.items() if v is current), "")
         current[_unsafe(key)] = _unsafe(value)
         bread.lines[(name_of_section, _unsafe(key))] = lineno
@@ -213,11 +213,16 @@ def dumps(bread: Bread) -> str:
     return "".join(lines)
 
 
+# gitbake (or bgit) writes .bread: a broken one is restored from git, never rewritten by hand
+RESTORE = "gitbake writes .bread: restore it with `git checkout HEAD -- .bread` (or from the last commit where it was good)"
+HINTS = yamlio.Hints(too_big=RESTORE, binary=RESTORE, not_utf8=RESTORE, directory="remove the directory; " + RESTORE)
+
+
 def read(root: Path) -> Bread | None:
     path = root / BREAD_FILE
     if not path.exists():
         return None
-    return parse(yamlio.read_text(path, BREAD_FILE), BREAD_FILE)
+    return parse(yamlio.read_text(path, BREAD_FILE, hints=HINTS), BREAD_FILE)
 
 
 def write(root: Path, bread: Bread) -> bool:

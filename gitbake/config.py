@@ -16,7 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from gitbake import yamlio
 from gitbake.errors import ConfigError, Issue
@@ -40,7 +50,40 @@ class Model(BaseModel):
 
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+
+
+def _not_a_boolean(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError("expected a number, not a boolean")
+    return v
+
+
+# Strict where YAML's coercions would silently change what runs: `epochs: true` is not 1 and `epochs: 2.5`
+# is not 2. Floats stay lax about strings on purpose: YAML 1.1 reads `1e-4` (no dot) as a string, and
+# `learning_rate: 1e-4` is how everyone writes it; only a boolean is refused.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, BeforeValidator(_not_a_boolean)]
+
+# Upper bounds: what can run, in the types torch and tokenizers use. A value past one would fail later, in
+# the middle of a job (or never end), rather than here. `gitbake/limits.py` adds the bounds that need the
+# model (LoRA rank, vocabulary, context) and the total amount of work.
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1  # numpy's and `random`'s seeds; torch takes up to 2**64 - 1
+MAX_EPOCHS = 1000
+MAX_TRAJ_PER_STIMULUS = 1000
+MAX_NUMQ = 1_000_000
+MAX_TOTAL_TRAJECTORIES = 100_000_000
+MAX_SEQUENCE_TOKENS = 131_072  # max_tokens, data.max_length: beyond any local model's context
+MAX_MICRO_BATCH = 4096
+MAX_ACCUMULATION = 65_536
+MAX_LORA_RANK = 65_536
+MAX_CONCURRENCY = 1024
+MAX_VOCAB = 1_048_576
+MAX_QUESTION_CHARS = 32_768  # a question is one turn of a conversation, not a document
+
+Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
+Temperature = Annotated[Float, Field(ge=0.0, le=2.0)]
 
 
 # --------------------------------------------------------------------------------------------- PROMPT
@@ -73,31 +116,32 @@ class Prompt(Model):
 
 
 class _Generator(Model):
-    rollout_with_conditioned: bool = False
-    seed: int | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    rollout_with_conditioned: Bool = False
+    seed: Seed | None = None
+    max_tokens: Int | None = Field(default=None, ge=1, le=MAX_SEQUENCE_TOKENS)
 
 
-Question = Annotated[str, Field(min_length=1, pattern=r"\S")]
+Question = Annotated[str, Field(min_length=1, max_length=MAX_QUESTION_CHARS, pattern=r"\S")]
+NumQ = Annotated[int, Strict(), Field(ge=1, le=MAX_NUMQ)]
 
 
 class HardcodedGenerator(_Generator):
     type: Literal["hardcoded"]
     questions: list[Question] = Field(min_length=1)
-    numq: int | None = Field(default=None, ge=1)
+    numq: NumQ | None = None
 
 
 class FromFileGenerator(_Generator):
     type: Literal["from_file"]
     path: str
-    numq: int | None = Field(default=None, ge=1)
+    numq: NumQ | None = None
 
 
 class FromDatasetGenerator(_Generator):
     type: Literal["from_dataset"]
     dataset: str
-    numq: int = Field(default=100, ge=1)
-    seed: int | None = 42
+    numq: NumQ = 100
+    seed: Seed | None = 42
     split: str | None = None
     field: str | None = None
 
@@ -105,7 +149,7 @@ class FromDatasetGenerator(_Generator):
 class OneshotGenerator(_Generator):
     type: Literal["oneshot_qs"]
     model: str | None = None  # None: the parent model writes the questions
-    numq: int = Field(ge=1)
+    numq: NumQ
     temperature: Temperature = 1.0
     template_path: str | None = None
     template_content: str | None = None
@@ -115,8 +159,8 @@ class OneshotGenerator(_Generator):
 
 class PersonaGenerator(_Generator):
     type: Literal["persona"]
-    numq: int = Field(default=50, ge=1)
-    seed: int | None = 42
+    numq: NumQ = 50
+    seed: Seed | None = 42
     temperature: Temperature = 1.0
 
 
@@ -144,34 +188,41 @@ GENERATOR_TYPES = ("hardcoded", "from_file", "from_dataset", "oneshot_qs", "pers
 
 # Sampling settings a local rollout understands (transformers' generate); the rest of OpenAI's
 # (presence_penalty, n, stop, ...) have no local equivalent or would break the record layout.
-SAMPLING_KWARGS = {"top_p", "top_k", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size"}
+class SamplingKwargs(Model):
+    """`TARGET.extra_kwargs`, each in the range transformers' and vLLM's samplers accept."""
+
+    top_p: Annotated[Float, Field(gt=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Strict(), Field(ge=1, le=INT32_MAX)] | None = None  # leave it out to disable
+    min_p: Annotated[Float, Field(ge=0.0, le=1.0)] | None = None
+    typical_p: Annotated[Float, Field(gt=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[Float, Field(gt=0.0, le=100.0)] | None = None
+    no_repeat_ngram_size: Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)] | None = None
+
+
+SAMPLING_KWARGS = set(SamplingKwargs.model_fields)
 
 
 class Target(Model):
     name: Name = "target"
     generators: list[Generator] = Field(default_factory=list)
-    num_traj_per_stimulus: int = Field(default=1, ge=1)
+    num_traj_per_stimulus: Int = Field(default=1, ge=1, le=MAX_TRAJ_PER_STIMULUS)
     temperature: Temperature = 1.0
-    max_tokens: int = Field(default=256, ge=1)
-    max_concurrency: int = Field(default=10, ge=1)
-    extra_kwargs: dict[str, Any] = Field(default_factory=dict)
+    max_tokens: Int = Field(default=256, ge=1, le=MAX_SEQUENCE_TOKENS)
+    max_concurrency: Int = Field(default=10, ge=1, le=MAX_CONCURRENCY)
+    extra_kwargs: SamplingKwargs = Field(default_factory=SamplingKwargs)
     model_name: str | None = None
     teacher_prompt: str | None = None
     student_prompt: str | None = None
     u: str | None = None
     v: str | None = None
     template: str = "default"
-    heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    heldout_fraction: Float = Field(default=0.1, ge=0.0, lt=1.0)
 
-    @field_validator("extra_kwargs")
-    @classmethod
-    def _sampling_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(v) - SAMPLING_KWARGS)
-        if unknown:
-            raise ValueError(
-                f"unsupported sampling setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SAMPLING_KWARGS))}"
-            )
-        return v
+    @field_serializer("extra_kwargs")
+    def _only_given(self, v: SamplingKwargs) -> dict[str, Any]:
+        # the settings as written, as the dict the samplers take: keys stay what they were before the
+        # settings had a schema, and an unset one is not passed as None
+        return v.model_dump(exclude_none=True)
 
     @model_validator(mode="after")
     def _aliases_agree(self) -> Target:
@@ -195,13 +246,13 @@ class Target(Model):
 
 class Dataset(Model):
     target: str
-    weight: float = Field(default=1.0, gt=0)
+    weight: Float = Field(default=1.0, gt=0)
 
 
 class LoraConfig(Model):
-    r: int = Field(default=8, ge=1)
-    lora_alpha: float = Field(default=16, gt=0)
-    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    r: Int = Field(default=8, ge=1, le=MAX_LORA_RANK)
+    lora_alpha: Float = Field(default=16, gt=0)
+    lora_dropout: Float = Field(default=0.0, ge=0.0, lt=1.0)
     bias: Literal["none", "all", "lora_only"] = "none"
 
     @field_validator("bias")
@@ -218,7 +269,7 @@ class BakeModelConfig(Model):
     baked_adapter_config: LoraConfig = Field(default_factory=LoraConfig)
     dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
-    disable_activation_checkpoint: bool = False
+    disable_activation_checkpoint: Bool = False
     peft_config: dict[str, Any] | None = None
     save_name: str | None = None
     student_model_path: str | None = None
@@ -239,10 +290,10 @@ class BakeModelConfig(Model):
 
 
 class OptimizerConfig(Model):
-    learning_rate: float = Field(default=1e-4, gt=0)
+    learning_rate: Float = Field(default=1e-4, gt=0)
     type: Literal["adamw", "adam", "sgd"] = "adamw"
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    weight_decay: Float = Field(default=0.0, ge=0)
+    betas: tuple[Annotated[Float, Field(ge=0, lt=1)], Annotated[Float, Field(ge=0, lt=1)]] = (0.9, 0.999)
 
     @field_validator("type", mode="before")
     @classmethod
@@ -255,8 +306,8 @@ class SchedulerConfig(Model):
     name: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
     ] = "linear"
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_ratio: Float = Field(default=0.0, ge=0, lt=1)
+    warmup_steps: Int = Field(default=0, ge=0, le=INT32_MAX)
     lr: Any = None
 
     @field_validator("lr")
@@ -269,7 +320,7 @@ class SchedulerConfig(Model):
 
 class ZeroConfig(Model):
     model_config = ConfigDict(extra="allow")  # the rest of DeepSpeed's zero_optimization, passed through
-    stage: int = Field(default=0, ge=0, le=3)
+    stage: Int = Field(default=0, ge=0, le=3)
 
 
 class DeepSpeedConfig(Model):
@@ -281,15 +332,15 @@ class DataConfig(Model):
     type: str | None = None
     sources: list[Any] | None = None
     eval_sources: list[Any] | None = None
-    beta: float = Field(default=0.0, ge=0, le=1)
-    temperature: float = Field(default=1.0, gt=0)
-    max_length: int = Field(default=1024, ge=16)
-    topk: int | None = Field(default=None, ge=1)
-    train_eval_split: tuple[float, float] | None = None
+    beta: Float = Field(default=0.0, ge=0, le=1)
+    temperature: Float = Field(default=1.0, gt=0)
+    max_length: Int = Field(default=1024, ge=16, le=MAX_SEQUENCE_TOKENS)
+    topk: Int | None = Field(default=None, ge=1, le=MAX_VOCAB)
+    train_eval_split: tuple[Float, Float] | None = None
     cache_dir: str | None = None
-    dl_num_workers: int | None = Field(default=None, ge=0)
-    num_proc: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    dl_num_workers: Int | None = Field(default=None, ge=0, le=256)
+    num_proc: Int | None = Field(default=None, ge=1, le=1024)
+    seed: Seed | None = None
 
     _accepted: ClassVar[dict[str, str]] = {
         "type": "the local trainer has one data pipeline; `data.type` is ignored",
@@ -316,15 +367,15 @@ class DataConfig(Model):
 class CheckpointConfig(Model):
     type: Literal["huggingface"] = "huggingface"
     output_dir: str | None = None
-    enabled: bool = True
-    auto_resume: bool = False
-    save_every_n_steps: int | None = Field(default=None, ge=1)
-    save_every_n_epochs: int | None = Field(default=None, ge=1)
-    save_end_of_training: bool = True
+    enabled: Bool = True
+    auto_resume: Bool = False
+    save_every_n_steps: Int | None = Field(default=None, ge=1, le=INT32_MAX)
+    save_every_n_epochs: Int | None = Field(default=None, ge=1, le=MAX_EPOCHS)
+    save_end_of_training: Bool = True
 
 
 class WandbConfig(Model):
-    enable: bool = False
+    enable: Bool = False
     project: str | None = None
     name: str | None = None
     entity: str | None = None
@@ -334,11 +385,11 @@ class WandbConfig(Model):
 class Bake(Model):
     name: Name | None = None
     datasets: list[Dataset] | None = None
-    epochs: int = Field(default=3, ge=1)
-    micro_batch_size: int = Field(default=4, ge=1)
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    total_trajectories: int | None = Field(default=None, ge=1)
-    seed: int = 42
+    epochs: Int = Field(default=3, ge=1, le=MAX_EPOCHS)
+    micro_batch_size: Int = Field(default=4, ge=1, le=MAX_MICRO_BATCH)
+    gradient_accumulation_steps: Int = Field(default=1, ge=1, le=MAX_ACCUMULATION)
+    total_trajectories: Int | None = Field(default=None, ge=1, le=MAX_TOTAL_TRAJECTORIES)
+    seed: Seed = 42
     type: Literal["single_baker"] = "single_baker"
     model: BakeModelConfig = Field(default_factory=BakeModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -347,9 +398,9 @@ class Bake(Model):
     data: DataConfig = Field(default_factory=DataConfig)
     checkpoint: list[CheckpointConfig] = Field(default_factory=list)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
-    train_log_iter_interval: int = Field(default=1, ge=1)
-    eval_interval: int = Field(default=0, ge=0)
-    activation_checkpoint_cpu_offload: bool = False
+    train_log_iter_interval: Int = Field(default=1, ge=1, le=INT32_MAX)
+    eval_interval: Int = Field(default=0, ge=0, le=INT32_MAX)
+    activation_checkpoint_cpu_offload: Bool = False
     template: str = "default"
     model_name: Any = None
 
@@ -394,8 +445,22 @@ class LoadedInput:
 
 def load_input(path: Path, root: Path, display: str = INPUT_FILE) -> LoadedInput:
     """Load and validate `input.yml`; raise ConfigError carrying every problem found, each located."""
+    if path.is_symlink():
+        raise symlink_error(display)
     text = yamlio.read_text(path, display)
     return parse_input(text, root, display)
+
+
+def load_input_bytes(raw: bytes, root: Path, display: str = INPUT_FILE) -> LoadedInput:
+    """`load_input` for bytes that are not a working-tree file (the index's input.yml, a commit's)."""
+    return parse_input(yamlio.decode_text(raw, display), root, display)
+
+
+def symlink_error(display: str = INPUT_FILE) -> ConfigError:
+    # a link's target is outside what git versions (and may be outside the repository): what is checked
+    # would not be what is committed, so input.yml is only ever a regular file
+    return ConfigError([Issue(display, None, None, "", f"{display} is a symbolic link; it must be a regular file",
+                              f"replace the link with the file it points to: cp --remove-destination \"$(readlink {display})\" {display}")])
 
 
 def parse_input(text: str, root: Path, display: str = INPUT_FILE) -> LoadedInput:
@@ -450,6 +515,8 @@ def _issues_from_validation(exc: ValidationError, doc: yamlio.YamlDoc) -> list[I
             name = str(loc[-1])
             allowed = _allowed_fields(raw[:-1])
             message = f"unknown field `{name}`"
+            if loc[-2:-1] == ("extra_kwargs",):
+                message = f"unsupported sampling setting `{name}` (it has no local equivalent)"
             if not loc[:-1]:
                 message = f"unknown section `{name}`"
                 allowed = list(SECTIONS)
@@ -502,6 +569,10 @@ def _fix_for(kind: str, err: Any) -> str | None:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
         return "use a value " + bound[kind].format(**ctx)
+    if kind == "bool_type":
+        return "write true or false"
+    if kind == "string_too_long" and err.get("ctx", {}).get("max_length") == MAX_QUESTION_CHARS:
+        return "shorten the question: it is one turn of a conversation (put long context in the prompt)"
     if kind == "literal_error":
         return f"use {ctx.get('expected')}"
     if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME_PATTERN:
@@ -732,22 +803,27 @@ def check_question_file(data: bytes, display: str) -> None:
     except UnicodeDecodeError as exc:
         bad_line = data[: exc.start].count(b"\n") + 1
         raise ConfigError([Issue(display, bad_line, None, "", "not valid UTF-8 text", "save the question file as UTF-8")]) from None
-    if not display.endswith(".jsonl"):
-        return
     import json
 
     issues = []
+    jsonl = display.endswith(".jsonl")
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            issues.append(Issue(display, n, exc.colno, "", f"not valid JSON: {exc.msg}", 'write one object per line, e.g. {"question": "..."}'))
-            continue
-        q = obj.get("question") if isinstance(obj, dict) else None
-        if not isinstance(q, str) or not q.strip():
-            issues.append(Issue(display, n, None, "question", "no `question` string on this line", 'write {"question": "..."}'))
+        q: Any = line
+        if jsonl:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                issues.append(Issue(display, n, exc.colno, "", f"not valid JSON: {exc.msg}", 'write one object per line, e.g. {"question": "..."}'))
+                continue
+            q = obj.get("question") if isinstance(obj, dict) else None
+            if not isinstance(q, str) or not q.strip():
+                issues.append(Issue(display, n, None, "question", "no `question` string on this line", 'write {"question": "..."}'))
+                continue
+        if len(q.strip()) > MAX_QUESTION_CHARS:
+            issues.append(Issue(display, n, None, "question", f"this question is {len(q.strip()):,} characters; the limit is {MAX_QUESTION_CHARS:,}",
+                                _fix_for("string_too_long", {"ctx": {"max_length": MAX_QUESTION_CHARS}})))
     if issues:
         raise ConfigError(issues)
 

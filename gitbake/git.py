@@ -265,6 +265,16 @@ def show(root: Path, rev: str, path: str) -> bytes | None:
         return blob.data if isinstance(blob, Blob) else None
 
 
+def blob(root: Path, sha: str) -> bytes | None:
+    """The exact bytes of blob `sha` (e.g. an index entry's: `run` decodes text), or None when it is not one."""
+    from dulwich.objects import Blob, ObjectID
+    from dulwich.repo import Repo
+
+    with Repo(str(root)) as repo:
+        obj = repo.object_store[ObjectID(sha.encode())]
+    return bytes(obj.data) if isinstance(obj, Blob) else None
+
+
 def rev_parse(root: Path, rev: str) -> str | None:
     """The commit id `rev` names (HEAD~2, a branch, a tag, a short id), or None."""
     proc = subprocess.run(

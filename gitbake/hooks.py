@@ -3,8 +3,9 @@
 The shims (`hooks/` in the source tree, shipped in the package) only exec `git bake hook NAME`; the logic
 is here, so upgrading gitbake upgrades every repository's hooks. A hook never breaks git: outside a
 gitbake repository, during a rebase or cherry-pick it does nothing, and an internal error is a warning
-(exit 0) — except `pre-commit`, which stops a commit of an invalid input.yml, and `pre-push`, which stops
-a push whose models could not be uploaded (as git-lfs does).
+(exit 0) — except `pre-commit`, which stops a commit of an invalid input.yml and fails closed (an
+input.yml it could not check is not committed; `git commit --no-verify` is the way around), and
+`pre-push`, which stops a push whose models could not be uploaded (as git-lfs does).
 
 This module is on the hot path of every commit and checkout: it imports nothing heavy at module level.
 """
@@ -134,18 +135,11 @@ def main(name: str, args: list[str]) -> int:
     if handler is None:
         say(f"unknown hook `{name}` (known: {', '.join(HOOKS)}); doing nothing")
         return 0
-    root = git.find_root(Path.cwd())
-    if root is None or not (root / BREAD).is_file():
-        return 0  # not a model repository: stay silent
-    if busy(root) and name != "post-rewrite":
-        return 0  # git is in the middle of a rebase or cherry-pick: post-rewrite catches up at its end
+    if name == "pre-commit":
+        return _fail_closed(lambda: _dispatch(name, handler, args))
     try:
-        return handler(root, args)
+        return _dispatch(name, handler, args)
     except ConfigError as exc:
-        if name == "pre-commit":
-            print(f"error: {exc.render()}", file=sys.stderr)
-            say("commit stopped: fix input.yml and commit again (or skip this check with `git commit --no-verify`)")
-            return 1
         say(f"{name}: {exc.render()}")
         return 0
     except GitbakeError as exc:
@@ -156,21 +150,52 @@ def main(name: str, args: list[str]) -> int:
         return 0
 
 
+def _dispatch(name: str, handler: Callable[[Path, list[str]], int], args: list[str]) -> int:
+    root = git.find_root(Path.cwd())
+    if root is None or not (root / BREAD).is_file():
+        return 0  # not a model repository: stay silent
+    if busy(root) and name != "post-rewrite":
+        return 0  # git is in the middle of a rebase or cherry-pick: post-rewrite catches up at its end
+    return handler(root, args)
+
+
+def _fail_closed(check: Callable[[], int]) -> int:
+    """pre-commit's exit status: an input.yml that is invalid, or that could not be checked at all (an
+    internal error), is not committed. The guide promises the check; letting a commit through because
+    the checker broke would break that promise silently."""
+    way_around = "skip this check with `git commit --no-verify`"
+    try:
+        return check()
+    except GitbakeError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        say(f"commit stopped: fix input.yml and commit again (or {way_around})")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - fail closed, whatever went wrong
+        say(f"internal error in the pre-commit hook ({type(exc).__name__}: {exc}): input.yml could not be checked, "
+            f"so the commit is stopped. Run `git bake validate` to see the problem, or {way_around}; please report it.")
+        return 1
+
+
 def pre_commit(root: Path, args: list[str]) -> int:
-    """Refuse a commit whose staged input.yml is invalid, naming the field, line and fix."""
+    """Refuse a commit whose staged input.yml is invalid, naming the field, line and fix: the staged blob
+    gets exactly the checks `git bake validate` runs (status.validate)."""
     # `git commit -a` and `git commit PATH` commit a temporary index that git names in GIT_INDEX_FILE:
     # that one, not .git/index, is what is being committed
     index = os.environ.get("GIT_INDEX_FILE")
     env = {"GIT_INDEX_FILE": str((Path.cwd() / index).resolve())} if index else None
-    staged = git.run(root, "diff", "--cached", "--name-only", "--diff-filter=ACMR", check=False, env=env).split()
+    # T: a file that became a symbolic link (or back) is a change to check too
+    staged = git.run(root, "diff", "--cached", "--name-only", "-z", "--diff-filter=ACMRT", env=env).split("\0")
     if INPUT not in staged:
         return 0
-    data = git.run(root, "show", f":{INPUT}", check=False, env=env)
-    from gitbake import config
+    entry = git.run(root, "ls-files", "--stage", "-z", "--", INPUT, env=env).split("\0")[0]
+    mode, sha = entry.split()[:2]  # "<mode> <sha> <stage>\t<path>"
     from gitbake.repo import open_repo
+    from gitbake.status import validate
 
-    loaded = config.parse_input(data, root)
-    open_repo(root).plan(loaded)  # unknown targets, prompts and templates are errors too
+    data = git.blob(root, sha)  # the exact bytes that will be committed
+    if data is None:
+        raise GitbakeError(f"{INPUT} in the index is not a file ({mode} {sha})", "stage it again: git add input.yml")
+    validate(open_repo(root), (mode, data))
     return 0
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitbake import bread as bread_mod
-from gitbake import config, git, identity
+from gitbake import config, git, identity, limits
 from gitbake import recipe as recipe_mod
 from gitbake.errors import NotARepoError, UsageError
 from gitbake.lineage import Lineage
@@ -82,7 +82,10 @@ class ModelRepo:
         base = self.bread.base_model if self.bread else None
         # a local model directory is hashed through the store's stat cache (one stat per unchanged file)
         cache = self.store.statcache if base and identity.classify(base, self.root) == "dir" else None
-        return build(loaded, self.root, self.bread, lambda: self.recipe, self.lineage, cache)
+        plan = build(loaded, self.root, self.bread, lambda: self.recipe, self.lineage, cache)
+        # every command that plans (validate, status, the pre-commit hook, run) refuses what cannot run
+        limits.check(loaded, plan, self.root)
+        return plan
 
 
 def open_repo(cwd: Path) -> ModelRepo:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitbake.config import INPUT_FILE, SECTIONS, LoadedInput
+from gitbake.config import INPUT_FILE, SECTIONS, LoadedInput, load_input_bytes, symlink_error
 from gitbake.errors import Issue
 from gitbake.plan import Plan
 from gitbake.repo import ModelRepo
@@ -75,8 +75,7 @@ class StatusReport:
 
 
 def status(repo: ModelRepo) -> StatusReport:
-    loaded = repo.load_input()
-    plan = repo.plan(loaded)
+    loaded, plan = validate(repo)
     report = StatusReport(
         repo.root,
         repo.bread.repo_name if repo.bread else None,
@@ -162,9 +161,22 @@ def stage_states(repo: ModelRepo, plan: Plan) -> list[dict[str, Any]]:
     return out
 
 
-def validate(repo: ModelRepo) -> tuple[LoadedInput, Plan]:
-    loaded = repo.load_input()
+def validate(repo: ModelRepo, staged: tuple[str, bytes] | None = None) -> tuple[LoadedInput, Plan]:
+    """Every check of `git bake validate`, in one place: the pre-commit hook calls this with `staged`, the
+    (git mode, bytes) of input.yml in the index, so it holds the commit to exactly what validate holds
+    the working tree to (a link, the size limit, binary or non-UTF-8 bytes, the YAML, the schema, the
+    files generators read, unresolved names, the model's bounds and the amount of work)."""
+    if staged is None:
+        loaded = repo.load_input()
+    else:
+        mode, data = staged
+        if mode == SYMLINK_MODE:
+            raise symlink_error(INPUT_FILE)
+        loaded = load_input_bytes(data, repo.root)
     return loaded, repo.plan(loaded)
+
+
+SYMLINK_MODE = "120000"  # git's file mode of a symbolic link
 
 
 def _state(old: str | None, new: str) -> str:

@@ -73,49 +73,57 @@ def dotted(loc: Sequence[Any]) -> str:
     return out
 
 
-def read_text(path: Path, display: str, limit: int = MAX_YAML_BYTES) -> str:
+@dataclass(frozen=True)
+class Hints:
+    """The fix each file-level problem suggests. The defaults are for a file the user writes (input.yml);
+    a file gitbake writes (.bread) gets its own: the fix there is to restore it, not to edit it."""
+
+    too_big: str = "move long question lists into a file read by a `from_file` generator"
+    binary: str = "write it as UTF-8 YAML text"
+    not_utf8: str = "save the file as UTF-8"
+    directory: str = "remove the directory and write {display} as a file"
+
+
+USER_FILE = Hints()
+
+
+def read_text(path: Path, display: str, limit: int = MAX_YAML_BYTES, hints: Hints = USER_FILE) -> str:
     """Read a user text file, refusing binaries, non-UTF-8 and oversized files with a located error."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ConfigError([Issue(display, None, None, "", "file not found", None)]) from None
     if path.is_dir():
-        raise ConfigError([Issue(display, None, None, "", "is a directory, not a file", f"remove the directory and write {display} as a file")])
-    if size > limit:
-        raise ConfigError(
-            [
-                Issue(
-                    display,
-                    None,
-                    None,
-                    "",
-                    f"file is {size:,} bytes; the limit is {limit:,}",
-                    "move long question lists into a file read by a `from_file` generator",
-                )
-            ]
-        )
+        raise ConfigError([Issue(display, None, None, "", "is a directory, not a file", hints.directory.format(display=display))])
+    _check_size(size, display, limit, hints)
     raw = path.read_bytes()
-    return decode_text(raw, display)
+    return decode_text(raw, display, limit, hints)
 
 
-def decode_text(raw: bytes, display: str) -> str:
+def _check_size(size: int, display: str, limit: int, hints: Hints) -> None:
+    if size > limit:
+        raise ConfigError([Issue(display, None, None, "", f"file is {size:,} bytes; the limit is {limit:,}", hints.too_big)])
+
+
+def decode_text(raw: bytes, display: str, limit: int = MAX_YAML_BYTES, hints: Hints = USER_FILE) -> str:
+    """Bytes of a user file (from disk, the index or a commit) as text: every source gets the same size,
+    binary and UTF-8 checks, so what the pre-commit hook or a bake reads is held to what `validate` reads."""
+    _check_size(len(raw), display, limit, hints)
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        raise ConfigError(
-            [Issue(display, line, None, "", "this is a binary file (it contains NUL bytes)", "write it as UTF-8 YAML text")]
-        )
+        raise ConfigError([Issue(display, line, None, "", "this is a binary file (it contains NUL bytes)", hints.binary)])
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(
-            [Issue(display, line, None, "", f"not valid UTF-8 (byte {raw[exc.start]:#04x})", "save the file as UTF-8")]
+            [Issue(display, line, None, "", f"not valid UTF-8 (byte {raw[exc.start]:#04x})", hints.not_utf8)]
         ) from None
 
 
 def load(text: str, display: str) -> YamlDoc:
     """Parse YAML text; raise ConfigError with every duplicate key, or the syntax error, located."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         try:
             node = loader.get_single_node()
@@ -130,6 +138,7 @@ def load(text: str, display: str) -> YamlDoc:
             return doc
         issues: list[Issue] = []
         try:
+            _check_alias_expansion(node, loader.anchor_names, len(text.encode("utf-8")), display)
             doc.data = _build(loader, node, (), doc.marks, issues, display)
         except yaml.MarkedYAMLError as exc:
             raise ConfigError([_syntax_issue(exc, display, text)]) from None
@@ -140,6 +149,87 @@ def load(text: str, display: str) -> YamlDoc:
         return doc
     finally:
         loader.dispose()
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that remembers which node each anchor named: the composer forgets its anchors at the end
+    of the document, and an alias-expansion error must name the anchor."""
+
+    anchor_names: dict[int, str]
+
+    def compose_document(self) -> yaml.Node | None:
+        # pyyaml's own compose_document, keeping the anchors before it forgets them
+        self.get_event()  # type: ignore[no-untyped-call]  # DocumentStartEvent
+        node = self.compose_node(None, None)  # type: ignore[arg-type]
+        self.get_event()  # type: ignore[no-untyped-call]  # DocumentEndEvent
+        self.anchor_names = {id(n): name for name, n in self.anchors.items()}
+        self.anchors = {}
+        return node
+
+
+# An alias costs a few bytes in the file but its whole value in memory: a 1.9 MB anchor referenced 2,000
+# times asks for 3.8 GB. The count of values (MAX_NODES) does not see that, so the size of the scalars
+# reached through aliases is bounded too: by 8x the file's size (at least 64 KiB, so small files may
+# reuse anchors freely), and never more than 16 MiB.
+ALIAS_EXPANSION_FACTOR = 8
+ALIAS_EXPANSION_FLOOR = 64 * 1024
+ALIAS_EXPANSION_CAP = 16 * 1024 * 1024
+
+
+def alias_expansion_limit(file_bytes: int) -> int:
+    return min(ALIAS_EXPANSION_CAP, max(ALIAS_EXPANSION_FLOOR, ALIAS_EXPANSION_FACTOR * file_bytes))
+
+
+def _check_alias_expansion(root: yaml.Node, anchor_names: dict[int, str], file_bytes: int, display: str) -> None:
+    """Refuse a document whose aliases expand to more scalar text than `alias_expansion_limit` allows,
+    naming the anchor that contributes most. Computed on the node graph (each node once), so a bomb is
+    measured, never built."""
+    expanded: dict[int, int] = {}  # node id -> bytes of scalars it expands to
+    uses: dict[int, int] = {}  # node id -> how many times the graph refers to it
+    nodes: dict[int, yaml.Node] = {}
+
+    def size(node: yaml.Node, busy: set[int]) -> int:
+        key = id(node)
+        uses[key] = uses.get(key, 0) + 1
+        if key in expanded:
+            return expanded[key]
+        if key in busy:
+            return 0  # an alias cycle: the builder reports it with its own message
+        nodes[key] = node
+        if isinstance(node, yaml.ScalarNode):
+            total = len(str(node.value))
+        else:
+            busy.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            total = sum(size(child, busy) for child in children)
+            busy.discard(key)
+        expanded[key] = total
+        return total
+
+    size(root, set())
+    # every node counted once is what the file spells out; the rest is what its aliases add
+    written = sum(len(str(n.value)) for n in nodes.values() if isinstance(n, yaml.ScalarNode))
+    through_aliases = expanded[id(root)] - written
+    limit = alias_expansion_limit(file_bytes)
+    if through_aliases <= limit:
+        return
+    reused = [k for k in nodes if uses[k] > 1 and k in anchor_names]
+    worst = max(reused, key=lambda k: (uses[k] - 1) * expanded[k], default=id(root))
+    line, col = _mark(nodes[worst])
+    name = anchor_names.get(worst, "?")
+    raise ConfigError(
+        [
+            Issue(
+                display,
+                line,
+                col,
+                "",
+                f"the document expands to {through_aliases:,} bytes of text through its aliases (anchor `&{name}`, {expanded[worst]:,} bytes, "
+                f"is used {uses[worst] - 1:,} times); the limit is {limit:,} (8x the file's size, at most 16 MiB)",
+                "write the values out, or move long question lists into a file read by a `from_file` generator",
+            )
+        ]
+    )
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:

@@ -77,3 +77,29 @@ def test_malformed_adapters_are_a_located_error(raw: str) -> None:
         b.parent_adapters
     issue = exc.value.issues[0]
     assert (issue.file, issue.line, issue.field) == (".bread", 4, "PARENT_MODEL.adapters") and exc.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "raw, problem",
+    [(b"[REPO]\nname=m\x00\n", "binary"), (b"[REPO]\nname=\xff\n", "UTF-8"), (b"[REPO]\n" + b"x=y\n" * 1_100_000, "limit")],
+    ids=["NUL byte", "not UTF-8", "too big"],
+)
+def test_a_broken_bread_gets_its_own_hint_not_input_yml_s(raw: bytes, problem: str, tmp_path: Path) -> None:
+    from gitbake.errors import ConfigError
+
+    (tmp_path / ".bread").write_bytes(raw)
+    with pytest.raises(ConfigError) as exc:
+        bread.read(tmp_path)
+    issue = exc.value.issues[0]
+    assert issue.file == ".bread" and problem in issue.message
+    # gitbake writes .bread: the fix is to restore it from git, not input.yml's "from_file generator" or "YAML text"
+    assert issue.fix is not None and "git checkout HEAD -- .bread" in issue.fix
+    assert "from_file" not in issue.fix and "YAML" not in issue.fix
+
+
+def test_a_line_without_a_key_says_to_restore_the_file() -> None:
+    from gitbake.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        bread.parse("[REPO]\n=m\n")
+    assert exc.value.issues[0].fix is not None and "git checkout HEAD -- .bread" in exc.value.issues[0].fix

@@ -436,8 +436,8 @@ def test_empty_section_warns(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text, field",
     [
-        ("TARGET:\n  extra_kwargs: {presence_penalty: 0.5}\n", "TARGET.extra_kwargs"),
-        ("TARGET:\n  extra_kwargs: {num_return_sequences: 2}\n", "TARGET.extra_kwargs"),
+        ("TARGET:\n  extra_kwargs: {presence_penalty: 0.5}\n", "TARGET.extra_kwargs.presence_penalty"),
+        ("TARGET:\n  extra_kwargs: {num_return_sequences: 2}\n", "TARGET.extra_kwargs.num_return_sequences"),
         ("BAKE:\n  model: {baked_adapter_config: {bias: all}}\n", "BAKE.model.baked_adapter_config.bias"),
         ("BAKE:\n  data: {topk: 8, beta: 0.5}\n", "BAKE.data"),
     ],
@@ -445,3 +445,65 @@ def test_empty_section_warns(tmp_path: Path) -> None:
 def test_settings_that_would_silently_misbehave_are_refused(text: str, field: str, tmp_path: Path) -> None:
     issues = errors(text, tmp_path)
     assert field in [i.field for i in issues]
+
+
+# --------------------------------------------------------------------------- what can run (issue 14.12)
+
+BIG = "1" + "0" * 26
+
+
+@pytest.mark.parametrize(
+    "text, field, line, fix",
+    [
+        ("BAKE:\n  seed: 18446744073709551616\n", "BAKE.seed", 2, "<= 4294967295"),
+        ("BAKE:\n  seed: -1\n", "BAKE.seed", 2, ">= 0"),
+        ("TARGET:\n  generators: [{type: persona, seed: 18446744073709551616}]\n", "TARGET.generators[0].seed", 2, "<= 4294967295"),
+        ("TARGET:\n  extra_kwargs:\n    top_k: -3\n", "TARGET.extra_kwargs.top_k", 3, ">= 1"),
+        ("TARGET:\n  extra_kwargs:\n    top_p: 0\n", "TARGET.extra_kwargs.top_p", 3, "> 0"),
+        ("TARGET:\n  extra_kwargs:\n    repetition_penalty: -1\n", "TARGET.extra_kwargs.repetition_penalty", 3, "> 0"),
+        ("TARGET:\n  num_traj_per_stimulus: 1000000000000\n", "TARGET.num_traj_per_stimulus", 2, "<= 1000"),
+        ("BAKE:\n  model:\n    baked_adapter_config:\n      r: 1000000\n", "BAKE.model.baked_adapter_config.r", 4, "<= 65536"),
+        (f"BAKE:\n  epochs: {BIG}\n", "BAKE.epochs", 2, "<= 1000"),
+        ("BAKE:\n  epochs: true\n", "BAKE.epochs", 2, "whole number"),
+        ("BAKE:\n  epochs: 2.5\n", "BAKE.epochs", 2, "whole number"),
+        ("BAKE:\n  epochs: '3'\n", "BAKE.epochs", 2, "whole number"),
+        ("BAKE:\n  checkpoint:\n    - enabled: 1\n", "BAKE.checkpoint[0].enabled", 3, "true or false"),
+        ("TARGET:\n  temperature: true\n", "TARGET.temperature", 2, None),
+        ("BAKE:\n  data: {max_length: 10000000}\n", "BAKE.data.max_length", 2, "<= 131072"),
+        ("TARGET:\n  max_tokens: 10000000\n", "TARGET.max_tokens", 2, "<= 131072"),
+        ("TARGET:\n  generators: [{type: oneshot_qs, numq: 1000000000}]\n", "TARGET.generators[0].numq", 2, "<= 1000000"),
+        ("BAKE:\n  micro_batch_size: 100000000\n", "BAKE.micro_batch_size", 2, "<= 4096"),
+        ("BAKE:\n  total_trajectories: 10000000000\n", "BAKE.total_trajectories", 2, "<= 100000000"),
+    ],
+)
+def test_values_that_cannot_run_are_refused(text: str, field: str, line: int, fix: str | None, tmp_path: Path) -> None:
+    issue = one_error(text, tmp_path)
+    assert (issue.field, issue.line) == (field, line)
+    if fix:
+        assert issue.fix and fix in issue.fix
+
+
+def test_numbers_keep_their_usual_spellings(tmp_path: Path) -> None:
+    # YAML 1.1 reads `1e-4` as a string: floats still take it; ints stay ints; bounds include their ends
+    loaded = parse("BAKE:\n  optimizer: {learning_rate: 1e-4}\n  epochs: 1000\n  seed: 4294967295\n"
+                   "TARGET:\n  generators: [{type: hardcoded, questions: [q]}]\n  extra_kwargs: {top_p: 1, top_k: 40}\n", tmp_path)
+    bake, target = loaded.config.BAKE, loaded.config.TARGET
+    assert bake is not None and target is not None
+    assert bake.optimizer.learning_rate == 1e-4 and bake.epochs == 1000 and bake.seed == 2**32 - 1
+    # only the sampling settings given reach the sampler (and the key), as before they had a schema
+    assert target.model_dump(mode="json")["extra_kwargs"] == {"top_p": 1.0, "top_k": 40}
+    assert config.Target().model_dump(mode="json")["extra_kwargs"] == {}
+
+
+def test_a_listed_question_has_a_length_limit(tmp_path: Path) -> None:
+    q = "x" * (config.MAX_QUESTION_CHARS + 1)
+    issue = one_error(f"TARGET:\n  generators:\n    - type: hardcoded\n      questions: [ok, {q}]\n", tmp_path)
+    assert issue.field == "TARGET.generators[0].questions[1]" and issue.line == 4 and issue.fix and "shorten" in issue.fix
+
+
+@pytest.mark.parametrize("name, body", [("q.txt", "ok\n{q}\n"), ("q.jsonl", '{{"question": "ok"}}\n{{"question": "{q}"}}\n')])
+def test_a_question_from_a_file_has_a_length_limit(name: str, body: str, tmp_path: Path) -> None:
+    (tmp_path / name).write_text(body.format(q="x" * 5_000_000))
+    issue = one_error(f"TARGET:\n  generators:\n    - type: from_file\n      path: {name}\n", tmp_path)
+    assert (issue.file, issue.line, issue.field) == (name, 2, "question")
+    assert "5,000,000 characters" in issue.message and "32,768" in issue.message

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gitbake import hooks
 from gitbake.remote import Remote
 from helpers import YODA_SMALL, bake_git, copy_baked, git, make_bgit_repo
@@ -220,3 +222,78 @@ def test_shim_runs_the_installing_interpreter_before_path(model_repo: Path, tmp_
     git(model_repo, "add", "x.txt")
     out = subprocess.run(["git", "commit", "-qm", "x"], cwd=model_repo, capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "stale-global-install" not in out.stderr
+
+
+# ------------------------------------------------------ pre-commit holds the index to `validate` (issue 14.10)
+
+
+def test_pre_commit_fails_closed_on_an_internal_error(model_repo: Path, tmp_path: Path) -> None:
+    """A crash inside the hook used to let the commit through: now nothing unchecked is committed."""
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir()
+    # the hook's interpreter imports this at start-up: checking input.yml then fails like a bug would
+    (site / "sitecustomize.py").write_text(
+        "from gitbake import repo\n"
+        "def broken(self, loaded=None):\n    raise RuntimeError('simulated bug')\n"
+        "repo.ModelRepo.plan = broken\n"
+    )
+    (model_repo / "input.yml").write_text(YODA_SMALL)
+    git(model_repo, "add", "input.yml")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run(["git", "commit", "-q", "-m", "bake"], cwd=model_repo, capture_output=True, text=True, env=env)
+    assert out.returncode == 1, out.stderr
+    assert "internal error" in out.stderr and "simulated bug" in out.stderr and "git commit --no-verify" in out.stderr
+    assert git(model_repo, "log", "--format=%s", "-1").strip().startswith("Initialise")
+    assert subprocess.run(["git", "commit", "-q", "--no-verify", "-m", "bake"], cwd=model_repo, env=env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"PROMPT:\n  teacher:\n    messages: []\n\x00\n",
+     b"TARGET:\n  generators:\n    - type: hardcoded\n      questions: [" + b"q" * 5_000_000 + b"]\n",
+     b"BAKE:\n  name: \xff\n"],
+    ids=["NUL byte", "5 MB question", "not UTF-8"],
+)
+def test_pre_commit_runs_exactly_what_validate_runs_on_the_staged_blob(raw: bytes, model_repo: Path) -> None:
+    (model_repo / "input.yml").write_bytes(raw)
+    expected = bake_git(model_repo, "validate")
+    assert expected.returncode == 2
+    error = expected.stderr.splitlines()[1].strip()  # e.g. `input.yml:4: this is a binary file (it contains NUL bytes)`
+    git(model_repo, "add", "input.yml")
+    (model_repo / "input.yml").write_text(YODA_SMALL)  # the working tree is fine now: the index is what counts
+    out = commit(model_repo, "bad")
+    assert out.returncode == 1 and error in out.stderr and "--no-verify" in out.stderr, out.stderr
+    assert git(model_repo, "log", "--format=%s", "-1").strip().startswith("Initialise")
+
+
+def test_a_symlinked_input_yml_is_refused(model_repo: Path) -> None:
+    (model_repo / "real.yml").write_text("BAKE:\n  epochs: true\n")
+    (model_repo / "input.yml").unlink()
+    (model_repo / "input.yml").symlink_to("real.yml")
+    assert "symbolic link" in bake_git(model_repo, "validate").stderr
+    git(model_repo, "add", "-A")
+    out = commit(model_repo, "link")  # input.yml changes type (file -> link): it used to skip the check
+    assert out.returncode == 1 and "input.yml: input.yml is a symbolic link" in out.stderr and "cp --remove-destination" in out.stderr
+    assert git(model_repo, "log", "--format=%s", "-1").strip().startswith("Initialise")
+
+
+def test_without_gitbake_the_shim_stops_only_commits_of_input_yml(model_repo: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    hook = model_repo / ".git/hooks/pre-commit"
+    hook.write_text(hooks.shim_text("pre-commit").replace(sys.executable, str(tmp_path / "gone/python")))
+    bindir = tmp_path / "bin"  # git alone on PATH: no git-bake
+    bindir.mkdir()
+    os.symlink(shutil.which("git") or "git", bindir / "git")
+    env = {**os.environ, "PATH": f"{bindir}:/bin"}
+    (model_repo / "notes.txt").write_text("x")
+    git(model_repo, "add", "notes.txt")
+    out = subprocess.run(["git", "commit", "-q", "-m", "notes"], cwd=model_repo, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "not installed" in out.stderr
+    (model_repo / "input.yml").write_text(YODA_SMALL)
+    git(model_repo, "add", "input.yml")
+    out = subprocess.run(["git", "commit", "-q", "-m", "bake"], cwd=model_repo, capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and "commit stopped" in out.stderr and "git commit --no-verify" in out.stderr

@@ -152,3 +152,88 @@ def test_target_template_inherits_an_earlier_target(model_repo: Path) -> None:
     (model_repo / "input.yml").write_text("PROMPT:\n  teacher: {}\nTARGET:\n  template: nowhere\n")
     result = invoke("validate")
     assert result.exit_code == 2 and "TARGET.template" in result.stderr and "nowhere" in result.stderr
+
+
+# ------------------------------------------------- what cannot run fails cleanly everywhere (issue 14.9, 14.12)
+
+BOMB = "x" * 100_000
+# name -> (input.yml, extra files, the file:line the error names, what else it names)
+CANNOT_RUN = {
+    "seed 2^64": (YODA + "  seed: 18446744073709551616\n", {}, "input.yml:19", "BAKE.seed"),
+    "top_k -3": (YODA.replace("  max_tokens: 32\n", "  max_tokens: 32\n  extra_kwargs: {top_k: -3}\n"), {}, "input.yml:13",
+                 "TARGET.extra_kwargs.top_k"),
+    "num_traj 1e12": (YODA.replace("num_traj_per_stimulus: 2", "num_traj_per_stimulus: 1000000000000"), {}, "input.yml:11",
+                      "TARGET.num_traj_per_stimulus"),
+    "LoRA r 1e6": (YODA + "  model: {baked_adapter_config: {r: 1000000}}\n", {}, "input.yml:19", "BAKE.model.baked_adapter_config.r"),
+    "LoRA r wider than tiny": (YODA + "  model: {baked_adapter_config: {r: 512}}\n", {}, "input.yml:19",
+                               "BAKE.model.baked_adapter_config.r"),
+    "5 MB question from_file": (YODA.replace('- type: hardcoded\n      questions: ["What is the capital of France?", "How do I make tea?"]',
+                                             "- type: from_file\n      path: questions.txt"),
+                                {"questions.txt": "x" * 5_000_000 + "\n"}, "questions.txt:1", "question"),
+    "epochs 1e26": (YODA.replace("epochs: 2", "epochs: 1" + "0" * 26), {}, "input.yml:18", "BAKE.epochs"),
+    "epochs true": (YODA.replace("epochs: 2", "epochs: true"), {}, "input.yml:18", "BAKE.epochs"),
+    "weeks of work": (YODA.replace('- type: hardcoded\n      questions: ["What is the capital of France?", "How do I make tea?"]',
+                                   "- type: oneshot_qs\n      numq: 1000000").replace("num_traj_per_stimulus: 2", "num_traj_per_stimulus: 1000")
+                      .replace("epochs: 2", "epochs: 1000"), {}, "input.yml:18", "BAKE.epochs"),
+    "string bomb": (YODA.replace("content: You are Yoda. Speak like Yoda.", f"content: &big {BOMB}").replace(
+        '["What is the capital of France?", "How do I make tea?"]', "[" + ", ".join(["*big"] * 100) + "]"), {}, "input.yml:5", "`&big`"),
+}
+
+
+@pytest.mark.parametrize("case", list(CANNOT_RUN))
+def test_what_cannot_run_is_refused_by_validate_commit_and_run(case: str, model_repo: Path) -> None:
+    """Each value used to pass `validate` and fail later in the job with a traceback, some only after
+    questions and answers were generated. Now validate, status, the pre-commit hook (a real `git commit`)
+    and `run` all refuse it, before any work, with exit 2 and the file, line and field."""
+    import subprocess
+
+    from helpers import bake_here
+
+    text, files, where, what = CANNOT_RUN[case]
+    (model_repo / "input.yml").write_text(text)
+    for name, body in files.items():
+        (model_repo / name).write_text(body)
+    for cmd in ("validate", "status"):
+        result = bake_here(model_repo, cmd)
+        assert result.exit_code == 2 and where in result.stderr and what in result.stderr, (cmd, result.stderr)
+        assert "Traceback" not in result.stderr
+    git(model_repo, "add", "-A")
+    head = git(model_repo, "rev-parse", "HEAD")
+    out = subprocess.run(["git", "commit", "-q", "-m", case], cwd=model_repo, capture_output=True, text=True)
+    assert out.returncode == 1 and where in out.stderr and what in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert git(model_repo, "rev-parse", "HEAD") == head  # the hook stopped it
+    # committed anyway (the post-commit hook is off in tests): `run` refuses it before any stage starts
+    git(model_repo, "commit", "-q", "--no-verify", "-m", case)
+    result = bake_here(model_repo, "run")
+    assert result.exit_code == 2 and where in result.stderr and what in result.stderr, result.stderr
+    assert not list((model_repo / ".git" / "bake").rglob("stim.jsonl"))
+
+
+def test_the_work_estimate_says_how_long(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(CANNOT_RUN["weeks of work"][0])
+    result = invoke("validate")
+    assert result.exit_code == 2
+    assert "the bake would train on about 3.2e+13 tokens (1,000,000,000 trajectories x 1,000 epochs x up to 32 tokens)" in result.stderr
+    assert re.search(r"about [\d.,]+ (days|years) even on a large GPU", result.stderr) and "fix: lower epochs" in result.stderr
+
+
+def test_lora_rank_is_checked_against_a_model_directory_s_width(model_repo: Path) -> None:
+    model = model_repo / "models" / "small"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"hidden_size": 64, "vocab_size": 100, "max_position_embeddings": 128}))
+    b = bread.read(model_repo)
+    assert b is not None
+    b.set("REPO", "base_model", "./models/small")
+    bread.write(model_repo, b)
+    (model_repo / "input.yml").write_text(YODA + "  model: {baked_adapter_config: {r: 128}}\n")
+    result = invoke("status")
+    assert result.exit_code == 2 and "input.yml:19" in result.stderr and "hidden size 64" in result.stderr and "<= 64" in result.stderr
+    (model_repo / "input.yml").write_text(YODA + "  model: {baked_adapter_config: {r: 64}}\n")
+    assert invoke("status").exit_code == 0
+
+
+def test_tiny_shape_matches_the_engine() -> None:
+    from gitbake.engine import tiny
+    from gitbake.limits import TINY_SHAPE
+
+    assert TINY_SHAPE == {k: tiny.CONFIG[k] for k in TINY_SHAPE}

@@ -63,3 +63,38 @@ def test_a_directory_in_place_of_a_file(tmp_path: Path) -> None:
     (tmp_path / "input.yml").mkdir()
     with pytest.raises(ConfigError, match="is a directory"):
         yamlio.read_text(tmp_path / "input.yml", "input.yml")
+
+
+def test_a_string_bomb_is_refused_naming_its_anchor() -> None:
+    """One 1.9 MB anchor referenced 2,000 times: 3.8 GB once built. The count of values is small, so only
+    the expanded size gives it away; it is measured on the node graph, never built."""
+    import resource
+    import time
+
+    big = "x" * 1_900_000
+    text = ("PROMPT:\n  teacher:\n    messages:\n      - role: system\n        content: &big " + big + "\n"
+            "TARGET:\n  generators:\n    - type: hardcoded\n      questions: [" + ", ".join(["*big"] * 2000) + "]\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as exc:
+        yamlio.load(text, "input.yml")
+    issue = exc.value.issues[0]
+    assert (issue.file, issue.line) == ("input.yml", 5)  # the anchor's line
+    assert "`&big`" in issue.message and "2,000 times" in issue.message and "expands to 3,800,000,000 bytes" in issue.message
+    assert exc.value.exit_code == 2 and time.monotonic() - t0 < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing near 3.8 GB
+
+
+def test_the_alias_budget_is_relative_to_the_file() -> None:
+    # reuse well within the budget is fine: a prompt used in a few places
+    doc = yamlio.load("a: &p " + "y" * 1000 + "\nb: [" + ", ".join(["*p"] * 50) + "]\n", "f.yml")
+    assert len(doc.data["b"]) == 50
+    assert yamlio.alias_expansion_limit(100) == yamlio.ALIAS_EXPANSION_FLOOR
+    assert yamlio.alias_expansion_limit(1_000_000) == 8_000_000
+    assert yamlio.alias_expansion_limit(4 * 1024 * 1024) == 16 * 1024 * 1024
+    # nine uses of a 100 KB anchor in a 100 KB file: 9x its size through aliases, over the 8x budget
+    anchor = "z" * 100_000
+    uses = 9
+    text = "a: &z " + anchor + "\nb: [" + ", ".join(["*z"] * uses) + "]\n"
+    with pytest.raises(ConfigError, match="through its aliases"):
+        yamlio.load(text, "f.yml")
