@@ -214,8 +214,8 @@ def dumps(bread: Bread) -> str:
 
 
 # gitbake (or bgit) writes .bread: a broken one is restored from git, never rewritten by hand
-RESTORE = "gitbake writes .bread: restore it with `git checkout HEAD -- .bread` (or from the last commit where it was good)"
-HINTS = yamlio.Hints(too_big=RESTORE, binary=RESTORE, not_utf8=RESTORE, directory="remove the directory; " + RESTORE)
+HINTS = yamlio.written_by_gitbake(BREAD_FILE)
+RESTORE = HINTS.too_big
 
 
 def read(root: Path) -> Bread | None:

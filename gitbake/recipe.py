@@ -96,7 +96,7 @@ def read(root: Path) -> Recipe | None:
     path = root / RECIPE_FILE
     if not path.exists():
         return None
-    return parse(yamlio.read_text(path, RECIPE_FILE))
+    return parse(yamlio.read_text(path, RECIPE_FILE, hints=yamlio.written_by_gitbake(RECIPE_FILE)))
 
 
 def dumps(recipe: Recipe) -> str:

@@ -87,6 +87,12 @@ class Hints:
 USER_FILE = Hints()
 
 
+def written_by_gitbake(display: str) -> Hints:
+    """The hints for a file gitbake writes (.bread, recipe.yml): restore it from git, never edit it."""
+    restore = f"gitbake writes {display}: restore it with `git checkout HEAD -- {display}` (or from the last commit where it was good)"
+    return Hints(too_big=restore, binary=restore, not_utf8=restore, directory="remove the directory; " + restore)
+
+
 def read_text(path: Path, display: str, limit: int = MAX_YAML_BYTES, hints: Hints = USER_FILE) -> str:
     """Read a user text file, refusing binaries, non-UTF-8 and oversized files with a located error."""
     try:

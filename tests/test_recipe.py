@@ -48,3 +48,13 @@ def test_damaged_recipe_is_a_located_error() -> None:
     with pytest.raises(ConfigError) as exc:
         recipe.parse("steps:\n  - step: one\n    action: run_bake\n")
     assert exc.value.issues[0].line == 2 and "git checkout -- recipe.yml" in (exc.value.issues[0].fix or "")
+
+
+@pytest.mark.parametrize("raw", [b"steps: []\x00\n", b"steps: [\xff]\n"], ids=["NUL byte", "not UTF-8"])
+def test_a_broken_recipe_gets_its_own_hint_not_input_yml_s(raw: bytes, tmp_path: Path) -> None:
+    (tmp_path / "recipe.yml").write_bytes(raw)
+    with pytest.raises(ConfigError) as exc:
+        recipe.read(tmp_path)
+    issue = exc.value.issues[0]
+    assert issue.file == "recipe.yml" and issue.fix is not None and "git checkout HEAD -- recipe.yml" in issue.fix
+    assert "YAML" not in issue.fix and "from_file" not in issue.fix
