@@ -934,7 +934,10 @@ def jobs_ls(as_json: bool) -> None:
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the finished jobs as JSON.")
 def jobs_wait(job_id: str | None, timeout: float | None, as_json: bool) -> None:
-    """Wait for JOB_ID (default: every running or queued job); exit 1 if one failed.
+    """Wait for JOB_ID (default: every running or queued job); exit 1 if one failed, died or was cancelled.
+
+    Without JOB_ID a job that already ended without success since the last successful one counts too,
+    so `git commit ... && git bake jobs wait` fails when the bake did, however fast it failed.
 
     \b
     Examples:
@@ -945,7 +948,7 @@ def jobs_wait(job_id: str | None, timeout: float | None, as_json: bool) -> None:
     from gitbake.repo import open_repo
 
     repo = open_repo(Path.cwd())
-    todo = [jobs_mod.find(repo, job_id)] if job_id else jobs_mod.active(repo)
+    todo = [jobs_mod.find(repo, job_id)] if job_id else jobs_mod.unsettled(repo)
     done = [jobs_mod.wait(j, timeout) for j in todo]
     if as_json:
         _emit_json([j.as_json() for j in done])

@@ -3,6 +3,7 @@ or cancelled mid-bake, a second job queues."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -10,7 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from gitbake import jobs
+from gitbake.errors import GitbakeError
 from gitbake.repo import open_repo
 from helpers import YODA_SMALL, bake_git, git
 
@@ -185,3 +189,81 @@ def test_two_quick_commits_queue_and_the_superseded_result_can_be_dropped(model_
     assert refused.returncode == 2 and "--force" in refused.stderr
     assert bake_git(model_repo, "fetch", "--drop").returncode == 0
     assert git(model_repo, "for-each-ref", "refs/bake/") == "" and git(model_repo, "status", "--porcelain") == ""
+
+
+# Loaded into every Python process the test starts (the hook, the job): the store's disk fills up. A job
+# file's fsync fails with ENOSPC (as a real disk reports delayed allocation) once `room` such writes are used.
+FULL_DISK = """
+import errno, os
+if "GITBAKE_TEST_FULL_DISK" in os.environ:
+    _store, _room = os.environ["GITBAKE_TEST_FULL_DISK"].split(os.pathsep)
+    _fsync = os.fsync
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.startswith(_store) and os.path.basename(path).startswith(".job.json."):
+            left = int(open(_room).read())
+            if left <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            open(_room, "w").write(str(left - 1))
+        _fsync(fd)
+
+    os.fsync = fsync
+"""
+
+
+def test_a_full_disk_at_commit_leaves_no_phantom_job(model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk has room for the hook to record the job, not for the job to record its start: the job
+    must read as ended, with the reason, and `jobs wait` / `status` must say so instead of waiting forever."""
+    git(model_repo, "config", "bake.hookMode", "background")
+    site, room = tmp_path / "site", tmp_path / "room"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FULL_DISK)
+    room.write_text("1")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("GITBAKE_TEST_FULL_DISK", f"{open_repo(model_repo).store.root.resolve()}{os.pathsep}{room}")
+    out = commit_input(model_repo, YODA_SMALL, "yoda")
+    assert out.returncode == 0 and "background" in out.stderr, out.stderr
+    repo = open_repo(model_repo)
+    wait_for(lambda: not jobs.active(repo), 60)  # it was `queued` forever
+    (job,) = jobs.list_jobs(repo)
+    assert job.state == "died" and "No space left on device" in (job.error or "")
+    assert "Baking now" not in bake_git(model_repo, "status").stdout
+    waited = bake_git(model_repo, "jobs", "wait", "--timeout", "30")
+    assert waited.returncode == 1 and f"{job.id}  died" in waited.stdout
+    assert "no job is running" in bake_git(model_repo, "jobs", "cancel").stdout
+
+
+def test_a_job_that_cannot_be_recorded_is_not_recorded_at_all(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    commit_input(model_repo, YODA_SMALL, "yoda")
+    repo = open_repo(model_repo)
+
+    def full(path: Path, text: str) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(jobs, "write_atomic", full)
+    with pytest.raises(GitbakeError, match="No space left on device") as caught:
+        jobs.start(repo, git(model_repo, "rev-parse", "HEAD").strip(), "refs/heads/main")
+    assert "git bake store gc" in (caught.value.hint or "")
+    assert list(jobs.jobs_dir(repo).iterdir()) == [] and jobs.list_jobs(repo) == []
+
+
+def test_cancel_ends_a_queued_job_whose_process_is_gone(model_repo: Path) -> None:
+    """A job recorded as queued with no pid and nothing running it (what a full disk used to leave)."""
+    repo = open_repo(model_repo)
+    d = jobs.jobs_dir(repo) / "20250101-000000-abcdef"
+    d.mkdir(parents=True)
+    (d / jobs.ALIVE_FILE).touch()  # made by start(); the process that held it is gone
+    jobs.Job(d.name, str(repo.root), "0" * 40, "refs/heads/main", dir=str(d)).save()
+    assert jobs.active(repo) == []  # not `queued`: nothing runs it
+    assert jobs.cancel(jobs.load(d)).state == "died"
+
+
+def test_jobs_wait_without_an_id_fails_when_the_job_already_failed(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text("BAKE:\n  name: b\n  datasets:\n    - target: nowhere\n")
+    git(model_repo, "commit", "-qam", "a bake of a target that does not exist", "--no-verify")
+    started = json.loads(bake_git(model_repo, "run", "--detach", "--json").stdout)
+    wait_for(lambda: jobs.load(Path(started["dir"])).state == "failed", 60)
+    for args in ((), (started["id"],)):  # it failed before the wait began: both forms say so
+        waited = bake_git(model_repo, "jobs", "wait", *args)
+        assert waited.returncode == 1 and f"{started['id']}  failed" in waited.stdout, (args, waited.stdout)
