@@ -781,14 +781,17 @@ def hook(name: str, args: tuple[str, ...]) -> None:
 
 
 @cli.command("merge-driver", hidden=True, context_settings=CONTEXT)
-@click.argument("kind", type=click.Choice(["input"]))
+@click.argument("kind", type=click.Choice(["input", "lineage"]))
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("ours", type=click.Path(path_type=Path))
 @click.argument("theirs", type=click.Path(path_type=Path))
-def merge_driver(kind: str, base: Path, ours: Path, theirs: Path) -> None:
-    """git's merge driver for input.yml (configured by init)."""
-    from gitbake.mergedriver import merge_input
+@click.argument("path", required=False)
+def merge_driver(kind: str, base: Path, ours: Path, theirs: Path, path: str | None) -> None:
+    """git's merge drivers for input.yml and for .bread / recipe.yml (configured by init)."""
+    from gitbake.mergedriver import merge_input, merge_lineage
 
+    if kind == "lineage":
+        raise SystemExit(merge_lineage(base, ours, theirs, path or ".bread"))
     raise SystemExit(merge_input(base, ours, theirs))
 
 

@@ -275,8 +275,32 @@ def post_merge(root: Path, args: list[str]) -> int:
 
 
 def post_rewrite(root: Path, args: list[str]) -> int:
-    """After a rebase (or `git pull --rebase`) or an amend: the checkouts on the way were skipped."""
+    """After a rebase (or `git pull --rebase`) or an amend: the checkouts on the way were skipped. After a
+    rebase, also say what is left to make the lineage whole (git gives the rewritten commits on stdin)."""
+    if args[:1] == ["rebase"]:
+        rewritten = [line.split()[1] for line in sys.stdin.read().splitlines() if len(line.split()) >= 2]
+        _check_rebased(root, rewritten)
     return _refresh(root)
+
+
+def _check_rebased(root: Path, rewritten: list[str]) -> None:
+    """A bake commit replayed onto another model (a stale lineage: the merge driver stops the rebase on
+    it, but an older driver or a hand resolution lets it through) is named with the commands that fix
+    it; a rebased commit of input.yml left without its bake is named with the command that bakes it."""
+    from gitbake.lineage import stale_bakes
+    from gitbake.status import has_sections
+
+    head = git.rev_parse(root, "HEAD")
+    for stale in stale_bakes(root, rewritten):
+        c = stale.commit[:12]
+        left_out = f"; its model leaves out {len(stale.left_out)} adapter(s) of its new parent's" if stale.left_out else ""
+        fix = (f"`git reset --keep {c}~1 && git bake run`" if stale.commit == head
+               else f"`git rebase -i {c}~1` (delete its line), then `git bake run` on its parent")
+        say(f"warning: bake commit {c} was rebased onto another model than the one it was baked on{left_out}. "
+            f"Drop it and bake its input.yml again on the new base: {fix}; or undo the rebase: `git reset --keep ORIG_HEAD`")
+    if head in rewritten and should_bake(root, head) is None and has_sections(git.show(root, head, INPUT) or b""):
+        say(f"the rebased commit {head[:12]} changes input.yml and its bake is not on this branch: "
+            "`git bake run` bakes it on the new base")
 
 
 def _refresh(root: Path) -> int:

@@ -20,9 +20,10 @@ from gitbake.errors import UsageError
 from gitbake.fsutil import write_atomic
 
 MERGE_DRIVER = "bake-theirs"
-# `cp %B %A` leaves the incoming branch's version as the merge result: a model's lineage files cannot be
-# merged line by line, so a merge adopts the incoming lineage (DESIGN §6).
-MERGE_DRIVER_CMD = "cp -f %B %A"
+# The incoming side's version is the merge result: a model's lineage files cannot be merged line by line,
+# so a merge adopts the incoming lineage (DESIGN §6); a rebase that would replay a bake onto a base with
+# other bakes stops instead (gitbake/mergedriver.py).
+MERGE_DRIVER_CMD = "git bake merge-driver lineage %O %A %B %P"
 INPUT_DRIVER = "bake-input"
 INPUT_DRIVER_CMD = "git bake merge-driver input %O %A %B"
 LINEAGE_FILES = (bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE)

@@ -110,3 +110,37 @@ def _from_recipe(r: recipe_mod.Recipe, commit: str | None) -> Iterable[KnownTarg
             yield KnownTarget(step.resource_name, _plain(step.resource_name), step.key, commit, "recipe.yml", step.config, stim)
     for name in r.resources.targets:
         yield KnownTarget(name, _plain(name), None, commit, "recipe.yml")
+
+
+@dataclass
+class StaleBake:
+    """A bake commit whose model was not baked on its parent's model (a rebase replayed it elsewhere)."""
+
+    commit: str
+    left_out: list[str]  # adapters of the parent's model that this commit's model does not have
+
+
+def stale_bakes(root: Path, commits: Iterable[str]) -> list[StaleBake]:
+    """The bake commits among `commits` that are not one bake on top of their parent's model: a bake
+    commit's adapter chain is its parent's chain plus the one adapter it trained, or its model is not
+    what its place in the history says."""
+    from gitbake.bakecommit import TRAILER
+
+    out = []
+    for commit in commits:
+        if f"\n{TRAILER}: " not in git.commit_message(root, commit):
+            continue
+        parents = git.parents(root, commit)
+        mine, theirs = _chain(root, commit), _chain(root, parents[0]) if parents else []
+        if mine is None or theirs is None or (len(mine) == len(theirs) + 1 and mine[:-1] == theirs):
+            continue  # a model we cannot read (bgit's cloud) is not ours to judge
+        out.append(StaleBake(commit, [a for a in theirs if a not in mine]))
+    return out
+
+
+def _chain(root: Path, rev: str) -> list[str] | None:
+    data = git.show(root, rev, bread_mod.BREAD_FILE)
+    try:
+        return bread_mod.parse(data.decode("utf-8")).parent_adapters if data is not None else []
+    except (ConfigError, UnicodeDecodeError, ValueError):
+        return None

@@ -17,6 +17,7 @@ from gitbake import bakecommit, destination, git
 from gitbake import bread as bread_mod
 from gitbake.config import INPUT_FILE
 from gitbake.errors import GitbakeError
+from gitbake.plan import Plan
 from gitbake.repo import ModelRepo
 from gitbake.store import Store
 from gitbake.yamlio import decode_text
@@ -80,8 +81,15 @@ def run_and_commit(repo: ModelRepo, stages: list[str] | None = None, force: bool
         pinned = repo.at(trigger)
         loaded, notes = pipeline.committed_input(pinned)
     plan = pinned.plan(loaded)
-    results = pipeline.execute(pinned, plan, loaded, stages, force, say)
-    report = RunReport(trigger, results, notes)
+    with bake_lock(pinned.store, plan, say):
+        # under the lock: a second run of the same bake finds the first one's results cached here
+        results = pipeline.execute(pinned, plan, loaded, stages, force, say)
+        return _commit(repo, pinned, plan, RunReport(trigger, results, notes), branch_ref)
+
+
+def _commit(repo: ModelRepo, pinned: ModelRepo, plan: Plan, report: RunReport, branch_ref: str | None) -> RunReport:
+    """Make the bake commit of `report`'s bake on top of its trigger, and bring .bake/model up to date."""
+    trigger, results = report.trigger, report.results
     baked = next((r for r in results if r.stage == "bake"), None)
     if baked is None or plan.bake is None:
         return report  # stim / rollout only: they are cached in the store; only a bake makes a commit
@@ -102,6 +110,16 @@ def run_and_commit(repo: ModelRepo, stages: list[str] | None = None, force: bool
     )
     old_bread = pinned.bread or bread_mod.Bread()
     new_bread, new_recipe = bakecommit.compose(plan, old_bread, pinned.recipe, out)
+    landed = _landed(repo.root, trigger, branch_ref, new_bread.parent_adapters or [])
+    if landed is not None:
+        # another run of this bake (which we waited for) has committed it: a second commit of the same
+        # model would only be kept aside as a "superseded" result
+        from gitbake import leases
+
+        leases.release(store.root, leases.bake_owner(trigger))
+        report.commit = bakecommit.CommitResult(landed, trigger, branch_ref)
+        report.notes.append(f"another run had already baked and committed this: {landed[:12]}; nothing new was committed")
+        return report
     data = git.show(repo.root, trigger, INPUT_FILE)
     files = bakecommit.lineage_files(new_bread, new_recipe, decode_text(data or b"", INPUT_FILE))
     subject = git.commit_message(repo.root, trigger).splitlines()[0] if data else ""
@@ -114,6 +132,45 @@ def run_and_commit(repo: ModelRepo, stages: list[str] | None = None, force: bool
             except GitbakeError as exc:  # the bake commit stands; .bake/model can be made again
                 report.model = {"state": "error", "error": exc.message, "fix": "git bake checkout"}
     return report
+
+
+@contextmanager
+def bake_lock(store: Store, plan: Plan, say: Callable[[str], None] | None) -> Iterator[None]:
+    """One run of a bake at a time, across processes and the clones that share this store: a second
+    `git bake run` (or job, or hook) of the same bake waits for the first, then finds its results cached
+    instead of training again. Keyed by what the run makes: its bake, else its target."""
+    from gitbake.locks import FileLock, LockTimeout
+
+    what = plan.bake or plan.target
+    if what is None or os.environ.get("RANK", "0") != "0":
+        yield  # nothing to make; or a deepspeed rank other than 0, which must train beside rank 0, not after it
+        return
+    path = store.locks / f"bake-{what.key[:32]}"
+    lock = FileLock(path, timeout=0, what=f"bake {what.name}")
+    try:
+        lock.acquire()
+    except LockTimeout:
+        holder = path.read_text(errors="replace").strip() if path.exists() else ""
+        (say or (lambda m: None))(f"another process is running {what.name}{f' ({holder})' if holder else ''}: "
+                                  "waiting for it, then using its result")
+        lock = FileLock(path, timeout=7 * 86400, what=f"bake {what.name}")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _landed(root: Path, trigger: str, branch_ref: str | None, adapters: list[str]) -> str | None:
+    """The bake commit on `branch_ref`, made on top of `trigger`, whose model is `adapters` (None: none)."""
+    tip = git.rev_parse(root, branch_ref) if branch_ref else None
+    if tip is None or tip == trigger:
+        return None
+    for sha in git.run(root, "rev-list", "--first-parent", f"{trigger}..{tip}", check=False).split():
+        if git.parents(root, sha)[:1] == [trigger]:
+            b = bread_mod.parse((git.show(root, sha, bread_mod.BREAD_FILE) or b"").decode("utf-8", "replace"))
+            return sha if b.parent_adapters == adapters else None
+    return None
 
 
 @contextmanager

@@ -37,7 +37,7 @@ def test_new_directory(tmp_path: Path) -> None:
     assert ".bake/" in (root / ".gitignore").read_text().split()
     attrs = (root / ".gitattributes").read_text()
     assert ".bread merge=bake-theirs" in attrs and "recipe.yml merge=bake-theirs" in attrs
-    assert git(root, "config", "merge.bake-theirs.driver").strip() == "cp -f %B %A"
+    assert git(root, "config", "merge.bake-theirs.driver").strip() == "git bake merge-driver lineage %O %A %B %P"
 
 
 def test_template_example_is_valid_for_tiny_once_uncommented(tmp_path: Path) -> None:

@@ -25,3 +25,10 @@ def test_an_active_side_merges_as_text(tmp_path: Path) -> None:
     assert merge_input(b, o, t) == 0 and o.read_text() == "x: 2\nPROMPT:\n  a: 3\n"
     b, o, t = files(tmp_path, "PROMPT:\n  a: 1\n", "PROMPT:\n  a: 2\n", "# PROMPT:\n#   a: 3\n")
     assert merge_input(b, o, t) == 1 and "<<<<<<<" in o.read_text()  # a real conflict stays one
+
+
+def test_a_cleared_ours_gives_way_to_an_active_theirs(tmp_path: Path) -> None:
+    """A rebase replaying a commit of input.yml onto a baked (cleared) base: the input that still has
+    something to run is the result, not a conflict with the record of what was baked."""
+    b, o, t = files(tmp_path, "# PROMPT:\n#   a: 1\n", "# PROMPT:\n#   a: 2\n", "PROMPT:\n  a: 3\n")
+    assert merge_input(b, o, t) == 0 and o.read_text() == "PROMPT:\n  a: 3\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,79 @@ def test_only_rank_zero_makes_the_bake_commit(model_repo: Path, monkeypatch: pyt
     out = json.loads(invoke("run", "--json").stdout)
     assert out["commit"] is None and [s["stage"] for s in out["stages"]][-1] == "bake"
     assert git(model_repo, "rev-parse", "HEAD") == head and git(model_repo, "status", "--porcelain") == ""
+
+
+def test_two_concurrent_runs_bake_once_and_the_second_finds_it_cached(model_repo: Path, tmp_path: Path) -> None:
+    """Two `git bake run` processes at once: the second waits for the first (a lock on the bake), then
+    finds the bake cached and the bake commit made: one training, one bake commit, nothing left aside."""
+    (model_repo / "input.yml").write_text(YODA_SMALL.replace("epochs: 1", "epochs: 40"))  # long enough to overlap
+    git(model_repo, "commit", "-qam", "yoda")
+    logs = [tmp_path / "first.err", tmp_path / "second.err"]
+
+    def start(log: Path) -> subprocess.Popen[str]:
+        return subprocess.Popen(["git", "bake", "run"], cwd=model_repo, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+
+    first = start(logs[0])
+    deadline = time.monotonic() + 300
+    while "loading tiny" not in logs[0].read_text() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first one has loaded its model: it is baking
+    second = start(logs[1])
+    outs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    errs = [log.read_text() for log in logs]
+    assert first.returncode == 0 and second.returncode == 0, errs
+    bake_lines = [next(ln for ln in out.splitlines() if ln.startswith("bake ")) for out in outs]
+    assert "ran in" in bake_lines[0] and "cached" in bake_lines[1], outs  # trained once
+    assert "waiting for it" in errs[1] and "already baked and committed" in errs[1]
+    subjects = git(model_repo, "log", "--format=%s").splitlines()
+    assert subjects[1] == "yoda" and sum(s.startswith("bake: ") for s in subjects) == 1
+    assert git(model_repo, "for-each-ref", "refs/bake/") == ""  # no spurious "superseded" result
+    assert git(model_repo, "status", "--porcelain") == ""
+
+
+def baked_branch(baked_repo: dict[str, Any], tmp_path: Path) -> Path:
+    """A copy of the baked repository with a branch `formal` made at its first bake and baked there, while
+    main baked once more: rebasing `formal` onto main replays a bake made on another model."""
+    root = copy_baked(baked_repo, tmp_path)
+    git(root, "checkout", "-q", "-b", "formal", baked_repo["first"])
+    (root / "input.yml").write_text(YODA_SMALL.replace("You are Yoda. Speak like Yoda.", "You are a formal butler.").replace("yoda_bake", "formal_bake"))
+    git(root, "commit", "-qam", "formal")  # the foreground hook bakes it: formal = [first's bake, formal's]
+    assert git(root, "log", "--format=%s", "-1").startswith("bake: formal_bake_") and len(chain(root)) == 2
+    return root
+
+
+def test_rebasing_a_baked_branch_stops_at_the_stale_bake_and_rebakes_on_the_new_base(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    root = baked_branch(baked_repo, tmp_path)
+    trigger_text = git(root, "show", "formal~1:input.yml")
+    rebase = subprocess.run(["git", "rebase", "main"], cwd=root, capture_output=True, text=True)
+    # the commit of input.yml replays cleanly onto main's cleared input.yml; the bake commit made on the
+    # old base's model does not: the rebase stops on it and says how to go on
+    assert rebase.returncode != 0
+    assert "input.yml" not in git(root, "diff", "--name-only", "--diff-filter=U")
+    assert "git rebase --skip" in rebase.stderr and "git bake run" in rebase.stderr, rebase.stderr
+    skipped = subprocess.run(["git", "rebase", "--skip"], cwd=root, capture_output=True, text=True)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "`git bake run` bakes it on the new base" in skipped.stderr
+    assert git(root, "log", "--format=%s", "-2").splitlines() == ["formal", git(root, "log", "--format=%s", "-1", "main").strip()]
+    assert (root / "input.yml").read_text() == trigger_text and chain(root) == chain(root, "main")
+    ran = bake_git(root, "run")
+    assert ran.returncode == 0, ran.stderr
+    # the model is main's (both of its bakes) plus formal's, baked again on top of it
+    assert chain(root)[:-1] == chain(root, "main") and len(chain(root)) == 3
+    assert git(root, "status", "--porcelain") == ""
+
+
+def test_a_rebase_that_replays_a_stale_bake_says_how_to_fix_it(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    """With the lineage driver of an older gitbake (which always took the replayed side), the rebase goes
+    through: post-rewrite names the stale bake commit and the commands that make the lineage whole."""
+    root = baked_branch(baked_repo, tmp_path)
+    git(root, "config", "merge.bake-theirs.driver", "cp -f %B %A")
+    rebase = subprocess.run(["git", "rebase", "main"], cwd=root, capture_output=True, text=True)
+    assert rebase.returncode == 0, rebase.stderr
+    stale = git(root, "rev-parse", "HEAD").strip()
+    assert not chain(root)[:-1] == chain(root, "main")  # the stale lineage: main's second bake is left out
+    assert f"warning: bake commit {stale[:12]}" in rebase.stderr and "leaves out 1 adapter(s)" in rebase.stderr
+    fix = f"git reset --keep {stale[:12]}~1 && git bake run"
+    assert fix in rebase.stderr
+    git(root, "reset", "-q", "--keep", f"{stale}~1")
+    assert bake_git(root, "run").returncode == 0
+    assert chain(root)[:-1] == chain(root, "main") and len(chain(root)) == 3
