@@ -1283,9 +1283,16 @@ def chat(rev: str, prompt: str | None, system: str | None, temperature: float, m
 @click.argument("revs", nargs=-1, metavar="[REV]...")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--api-key", envvar="GITBAKE_API_KEY", metavar="KEY", help="Require `Authorization: Bearer KEY` (env GITBAKE_API_KEY).")
+@click.option("--api-key", envvar="GITBAKE_API_KEY", metavar="KEY",
+              help="Require `Authorization: Bearer KEY`. Prefer env GITBAKE_API_KEY or --api-key-file: `ps` shows arguments.")
+@click.option("--api-key-file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", help="Read the API key from FILE's first line.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also accept requests whose Host header is NAME (by default only the bound address and localhost).")
 @click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True, help="Concurrent requests decoded together.")
-def serve(revs: tuple[str, ...], host: str, port: int, api_key: str | None, max_batch: int) -> None:
+@click.option("--max-prompt-tokens", type=click.IntRange(1), metavar="N",
+              help="Refuse longer prompts with 400 (default: the model's context minus the request's max_tokens).")
+def serve(revs: tuple[str, ...], host: str, port: int, api_key: str | None, api_key_file: Path | None, allow_hosts: tuple[str, ...],
+          max_batch: int, max_prompt_tokens: int | None) -> None:
     """Serve the models of REV... (default HEAD) over an OpenAI-compatible HTTP API.
 
     GET /v1/models lists them, each named by its bake name; POST /v1/chat/completions answers, streamed
@@ -1294,14 +1301,20 @@ def serve(revs: tuple[str, ...], host: str, port: int, api_key: str | None, max_
     \b
     Examples:
       git bake serve
-      git bake serve main formal --port 8080 --api-key secret
+      GITBAKE_API_KEY=secret git bake serve main formal --port 8080
       curl -s localhost:8000/v1/models
     """
     from gitbake.repo import open_repo
-    from gitbake.serve import Server, load_served
+    from gitbake.serve import Server, is_loopback, load_served, read_api_key
 
+    key = read_api_key(api_key, api_key_file)
+    if api_key is not None and click.get_current_context().get_parameter_source("api_key") == click.core.ParameterSource.COMMANDLINE:
+        click.echo("warning: --api-key is visible to other users of this machine (ps); use GITBAKE_API_KEY or --api-key-file", err=True)
+    if key is None and not is_loopback(host):
+        click.echo(f"warning: listening on {host} without an API key: anyone who can reach this machine can use these models; "
+                   "set GITBAKE_API_KEY or --api-key-file", err=True)
     models = load_served(open_repo(Path.cwd()), list(revs), max_batch)
-    server = Server(models, host, port, api_key)
+    server = Server(models, host, port, key, max_prompt_tokens, allow_hosts)
     click.echo(f"serving {', '.join(models)} at {server.url} (Ctrl-C to stop)", err=True)
     try:
         server.serve_forever()

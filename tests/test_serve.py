@@ -3,19 +3,26 @@ bad requests (400 / 401 / 404 with OpenAI-shaped bodies) and a server that keeps
 
 from __future__ import annotations
 
+import hmac
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Iterator
 
 import openai
 import pytest
 from openai import OpenAI
 
+from gitbake import serve
+from gitbake.engine.infer import Batcher, Request, stream
+from gitbake.engine.models import load_base
+from gitbake.engine.templating import render
 from gitbake.repo import open_repo
 from gitbake.serve import Server, load_served
 from helpers import bake_git
@@ -141,6 +148,7 @@ TARGET:
       model: {name}
       base_url: {srv.url}
       api_key_env: SERVE_KEY
+      max_tokens: 64  # tiny's context is 2048 tokens: a 2048-token answer (the default) leaves no room for the prompt
   max_tokens: 4
 """)
     monkeypatch.setenv("SERVE_KEY", "sekret")
@@ -203,14 +211,14 @@ def raw(srv: Server, request: bytes) -> bytes:
 def test_bad_http_framing_is_refused_and_the_server_keeps_serving(server: tuple[Server, dict[str, Any]]) -> None:
     srv, info = server
     auth = b"Authorization: Bearer sekret\r\n"
-    assert raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: abc\r\n\r\n{}").startswith(b"HTTP/1.1 400")
-    assert raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: -1\r\n\r\n{}").startswith(b"HTTP/1.1 400")
-    chunked = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: abc\r\n\r\n{}").startswith(b"HTTP/1.1 400")
+    assert raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: -1\r\n\r\n{}").startswith(b"HTTP/1.1 400")
+    chunked = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
     assert chunked.startswith(b"HTTP/1.1 411") and chunked.count(b"HTTP/1.1") == 1
-    huge = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 999999999\r\n\r\n")
+    huge = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: 999999999\r\n\r\n")
     assert huge.startswith(b"HTTP/1.1 413")
     stream_str = json.dumps({"model": info["names"][0], "messages": [{"role": "user", "content": "hi"}], "stream": "false"}).encode()
-    out = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: %d\r\n\r\n" % len(stream_str) + stream_str)
+    out = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: %d\r\n\r\n" % len(stream_str) + stream_str)
     assert out.startswith(b"HTTP/1.1 400") and b"stream" in out
     assert client(srv).chat.completions.create(model=info["names"][0], messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
 
@@ -220,16 +228,230 @@ def test_a_client_that_leaves_is_not_decoded_for(server: tuple[Server, dict[str,
     name = info["names"][0]
     batcher = srv.models[name].batcher
     before = batcher.cancelled
-    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "go on forever"}], "max_tokens": 4096,
+    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "go on forever"}], "max_tokens": 2000,
                        "temperature": 0, "stream": True}).encode()
     host, port = srv.httpd.server_address[:2]
     s = socket.create_connection((str(host), int(port)), timeout=30)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sekret\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     assert s.recv(100).startswith(b"HTTP/1.1 200")
     s.close()  # the client leaves mid-answer
     deadline = time.monotonic() + 120
     while batcher.cancelled == before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert batcher.cancelled > before  # its row stopped, long before 4096 tokens
+    assert batcher.cancelled > before  # its row stopped, long before 2000 tokens
     r = client(srv).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def post(srv: Server, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """POST /v1/chat/completions: the status and the JSON answer, whatever the status."""
+    req = urllib.request.Request(srv.url + "/chat/completions", data=body, method="POST",
+                                 headers={"Authorization": "Bearer sekret", "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def bad_values(spec: serve.Field) -> list[Any]:
+    """Values outside what a field allows: the wrong type, past each end of its range, and a value in range
+    that the server does not honour."""
+    if spec.kind is bool:
+        out: list[Any] = [1, "true"]
+    else:
+        out = [True, "1", [1], spec.hi + 1, -(2**64), 2**64]
+        out += [spec.lo - 1] if not spec.lo_open else [spec.lo]
+        out += [1.5] if spec.kind is int else []
+    if spec.supported is not None:
+        out.append(not spec.supported[0] if spec.kind is bool else spec.hi)
+    return out
+
+
+def test_every_request_field_is_checked_against_its_range(server: tuple[Server, dict[str, Any]]) -> None:
+    srv, info = server
+    name = info["names"][0]
+    base = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for field, spec in serve.FIELDS.items():
+        for value in bad_values(spec):
+            status, answer = post(srv, json.dumps({**base, field: value}).encode())
+            assert status == 400 and answer["error"]["param"] == field, (field, value, answer)
+            assert answer["error"]["type"] == "invalid_request_error" and field in answer["error"]["message"]
+    status, answer = post(srv, json.dumps({**base, "stream_options": {"include_usage": "yes"}}).encode())
+    assert status == 400 and answer["error"]["param"] == "stream_options.include_usage"
+    status, answer = post(srv, json.dumps({**base, "stop": "x" * 1000}).encode())
+    assert status == 400 and answer["error"]["param"] == "stop"
+    status, answer = post(srv, b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}' % name.encode())
+    assert status == 400 and "NaN" in answer["error"]["message"]
+    # the red-team case: a seed past 64 bits hung its request and every request batched with it
+    with pytest.raises(openai.BadRequestError) as br:
+        client(srv).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], seed=18446744073709551616)
+    assert br.value.body["param"] == "seed"  # type: ignore[index]
+    ok = client(srv).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                             seed=-(2**63), presence_penalty=0, n=1, logprobs=False)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_request_that_cannot_start_fails_alone_and_is_answered(server: tuple[Server, dict[str, Any]]) -> None:
+    # behind the validator: should anything still make a row fail to start, its request gets an error
+    # and the requests taken with it are decoded, instead of all of them waiting forever
+    srv, info = server
+    served = srv.models[info["names"][0]]
+    ids = render(served.model.tokenizer, [], None, "hi")
+    bad = served.batcher.submit(Request(ids, 1.0, 3, seed=2**64))
+    good = served.batcher.submit(Request(ids, 0.0, 3))
+    assert bad.events.get(timeout=60)[0] == "error"
+    kinds: list[str] = []
+    while not kinds or kinds[-1] not in ("done", "error"):
+        kinds.append(good.events.get(timeout=60)[0])
+    assert kinds[-1] == "done"
+
+
+def test_malformed_bodies_get_a_400_not_a_dropped_connection(server: tuple[Server, dict[str, Any]]) -> None:
+    srv, info = server
+    name = info["names"][0]
+    deep = b'{"model": "%s", "messages": ' % name.encode() + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    cases = {
+        "nested too deeply": deep,
+        "content[0].text": json.dumps({"model": name, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}).encode(),
+        "text part": json.dumps({"model": name, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}).encode(),
+        "content": json.dumps({"model": name, "messages": [{"role": "user", "content": {"text": "hi"}}]}).encode(),
+    }
+    auth = b"Authorization: Bearer sekret\r\n"
+    for words, body in cases.items():
+        out = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert out.startswith(b"HTTP/1.1 400"), (words, out[:200])
+        error = json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]
+        assert words in error["message"] and error["type"] == "invalid_request_error"
+    assert client(srv).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+
+
+def test_prompts_longer_than_the_context_get_a_400(server: tuple[Server, dict[str, Any]]) -> None:
+    srv, info = server
+    name = info["names"][0]
+    served = srv.models[name]
+    assert served.context == 2048  # tiny's max_position_embeddings
+    c = client(srv)
+    with pytest.raises(openai.BadRequestError) as br:  # the default cap: 2048 - 256 (max_tokens by default)
+        c.chat.completions.create(model=name, messages=[{"role": "user", "content": "x" * 1900}])
+    assert br.value.body["code"] == "context_length_exceeded" and "2048" in br.value.body["message"]  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as br:  # a long answer leaves less room for the prompt
+        c.chat.completions.create(model=name, messages=[{"role": "user", "content": "x" * 100}], max_tokens=2000)
+    assert br.value.body["code"] == "context_length_exceeded" and "max_tokens" in br.value.body["message"]  # type: ignore[index]
+    ok = c.chat.completions.create(model=name, messages=[{"role": "user", "content": "x" * 1900}], max_tokens=2)
+    assert ok.usage and ok.usage.prompt_tokens > 1900
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_other_rows_steps() -> None:
+    # the long prompt arrives first; the short request behind it is answered while the long prompt is
+    # still being prefilled (a chunk per turn, each turn also a decode step), not after all of it
+    loaded = load_base("tiny")
+    tok = loaded.tokenizer
+    b = Batcher(loaded.model, tok, max_batch=8, gather_s=0.0, chunk=64, start=False)
+    try:
+        long = b.submit(Request(render(tok, [], None, "tell me a long story " * 80), 0.0, 3))
+        short = b.submit(Request(render(tok, [], None, "hi"), 0.0, 3))
+        b.start()
+        answers = [r.result(timeout=120) for r in (long, short)]
+        trace = list(b.trace)
+        chunks = [i for i, (kind, rid) in enumerate(trace) if kind == "chunk" and rid == id(long)]
+        assert len(chunks) == -(-len(long.prompt) // 64) > 20  # the long prompt, a chunk at a time
+        short_done = trace.index(("done", id(short)))
+        assert short_done < chunks[-1]  # answered in full before the long prompt's last chunk
+        # each turn until then: one chunk of the long prompt, then a decode step of the short one
+        kinds = [kind for kind, _ in trace[:short_done]]
+        assert kinds[0] == "prefill" and kinds[1:] == ["chunk", "step"] * ((len(kinds) - 1) // 2)
+        for req, (text, info) in zip((long, short), answers):  # chunking and splicing change no greedy answer
+            assert info["finish_reason"] in ("stop", "length")
+            assert text == "".join(stream(loaded.model, tok, req.prompt, 0.0, 3))
+    finally:
+        b.close()
+
+
+def test_many_simultaneous_connections_are_all_served(server: tuple[Server, dict[str, Any]]) -> None:
+    # Python's default listen backlog of 5 reset (or left hanging) most of 200 clients connecting at once
+    srv, _ = server
+    host, port = srv.httpd.server_address[:2]
+    n = 200
+    start = threading.Barrier(n)
+
+    def one(_: int) -> bytes:
+        with socket.socket() as s:
+            s.settimeout(20)  # bounded: a connection the kernel dropped fails the test, it does not hang it
+            start.wait()
+            try:
+                s.connect((str(host), int(port)))
+                s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sekret\r\nConnection: close\r\n\r\n")
+                out = b""
+                while chunk := s.recv(65536):
+                    out += chunk
+                return out[:12]
+            except OSError as exc:
+                return repr(exc).encode()
+
+    with ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(one, range(n)))
+    assert answers.count(b"HTTP/1.1 200") == n, {a: answers.count(a) for a in set(answers)}
+
+
+def test_host_header_must_name_this_server(server: tuple[Server, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    srv, _ = server
+    port = srv.httpd.server_address[1]
+    get = b"GET /v1/models HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer sekret\r\n\r\n"
+    refused = raw(srv, get % b"evil.example:%d" % port)  # a page on evil.example whose name now resolves to 127.0.0.1
+    assert refused.startswith(b"HTTP/1.1 403") and b"--allow-host evil.example" in refused
+    for ok in (b"127.0.0.1:%d" % port, b"localhost:%d" % port, b"LOCALHOST", b"[::1]:%d" % port):
+        assert raw(srv, get % ok).startswith(b"HTTP/1.1 200"), ok
+    assert serve.allowed_hosts("0.0.0.0") is None  # every interface: its names are not known, so any
+    assert serve.allowed_hosts("0.0.0.0", ["box.lan"]) == frozenset({"0.0.0.0", "box.lan", "localhost", "127.0.0.1", "::1"})
+    assert "box.lan" in serve.allowed_hosts("127.0.0.1", ["Box.LAN."])  # type: ignore[operator]
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def recorded(a: bytes, b: bytes) -> bool:
+        compared.append(a)
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recorded)
+    with pytest.raises(openai.AuthenticationError):
+        client(srv, "sekreu").models.list()
+    assert compared == [b"Bearer sekreu"]  # keys are compared in constant time
+
+
+def test_serve_command_key_from_file_or_env_prompt_cap_and_warnings(baked_repo: dict[str, Any], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    root = baked_repo["root"]
+    key_file = tmp_path / "key"
+    key_file.write_text("filed-key\n")
+    for args, words in ((["--api-key-file", str(tmp_path / "none")], "cannot read the API key"),
+                        (["--api-key-file", str(key_file), "--api-key", "x"], "not both")):
+        out = bake_git(root, "serve", *args)
+        assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
+    # the warnings come before any model loads (an unknown revision then ends the run)
+    out = bake_git(root, "serve", "nope", "--host", "0.0.0.0")
+    assert out.returncode == 2 and "warning: listening on 0.0.0.0 without an API key" in out.stderr
+    out = bake_git(root, "serve", "nope", "--host", "0.0.0.0", "--api-key", "k")
+    assert "visible to other users" in out.stderr and "without an API key" not in out.stderr
+    monkeypatch.setenv("GITBAKE_API_KEY", "k")
+    out = bake_git(root, "serve", "nope", "--host", "0.0.0.0")
+    assert out.returncode == 2 and "warning" not in out.stderr  # from the environment: not in `ps`, and a key
+    monkeypatch.delenv("GITBAKE_API_KEY")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    proc = subprocess.Popen(["git", "bake", "serve", "--port", str(free), "--api-key-file", str(key_file), "--max-prompt-tokens", "20"],
+                            cwd=root, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline() if proc.stderr else ""
+        assert "serving yoda_bake_" in line and "warning" not in line
+        c = OpenAI(base_url=f"http://127.0.0.1:{free}/v1", api_key="filed-key", max_retries=0, timeout=60)
+        name = c.models.list().data[0].id
+        with pytest.raises(openai.BadRequestError) as br:
+            c.chat.completions.create(model=name, messages=[{"role": "user", "content": "x" * 100}], max_tokens=2)
+        assert br.value.body["code"] == "context_length_exceeded" and "--max-prompt-tokens" in br.value.body["message"]  # type: ignore[index]
+        assert c.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+        with pytest.raises(openai.AuthenticationError):
+            OpenAI(base_url=f"http://127.0.0.1:{free}/v1", api_key="none", max_retries=0).models.list()
+    finally:
+        proc.terminate()
+        proc.wait(30)
