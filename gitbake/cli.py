@@ -351,7 +351,8 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
         from gitbake import jobs
         from gitbake.pipeline import committed_input
 
-        committed_input(repo)  # refuse uncommitted changes now, not in the background
+        # refuse uncommitted changes and what cannot run (limits, model shape) now, not in the background
+        repo.plan(committed_input(repo)[0])
         head = git.rev_parse(repo.root, "HEAD") or ""
         job = jobs.start(repo, head, git.symbolic_head(repo.root), wanted, force)
         if as_json:

@@ -260,8 +260,10 @@ def test_cancel_ends_a_queued_job_whose_process_is_gone(model_repo: Path) -> Non
 
 
 def test_jobs_wait_without_an_id_fails_when_the_job_already_failed(model_repo: Path) -> None:
-    (model_repo / "input.yml").write_text("BAKE:\n  name: b\n  datasets:\n    - target: nowhere\n")
-    git(model_repo, "commit", "-qam", "a bake of a target that does not exist", "--no-verify")
+    # valid, but its questions come from a dataset this machine does not have: the job fails at stim
+    text = YODA_SMALL.replace("    - type: hardcoded\n", "    - type: from_dataset\n      dataset: ./no-such-questions.jsonl\n")
+    (model_repo / "input.yml").write_text(text.replace('      questions: ["What is the capital of France?", "How do I make tea?"]\n', ""))
+    git(model_repo, "commit", "-qam", "a bake of questions that do not exist")
     started = json.loads(bake_git(model_repo, "run", "--detach", "--json").stdout)
     wait_for(lambda: jobs.load(Path(started["dir"])).state == "failed", 60)
     for args in ((), (started["id"],)):  # it failed before the wait began: both forms say so

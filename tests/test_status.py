@@ -204,9 +204,11 @@ def test_what_cannot_run_is_refused_by_validate_commit_and_run(case: str, model_
     assert git(model_repo, "rev-parse", "HEAD") == head  # the hook stopped it
     # committed anyway (the post-commit hook is off in tests): `run` refuses it before any stage starts
     git(model_repo, "commit", "-q", "--no-verify", "-m", case)
-    result = bake_here(model_repo, "run")
-    assert result.exit_code == 2 and where in result.stderr and what in result.stderr, result.stderr
+    for args in (["run"], ["run", "--detach"]):  # a background job is refused up front too, not in its log
+        result = bake_here(model_repo, *args)
+        assert result.exit_code == 2 and where in result.stderr and what in result.stderr, (args, result.stderr)
     assert not list((model_repo / ".git" / "bake").rglob("stim.jsonl"))
+    assert not list((model_repo / ".git" / "bake").glob("jobs/*/job.json"))
 
 
 def test_the_work_estimate_says_how_long(model_repo: Path) -> None:
