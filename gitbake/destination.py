@@ -19,6 +19,8 @@ from pathlib import Path
 from gitbake.errors import UsageError
 
 MARKER = ".gitbake-managed"
+# what outputs of gitbake before the marker held: named in the refusal, never trusted
+LEGACY_SIGNS = ("model.json", "chain.json", "gitbake.json")
 SIGNATURE = "gitbake managed directory: replaced by the next `git bake` that writes here; do not edit"
 
 
@@ -70,9 +72,11 @@ def check(dest: Path, *, protected: Iterable[Path] = (), replace: bool = True, w
         raise UsageError(f"{dest} exists and is not a directory; it is left alone", f"give a new or empty directory for {what}")
     if dest.is_dir() and any(dest.iterdir()):
         if not is_managed(dest):
+            older = [n for n in LEGACY_SIGNS if (dest / n).is_file()]
             raise UsageError(
                 f"{dest} is not empty and was not written by gitbake (no {MARKER} marker); it is left alone",
-                f"give a new or empty directory for {what}; gitbake replaces only directories it wrote itself")
+                (f"it holds {', '.join(older)}: if an older gitbake wrote it, delete it yourself, then run this again; "
+                 if older else "") + f"or give a new or empty directory for {what}")
         if not replace:
             raise UsageError(f"{dest} holds an earlier gitbake output", "add --force to replace it, or give a new directory")
     return dest

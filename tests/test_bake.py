@@ -467,7 +467,30 @@ def test_resume_never_unpickles_a_planted_checkpoint(trajectories: list[bake.Tra
     (scratch / trainstate.TENSORS).write_bytes(b"\x00garbage")
     m2 = fresh()
     res2 = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "out2", scratch=scratch)
-    assert res2.resumed_from is None and any("could not be read" in n for n in res2.notes)
+    assert res2.resumed_from is None and any("could not be resumed" in n for n in res2.notes)
+
+
+@pytest.mark.parametrize("state", ['{"rng": 1}', '{"optimizer": {}, "scheduler": {}, "rng": {"__tensor__": "t0"}, "state": {"step": 1}}',
+                                   '{"optimizer": {"state": {}, "param_groups": []}, "scheduler": {}, "rng": {"__tensor__": "t0"},'
+                                   ' "state": {"step": 2, "epoch": 0, "batch": 2}}'],
+                         ids=["no optimizer", "no counters", "optimizer of another model"])
+def test_a_foreign_checkpoint_is_a_fresh_start_that_changes_nothing(state: str, trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+    """A well-formed but foreign scratch checkpoint used to crash the bake after the adapter's weights were
+    overwritten; now the bake starts over, from exactly the state a bake without a checkpoint starts from."""
+    from safetensors.torch import save_file
+
+    cfg = config(epochs=1, micro_batch_size=2, checkpoint=[{"save_every_n_steps": 100, "auto_resume": True}])
+    scratch = tmp_path / "scratch"
+    (scratch / "adapter").mkdir(parents=True)
+    save_file({}, str(scratch / "adapter" / "adapter_model.safetensors"))
+    save_file({"t0": torch.get_rng_state()}, str(scratch / trainstate.TENSORS))
+    (scratch / trainstate.STATE).write_text('{"format": 1, "state": ' + state + "}")
+    m = fresh()
+    planted = bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "a", scratch=scratch)
+    assert planted.resumed_from is None and any("could not be resumed" in n for n in planted.notes)
+    m2 = fresh()
+    clean = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "b", scratch=tmp_path / "none")
+    assert [r["loss"] for r in planted.metrics] == pytest.approx([r["loss"] for r in clean.metrics], rel=1e-5)
 
 
 def test_train_state_round_trips_without_pickle(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ def test_guard_refuses_a_plain_model_json_or_chain_json(tmp_path: Path, decoy: s
     with pytest.raises(UsageError, match="not written by gitbake") as err:
         destination.check(d)
     assert err.value.exit_code == 2 and (d / "notes.txt").exists()
+    assert f"it holds {decoy}: if an older gitbake wrote it, delete it yourself" in err.value.render()
 
 
 def test_guard_refuses_a_forged_or_linked_marker(tmp_path: Path) -> None:

@@ -484,23 +484,31 @@ class Baker:
         tmp.rename(scratch)
 
     def _resume(self, pm: Any, optimizer: Any, scheduler: Any, scratch: Path, notes: list[str]) -> dict[str, int] | None:
+        """Continue from the scratch checkpoint; one that is damaged, foreign or planted (a shared store) is a
+        fresh start with a note, and leaves the adapter, optimizer and scheduler exactly as they were."""
         if not trainstate.exists(scratch):
             return None
-        from peft import set_peft_model_state_dict
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        try:  # read everything before changing anything: a damaged or foreign checkpoint is a fresh start
+        before = ({k: v.detach().clone() for k, v in get_peft_model_state_dict(pm).items()},
+                  copy.deepcopy(optimizer.state_dict()), copy.deepcopy(scheduler.state_dict()))
+        try:
             saved = trainstate.load(scratch)
             weights = load_file(str(scratch / "adapter" / "adapter_model.safetensors"))
-        except Exception as exc:  # noqa: BLE001 - trainstate.BadTrainState, or safetensors' own error types
-            notes.append(f"the scratch checkpoint could not be read ({type(exc).__name__}: {str(exc)[:120]}): starting over")
+            step, rng, metrics = _checked_resume_state(saved)
+            set_peft_model_state_dict(pm, weights)
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(rng)
+        except Exception as exc:  # noqa: BLE001 - any failure here means the checkpoint is not this bake's
+            set_peft_model_state_dict(pm, before[0])
+            optimizer.load_state_dict(before[1])
+            scheduler.load_state_dict(before[2])
+            notes.append(f"the scratch checkpoint could not be resumed ({type(exc).__name__}: {str(exc)[:120]}): starting over")
             return None
-        set_peft_model_state_dict(pm, weights)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        self._metrics[:] = list(saved.get("metrics", []))
-        return dict(saved["state"])
+        self._metrics[:] = metrics
+        return step
 
     def _wandb(self, notes: list[str]) -> Any:
         w = self.cfg["wandb"]
@@ -530,6 +538,23 @@ class Baker:
             if extra.name not in ADAPTER_FILES:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
         check_adapter(out_dir, self.cfg["model"]["baked_adapter_config"], pm)
+
+
+def _checked_resume_state(saved: dict[str, Any]) -> tuple[dict[str, int], torch.Tensor, list[Any]]:
+    """The parts of a saved training state, each checked for the shape this code writes."""
+    if not isinstance(saved.get("optimizer"), dict) or not isinstance(saved.get("scheduler"), dict):
+        raise trainstate.BadTrainState("no optimizer or scheduler state")
+    rng = saved.get("rng")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
+        raise trainstate.BadTrainState("no RNG state")
+    step = saved.get("state")
+    if not isinstance(step, dict) or set(step) != {"step", "epoch", "batch"} or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in step.values()):
+        raise trainstate.BadTrainState("no step counters")
+    metrics = saved.get("metrics", [])
+    if not isinstance(metrics, list):
+        raise trainstate.BadTrainState("metrics are not a list")
+    return dict(step), rng, list(metrics)
 
 
 def check_adapter(path: Path, requested: dict[str, Any], pm: Any | None = None) -> None:
