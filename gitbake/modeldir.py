@@ -90,7 +90,9 @@ def materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None = 
     absent = missing(store, spec)
     if absent:
         raise ModelObjectsMissing(absent)
-    legacy = reserved and dest.is_dir() and not dest.is_symlink() and (dest / MODEL_JSON).is_file()
+    # `.bake` itself must be a real directory too: a linked one could point `model/` at anything
+    legacy = (reserved and dest.is_dir() and not dest.is_symlink() and not dest.parent.is_symlink()
+              and (dest / MODEL_JSON).is_file())
     if not legacy:
         dest = destination.check(dest, protected=protected, what="the model")
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -170,3 +170,11 @@ def test_export_into_a_symlink_keeps_the_link(baked_repo: dict[str, Any], tmp_pa
     assert out.exit_code == 2 and "symbolic link" in out.stderr
     assert link.is_symlink() and (real / "chain.json").is_file()
     shutil.rmtree(real)
+
+
+def test_a_linked_dot_bake_never_makes_a_foreign_model_dir_ours(model_repo: Path, tmp_path: Path) -> None:
+    elsewhere = _user_dir(tmp_path / "elsewhere" / "model", "model.json", "notes.txt")
+    shutil.rmtree(model_repo / ".bake", ignore_errors=True)
+    (model_repo / ".bake").symlink_to(elsewhere.parent)
+    out = bake_here(model_repo, "checkout")
+    assert out.exit_code == 2 and (elsewhere / "notes.txt").exists()
