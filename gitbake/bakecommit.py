@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gitbake import bread as bread_mod
-from gitbake import git, leases, reach
+from gitbake import git, leases, reach, revfiles
 from gitbake import recipe as recipe_mod
 from gitbake.config import INPUT_FILE
 from gitbake.errors import GitbakeError, StoreCorruptError
@@ -198,8 +198,9 @@ def _move(root: Path, trigger: str, branch_ref: str | None, new: str, msg: str) 
 
 def check_present(store: Store, root: Path, trigger: str, files: dict[str, bytes]) -> None:
     """Refuse a bake commit that would name an object the store does not hold (nor every file of a
-    manifest it names). Only what the commit adds is checked: what `trigger` already named may live on a
-    remote (a clone that pulled only the adapters still bakes)."""
+    manifest it names), or record a stim / rollout step without its output (its key was gone when the
+    commit was composed, so there is no digest to check). Only what the commit adds is checked: what
+    `trigger` already named may live on a remote (a clone that pulled only the adapters still bakes)."""
     added: set[str] = set()
     for path, data in files.items():
         if path in reach.LINEAGE_FILES:
@@ -209,13 +210,29 @@ def check_present(store: Store, root: Path, trigger: str, files: dict[str, bytes
         if store.is_manifest(digest):
             missing += [f"{e.digest} ({rel} of {digest[:12]})" for rel, e in sorted(store.read_manifest(digest).files.items())
                         if not store.has(e.digest)]
-    if missing:
+    unrecorded = _unrecorded(root, trigger, files)
+    if missing or unrecorded:
+        what = [f"{len(missing)} object(s) that are no longer in the store ({store.root}): " + ", ".join(missing)] if missing else []
+        what += [f"no questions / answers for {', '.join(unrecorded)}: their stage keys are gone from the store"] if unrecorded else []
+        rerun = "run `git bake run stim rollout` (it makes again only what is gone), then `git bake run`" if unrecorded else "run `git bake run` again"
         raise StoreCorruptError(
-            f"the bake commit would name {len(missing)} object(s) that are no longer in the store ({store.root}): "
-            + ", ".join(missing) + "; nothing was committed",
+            "the bake commit would record " + "; and ".join(what) + "; nothing was committed",
             "something deleted them during the bake (a `git bake store gc` of an older gitbake, or by hand): "
-            "run `git bake run` again; whatever is still stored is reused",
+            f"{rerun}; whatever is still stored is reused",
         )
+
+
+def _unrecorded(root: Path, trigger: str, files: dict[str, bytes]) -> list[str]:
+    """The stim / rollout steps the new recipe.yml adds without an output."""
+    new = files.get(recipe_mod.RECIPE_FILE)
+    if new is None:
+        return []
+    old = git.show(root, trigger, recipe_mod.RECIPE_FILE)
+    try:
+        before = set(reach.unrecorded_outputs(revfiles.parse_recipe(old, trigger[:12]))) if old is not None else set()
+    except revfiles.DAMAGED:
+        before = set()  # the trigger's copy is unreadable: every step of the new one counts as added
+    return [s for s in reach.unrecorded_outputs(revfiles.parse_recipe(new, "the bake commit")) if s not in before]
 
 
 def sync_worktree(root: Path, old: str, new: str, files: dict[str, bytes], result: CommitResult) -> None:

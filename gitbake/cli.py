@@ -506,11 +506,11 @@ def store_fsck(as_json: bool) -> None:
       git bake store fsck || git bake pull     # re-fetch what was quarantined
     """
     from gitbake.errors import EXIT_CORRUPT
-    from gitbake.fsck import fsck, head_needs
+    from gitbake.fsck import check_head, fsck
     from gitbake.repo import open_repo
 
     repo = open_repo(Path.cwd())
-    report = fsck(repo.store, progress=_progress("checking objects"), needed=head_needs(repo.root))
+    report = fsck(repo.store, progress=_progress("checking objects"), head=check_head(repo.root))
     if as_json:
         _emit_json(report.as_json())
     else:
@@ -527,6 +527,8 @@ def store_fsck(as_json: bool) -> None:
             click.echo(f"incomplete: manifest {digest_short(manifest)} names {len(missing)} missing object(s): {', '.join(missing)}", err=True)
         for digest, who in report.missing_needed.items():
             click.echo(f"missing: {digest}, which {who} names", err=True)
+        for who, why in report.head_problems.items():
+            click.echo(f"damaged: {who}: {why}", err=True)
         if report.dangling_keys:
             click.echo(f"{len(report.dangling_keys)} stage key(s) point at missing objects (they count as not cached)")
         if report.ok:

@@ -8,9 +8,10 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-from gitbake import git, reach
+from gitbake import git, reach, revfiles
+from gitbake.recipe import Recipe
 from gitbake.store import MANIFEST_KIND, BadManifest, CorruptObject, Store, file_kind
 
 MANIFEST_PROBE_MAX = 64 << 20  # manifests are small; a bigger object is data, never parsed
@@ -29,34 +30,54 @@ class FsckReport:
     missing_in_manifests: dict[str, list[str]] = field(default_factory=dict)  # manifest -> missing digests
     missing_needed: dict[str, str] = field(default_factory=dict)  # digest HEAD needs -> which file names it
     dangling_keys: list[str] = field(default_factory=list)  # "<stage>/<key>" pointing at nothing
+    head_problems: dict[str, str] = field(default_factory=dict)  # HEAD's damaged lineage files (check_head)
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.not_files or self.bad_manifests or self.missing_in_manifests or self.missing_needed)
+        return not (self.corrupt or self.not_files or self.bad_manifests or self.missing_in_manifests or self.missing_needed
+                    or self.head_problems)
 
     def as_json(self) -> dict[str, Any]:
         return {**self.__dict__, "ok": self.ok}
 
 
-def head_needs(root: Path) -> dict[str, str]:
-    """The objects HEAD's model needs (named by its `.bread` and `recipe.yml`) -> the file naming each."""
+@dataclass
+class HeadCheck:
+    """What HEAD's model needs from the store, and what is wrong with its lineage files themselves."""
+
+    needed: dict[str, str] = field(default_factory=dict)  # digest -> the file naming it
+    problems: dict[str, str] = field(default_factory=dict)  # "HEAD's <file>" -> what is wrong
+
+
+def check_head(root: Path) -> HeadCheck:
+    """Read HEAD's `.bread` and `recipe.yml` as every command reads them (`revfiles`): a damaged one, or
+    a bake step that records no questions / answers, is a problem fsck names; the digests they name are
+    what HEAD needs."""
+    out = HeadCheck()
     head = git.rev_parse(root, "HEAD")
     if head is None:
-        return {}
-    out: dict[str, str] = {}
+        return out
     for _commit, path, data in git.blobs_at(root, [head], reach.LINEAGE_FILES):
+        who = f"HEAD's {path}"
+        try:
+            parsed = revfiles.parse(path, data, "HEAD")
+        except revfiles.DAMAGED as exc:
+            out.problems[who] = exc.render()
+            continue
+        if isinstance(parsed, Recipe) and (lost := reach.unrecorded_outputs(parsed)):
+            out.problems[who] = "records no output (the questions / answers are lost) for " + ", ".join(lost)
         for digest in sorted(reach.digests_in(path, data)):
-            out.setdefault(digest, f"HEAD's {path}")
+            out.needed.setdefault(digest, who)
     return out
 
 
-def fsck(store: Store, progress: Callable[[int, int], None] | None = None, needed: Mapping[str, str] | None = None) -> FsckReport:
+def fsck(store: Store, progress: Callable[[int, int], None] | None = None, head: HeadCheck | None = None) -> FsckReport:
     """Re-hash every object; move corrupt ones (and anything that is not a regular file) to quarantine/;
-    check every manifest; check that the objects in `needed` (digest -> who names it: `head_needs`) and
-    everything their manifests name are present; clear tmp/. Runs with the store locked exclusively, so
-    no write is in progress."""
-    report = FsckReport()
-    needed = dict(needed or {})
+    check every manifest; check that the objects HEAD needs (`check_head`) and everything their manifests
+    name are present, and report its lineage files' own problems; clear tmp/. Runs with the store locked
+    exclusively, so no write is in progress."""
+    report = FsckReport(head_problems=dict(head.problems) if head else {})
+    needed = dict(head.needed) if head else {}
     with store.exclusive():
         report.tmp_removed, report.tmp_kept = store.clear_tmp()
         digests = list(store.iter_objects())

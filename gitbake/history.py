@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from gitbake import bread as bread_mod
-from gitbake import git
+from gitbake import git, revfiles
 from gitbake import recipe as recipe_mod
-from gitbake.errors import ConfigError, UsageError
+from gitbake.errors import UsageError
 
 
 @dataclass
@@ -38,19 +38,9 @@ class ModelVersion:
         return dict(self.__dict__)
 
 
-def _files_at(root: Path, commit: str) -> tuple[bread_mod.Bread | None, recipe_mod.Recipe | None]:
-    b = r = None
-    data = git.show(root, commit, bread_mod.BREAD_FILE)
-    try:
-        b = bread_mod.parse(data.decode("utf-8")) if data is not None else None
-    except (ConfigError, UnicodeDecodeError):
-        b = None
-    data = git.show(root, commit, recipe_mod.RECIPE_FILE)
-    try:
-        r = recipe_mod.parse(data.decode("utf-8")) if data is not None else None
-    except (ConfigError, UnicodeDecodeError):
-        r = None
-    return b, r
+def _files_at(root: Path, commit: str, where: str) -> tuple[bread_mod.Bread | None, recipe_mod.Recipe | None]:
+    """The commit's lineage files; a damaged one raises ConfigError naming `<where>:<file>` (revfiles)."""
+    return revfiles.bread_at(root, commit, where), revfiles.recipe_at(root, commit, where)
 
 
 def version_at(root: Path, rev: str) -> ModelVersion:
@@ -58,7 +48,7 @@ def version_at(root: Path, rev: str) -> ModelVersion:
     commit = git.rev_parse(root, rev)
     if commit is None:
         raise UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
-    b, r = _files_at(root, commit)
+    b, r = _files_at(root, commit, rev)
     if b is None:
         raise UsageError(f"{rev} has no .bread: it is not a commit of a gitbake model repository", "pick a later commit (see `git bake log`)")
     line = git.run(root, "log", "-1", "--format=%ct %s", commit).strip()
@@ -85,8 +75,8 @@ def log(root: Path, rev: str = "HEAD") -> list[ModelVersion]:
     for sha, _t, _subject in rows:
         try:
             v = version_at(root, sha)
-        except UsageError:
-            continue
+        except (UsageError, revfiles.DAMAGED):
+            continue  # no .bread, or a damaged one: not a model version this view can show
         if not v.adapters:
             continue
         if out and out[-1].chain == v.chain:
@@ -115,7 +105,10 @@ def all_versions(root: Path) -> list[ModelVersion]:
                     v.refs = known.refs
                 seen[v.chain] = v
                 known = v
-        tip = version_at(root, sha)
+        try:
+            tip = version_at(root, sha)
+        except (UsageError, revfiles.DAMAGED):
+            continue
         if tip.adapters and tip.chain in seen:
             seen[tip.chain].refs.append(ref)
     return sorted(seen.values(), key=lambda v: (len(v.adapters), v.time))

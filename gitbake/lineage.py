@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gitbake import bread as bread_mod
-from gitbake import git, keys
+from gitbake import git, keys, revfiles
 from gitbake import recipe as recipe_mod
-from gitbake.errors import ConfigError
 
 
 @dataclass
@@ -82,14 +81,13 @@ class Lineage:
         versions = [(v.commit, v.path, v.data) for v in git.history(self.root, [bread_file, recipe_file], self.rev or "HEAD")]
         for commit, path, data in wt + versions:
             try:
-                text = data.decode("utf-8")
-                if path == bread_file:
-                    yield from _from_bread(bread_mod.parse(text), commit)
-                else:
-                    yield from _from_recipe(recipe_mod.parse(text), commit)
-            except (ConfigError, UnicodeDecodeError, ValueError):
-                # A damaged historic file must not hide the rest of the lineage.
-                continue
+                parsed = revfiles.parse(path, data, commit[:12] if commit else None)
+            except revfiles.DAMAGED:
+                continue  # a damaged historic file must not hide the rest of the lineage
+            if isinstance(parsed, bread_mod.Bread):
+                yield from _from_bread(parsed, commit)
+            else:
+                yield from _from_recipe(parsed, commit)
 
 
 def _plain(name: str) -> str:
@@ -139,8 +137,8 @@ def stale_bakes(root: Path, commits: Iterable[str]) -> list[StaleBake]:
 
 
 def _chain(root: Path, rev: str) -> list[str] | None:
-    data = git.show(root, rev, bread_mod.BREAD_FILE)
     try:
-        return bread_mod.parse(data.decode("utf-8")).parent_adapters if data is not None else []
-    except (ConfigError, UnicodeDecodeError, ValueError):
+        b = revfiles.bread_at(root, rev)
+    except revfiles.DAMAGED:
         return None
+    return b.parent_adapters if b is not None else []

@@ -12,33 +12,52 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from gitbake import bread as bread_mod
-from gitbake import git
+from gitbake import git, revfiles
 from gitbake import recipe as recipe_mod
-from gitbake.errors import ConfigError, UsageError
+from gitbake.errors import UsageError
 
 LINEAGE_FILES = (bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE)
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def digests_in(path: str, data: bytes) -> set[str]:
-    """Store digests a version of `.bread` or `recipe.yml` refers to (an unreadable file refers to none)."""
-    out: set[str] = set()
+    """Store digests a version of `.bread` or `recipe.yml` refers to (a damaged file refers to none: fsck
+    reports HEAD's through `revfiles`)."""
     try:
-        text = data.decode("utf-8")
-        if path == bread_mod.BREAD_FILE:
-            adapters = bread_mod.parse(text).parent_adapters or []
-            out |= set(adapters)
-        else:
-            r = recipe_mod.parse(text)
-            for step in r.steps:
-                out |= set((step.outputs or {}).values())
-            for b in r.resources.bakes:
-                if b.adapter:
-                    out.add(b.adapter)
-                out |= set(((b.model_extra or {}).get("outputs") or {}).values())
-    except (ConfigError, UnicodeDecodeError, ValueError, TypeError, AttributeError):
+        parsed = revfiles.parse(path, data, None)
+    except revfiles.DAMAGED:
         return set()
+    out: set[str] = set()
+    if isinstance(parsed, bread_mod.Bread):
+        out |= set(parsed.parent_adapters or [])
+    else:
+        out |= recipe_digests(parsed)
     return {d for d in out if isinstance(d, str) and _DIGEST.match(d)}
+
+
+def recipe_digests(r: recipe_mod.Recipe) -> set[str]:
+    out: set[str] = set()
+    for step in r.steps:
+        out |= set((step.outputs or {}).values())
+    for b in r.resources.bakes:
+        if b.adapter:
+            out.add(b.adapter)
+        extra = (b.model_extra or {}).get("outputs")
+        if isinstance(extra, dict):  # tolerant records: another tool's field may be anything
+            out |= {v for v in extra.values() if isinstance(v, str)}
+    return out
+
+
+# the steps whose output is the data a bake trained on (the questions, the answers)
+DATA_STEPS = ("run_stim", "run_rollout")
+
+
+def unrecorded_outputs(r: recipe_mod.Recipe) -> list[str]:
+    """The steps of `r` that gitbake ran (they carry a key) but that record no output: a bake commit
+    whose questions or answers were lost before it was made (bgit's steps, made in Bread's cloud, carry
+    no key and are not ours to judge)."""
+    return [f"step {s.step} {s.action} of {s.resource_name or '?'} (key {s.key[:12]})"
+            for s in r.steps if s.action in DATA_STEPS and s.key and not (s.outputs or {}).get("manifest")]
 
 
 def _from_versions(versions: Iterable[tuple[str, str, bytes]]) -> set[str]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitbake import bread as bread_mod
-from gitbake import config, git, identity, limits
+from gitbake import config, git, identity, limits, revfiles
 from gitbake import recipe as recipe_mod
 from gitbake.errors import NotARepoError, UsageError
 from gitbake.lineage import Lineage
@@ -27,6 +27,7 @@ class ModelRepo:
     _store: Store | None = field(default=None, init=False)
     _recipe: recipe_mod.Recipe | None = field(default=None, init=False)
     _recipe_read: bool = field(default=False, init=False)
+    _where: str | None = field(default=None, init=False)  # the revision as the user named it, for errors
 
     @property
     def store(self) -> Store:
@@ -41,8 +42,7 @@ class ModelRepo:
             if self.rev is None:
                 self._recipe = recipe_mod.read(self.root)
             else:
-                data = git.show(self.root, self.rev, recipe_mod.RECIPE_FILE)
-                self._recipe = recipe_mod.parse(data.decode("utf-8")) if data is not None else None
+                self._recipe = revfiles.recipe_at(self.root, self.rev, self._where)
             self._recipe_read = True
         return self._recipe
 
@@ -57,9 +57,8 @@ class ModelRepo:
         commit = git.rev_parse(self.root, rev)
         if commit is None:
             raise UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
-        data = git.show(self.root, commit, bread_mod.BREAD_FILE)
-        b = bread_mod.parse(data.decode("utf-8")) if data is not None else None
-        other = ModelRepo(self.root, b, commit)
+        other = ModelRepo(self.root, revfiles.bread_at(self.root, commit, rev), commit)
+        other._where = rev
         other._store = self._store
         return other
 

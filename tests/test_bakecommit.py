@@ -102,3 +102,36 @@ def test_a_bake_commit_never_names_an_object_the_store_lacks(model_repo: Path) -
     store.put_bytes(data)
     r = bakecommit.make_commit(model_repo, trigger, "refs/heads/main", bread_naming([present]), "bake: x\n")
     assert r.ref == "refs/heads/main"
+
+
+def test_a_bake_commit_never_records_questions_or_answers_as_none(model_repo: Path) -> None:
+    """When the stim or rollout key was gone at commit time, compose wrote `outputs: null`: no digest,
+    so the presence check passed and the commit recorded its questions and answers as None. Such a
+    commit is refused (exit 4, by step) before the compare-and-swap; one that records them goes through."""
+    import pytest
+
+    from gitbake import recipe as recipe_mod
+    from gitbake.errors import StoreCorruptError
+    from gitbake.repo import open_repo
+
+    store = open_repo(model_repo).store
+    trigger = git(model_repo, "rev-parse", "HEAD").strip()
+    stim_key, rollout_key = "1" * 64, "2" * 64
+
+    def files_with(stim: str | None, rollout: str | None) -> dict[str, bytes]:
+        r = recipe_mod.new("tiny")
+        for n, (action, key, out) in enumerate([("run_stim", stim_key, stim), ("run_rollout", rollout_key, rollout)], 1):
+            r.steps.append(recipe_mod.Step(step=n, action=action, resource_type="target", resource_name="yoda_target",
+                                           key=key, outputs={"manifest": out} if out else None))
+        return {**FILES, "recipe.yml": recipe_mod.dumps(r).encode()}
+
+    with pytest.raises(StoreCorruptError) as err:
+        bakecommit.make_commit(model_repo, trigger, "refs/heads/main", files_with(None, None), "bake: x\n")
+    assert err.value.exit_code == 4
+    assert "step 1 run_stim of yoda_target" in err.value.message and "step 2 run_rollout of yoda_target" in err.value.message
+    assert "git bake run stim rollout" in (err.value.hint or "")
+    assert git(model_repo, "rev-parse", "HEAD").strip() == trigger and git(model_repo, "for-each-ref", "refs/bake/") == ""
+
+    questions, answers = store.put_bytes(b'{"q": 1}\n'), store.put_bytes(b'{"a": 1}\n')
+    r = bakecommit.make_commit(model_repo, trigger, "refs/heads/main", files_with(questions, answers), "bake: x\n")
+    assert r.ref == "refs/heads/main"
