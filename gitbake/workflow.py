@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from gitbake import bakecommit, destination, git
+from gitbake import bakecommit, destination, git, revfiles
 from gitbake import bread as bread_mod
 from gitbake.config import INPUT_FILE
 from gitbake.errors import GitbakeError
@@ -168,8 +168,11 @@ def _landed(root: Path, trigger: str, branch_ref: str | None, adapters: list[str
         return None
     for sha in git.run(root, "rev-list", "--first-parent", f"{trigger}..{tip}", check=False).split():
         if git.parents(root, sha)[:1] == [trigger]:
-            b = bread_mod.parse((git.show(root, sha, bread_mod.BREAD_FILE) or b"").decode("utf-8", "replace"))
-            return sha if b.parent_adapters == adapters else None
+            try:
+                b = revfiles.bread_at(root, sha)
+            except revfiles.DAMAGED:
+                return None  # not this bake's commit: whoever made it, a damaged .bread names no model
+            return sha if b is not None and b.parent_adapters == adapters else None
     return None
 
 
