@@ -81,6 +81,13 @@ MAX_LORA_RANK = 65_536
 MAX_CONCURRENCY = 1024
 MAX_VOCAB = 1_048_576
 MAX_QUESTION_CHARS = 32_768  # a question is one turn of a conversation, not a document
+# Floats too: past these, training multiplies or divides by values that overflow to inf and trains on NaN
+MAX_LORA_ALPHA = 2 * MAX_LORA_RANK  # the usual alpha is 1 to 2 x r
+MAX_LEARNING_RATE = 10.0
+MAX_WEIGHT_DECAY = 10.0
+MIN_DISTILL_TEMPERATURE = 0.01  # data.temperature divides the logits
+MAX_DISTILL_TEMPERATURE = 100.0
+MAX_DATASET_WEIGHT = 1e6
 
 Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
 Temperature = Annotated[Float, Field(ge=0.0, le=2.0)]
@@ -246,12 +253,12 @@ class Target(Model):
 
 class Dataset(Model):
     target: str
-    weight: Float = Field(default=1.0, gt=0)
+    weight: Float = Field(default=1.0, gt=0, le=MAX_DATASET_WEIGHT)
 
 
 class LoraConfig(Model):
     r: Int = Field(default=8, ge=1, le=MAX_LORA_RANK)
-    lora_alpha: Float = Field(default=16, gt=0)
+    lora_alpha: Float = Field(default=16, gt=0, le=MAX_LORA_ALPHA)
     lora_dropout: Float = Field(default=0.0, ge=0.0, lt=1.0)
     bias: Literal["none", "all", "lora_only"] = "none"
 
@@ -290,9 +297,9 @@ class BakeModelConfig(Model):
 
 
 class OptimizerConfig(Model):
-    learning_rate: Float = Field(default=1e-4, gt=0)
+    learning_rate: Float = Field(default=1e-4, gt=0, le=MAX_LEARNING_RATE)
     type: Literal["adamw", "adam", "sgd"] = "adamw"
-    weight_decay: Float = Field(default=0.0, ge=0)
+    weight_decay: Float = Field(default=0.0, ge=0, le=MAX_WEIGHT_DECAY)
     betas: tuple[Annotated[Float, Field(ge=0, lt=1)], Annotated[Float, Field(ge=0, lt=1)]] = (0.9, 0.999)
 
     @field_validator("type", mode="before")
@@ -333,7 +340,7 @@ class DataConfig(Model):
     sources: list[Any] | None = None
     eval_sources: list[Any] | None = None
     beta: Float = Field(default=0.0, ge=0, le=1)
-    temperature: Float = Field(default=1.0, gt=0)
+    temperature: Float = Field(default=1.0, ge=MIN_DISTILL_TEMPERATURE, le=MAX_DISTILL_TEMPERATURE)
     max_length: Int = Field(default=1024, ge=16, le=MAX_SEQUENCE_TOKENS)
     topk: Int | None = Field(default=None, ge=1, le=MAX_VOCAB)
     train_eval_split: tuple[Float, Float] | None = None
@@ -566,6 +573,8 @@ def _fix_for(kind: str, err: Any) -> str | None:
         return "write a whole number, e.g. 3"
     if kind in ("float_parsing", "float_type"):
         return "write a number, e.g. 0.0001"
+    if kind == "finite_number":
+        return "write a finite number: .inf and .nan cannot train or sample"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
         return "use a value " + bound[kind].format(**ctx)

@@ -3,7 +3,7 @@
 The shims (`hooks/` in the source tree, shipped in the package) only exec `git bake hook NAME`; the logic
 is here, so upgrading gitbake upgrades every repository's hooks. A hook never breaks git: outside a
 gitbake repository, during a rebase or cherry-pick it does nothing, and an internal error is a warning
-(exit 0) — except `pre-commit`, which stops a commit of an invalid input.yml and fails closed (an
+(exit 0) — except `pre-commit`, which always checks a staged input.yml (a rebase included) and fails closed (an
 input.yml it could not check is not committed; `git commit --no-verify` is the way around), and
 `pre-push`, which stops a push whose models could not be uploaded (as git-lfs does).
 
@@ -154,8 +154,11 @@ def _dispatch(name: str, handler: Callable[[Path, list[str]], int], args: list[s
     root = git.find_root(Path.cwd())
     if root is None or not (root / BREAD).is_file():
         return 0  # not a model repository: stay silent
-    if busy(root) and name != "post-rewrite":
-        return 0  # git is in the middle of a rebase or cherry-pick: post-rewrite catches up at its end
+    # git is in the middle of a rebase or cherry-pick: post-rewrite catches up at its end. pre-commit is
+    # not skipped: what gets committed is checked however it is committed (a NUL byte staged during a
+    # rebase, or with GIT_REFLOG_ACTION=rebase in the environment, must not slip through)
+    if busy(root) and name not in ("post-rewrite", "pre-commit"):
+        return 0
     return handler(root, args)
 
 

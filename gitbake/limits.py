@@ -4,17 +4,20 @@
 the layers it adapts, a top-k over more tokens than the vocabulary, answers longer than the context), and
 some on several fields at once (questions x answers per question x epochs x tokens). Both are checked
 here, when the plan is built, so `validate`, `status`, the pre-commit hook and `run` refuse the same
-files before any work starts. The model's shape comes from its `config.json` (tiny's is built in):
-nothing here imports torch.
+files before any work starts. The model's shape comes from its `config.json` (tiny's is built in) and
+prompt lengths from its `tokenizer.json` (tiny's is byte-level): nothing here imports torch. A model not
+on this machine yet cannot be measured here; `pipeline.py` runs this same check again with the loaded
+model's real shape, tokenizer and parameter count before any stage does work.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gitbake import identity
 from gitbake.config import LoadedInput
@@ -43,11 +46,18 @@ class Shape:
     parameters: int | None
 
 
+# str -> its number of tokens, without special tokens or the chat template (a lower bound of a turn's length)
+TokenCounter = Callable[[str], int]
+
+
 def model_shape(base_model: str, root: Path) -> Shape | None:
     """The base model's widths, from its config.json; None when it is not on this machine yet."""
     conf = _model_config(base_model, root)
-    if conf is None:
-        return None
+    return None if conf is None else shape_from_config(conf)
+
+
+def shape_from_config(conf: dict[str, Any], parameters: int | None = None) -> Shape:
+    """A model's shape from its config (config.json, or a loaded model's); `parameters`: the real count."""
     text = conf.get("text_config") if isinstance(conf.get("text_config"), dict) else None
     conf = {**conf, **(text or {})}  # a multimodal model's language part is what gets adapted
 
@@ -60,21 +70,26 @@ def model_shape(base_model: str, root: Path) -> Shape | None:
     if h and inter and layers and vocab:
         embeddings = vocab * h * (1 if conf.get("tie_word_embeddings", True) else 2)
         params = embeddings + layers * (4 * h * h + 3 * h * inter)  # attention + gated MLP; GQA makes it a bit less
-    return Shape(h, vocab, num("max_position_embeddings"), params)
+    return Shape(h, vocab, num("max_position_embeddings"), parameters or params)
+
+
+def _model_file(base_model: str, root: Path, name: str) -> Path | None:
+    """Where a file of the model's snapshot is on this machine (it may not exist); None for tiny."""
+    kind = identity.classify(base_model, root)
+    if kind == "dir":
+        p = Path(os.path.expanduser(base_model))
+        return (p if p.is_absolute() else root / p) / name
+    if kind == "hub":
+        repo_id, _, rev = base_model.partition("@")
+        commit = rev if identity.COMMIT.fullmatch(rev) else identity.hub_revision(repo_id, rev or "main")
+        return identity.hub_repo_dir(repo_id) / "snapshots" / commit / name if commit else None
+    return None
 
 
 def _model_config(base_model: str, root: Path) -> dict[str, Any] | None:
-    kind = identity.classify(base_model, root)
-    if kind == "tiny":
+    if identity.classify(base_model, root) == "tiny":
         return dict(TINY_SHAPE)
-    path: Path | None = None
-    if kind == "dir":
-        p = Path(os.path.expanduser(base_model))
-        path = (p if p.is_absolute() else root / p) / "config.json"
-    elif kind == "hub":
-        repo_id, _, rev = base_model.partition("@")
-        commit = rev if identity.COMMIT.fullmatch(rev) else identity.hub_revision(repo_id, rev or "main")
-        path = identity.hub_repo_dir(repo_id) / "snapshots" / commit / "config.json"
+    path = _model_file(base_model, root, "config.json")
     try:
         data = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
     except (OSError, ValueError):
@@ -82,12 +97,89 @@ def _model_config(base_model: str, root: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def check(loaded: LoadedInput, plan: Plan, root: Path) -> None:
-    """Raise ConfigError, located, when the plan cannot run on its model or would run for weeks."""
-    shape = model_shape(plan.parent.base_model, root)
-    issues = _model_bounds(loaded, plan, shape) + _work(loaded, plan, shape)
+def token_counter(base_model: str, root: Path) -> TokenCounter | None:
+    """Counts tokens as the model's tokenizer does, without torch; None when it cannot be known here.
+    tiny is byte-level without merges: one token per byte. Another model needs its tokenizer.json and the
+    `tokenizers` library (loaded only on first use: most files have short prompts that need no count)."""
+    if identity.classify(base_model, root) == "tiny":
+        return lambda text: len(text.encode("utf-8"))
+    path = _model_file(base_model, root, "tokenizer.json")
+    if path is None or not path.is_file() or importlib.util.find_spec("tokenizers") is None:
+        return None
+    cache: list[Any] = []
+
+    def count(text: str) -> int:
+        if not cache:
+            from tokenizers import Tokenizer
+
+            cache.append(Tokenizer.from_file(str(path)))
+        return len(cache[0].encode(text, add_special_tokens=False).ids)
+
+    return count
+
+
+def measurable(plan: Plan, root: Path) -> bool:
+    """Whether `check` could measure everything here, without loading the model."""
+    base = plan.parent.base_model
+    return model_shape(base, root) is not None and token_counter(base, root) is not None
+
+
+def check(loaded: LoadedInput, plan: Plan, root: Path, shape: Shape | None = None, count: TokenCounter | None = None) -> None:
+    """Raise ConfigError, located, when the plan cannot run on its model or would run for weeks.
+    `shape` and `count`: the loaded model's (pipeline.py); by default from its files on this machine."""
+    if shape is None:
+        shape = model_shape(plan.parent.base_model, root)
+    if count is None:
+        count = token_counter(plan.parent.base_model, root)
+    issues = _model_bounds(loaded, plan, shape) + _prompt_length(loaded, plan, shape, count) + _work(loaded, plan, shape)
     if issues:
         raise ConfigError(issues)
+
+
+def _prompt_text(config: dict[str, Any]) -> str:
+    """A prompt's text as the model reads it, less the chat template's own tokens."""
+    parts = [str(m.get("content") or "") for m in config.get("messages") or []]
+    if config.get("tools"):
+        parts.append(json.dumps(config["tools"]))
+    return "".join(parts)
+
+
+def _longest_question(loaded: LoadedInput, generators: list[dict[str, Any]]) -> str:
+    """The longest question known before the stim stage (listed, or read from a file)."""
+    longest = ""
+    for i, g in enumerate(generators):
+        candidates: list[str] = list(g.get("questions") or []) if g["type"] == "hardcoded" else []
+        if g["type"] == "from_file":
+            candidates = [line for line in loaded.question_files.get(i, b"").decode("utf-8", "replace").splitlines()]
+        longest = max([longest, *candidates], key=len)
+    return longest
+
+
+def _prompt_length(loaded: LoadedInput, plan: Plan, shape: Shape | None, count: TokenCounter | None) -> list[Issue]:
+    """A prompt plus its question plus the answer must fit the model's context, and a prompt must leave
+    room for the answer in data.max_length: else the rollout runs for nothing and the bake has no data."""
+    t = plan.target
+    if t is None or count is None:
+        return []
+    doc, issues, name = loaded.doc, list[Issue](), plan.parent.base_model
+    question = count(_longest_question(loaded, t.config["generators"]))
+    max_tokens = t.config["max_tokens"]
+    for role, ref in (("teacher", t.teacher), ("student", t.student)):
+        prompt = plan.prompts.get(ref) if ref else None
+        if prompt is None or not (text := _prompt_text(prompt.config)):
+            continue
+        where = ("PROMPT", ref, "messages") if ref in (loaded.config.PROMPT or {}) else ("TARGET",)
+        tokens = count(text)
+        if shape is not None and shape.context is not None and tokens + question + max_tokens > shape.context:
+            issues.append(doc.issue(where, f"the {role} prompt `{ref}` is {tokens:,} tokens: with the longest question ({question:,}) "
+                                           f"and max_tokens {max_tokens:,} it is longer than {name}'s context ({shape.context:,} tokens)",
+                                    "shorten the prompt (or the questions), or lower TARGET.max_tokens"))
+        elif plan.bake is not None and any(d.key == t.key for d in plan.bake.datasets) and tokens >= plan.bake.config["data"]["max_length"]:
+            limit = plan.bake.config["data"]["max_length"]
+            issues.append(doc.issue(where, f"the {role} prompt `{ref}` is {tokens:,} tokens: data.max_length {limit:,} leaves no room "
+                                           "for an answer, so the bake would have nothing to train on",
+                                    f"shorten the prompt, or raise BAKE.data.max_length above {tokens + question:,}"))
+    return issues
 
 
 def _model_bounds(loaded: LoadedInput, plan: Plan, shape: Shape | None) -> list[Issue]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from gitbake import config as cfg
 from gitbake.config import Target
-from gitbake import git, leases
+from gitbake import git, leases, limits
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.plan import Plan, TargetPlan
 from gitbake.repo import ModelRepo
@@ -130,9 +130,26 @@ class Runner:
             model_cfg = bake_cfg.get("model", {})
             # a bake's stages (its rollouts, training and eval) share one model, in the bake's dtype
             dtype = bake_dtype(model_cfg.get("dtype"), deepspeed=bake_cfg.get("deepspeed") is not None) if bake_cfg else None
-            self._model = load(parent.base_model, adapters, root=self.repo.root, dtype=dtype,
-                               attn_implementation=model_cfg.get("attn_implementation"))
+            loaded = load(parent.base_model, adapters, root=self.repo.root, dtype=dtype,
+                          attn_implementation=model_cfg.get("attn_implementation"))
+            check_loaded(self.loaded, self.plan, self.repo.root, loaded)
+            self._model = loaded
         return self._model
+
+    def preflight(self, stages: list[str]) -> None:
+        """Refuse what cannot run on the model before any stage does work. validate could not measure a
+        model that is not on this machine yet (a hub model not downloaded): then the model is loaded now,
+        and `model()` runs the checks against it, rather than a stage failing midway through a job."""
+        if all(self._cached(s, k) is not None for s, k in self._keys(stages)):
+            return  # nothing will run: nothing to load
+        if not limits.measurable(self.plan, self.repo.root):
+            self.model()
+
+    def _keys(self, stages: list[str]) -> list[tuple[str, str]]:
+        keys = {"stim": self.plan.target.stim_key if self.plan.target else None,
+                "rollout": self.plan.target.key if self.plan.target else None,
+                "bake": self.plan.bake.key if self.plan.bake else None}
+        return [(s, k) for s, k in keys.items() if s in stages and k is not None]  # a stage without one refuses itself
 
     def reset_model(self) -> None:
         self._model = None
@@ -251,10 +268,24 @@ def execute(repo: ModelRepo, plan: Plan, loaded: cfg.LoadedInput, stages: list[s
     runner = Runner(repo, plan, loaded, force=force, say=say)
     try:
         # gc keeps what the stages read or store until the bake commit names it (gitbake/leases.py)
+        runner.preflight(order)
         with leases.stages(repo.store, plan, repo.rev, until_commit="bake" in order):
             return [getattr(runner, stage)() for stage in order]
     finally:
         runner.close()
+
+
+def check_loaded(loaded: cfg.LoadedInput, plan: Plan, root: Path, model: Any) -> None:
+    """limits.check again, against the loaded model: its real config (widths, vocabulary, context), its
+    tokenizer and its real parameter count, which validate may not have had (a model not downloaded)."""
+    conf = model.model.config.to_dict()
+    parameters = sum(p.numel() for p in model.model.parameters())
+    tokenizer = model.tokenizer
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    limits.check(loaded, plan, root, limits.shape_from_config(conf, parameters), count)
 
 
 def _bake_stage(runner: "Runner") -> StageResult:

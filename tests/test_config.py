@@ -507,3 +507,77 @@ def test_a_question_from_a_file_has_a_length_limit(name: str, body: str, tmp_pat
     issue = one_error(f"TARGET:\n  generators:\n    - type: from_file\n      path: {name}\n", tmp_path)
     assert (issue.file, issue.line, issue.field) == (name, 2, "question")
     assert "5,000,000 characters" in issue.message and "32,768" in issue.message
+
+
+# ------------------------------------------------- every number has both bounds (issue 14.12, review)
+
+
+def _numeric_fields() -> list[tuple[str, typing.Any]]:
+    """(Model.field, FieldInfo) of every int or float field reachable from input.yml's schema."""
+    out, seen, todo = [], set(), [config.InputFile]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            stack, found = [info.annotation], set()
+            while stack:
+                tp = stack.pop()
+                args = typing.get_args(tp)
+                if isinstance(tp, type) and issubclass(tp, BaseModel):
+                    todo.append(tp)
+                elif tp in (int, float):
+                    found.add(tp)
+                stack += [a for a in args if not isinstance(a, (str, int, float)) and a is not type(None)]
+            if found:
+                out.append((f"{model.__name__}.{name}", info))
+    return out
+
+
+def _bounds(tp: typing.Any, info: typing.Any) -> tuple[bool, bool]:
+    metadata = list(info.metadata) if info is not None else []
+    stack = [tp]
+    while stack:
+        t = stack.pop()
+        if typing.get_origin(t) is typing.Annotated:
+            metadata += list(t.__metadata__)
+        stack += [a for a in typing.get_args(t) if not isinstance(a, (str, int, float))]
+    low = any(getattr(m, "ge", None) is not None or getattr(m, "gt", None) is not None or
+              any(getattr(x, "ge", None) is not None or getattr(x, "gt", None) is not None for x in getattr(m, "metadata", [])) for m in metadata)
+    high = any(getattr(m, "le", None) is not None or getattr(m, "lt", None) is not None or
+               any(getattr(x, "le", None) is not None or getattr(x, "lt", None) is not None for x in getattr(m, "metadata", [])) for m in metadata)
+    return low, high
+
+
+# bounded by their own validator rather than by Field metadata
+OWN_VALIDATOR = {"DataConfig.train_eval_split"}
+
+
+@pytest.mark.parametrize("name, info", _numeric_fields(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_number_in_input_yml_has_a_lower_and_an_upper_bound(name: str, info: typing.Any) -> None:
+    """A number without an upper bound (lora_alpha: 1e300) passes validate and trains on inf/NaN."""
+    if name in OWN_VALIDATOR:
+        return
+    assert _bounds(info.annotation, info) == (True, True), f"{name} needs both a lower and an upper bound"
+
+
+@pytest.mark.parametrize(
+    "text, field, fix",
+    [
+        ("BAKE:\n  model: {baked_adapter_config: {lora_alpha: 1e300}}\n", "BAKE.model.baked_adapter_config.lora_alpha", "<= 131072"),
+        ("BAKE:\n  optimizer: {learning_rate: 1e300}\n", "BAKE.optimizer.learning_rate", "<= 10"),
+        ("BAKE:\n  optimizer: {weight_decay: 1e300}\n", "BAKE.optimizer.weight_decay", "<= 10"),
+        ("BAKE:\n  data: {temperature: 1e-300}\n", "BAKE.data.temperature", ">= 0.01"),
+        ("BAKE:\n  data: {temperature: 1e300}\n", "BAKE.data.temperature", "<= 100"),
+        ("BAKE:\n  datasets: [{target: t, weight: 1e300}]\n", "BAKE.datasets[0].weight", "<= 1000000"),
+        ("BAKE:\n  optimizer: {learning_rate: .inf}\n", "BAKE.optimizer.learning_rate", "finite"),
+        ("BAKE:\n  optimizer: {learning_rate: .nan}\n", "BAKE.optimizer.learning_rate", "finite"),
+        ("TARGET:\n  temperature: .nan\n", "TARGET.temperature", "finite"),
+        ("BAKE:\n  model: {baked_adapter_config: {lora_dropout: .nan}}\n", "BAKE.model.baked_adapter_config.lora_dropout", "finite"),
+    ],
+)
+def test_floats_that_would_train_on_inf_or_nan_are_refused_with_a_fix(text: str, field: str, fix: str, tmp_path: Path) -> None:
+    issue = one_error(text, tmp_path)
+    assert issue.field == field and issue.line == 2
+    assert issue.fix and fix in issue.fix, issue.fix

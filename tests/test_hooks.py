@@ -297,3 +297,42 @@ def test_without_gitbake_the_shim_stops_only_commits_of_input_yml(model_repo: Pa
     git(model_repo, "add", "input.yml")
     out = subprocess.run(["git", "commit", "-q", "-m", "bake"], cwd=model_repo, capture_output=True, text=True, env=env)
     assert out.returncode == 1 and "commit stopped" in out.stderr and "git commit --no-verify" in out.stderr
+
+
+def test_pre_commit_validates_during_a_rebase_and_under_its_env_var(model_repo: Path) -> None:
+    """The other hooks stay out of a rebase's way, but pre-commit used to as well: a NUL byte in input.yml
+    got committed during a conflicted rebase, or by any commit with GIT_REFLOG_ACTION=rebase set."""
+    import os
+
+    git(model_repo, "config", "bake.hookMode", "off")
+    with open(model_repo / "input.yml", "ab") as fh:
+        fh.write(b"\0")
+    env = {**os.environ, "GIT_REFLOG_ACTION": "rebase"}
+    out = subprocess.run(["git", "commit", "-qam", "nul"], cwd=model_repo, capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and "NUL" in out.stderr and "--no-verify" in out.stderr, out.stderr
+    assert git(model_repo, "log", "--format=%s", "-1").strip().startswith("Initialise")
+    git(model_repo, "checkout", "-q", "--", "input.yml")
+    # a real rebase, stopped on a conflict (in another file): a `git commit` made meanwhile is checked
+    git(model_repo, "checkout", "-q", "-b", "feature")
+    (model_repo / "notes.txt").write_text("feature\n")
+    git(model_repo, "add", "notes.txt")
+    git(model_repo, "commit", "-qm", "feature notes")
+    git(model_repo, "checkout", "-q", "main")
+    (model_repo / "notes.txt").write_text("main\n")
+    git(model_repo, "add", "notes.txt")
+    git(model_repo, "commit", "-qm", "main notes")
+    git(model_repo, "checkout", "-q", "feature")
+    stopped = subprocess.run(["git", "rebase", "-q", "main"], cwd=model_repo, capture_output=True, text=True)
+    assert stopped.returncode != 0 and (model_repo / ".git" / "rebase-merge").is_dir(), stopped.stderr
+    assert hooks.busy(model_repo)
+    (model_repo / "notes.txt").write_text("both\n")
+    with open(model_repo / "input.yml", "ab") as fh:
+        fh.write(b"\0")
+    git(model_repo, "add", "notes.txt", "input.yml")
+    head = git(model_repo, "rev-parse", "HEAD")
+    out = commit(model_repo, "nul during a rebase")
+    assert out.returncode == 1 and "NUL" in out.stderr, out.stderr
+    assert git(model_repo, "rev-parse", "HEAD") == head
+    # the other hooks still stay out of the way: a valid resolution commits and the rebase goes on
+    git(model_repo, "checkout", "-q", "HEAD", "--", "input.yml")
+    assert commit(model_repo, "resolved").returncode == 0

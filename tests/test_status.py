@@ -239,3 +239,96 @@ def test_tiny_shape_matches_the_engine() -> None:
     from gitbake.limits import TINY_SHAPE
 
     assert TINY_SHAPE == {k: tiny.CONFIG[k] for k in TINY_SHAPE}
+
+
+# ------------------------------------- a model validate could not measure is checked once loaded (review)
+
+NOT_MEASURABLE = {
+    "LoRA r wider than the model": (YODA + "  model: {baked_adapter_config: {r: 512}}\n", "input.yml:19", "BAKE.model.baked_adapter_config.r"),
+    "topk past the vocabulary": (YODA + "  data: {topk: 1000}\n", "input.yml:19", "BAKE.data.topk"),
+    "max_tokens past the context": (YODA.replace("max_tokens: 32", "max_tokens: 4096"), "input.yml:12", "TARGET.max_tokens"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_MEASURABLE))
+def test_run_checks_the_loaded_model_before_any_stage(case: str, model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub model not downloaded yet has no config.json here, so validate cannot check the values that
+    depend on it; `run` used to go ahead and fail midway through the job. It now loads the model first and
+    refuses, exit 2 with the line and field, before any stage runs."""
+    from gitbake import limits
+    from helpers import bake_here
+
+    monkeypatch.setattr(limits, "_model_config", lambda base_model, root: None)  # as a hub model not in the cache
+    text, where, what = NOT_MEASURABLE[case]
+    (model_repo / "input.yml").write_text(text)
+    assert bake_here(model_repo, "validate").exit_code == 0  # nothing to measure it against yet
+    git(model_repo, "commit", "-qam", case, "--no-verify")
+    result = bake_here(model_repo, "run")
+    assert result.exit_code == 2 and where in result.stderr and what in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((model_repo / ".git" / "bake").rglob("stim.jsonl"))  # no stage did any work
+
+
+def test_the_work_bound_uses_the_real_parameter_count_once_known(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the model's size the bound is 10^11 tokens: 3.2e10 passes, though it is years for 8B."""
+    from gitbake import limits
+    from gitbake.errors import ConfigError
+    from gitbake.repo import open_repo
+
+    monkeypatch.setattr(limits, "_model_config", lambda base_model, root: None)
+    text = (YODA.replace('- type: hardcoded\n      questions: ["What is the capital of France?", "How do I make tea?"]',
+                         "- type: oneshot_qs\n      numq: 1000000").replace("epochs: 2", "epochs: 1000"))
+    (model_repo / "input.yml").write_text(text)
+    assert invoke("validate").exit_code == 0
+    repo = open_repo(model_repo)
+    loaded = repo.load_input()
+    plan = repo.plan(loaded)
+    eight_b = limits.shape_from_config({"hidden_size": 4096, "vocab_size": 128256, "max_position_embeddings": 8192}, 8_000_000_000)
+    with pytest.raises(ConfigError) as err:
+        limits.check(loaded, plan, model_repo, eight_b, None)
+    assert "the bake would train on about 6.4e+10 tokens" in err.value.render() and "years" in err.value.render()
+
+
+# ------------------------------------------------------- a prompt too long for the model (review)
+
+LONG_PROMPT = YODA.replace("content: You are Yoda. Speak like Yoda.", "content: '" + "You are Yoda. " * 1500 + "'")
+
+
+def test_a_prompt_longer_than_the_context_is_refused_by_validate_and_the_hook(model_repo: Path) -> None:
+    """'You are Yoda. ' x 1500 is 21,000 tokens for tiny (byte-level, context 2,048): it used to pass, and
+    `run` spent minutes on the rollout before failing with a hint to raise data.max_length."""
+    import subprocess
+
+    (model_repo / "input.yml").write_text(LONG_PROMPT)
+    result = invoke("validate")
+    assert result.exit_code == 2 and "input.yml:3" in result.stderr and "PROMPT.teacher.messages" in result.stderr, result.stderr
+    assert "21,000 tokens" in result.stderr and "context (2,048 tokens)" in result.stderr and "shorten the prompt" in result.stderr
+    git(model_repo, "add", "input.yml")
+    out = subprocess.run(["git", "commit", "-qm", "long"], cwd=model_repo, capture_output=True, text=True)
+    assert out.returncode == 1 and "PROMPT.teacher.messages" in out.stderr
+
+
+def test_a_prompt_that_leaves_no_room_in_data_max_length_is_refused(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(YODA.replace("content: You are Yoda. Speak like Yoda.", "content: " + "y" * 1100))
+    result = invoke("validate")
+    assert result.exit_code == 2 and "PROMPT.teacher.messages" in result.stderr and "data.max_length 1,024" in result.stderr
+    assert "raise BAKE.data.max_length above 1,130" in result.stderr  # the prompt and the longest question
+    (model_repo / "input.yml").write_text(YODA.replace("content: You are Yoda. Speak like Yoda.", "content: " + "y" * 1100)
+                                          + "  data: {max_length: 1200}\n")
+    assert invoke("validate").exit_code == 0
+
+
+def test_the_bake_names_a_too_long_prompt_as_the_cause() -> None:
+    from gitbake.config import Bake
+    from gitbake.engine.bake import Baker, Trajectory
+    from gitbake.engine.models import load
+    from gitbake.errors import UsageError
+
+    cfg = Bake().model_dump(mode="json")
+    cfg["data"]["max_length"] = 16
+    m = load("tiny")
+    baker = Baker(m.model, m.tokenizer, cfg, "tiny")
+    with pytest.raises(UsageError) as err:
+        baker.train([Trajectory([1] * 40, [1] * 30, [5, 6], 0)], Path("unused"))
+    assert "shortest prompt with its question is 40 tokens" in err.value.render()
+    assert "shorten the prompt, or raise BAKE.data.max_length above 40" in err.value.render()

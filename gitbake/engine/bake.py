@@ -308,7 +308,10 @@ class Baker:
         if len(data) < len(trajectories):
             notes.append(f"{len(trajectories) - len(data)} trajectory(ies) did not fit data.max_length={max_len} and were skipped")
         if not data:
-            raise UsageError("no trajectory fits data.max_length", "raise BAKE.data.max_length")
+            prompt = min((max(len(t.teacher_ids), len(t.student_ids)) for t in trajectories), default=0)  # too long, or no answers
+            raise UsageError(f"no trajectory fits data.max_length={max_len}: the shortest prompt with its question is {prompt:,} tokens"
+                             if prompt >= max_len else "no trajectory to train on: every answer in the rollouts is empty",
+                             f"shorten the prompt, or raise BAKE.data.max_length above {prompt:,}" if prompt >= max_len else "raise TARGET.max_tokens")
         random.seed(cfg["seed"])
         torch.manual_seed(cfg["seed"])
         pm = self._peft()
