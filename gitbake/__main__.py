@@ -12,10 +12,10 @@ import sys
 def main() -> None:
     argv = sys.argv[1:]
     if len(argv) >= 2 and argv[0] == "hook" and argv[1] not in ("-h", "--help"):
-        from gitbake.hooks import main as hook_main
+        from gitbake.workflow.hooks import main as hook_main
 
         sys.exit(hook_main(argv[1], argv[2:]))
-    from gitbake.cli import main as cli_main
+    from gitbake.cli.main import main as cli_main
 
     cli_main()
 

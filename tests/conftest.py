@@ -76,15 +76,15 @@ def baked_repo(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> d
 @pytest.fixture
 def model_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh `git bake init` repository (base model tiny), with the cwd inside it."""
-    from gitbake.init import init
+    from gitbake.workflow.init import init
 
     root = tmp_path / "model"
     init(root, base_model="tiny")
     monkeypatch.chdir(root)
     yield root.resolve()
     # a background bake that a failed test left running would slow every test after it: stop it
-    from gitbake import jobs
-    from gitbake.repo import open_repo
+    from gitbake.workflow import jobs
+    from gitbake.repo.repo import open_repo
 
     for job in jobs.active(open_repo(root)):
         jobs.cancel(job, grace=0)

@@ -8,9 +8,9 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from gitbake import bread as bread_mod
-from gitbake import recipe as recipe_mod
-from gitbake.cli import cli
+from gitbake.contract import bread as bread_mod
+from gitbake.contract import recipe as recipe_mod
+from gitbake.cli.main import cli
 
 YODA = """\
 PROMPT:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from gitbake.config import Bake
+from gitbake.contract.config import Bake
 from gitbake.engine import bake, kl, models, trainstate
 from gitbake.engine.rollout import SamplingSettings, make_rollouts
 from gitbake.engine.templating import render
@@ -250,7 +250,7 @@ def test_adapter_config_is_the_same_bytes_in_every_process(tmp_path: Path) -> No
     code = textwrap.dedent(
         """
         import sys, pathlib
-        from gitbake.config import Bake
+        from gitbake.contract.config import Bake
         from gitbake.engine import bake, models
         m = models.load_base("tiny")
         t = [bake.Trajectory([257, 260, 72, 105, 258, 261], [260, 72, 105, 258, 261], [65, 66, 258])]

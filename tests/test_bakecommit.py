@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from gitbake import bakecommit
+from gitbake.workflow import bakecommit
 from helpers import git
 
 
@@ -74,7 +74,7 @@ def test_a_bake_commit_never_names_an_object_the_store_lacks(model_repo: Path) -
     import pytest
 
     from gitbake.errors import StoreCorruptError
-    from gitbake.repo import open_repo
+    from gitbake.repo.repo import open_repo
 
     store = open_repo(model_repo).store
     here = model_repo.parent / "adapter"
@@ -110,9 +110,9 @@ def test_a_bake_commit_never_records_questions_or_answers_as_none(model_repo: Pa
     commit is refused (exit 4, by step) before the compare-and-swap; one that records them goes through."""
     import pytest
 
-    from gitbake import recipe as recipe_mod
+    from gitbake.contract import recipe as recipe_mod
     from gitbake.errors import StoreCorruptError
-    from gitbake.repo import open_repo
+    from gitbake.repo.repo import open_repo
 
     store = open_repo(model_repo).store
     trigger = git(model_repo, "rev-parse", "HEAD").strip()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gitbake import bread
+from gitbake.contract import bread
 from helpers import BGIT
 
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from gitbake.chat import Session, handle, side_by_side
+from gitbake.use.chat import Session, handle, side_by_side
 from gitbake.engine import infer
 from gitbake.engine.models import load_base
 from gitbake.engine.templating import render
-from gitbake.repo import open_repo
-from gitbake.versions import resolve
+from gitbake.repo.repo import open_repo
+from gitbake.use.versions import resolve
 from helpers import YODA_SMALL, bake_git, bake_here, copy_baked, git
 
 
@@ -47,7 +47,7 @@ def test_repl_commands(baked_repo: dict[str, Any]) -> None:
 def test_session_keeps_history_and_system_prompt(baked_repo: dict[str, Any]) -> None:
     repo = open_repo(baked_repo["root"])
     version = resolve(repo, "HEAD")
-    from gitbake.chat import load
+    from gitbake.use.chat import load
 
     s = Session(repo, version, load(repo, version), temperature=0.0, max_tokens=4)
     out: list[str] = []
@@ -64,7 +64,7 @@ def test_checkpoint_of_a_bake(model_repo: Path) -> None:
     text = YODA_SMALL.replace("epochs: 1", "epochs: 3\n  micro_batch_size: 2\n  checkpoint:\n    - save_every_n_steps: 2")
     (model_repo / "input.yml").write_text(text)
     subprocess.run(["git", "commit", "-qam", "with checkpoints"], cwd=model_repo, check=True, capture_output=True)
-    from gitbake.versions import checkpoints
+    from gitbake.use.versions import checkpoints
 
     saved = checkpoints(open_repo(model_repo), "HEAD")
     assert saved and all(step % 2 == 0 for step in saved)
@@ -174,7 +174,7 @@ def test_batcher_mixed_lengths_and_joining_mid_batch() -> None:
 def test_compare_is_the_same_turn_in_the_same_conversation(baked_repo: dict[str, Any]) -> None:
     repo = open_repo(baked_repo["root"])
     version = resolve(repo, "HEAD")
-    from gitbake.chat import load
+    from gitbake.use.chat import load
 
     s = Session(repo, version, load(repo, version), temperature=0.0, max_tokens=4)
     seen: list[list[dict[str, str]]] = []

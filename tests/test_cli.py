@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gitbake import __version__
-from gitbake.cli import cli
+from gitbake.cli.main import cli
 from helpers import YODA, bake_git, invoke
 
 COMMANDS = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from gitbake import config
+from gitbake.contract import config
 from gitbake.errors import ConfigError
 from helpers import YODA
 

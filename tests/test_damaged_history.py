@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gitbake import recipe as recipe_mod
+from gitbake.contract import recipe as recipe_mod
 from helpers import bake_here, copy_baked, git
 
 

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys, pathlib
     sys.path.insert(0, {repo!r})
-    from gitbake.config import Bake
+    from gitbake.contract.config import Bake
     from gitbake.engine import bake, models
     from gitbake.engine.rollout import SamplingSettings, make_rollouts
     m = models.load_base("tiny")

@@ -114,7 +114,7 @@ def test_checkout_to_a_user_folder_with_model_json_keeps_it(model_repo: Path, tm
 
 
 def test_checkout_to_protected_places_is_refused(model_repo: Path, tmp_path: Path) -> None:
-    from gitbake.repo import open_repo
+    from gitbake.repo.repo import open_repo
 
     repo = open_repo(model_repo)
     for place in (model_repo.parent, model_repo / ".git", repo.store.root, repo.store.root / "objects", Path.home()):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gitbake import identity
+from gitbake.contract import identity
 from gitbake.engine import models, tiny
 from gitbake.engine.templating import render
-from gitbake.tiny_pin import TINY_WEIGHTS_DIGEST
+from gitbake.contract.tiny_pin import TINY_WEIGHTS_DIGEST
 
 YODA = [{"role": "system", "content": "You are Yoda. Speak like Yoda you must: inverted word order, wise and brief."}]
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from gitbake.chat import load
-from gitbake.repo import open_repo
-from gitbake.versions import resolve
+from gitbake.use.chat import load
+from gitbake.repo.repo import open_repo
+from gitbake.use.versions import resolve
 from helpers import bake_git
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from gitbake import bread, recipe
-from gitbake.gc import parse_grace
-from gitbake.init import init
-from gitbake.remote import Remote
-from gitbake.repo import open_repo
-from gitbake.store import Store
+from gitbake.contract import bread, recipe
+from gitbake.repo.gc import parse_grace
+from gitbake.workflow.init import init
+from gitbake.store.remote import Remote
+from gitbake.repo.repo import open_repo
+from gitbake.store.objects import Store
 from helpers import git, invoke
 
 DAY = 86400
@@ -199,7 +199,7 @@ def _dead_pid() -> int:
 def test_a_lease_keeps_what_a_running_bake_reads_and_stores_whatever_the_grace(repo: Path) -> None:
     """A bake's lease keeps the objects it reads, the results its stage keys point to and whatever it
     stores after it began, even with --grace 0s; once released (or its holder dead) they are garbage."""
-    from gitbake import leases
+    from gitbake.repo import leases
 
     s = open_repo(repo).store
     cached_rollout = old_object(s, b"rollouts a bake will read")
@@ -229,7 +229,7 @@ def test_gc_during_a_real_bake_keeps_its_questions_and_answers(model_repo: Path,
     """`git bake store gc --grace 0s` while a bake trains used to delete its questions and answers: the
     bake commit recorded them as None, eval failed, and push and fsck said all was well. Now the bake's
     lease keeps them, and the commit names only objects that are in the store."""
-    from gitbake import reach
+    from gitbake.repo import reach
     from gitbake.engine import bake as bake_mod
     from helpers import YODA_SMALL, bake_git
 

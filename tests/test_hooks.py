@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gitbake import hooks
-from gitbake.remote import Remote
+from gitbake.workflow import hooks
+from gitbake.store.remote import Remote
 from helpers import YODA_SMALL, bake_git, copy_baked, git, make_bgit_repo
 
 
@@ -26,8 +26,8 @@ def test_init_installs_every_hook(model_repo: Path) -> None:
         text = (d / name).read_text()
         assert hooks.SHIM_MARK in text and f"git bake hook \"$hook\"" in text and (d / name).stat().st_mode & 0o111
     # the shipped shims are the source of truth: installed = packaged, with this interpreter as fallback
-    src = Path(__file__).parent.parent / "hooks" / "post-commit"
-    package = Path(hooks.__file__).resolve().parent
+    src = Path(__file__).parent.parent / "gitbake" / "resources" / "hooks" / "post-commit"
+    package = Path(hooks.__file__).resolve().parents[1]
     assert (d / "post-commit").read_text() == src.read_text().replace("@PYTHON@", f"'{sys.executable}'").replace("@PACKAGE@", f"'{package}'")
 
 
@@ -235,7 +235,7 @@ def test_pre_commit_fails_closed_on_an_internal_error(model_repo: Path, tmp_path
     site.mkdir()
     # the hook's interpreter imports this at start-up: checking input.yml then fails like a bug would
     (site / "sitecustomize.py").write_text(
-        "from gitbake import repo\n"
+        "from gitbake.repo import repo\n"
         "def broken(self, loaded=None):\n    raise RuntimeError('simulated bug')\n"
         "repo.ModelRepo.plan = broken\n"
     )

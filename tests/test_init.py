@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gitbake import bread, config, recipe
+from gitbake.contract import bread, config, recipe
 from gitbake.errors import UsageError
-from gitbake.init import init, template_input
+from gitbake.workflow.init import init, template_input
 from helpers import git, invoke, make_bgit_repo
 
 FILES = {".bread", "recipe.yml", "input.yml", ".gitignore", ".gitattributes"}
@@ -186,7 +186,7 @@ def test_base_model_directory_relative_to_cwd(tmp_path: Path, monkeypatch: pytes
     monkeypatch.chdir(tmp_path)
     report = init(tmp_path / "deep" / "m", base_model="models/mymodel")  # no ./, from the cwd
     assert report.base_model == str(weights)
-    from gitbake import identity
+    from gitbake.contract import identity
 
     assert identity.base_identity(report.base_model, report.root)["digest"] != "missing"
     inside = init(tmp_path / "m2")
@@ -224,7 +224,7 @@ def test_rerun_with_new_options(tmp_path: Path) -> None:
 
 
 def test_bgit_target_only_input_uses_bgits_recorded_prompts(tmp_path: Path) -> None:
-    from gitbake.repo import open_repo
+    from gitbake.repo.repo import open_repo
 
     root = make_bgit_repo(tmp_path / "b")
     init(root, base_model="tiny")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gitbake import jobs
+from gitbake.workflow import jobs
 from gitbake.errors import GitbakeError
-from gitbake.repo import open_repo
+from gitbake.repo.repo import open_repo
 from helpers import YODA_SMALL, bake_git, git
 
 

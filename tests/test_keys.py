@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gitbake import config, keys
-from gitbake.plan import Plan, build
+from gitbake.contract import config, keys
+from gitbake.repo.plan import Plan, build
 
 DOCS = Path(__file__).parent.parent / "docs" / "config.md"
 
@@ -200,7 +200,7 @@ def test_question_file_contents_change_the_stim_key(tmp_path: Path) -> None:
 
 
 def test_parent_model_changes_the_bake_key_and_local_rollouts(tmp_path: Path) -> None:
-    from gitbake.bread import Bread
+    from gitbake.contract.bread import Bread
 
     loaded = config.parse_input(yaml.safe_dump(BASE), tmp_path)
     base = build(loaded, tmp_path, None, None)
@@ -216,7 +216,7 @@ def test_parent_model_changes_the_bake_key_and_local_rollouts(tmp_path: Path) ->
 
 
 def test_oneshot_questions_depend_on_the_model_that_writes_them(tmp_path: Path) -> None:
-    from gitbake.bread import Bread
+    from gitbake.contract.bread import Bread
 
     data = _set(BASE, "TARGET.generators", [{"type": "oneshot_qs", "numq": 3, "template_content": "${numq} ${prompt_u}"}])
     loaded = config.parse_input(yaml.safe_dump(data), tmp_path)
@@ -227,7 +227,7 @@ def test_oneshot_questions_depend_on_the_model_that_writes_them(tmp_path: Path) 
 
 
 def test_local_directory_identity_hashes_its_files(tmp_path: Path) -> None:
-    from gitbake import identity
+    from gitbake.contract import identity
 
     model = tmp_path / "m"
     model.mkdir()
@@ -239,7 +239,7 @@ def test_local_directory_identity_hashes_its_files(tmp_path: Path) -> None:
 
 
 def test_hub_identity_uses_the_local_cache_revision(tmp_path: Path, monkeypatch: Any) -> None:
-    from gitbake import identity
+    from gitbake.contract import identity
 
     cache = tmp_path / "hub"
     refs = cache / "models--org--model" / "refs"
@@ -264,7 +264,7 @@ def test_hub_identity_uses_the_local_cache_revision(tmp_path: Path, monkeypatch:
 def test_docs_list_exactly_the_excluded_fields() -> None:
     text = DOCS.read_text()
     section = text[text.index("The fields left out of keys, exactly:") :]
-    listed = re.findall(r"`([a-z_.]+)`", section.split("(`gitbake/keys.py`")[0])
+    listed = re.findall(r"`([a-z_.]+)`", section.split("(`gitbake/contract/keys.py`")[0])
     expected = list(keys.EXCLUDED["TARGET"]) + list(keys.EXCLUDED["BAKE"])
     assert sorted(set(listed)) == sorted(set(expected))
 

@@ -17,7 +17,7 @@ from helpers import YODA
 
 PKG = Path(__file__).parent.parent / "gitbake"
 ML = {"torch", "transformers", "peft", "deepspeed", "accelerate", "safetensors"}
-ML_ALLOWED = ("engine/", "chat.py", "serve.py", "export.py")
+ML_ALLOWED = ("engine/", "use/chat.py", "use/serve.py", "use/export.py")
 
 
 def imports(path: Path) -> set[str]:
@@ -35,7 +35,7 @@ def imports(path: Path) -> set[str]:
 def test_import_rules(path: Path) -> None:
     rel = path.relative_to(PKG).as_posix()
     found = imports(path)
-    if rel != "cli.py":
+    if rel != "cli/main.py":
         assert "click" not in found, f"{rel} imports click"
     if rel != "git.py":
         assert "dulwich" not in found, f"{rel} imports dulwich"
@@ -54,7 +54,7 @@ PROBE = textwrap.dedent(
                 raise ImportError("forbidden import of " + name)
             return None
     sys.meta_path.insert(0, Block())
-    from gitbake.cli import cli
+    from gitbake.cli.main import cli
     try:
         cli.main(args=sys.argv[1:], prog_name="git bake", standalone_mode=False)
     finally:
@@ -81,7 +81,7 @@ BAD_REVISION_PROBE = textwrap.dedent(
     """
     import sys
     BLOCK = {ml!r}
-    from gitbake.cli import cli
+    from gitbake.cli.main import cli
     for args in {cases!r}:
         try:
             cli.main(args=args, prog_name="git bake")

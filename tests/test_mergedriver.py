@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gitbake.mergedriver import merge_input
+from gitbake.workflow.mergedriver import merge_input
 
 
 def files(tmp_path: Path, base: str, ours: str, theirs: str) -> tuple[Path, Path, Path]:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gitbake.metrics import chart
+from gitbake.use.metrics import chart
 from helpers import bake_git
 
 
@@ -50,6 +50,6 @@ def test_chart_survives_non_finite_and_flat_curves() -> None:
     assert "no finite" in chart([nan, inf])
     flat = chart([0.5, 0.5, 0.5], width=3, height=5).splitlines()
     assert "*" in flat[2] and float(flat[2].split("|")[0]) == 0.5  # drawn on the row labelled with its value
-    from gitbake.metrics import finite_json
+    from gitbake.use.metrics import finite_json
 
     assert finite_json({"a": [nan, 1.0], "b": inf}) == {"a": [None, 1.0], "b": None}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gitbake import pipeline
-from gitbake.repo import open_repo
+from gitbake.workflow import pipeline
+from gitbake.repo.repo import open_repo
 from helpers import git, invoke
 
 INPUT = """\

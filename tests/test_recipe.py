@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gitbake import recipe
+from gitbake.contract import recipe
 from gitbake.errors import ConfigError
 from helpers import BGIT
 

@@ -11,12 +11,12 @@ from typing import Any
 import blake3
 import pytest
 
-from gitbake import bread, recipe
-from gitbake import remote as remote_mod
+from gitbake.contract import bread, recipe
+from gitbake.store import remote as remote_mod
 from gitbake.errors import GitbakeError
-from gitbake.remote import Remote
-from gitbake.repo import open_repo
-from gitbake.store import CorruptObject, InvalidDigest, Store
+from gitbake.store.remote import Remote
+from gitbake.repo.repo import open_repo
+from gitbake.store.objects import CorruptObject, InvalidDigest, Store
 from helpers import git, invoke
 
 # ---------------------------------------------------------------------------------- conformance
@@ -111,7 +111,7 @@ def test_missing_object(backend: Backend) -> None:
 def baked_repo(root: Path, n_files: int = 3) -> tuple[Path, str, set[str]]:
     """A model repository whose HEAD names an adapter manifest in .bread and recipe.yml (as a bake commit
     will), with the objects in its store. Returns (root, manifest digest, all digests)."""
-    from gitbake.init import init
+    from gitbake.workflow.init import init
 
     init(root, base_model="tiny")
     s = open_repo(root).store

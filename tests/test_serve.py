@@ -19,12 +19,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from gitbake import serve
+from gitbake.use import serve
 from gitbake.engine.infer import Batcher, Request, stream
 from gitbake.engine.models import load_base
 from gitbake.engine.templating import render
-from gitbake.repo import open_repo
-from gitbake.serve import Server, load_served
+from gitbake.repo.repo import open_repo
+from gitbake.use.serve import Server, load_served
 from helpers import bake_git
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gitbake import bread
-from gitbake.init import template_input
+from gitbake.contract import bread
+from gitbake.workflow.init import template_input
 from helpers import YODA, git, invoke, record_bake
 
 PAGE = Path(__file__).parent / "data" / "bake_config_page"
@@ -236,7 +236,7 @@ def test_lora_rank_is_checked_against_a_model_directory_s_width(model_repo: Path
 
 def test_tiny_shape_matches_the_engine() -> None:
     from gitbake.engine import tiny
-    from gitbake.limits import TINY_SHAPE
+    from gitbake.repo.limits import TINY_SHAPE
 
     assert TINY_SHAPE == {k: tiny.CONFIG[k] for k in TINY_SHAPE}
 
@@ -255,7 +255,7 @@ def test_run_checks_the_loaded_model_before_any_stage(case: str, model_repo: Pat
     """A hub model not downloaded yet has no config.json here, so validate cannot check the values that
     depend on it; `run` used to go ahead and fail midway through the job. It now loads the model first and
     refuses, exit 2 with the line and field, before any stage runs."""
-    from gitbake import limits
+    from gitbake.repo import limits
     from helpers import bake_here
 
     monkeypatch.setattr(limits, "_model_config", lambda base_model, root: None)  # as a hub model not in the cache
@@ -271,9 +271,9 @@ def test_run_checks_the_loaded_model_before_any_stage(case: str, model_repo: Pat
 
 def test_the_work_bound_uses_the_real_parameter_count_once_known(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the model's size the bound is 10^11 tokens: 3.2e10 passes, though it is years for 8B."""
-    from gitbake import limits
+    from gitbake.repo import limits
     from gitbake.errors import ConfigError
-    from gitbake.repo import open_repo
+    from gitbake.repo.repo import open_repo
 
     monkeypatch.setattr(limits, "_model_config", lambda base_model, root: None)
     text = (YODA.replace('- type: hardcoded\n      questions: ["What is the capital of France?", "How do I make tea?"]',
@@ -319,7 +319,7 @@ def test_a_prompt_that_leaves_no_room_in_data_max_length_is_refused(model_repo: 
 
 
 def test_the_bake_names_a_too_long_prompt_as_the_cause() -> None:
-    from gitbake.config import Bake
+    from gitbake.contract.config import Bake
     from gitbake.engine.bake import Baker, Trajectory
     from gitbake.engine.models import load
     from gitbake.errors import UsageError

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gitbake import config
+from gitbake.contract import config
 from gitbake.engine import llm, stim
 from gitbake.errors import ConfigError, UsageError
 from helpers import ChatServer, chat_reply, git, invoke
@@ -170,6 +170,6 @@ def test_failed_oneshot_stores_nothing(model_repo: Path, monkeypatch: pytest.Mon
     git(model_repo, "commit", "-qam", "oneshot")
     result = invoke("run", "stim")
     assert result.exit_code == 1 and "failed after 3 attempts" in result.stderr
-    from gitbake.repo import open_repo
+    from gitbake.repo.repo import open_repo
 
     assert list(open_repo(model_repo).store.iter_objects()) == []

@@ -14,10 +14,10 @@ from pathlib import Path
 import blake3
 import pytest
 
-from gitbake import store as store_mod
+from gitbake.store import objects as store_mod
 from gitbake.errors import GitbakeError, StoreCorruptError
-from gitbake.fsck import fsck
-from gitbake.store import CorruptObject, InvalidDigest, Manifest, ObjectMissing, Store
+from gitbake.repo.fsck import fsck
+from gitbake.store.objects import CorruptObject, InvalidDigest, Manifest, ObjectMissing, Store
 
 REPO = Path(__file__).parent.parent
 
@@ -283,7 +283,7 @@ def test_sigkill_mid_put_leaves_no_object(st: Store, tmp_path: Path) -> None:
         f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from gitbake.store import Store
+        from gitbake.store.objects import Store
         Store(Path({str(st.root)!r})).put_file(Path({str(fifo)!r}))
         """
     )
@@ -308,7 +308,7 @@ def test_eight_processes_put_at_once(st: Store, tmp_path: Path) -> None:
         f"""
         import os, sys; sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from gitbake.store import Store
+        from gitbake.store.objects import Store
         s = Store(Path({str(st.root)!r}))
         i = int(sys.argv[1])
         own = Path({str(tmp_path)!r}) / f"own-{{i}}.bin"
@@ -329,7 +329,7 @@ def test_eight_processes_put_at_once(st: Store, tmp_path: Path) -> None:
 
 def test_corrupt_object_cli_exit_4(model_repo: Path) -> None:
     from helpers import invoke
-    from gitbake.repo import open_repo
+    from gitbake.repo.repo import open_repo
 
     s = open_repo(model_repo).store
     d = s.put_bytes(b"will rot")
@@ -342,8 +342,8 @@ def test_corrupt_object_cli_exit_4(model_repo: Path) -> None:
 
 def test_store_root_config_and_worktrees(model_repo: Path, tmp_path: Path) -> None:
     from helpers import git
-    from gitbake.repo import open_repo
-    from gitbake.storepath import store_root
+    from gitbake.repo.repo import open_repo
+    from gitbake.repo.storepath import store_root
 
     assert store_root(model_repo) == model_repo / ".git" / "bake"
     git(model_repo, "worktree", "add", "-q", str(tmp_path / "wt"))
@@ -356,7 +356,7 @@ def test_du(model_repo: Path) -> None:
     import json
 
     from helpers import invoke
-    from gitbake.repo import open_repo
+    from gitbake.repo.repo import open_repo
 
     s = open_repo(model_repo).store
     d = s.put_bytes(b"12345")
@@ -394,8 +394,8 @@ def test_fsck_checks_manifests_and_what_head_needs(model_repo: Path) -> None:
     import json
 
     from helpers import bake_git, git, invoke
-    from gitbake import bread
-    from gitbake.repo import open_repo
+    from gitbake.contract import bread
+    from gitbake.repo.repo import open_repo
 
     s = open_repo(model_repo).store
     weights = s.put_bytes(b"weights")
@@ -432,7 +432,7 @@ def test_fsck_clears_the_tmp_folders_of_killed_jobs(st: Store) -> None:
         f"""
         import sys, tempfile, time; sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from gitbake.store import Store
+        from gitbake.store.objects import Store
         store = Store(Path({str(st.root)!r}))
         work = tempfile.TemporaryDirectory(dir=store.tmp)  # as a bake's stages hold theirs
         (Path(work.name) / "adapter_model.safetensors").write_bytes(b"half-trained")

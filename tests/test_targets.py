@@ -36,7 +36,7 @@ def test_unknown_target_is_exit_2_with_known_names(model_repo: Path) -> None:
 
 
 def test_bgit_names_stay_readable(tmp_path: Path) -> None:
-    from gitbake.init import init
+    from gitbake.workflow.init import init
 
     root = make_bgit_repo(tmp_path / "b")
     init(root)

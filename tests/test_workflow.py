@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gitbake import bread as bread_mod
-from gitbake import recipe as recipe_mod
-from gitbake.bakecommit import comment_out
-from gitbake.repo import open_repo
+from gitbake.contract import bread as bread_mod
+from gitbake.contract import recipe as recipe_mod
+from gitbake.workflow.bakecommit import comment_out
+from gitbake.repo.repo import open_repo
 from helpers import YODA_SMALL, bake_git, copy_baked, git, invoke
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gitbake import yamlio
+from gitbake.contract import yamlio
 from gitbake.errors import ConfigError
 
 

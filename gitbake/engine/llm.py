@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from gitbake import config as cfg
+from gitbake.contract import config as cfg
 from gitbake.errors import GitbakeError, UsageError
 
 RETRIES = 3

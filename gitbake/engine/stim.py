@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gitbake import config as cfg
-from gitbake import keys
+from gitbake.contract import config as cfg
+from gitbake.contract import keys
 from gitbake.errors import GitbakeError, UsageError
 
 DEFAULT_TEMPLATE = """\

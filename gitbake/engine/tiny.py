@@ -3,7 +3,7 @@ byte-level fast tokenizer and a chat template. No download, for demos and tests.
 
 The weights come from numpy's legacy `RandomState`, whose stream is frozen across numpy versions and
 platforms, so every machine builds the same bytes; their digest (`weights_digest`) is the model's
-identity and is pinned in `gitbake/tiny_pin.py` (which status-like commands read without importing
+identity and is pinned in `gitbake/contract/tiny_pin.py` (which status-like commands read without importing
 torch). `tests/test_engine_models.py` rebuilds the weights and checks the pin: a change to how tiny is
 generated cannot slip through as a false cache hit.
 
@@ -111,7 +111,7 @@ def cache_root() -> Path:
 
 def ensure_tiny(root: Path | None = None) -> tuple[Path, str]:
     """The directory of the built tiny model (building it once), and its weights digest."""
-    from gitbake.tiny_pin import TINY_WEIGHTS_DIGEST
+    from gitbake.contract.tiny_pin import TINY_WEIGHTS_DIGEST
 
     root = root or cache_root() / "models"
     target = root / f"tiny-{TINY_WEIGHTS_DIGEST[:16]}"
@@ -121,7 +121,7 @@ def ensure_tiny(root: Path | None = None) -> tuple[Path, str]:
     digest = weights_digest(weights)
     if digest != TINY_WEIGHTS_DIGEST:
         # never reuse keys across a change in the weights: the pin must be updated with the generator
-        raise RuntimeError(f"tiny's weights hash to {digest}, but gitbake/tiny_pin.py pins {TINY_WEIGHTS_DIGEST}")
+        raise RuntimeError(f"tiny's weights hash to {digest}, but gitbake/contract/tiny_pin.py pins {TINY_WEIGHTS_DIGEST}")
     tmp = root / f".tiny-{os.getpid()}-{digest[:8]}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     _save(weights, tmp)

@@ -161,7 +161,7 @@ def child(impl: str, n: int, epochs: int) -> None:
     import transformers  # noqa: F401
     from transformers import LlamaConfig, LlamaForCausalLM  # noqa: F401
 
-    import gitbake.config  # noqa: F401
+    import gitbake.contract.config  # noqa: F401
     import gitbake.engine.bake  # noqa: F401
     from _models import BENCH_CONFIG, BenchTokenizer, bench_model
 
@@ -170,7 +170,7 @@ def child(impl: str, n: int, epochs: int) -> None:
     tokens = sum(len(r) for _, _, r in trajs) * epochs
     lr, r_ = 1e-3, 8
     if impl in ("ours", "ours-fp32"):
-        from gitbake.config import Bake
+        from gitbake.contract.config import Bake
         from gitbake.engine.bake import Baker, Trajectory
         from gitbake.engine.models import bake_dtype, pick_device
 
@@ -238,7 +238,7 @@ def child(impl: str, n: int, epochs: int) -> None:
 
 
 def demo_gap_closed() -> tuple[float | None, str]:
-    from gitbake.init import template_input
+    from gitbake.workflow.init import template_input
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench",

@@ -30,11 +30,11 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gitbake import bread as bread_mod  # noqa: E402
-from gitbake import modeldir  # noqa: E402
-from gitbake.init import init  # noqa: E402
-from gitbake.repo import open_repo  # noqa: E402
-from gitbake.store import Store  # noqa: E402
+from gitbake.contract import bread as bread_mod  # noqa: E402
+from gitbake.repo import modeldir  # noqa: E402
+from gitbake.workflow.init import init  # noqa: E402
+from gitbake.repo.repo import open_repo  # noqa: E402
+from gitbake.store.objects import Store  # noqa: E402
 from _timing import timed  # noqa: E402
 
 MiB = 1 << 20

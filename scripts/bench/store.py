@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gitbake.store import Store, hash_file  # noqa: E402
+from gitbake.store.objects import Store, hash_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import paired, timed  # noqa: E402

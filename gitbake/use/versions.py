@@ -1,0 +1,88 @@
+"""A model version to *use* (chat, serve, export, diff): a revision's model, named, with its adapters
+materialised from the store. No ML here: loading happens in `chat`, `serve`, `export` and the engine.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from gitbake.repo import modeldir
+from gitbake.errors import UsageError
+from gitbake.repo.repo import ModelRepo
+
+
+@dataclass
+class Version:
+    rev: str
+    commit: str
+    name: str  # what serve and chat call it: the bake name, or the base model's
+    base_model: str
+    adapters: tuple[str, ...]
+    model_name: str | None
+    checkpoint: int | None = None
+
+    @property
+    def spec(self) -> modeldir.ModelSpec:
+        return modeldir.ModelSpec(self.base_model, self.adapters, self.model_name)
+
+    def parent(self) -> Version:
+        """The model this version was baked on (the base model for a first bake)."""
+        if not self.adapters:
+            raise UsageError(f"{self.rev} is the base model {self.base_model}: it has no parent to compare with",
+                             "give two revisions: git bake diff REV1 REV2")
+        name = f"parent of {self.name}" if len(self.adapters) > 1 else self.base_model
+        return Version(f"{self.rev} (parent model)", self.commit, name, self.base_model, self.adapters[:-1], None)
+
+    def as_json(self) -> dict[str, object]:
+        return {"rev": self.rev, "commit": self.commit, "name": self.name, "base_model": self.base_model,
+                "adapters": list(self.adapters), "model_name": self.model_name, "checkpoint": self.checkpoint}
+
+
+def resolve(repo: ModelRepo, rev: str, checkpoint: int | None = None) -> Version:
+    """The model of `rev`; with `checkpoint`, the last bake's adapter as saved at that training step."""
+    from gitbake.repo.history import version_at
+
+    v = version_at(repo.root, rev)
+    name = v.bake_name or v.base_model
+    adapters = tuple(v.adapters)
+    if checkpoint is not None:
+        saved = checkpoints(repo, rev)
+        if not v.adapters or checkpoint not in saved:
+            have = ", ".join(str(s) for s in sorted(saved)) or "none"
+            raise UsageError(f"{rev}'s bake has no checkpoint at step {checkpoint} (saved: {have})",
+                             "bakes keep checkpoints when BAKE.checkpoint asks (e.g. `- save_every_n_steps: 50`)")
+        adapters = adapters[:-1] + (saved[checkpoint],)
+        name = f"{name}@{checkpoint}"
+    return Version(rev, v.commit, name, v.base_model, adapters, v.model_name, checkpoint)
+
+
+def checkpoints(repo: ModelRepo, rev: str) -> dict[int, str]:
+    """step -> adapter manifest of the checkpoints the last bake of `rev` kept (recipe.yml records them)."""
+    other = repo.at(rev)
+    recipe = other.recipe
+    if recipe is None:
+        return {}
+    step = next((s for s in reversed(recipe.steps) if s.action == "run_bake"), None)
+    out: dict[int, str] = {}
+    for k, digest in ((step.outputs or {}) if step else {}).items():
+        if k.startswith("checkpoint_") and k[len("checkpoint_"):].isdigit():
+            out[int(k[len("checkpoint_"):])] = digest
+    return out
+
+
+@contextmanager
+def materialised(repo: ModelRepo, version: Version) -> Iterator[list[Path]]:
+    """The version's adapter directories (linked from the store, fetched from the bake remote if needed),
+    for as long as the block runs."""
+    from gitbake.workflow.run import fetch_objects
+
+    store = repo.store
+    if modeldir.missing(store, version.spec):
+        fetch_objects(repo.root, store, set(version.adapters))
+    with tempfile.TemporaryDirectory(dir=store.tmp, prefix="use-") as tmp:
+        modeldir.materialise(store, version.spec, Path(tmp) / "model", version.commit)
+        yield [Path(tmp) / "model" / "adapters" / str(i) for i in range(len(version.adapters))]

@@ -1,0 +1,209 @@
+"""`git bake status` and `git bake validate`: what input.yml means and what a commit of it would run.
+
+Compared against `.bread`, which records the prompts, target and bake of the last bake: a key that
+differs there is `changed`, one not there is `new`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitbake.contract.config import INPUT_FILE, SECTIONS, LoadedInput, load_input_bytes, symlink_error
+from gitbake.errors import Issue
+from gitbake.repo.plan import Plan
+from gitbake.repo.repo import ModelRepo
+
+_COMMENTED = re.compile(r"^#\s?(PROMPT|TARGET|BAKE)\s*:", re.MULTILINE)
+_ACTIVE = re.compile(rb"^(PROMPT|TARGET|BAKE)\s*:", re.MULTILINE)
+
+
+def has_sections(data: bytes) -> bool:
+    """Whether an input.yml has a section that is not commented out (cheap: no YAML parse)."""
+    return _ACTIVE.search(data) is not None
+
+
+@dataclass
+class Change:
+    kind: str  # prompt | target | bake
+    ref: str  # PROMPT key, or the plain target / bake name
+    name: str
+    key: str
+    state: str  # new | changed | unchanged
+
+    def as_json(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class StatusReport:
+    root: Path
+    repo_name: str | None
+    branch: str | None
+    plan: Plan
+    changes: list[Change] = field(default_factory=list)
+    commented_out: list[str] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # stage, key, state (cached|running|missing), count, eval
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # running / queued jobs, and the last one if it failed
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # refs/bake/ results for this branch: commit, superseded
+    model: dict[str, Any] = field(default_factory=dict)  # is .bake/model HEAD's model?
+
+    @property
+    def would_run(self) -> list[str]:
+        return self.plan.stages
+
+    def as_json(self) -> dict[str, Any]:
+        p = self.plan.parent
+        return {
+            "root": str(self.root),
+            "repo": self.repo_name,
+            "branch": self.branch,
+            "base_model": p.base_model,
+            "parent": {"model_name": p.model_name, "adapters": p.adapters, "foreign": p.foreign},
+            "changes": [c.as_json() for c in self.changes],
+            "commented_out": self.commented_out,
+            "would_run": self.would_run,
+            "stages": self.stages,
+            "jobs": self.jobs,
+            "pending": self.pending,
+            "model": self.model,
+            "warnings": [w.render() for w in self.warnings],
+        }
+
+
+def status(repo: ModelRepo) -> StatusReport:
+    loaded, plan = validate(repo)
+    report = StatusReport(
+        repo.root,
+        repo.bread.repo_name if repo.bread else None,
+        current_branch(repo.root),
+        plan,
+        commented_out=commented_sections(repo.root),
+        warnings=loaded.warnings + plan.warnings,
+    )
+    bread = repo.bread
+    known_prompts = bread.prompts if bread else {}
+    for ref, p in plan.prompts.items():
+        old = known_prompts.get(ref)
+        report.changes.append(Change("prompt", ref, p.name, p.key, _state(old.hash if old else None, p.key)))
+    if plan.target is not None:
+        old_t = bread.target if bread else None
+        report.changes.append(Change("target", plan.target.plain, plan.target.name, plan.target.key, _state(old_t.hash if old_t else None, plan.target.key)))
+    if plan.bake is not None:
+        old_b = bread.bake if bread else None
+        report.changes.append(Change("bake", plan.bake.plain, plan.bake.name, plan.bake.key, _state(old_b.hash if old_b else None, plan.bake.key)))
+    report.stages = stage_states(repo, plan)
+    _jobs_and_model(repo, report)
+    return report
+
+
+def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
+    from gitbake.workflow import bakecommit, jobs
+    from gitbake import git
+    from gitbake.repo import modeldir
+
+    all_jobs = jobs.list_jobs(repo)
+    live = [j for j in all_jobs if j.active]
+    report.jobs = [j.as_json() for j in live]
+    if not live and all_jobs and all_jobs[0].state in ("failed", "died"):
+        report.jobs.append(all_jobs[0].as_json())
+    running = next((j for j in live if j.state == "running"), None)
+    prog = running.progress() if running else None
+    if running is not None:
+        head = git.rev_parse(repo.root, "HEAD")
+        for row in report.stages:
+            if row["state"] == "missing" and running.trigger == head:
+                row["state"] = "queued"
+                if prog and str(prog.get("label", "")).split(" ")[0] == row["stage"]:
+                    row["state"], row["progress"] = "running", prog
+    if git.may_have_refs(repo.root, bakecommit.PENDING_PREFIX):  # status runs often: ask git only when there may be some
+        branch = current_branch(repo.root)
+        waiting = bakecommit.pending(repo.root, f"refs/heads/{branch}" if branch else None)
+        here = git.show(repo.root, "HEAD", ".bread")
+        for ref, sha in waiting.items():
+            trigger = git.parents(repo.root, sha)[0]
+            # taking it needs the branch's model to be the one it was baked on: else a later bake landed
+            report.pending[ref] = {"commit": sha, "superseded": git.show(repo.root, trigger, ".bread") != here}
+    if repo.bread is not None:
+        spec = modeldir.spec_of(repo.bread)
+        current = modeldir.read_current(repo.root)
+        if modeldir.is_current(repo.root, spec):
+            report.model = {"state": "current", **spec.as_json()}
+        elif current is None and not spec.adapters:
+            report.model = {"state": "none", **spec.as_json()}  # nothing baked yet: nothing to materialise
+        else:
+            report.model = {"state": "stale" if current else "absent", **spec.as_json(),
+                            "fix": "git bake checkout" + ("" if not modeldir.missing(repo.store, spec) else "  (after `git bake pull`)")}
+
+
+def stage_states(repo: ModelRepo, plan: Plan) -> list[dict[str, Any]]:
+    """Which stages of this plan the store already holds (a commit would not run them again)."""
+    from gitbake.workflow.pipeline import bake_report
+
+    keys: list[tuple[str, str]] = []
+    if plan.target is not None:
+        keys += [("stim", plan.target.stim_key), ("rollout", plan.target.key)]
+    if plan.bake is not None:
+        keys.append(("bake", plan.bake.key))
+    out = []
+    for stage, key in keys:
+        manifest = repo.store.get_key(stage, key)
+        row: dict[str, Any] = {"stage": stage, "key": key, "state": "cached" if manifest else "missing"}
+        if manifest:
+            meta = repo.store.read_manifest(manifest).meta
+            if "count" in meta:
+                row["count"] = meta["count"]
+            if stage == "bake":
+                report = bake_report(repo.store, key) or {}
+                row["eval"] = {k: report.get(k) for k in ("gap_closed", "d_before", "d_after", "final_loss")}
+        out.append(row)
+    return out
+
+
+def validate(repo: ModelRepo, staged: tuple[str, bytes] | None = None) -> tuple[LoadedInput, Plan]:
+    """Every check of `git bake validate`, in one place: the pre-commit hook calls this with `staged`, the
+    (git mode, bytes) of input.yml in the index, so it holds the commit to exactly what validate holds
+    the working tree to (a link, the size limit, binary or non-UTF-8 bytes, the YAML, the schema, the
+    files generators read, unresolved names, the model's bounds and the amount of work)."""
+    if staged is None:
+        loaded = repo.load_input()
+    else:
+        mode, data = staged
+        if mode == SYMLINK_MODE:
+            raise symlink_error(INPUT_FILE)
+        loaded = load_input_bytes(data, repo.root)
+    return loaded, repo.plan(loaded)
+
+
+SYMLINK_MODE = "120000"  # git's file mode of a symbolic link
+
+
+def _state(old: str | None, new: str) -> str:
+    if old is None:
+        return "new"
+    return "unchanged" if old == new else "changed"
+
+
+def commented_sections(root: Path) -> list[str]:
+    path = root / INPUT_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    found = set(_COMMENTED.findall(text))
+    return [s for s in SECTIONS if s in found]
+
+
+def current_branch(root: Path) -> str | None:
+    """Read HEAD directly: this runs on every `status`, and a git process costs more than the answer."""
+    from gitbake import git
+
+    d = git.dot_git(root)
+    try:
+        head = (d / "HEAD").read_text().strip() if d else ""
+    except OSError:
+        return None
+    return head.removeprefix("ref: refs/heads/") if head.startswith("ref: ") else None
