@@ -1,7 +1,7 @@
-"""DESIGN §8: click only in cli.py, dulwich only in git.py, the ML stack only under engine/ (and chat,
-serve, export); commands that do not touch a model (status, validate, target, store, remote, log, tree,
-show, models, jobs, hooks, checkout, fetch) never
-import torch, transformers, peft or deepspeed."""
+"""The per-library rules: click only in cli/, dulwich only in git.py, the ML stack only under engine/ and
+use/ (chat, serve, export); commands that do not touch a model (status, validate, target, store, remote,
+log, tree, show, models, jobs, hooks, checkout, fetch) never import torch, transformers, peft or deepspeed.
+The layers themselves are enforced on the import graph in test_import_graph.py."""
 
 from __future__ import annotations
 

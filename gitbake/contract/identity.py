@@ -11,14 +11,21 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import blake3
 
 from gitbake.contract.keys import canonical_json
 
-if TYPE_CHECKING:
-    from gitbake.store.statcache import StatCache
+
+
+class StatCache(Protocol):
+    """What hashing a directory needs of the store's stat cache (gitbake.store.statcache), named here as a
+    protocol so the contract layer does not import the store layer above it."""
+
+    def lookup(self, st: os.stat_result) -> str | None: ...
+
+    def record(self, st: os.stat_result, digest: str, started_ns: int) -> bool: ...
 
 TINY = "tiny"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")

@@ -124,7 +124,7 @@ def stale_bakes(root: Path, commits: Iterable[str]) -> list[StaleBake]:
     """The bake commits among `commits` that are not one bake on top of their parent's model: a bake
     commit's adapter chain is its parent's chain plus the one adapter it trained, or its model is not
     what its place in the history says."""
-    from gitbake.workflow.bakecommit import TRAILER
+    from gitbake.contract.recipe import TRAILER
 
     out = []
     for commit in commits:

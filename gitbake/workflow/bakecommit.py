@@ -32,7 +32,7 @@ from gitbake.repo.plan import Plan
 from gitbake.contract.recipe import BakeResource, Recipe, Step
 
 PENDING_PREFIX = "refs/bake/"
-TRAILER = "Gitbake-Trigger"
+TRAILER = recipe_mod.TRAILER
 _SECTION = re.compile(r"^(PROMPT|TARGET|BAKE)\s*:")
 _TOP_LEVEL = re.compile(r"^[^\s#]")
 _PENDING_LEAF = re.compile(r"^[0-9a-f]{12}$")
