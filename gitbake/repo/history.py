@@ -46,9 +46,7 @@ def _files_at(root: Path, commit: str, where: str) -> tuple[bread_mod.Bread | No
 
 def version_at(root: Path, rev: str) -> ModelVersion:
     """The model of one revision (the base model when nothing has been baked there)."""
-    commit = git.rev_parse(root, rev)
-    if commit is None:
-        raise UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
+    commit = revfiles.resolve(root, rev)
     b, r = _files_at(root, commit, rev)
     if b is None:
         raise UsageError(f"{rev} has no .bread: it is not a commit of a gitbake model repository", "pick a later commit (see `git bake log`)")
@@ -70,8 +68,7 @@ def version_at(root: Path, rev: str) -> ModelVersion:
 def log(root: Path, rev: str = "HEAD") -> list[ModelVersion]:
     """Model versions on `rev`'s first-parent line, newest first: each commit where the chain changed."""
     out: list[ModelVersion] = []
-    if git.rev_parse(root, rev) is None:
-        raise UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
+    revfiles.resolve(root, rev)
     rows = git.first_parent_log(root, rev, [bread_mod.BREAD_FILE])
     for sha, _t, _subject in rows:
         try:

@@ -15,7 +15,6 @@ from gitbake.contract import bread as bread_mod
 from gitbake import git
 from gitbake.repo import revfiles
 from gitbake.contract import recipe as recipe_mod
-from gitbake.errors import UsageError
 
 LINEAGE_FILES = (bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE)
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -70,12 +69,7 @@ def _from_versions(versions: Iterable[tuple[str, str, bytes]]) -> set[str]:
 
 def needed_by(root: Path, revs: Sequence[str]) -> set[str]:
     """Objects the models of `revs` need (their own .bread / recipe.yml, not their history's)."""
-    commits = []
-    for rev in revs:
-        cid = git.rev_parse(root, rev)
-        if cid is None:
-            raise UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
-        commits.append(cid)
+    commits = [revfiles.resolve(root, rev) for rev in revs]
     return _from_versions(git.blobs_at(root, commits, LINEAGE_FILES))
 
 

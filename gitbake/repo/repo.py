@@ -10,7 +10,7 @@ from gitbake.contract import config, identity
 from gitbake import git
 from gitbake.repo import limits, revfiles
 from gitbake.contract import recipe as recipe_mod
-from gitbake.errors import NotARepoError, UsageError
+from gitbake.errors import NotARepoError
 from gitbake.repo.lineage import Lineage
 from gitbake.repo.plan import Plan, build
 from gitbake.store.objects import Store
@@ -56,9 +56,7 @@ class ModelRepo:
 
     def at(self, rev: str) -> ModelRepo:
         """This repository as commit `rev` has it (its .bread, recipe.yml and history)."""
-        commit = git.rev_parse(self.root, rev)
-        if commit is None:
-            raise UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
+        commit = revfiles.resolve(self.root, rev)
         other = ModelRepo(self.root, revfiles.bread_at(self.root, commit, rev), commit)
         other._where = rev
         other._store = self._store

@@ -15,10 +15,23 @@ from gitbake.contract import bread as bread_mod
 from gitbake import git
 from gitbake.contract import yamlio
 from gitbake.contract import recipe as recipe_mod
-from gitbake.errors import ConfigError
+from gitbake.errors import ConfigError, UsageError
 
 # what a damaged version of a lineage file raises, wherever it is read: walkers skip exactly this
 DAMAGED = ConfigError
+
+
+def unknown_revision(rev: str) -> UsageError:
+    """The one error for a revision git cannot resolve to a commit (exit 1)."""
+    return UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
+
+
+def resolve(root: Path, rev: str) -> str:
+    """The commit id `rev` names (a branch, tag, HEAD~2, a short id), or the unknown-revision error."""
+    commit = git.rev_parse(root, rev)
+    if commit is None:
+        raise unknown_revision(rev)
+    return commit
 
 
 def restore_fix(path: str, where: str | None) -> str:
