@@ -10,16 +10,15 @@ state twice gives the same bytes.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitbake.contract import yamlio
+from gitbake.contract.digest import is_digest
 from gitbake.errors import ConfigError, Issue
 from gitbake.fsutil import write_atomic
 
 BREAD_FILE = ".bread"
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 HEADER = "# Bread configuration mapping\n# Auto-generated - do not edit manually\n\n"
 
 
@@ -92,7 +91,7 @@ class Bread:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = None
-        if not isinstance(value, list) or not all(isinstance(v, str) and _DIGEST.match(v) for v in value):
+        if not isinstance(value, list) or not all(is_digest(v) for v in value):
             raise ConfigError(
                 [Issue(BREAD_FILE, self._line("PARENT_MODEL", "adapters"), None, "PARENT_MODEL.adapters",
                        f"must be a JSON list of 64-hex adapter digests, not {raw!r}",

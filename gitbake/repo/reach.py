@@ -7,7 +7,6 @@ its `recipe.yml` (each step's `outputs` and each bake's `adapter`). Manifests na
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -15,9 +14,9 @@ from gitbake.contract import bread as bread_mod
 from gitbake import git
 from gitbake.repo import revfiles
 from gitbake.contract import recipe as recipe_mod
+from gitbake.contract.digest import is_digest
 
 LINEAGE_FILES = (bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE)
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def digests_in(path: str, data: bytes) -> set[str]:
@@ -32,7 +31,7 @@ def digests_in(path: str, data: bytes) -> set[str]:
         out |= set(parsed.parent_adapters or [])
     else:
         out |= recipe_digests(parsed)
-    return {d for d in out if isinstance(d, str) and _DIGEST.match(d)}
+    return {d for d in out if is_digest(d)}
 
 
 def recipe_digests(r: recipe_mod.Recipe) -> set[str]:

@@ -33,6 +33,7 @@ from typing import BinaryIO, Iterator
 
 import blake3
 
+from gitbake.contract.digest import is_digest
 from gitbake.errors import GitbakeError, StoreCorruptError, UsageError
 from gitbake.store.locks import FileLock
 from gitbake.store.statcache import StatCache
@@ -42,7 +43,6 @@ FORMAT_LINE = f"gitbake-store {FORMAT}\n"
 ALGO = "blake3"
 STAGES = ("stim", "rollout", "bake", "eval")
 MANIFEST_KIND = "gitbake-manifest"
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _STAGE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 CHUNK = 4 << 20
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -114,7 +114,7 @@ class CorruptObject(StoreCorruptError):
 
 def check_digest(digest: str) -> str:
     """A digest is 64 lowercase hex characters, nothing else ever becomes a path (`../../x` is refused)."""
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
+    if not is_digest(digest):
         raise InvalidDigest(f"invalid digest {digest!r}", "a digest is 64 lowercase hex characters (blake3)")
     return digest
 
@@ -303,7 +303,7 @@ class Store:
                 continue
             for obj in sorted(shard.iterdir()):
                 digest = shard.name + obj.name
-                if _DIGEST.match(digest):
+                if is_digest(digest):
                     yield digest
 
     # -------------------------------------------------------------------------------------- puts
@@ -506,7 +506,7 @@ class Store:
             digest = self.key_path(stage, key).read_text().strip()
         except FileNotFoundError:
             return None
-        if not _DIGEST.match(digest) or not self.has(digest):
+        if not is_digest(digest) or not self.has(digest):
             return None
         return digest
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 import blake3
 
 from gitbake import git
+from gitbake.contract.digest import is_digest
 from gitbake.errors import GitbakeError, StoreCorruptError, UsageError
 from gitbake.store.objects import FORMAT_LINE, CorruptObject, Store, check_digest
 
@@ -227,7 +228,7 @@ class Remote:
         for p in found:
             rel = p[p.find("objects/blake3/") + len("objects/blake3/") :]
             digest = rel.replace("/", "")
-            if re.fullmatch(r"[0-9a-f]{64}", digest):
+            if is_digest(digest):
                 out.add(digest)
         return out
 
