@@ -1,0 +1,146 @@
+"""`git bake run`, and the viewers of its stage outputs: `stim` and `rollout`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gitbake.cli.common import CONTEXT, repository
+from gitbake.cli.render import emit_json
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("stages", nargs=-1, type=click.Choice(["stim", "rollout", "bake"], case_sensitive=False))
+@click.option("--force", is_flag=True, help="Run the stages even when their results are in the store.")
+@click.option("--detach", "-d", is_flag=True, help="Run in the background; `git bake jobs wait` / `git bake fetch` collect it.")
+@click.option("--json", "as_json", is_flag=True, help="Print what ran as JSON.")
+def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> None:
+    """Run the committed input.yml: stim (questions), rollout (teacher answers), bake (train + eval).
+
+    Stages run in pipeline order whatever the order given; with none, every stage input.yml has runs.
+    A stage whose key is already in the store is a cache hit and does not run again (--force reruns
+    it). rollout runs a missing stim first; bake runs missing stim and rollout first, then evaluates
+    the adapter on held-out questions (gap_closed).
+
+    When the bake ran, one bake commit follows holding the new .bread, the new recipe.yml and input.yml
+    with its sections commented out, and .bake/model becomes the new model. input.yml must be
+    committed: that commit is what the model is the model of. (After a commit of input.yml the
+    post-commit hook does all this by itself.)
+
+    \b
+    Examples:
+      git bake run
+      git bake run stim
+      git bake run bake --force
+      git bake run --detach && git bake jobs wait
+    """
+    from gitbake import git
+
+    repo = repository()
+    wanted = [s.lower() for s in stages] or None
+    if detach:
+        from gitbake.workflow import jobs
+        from gitbake.workflow.pipeline import committed_input
+
+        # refuse uncommitted changes and what cannot run (limits, model shape) now, not in the background
+        repo.plan(committed_input(repo)[0])
+        head = git.rev_parse(repo.root, "HEAD") or ""
+        job = jobs.start(repo, head, git.symbolic_head(repo.root), wanted, force)
+        if as_json:
+            emit_json(job.as_json())
+            return
+        ahead = [j for j in jobs.active(repo) if j.id != job.id]
+        click.echo(f"started job {job.id} in the background (log: {job.log_path})"
+                   + (f"; it is queued behind job {ahead[0].id}" if ahead else ""))
+        click.echo("`git bake status` shows its progress; `git bake jobs wait` waits for it; `git bake jobs cancel` stops it")
+        return
+    from gitbake.workflow.run import run_and_commit
+
+    report = run_and_commit(repo, wanted, force=force, say=lambda m: click.echo(m, err=True))
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    if as_json:
+        emit_json(report.as_json())
+        return
+    for r in report.results:
+        how = "cached" if r.cached else f"ran in {r.seconds:.1f}s"
+        unit = "questions" if r.stage == "stim" else "trajectories"
+        click.echo(f"{r.stage:<8} {how:<14} {r.count} {unit}  key {r.key[:12]}  -> {r.manifest[:12]}")
+        if r.stage == "bake" and r.extra.get("gap_closed") is not None:
+            e = r.extra
+            click.echo(f"         eval: gap_closed {e['gap_closed']:.3f} (KL {e['d_before']:.4f} -> {e['d_after']:.4f} nats/token)"
+                       + (f", final loss {e['final_loss']:.4f}" if e.get("final_loss") is not None else ""))
+        for note in r.notes:
+            click.echo(f"         note: {note}")
+    for line in report.outcome():
+        click.echo(line, err=line.startswith(("warning:", "note:")))
+
+
+def _view(stage: str, target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:
+    import itertools
+
+    from gitbake.workflow.pipeline import find_stage_output, read_records
+
+    repo = repository()
+    name, key, manifest = find_stage_output(repo, stage, target_name)
+    records = read_records(repo.store, manifest, stage)
+    if count:
+        n = sum(1 for _ in records)
+        click.echo(json.dumps({"target": name, "count": n}) if as_json else str(n))
+        return
+    if jsonl is not None:
+        n = 0
+        with open(jsonl, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        click.echo(f"wrote {n} {stage} records of {name} to {jsonl}")
+        return
+    page = list(itertools.islice(records, offset, offset + limit))
+    if as_json:
+        emit_json({"target": name, "key": key, "offset": offset, "records": page})
+        return
+    click.echo(f"# {stage} of {name} (key {key[:12]}), records {offset}..{offset + len(page) - 1}")
+    for rec in page:
+        shown = {k: v for k, v in rec.items() if not k.endswith("_ids")}  # token ids: use --json / --jsonl
+        click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
+
+
+def _viewer_options(f: Any) -> Any:
+    f = click.option("--json", "as_json", is_flag=True, help="Print the page as JSON (token ids included).")(f)
+    f = click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), help="Export every record to FILE as JSON lines.")(f)
+    f = click.option("-c", "--count", is_flag=True, help="Only print how many records there are.")(f)
+    f = click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Skip this many records.")(f)
+    f = click.option("-l", "--limit", default=10, show_default=True, type=click.IntRange(min=1), help="Show at most this many records.")(f)
+    f = click.option("--target", "target_name", metavar="NAME", help="A target by plain or hashed name (default: input.yml's, else the newest).")(f)
+    return f
+
+
+@click.command(context_settings=CONTEXT)
+@_viewer_options
+def stim(target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:
+    """Show the questions of a target (its stim output), page by page; every record, not just 100.
+
+    \b
+    Examples:
+      git bake stim -l 5
+      git bake stim --offset 100 --limit 50
+      git bake stim --jsonl questions.jsonl
+    """
+    _view("stim", target_name, limit, offset, count, jsonl, as_json)
+
+
+@click.command(context_settings=CONTEXT)
+@_viewer_options
+def rollout(target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:
+    """Show the teacher's answers of a target (its rollout output), page by page.
+
+    \b
+    Examples:
+      git bake rollout -c
+      git bake rollout --target yoda_target --jsonl trajectories.jsonl
+    """
+    _view("rollout", target_name, limit, offset, count, jsonl, as_json)
