@@ -13,7 +13,7 @@ import pytest
 
 from gitbake.contract import bread as bread_mod
 from gitbake.contract import recipe as recipe_mod
-from gitbake.workflow.bakecommit import comment_out
+from gitbake.contract.inputtext import comment_out
 from gitbake.repo.repo import open_repo
 from helpers import YODA_SMALL, bake_git, copy_baked, git, invoke
 

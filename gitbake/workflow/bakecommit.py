@@ -25,6 +25,7 @@ from gitbake import git
 from gitbake.repo import leases, reach, revfiles
 from gitbake.contract import recipe as recipe_mod
 from gitbake.contract.config import INPUT_FILE
+from gitbake.contract.inputtext import comment_out
 from gitbake.errors import GitbakeError, StoreCorruptError
 from gitbake.store.objects import Store
 from gitbake.repo.storepath import store_root
@@ -33,24 +34,7 @@ from gitbake.contract.recipe import BakeResource, Recipe, Step
 
 PENDING_PREFIX = "refs/bake/"
 TRAILER = recipe_mod.TRAILER
-_SECTION = re.compile(r"^(PROMPT|TARGET|BAKE)\s*:")
-_TOP_LEVEL = re.compile(r"^[^\s#]")
 _PENDING_LEAF = re.compile(r"^[0-9a-f]{12}$")
-
-
-def comment_out(text: str) -> str:
-    """bgit's "clear" (bgit.md §4.7): every line of the PROMPT / TARGET / BAKE blocks, header included,
-    gets `# `; blank lines and comments stay as they are, lines outside those blocks are untouched."""
-    out, inside = [], False
-    for line in text.splitlines(keepends=True):
-        if _SECTION.match(line):
-            inside = True
-        elif _TOP_LEVEL.match(line) and not line.startswith("..."):
-            inside = False  # another top-level key ends the block
-        if inside and line.strip() and not line.lstrip().startswith("#"):
-            line = "# " + line
-        out.append(line)
-    return "".join(out)
 
 
 def model_name(repo_name: str, bake_name: str, steps: int) -> str:

@@ -6,23 +6,16 @@ differs there is `changed`, one not there is `new`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitbake.contract.config import INPUT_FILE, SECTIONS, LoadedInput, load_input_bytes, symlink_error
+from gitbake.contract import inputtext
+from gitbake.contract.config import INPUT_FILE, LoadedInput, load_input_bytes, symlink_error
+from gitbake.contract.inputtext import has_sections as has_sections  # re-exported for its importers
 from gitbake.errors import Issue
 from gitbake.repo.plan import Plan
 from gitbake.repo.repo import ModelRepo
-
-_COMMENTED = re.compile(r"^#\s?(PROMPT|TARGET|BAKE)\s*:", re.MULTILINE)
-_ACTIVE = re.compile(rb"^(PROMPT|TARGET|BAKE)\s*:", re.MULTILINE)
-
-
-def has_sections(data: bytes) -> bool:
-    """Whether an input.yml has a section that is not commented out (cheap: no YAML parse)."""
-    return _ACTIVE.search(data) is not None
 
 
 @dataclass
@@ -193,8 +186,7 @@ def commented_sections(root: Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return []
-    found = set(_COMMENTED.findall(text))
-    return [s for s in SECTIONS if s in found]
+    return inputtext.commented_sections(text)
 
 
 def current_branch(root: Path) -> str | None:
