@@ -348,9 +348,27 @@ def update_ref(root: Path, ref: str, new: str, old: str | None, message: str) ->
 
 
 def symbolic_head(root: Path) -> str | None:
-    """The branch ref HEAD points at (refs/heads/main), or None when detached."""
+    """The branch ref HEAD points at (refs/heads/main), or None when detached.
+
+    Read from HEAD itself: status and the hooks ask on every call, and a git process costs more than the
+    answer. git answers what the file cannot say (a reftable repository's HEAD is a placeholder)."""
+    try:
+        d = dot_git(root)
+        head = (d / "HEAD").read_text(encoding="utf-8").strip() if d else None
+    except (OSError, UnicodeDecodeError):
+        head = None
+    if head is not None and not head.startswith("ref: "):
+        return None  # detached: HEAD holds a commit id
+    if head is not None and head != "ref: refs/heads/.invalid":
+        return head.removeprefix("ref: ").strip()
     proc = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=root, capture_output=True, text=True, env=_env())
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def current_branch(root: Path) -> str | None:
+    """The name of the branch HEAD points at (`main`), or None when detached."""
+    ref = symbolic_head(root)
+    return ref.removeprefix("refs/heads/") if ref is not None else None
 
 
 def index_blob(root: Path, path: str) -> str | None:

@@ -48,3 +48,18 @@ def test_hooks_dir_respects_core_hookspath(tmp_path: Path) -> None:
     assert g.hooks_dir(tmp_path) == (tmp_path / ".git" / "hooks").resolve()
     git(tmp_path, "config", "core.hooksPath", ".githooks")
     assert g.hooks_dir(tmp_path) == tmp_path / ".githooks"
+
+
+def test_current_branch_reads_head_as_git_does(tmp_path: Path) -> None:
+    """One reading of the current branch, from HEAD's file: unborn, in a worktree, detached."""
+    root = tmp_path / "r"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "work")
+    assert g.symbolic_head(root) == "refs/heads/work" and g.current_branch(root) == "work"  # unborn
+    (root / "f").write_text("x")
+    git(root, "add", "f")
+    git(root, "commit", "-q", "-m", "c")
+    git(root, "worktree", "add", "-q", "-b", "side", str(tmp_path / "wt"))
+    assert g.current_branch(tmp_path / "wt") == "side" and g.current_branch(root) == "work"
+    git(root, "checkout", "-q", "--detach")
+    assert g.symbolic_head(root) is None and g.current_branch(root) is None

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gitbake import git
 from gitbake.contract import inputtext
 from gitbake.contract.config import INPUT_FILE, LoadedInput, load_input_bytes, symlink_error
 from gitbake.contract.inputtext import has_sections as has_sections  # re-exported for its importers
@@ -72,7 +73,7 @@ def status(repo: ModelRepo) -> StatusReport:
     report = StatusReport(
         repo.root,
         repo.bread.repo_name if repo.bread else None,
-        current_branch(repo.root),
+        git.current_branch(repo.root),
         plan,
         commented_out=commented_sections(repo.root),
         warnings=loaded.warnings + plan.warnings,
@@ -113,7 +114,7 @@ def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
                 if prog and str(prog.get("label", "")).split(" ")[0] == row["stage"]:
                     row["state"], row["progress"] = "running", prog
     if git.may_have_refs(repo.root, bakecommit.PENDING_PREFIX):  # status runs often: ask git only when there may be some
-        branch = current_branch(repo.root)
+        branch = git.current_branch(repo.root)
         waiting = bakecommit.pending(repo.root, f"refs/heads/{branch}" if branch else None)
         here = git.show(repo.root, "HEAD", ".bread")
         for ref, sha in waiting.items():
@@ -187,15 +188,3 @@ def commented_sections(root: Path) -> list[str]:
     except (OSError, UnicodeDecodeError):
         return []
     return inputtext.commented_sections(text)
-
-
-def current_branch(root: Path) -> str | None:
-    """Read HEAD directly: this runs on every `status`, and a git process costs more than the answer."""
-    from gitbake import git
-
-    d = git.dot_git(root)
-    try:
-        head = (d / "HEAD").read_text().strip() if d else ""
-    except OSError:
-        return None
-    return head.removeprefix("ref: refs/heads/") if head.startswith("ref: ") else None
