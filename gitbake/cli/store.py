@@ -84,32 +84,15 @@ def store_gc(dry_run: bool, grace: str, force: bool, as_json: bool) -> None:
       git bake store gc --dry-run
       git bake store gc --grace 0 --force      # everything unreachable, now
     """
-    from gitbake.store import remote as remote_mod
-    from gitbake.errors import GitbakeError
-    from gitbake.repo.gc import gc, parse_grace
-    from gitbake.repo.storepath import forget_clones, registered_clones
+    from gitbake.repo import gc
 
-    grace_s = parse_grace(grace)
-    repo = repository()
-    st = repo.store
-    clones, missing, removed = registered_clones(st)
-    if removed and not dry_run:
-        forget_clones(st, removed)  # worktrees git has removed: nothing of theirs is left to keep
-    if missing and not force:
-        raise GitbakeError(
-            "clones registered with this store are missing, so their models cannot be told apart from garbage: "
-            + ", ".join(map(str, missing)),
-            "mount or move them back; if they were deleted, run `git bake store gc --force` to forget them",
-        )
-    if missing and not dry_run:
-        forget_clones(st, missing)
-    remotes = [remote_mod.Remote(n, u) for n, u in remote_mod.list_remotes(repo.root).items()]
-    report = gc(st, clones, grace_s, dry_run=dry_run, force=force, remote_has=remote_mod.have_any(remotes) if remotes else None)
+    grace_s = gc.parse_grace(grace)
+    report = gc.store_gc(repository(), grace_s, dry_run=dry_run, force=force)
     if as_json:
         emit_json(report.as_json())
         return
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{report.live} live object(s) across {len(clones)} clone(s); {verb} {len(report.deleted)} ({human_size(report.deleted_bytes)})")
+    click.echo(f"{report.live} live object(s) across {len(report.clones)} clone(s); {verb} {len(report.deleted)} ({human_size(report.deleted_bytes)})")
     if report.keys_deleted:
         click.echo(f"{verb} {len(report.keys_deleted)} stage key(s) whose result is gone")
     if report.kept_unpushed:

@@ -18,11 +18,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from gitbake.repo import leases, reach
-from gitbake.errors import UsageError
+from gitbake.errors import GitbakeError, UsageError
 from gitbake.store.objects import Store, check_key
+
+if TYPE_CHECKING:
+    from gitbake.repo.repo import ModelRepo
 
 DEFAULT_GRACE = "14d"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -105,6 +108,31 @@ def gc(
         if not dry_run:
             report.tmp_removed = store.clear_tmp()[0]
     return report
+
+
+def store_gc(repo: ModelRepo, grace_s: float, dry_run: bool = False, force: bool = False) -> GcReport:
+    """`git bake store gc`: the clones whose refs count, then `gc`.
+
+    Worktrees git has removed are forgotten (nothing of theirs is left to keep). A registered clone that
+    is missing stops gc unless `force` (its models cannot be told from garbage), and is then forgotten.
+    With remotes configured, an unreachable object that no remote has is kept unless `force`."""
+    from gitbake.repo.storepath import forget_clones, registered_clones
+    from gitbake.store import remote as remote_mod
+
+    st = repo.store
+    clones, missing, removed = registered_clones(st)
+    if removed and not dry_run:
+        forget_clones(st, removed)
+    if missing and not force:
+        raise GitbakeError(
+            "clones registered with this store are missing, so their models cannot be told apart from garbage: "
+            + ", ".join(map(str, missing)),
+            "mount or move them back; if they were deleted, run `git bake store gc --force` to forget them",
+        )
+    if missing and not dry_run:
+        forget_clones(st, missing)
+    remotes = [remote_mod.Remote(n, u) for n, u in remote_mod.list_remotes(repo.root).items()]
+    return gc(st, clones, grace_s, dry_run=dry_run, force=force, remote_has=remote_mod.have_any(remotes) if remotes else None)
 
 
 def _object_mtime(store: Store, digest: str) -> float:
