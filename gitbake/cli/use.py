@@ -158,14 +158,13 @@ def metrics(bake: str | None, png: Path | None, as_csv: bool, as_json: bool) -> 
         click.echo(to_csv(m.rows), nl=False)
         return
     click.echo(f"{m.bake} ({m.commit[:12]}): {len(m.rows)} steps")
-    click.echo(chart([float(r.get("loss", 0.0)) for r in m.rows]))
+    click.echo(chart(m.losses()))
     e = m.eval
     if e.get("gap_closed") is not None:
         click.echo(f"eval: gap_closed {e['gap_closed']:.3f} (KL {e['d_before']:.4f} -> {e['d_after']:.4f} nats/token) "
                    f"on {e.get('questions')} question(s)" + (f"; {e['note']}" if e.get("note") else ""))
-    losses = [float(r.get("loss", "nan")) for r in m.rows]
-    if finite := [x for x in losses if x == x and abs(x) != float("inf")]:
-        click.echo(f"loss: first {losses[0]:.4f}, last {losses[-1]:.4f}, min {min(finite):.4f}")
+    if (s := m.loss_stats()) is not None:
+        click.echo(f"loss: first {s.first:.4f}, last {s.last:.4f}, min {s.min:.4f}")
     if png is not None:
         click.echo(f"wrote {png}")
 

@@ -31,6 +31,23 @@ class BakeMetrics:
         out: dict[str, Any] = finite_json({"bake": self.bake, "commit": self.commit, "metrics": self.rows, "eval": self.eval})
         return out
 
+    def losses(self) -> list[float]:
+        """The loss of each row, as the chart draws it (a row without one counts as 0)."""
+        return [float(r.get("loss", 0.0)) for r in self.rows]
+
+    def loss_stats(self) -> LossStats | None:
+        """First, last and lowest loss (the lowest of the finite ones); None when no loss is finite."""
+        losses = [float(r.get("loss", "nan")) for r in self.rows]
+        finite = [x for x in losses if math.isfinite(x)]
+        return LossStats(losses[0], losses[-1], min(finite)) if finite else None
+
+
+@dataclass(frozen=True)
+class LossStats:
+    first: float
+    last: float
+    min: float
+
 
 def find(repo: ModelRepo, which: str | None) -> BakeMetrics:
     from gitbake.repo.history import log
