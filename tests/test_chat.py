@@ -47,7 +47,7 @@ def test_repl_commands(baked_repo: dict[str, Any]) -> None:
 def test_session_keeps_history_and_system_prompt(baked_repo: dict[str, Any]) -> None:
     repo = open_repo(baked_repo["root"])
     version = resolve(repo, "HEAD")
-    from gitbake.use.chat import load
+    from gitbake.use.versions import load
 
     s = Session(repo, version, load(repo, version), temperature=0.0, max_tokens=4)
     out: list[str] = []
@@ -174,7 +174,7 @@ def test_batcher_mixed_lengths_and_joining_mid_batch() -> None:
 def test_compare_is_the_same_turn_in_the_same_conversation(baked_repo: dict[str, Any]) -> None:
     repo = open_repo(baked_repo["root"])
     version = resolve(repo, "HEAD")
-    from gitbake.use.chat import load
+    from gitbake.use.versions import load
 
     s = Session(repo, version, load(repo, version), temperature=0.0, max_tokens=4)
     seen: list[list[dict[str, str]]] = []

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from gitbake.use.chat import load
+from gitbake.use.versions import load
 from gitbake.repo.repo import open_repo
 from gitbake.use.versions import resolve
 from helpers import bake_git

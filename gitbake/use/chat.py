@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gitbake.repo.repo import ModelRepo
-from gitbake.use.versions import Version, materialised, resolve
+from gitbake.use.versions import Version, load, resolve
 
 HELP = """\
 /system TEXT   set the system prompt to TEXT (all of it); /system alone shows it, /system - clears it
@@ -25,13 +25,6 @@ HELP = """\
 /help          this text
 /quit, /exit   leave (so does Ctrl-D); Ctrl-C stops an answer
 """
-
-
-def load(repo: ModelRepo, version: Version) -> Any:
-    from gitbake.engine.models import load as load_model
-
-    with materialised(repo, version) as dirs:
-        return load_model(version.base_model, dirs, root=repo.root)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 from gitbake.errors import UsageError
 from gitbake.repo.repo import ModelRepo
-from gitbake.use.versions import Version, resolve
+from gitbake.use.versions import Version, load, resolve
 
 MAX_QUESTIONS = 32
 
@@ -71,8 +71,6 @@ def lineage_questions(repo: ModelRepo, versions: list[Version]) -> tuple[list[st
 
 def diff(repo: ModelRepo, rev1: str, rev2: str | None, questions_file: Path | None, samples: int, max_tokens: int,
          top: int) -> dict[str, Any]:
-    from gitbake.use.chat import load
-
     a = resolve(repo, rev1)
     b = resolve(repo, rev2) if rev2 else a.parent()
     if rev2 is None and b.adapters:  # name the parent by its own bake

@@ -20,7 +20,7 @@ from gitbake import destination
 from gitbake.errors import UsageError
 from gitbake.repo.repo import ModelRepo
 from gitbake.store.objects import swap_in
-from gitbake.use.versions import Version, materialised, resolve
+from gitbake.use.versions import Version, load, materialised, resolve
 
 
 def _staging(repo: ModelRepo, dest: Path, force: bool) -> Path:
@@ -64,8 +64,6 @@ def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) 
 
 
 def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> dict[str, Any]:
-    from gitbake.use.chat import load
-
     version = resolve(repo, rev)
     staging = _staging(repo, dest, force)
     try:

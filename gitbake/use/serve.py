@@ -493,8 +493,7 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
 
 
 def load_served(repo: Any, revs: list[str], max_batch: int = 16) -> dict[str, Served]:
-    from gitbake.use.chat import load
-    from gitbake.use.versions import resolve
+    from gitbake.use.versions import load, resolve
 
     versions = [resolve(repo, rev) for rev in revs or ["HEAD"]]  # every revision checked before any model loads
     from gitbake.engine.infer import Batcher

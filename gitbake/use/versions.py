@@ -1,5 +1,6 @@
 """A model version to *use* (chat, serve, export, diff): a revision's model, named, with its adapters
-materialised from the store. No ML here: loading happens in `chat`, `serve`, `export` and the engine.
+materialised from the store, and the one loader of it. The ML stack is imported only when `load` runs,
+so resolving a revision (and refusing a bad one) stays fast.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from gitbake.repo import modeldir
 from gitbake.errors import UsageError
@@ -86,3 +87,11 @@ def materialised(repo: ModelRepo, version: Version) -> Iterator[list[Path]]:
     with tempfile.TemporaryDirectory(dir=store.tmp, prefix="use-") as tmp:
         modeldir.materialise(store, version.spec, Path(tmp) / "model", version.commit)
         yield [Path(tmp) / "model" / "adapters" / str(i) for i in range(len(version.adapters))]
+
+
+def load(repo: ModelRepo, version: Version) -> Any:
+    """The version's model: its base model with its adapter chain materialised from the store and merged."""
+    from gitbake.engine.models import load as load_model
+
+    with materialised(repo, version) as dirs:
+        return load_model(version.base_model, dirs, root=repo.root)
