@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from gitbake.cli.common import CONTEXT, repository
 from gitbake.cli.render import emit_json, job_line
+
+if TYPE_CHECKING:
+    from gitbake.workflow.bakecommit import CommitResult
 
 
 @click.group(context_settings=CONTEXT, invoke_without_command=True)
@@ -105,13 +110,10 @@ def jobs_cancel(job_id: str | None) -> None:
     """
     from gitbake.workflow import jobs as jobs_mod
 
-    repo = repository()
-    live = jobs_mod.active(repo)  # the running one first, then the newest queued
-    job = jobs_mod.find(repo, job_id) if job_id else next(iter(sorted(live, key=lambda j: j.state != "running")), None)
+    job = jobs_mod.cancel_job(repository(), job_id)
     if job is None:
         click.echo("no job is running")
         return
-    job = jobs_mod.cancel(job)
     click.echo(f"job {job.id}: {job.state}")
 
 
@@ -130,34 +132,24 @@ def fetch(force: bool, drop: bool, as_json: bool) -> None:
       git bake fetch
       git bake fetch --drop     # a later bake made it moot
     """
-    from gitbake.workflow import bakecommit, jobs as jobs_mod
-    from gitbake import git
-    from gitbake.workflow.run import refresh_model
+    from gitbake.workflow.run import fetch as do_fetch
 
-    repo = repository()
-    waiting = bakecommit.pending(repo.root, git.symbolic_head(repo.root))
-    if not waiting:
-        running = jobs_mod.active(repo)
-        msg = f"job {running[0].id} is still {running[0].state}: `git bake jobs wait`, then fetch" if running else "no bake result is waiting for this branch"
+    def took(ref: str, result: CommitResult) -> None:
+        if not as_json:
+            click.echo(f"took {ref}: bake commit {result.commit[:12]}")
+
+    out = do_fetch(repository(), force=force, drop=drop, on_take=took)
+    if out.state in ("nothing", "running"):
+        j = out.running
+        msg = f"job {j.id} is still {j.state}: `git bake jobs wait`, then fetch" if j else "no bake result is waiting for this branch"
         if as_json:
             emit_json({"taken": [], "message": msg})
         else:
             click.echo(msg)
-        return
-    if drop:
-        for ref in sorted(waiting):
-            git.delete_ref(repo.root, ref)
+    elif out.state == "dropped":
         if as_json:
-            emit_json({"dropped": sorted(waiting)})
+            emit_json({"dropped": out.dropped})
         else:
-            click.echo(f"dropped {', '.join(sorted(waiting))}")
-        return
-    taken = []
-    for ref in sorted(waiting):
-        result = bakecommit.take_pending(repo.root, ref, force=force)
-        taken.append(result.as_json())
-        if not as_json:
-            click.echo(f"took {ref}: bake commit {result.commit[:12]}")
-    refresh_model(repo)
-    if as_json:
-        emit_json({"taken": taken})
+            click.echo(f"dropped {', '.join(out.dropped)}")
+    elif as_json:
+        emit_json({"taken": [r.as_json() for r in out.taken]})

@@ -37,24 +37,18 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
       git bake run bake --force
       git bake run --detach && git bake jobs wait
     """
-    from gitbake import git
-
     repo = repository()
     wanted = [s.lower() for s in stages] or None
     if detach:
-        from gitbake.workflow import jobs
-        from gitbake.workflow.pipeline import committed_input
+        from gitbake.workflow.run import run_detached
 
-        # refuse uncommitted changes and what cannot run (limits, model shape) now, not in the background
-        repo.plan(committed_input(repo)[0])
-        head = git.rev_parse(repo.root, "HEAD") or ""
-        job = jobs.start(repo, head, git.symbolic_head(repo.root), wanted, force)
+        started = run_detached(repo, wanted, force)
+        job = started.job
         if as_json:
             emit_json(job.as_json())
             return
-        ahead = [j for j in jobs.active(repo) if j.id != job.id]
         click.echo(f"started job {job.id} in the background (log: {job.log_path})"
-                   + (f"; it is queued behind job {ahead[0].id}" if ahead else ""))
+                   + (f"; it is queued behind job {started.queued_behind}" if started.queued_behind else ""))
         click.echo("`git bake status` shows its progress; `git bake jobs wait` waits for it; `git bake jobs cancel` stops it")
         return
     from gitbake.workflow.run import run_and_commit
@@ -82,22 +76,18 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
 def _view(stage: str, target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:
     import itertools
 
-    from gitbake.workflow.pipeline import find_stage_output, read_records
+    from gitbake.workflow.pipeline import export_records, find_stage_output, read_records
 
     repo = repository()
+    if jsonl is not None and not count:
+        done = export_records(repo, stage, target_name, jsonl)
+        click.echo(f"wrote {done.count} {stage} records of {done.target} to {done.path}")
+        return
     name, key, manifest = find_stage_output(repo, stage, target_name)
     records = read_records(repo.store, manifest, stage)
     if count:
         n = sum(1 for _ in records)
         click.echo(json.dumps({"target": name, "count": n}) if as_json else str(n))
-        return
-    if jsonl is not None:
-        n = 0
-        with open(jsonl, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                n += 1
-        click.echo(f"wrote {n} {stage} records of {name} to {jsonl}")
         return
     page = list(itertools.islice(records, offset, offset + limit))
     if as_json:

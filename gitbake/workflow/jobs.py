@@ -252,6 +252,14 @@ def cancel(job: Job, grace: float = 10.0) -> Job:
     return job
 
 
+def cancel_job(repo: ModelRepo, job_id: str | None = None) -> Job | None:
+    """`git bake jobs cancel [JOB_ID]`: stop JOB_ID, or by default the running job, else the newest queued
+    one. None when no job is running or queued."""
+    live = active(repo)  # newest first
+    job = find(repo, job_id) if job_id else next(iter(sorted(live, key=lambda j: j.state != "running")), None)
+    return cancel(job) if job is not None else None
+
+
 def _stop(job: Job, pid: int, grace: float) -> None:
     """SIGINT, then SIGTERM, then SIGKILL to the job's process group, until its process is gone."""
     for sig, wait_s in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):

@@ -493,3 +493,24 @@ def _recorded_rollout(recipe: Any, key: str) -> str | None:
             out: str | None = s.outputs.get("manifest")
             return out
     return None
+
+
+@dataclass(frozen=True)
+class RecordExport:
+    """What `git bake stim / rollout --jsonl FILE` wrote."""
+
+    stage: str
+    target: str  # the target's hashed name
+    count: int
+    path: Path
+
+
+def export_records(repo: ModelRepo, stage: str, target_name: str | None, path: Path) -> RecordExport:
+    """`git bake stim / rollout --jsonl FILE`: every record of the stage output, one JSON object a line."""
+    name, _key, manifest = find_stage_output(repo, stage, target_name)
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for rec in read_records(repo.store, manifest, stage):
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return RecordExport(stage, name, n, path)

@@ -11,7 +11,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 from gitbake.workflow import bakecommit
 from gitbake import destination, git
@@ -23,6 +23,9 @@ from gitbake.repo.plan import Plan
 from gitbake.repo.repo import ModelRepo
 from gitbake.store.objects import Store
 from gitbake.contract.yamlio import decode_text
+
+if TYPE_CHECKING:
+    from gitbake.workflow import jobs
 
 
 @dataclass
@@ -231,3 +234,59 @@ def checkout(repo: ModelRepo, rev: str, dest: Path | None = None, fetch: bool = 
         fetch_objects(repo.root, repo.store, set(spec.adapters))
     done = modeldir.materialise(repo.store, spec, target, other.rev, protected=protected, reserved=dest is None)
     return {"rev": rev, "commit": other.rev, **done.as_json()}
+
+
+@dataclass(frozen=True)
+class Detached:
+    """A bake started in the background by `git bake run --detach`."""
+
+    job: jobs.Job
+    queued_behind: str | None  # the id of the job it waits for, if another is running or queued
+
+
+def run_detached(repo: ModelRepo, stages: list[str] | None = None, force: bool = False) -> Detached:
+    """`git bake run --detach`: refuse uncommitted changes and what cannot run (limits, model shape) now,
+    not in the background; then start a job for HEAD and say which job, if any, it queues behind."""
+    from gitbake.workflow import jobs
+    from gitbake.workflow.pipeline import committed_input
+
+    repo.plan(committed_input(repo)[0])
+    head = git.rev_parse(repo.root, "HEAD") or ""
+    job = jobs.start(repo, head, git.symbolic_head(repo.root), stages, force)
+    ahead = [j for j in jobs.active(repo) if j.id != job.id]
+    return Detached(job, ahead[0].id if ahead else None)
+
+
+@dataclass
+class Fetched:
+    """What `git bake fetch` did with the finished bakes kept under refs/bake/ for this branch."""
+
+    state: Literal["nothing", "running", "dropped", "taken"]
+    running: jobs.Job | None = None  # state "running": the job still baking (nothing waits yet)
+    dropped: list[str] = field(default_factory=list)
+    taken: list[bakecommit.CommitResult] = field(default_factory=list)
+
+
+def fetch(repo: ModelRepo, force: bool = False, drop: bool = False,
+          on_take: Callable[[str, bakecommit.CommitResult], None] | None = None) -> Fetched:
+    """`git bake fetch [--force] [--drop]`: make each waiting bake result a bake commit on top of the current
+    branch (then `.bake/model` follows), or with `drop` delete their refs (the adapters stay until gc).
+    `on_take(ref, result)` hears of each one as it is taken."""
+    from gitbake.workflow import jobs
+
+    waiting = sorted(bakecommit.pending(repo.root, git.symbolic_head(repo.root)))
+    if not waiting:
+        running = jobs.active(repo)
+        return Fetched("running", running[0]) if running else Fetched("nothing")
+    if drop:
+        for ref in waiting:
+            git.delete_ref(repo.root, ref)
+        return Fetched("dropped", dropped=waiting)
+    out = Fetched("taken")
+    for ref in waiting:
+        result = bakecommit.take_pending(repo.root, ref, force=force)
+        out.taken.append(result)
+        if on_take is not None:
+            on_take(ref, result)
+    refresh_model(repo)
+    return out
