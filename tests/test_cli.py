@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -113,3 +114,45 @@ def test_bad_input_exit_2_located_and_nothing_changes(name: str, model_repo: Pat
         if name not in ("20 MB",):
             assert re.search(r"input\.yml:\d+", result.stderr), result.stderr
     assert {p.name: p.read_bytes() for p in model_repo.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "args", [["status"], ["validate"], ["store", "du"], ["jobs", "ls"], ["jobs", "cancel"], ["fetch"], ["log"], ["show"]], ids=" ".join
+)
+def test_the_repository_is_opened_once_per_invocation(args: list[str], model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gitbake.repo import repo as repo_mod
+
+    opened: list[Path] = []
+    real = repo_mod.open_repo
+
+    def counting(cwd: Path) -> repo_mod.ModelRepo:
+        opened.append(cwd)
+        return real(cwd)
+
+    monkeypatch.setattr(repo_mod, "open_repo", counting)
+    assert invoke(*args).exit_code == 0
+    assert len(opened) == 1
+
+
+def test_core_decisions_of_the_cli_are_typed_core_functions(model_repo: Path) -> None:
+    """The decisions `cancel`, `fetch`, `push`/`pull` and `metrics` make live below the CLI and answer with
+    dataclasses; here, with nothing running, waiting or baked."""
+    from gitbake.repo.repo import open_repo
+    from gitbake.use.metrics import BakeMetrics, LossStats
+    from gitbake.workflow import jobs, run, transfer
+
+    repo = open_repo(model_repo)
+    assert jobs.cancel_job(repo) is None
+    assert run.fetch(repo) == run.Fetched("nothing")
+    assert run.fetch(repo, drop=True).state == "nothing"
+    # a first argument that names a revision and no remote is a revision; a path or URL is a remote
+    assert transfer.remote_and_revs(model_repo, "HEAD", ("main",)) == (None, ("HEAD", "main"))
+    assert transfer.remote_and_revs(model_repo, "./elsewhere", ()) == ("./elsewhere", ())
+    assert transfer.remote_and_revs(model_repo, "nonesuch", ()) == ("nonesuch", ())
+    m = BakeMetrics("b", "c", [{"loss": 2.0}, {"loss": float("nan")}, {"loss": 1.0}, {"step": 4}])
+    stats = m.loss_stats()
+    assert stats is not None and (stats.first, stats.min) == (2.0, 1.0) and math.isnan(stats.last)
+    assert [x for x in m.losses() if not math.isnan(x)] == [2.0, 1.0, 0.0]  # the chart draws a missing loss as 0
+    s = BakeMetrics("b", "c", [{"loss": 2.0}, {"loss": 0.5}, {"loss": 1.0}]).loss_stats()
+    assert s == LossStats(2.0, 1.0, 0.5)
+    assert BakeMetrics("b", "c", [{"loss": float("inf")}]).loss_stats() is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from gitbake.cli.common import CONTEXT, repository
@@ -82,23 +84,16 @@ def remote_rm(name: str) -> None:
 
 
 def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_json: bool, force: bool = False) -> None:
-    from gitbake.repo import reach
-    from gitbake.store import remote as remote_mod
+    from gitbake.workflow import transfer
 
-    repo = repository()
-    # `git bake push REV` with no remote name: a first argument that is a revision, not a remote
-    if name is not None and name not in remote_mod.list_remotes(repo.root) and "://" not in name and not name.startswith(("/", ".", "~")):
-        from gitbake import git
+    def progress(target: Any) -> Any:
+        return progress_reporter(f"{verb} {target.name}")
 
-        if git.rev_parse(repo.root, name) is not None:
-            revs, name = (name, *revs), None
-    target = remote_mod.resolve(repo.root, name)
-    roots = reach.needed_by(repo.root, list(revs) or ["HEAD"])
-    progress = progress_reporter(f"{verb} {target.name}")
     if verb == "push":
-        report = remote_mod.push(repo.store, target, roots, jobs=jobs, progress=progress, force=force)
+        done = transfer.push(repository(), name, revs, jobs, progress, force)
     else:
-        report = remote_mod.pull(repo.store, target, roots, jobs=jobs, progress=progress)
+        done = transfer.pull(repository(), name, revs, jobs, progress)
+    report, target = done.report, done.remote
     if as_json:
         emit_json(report.as_json())
     else:
@@ -106,12 +101,9 @@ def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_
         click.echo(f"{verb} {target.name} ({target.url}): {report.needed} object(s) needed, {len(report.transferred)} {moved} "
                    f"({human_size(report.bytes)}), {report.skipped} already there")
     report.raise_for_problems(verb)
-    if verb == "pull" and (not revs or "HEAD" in revs):
-        from gitbake.workflow.run import refresh_model
-
-        state = refresh_model(repo, fetch=False)  # what was pulled for HEAD is HEAD's model: put it in place
-        if state["state"] == "updated" and not as_json:
-            click.echo(f".bake/model is now {state.get('model_name') or 'the base model'}")
+    state = done.refresh_model()
+    if state is not None and state["state"] == "updated" and not as_json:
+        click.echo(f".bake/model is now {state.get('model_name') or 'the base model'}")
 
 
 @click.command(context_settings=CONTEXT)
