@@ -336,3 +336,49 @@ def test_pre_commit_validates_during_a_rebase_and_under_its_env_var(model_repo: 
     # the other hooks still stay out of the way: a valid resolution commits and the rebase goes on
     git(model_repo, "checkout", "-q", "HEAD", "--", "input.yml")
     assert commit(model_repo, "resolved").returncode == 0
+
+
+def test_a_hook_with_nothing_to_do_answers_in_shell(model_repo: Path, tmp_path: Path) -> None:
+    """A commit that does not touch input.yml, and a checkout that keeps the model, start no Python (it
+    cost 390-450 ms a commit); whatever may need the Python path still gets it."""
+    log = tmp_path / "started"
+    wrapper = tmp_path / "python"  # the shims' interpreter, noting which hook started it: -m gitbake hook NAME
+    wrapper.write_text(f'#!/bin/sh\necho "$4" >> "{log}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    for name in hooks.HOOKS:
+        (model_repo / ".git/hooks" / name).write_text(hooks.shim_text(name).replace(sys.executable, str(wrapper)))
+    git(model_repo, "config", "bake.hookMode", "off")
+
+    def started() -> list[str]:
+        names = log.read_text().split() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return names
+
+    def commit_notes(text: str) -> None:
+        (model_repo / "notes.txt").write_text(text)
+        git(model_repo, "add", "notes.txt")
+        assert commit(model_repo, "notes").returncode == 0
+
+    commit_notes("1")
+    assert started() == ["post-commit"]  # nothing has said yet that .bake/model is .bread's model
+    assert (model_repo / hooks.VERIFIED).is_file()
+    commit_notes("2")
+    git(model_repo, "checkout", "-q", "-b", "side")
+    git(model_repo, "commit", "-q", "--amend", "-m", "notes, amended")
+    git(model_repo, "checkout", "-q", "main")
+    git(model_repo, "merge", "-q", "--no-ff", "-m", "merge", "side")
+    assert started() == []
+    # .bread rewritten, or .bake/model replaced: only Python can say whether the model still matches
+    (model_repo / ".bread").write_bytes((model_repo / ".bread").read_bytes())
+    commit_notes("3")
+    assert started() == ["post-commit"]
+    assert subprocess.run(["git", "bake", "checkout", "HEAD"], cwd=model_repo, capture_output=True).returncode == 0
+    git(model_repo, "checkout", "-q", "side")
+    assert started() == ["post-checkout"]
+    git(model_repo, "checkout", "-q", "main")
+    assert started() == []
+    # a commit of input.yml is checked and considered for a bake
+    (model_repo / "input.yml").write_text(YODA_SMALL)
+    git(model_repo, "add", "input.yml")
+    assert commit(model_repo, "yoda").returncode == 0
+    assert started() == ["pre-commit", "post-commit"]

@@ -43,17 +43,21 @@ def test_import_rules(path: Path) -> None:
         assert not (found & ML), f"{rel} imports {found & ML}"
 
 
-# Any import of the ML stack fails loudly in the child process, installed or not.
-PROBE = textwrap.dedent(
+# Any import of a package in BLOCK fails loudly in the child process, installed or not.
+BLOCKER = textwrap.dedent(
     """
     import sys
-    BLOCK = {ml!r}
+    BLOCK = {block!r}
     class Block:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCK:
                 raise ImportError("forbidden import of " + name)
             return None
     sys.meta_path.insert(0, Block())
+    """
+)
+PROBE = BLOCKER.format(block=ML) + textwrap.dedent(
+    """
     from gitbake.cli.main import cli
     try:
         cli.main(args=sys.argv[1:], prog_name="git bake", standalone_mode=False)
@@ -61,7 +65,7 @@ PROBE = textwrap.dedent(
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCK)
         assert not loaded, loaded
     """
-).format(ml=ML)
+)
 
 
 @pytest.mark.parametrize(
@@ -103,3 +107,35 @@ def test_model_commands_refuse_a_bad_revision_before_loading_the_ml_stack(model_
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("unknown revision") == len(cases)
+
+
+# A hook with nothing to do runs on every commit and checkout: its Python path (what a shim runs when it
+# cannot answer in shell) must not pay for pydantic, the ML stack or click.
+HOOK_PROBE = BLOCKER.format(block=ML | {"pydantic", "pydantic_core", "click"}) + textwrap.dedent(
+    """
+    import runpy
+    sys.argv = ["git-bake", "hook", *sys.argv[1:]]
+    try:
+        runpy.run_module("gitbake", run_name="__main__")
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCK)
+    assert not loaded, loaded
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["pre-commit"], ["post-commit"], ["post-checkout", "a", "b", "1"], ["post-checkout", "a", "b", "0"],
+     ["post-merge", "0"], ["post-rewrite", "amend"]],
+    ids=" ".join,
+)
+def test_a_hook_with_nothing_to_do_imports_no_pydantic(args: list[str], model_repo: Path) -> None:
+    (model_repo / "notes.txt").write_text("x\n")
+    subprocess.run(["git", "add", "notes.txt"], cwd=model_repo, check=True)
+    if args[0] != "pre-commit":  # pre-commit sees notes.txt staged; the others a HEAD that did not touch input.yml
+        subprocess.run(["git", "commit", "-qm", "notes"], cwd=model_repo, check=True)
+    proc = subprocess.run([sys.executable, "-c", HOOK_PROBE, *args], cwd=model_repo, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr  # a blocked import would be a warning on stderr

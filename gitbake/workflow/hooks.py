@@ -1,11 +1,15 @@
 """git hooks: installing the shims, and what each hook does (DESIGN §6).
 
-The shims (`gitbake/resources/hooks/` in the source tree, shipped in the package) only exec `git bake hook NAME`; the logic
-is here, so upgrading gitbake upgrades every repository's hooks. A hook never breaks git: outside a
-gitbake repository, during a rebase or cherry-pick it does nothing, and an internal error is a warning
-(exit 0) — except `pre-commit`, which always checks a staged input.yml (a rebase included) and fails closed (an
-input.yml it could not check is not committed; `git commit --no-verify` is the way around), and
-`pre-push`, which stops a push whose models could not be uploaded (as git-lfs does).
+The shims (`gitbake/resources/hooks/` in the source tree, shipped in the package) exec `git bake hook NAME`; the logic
+is here, so upgrading gitbake upgrades every repository's hooks. A shim answers in shell only where the
+answer is sure to be "nothing to do" (no input.yml staged or committed; `.bake/model` already checked
+against `.bread` and neither rewritten since: VERIFIED), so a commit that does not touch input.yml
+starts no Python.
+
+A hook never breaks git: outside a gitbake repository, during a rebase or cherry-pick it does nothing,
+and an internal error is a warning (exit 0) — except `pre-commit`, which always checks a staged
+input.yml (a rebase included) and fails closed (an input.yml it could not check is not committed;
+`git commit --no-verify` is the way around), and `pre-push`, which stops a push whose models could not be uploaded (as git-lfs does).
 
 This module is on the hot path of every commit and checkout: it imports nothing heavy at module level.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from importlib import resources
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -29,12 +33,15 @@ AUTOPUSH_CONFIG = "bake.autoPush"
 BREAD = ".bread"
 INPUT = "input.yml"
 RECIPE = "recipe.yml"
+VERIFIED = ".bake/model.verified"  # the shims' record that .bake/model is .bread's model (_mark_verified)
 
 
 # ------------------------------------------------------------------------------------ installing
 
 
 def shim_text(name: str) -> str:
+    from importlib import resources  # only installing needs it: not imported on every hook run
+
     text = resources.files("gitbake").joinpath(f"resources/hooks/{name}").read_text(encoding="utf-8")
     # the interpreter (and package) that installed the hook run it, as long as they exist (pre-commit's way)
     package = str(Path(__file__).resolve().parents[1])  # gitbake/, above workflow/
@@ -220,7 +227,7 @@ def should_bake(root: Path, commit: str) -> str | None:
 
 
 def post_commit(root: Path, args: list[str]) -> int:
-    from gitbake.workflow.status import has_sections
+    from gitbake.contract.inputtext import has_sections
 
     head = git.rev_parse(root, "HEAD")
     if head is None:
@@ -290,8 +297,8 @@ def _check_rebased(root: Path, rewritten: list[str]) -> None:
     """A bake commit replayed onto another model (a stale lineage: the merge driver stops the rebase on
     it, but an older driver or a hand resolution lets it through) is named with the commands that fix
     it; a rebased commit of input.yml left without its bake is named with the command that bakes it."""
+    from gitbake.contract.inputtext import has_sections
     from gitbake.repo.lineage import stale_bakes
-    from gitbake.workflow.status import has_sections
 
     head = git.rev_parse(root, "HEAD")
     for stale in stale_bakes(root, rewritten):
@@ -311,8 +318,12 @@ def _refresh(root: Path) -> int:
     from gitbake.contract import bread as bread_mod
     from gitbake.repo import modeldir
 
+    read_at = time.time()  # before .bread is read: a .bread written after this is never taken as verified
     b = bread_mod.read(root)
-    if b is None or modeldir.is_current(root, modeldir.spec_of(b)):
+    if b is None:
+        return 0
+    if modeldir.is_current(root, modeldir.spec_of(b)):
+        _mark_verified(root, read_at)
         return 0  # the common case, answered without opening the store
     from gitbake.repo.storepath import open_store
 
@@ -329,7 +340,23 @@ def _refresh(root: Path) -> int:
     elif state["state"] == "updated":
         n = len(state["adapters"])
         say(f".bake/model is now {state.get('model_name') or 'the base model'} ({n} adapter{'s' if n != 1 else ''})")
+    if state["state"] in ("current", "updated"):
+        _mark_verified(root, read_at)  # dated before the new model.json: the next hook checks it once more
     return 0
+
+
+def _mark_verified(root: Path, read_at: float) -> None:
+    """Leave `.bake/model.verified`, dated `read_at`: the shims answer "nothing to refresh" in shell while
+    it is newer than both `.bread` and `.bake/model/model.json`, whatever rewrites either (a checkout, a
+    bake, `git bake checkout REV`, an edit) sends the next hook to Python again. Best effort: without it,
+    the shims only ever ask Python."""
+    path = root / VERIFIED
+    try:
+        if path.parent.is_dir():
+            path.touch()
+            os.utime(path, (read_at, read_at))
+    except OSError:
+        pass
 
 
 def pre_push(root: Path, args: list[str]) -> int:

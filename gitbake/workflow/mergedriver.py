@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from gitbake import git
-from gitbake.workflow.status import has_sections
+from gitbake.contract.inputtext import has_sections
 
 REBASES = ("rebase-merge", "rebase-apply")
 
