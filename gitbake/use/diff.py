@@ -46,22 +46,20 @@ def read_questions(path: Path) -> list[str]:
 
 def lineage_questions(repo: ModelRepo, versions: list[Version]) -> tuple[list[str], str | None]:
     """Held-out questions of the targets the versions' recipes record (training ones if none are held out)."""
-    from gitbake.workflow.pipeline import _recorded_rollout, read_records
+    from gitbake.workflow.pipeline import rollout_manifest, split_rollouts
 
-    heldout: list[str] = []
-    train: list[str] = []
     store = repo.store
+    manifests = []
     for v in versions:
         recipe = repo.at(v.commit).recipe
         for step in recipe.steps if recipe else []:
-            if step.action != "create_target" or not step.key:
-                continue
-            manifest = store.get_key("rollout", step.key) or _recorded_rollout(recipe, step.key)
-            if not manifest or not store.has(manifest):
-                continue
-            for rec in read_records(store, manifest, "rollout"):
-                (heldout if rec["split"] == "heldout" else train).append(rec["question"])
-    pick = list(dict.fromkeys(heldout)) or list(dict.fromkeys(train))
+            if step.action == "create_target" and step.key:
+                manifest = rollout_manifest(store, recipe, step.key)
+                if manifest is not None:
+                    manifests.append(manifest)
+    held, training = split_rollouts(store, manifests)
+    heldout = [rec["question"] for rec in held]
+    pick = list(dict.fromkeys(heldout)) or list(dict.fromkeys(rec["question"] for rec in training))
     note = None if heldout else "no held-out questions in these lineages: compared on training questions"
     if not pick:
         raise UsageError("no questions to compare on: these lineages record no rollouts in the store",

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from gitbake.contract import config as cfg
 from gitbake.contract.config import Target
@@ -92,6 +92,24 @@ def read_records(store: Store, manifest: str, stage: str) -> Iterator[dict[str, 
         for line in fh:
             if line.strip():
                 yield json.loads(line)
+
+
+def rollout_manifest(store: Store, recipe: Any, key: str) -> str | None:
+    """The rollouts of the target with key `key`: by the store's key, or as `recipe` records them (a
+    clone that pulled a commit's objects has them, not the key); None when they are not in the store."""
+    manifest = store.get_key("rollout", key) or (_recorded_rollout(recipe, key) if recipe is not None else None)
+    return manifest if manifest is not None and store.has(manifest) else None
+
+
+def split_rollouts(store: Store, manifests: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The (held-out, training) rollout records of `manifests`, in order: the one collection of the
+    held-out questions, for `eval` and `diff` (a target with too few questions holds none out)."""
+    heldout: list[dict[str, Any]] = []
+    train: list[dict[str, Any]] = []
+    for manifest in manifests:
+        for rec in read_records(store, manifest, "rollout"):
+            (heldout if rec["split"] == "heldout" else train).append(rec)
+    return heldout, train
 
 
 class Runner:
@@ -309,11 +327,8 @@ def _bake_stage(runner: "Runner") -> StageResult:
     max_tokens = 1
     # datasets in key order: the key sorts them, so the selection must not depend on their YAML order
     for i, d in enumerate(sorted(b.datasets, key=lambda d: (d.key, d.weight))):
-        manifest = store.get_key("rollout", d.key)
-        if manifest is None and runner.repo.recipe is not None:
-            # a clone that pulled this commit's objects has the rollouts, not the key that names them
-            recorded = _recorded_rollout(runner.repo.recipe, d.key)
-            manifest = recorded if recorded and store.has(recorded) else None
+        # a clone that pulled this commit's objects has the rollouts, not the key that names them
+        manifest = rollout_manifest(store, runner.repo.recipe, d.key)
         if manifest is None and runner.plan.target is not None and d.key == runner.plan.target.key:
             rolled = runner.rollout()
             notes += [f"{d.name}: {n}" for n in rolled.notes] + [f"{d.name}: ran the missing rollout stage first"]
@@ -446,16 +461,16 @@ def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = No
     if step is None or not datasets:
         raise UsageError(f"the recipe.yml of {rev} does not record its bake's datasets", "re-bake it with this gitbake version")
     store = repo.store
-    contexts: list[tuple[list[int], list[int]]] = []
-    train: list[tuple[list[int], list[int]]] = []
-    max_tokens = 1
+    manifests = []
     for d in datasets:
-        manifest = store.get_key("rollout", d["key"]) or _recorded_rollout(recipe, d["key"])
-        if manifest is None or not store.has(manifest):
+        manifest = rollout_manifest(store, recipe, d["key"])
+        if manifest is None:
             raise GitbakeError(f"the rollouts of {d['target']} are not in the store", "fetch them: git bake pull " + rev)
-        for rec in read_records(store, manifest, "rollout"):
-            max_tokens = max(max_tokens, len(rec["response_ids"]))
-            (contexts if rec["split"] == "heldout" else train).append((rec["teacher_ids"], rec["student_ids"]))
+        manifests.append(manifest)
+    heldout, training = split_rollouts(store, manifests)
+    max_tokens = max([1] + [len(rec["response_ids"]) for rec in heldout + training])
+    contexts: list[tuple[list[int], list[int]]] = [(rec["teacher_ids"], rec["student_ids"]) for rec in heldout]
+    train: list[tuple[list[int], list[int]]] = [(rec["teacher_ids"], rec["student_ids"]) for rec in training]
     note = None
     if not contexts:  # as the bake itself did: too few questions to hold any out
         contexts, note = train, "no held-out questions: evaluated on the training questions"
