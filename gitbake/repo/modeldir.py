@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 from gitbake.contract import bread as bread_mod
 from gitbake import destination
 from gitbake.errors import GitbakeError, UsageError
+from gitbake.repo.modelversion import ModelVersion
 from gitbake.store.locks import FileLock
 from gitbake.store.objects import Store, rmtree, swap_in
 
@@ -25,21 +26,10 @@ MODEL_JSON = "model.json"
 FORMAT = 1
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a commit's model is: the base model plus the adapter chain, base first."""
-
-    base_model: str
-    adapters: tuple[str, ...]
-    model_name: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"base_model": self.base_model, "adapters": list(self.adapters), "model_name": self.model_name}
-
-
-def spec_of(b: bread_mod.Bread, default_base: str = "tiny") -> ModelSpec:
+def spec_of(b: bread_mod.Bread, default_base: str = "tiny") -> ModelVersion:
+    """The model a `.bread` names."""
     adapters = b.parent_adapters or []  # a parent in Bread's cloud is not here: the base model stands in
-    return ModelSpec(b.base_model or default_base, tuple(adapters), b.parent_model_name if adapters else None)
+    return ModelVersion(b.base_model or default_base, tuple(adapters), b.parent_model_name if adapters else None)
 
 
 def read_current(root: Path, dest: Path | None = None) -> dict[str, Any] | None:
@@ -52,12 +42,12 @@ def read_current(root: Path, dest: Path | None = None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def is_current(root: Path, spec: ModelSpec, dest: Path | None = None) -> bool:
+def is_current(root: Path, spec: ModelVersion, dest: Path | None = None) -> bool:
     cur = read_current(root, dest)
     return cur is not None and cur.get("base_model") == spec.base_model and [a.get("digest") for a in cur.get("adapters", [])] == list(spec.adapters)
 
 
-def missing(store: Store, spec: ModelSpec) -> list[str]:
+def missing(store: Store, spec: ModelVersion) -> list[str]:
     """Objects of the chain that are not in the store (manifests, then the files they name)."""
     out: list[str] = []
     for digest in spec.adapters:
@@ -71,7 +61,7 @@ def missing(store: Store, spec: ModelSpec) -> list[str]:
 @dataclass
 class Materialised:
     dest: Path
-    spec: ModelSpec
+    spec: ModelVersion
     methods: dict[str, str] = field(default_factory=dict)  # file -> reflink | hardlink | copy
     changed: bool = True
 
@@ -79,7 +69,7 @@ class Materialised:
         return {"dest": str(self.dest), **self.spec.as_json(), "methods": self.methods, "changed": self.changed}
 
 
-def materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None = None,
+def materialise(store: Store, spec: ModelVersion, dest: Path, commit: str | None = None,
                 protected: Iterable[Path] = (), reserved: bool = False) -> Materialised:
     """Make `dest` the model of `spec`; raises when an object is missing (nothing is changed then).
 
@@ -100,7 +90,7 @@ def materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None = 
         return _materialise(store, spec, dest, commit)
 
 
-def _materialise(store: Store, spec: ModelSpec, dest: Path, commit: str | None) -> Materialised:
+def _materialise(store: Store, spec: ModelVersion, dest: Path, commit: str | None) -> Materialised:
     staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp"
     methods: dict[str, str] = {}
     try:

@@ -13,22 +13,31 @@ from typing import Any, Iterator
 
 from gitbake.repo import modeldir
 from gitbake.errors import UsageError
+from gitbake.repo.modelversion import ModelVersion
 from gitbake.repo.repo import ModelRepo
 
 
 @dataclass
 class Version:
+    """A revision's model (`model`), as chat, serve, export and diff use it: named, from a commit."""
+
     rev: str
     commit: str
     name: str  # what serve and chat call it: the bake name, or the base model's
-    base_model: str
-    adapters: tuple[str, ...]
-    model_name: str | None
+    model: ModelVersion
     checkpoint: int | None = None
 
     @property
-    def spec(self) -> modeldir.ModelSpec:
-        return modeldir.ModelSpec(self.base_model, self.adapters, self.model_name)
+    def base_model(self) -> str:
+        return self.model.base_model
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return self.model.adapters
+
+    @property
+    def model_name(self) -> str | None:
+        return self.model.model_name
 
     def parent(self) -> Version:
         """The model this version was baked on (the base model for a first bake)."""
@@ -36,7 +45,7 @@ class Version:
             raise UsageError(f"{self.rev} is the base model {self.base_model}: it has no parent to compare with",
                              "give two revisions: git bake diff REV1 REV2")
         name = f"parent of {self.name}" if len(self.adapters) > 1 else self.base_model
-        return Version(f"{self.rev} (parent model)", self.commit, name, self.base_model, self.adapters[:-1], None)
+        return Version(f"{self.rev} (parent model)", self.commit, name, self.model.parent())
 
     def as_json(self) -> dict[str, object]:
         return {"rev": self.rev, "commit": self.commit, "name": self.name, "base_model": self.base_model,
@@ -58,7 +67,7 @@ def resolve(repo: ModelRepo, rev: str, checkpoint: int | None = None) -> Version
                              "bakes keep checkpoints when BAKE.checkpoint asks (e.g. `- save_every_n_steps: 50`)")
         adapters = adapters[:-1] + (saved[checkpoint],)
         name = f"{name}@{checkpoint}"
-    return Version(rev, v.commit, name, v.base_model, adapters, v.model_name, checkpoint)
+    return Version(rev, v.commit, name, ModelVersion(v.base_model, adapters, v.model_name), checkpoint)
 
 
 def checkpoints(repo: ModelRepo, rev: str) -> dict[int, str]:
@@ -82,10 +91,10 @@ def materialised(repo: ModelRepo, version: Version) -> Iterator[list[Path]]:
     from gitbake.workflow.run import fetch_objects
 
     store = repo.store
-    if modeldir.missing(store, version.spec):
+    if modeldir.missing(store, version.model):
         fetch_objects(repo.root, store, set(version.adapters))
     with tempfile.TemporaryDirectory(dir=store.tmp, prefix="use-") as tmp:
-        modeldir.materialise(store, version.spec, Path(tmp) / "model", version.commit)
+        modeldir.materialise(store, version.model, Path(tmp) / "model", version.commit)
         yield [Path(tmp) / "model" / "adapters" / str(i) for i in range(len(version.adapters))]
 
 
