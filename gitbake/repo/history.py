@@ -16,27 +16,43 @@ from gitbake import git
 from gitbake.repo import revfiles
 from gitbake.contract import recipe as recipe_mod
 from gitbake.errors import UsageError
+from gitbake.repo.modelversion import ModelVersion
 
 
 @dataclass
-class ModelVersion:
+class LoggedVersion:
+    """A commit's model (`model`) as log, tree, show and models list it: with the commit, its bake and
+    its metrics."""
+
     commit: str
     time: int
     subject: str
-    base_model: str
-    adapters: list[str]
+    model: ModelVersion
     bake_name: str | None
-    model_name: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
     parent_bake: str | None = None
     refs: list[str] = field(default_factory=list)
 
     @property
+    def base_model(self) -> str:
+        return self.model.base_model
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return self.model.adapters
+
+    @property
+    def model_name(self) -> str | None:
+        return self.model.model_name
+
+    @property
     def chain(self) -> tuple[str, ...]:
-        return (self.base_model, *self.adapters)
+        return self.model.chain
 
     def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {"commit": self.commit, "time": self.time, "subject": self.subject, "base_model": self.base_model,
+                "adapters": list(self.adapters), "bake_name": self.bake_name, "model_name": self.model_name,
+                "metrics": self.metrics, "parent_bake": self.parent_bake, "refs": self.refs}
 
 
 def _files_at(root: Path, commit: str, where: str) -> tuple[bread_mod.Bread | None, recipe_mod.Recipe | None]:
@@ -44,7 +60,7 @@ def _files_at(root: Path, commit: str, where: str) -> tuple[bread_mod.Bread | No
     return revfiles.bread_at(root, commit, where), revfiles.recipe_at(root, commit, where)
 
 
-def version_at(root: Path, rev: str) -> ModelVersion:
+def version_at(root: Path, rev: str) -> LoggedVersion:
     """The model of one revision (the base model when nothing has been baked there)."""
     commit = revfiles.resolve(root, rev)
     b, r = _files_at(root, commit, rev)
@@ -56,18 +72,19 @@ def version_at(root: Path, rev: str) -> ModelVersion:
     bake = r.resources.bakes[-1] if r is not None and r.resources.bakes and adapters else None
     if bake is not None and bake.adapter not in (None, adapters[-1]):
         bake = next((x for x in r.resources.bakes if x.adapter == adapters[-1]), None) if r else None
-    return ModelVersion(
-        commit, int(t or 0), subject, b.base_model or (r.base_model if r else None) or "tiny", adapters,
+    model = ModelVersion(b.base_model or (r.base_model if r else None) or "tiny", tuple(adapters),
+                         b.parent_model_name if adapters else None)
+    return LoggedVersion(
+        commit, int(t or 0), subject, model,
         bake.bake_name if bake else (b.bake.name if b.bake and adapters else None),
-        b.parent_model_name if adapters else None,
         dict(bake.metrics or {}) if bake else {},
         bake.parent if bake else None,
     )
 
 
-def log(root: Path, rev: str = "HEAD") -> list[ModelVersion]:
+def log(root: Path, rev: str = "HEAD") -> list[LoggedVersion]:
     """Model versions on `rev`'s first-parent line, newest first: each commit where the chain changed."""
-    out: list[ModelVersion] = []
+    out: list[LoggedVersion] = []
     revfiles.resolve(root, rev)
     rows = git.first_parent_log(root, rev, [bread_mod.BREAD_FILE])
     for sha, _t, _subject in rows:
@@ -92,9 +109,9 @@ def branch_tips(root: Path) -> dict[str, str]:
     return tips
 
 
-def all_versions(root: Path) -> list[ModelVersion]:
+def all_versions(root: Path) -> list[LoggedVersion]:
     """Every model version on every branch (and pending bake result), each chain once, oldest first."""
-    seen: dict[tuple[str, ...], ModelVersion] = {}
+    seen: dict[tuple[str, ...], LoggedVersion] = {}
     for ref, sha in sorted(branch_tips(root).items()):
         for v in log(root, sha):
             known = seen.get(v.chain)
@@ -114,7 +131,7 @@ def all_versions(root: Path) -> list[ModelVersion]:
 
 @dataclass
 class TreeNode:
-    version: ModelVersion | None  # None: the base model
+    version: LoggedVersion | None  # None: the base model
     label: str
     children: list[TreeNode] = field(default_factory=list)
 

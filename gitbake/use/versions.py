@@ -58,16 +58,16 @@ def resolve(repo: ModelRepo, rev: str, checkpoint: int | None = None) -> Version
 
     v = version_at(repo.root, rev)
     name = v.bake_name or v.base_model
-    adapters = tuple(v.adapters)
+    model = v.model
     if checkpoint is not None:
         saved = checkpoints(repo, rev)
         if not v.adapters or checkpoint not in saved:
             have = ", ".join(str(s) for s in sorted(saved)) or "none"
             raise UsageError(f"{rev}'s bake has no checkpoint at step {checkpoint} (saved: {have})",
                              "bakes keep checkpoints when BAKE.checkpoint asks (e.g. `- save_every_n_steps: 50`)")
-        adapters = adapters[:-1] + (saved[checkpoint],)
+        model = ModelVersion(model.base_model, model.adapters[:-1] + (saved[checkpoint],), model.model_name)
         name = f"{name}@{checkpoint}"
-    return Version(rev, v.commit, name, ModelVersion(v.base_model, adapters, v.model_name), checkpoint)
+    return Version(rev, v.commit, name, model, checkpoint)
 
 
 def checkpoints(repo: ModelRepo, rev: str) -> dict[int, str]:
