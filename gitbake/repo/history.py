@@ -16,11 +16,11 @@ from gitbake import git
 from gitbake.repo import revfiles
 from gitbake.contract import recipe as recipe_mod
 from gitbake.errors import UsageError
-from gitbake.repo.modelversion import ModelVersion
+from gitbake.repo.modelversion import CarriesModel, ModelVersion
 
 
 @dataclass
-class LoggedVersion:
+class LoggedVersion(CarriesModel):
     """A commit's model (`model`) as log, tree, show and models list it: with the commit, its bake and
     its metrics."""
 
@@ -32,22 +32,6 @@ class LoggedVersion:
     metrics: dict[str, Any] = field(default_factory=dict)
     parent_bake: str | None = None
     refs: list[str] = field(default_factory=list)
-
-    @property
-    def base_model(self) -> str:
-        return self.model.base_model
-
-    @property
-    def adapters(self) -> tuple[str, ...]:
-        return self.model.adapters
-
-    @property
-    def model_name(self) -> str | None:
-        return self.model.model_name
-
-    @property
-    def chain(self) -> tuple[str, ...]:
-        return self.model.chain
 
     def as_json(self) -> dict[str, Any]:
         return {"commit": self.commit, "time": self.time, "subject": self.subject, "base_model": self.base_model,

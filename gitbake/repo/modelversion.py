@@ -28,3 +28,26 @@ class ModelVersion:
 
     def as_json(self) -> dict[str, Any]:
         return {"base_model": self.base_model, "adapters": list(self.adapters), "model_name": self.model_name}
+
+
+class CarriesModel:
+    """For the types that carry a ModelVersion as `model` (a revision's version, a logged one): its
+    fields read through, so callers need not know which view they hold."""
+
+    model: ModelVersion
+
+    @property
+    def base_model(self) -> str:
+        return self.model.base_model
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return self.model.adapters
+
+    @property
+    def model_name(self) -> str | None:
+        return self.model.model_name
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return self.model.chain

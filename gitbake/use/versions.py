@@ -13,12 +13,12 @@ from typing import Any, Iterator
 
 from gitbake.repo import modeldir
 from gitbake.errors import UsageError
-from gitbake.repo.modelversion import ModelVersion
+from gitbake.repo.modelversion import CarriesModel, ModelVersion
 from gitbake.repo.repo import ModelRepo
 
 
 @dataclass
-class Version:
+class Version(CarriesModel):
     """A revision's model (`model`), as chat, serve, export and diff use it: named, from a commit."""
 
     rev: str
@@ -26,18 +26,6 @@ class Version:
     name: str  # what serve and chat call it: the bake name, or the base model's
     model: ModelVersion
     checkpoint: int | None = None
-
-    @property
-    def base_model(self) -> str:
-        return self.model.base_model
-
-    @property
-    def adapters(self) -> tuple[str, ...]:
-        return self.model.adapters
-
-    @property
-    def model_name(self) -> str | None:
-        return self.model.model_name
 
     def parent(self) -> Version:
         """The model this version was baked on (the base model for a first bake)."""
