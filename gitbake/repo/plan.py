@@ -17,6 +17,7 @@ from gitbake.contract.bread import Bread
 from gitbake.contract.config import FromDatasetGenerator, FromFileGenerator, HardcodedGenerator, LoadedInput, OneshotGenerator, Prompt, Target
 from gitbake.errors import ConfigError, Issue
 from gitbake.repo.lineage import Lineage
+from gitbake.repo.modelversion import CarriesModel, ModelVersion
 from gitbake.contract.recipe import Recipe
 from gitbake.store.statcache import StatCache
 
@@ -86,15 +87,16 @@ class BakePlan:
 
 
 @dataclass
-class Parent:
-    base_model: str
-    adapters: list[str]
-    model_name: str | None  # bgit-style name of the parent, None for the base model
+class Parent(CarriesModel):
+    """The model a bake starts from (`model`), with its identity for the stage keys."""
+
+    model: ModelVersion  # its model_name: bgit-style name of the parent, None for the base model
     identity: dict[str, Any]
     foreign: bool = False  # .bread names a model baked in Bread's cloud, which is not on this machine
 
     def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {"base_model": self.base_model, "adapters": list(self.adapters), "model_name": self.model_name,
+                "identity": self.identity, "foreign": self.foreign}
 
 
 @dataclass
@@ -146,9 +148,7 @@ def parent_of(
     foreign = bread.is_foreign_parent if bread else False
     chain = adapters or []
     return Parent(
-        base_model=base,
-        adapters=chain,
-        model_name=bread.parent_model_name if bread else None,
+        model=ModelVersion(base, tuple(chain), bread.parent_model_name if bread else None),
         identity=identity.model_identity(base, chain, root, cache),
         foreign=foreign,
     )

@@ -94,7 +94,7 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
     deps = [f"target:{d.name}:rollout_complete" for d in bk.datasets] + ([f"bake:{parent_bake}"] if parent_bake else [])
     inputs = [{"target": d.name, "key": d.key, "weight": d.weight} for d in bk.datasets]
     _add(r, _step(action="create_bake", resource_type="bake", resource_name=bk.name, dependencies=deps, config=bk.config,
-                 key=bk.key, datasets=inputs, parent={"model_name": plan.parent.model_name, "adapters": plan.parent.adapters}))
+                 key=bk.key, datasets=inputs, parent={"model_name": plan.parent.model_name, "adapters": list(plan.parent.adapters)}))
     outputs = {"adapter": out.adapter} | ({"report": out.report} if out.report else {})
     outputs |= {f"checkpoint_{step}": digest for step, digest in sorted(out.checkpoints.items(), key=lambda kv: int(kv[0]))}
     _add(r, _step(action="run_bake", resource_type="bake", resource_name=bk.name, dependencies=[f"bake:{bk.name}"],
