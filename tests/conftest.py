@@ -55,6 +55,7 @@ def isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
 def baked_repo(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict[str, object]:
     """Built once per session: a tiny model repository baked twice by real `git commit`s through the
     installed post-commit hook (foreground mode). Tests copy it (`copy_baked`) before changing it."""
+    pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
     import subprocess
 
     from helpers import YODA_SMALL, git
@@ -93,6 +94,7 @@ def model_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 @pytest.fixture(scope="session")
 def s3_server() -> object:
     """A real S3-compatible HTTP server (moto's server mode) on 127.0.0.1, for the whole session."""
+    pytest.importorskip("moto", reason="needs moto: pip install 'gitbake[dev]'")
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -108,6 +110,7 @@ def s3_url(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixt
     import re
     import uuid
 
+    pytest.importorskip("boto3", reason="needs boto3: pip install 'gitbake[dev]'")
     import boto3
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

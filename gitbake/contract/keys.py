@@ -22,7 +22,7 @@ NAME_HEX = 12  # display names: <name>_<first 12 hex of the key>
 KEY_HEX = 64
 
 # Fields of the resolved config that cannot change a stage's output, per section (dotted paths).
-# Documented in docs/config.md; tests/test_keys.py checks every other field does change the key.
+# Documented in docs/config.md; tests/unit/test_keys.py checks every other field does change the key.
 EXCLUDED: dict[str, tuple[str, ...]] = {
     "TARGET": ("name", "template"),
     "BAKE": (

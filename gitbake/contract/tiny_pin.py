@@ -1,7 +1,7 @@
 """The identity of the built-in `tiny` model: the digest of its generated weights.
 
 Kept apart from `gitbake/engine/tiny.py` so that commands that never touch a model (status, validate)
-can compute keys without importing numpy or torch. `tests/test_engine_models.py` regenerates the weights
+can compute keys without importing numpy or torch. `tests/func/test_engine_models.py` regenerates the weights
 and fails if this pin does not match them; update both together.
 """
 

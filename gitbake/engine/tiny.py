@@ -4,7 +4,7 @@ byte-level fast tokenizer and a chat template. No download, for demos and tests.
 The weights come from numpy's legacy `RandomState`, whose stream is frozen across numpy versions and
 platforms, so every machine builds the same bytes; their digest (`weights_digest`) is the model's
 identity and is pinned in `gitbake/contract/tiny_pin.py` (which status-like commands read without importing
-torch). `tests/test_engine_models.py` rebuilds the weights and checks the pin: a change to how tiny is
+torch). `tests/func/test_engine_models.py` rebuilds the weights and checks the pin: a change to how tiny is
 generated cannot slip through as a false cache hit.
 
 The init scale is larger than a default init on purpose: a default-scale random model barely reacts to

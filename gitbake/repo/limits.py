@@ -24,7 +24,7 @@ from gitbake.contract.config import LoadedInput
 from gitbake.errors import ConfigError, Issue
 from gitbake.repo.plan import Plan
 
-# `gitbake/engine/tiny.py` CONFIG, without importing numpy; tests/test_status.py checks they agree
+# `gitbake/engine/tiny.py` CONFIG, without importing numpy; tests/func/test_status.py checks they agree
 TINY_SHAPE = {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "vocab_size": 262,
               "max_position_embeddings": 2048, "tie_word_embeddings": False}
 

@@ -339,6 +339,7 @@ def test_an_interrupted_first_push_does_not_brick_the_remote(tmp_path: Path, mon
     counts as absent and the next push repairs it; stale partial uploads in the remote's tmp/ are cleared."""
     import time
 
+    pytest.importorskip("fsspec", reason="needs fsspec: pip install 'gitbake[remote]'")
     from fsspec.implementations.local import LocalFileSystem
 
     root, m, objects = baked_repo(tmp_path / "a")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gitbake.contract import config, keys
 from gitbake.repo.plan import Plan, build
 
-DOCS = Path(__file__).parent.parent / "docs" / "config.md"
+DOCS = Path(__file__).parent.parent.parent / "docs" / "config.md"
 
 BASE: dict[str, Any] = {
     "PROMPT": {"teacher": {"messages": [{"role": "system", "content": "You are Yoda."}]}},

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import torch
 
 from gitbake.contract.config import Bake

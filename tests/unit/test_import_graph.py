@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).parent.parent / "gitbake"
+PKG = Path(__file__).parent.parent.parent / "gitbake"
 LAYERS = ("base", "contract", "engine", "store", "repo", "workflow", "use", "cli")
 
 

@@ -12,8 +12,8 @@ from gitbake.contract import config
 from gitbake.errors import ConfigError
 from helpers import YODA
 
-PAGE = Path(__file__).parent / "data" / "bake_config_page"
-DOCS = Path(__file__).parent.parent / "docs" / "config.md"
+PAGE = Path(__file__).parent.parent / "data" / "bake_config_page"
+DOCS = Path(__file__).parent.parent.parent / "docs" / "config.md"
 
 
 def parse(text: str, root: Path) -> config.LoadedInput:

@@ -47,6 +47,7 @@ def test_tiny_loads_offline_with_a_chat_template() -> None:
 
 def test_tiny_is_prompt_sensitive() -> None:
     """Mean per-token KL(prompted || unprompted) over sampled answers >= 0.1 nats (the demo needs a gap)."""
+    pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
     import torch
 
     m = models.load_base("tiny")
@@ -130,6 +131,7 @@ def test_hub_id_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_device_and_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
     import torch
 
     dev, dt = models.pick_device()

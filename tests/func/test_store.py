@@ -19,7 +19,7 @@ from gitbake.errors import GitbakeError, StoreCorruptError
 from gitbake.repo.fsck import fsck
 from gitbake.store.objects import CorruptObject, InvalidDigest, Manifest, ObjectMissing, Store
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parent.parent.parent
 
 
 @pytest.fixture

@@ -230,6 +230,7 @@ def test_gc_during_a_real_bake_keeps_its_questions_and_answers(model_repo: Path,
     bake commit recorded them as None, eval failed, and push and fsck said all was well. Now the bake's
     lease keeps them, and the commit names only objects that are in the store."""
     from gitbake.repo import reach
+    pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
     from gitbake.engine import bake as bake_mod
     from helpers import YODA_SMALL, bake_git
 

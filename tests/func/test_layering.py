@@ -15,7 +15,7 @@ import pytest
 
 from helpers import YODA
 
-PKG = Path(__file__).parent.parent / "gitbake"
+PKG = Path(__file__).parent.parent.parent / "gitbake"
 ML = {"torch", "transformers", "peft", "deepspeed", "accelerate", "safetensors"}
 ML_ALLOWED = ("engine/", "use/chat.py", "use/serve.py", "use/export.py")
 

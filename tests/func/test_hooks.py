@@ -26,7 +26,7 @@ def test_init_installs_every_hook(model_repo: Path) -> None:
         text = (d / name).read_text()
         assert hooks.SHIM_MARK in text and f"git bake hook \"$hook\"" in text and (d / name).stat().st_mode & 0o111
     # the shipped shims are the source of truth: installed = packaged, with this interpreter as fallback
-    src = Path(__file__).parent.parent / "gitbake" / "resources" / "hooks" / "post-commit"
+    src = Path(__file__).parent.parent.parent / "gitbake" / "resources" / "hooks" / "post-commit"
     package = Path(hooks.__file__).resolve().parents[1]
     assert (d / "post-commit").read_text() == src.read_text().replace("@PYTHON@", f"'{sys.executable}'").replace("@PACKAGE@", f"'{package}'")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import torch
 
 from gitbake.use.chat import Session, handle, side_by_side

@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import torch
 
 from gitbake.use.versions import load

@@ -15,8 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
-import openai
 import pytest
+
+pytest.importorskip("openai", reason="needs openai: pip install 'gitbake[dev]'")
+pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
+import openai
 from openai import OpenAI
 
 from gitbake.use import serve

@@ -12,7 +12,7 @@ from gitbake.contract import bread
 from gitbake.workflow.init import template_input
 from helpers import YODA, git, invoke, record_bake
 
-PAGE = Path(__file__).parent / "data" / "bake_config_page"
+PAGE = Path(__file__).parent.parent / "data" / "bake_config_page"
 
 
 def test_fresh_repo_has_nothing_to_run(model_repo: Path) -> None:
@@ -320,6 +320,7 @@ def test_a_prompt_that_leaves_no_room_in_data_max_length_is_refused(model_repo: 
 
 def test_the_bake_names_a_too_long_prompt_as_the_cause() -> None:
     from gitbake.contract.config import Bake
+    pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
     from gitbake.engine.bake import Baker, Trajectory
     from gitbake.engine.models import load
     from gitbake.errors import UsageError
