@@ -61,22 +61,36 @@ def check(dest: Path, *, protected: Iterable[Path] = (), replace: bool = True, w
     dest = Path(os.path.abspath(dest))
     if dest.is_symlink():
         target = os.path.realpath(dest)
-        raise UsageError(f"{dest} is a symbolic link (to {target}); it is left alone",
-                         f"give the link's target explicitly (`{target}`) or a new directory")
+        raise UsageError(
+            f"{dest} is a symbolic link (to {target}); it is left alone",
+            f"give the link's target explicitly (`{target}`) or a new directory",
+        )
     real = dest.resolve()
     for place in never_replaced(protected):
         if real == place or real in place.parents:
-            raise UsageError(f"{dest} is or contains {place}, which gitbake never replaces; it is left alone",
-                             f"give a new directory for {what}")
+            raise UsageError(
+                f"{dest} is or contains {place}, which gitbake never replaces; it is left alone",
+                f"give a new directory for {what}",
+            )
     if dest.exists() and not dest.is_dir():
-        raise UsageError(f"{dest} exists and is not a directory; it is left alone", f"give a new or empty directory for {what}")
+        raise UsageError(
+            f"{dest} exists and is not a directory; it is left alone", f"give a new or empty directory for {what}"
+        )
     if dest.is_dir() and any(dest.iterdir()):
         if not is_managed(dest):
             older = [n for n in LEGACY_SIGNS if (dest / n).is_file()]
             raise UsageError(
                 f"{dest} is not empty and was not written by gitbake (no {MARKER} marker); it is left alone",
-                (f"it holds {', '.join(older)}: if an older gitbake wrote it, delete it yourself, then run this again; "
-                 if older else "") + f"or give a new or empty directory for {what}")
+                (
+                    f"it holds {', '.join(older)}: if an older gitbake wrote it, delete it yourself, then run this "
+                    "again; "
+                    if older
+                    else ""
+                )
+                + f"or give a new or empty directory for {what}",
+            )
         if not replace:
-            raise UsageError(f"{dest} holds an earlier gitbake output", "add --force to replace it, or give a new directory")
+            raise UsageError(
+                f"{dest} holds an earlier gitbake output", "add --force to replace it, or give a new directory"
+            )
     return dest

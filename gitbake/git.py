@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from gitbake.errors import GitbakeError, NotARepoError
 
@@ -278,17 +279,26 @@ def blob(root: Path, sha: str) -> bytes | None:
 def rev_parse(root: Path, rev: str) -> str | None:
     """The commit id `rev` names (HEAD~2, a branch, a tag, a short id), or None."""
     proc = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root, capture_output=True, text=True, env=_env()
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=_env(),
     )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def all_commits(root: Path) -> list[str]:
     """Every commit reachable from a ref or a reflog entry (what gc must keep the models of)."""
-    proc = subprocess.run(["git", "rev-list", "--all", "--reflog"], cwd=root, capture_output=True, text=True, env=_env())
+    proc = subprocess.run(
+        ["git", "rev-list", "--all", "--reflog"], cwd=root, capture_output=True, text=True, env=_env()
+    )
     if proc.returncode != 0:
         # an unreadable ref must never look like "nothing is reachable" to gc
-        raise GitError(f"cannot list the commits of {root}: {proc.stderr.strip()}", "repair the repository (git fsck), then run again")
+        raise GitError(
+            f"cannot list the commits of {root}: {proc.stderr.strip()}",
+            "repair the repository (git fsck), then run again",
+        )
     return proc.stdout.split()
 
 
@@ -315,7 +325,9 @@ def blobs_at(root: Path, commits: Sequence[str], paths: Sequence[str]) -> Iterat
 
 def write_blob(root: Path, data: bytes) -> str:
     """Store `data` as a blob in the repository's object database; its id."""
-    proc = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=root, input=data, capture_output=True, env=_env())
+    proc = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"], cwd=root, input=data, capture_output=True, env=_env()
+    )
     if proc.returncode != 0:
         raise GitError(f"git hash-object failed: {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout.decode().strip()
@@ -343,7 +355,9 @@ def update_ref(root: Path, ref: str, new: str, old: str | None, message: str) ->
     args = ["update-ref", "-m", message]
     if ref == "HEAD":
         args.append("--no-deref")
-    proc = subprocess.run(["git", *args, ref, new, old or "0" * 40], cwd=root, capture_output=True, text=True, env=_env())
+    proc = subprocess.run(
+        ["git", *args, ref, new, old or "0" * 40], cwd=root, capture_output=True, text=True, env=_env()
+    )
     return proc.returncode == 0
 
 
@@ -383,7 +397,13 @@ def index_blob(root: Path, path: str) -> str | None:
 
 
 def tree_blob(root: Path, rev: str, path: str) -> str | None:
-    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}:{path}"], cwd=root, capture_output=True, text=True, env=_env())
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}:{path}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 

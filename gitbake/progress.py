@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 # A background job sets this to publish progress where `git bake status` can read it.
 SINK: Callable[[dict[str, Any]], None] | None = None
 
 
 class Progress:
-    def __init__(self, label: str, total: int, unit: str = "it", stream: TextIO | None = None, every_s: float = 5.0) -> None:
+    def __init__(
+        self, label: str, total: int, unit: str = "it", stream: TextIO | None = None, every_s: float = 5.0
+    ) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -30,9 +33,22 @@ class Progress:
         if SINK is not None:  # every update: the sink decides how often to publish
             elapsed = max(now - self.start, 1e-9)
             rate = self.done / elapsed
-            SINK({"label": self.label, "done": self.done, "total": self.total, "unit": self.unit, "rate": round(rate, 4),
-                  "eta_s": round((self.total - self.done) / rate if rate > 0 else 0.0, 1), "time": time.time()})
-        if self.done >= self.total or (self.tty and now - self._last > 0.1) or (not self.tty and now - self._last > self.every_s):
+            SINK(
+                {
+                    "label": self.label,
+                    "done": self.done,
+                    "total": self.total,
+                    "unit": self.unit,
+                    "rate": round(rate, 4),
+                    "eta_s": round((self.total - self.done) / rate if rate > 0 else 0.0, 1),
+                    "time": time.time(),
+                }
+            )
+        if (
+            self.done >= self.total
+            or (self.tty and now - self._last > 0.1)
+            or (not self.tty and now - self._last > self.every_s)
+        ):
             self._last = now
             self._emit(final=self.done >= self.total)
 

@@ -18,9 +18,10 @@ model_dir = root / ".bake" / "model"
 meta = json.loads((model_dir / "model.json").read_text())
 digests = [a["digest"][:12] for a in meta["adapters"]]
 
+import torch  # noqa: E402
+
 from gitbake.engine.models import load  # noqa: E402
 from gitbake.engine.templating import render  # noqa: E402
-import torch  # noqa: E402
 
 m = load(meta["base_model"], [model_dir / a["path"] for a in meta["adapters"]], root=root)
 ids = render(m.tokenizer, [], None, "What is the capital of France?")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -66,10 +66,14 @@ def baked_repo(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> d
         subprocess.run(["git", "bake", "init", str(root), "--base-model", "tiny"], check=True, capture_output=True)
         git(root, "config", "bake.hookMode", "foreground")
         (root / "input.yml").write_text(YODA_SMALL)
-        first_out = subprocess.run(["git", "commit", "-qam", "bake yoda"], cwd=root, check=True, capture_output=True, text=True)
+        first_out = subprocess.run(
+            ["git", "commit", "-qam", "bake yoda"], cwd=root, check=True, capture_output=True, text=True
+        )
         first = git(root, "rev-parse", "HEAD").strip()
         (root / "input.yml").write_text(YODA_SMALL.replace("Speak like Yoda.", "Speak like Yoda, always."))
-        subprocess.run(["git", "commit", "-qam", "bake yoda again"], cwd=root, check=True, capture_output=True, text=True)
+        subprocess.run(
+            ["git", "commit", "-qam", "bake yoda again"], cwd=root, check=True, capture_output=True, text=True
+        )
         second = git(root, "rev-parse", "HEAD").strip()
         return {"root": root, "first": first, "second": second, "hook_output": first_out.stderr}
 
@@ -84,8 +88,8 @@ def model_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     monkeypatch.chdir(root)
     yield root.resolve()
     # a background bake that a failed test left running would slow every test after it: stop it
-    from gitbake.workflow import jobs
     from gitbake.repo.repo import open_repo
+    from gitbake.workflow import jobs
 
     for job in jobs.active(open_repo(root)):
         jobs.cancel(job, grace=0)
@@ -117,6 +121,8 @@ def s3_url(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixt
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    bucket = ("t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower()))[:40].rstrip("-") + "-" + uuid.uuid4().hex[:8]
+    bucket = (
+        ("t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower()))[:40].rstrip("-") + "-" + uuid.uuid4().hex[:8]
+    )
     boto3.client("s3").create_bucket(Bucket=bucket)
     return f"s3://{bucket}/models"

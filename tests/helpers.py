@@ -8,9 +8,9 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
+from gitbake.cli.main import cli
 from gitbake.contract import bread as bread_mod
 from gitbake.contract import recipe as recipe_mod
-from gitbake.cli.main import cli
 
 YODA = """\
 PROMPT:
@@ -73,16 +73,30 @@ def bake_git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", "bake", *args], cwd=root, capture_output=True, text=True)
 
 
-def record_bake(root: Path, target_name: str, target_key: str, config: dict[str, Any] | None = None,
-                bake_name: str = "old_bake_000000000000", message: str = "bake") -> str:
+def record_bake(
+    root: Path,
+    target_name: str,
+    target_key: str,
+    config: dict[str, Any] | None = None,
+    bake_name: str = "old_bake_000000000000",
+    message: str = "bake",
+) -> str:
     """Commit a `.bread` + `recipe.yml` as a finished bake would leave them (until bake commits exist)."""
     b = bread_mod.read(root) or bread_mod.Bread()
     b.sections["TARGET"] = {"hash": target_key, "target_name": target_name}
     b.sections["BAKE"] = {"hash": "0" * 64, "bake_name": bake_name}
     bread_mod.write(root, b)
     r = recipe_mod.read(root) or recipe_mod.new("tiny")
-    r.steps.append(recipe_mod.Step(step=len(r.steps) + 1, action="create_target", resource_type="target",
-                                   resource_name=target_name, config=config or {}, key=target_key))
+    r.steps.append(
+        recipe_mod.Step(
+            step=len(r.steps) + 1,
+            action="create_target",
+            resource_type="target",
+            resource_name=target_name,
+            config=config or {},
+            key=target_key,
+        )
+    )
     r.resources.targets.append(target_name)
     recipe_mod.write(root, r)
     git(root, "add", ".bread", "recipe.yml")
@@ -100,10 +114,16 @@ def make_bgit_repo(root: Path) -> Path:
 
     root.mkdir(parents=True)
     git(root, "init", "-q", "-b", "main")
-    for src, dst in (("bread", ".bread"), ("gitattributes", ".gitattributes"), ("gitignore", ".gitignore"),
-                     ("input.yml", "input.yml")):
+    for src, dst in (
+        ("bread", ".bread"),
+        ("gitattributes", ".gitattributes"),
+        ("gitignore", ".gitignore"),
+        ("input.yml", "input.yml"),
+    ):
         shutil.copy(BGIT / src, root / dst)
-    (root / "recipe.yml").write_text("# This file is auto-generated - do not edit manually\nresources:\n  prompts: []\n  targets: []\n  bakes: []\n")
+    (root / "recipe.yml").write_text(
+        "# This file is auto-generated - do not edit manually\nresources:\n  prompts: []\n  targets: []\n  bakes: []\n"
+    )
     git(root, "config", "merge.keepTheirs.name", "Keep theirs")
     git(root, "config", "merge.keepTheirs.driver", "true")
     hooks = root / ".git" / "hooks"
@@ -114,7 +134,14 @@ def make_bgit_repo(root: Path) -> Path:
     git(root, "commit", "-q", "--no-verify", "-m", "Initial model setup")
     shutil.copy(BGIT / "recipe.yml", root / "recipe.yml")
     git(root, "add", "recipe.yml")
-    git(root, "commit", "-q", "--no-verify", "-m", "Update recipe.yml after bake completion: metacognitive_thinking_v1_0.01_372f9448560bf8b1")
+    git(
+        root,
+        "commit",
+        "-q",
+        "--no-verify",
+        "-m",
+        "Update recipe.yml after bake completion: metacognitive_thinking_v1_0.01_372f9448560bf8b1",
+    )
     return root
 
 
@@ -151,7 +178,7 @@ class ChatServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def __enter__(self) -> "ChatServer":
+    def __enter__(self) -> ChatServer:
         self.thread.start()
         return self
 
@@ -161,4 +188,8 @@ class ChatServer:
 
 
 def chat_reply(text: str) -> dict[str, Any]:
-    return {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }

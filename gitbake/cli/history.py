@@ -12,7 +12,9 @@ from gitbake.cli.render import emit_json, metrics_text
 
 @click.command(context_settings=CONTEXT)
 @click.argument("rev", default="HEAD")
-@click.option("--to", "dest", type=click.Path(file_okay=False, path_type=Path), help="Materialise here instead of .bake/model.")
+@click.option(
+    "--to", "dest", type=click.Path(file_okay=False, path_type=Path), help="Materialise here instead of .bake/model."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def checkout(rev: str, dest: Path | None, as_json: bool) -> None:
     """Materialise the model of REV (default HEAD) without moving HEAD: .bake/model, or --to DIR.
@@ -33,8 +35,11 @@ def checkout(rev: str, dest: Path | None, as_json: bool) -> None:
         return
     n = len(out["adapters"])
     hows = sorted(set(out["methods"].values()))
-    click.echo(f"{out['dest']}: {out.get('model_name') or 'the base model'} of {rev} ({out['commit'][:12]}), base {out['base_model']}, "
-               f"{n} adapter{'s' if n != 1 else ''}" + (f" ({', '.join(hows)})" if hows else ""))
+    click.echo(
+        f"{out['dest']}: {out.get('model_name') or 'the base model'} of {rev} ({out['commit'][:12]}), base "
+        f"{out['base_model']}, "
+        f"{n} adapter{'s' if n != 1 else ''}" + (f" ({', '.join(hows)})" if hows else "")
+    )
 
 
 @click.command("log", context_settings=CONTEXT)
@@ -71,7 +76,8 @@ def tree(as_json: bool) -> None:
     Example:
       git bake tree
     """
-    from gitbake.repo.history import TreeNode, tree as do_tree
+    from gitbake.repo.history import TreeNode
+    from gitbake.repo.history import tree as do_tree
 
     roots = do_tree(repository().root)
     if as_json:
@@ -84,7 +90,9 @@ def tree(as_json: bool) -> None:
         v = node.version
         extra = ""
         if v is not None:
-            extra = "  " + "  ".join(x for x in (metrics_text(v.metrics), f"[{', '.join(v.refs)}]" if v.refs else "", v.commit[:10]) if x)
+            extra = "  " + "  ".join(
+                x for x in (metrics_text(v.metrics), f"[{', '.join(v.refs)}]" if v.refs else "", v.commit[:10]) if x
+            )
         click.echo(("" if top else prefix + ("└── " if last else "├── ")) + node.label + extra)
         child_prefix = "" if top else prefix + ("    " if last else "│   ")
         for i, c in enumerate(node.children):
@@ -144,8 +152,10 @@ def models(as_json: bool) -> None:
         click.echo("No model versions yet.")
     for r in rows:
         where = f"[{', '.join(r['refs'])}]" if r["refs"] else ""
-        click.echo(f"{r['commit'][:10]}  {r['bake_name'] or '?':<36} {len(r['adapters'])} adapter(s)  "
-                   f"{'local' if r['local'] else 'not local'}  {where}")
+        click.echo(
+            f"{r['commit'][:10]}  {r['bake_name'] or '?':<36} {len(r['adapters'])} adapter(s)  "
+            f"{'local' if r['local'] else 'not local'}  {where}"
+        )
 
 
 @click.command("eval", context_settings=CONTEXT)
@@ -167,5 +177,8 @@ def eval_cmd(rev: str, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
-    click.echo(f"{report['bake']}: gap_closed {report['gap_closed']:.3f} (KL {report['d_before']:.4f} -> {report['d_after']:.4f} nats/token) "
-               f"on {report['questions']} held-out question(s)")
+    click.echo(
+        f"{report['bake']}: gap_closed {report['gap_closed']:.3f} (KL {report['d_before']:.4f} -> "
+        f"{report['d_after']:.4f} nats/token) "
+        f"on {report['questions']} held-out question(s)"
+    )

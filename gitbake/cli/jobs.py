@@ -119,7 +119,9 @@ def jobs_cancel(job_id: str | None) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.option("--force", is_flag=True, help="Take it even if the branch's model changed since it was baked.")
-@click.option("--drop", is_flag=True, help="Discard the waiting results instead (their adapters stay in the store until gc).")
+@click.option(
+    "--drop", is_flag=True, help="Discard the waiting results instead (their adapters stay in the store until gc)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fetch(force: bool, drop: bool, as_json: bool) -> None:
     """Take a finished background bake whose branch had moved on (kept under refs/bake/).
@@ -141,7 +143,11 @@ def fetch(force: bool, drop: bool, as_json: bool) -> None:
     out = do_fetch(repository(), force=force, drop=drop, on_take=took)
     if out.state in ("nothing", "running"):
         j = out.running
-        msg = f"job {j.id} is still {j.state}: `git bake jobs wait`, then fetch" if j else "no bake result is waiting for this branch"
+        msg = (
+            f"job {j.id} is still {j.state}: `git bake jobs wait`, then fetch"
+            if j
+            else "no bake result is waiting for this branch"
+        )
         if as_json:
             emit_json({"taken": [], "message": msg})
         else:

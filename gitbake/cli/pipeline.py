@@ -15,7 +15,9 @@ from gitbake.cli.render import emit_json
 @click.command(context_settings=CONTEXT)
 @click.argument("stages", nargs=-1, type=click.Choice(["stim", "rollout", "bake"], case_sensitive=False))
 @click.option("--force", is_flag=True, help="Run the stages even when their results are in the store.")
-@click.option("--detach", "-d", is_flag=True, help="Run in the background; `git bake jobs wait` / `git bake fetch` collect it.")
+@click.option(
+    "--detach", "-d", is_flag=True, help="Run in the background; `git bake jobs wait` / `git bake fetch` collect it."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what ran as JSON.")
 def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> None:
     """Run the committed input.yml: stim (questions), rollout (teacher answers), bake (train + eval).
@@ -47,9 +49,13 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
         if as_json:
             emit_json(job.as_json())
             return
-        click.echo(f"started job {job.id} in the background (log: {job.log_path})"
-                   + (f"; it is queued behind job {started.queued_behind}" if started.queued_behind else ""))
-        click.echo("`git bake status` shows its progress; `git bake jobs wait` waits for it; `git bake jobs cancel` stops it")
+        click.echo(
+            f"started job {job.id} in the background (log: {job.log_path})"
+            + (f"; it is queued behind job {started.queued_behind}" if started.queued_behind else "")
+        )
+        click.echo(
+            "`git bake status` shows its progress; `git bake jobs wait` waits for it; `git bake jobs cancel` stops it"
+        )
         return
     from gitbake.workflow.run import run_and_commit
 
@@ -65,15 +71,19 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
         click.echo(f"{r.stage:<8} {how:<14} {r.count} {unit}  key {r.key[:12]}  -> {r.manifest[:12]}")
         if r.stage == "bake" and r.extra.get("gap_closed") is not None:
             e = r.extra
-            click.echo(f"         eval: gap_closed {e['gap_closed']:.3f} (KL {e['d_before']:.4f} -> {e['d_after']:.4f} nats/token)"
-                       + (f", final loss {e['final_loss']:.4f}" if e.get("final_loss") is not None else ""))
+            click.echo(
+                f"         eval: gap_closed {e['gap_closed']:.3f} (KL {e['d_before']:.4f} -> {e['d_after']:.4f} "
+                "nats/token)" + (f", final loss {e['final_loss']:.4f}" if e.get("final_loss") is not None else "")
+            )
         for note in r.notes:
             click.echo(f"         note: {note}")
     for line in report.outcome():
         click.echo(line, err=line.startswith(("warning:", "note:")))
 
 
-def _view(stage: str, target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool) -> None:
+def _view(
+    stage: str, target_name: str | None, limit: int, offset: int, count: bool, jsonl: Path | None, as_json: bool
+) -> None:
     import itertools
 
     from gitbake.workflow.pipeline import export_records, find_stage_output, read_records
@@ -101,11 +111,27 @@ def _view(stage: str, target_name: str | None, limit: int, offset: int, count: b
 
 def _viewer_options(f: Any) -> Any:
     f = click.option("--json", "as_json", is_flag=True, help="Print the page as JSON (token ids included).")(f)
-    f = click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), help="Export every record to FILE as JSON lines.")(f)
+    f = click.option(
+        "--jsonl", type=click.Path(dir_okay=False, path_type=Path), help="Export every record to FILE as JSON lines."
+    )(f)
     f = click.option("-c", "--count", is_flag=True, help="Only print how many records there are.")(f)
-    f = click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Skip this many records.")(f)
-    f = click.option("-l", "--limit", default=10, show_default=True, type=click.IntRange(min=1), help="Show at most this many records.")(f)
-    f = click.option("--target", "target_name", metavar="NAME", help="A target by plain or hashed name (default: input.yml's, else the newest).")(f)
+    f = click.option(
+        "--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Skip this many records."
+    )(f)
+    f = click.option(
+        "-l",
+        "--limit",
+        default=10,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Show at most this many records.",
+    )(f)
+    f = click.option(
+        "--target",
+        "target_name",
+        metavar="NAME",
+        help="A target by plain or hashed name (default: input.yml's, else the newest).",
+    )(f)
     return f
 
 

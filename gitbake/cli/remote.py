@@ -83,7 +83,9 @@ def remote_rm(name: str) -> None:
     click.echo(f"removed remote {name}")
 
 
-def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_json: bool, force: bool = False) -> None:
+def _transfer(
+    verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_json: bool, force: bool = False
+) -> None:
     from gitbake.workflow import transfer
 
     def progress(target: Any) -> Any:
@@ -98,8 +100,10 @@ def _transfer(verb: str, name: str | None, revs: tuple[str, ...], jobs: int, as_
         emit_json(report.as_json())
     else:
         moved = "uploaded" if verb == "push" else "downloaded"
-        click.echo(f"{verb} {target.name} ({target.url}): {report.needed} object(s) needed, {len(report.transferred)} {moved} "
-                   f"({human_size(report.bytes)}), {report.skipped} already there")
+        click.echo(
+            f"{verb} {target.name} ({target.url}): {report.needed} object(s) needed, {len(report.transferred)} {moved} "
+            f"({human_size(report.bytes)}), {report.skipped} already there"
+        )
     report.raise_for_problems(verb)
     state = done.refresh_model()
     if state is not None and state["state"] == "updated" and not as_json:

@@ -13,7 +13,12 @@ from gitbake.cli.render import emit_json, warn
 
 @click.command(context_settings=CONTEXT)
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--base-model", "base_model", metavar="MODEL", help="`tiny` (built in, offline), a Hugging Face id, or a model directory. Default: tiny.")
+@click.option(
+    "--base-model",
+    "base_model",
+    metavar="MODEL",
+    help="`tiny` (built in, offline), a Hugging Face id, or a model directory. Default: tiny.",
+)
 @click.option("--name", metavar="NAME", help="Repository name recorded in .bread. Default: the directory name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def init(directory: Path | None, base_model: str | None, name: str | None, as_json: bool) -> None:
@@ -38,14 +43,22 @@ def init(directory: Path | None, base_model: str | None, name: str | None, as_js
     if report.created_repo:
         click.echo(f"Created model repository {report.name} in {where} (base model: {report.base_model})")
     elif report.written:
-        click.echo(f"Initialised {report.name} in {where} (base model: {report.base_model}): wrote {', '.join(report.written)}")
+        click.echo(
+            f"Initialised {report.name} in {where} (base model: {report.base_model}): wrote {', '.join(report.written)}"
+        )
     else:
-        click.echo(f"{where} is already a gitbake model repository ({report.name}, base model {report.base_model}); nothing to do")
+        click.echo(
+            f"{where} is already a gitbake model repository ({report.name}, base model {report.base_model}); nothing "
+            "to do"
+        )
     for note in report.notes:
         click.echo(f"note: {note}")
     cd = "" if Path.cwd().resolve() == where else f"cd {where} && "
     if report.created_repo:
-        click.echo(f"\nNext: {cd}$EDITOR input.yml   (uncomment the example), then `git bake status` and `git commit -am 'first bake'`")
+        click.echo(
+            f"\nNext: {cd}$EDITOR input.yml   (uncomment the example), then `git bake status` and `git commit -am "
+            "'first bake'`"
+        )
     elif report.written:
         click.echo(f"\nNext: {cd}git commit -m 'git bake init'   (the new files are staged)")
 
@@ -122,7 +135,10 @@ def status(as_json: bool) -> None:
     if p.foreign:
         click.echo(f"Parent model: base model ({p.model_name} is in Bread's cloud, not on this machine)")
     elif p.adapters:
-        click.echo(f"Parent model: {p.model_name or 'previous bake'} ({len(p.adapters)} adapter{'s' if len(p.adapters) != 1 else ''})")
+        click.echo(
+            f"Parent model: {p.model_name or 'previous bake'} ({len(p.adapters)} "
+            f"adapter{'s' if len(p.adapters) != 1 else ''})"
+        )
     else:
         click.echo("Parent model: the base model (no bakes yet)")
     if report.changes:
@@ -131,7 +147,11 @@ def status(as_json: bool) -> None:
         w_name = max(len(c.name) for c in report.changes)
         for c in report.changes:
             state = click.style(c.state, fg=_STATE_COLOUR.get(c.state))
-            implied = "  (implied: empty student prompt)" if c.kind == "prompt" and report.plan.prompts[c.ref].source == "implied" else ""
+            implied = (
+                "  (implied: empty student prompt)"
+                if c.kind == "prompt" and report.plan.prompts[c.ref].source == "implied"
+                else ""
+            )
             click.echo(f"  {c.kind:<7} {c.ref:<{w_ref}}  {c.name:<{w_name}}  {state}{implied}")
     if report.stages:
         click.echo("\nStages:")
@@ -147,18 +167,35 @@ def status(as_json: bool) -> None:
                 detail = f"{pr['done']}/{pr['total']} {pr['unit']}, ETA {pr['eta_s']:.0f}s"
             click.echo(f"  {row['stage']:<8} {row['state']:<8} {detail}")
     for j in report.jobs:
-        click.echo(f"\nJob {j['id']}: {j['state']}" + (f" — {j['error'].splitlines()[0]}" if j.get("error") and j["state"] != "done" else "")
-                   + ("  (see `git bake jobs logs`)" if j["state"] in ("failed", "died") else "  (`git bake jobs wait` waits for it)"))
+        click.echo(
+            f"\nJob {j['id']}: {j['state']}"
+            + (f" — {j['error'].splitlines()[0]}" if j.get("error") and j["state"] != "done" else "")
+            + (
+                "  (see `git bake jobs logs`)"
+                if j["state"] in ("failed", "died")
+                else "  (`git bake jobs wait` waits for it)"
+            )
+        )
     for ref, info in report.pending.items():
         if info.get("superseded"):
-            click.echo(f"\nA finished bake waits as {ref}, but a later bake has landed since: `git bake fetch --force` takes it "
-                       "anyway (replacing that lineage), `git bake fetch --drop` discards it")
+            click.echo(
+                f"\nA finished bake waits as {ref}, but a later bake has landed since: `git bake fetch --force` takes "
+                "it "
+                "anyway (replacing that lineage), `git bake fetch --drop` discards it"
+            )
         else:
-            click.echo(f"\nA finished bake is waiting as {ref} (the branch moved on while it ran): take it with `git bake fetch`")
+            click.echo(
+                f"\nA finished bake is waiting as {ref} (the branch moved on while it ran): take it with `git bake "
+                "fetch`"
+            )
     m = report.model
     if m.get("state") in ("stale", "absent"):
-        click.echo(click.style("\nwarning: ", fg="yellow") + f".bake/model is not the model of HEAD ({m.get('model_name') or 'base model'}); "
-                   f"fix: {m['fix']}", err=True)
+        click.echo(
+            click.style("\nwarning: ", fg="yellow")
+            + f".bake/model is not the model of HEAD ({m.get('model_name') or 'base model'}); "
+            f"fix: {m['fix']}",
+            err=True,
+        )
     if report.commented_out:
         click.echo(f"\nCommented out: {', '.join(report.commented_out)}")
     baking = any(j["state"] in ("running", "queued") for j in report.jobs)
@@ -167,7 +204,9 @@ def status(as_json: bool) -> None:
     elif report.would_run:
         click.echo(f"\nA commit of input.yml would run: {' -> '.join(report.would_run)}")
     else:
-        click.echo("\nNothing to run: input.yml has no PROMPT, TARGET or BAKE. Uncomment or write a section, then commit.")
+        click.echo(
+            "\nNothing to run: input.yml has no PROMPT, TARGET or BAKE. Uncomment or write a section, then commit."
+        )
 
 
 # -------------------------------------------------------------------------------------------- target
@@ -176,7 +215,9 @@ def status(as_json: bool) -> None:
 class _TargetGroup(click.Group):
     """`git bake target NAME` (bgit's form) is `git bake target show NAME`."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["show", *args]
         return super().resolve_command(ctx, args)
@@ -214,7 +255,11 @@ def target_ls(as_json: bool) -> None:
         return
     for e in entries:
         t = e.target
-        where = "input.yml (not baked yet)" if e.in_input else f"{t.source} @ {t.commit[:10] if t.commit else 'working tree'}"
+        where = (
+            "input.yml (not baked yet)"
+            if e.in_input
+            else f"{t.source} @ {t.commit[:10] if t.commit else 'working tree'}"
+        )
         flag = "  [bgit cloud: data not local]" if t.foreign else ""
         click.echo(f"{t.name:<40} {t.plain:<24} {where}{flag}")
 
@@ -248,9 +293,14 @@ def target_show(name: str, as_json: bool) -> None:
         click.echo(f"key:     {t.key}")
     if t.stim_key:
         click.echo(f"stim:    {t.stim_key}")
-    click.echo(f"from:    {'input.yml (not baked yet)' if entry.in_input else t.source + ' @ ' + (t.commit or 'working tree')}")
+    click.echo(
+        f"from:    {'input.yml (not baked yet)' if entry.in_input else t.source + ' @ ' + (t.commit or 'working tree')}"
+    )
     if t.foreign:
         click.echo("note:    made by bgit in Bread's cloud; its questions and answers are not on this machine")
     if t.config:
         click.echo("config:")
-        click.echo("  " + yaml.safe_dump(t.config, sort_keys=False, allow_unicode=True, width=100).rstrip().replace("\n", "\n  "))
+        click.echo(
+            "  "
+            + yaml.safe_dump(t.config, sort_keys=False, allow_unicode=True, width=100).rstrip().replace("\n", "\n  ")
+        )

@@ -43,9 +43,15 @@ def store_fsck(as_json: bool) -> None:
     if as_json:
         emit_json(report.as_json())
     else:
-        click.echo(f"checked {report.checked} objects ({human_size(report.bytes)}); removed {report.tmp_removed} leftover(s) from tmp/")
+        click.echo(
+            f"checked {report.checked} objects ({human_size(report.bytes)}); removed {report.tmp_removed} leftover(s) "
+            "from tmp/"
+        )
         if report.tmp_kept:
-            click.echo(f"kept {report.tmp_kept} folder(s) in tmp/: another process is using the store (run fsck again when it is done)")
+            click.echo(
+                f"kept {report.tmp_kept} folder(s) in tmp/: another process is using the store (run fsck again when it "
+                "is done)"
+            )
         for digest, actual in report.corrupt.items():
             click.echo(f"corrupt: {digest} (hashes to {actual}); moved to quarantine/", err=True)
         for digest, what in report.not_files.items():
@@ -53,7 +59,11 @@ def store_fsck(as_json: bool) -> None:
         for digest, why in report.bad_manifests.items():
             click.echo(f"bad manifest: {digest}: {why}", err=True)
         for manifest, missing in report.missing_in_manifests.items():
-            click.echo(f"incomplete: manifest {digest_short(manifest)} names {len(missing)} missing object(s): {', '.join(missing)}", err=True)
+            click.echo(
+                f"incomplete: manifest {digest_short(manifest)} names {len(missing)} missing object(s): "
+                f"{', '.join(missing)}",
+                err=True,
+            )
         for digest, who in report.missing_needed.items():
             click.echo(f"missing: {digest}, which {who} names", err=True)
         for who, why in report.head_problems.items():
@@ -70,8 +80,16 @@ def store_fsck(as_json: bool) -> None:
 
 @store.command("gc", context_settings=CONTEXT)
 @click.option("--dry-run", "-n", is_flag=True, help="Only say what would be deleted.")
-@click.option("--grace", default="14d", show_default=True, metavar="AGE", help="Keep objects and keys younger than this (30m, 12h, 14d, 0).")
-@click.option("--force", is_flag=True, help="Also delete unreachable objects that no remote has (they may be the only copy).")
+@click.option(
+    "--grace",
+    default="14d",
+    show_default=True,
+    metavar="AGE",
+    help="Keep objects and keys younger than this (30m, 12h, 14d, 0).",
+)
+@click.option(
+    "--force", is_flag=True, help="Also delete unreachable objects that no remote has (they may be the only copy)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def store_gc(dry_run: bool, grace: str, force: bool, as_json: bool) -> None:
     """Delete objects that no ref, reflog entry or recent key reaches.
@@ -92,11 +110,17 @@ def store_gc(dry_run: bool, grace: str, force: bool, as_json: bool) -> None:
         emit_json(report.as_json())
         return
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{report.live} live object(s) across {len(report.clones)} clone(s); {verb} {len(report.deleted)} ({human_size(report.deleted_bytes)})")
+    click.echo(
+        f"{report.live} live object(s) across {len(report.clones)} clone(s); {verb} {len(report.deleted)} "
+        f"({human_size(report.deleted_bytes)})"
+    )
     if report.keys_deleted:
         click.echo(f"{verb} {len(report.keys_deleted)} stage key(s) whose result is gone")
     if report.kept_unpushed:
-        click.echo(f"kept {len(report.kept_unpushed)} unreachable object(s) that no remote has: `git bake push` them, or use --force")
+        click.echo(
+            f"kept {len(report.kept_unpushed)} unreachable object(s) that no remote has: `git bake push` them, or use "
+            "--force"
+        )
     if report.leases:
         click.echo(f"kept what {len(report.leases)} running bake(s) read or stored")
     if report.tmp_removed:

@@ -16,8 +16,12 @@ from gitbake.cli.render import emit_json
 @click.option("--system", metavar="TEXT", help="A system prompt to start with (in the REPL: /system TEXT).")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
 @click.option("--max-tokens", type=click.IntRange(1, 32768), default=256, show_default=True)
-@click.option("--checkpoint", type=int, metavar="STEP", help="Use the last bake's checkpoint saved at training step STEP.")
-def chat(rev: str, prompt: str | None, system: str | None, temperature: float, max_tokens: int, checkpoint: int | None) -> None:
+@click.option(
+    "--checkpoint", type=int, metavar="STEP", help="Use the last bake's checkpoint saved at training step STEP."
+)
+def chat(
+    rev: str, prompt: str | None, system: str | None, temperature: float, max_tokens: int, checkpoint: int | None
+) -> None:
     """Talk to the model of REV (default HEAD): answers stream as they are generated.
 
     \b
@@ -56,16 +60,48 @@ def chat(rev: str, prompt: str | None, system: str | None, temperature: float, m
 @click.argument("revs", nargs=-1, metavar="[REV]...")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--api-key", envvar="GITBAKE_API_KEY", metavar="KEY",
-              help="Require `Authorization: Bearer KEY`. Prefer env GITBAKE_API_KEY or --api-key-file: `ps` shows arguments.")
-@click.option("--api-key-file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", help="Read the API key from FILE's first line.")
-@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
-              help="Also accept requests whose Host header is NAME (by default only the bound address and localhost).")
-@click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True, help="Concurrent requests decoded together.")
-@click.option("--max-prompt-tokens", type=click.IntRange(1), metavar="N",
-              help="Refuse longer prompts with 400 (default: the model's context minus the request's max_tokens).")
-def serve(revs: tuple[str, ...], host: str, port: int, api_key: str | None, api_key_file: Path | None, allow_hosts: tuple[str, ...],
-          max_batch: int, max_prompt_tokens: int | None) -> None:
+@click.option(
+    "--api-key",
+    envvar="GITBAKE_API_KEY",
+    metavar="KEY",
+    help="Require `Authorization: Bearer KEY`. Prefer env GITBAKE_API_KEY or --api-key-file: `ps` shows arguments.",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Read the API key from FILE's first line.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also accept requests whose Host header is NAME (by default only the bound address and localhost).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    help="Concurrent requests decoded together.",
+)
+@click.option(
+    "--max-prompt-tokens",
+    type=click.IntRange(1),
+    metavar="N",
+    help="Refuse longer prompts with 400 (default: the model's context minus the request's max_tokens).",
+)
+def serve(
+    revs: tuple[str, ...],
+    host: str,
+    port: int,
+    api_key: str | None,
+    api_key_file: Path | None,
+    allow_hosts: tuple[str, ...],
+    max_batch: int,
+    max_prompt_tokens: int | None,
+) -> None:
     """Serve the models of REV... (default HEAD) over an OpenAI-compatible HTTP API.
 
     GET /v1/models lists them, each named by its bake name; POST /v1/chat/completions answers, streamed
@@ -80,11 +116,20 @@ def serve(revs: tuple[str, ...], host: str, port: int, api_key: str | None, api_
     from gitbake.use.serve import Server, is_loopback, load_served, read_api_key
 
     key = read_api_key(api_key, api_key_file)
-    if api_key is not None and click.get_current_context().get_parameter_source("api_key") == click.core.ParameterSource.COMMANDLINE:
-        click.echo("warning: --api-key is visible to other users of this machine (ps); use GITBAKE_API_KEY or --api-key-file", err=True)
+    if (
+        api_key is not None
+        and click.get_current_context().get_parameter_source("api_key") == click.core.ParameterSource.COMMANDLINE
+    ):
+        click.echo(
+            "warning: --api-key is visible to other users of this machine (ps); use GITBAKE_API_KEY or --api-key-file",
+            err=True,
+        )
     if key is None and not is_loopback(host):
-        click.echo(f"warning: listening on {host} without an API key: anyone who can reach this machine can use these models; "
-                   "set GITBAKE_API_KEY or --api-key-file", err=True)
+        click.echo(
+            f"warning: listening on {host} without an API key: anyone who can reach this machine can use these models; "
+            "set GITBAKE_API_KEY or --api-key-file",
+            err=True,
+        )
     models = load_served(repository(), list(revs), max_batch)
     server = Server(models, host, port, key, max_prompt_tokens, allow_hosts)
     click.echo(f"serving {', '.join(models)} at {server.url} (Ctrl-C to stop)", err=True)
@@ -98,8 +143,12 @@ def serve(revs: tuple[str, ...], host: str, port: int, api_key: str | None, api_
 
 @click.command(context_settings=CONTEXT)
 @click.argument("rev", default="HEAD")
-@click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path), help="Write the adapter chain (PEFT format) here.")
-@click.option("--merged", "merged_dir", type=click.Path(path_type=Path), help="Write a full model with the adapters merged here.")
+@click.option(
+    "--adapter", "adapter_dir", type=click.Path(path_type=Path), help="Write the adapter chain (PEFT format) here."
+)
+@click.option(
+    "--merged", "merged_dir", type=click.Path(path_type=Path), help="Write a full model with the adapters merged here."
+)
 @click.option("--force", is_flag=True, help="Replace a non-empty destination.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(rev: str, adapter_dir: Path | None, merged_dir: Path | None, force: bool, as_json: bool) -> None:
@@ -115,7 +164,10 @@ def export(rev: str, adapter_dir: Path | None, merged_dir: Path | None, force: b
     from gitbake.errors import UsageError
 
     if (adapter_dir is None) == (merged_dir is None):
-        raise UsageError("say what to export: --adapter DIR or --merged DIR (one of them)", "e.g. git bake export HEAD --merged ./out")
+        raise UsageError(
+            "say what to export: --adapter DIR or --merged DIR (one of them)",
+            "e.g. git bake export HEAD --merged ./out",
+        )
     repo = repository()
     if adapter_dir is not None:
         from gitbake.use.export import export_adapters
@@ -129,12 +181,17 @@ def export(rev: str, adapter_dir: Path | None, merged_dir: Path | None, force: b
         emit_json(out)
         return
     n = len(out["adapters"])
-    click.echo(f"exported {out.get('model_name') or out['base_model']} ({n} adapter{'s' if n != 1 else ''}, {out['kind']}) to {out['dest']}")
+    click.echo(
+        f"exported {out.get('model_name') or out['base_model']} ({n} adapter{'s' if n != 1 else ''}, {out['kind']}) to "
+        f"{out['dest']}"
+    )
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("bake", required=False)
-@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the curve to a PNG (needs matplotlib).")
+@click.option(
+    "--png", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the curve to a PNG (needs matplotlib)."
+)
 @click.option("--csv", "as_csv", is_flag=True, help="Print the metrics as CSV.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics and eval as JSON.")
 def metrics(bake: str | None, png: Path | None, as_csv: bool, as_json: bool) -> None:
@@ -161,8 +218,10 @@ def metrics(bake: str | None, png: Path | None, as_csv: bool, as_json: bool) -> 
     click.echo(chart(m.losses()))
     e = m.eval
     if e.get("gap_closed") is not None:
-        click.echo(f"eval: gap_closed {e['gap_closed']:.3f} (KL {e['d_before']:.4f} -> {e['d_after']:.4f} nats/token) "
-                   f"on {e.get('questions')} question(s)" + (f"; {e['note']}" if e.get("note") else ""))
+        click.echo(
+            f"eval: gap_closed {e['gap_closed']:.3f} (KL {e['d_before']:.4f} -> {e['d_after']:.4f} nats/token) "
+            f"on {e.get('questions')} question(s)" + (f"; {e['note']}" if e.get("note") else "")
+        )
     if (s := m.loss_stats()) is not None:
         click.echo(f"loss: first {s.first:.4f}, last {s.last:.4f}, min {s.min:.4f}")
     if png is not None:
@@ -172,12 +231,21 @@ def metrics(bake: str | None, png: Path | None, as_csv: bool, as_json: bool) -> 
 @click.command(context_settings=CONTEXT)
 @click.argument("rev1")
 @click.argument("rev2", required=False)
-@click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path), help="Questions to ask (.txt: one per line; .jsonl).")
-@click.option("--samples", type=click.IntRange(1, 64), default=2, show_default=True, help="Answers sampled per question.")
+@click.option(
+    "--questions",
+    "questions_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Questions to ask (.txt: one per line; .jsonl).",
+)
+@click.option(
+    "--samples", type=click.IntRange(1, 64), default=2, show_default=True, help="Answers sampled per question."
+)
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the most different questions to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def diff(rev1: str, rev2: str | None, questions_file: Path | None, samples: int, max_tokens: int, top: int, as_json: bool) -> None:
+def diff(
+    rev1: str, rev2: str | None, questions_file: Path | None, samples: int, max_tokens: int, top: int, as_json: bool
+) -> None:
     """How the models of REV1 and REV2 differ in behaviour (with one REV: it against its parent model).
 
     Mean per-token KL(REV1 || REV2) on answers REV1's model gives to the held-out questions of their
@@ -195,8 +263,10 @@ def diff(rev1: str, rev2: str | None, questions_file: Path | None, samples: int,
     if as_json:
         emit_json(out)
         return
-    click.echo(f"{out['a']['name']} ({rev1}) vs {out['b']['name']} ({rev2 or 'its parent model'}): "
-               f"mean KL {out['mean_kl']:.4f} nats/token over {out['tokens']} tokens, {out['asked']} question(s)")
+    click.echo(
+        f"{out['a']['name']} ({rev1}) vs {out['b']['name']} ({rev2 or 'its parent model'}): "
+        f"mean KL {out['mean_kl']:.4f} nats/token over {out['tokens']} tokens, {out['asked']} question(s)"
+    )
     if out.get("note"):
         click.echo(f"note: {out['note']}")
     for q in out["questions"]:

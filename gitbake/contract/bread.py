@@ -93,9 +93,16 @@ class Bread:
             value = None
         if not isinstance(value, list) or not all(is_digest(v) for v in value):
             raise ConfigError(
-                [Issue(BREAD_FILE, self._line("PARENT_MODEL", "adapters"), None, "PARENT_MODEL.adapters",
-                       f"must be a JSON list of 64-hex adapter digests, not {raw!r}",
-                       "restore it from git (git checkout -- .bread); gitbake writes this line")]
+                [
+                    Issue(
+                        BREAD_FILE,
+                        self._line("PARENT_MODEL", "adapters"),
+                        None,
+                        "PARENT_MODEL.adapters",
+                        f"must be a JSON list of 64-hex adapter digests, not {raw!r}",
+                        "restore it from git (git checkout -- .bread); gitbake writes this line",
+                    )
+                ]
             )
         return list(value)
 

@@ -177,14 +177,12 @@ class CustomGenerator(_Generator):
 
 
 Generator = Annotated[
-    Union[
-        HardcodedGenerator,
-        FromFileGenerator,
-        FromDatasetGenerator,
-        OneshotGenerator,
-        PersonaGenerator,
-        CustomGenerator,
-    ],
+    HardcodedGenerator
+    | FromFileGenerator
+    | FromDatasetGenerator
+    | OneshotGenerator
+    | PersonaGenerator
+    | CustomGenerator,
     Field(discriminator="type"),
 ]
 GENERATOR_TYPES = ("hardcoded", "from_file", "from_dataset", "oneshot_qs", "persona", "custom")
@@ -266,8 +264,11 @@ class LoraConfig(Model):
     @classmethod
     def _no_bias_training(cls, v: str) -> str:
         if v != "none":
-            raise ValueError("training biases would change the base model the teacher shares (adapter disabled); use `none`")
+            raise ValueError(
+                "training biases would change the base model the teacher shares (adapter disabled); use `none`"
+            )
         return v
+
     target_modules: str | list[str] = "all-linear"
 
 
@@ -285,8 +286,11 @@ class BakeModelConfig(Model):
     @classmethod
     def _no_other_student(cls, v: str | None) -> str | None:
         if v:
-            raise ValueError("distilling into a different student model is not supported yet; remove `student_model_path`")
+            raise ValueError(
+                "distilling into a different student model is not supported yet; remove `student_model_path`"
+            )
         return v
+
     parent_model_name: str | None = None
 
     _accepted: ClassVar[dict[str, str]] = {
@@ -310,9 +314,9 @@ class OptimizerConfig(Model):
 
 class SchedulerConfig(Model):
     type: Literal["huggingface"] = "huggingface"
-    name: Literal[
-        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
-    ] = "linear"
+    name: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = (
+        "linear"
+    )
     warmup_ratio: Float = Field(default=0.0, ge=0, lt=1)
     warmup_steps: Int = Field(default=0, ge=0, le=INT32_MAX)
     lr: Any = None
@@ -354,7 +358,8 @@ class DataConfig(Model):
         "sources": "training data comes from BAKE.datasets; `data.sources` is ignored",
         "eval_sources": "evaluation uses the held-out questions of each target; `data.eval_sources` is ignored",
         "cache_dir": "data lives in the store; `data.cache_dir` is ignored",
-        "train_eval_split": "eval uses each target's held-out questions (TARGET.heldout_fraction); `train_eval_split` is ignored",
+        "train_eval_split": "eval uses each target's held-out questions (TARGET.heldout_fraction); `train_eval_split` "
+        "is ignored",
     }
 
     @model_validator(mode="after")
@@ -386,7 +391,6 @@ class WandbConfig(Model):
     project: str | None = None
     name: str | None = None
     entity: str | None = None
-
 
 
 class Bake(Model):
@@ -466,8 +470,19 @@ def load_input_bytes(raw: bytes, root: Path, display: str = INPUT_FILE) -> Loade
 def symlink_error(display: str = INPUT_FILE) -> ConfigError:
     # a link's target is outside what git versions (and may be outside the repository): what is checked
     # would not be what is committed, so input.yml is only ever a regular file
-    return ConfigError([Issue(display, None, None, "", f"{display} is a symbolic link; it must be a regular file",
-                              f"replace the link with the file it points to: cp --remove-destination \"$(readlink {display})\" {display}")])
+    return ConfigError(
+        [
+            Issue(
+                display,
+                None,
+                None,
+                "",
+                f"{display} is a symbolic link; it must be a regular file",
+                f'replace the link with the file it points to: cp --remove-destination "$(readlink {display})" '
+                f"{display}",
+            )
+        ]
+    )
 
 
 def parse_input(text: str, root: Path, display: str = INPUT_FILE) -> LoadedInput:
@@ -548,8 +563,10 @@ def _issues_from_validation(exc: ValidationError, doc: yamlio.YamlDoc) -> list[I
             fix = "add `type:` with one of: " + ", ".join(GENERATOR_TYPES)
         else:
             message = err["msg"].replace("Value error, ", "")
-            if "input" in err and kind not in ("model_type", "dict_type", "list_type") and not isinstance(
-                err["input"], (dict, list)
+            if (
+                "input" in err
+                and kind not in ("model_type", "dict_type", "list_type")
+                and not isinstance(err["input"], (dict, list))
             ):
                 message += f" (got {err['input']!r})"
             fix = _fix_for(kind, err)
@@ -576,7 +593,12 @@ def _fix_for(kind: str, err: Any) -> str | None:
     if kind == "finite_number":
         return "write a finite number: .inf and .nan cannot train or sample"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        bound = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
+        bound = {
+            "greater_than": "> {gt}",
+            "greater_than_equal": ">= {ge}",
+            "less_than": "< {lt}",
+            "less_than_equal": "<= {le}",
+        }
         return "use a value " + bound[kind].format(**ctx)
     if kind == "bool_type":
         return "write true or false"
@@ -589,7 +611,7 @@ def _fix_for(kind: str, err: Any) -> str | None:
     if kind == "too_short":
         return "give at least one item"
     if kind == "string_type" and isinstance(err.get("input"), (bool, int, float)):
-        return f"quote it: YAML reads the bare word as {err.get('input')!r}; write e.g. \"no\" or \"1.0\""
+        return f'quote it: YAML reads the bare word as {err.get("input")!r}; write e.g. "no" or "1.0"'
     if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == r"\S":
         return "write the question, or remove the empty item"
     return None
@@ -626,8 +648,14 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
             tp = typing.get_args(tp)[1]
         elif origin is Union or str(origin) == "<class 'types.UnionType'>":
             members = [_unwrap(a) for a in typing.get_args(tp)]
-            match = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)
-                     and "type" in m.model_fields and typing.get_args(m.model_fields["type"].annotation) == (part,)]
+            match = [
+                m
+                for m in members
+                if isinstance(m, type)
+                and issubclass(m, BaseModel)
+                and "type" in m.model_fields
+                and typing.get_args(m.model_fields["type"].annotation) == (part,)
+            ]
             if not match:
                 return []
             tp = match[0]
@@ -661,7 +689,13 @@ def _warnings(config: InputFile, doc: yamlio.YamlDoc) -> list[Issue]:
     if isinstance(doc.data, dict):
         for section in SECTIONS:
             if section in doc.data and doc.data[section] is None:
-                out.append(doc.issue((section,), f"{section} is empty: nothing to run for it", f"write the {section} fields under it, or comment it out"))
+                out.append(
+                    doc.issue(
+                        (section,),
+                        f"{section} is empty: nothing to run for it",
+                        f"write the {section} fields under it, or comment it out",
+                    )
+                )
     if config.REPO is not None:
         out.append(
             doc.issue(
@@ -673,7 +707,11 @@ def _warnings(config: InputFile, doc: yamlio.YamlDoc) -> list[Issue]:
     bake = config.BAKE
     if bake is not None and bake.name is None:
         out.append(
-            doc.issue(("BAKE",), "BAKE has no `name`; using `bake`", "add `name:` (e.g. yoda_bake): names make the lineage readable")
+            doc.issue(
+                ("BAKE",),
+                "BAKE has no `name`; using `bake`",
+                "add `name:` (e.g. yoda_bake): names make the lineage readable",
+            )
         )
     if config.TARGET is not None:
         for i, gen in enumerate(config.TARGET.generators):
@@ -681,12 +719,18 @@ def _warnings(config: InputFile, doc: yamlio.YamlDoc) -> list[Issue]:
                 out.append(
                     doc.issue(
                         ("TARGET", "generators", i, "numq"),
-                        f"numq is {gen.numq} but {len(gen.questions)} questions are listed; all listed questions are used",
+                        f"numq is {gen.numq} but {len(gen.questions)} questions are listed; all listed questions are "
+                        "used",
                         "remove `numq` from hardcoded generators",
                     )
                 )
             if isinstance(gen, CustomGenerator):
-                out.append(doc.issue(("TARGET", "generators", i, "type"), "bgit's `custom` generator is unfinished; it produces no questions here"))
+                out.append(
+                    doc.issue(
+                        ("TARGET", "generators", i, "type"),
+                        "bgit's `custom` generator is unfinished; it produces no questions here",
+                    )
+                )
     return out
 
 
@@ -696,8 +740,11 @@ def _cross_checks(config: InputFile, doc: yamlio.YamlDoc, warnings: list[Issue])
     if target is not None:
         if not target.generators and target.template == "default":
             issues.append(
-                doc.issue(("TARGET", "generators"), "a target needs at least one generator to make questions",
-                          "add e.g. `- type: hardcoded` with `questions: [...]`")
+                doc.issue(
+                    ("TARGET", "generators"),
+                    "a target needs at least one generator to make questions",
+                    "add e.g. `- type: hardcoded` with `questions: [...]`",
+                )
             )
         prompts = config.PROMPT or {}
         for field_name in ("teacher_prompt", "u", "student_prompt", "v"):
@@ -705,15 +752,28 @@ def _cross_checks(config: InputFile, doc: yamlio.YamlDoc, warnings: list[Issue])
             if ref is not None and config.PROMPT is not None and ref not in prompts:
                 close = difflib.get_close_matches(ref, list(prompts), n=1)
                 issues.append(
-                    doc.issue(("TARGET", field_name), f"no prompt `{ref}` in PROMPT",
-                              f"did you mean `{close[0]}`?" if close else "known prompts: " + ", ".join(prompts))
+                    doc.issue(
+                        ("TARGET", field_name),
+                        f"no prompt `{ref}` in PROMPT",
+                        f"did you mean `{close[0]}`?" if close else "known prompts: " + ", ".join(prompts),
+                    )
                 )
         if config.PROMPT is not None and not prompts:
-            issues.append(doc.issue(("PROMPT",), "PROMPT is empty but TARGET needs a teacher prompt", "add `teacher:` with `messages:`"))
+            issues.append(
+                doc.issue(
+                    ("PROMPT",), "PROMPT is empty but TARGET needs a teacher prompt", "add `teacher:` with `messages:`"
+                )
+            )
     if config.PROMPT:
         for key in config.PROMPT:
             if not re.match(NAME_PATTERN, str(key)):
-                issues.append(doc.issue(("PROMPT", key), f"prompt key `{key}` is not a valid name", _fix_for("string_pattern_mismatch", {})))
+                issues.append(
+                    doc.issue(
+                        ("PROMPT", key),
+                        f"prompt key `{key}` is not a valid name",
+                        _fix_for("string_pattern_mismatch", {}),
+                    )
+                )
     bake = config.BAKE
     if bake is not None and bake.datasets is not None and not bake.datasets:
         issues.append(doc.issue(("BAKE", "datasets"), "datasets is empty", "list at least one `- target: NAME`"))
@@ -755,7 +815,9 @@ def read_generator_files(loaded: LoadedInput, target: Target, root: Path) -> lis
         if isinstance(gen, OneshotGenerator):
             if gen.template_content is not None:
                 if gen.template_path is not None:
-                    issues.append(doc.issue(loc + ("template_content",), "give `template_path` or `template_content`, not both"))
+                    issues.append(
+                        doc.issue(loc + ("template_content",), "give `template_path` or `template_content`, not both")
+                    )
                     continue
                 loaded.templates[i] = gen.template_content
             tpl = loaded.templates.get(i)
@@ -763,17 +825,27 @@ def read_generator_files(loaded: LoadedInput, target: Target, root: Path) -> lis
                 where = "template_path" if gen.template_path else "template_content"
                 tpl_problem = _template_problem(tpl)
                 if tpl_problem:
-                    issues.append(doc.issue(loc + (where,), tpl_problem,
-                                            "a oneshot_qs template is a Python string.Template with ${numq} (how many questions) "
-                                            "and ${prompt_u} (the teacher prompt); write a literal $ as $$"))
+                    issues.append(
+                        doc.issue(
+                            loc + (where,),
+                            tpl_problem,
+                            "a oneshot_qs template is a Python string.Template with ${numq} (how many questions) "
+                            "and ${prompt_u} (the teacher prompt); write a literal $ as $$",
+                        )
+                    )
         if isinstance(gen, FromFileGenerator):
             data, problem = _read_repo_file(root, gen.path, MAX_QUESTION_FILE_BYTES, text=False)
             if problem:
                 issues.append(doc.issue(loc + ("path",), problem[0], problem[1]))
                 continue
             if not gen.path.endswith((".jsonl", ".txt")):
-                issues.append(doc.issue(loc + ("path",), "a question file must be `.jsonl` or `.txt`",
-                                        "use one question per line (.txt) or one JSON object with a `question` field per line (.jsonl)"))
+                issues.append(
+                    doc.issue(
+                        loc + ("path",),
+                        "a question file must be `.jsonl` or `.txt`",
+                        "use one question per line (.txt) or one JSON object with a `question` field per line (.jsonl)",
+                    )
+                )
                 continue
             assert isinstance(data, bytes)
             try:
@@ -811,7 +883,9 @@ def check_question_file(data: bytes, display: str) -> None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         bad_line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError([Issue(display, bad_line, None, "", "not valid UTF-8 text", "save the question file as UTF-8")]) from None
+        raise ConfigError(
+            [Issue(display, bad_line, None, "", "not valid UTF-8 text", "save the question file as UTF-8")]
+        ) from None
     import json
 
     issues = []
@@ -824,15 +898,36 @@ def check_question_file(data: bytes, display: str) -> None:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                issues.append(Issue(display, n, exc.colno, "", f"not valid JSON: {exc.msg}", 'write one object per line, e.g. {"question": "..."}'))
+                issues.append(
+                    Issue(
+                        display,
+                        n,
+                        exc.colno,
+                        "",
+                        f"not valid JSON: {exc.msg}",
+                        'write one object per line, e.g. {"question": "..."}',
+                    )
+                )
                 continue
             q = obj.get("question") if isinstance(obj, dict) else None
             if not isinstance(q, str) or not q.strip():
-                issues.append(Issue(display, n, None, "question", "no `question` string on this line", 'write {"question": "..."}'))
+                issues.append(
+                    Issue(
+                        display, n, None, "question", "no `question` string on this line", 'write {"question": "..."}'
+                    )
+                )
                 continue
         if len(q.strip()) > MAX_QUESTION_CHARS:
-            issues.append(Issue(display, n, None, "question", f"this question is {len(q.strip()):,} characters; the limit is {MAX_QUESTION_CHARS:,}",
-                                _fix_for("string_too_long", {"ctx": {"max_length": MAX_QUESTION_CHARS}})))
+            issues.append(
+                Issue(
+                    display,
+                    n,
+                    None,
+                    "question",
+                    f"this question is {len(q.strip()):,} characters; the limit is {MAX_QUESTION_CHARS:,}",
+                    _fix_for("string_too_long", {"ctx": {"max_length": MAX_QUESTION_CHARS}}),
+                )
+            )
     if issues:
         raise ConfigError(issues)
 
@@ -840,9 +935,15 @@ def check_question_file(data: bytes, display: str) -> None:
 def _read_repo_file(root: Path, rel: str, limit: int, text: bool) -> tuple[str | bytes | None, tuple[str, str] | None]:
     path = _inside(root, rel)
     if path is None:
-        return None, (f"`{rel}` is outside the repository", "keep the file inside the repository (e.g. templates/) and give a relative path")
+        return None, (
+            f"`{rel}` is outside the repository",
+            "keep the file inside the repository (e.g. templates/) and give a relative path",
+        )
     if not path.exists():
-        return None, (f"`{rel}` does not exist", "create the file, or fix the path (it is relative to the repository root)")
+        return None, (
+            f"`{rel}` does not exist",
+            "create the file, or fix the path (it is relative to the repository root)",
+        )
     if not path.is_file():
         return None, (f"`{rel}` is not a file", "point at a regular file")
     size = path.stat().st_size

@@ -18,7 +18,6 @@ import blake3
 from gitbake.contract.keys import canonical_json
 
 
-
 class StatCache(Protocol):
     """What hashing a directory needs of the store's stat cache (gitbake.store.statcache), named here as a
     protocol so the contract layer does not import the store layer above it."""
@@ -26,6 +25,7 @@ class StatCache(Protocol):
     def lookup(self, st: os.stat_result) -> str | None: ...
 
     def record(self, st: os.stat_result, digest: str, started_ns: int) -> bool: ...
+
 
 TINY = "tiny"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -61,7 +61,11 @@ def base_identity(base_model: str, root: Path | None = None, cache: StatCache | 
         repo_id, _, rev = base_model.partition("@")
         # a branch or tag names whatever commit it points to today: the identity is that commit, so a key
         # follows the weights (and `org/name` and `org/name@main` are the same model)
-        return {"kind": "hub", "id": repo_id, "revision": rev if COMMIT.fullmatch(rev) else hub_revision(repo_id, rev or "main")}
+        return {
+            "kind": "hub",
+            "id": repo_id,
+            "revision": rev if COMMIT.fullmatch(rev) else hub_revision(repo_id, rev or "main"),
+        }
     return {"kind": "unknown", "name": base_model}
 
 

@@ -41,4 +41,3 @@ def comment_out(text: str) -> str:
             line = "# " + line
         out.append(line)
     return "".join(out)
-

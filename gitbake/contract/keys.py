@@ -56,7 +56,9 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 def canonical_json(obj: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8, integral floats as integers (YAML's `1` and `1.0` mean the
     same number): one byte string per value, whatever the YAML looked like."""
-    return json.dumps(_normal(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return json.dumps(_normal(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 def _normal(obj: Any) -> Any:
@@ -120,9 +122,7 @@ def stim_key(generators: list[dict[str, Any]], teacher_key: str, split: dict[str
     return key_of({"kind": "stim", "generators": ordered, "teacher": teacher_key, "split": split or {}})
 
 
-def rollout_key(
-    stim: str, teacher_key: str, student_key: str, sampling: dict[str, Any], model_identity: Any
-) -> str:
+def rollout_key(stim: str, teacher_key: str, student_key: str, sampling: dict[str, Any], model_identity: Any) -> str:
     return key_of(
         {
             "kind": "rollout",

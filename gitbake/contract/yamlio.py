@@ -7,9 +7,10 @@ quiet overwrite of the user's first value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -89,7 +90,10 @@ USER_FILE = Hints()
 
 def written_by_gitbake(display: str) -> Hints:
     """The hints for a file gitbake writes (.bread, recipe.yml): restore it from git, never edit it."""
-    restore = f"gitbake writes {display}: restore it with `git checkout HEAD -- {display}` (or from the last commit where it was good)"
+    restore = (
+        f"gitbake writes {display}: restore it with `git checkout HEAD -- {display}` (or from the last commit "
+        "where it was good)"
+    )
     return Hints(too_big=restore, binary=restore, not_utf8=restore, directory="remove the directory; " + restore)
 
 
@@ -100,7 +104,9 @@ def read_text(path: Path, display: str, limit: int = MAX_YAML_BYTES, hints: Hint
     except FileNotFoundError:
         raise ConfigError([Issue(display, None, None, "", "file not found", None)]) from None
     if path.is_dir():
-        raise ConfigError([Issue(display, None, None, "", "is a directory, not a file", hints.directory.format(display=display))])
+        raise ConfigError(
+            [Issue(display, None, None, "", "is a directory, not a file", hints.directory.format(display=display))]
+        )
     _check_size(size, display, limit, hints)
     raw = path.read_bytes()
     return decode_text(raw, display, limit, hints)
@@ -108,7 +114,9 @@ def read_text(path: Path, display: str, limit: int = MAX_YAML_BYTES, hints: Hint
 
 def _check_size(size: int, display: str, limit: int, hints: Hints) -> None:
     if size > limit:
-        raise ConfigError([Issue(display, None, None, "", f"file is {size:,} bytes; the limit is {limit:,}", hints.too_big)])
+        raise ConfigError(
+            [Issue(display, None, None, "", f"file is {size:,} bytes; the limit is {limit:,}", hints.too_big)]
+        )
 
 
 def decode_text(raw: bytes, display: str, limit: int = MAX_YAML_BYTES, hints: Hints = USER_FILE) -> str:
@@ -117,7 +125,9 @@ def decode_text(raw: bytes, display: str, limit: int = MAX_YAML_BYTES, hints: Hi
     _check_size(len(raw), display, limit, hints)
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        raise ConfigError([Issue(display, line, None, "", "this is a binary file (it contains NUL bytes)", hints.binary)])
+        raise ConfigError(
+            [Issue(display, line, None, "", "this is a binary file (it contains NUL bytes)", hints.binary)]
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -138,7 +148,9 @@ def load(text: str, display: str) -> YamlDoc:
         except yaml.YAMLError as exc:  # pragma: no cover - pyyaml raises marked errors for text input
             raise ConfigError([Issue(display, None, None, "", str(exc))]) from None
         except RecursionError:
-            raise ConfigError([Issue(display, None, None, "", f"nested too deeply (more than {MAX_DEPTH} levels)")]) from None
+            raise ConfigError(
+                [Issue(display, None, None, "", f"nested too deeply (more than {MAX_DEPTH} levels)")]
+            ) from None
         doc = YamlDoc(display, None)
         if node is None:
             return doc
@@ -149,7 +161,9 @@ def load(text: str, display: str) -> YamlDoc:
         except yaml.MarkedYAMLError as exc:
             raise ConfigError([_syntax_issue(exc, display, text)]) from None
         except RecursionError:
-            raise ConfigError([Issue(display, None, None, "", f"nested too deeply (more than {MAX_DEPTH} levels)")]) from None
+            raise ConfigError(
+                [Issue(display, None, None, "", f"nested too deeply (more than {MAX_DEPTH} levels)")]
+            ) from None
         if issues:
             raise ConfigError(issues)
         return doc
@@ -230,7 +244,8 @@ def _check_alias_expansion(root: yaml.Node, anchor_names: dict[int, str], file_b
                 line,
                 col,
                 "",
-                f"the document expands to {through_aliases:,} bytes of text through its aliases (anchor `&{name}`, {expanded[worst]:,} bytes, "
+                f"the document expands to {through_aliases:,} bytes of text through its aliases (anchor `&{name}`, "
+                f"{expanded[worst]:,} bytes, "
                 f"is used {uses[worst] - 1:,} times); the limit is {limit:,} (8x the file's size, at most 16 MiB)",
                 "write the values out, or move long question lists into a file read by a `from_file` generator",
             )
@@ -270,7 +285,9 @@ def _build(
 
 def _limit(state: _BuildState, node: yaml.Node, message: str) -> ConfigError:
     line, col = _mark(node)
-    return ConfigError([Issue(state.display, line, col, "", message, "write the values out instead of nesting aliases this deep")])
+    return ConfigError(
+        [Issue(state.display, line, col, "", message, "write the values out instead of nesting aliases this deep")]
+    )
 
 
 def _build_node(state: _BuildState, node: yaml.Node, path: Loc) -> Any:
@@ -355,7 +372,7 @@ def _syntax_issue(exc: yaml.MarkedYAMLError, display: str, text: str) -> Issue:
     elif "quoted scalar" in (exc.context or ""):
         fix = "close the quote, or remove the stray quote character"
     elif "mapping values are not allowed" in problem:
-        fix = "quote a value that contains `: `, e.g. content: \"Note: ...\""
+        fix = 'quote a value that contains `: `, e.g. content: "Note: ..."'
     return Issue(display, line, col, "", message, fix)
 
 

@@ -16,10 +16,11 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -68,7 +69,9 @@ class BakeResult:
 # ------------------------------------------------------------------------------------------ data
 
 
-def select(datasets: Sequence[tuple[Sequence[Trajectory], float]], total: int | None, seed: int, notes: list[str]) -> list[Trajectory]:
+def select(
+    datasets: Sequence[tuple[Sequence[Trajectory], float]], total: int | None, seed: int, notes: list[str]
+) -> list[Trajectory]:
     """Weighted sampling across targets. Each dataset gets its share `total * weight / sum(weights)` of
     the trajectories (largest remainders, so the shares add up to `total`), drawn without replacement
     while they last, then with replacement: weights are sampling weights, as in bgit. With no `total`:
@@ -112,8 +115,9 @@ def batches(items: Sequence[Trajectory], size: int, seed: int) -> list[list[Traj
     return out
 
 
-def response_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, pad_id: int, device: Any,
-                    prefix: Prefix | None = None) -> torch.Tensor:
+def response_hidden(
+    decoder: Any, batch: Sequence[Trajectory], side: str, pad_id: int, device: Any, prefix: Prefix | None = None
+) -> torch.Tensor:
     """Hidden states at the positions that predict each response token, row-aligned across sides: [N, H].
 
     `prefix`: the first `prefix.length` tokens of every sequence, already run (their keys and values):
@@ -186,8 +190,15 @@ class Prefix:
 TEACHER_CACHE_MB = float(os.environ.get("GITBAKE_TEACHER_CACHE_MB", "2048"))
 
 
-def teacher_states(decoder: Any, data: Sequence[Trajectory], pad_id: int, device: Any, batch_size: int,
-                   budget_mb: float = TEACHER_CACHE_MB, label: str = "bake") -> dict[int, torch.Tensor] | None:
+def teacher_states(
+    decoder: Any,
+    data: Sequence[Trajectory],
+    pad_id: int,
+    device: Any,
+    batch_size: int,
+    budget_mb: float = TEACHER_CACHE_MB,
+    label: str = "bake",
+) -> dict[int, torch.Tensor] | None:
     """The teacher's hidden states at every response position, computed once for the whole bake.
 
     The teacher is frozen, so its states are the same in every epoch: recomputing them each epoch (as a
@@ -237,7 +248,14 @@ def _hidden_size(decoder: Any) -> int | None:
 class Baker:
     model: Any  # the PEFT model after training: adapter enabled = baked, disabled = parent
 
-    def __init__(self, model: Any, tokenizer: Any, config: dict[str, Any], base_name: str, say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: dict[str, Any],
+        base_name: str,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.parent = model
         self.tokenizer = tokenizer
         self.cfg = config
@@ -257,19 +275,27 @@ class Baker:
 
         m = self.cfg["model"]
         if m.get("student_model_path"):
-            raise UsageError("BAKE.model.student_model_path (distilling into a different model) is not supported yet",
-                             "remove it: the baked model is the parent model plus the adapter")
+            raise UsageError(
+                "BAKE.model.student_model_path (distilling into a different model) is not supported yet",
+                "remove it: the baked model is the parent model plus the adapter",
+            )
         conf = getattr(self.parent, "config", None)
         for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
             value = getattr(conf, attr, None)
             if value not in (None, 1, 1.0):
-                raise UsageError(f"this model post-processes its logits ({attr}={value}), which the bake does not reproduce yet",
-                                 "use a model without logit soft-capping or scaling")
+                raise UsageError(
+                    f"this model post-processes its logits ({attr}={value}), which the bake does not reproduce yet",
+                    "use a model without logit soft-capping or scaling",
+                )
         lc = m["baked_adapter_config"]
         torch.manual_seed(self.cfg["seed"])
         lora = LoraConfig(
-            r=lc["r"], lora_alpha=lc["lora_alpha"], lora_dropout=lc["lora_dropout"], bias=lc["bias"],
-            target_modules=lc["target_modules"], task_type="CAUSAL_LM",
+            r=lc["r"],
+            lora_alpha=lc["lora_alpha"],
+            lora_dropout=lc["lora_dropout"],
+            bias=lc["bias"],
+            target_modules=lc["target_modules"],
+            task_type="CAUSAL_LM",
         )
         torch.set_grad_enabled(True)
         pm = get_peft_model(self.parent, lora)
@@ -295,10 +321,18 @@ class Baker:
 
         s = self.cfg["scheduler"]
         warmup = s["warmup_steps"] or int(math.ceil(s["warmup_ratio"] * total_steps))
-        return get_scheduler(s["name"], optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1))
+        return get_scheduler(
+            s["name"], optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1)
+        )
 
-    def train(self, trajectories: Sequence[Trajectory], out_dir: Path, scratch: Path | None = None,
-              progress_label: str = "bake", keep: Path | None = None) -> BakeResult:
+    def train(
+        self,
+        trajectories: Sequence[Trajectory],
+        out_dir: Path,
+        scratch: Path | None = None,
+        progress_label: str = "bake",
+        keep: Path | None = None,
+    ) -> BakeResult:
         """Train and save the adapter to `out_dir`. `scratch`: where BAKE.checkpoint saves (and resumes);
         `keep`: where each of those checkpoints' adapters is also kept, as `<step>/` (chat --checkpoint)."""
         cfg = self.cfg
@@ -306,12 +340,23 @@ class Baker:
         max_len = cfg["data"]["max_length"]
         data = [t2 for t in trajectories if (t2 := t.truncated(max_len)) is not None]
         if len(data) < len(trajectories):
-            notes.append(f"{len(trajectories) - len(data)} trajectory(ies) did not fit data.max_length={max_len} and were skipped")
+            notes.append(
+                f"{len(trajectories) - len(data)} trajectory(ies) did not fit data.max_length={max_len} and were "
+                "skipped"
+            )
         if not data:
-            prompt = min((max(len(t.teacher_ids), len(t.student_ids)) for t in trajectories), default=0)  # too long, or no answers
-            raise UsageError(f"no trajectory fits data.max_length={max_len}: the shortest prompt with its question is {prompt:,} tokens"
-                             if prompt >= max_len else "no trajectory to train on: every answer in the rollouts is empty",
-                             f"shorten the prompt, or raise BAKE.data.max_length above {prompt:,}" if prompt >= max_len else "raise TARGET.max_tokens")
+            prompt = min(
+                (max(len(t.teacher_ids), len(t.student_ids)) for t in trajectories), default=0
+            )  # too long, or no answers
+            raise UsageError(
+                f"no trajectory fits data.max_length={max_len}: the shortest prompt with its question is {prompt:,} "
+                "tokens"
+                if prompt >= max_len
+                else "no trajectory to train on: every answer in the rollouts is empty",
+                f"shorten the prompt, or raise BAKE.data.max_length above {prompt:,}"
+                if prompt >= max_len
+                else "raise TARGET.max_tokens",
+            )
         random.seed(cfg["seed"])
         torch.manual_seed(cfg["seed"])
         pm = self._peft()
@@ -341,9 +386,11 @@ class Baker:
                 pm.eval()
                 for i in range(0, len(data), mbs):
                     chunk = data[i : i + mbs]
-                    ids, lps = kl.topk_of(lm_head, response_hidden(decoder, chunk, "teacher", self.pad_id, self.device), topk, temperature)
+                    ids, lps = kl.topk_of(
+                        lm_head, response_hidden(decoder, chunk, "teacher", self.pad_id, self.device), topk, temperature
+                    )
                     offset = 0
-                    for j, t in enumerate(chunk):
+                    for t in chunk:
                         n = len(t.response_ids)
                         cache[id(t)] = (ids[offset : offset + n], lps[offset : offset + n])
                         offset += n
@@ -363,15 +410,24 @@ class Baker:
             notes.append("a scratch checkpoint exists, but resuming under ZeRO-3 is not supported: starting over")
             shutil.rmtree(scratch, ignore_errors=True)
         if keep is not None and zero3 and any(c.get("enabled", True) for c in cfg["checkpoint"]):
-            notes.append("checkpoints are not kept under ZeRO-3 (its partitioned weights are only gathered for the final adapter)")
-        if scratch is not None and not zero3 and any(c.get("auto_resume") for c in cfg["checkpoint"] if c.get("enabled", True)):
+            notes.append(
+                "checkpoints are not kept under ZeRO-3 (its partitioned weights are only gathered for the final "
+                "adapter)"
+            )
+        if (
+            scratch is not None
+            and not zero3
+            and any(c.get("auto_resume") for c in cfg["checkpoint"] if c.get("enabled", True))
+        ):
             resumed = self._resume(pm, optimizer, scheduler, scratch, notes)
             if resumed:
                 state = resumed
                 result.resumed_from = state["step"]
                 notes.append(f"resumed from the scratch checkpoint at step {state['step']}")
         if keep is not None and not state["step"]:
-            shutil.rmtree(keep, ignore_errors=True)  # a fresh start: checkpoints of an abandoned attempt are not this bake's
+            shutil.rmtree(
+                keep, ignore_errors=True
+            )  # a fresh start: checkpoints of an abandoned attempt are not this bake's
         progress = Progress(progress_label, total_steps, unit="step")
         if state["step"]:
             progress.done = state["step"]
@@ -425,7 +481,11 @@ class Baker:
                             optimizer.step()
                             scheduler.step()
                             optimizer.zero_grad(set_to_none=True)
-                        state = {"step": state["step"] + 1, "epoch": epoch if not last else epoch + 1, "batch": 0 if last else b_index + 1}
+                        state = {
+                            "step": state["step"] + 1,
+                            "epoch": epoch if not last else epoch + 1,
+                            "batch": 0 if last else b_index + 1,
+                        }
                         now = time.monotonic()
                         row = {
                             "step": state["step"],
@@ -481,12 +541,22 @@ class Baker:
         tmp.mkdir(parents=True)
         pm.save_pretrained(str(tmp / "adapter"))
         # no pickle: a shared store's scratch checkpoint must not be able to run code in the next bake
-        trainstate.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": torch.get_rng_state(), "state": state, "metrics": self._metrics}, tmp)
+        trainstate.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "state": state,
+                "metrics": self._metrics,
+            },
+            tmp,
+        )
         shutil.rmtree(scratch, ignore_errors=True)
         tmp.rename(scratch)
 
-    def _resume(self, pm: Any, optimizer: Any, scheduler: Any, scratch: Path, notes: list[str]) -> dict[str, int] | None:
+    def _resume(
+        self, pm: Any, optimizer: Any, scheduler: Any, scratch: Path, notes: list[str]
+    ) -> dict[str, int] | None:
         """Continue from the scratch checkpoint; one that is damaged, foreign or planted (a shared store) is a
         fresh start with a note, and leaves the adapter, optimizer and scheduler exactly as they were."""
         if not trainstate.exists(scratch):
@@ -494,8 +564,11 @@ class Baker:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        before = ({k: v.detach().clone() for k, v in get_peft_model_state_dict(pm).items()},
-                  copy.deepcopy(optimizer.state_dict()), copy.deepcopy(scheduler.state_dict()))
+        before = (
+            {k: v.detach().clone() for k, v in get_peft_model_state_dict(pm).items()},
+            copy.deepcopy(optimizer.state_dict()),
+            copy.deepcopy(scheduler.state_dict()),
+        )
         try:
             saved = trainstate.load(scratch)
             weights = load_file(str(scratch / "adapter" / "adapter_model.safetensors"))
@@ -508,7 +581,9 @@ class Baker:
             set_peft_model_state_dict(pm, before[0])
             optimizer.load_state_dict(before[1])
             scheduler.load_state_dict(before[2])
-            notes.append(f"the scratch checkpoint could not be resumed ({type(exc).__name__}: {str(exc)[:120]}): starting over")
+            notes.append(
+                f"the scratch checkpoint could not be resumed ({type(exc).__name__}: {str(exc)[:120]}): starting over"
+            )
             return None
         self._metrics[:] = metrics
         return step
@@ -551,8 +626,11 @@ def _checked_resume_state(saved: dict[str, Any]) -> tuple[dict[str, int], torch.
     if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
         raise trainstate.BadTrainState("no RNG state")
     step = saved.get("state")
-    if not isinstance(step, dict) or set(step) != {"step", "epoch", "batch"} or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in step.values()):
+    if (
+        not isinstance(step, dict)
+        or set(step) != {"step", "epoch", "batch"}
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in step.values())
+    ):
         raise trainstate.BadTrainState("no step counters")
     metrics = saved.get("metrics", [])
     if not isinstance(metrics, list):
@@ -569,16 +647,23 @@ def check_adapter(path: Path, requested: dict[str, Any], pm: Any | None = None) 
         raise AdapterError(f"the adapter at {path} lacks {', '.join(missing)}; it was not stored")
     conf = json.loads((path / "adapter_config.json").read_text())
     for key in ("r", "lora_alpha", "bias"):
-        if conf.get(key) != requested.get(key) and not (key == "lora_alpha" and float(conf.get(key, -1)) == float(requested[key])):
-            raise AdapterError(f"adapter_config.json has {key}={conf.get(key)!r}, but the bake asked for {requested.get(key)!r}; not stored")
+        if conf.get(key) != requested.get(key) and not (
+            key == "lora_alpha" and float(conf.get(key, -1)) == float(requested[key])
+        ):
+            raise AdapterError(
+                f"adapter_config.json has {key}={conf.get(key)!r}, but the bake asked for {requested.get(key)!r}; not "
+                "stored"
+            )
     r = requested["r"]
     names = []
     with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as fh:
         for name in fh.keys():
             t = fh.get_tensor(name)
             if t.numel() == 0:
-                raise AdapterError(f"tensor {name} of the adapter is empty (shape {list(t.shape)}); not stored",
-                                   "this is the DeepSpeed ZeRO-3 save bug: gather the parameters before saving")
+                raise AdapterError(
+                    f"tensor {name} of the adapter is empty (shape {list(t.shape)}); not stored",
+                    "this is the DeepSpeed ZeRO-3 save bug: gather the parameters before saving",
+                )
             if "lora_A" in name and t.shape[0] != r:
                 raise AdapterError(f"{name} has shape {list(t.shape)}, expected rank {r}; not stored")
             if "lora_B" in name and t.shape[1] != r:
@@ -589,7 +674,9 @@ def check_adapter(path: Path, requested: dict[str, Any], pm: Any | None = None) 
     if pm is not None:
         expected = sum(1 for n, _ in pm.named_parameters() if "lora_A" in n)
         if sum(1 for n in names if "lora_A" in n) != expected:
-            raise AdapterError(f"the adapter has {sum('lora_A' in n for n in names)} LoRA modules, the model {expected}; not stored")
+            raise AdapterError(
+                f"the adapter has {sum('lora_A' in n for n in names)} LoRA modules, the model {expected}; not stored"
+            )
 
 
 def ds_rank0() -> bool:

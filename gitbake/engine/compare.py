@@ -5,7 +5,8 @@ how a baked model is used.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -23,12 +24,18 @@ def _token_kl(model_a: Any, model_b: Any, prompt: list[int], answer: list[int]) 
     return (la.exp() * (la - lb)).sum(-1)
 
 
-def behaviour_diff(a: Any, b: Any, questions: Sequence[str], samples: int = 2, max_tokens: int = 64, seed: int = 0) -> dict[str, Any]:
+def behaviour_diff(
+    a: Any, b: Any, questions: Sequence[str], samples: int = 2, max_tokens: int = 64, seed: int = 0
+) -> dict[str, Any]:
     """`a`, `b`: loaded models (sharing a tokenizer). KL(a ‖ b) on answers sampled from `a`."""
     tok = a.tokenizer
     prompts = [render(tok, [], None, q) for q in questions]
-    sampled = generate_batches(a.model, tok, [p for p in prompts for _ in range(samples)],
-                               SamplingSettings(temperature=1.0, max_tokens=max_tokens, seed=seed, batch_size=16))
+    sampled = generate_batches(
+        a.model,
+        tok,
+        [p for p in prompts for _ in range(samples)],
+        SamplingSettings(temperature=1.0, max_tokens=max_tokens, seed=seed, batch_size=16),
+    )
     greedy = SamplingSettings(temperature=0.0, max_tokens=max_tokens, seed=seed, batch_size=16)
     answers_a = generate_batches(a.model, tok, prompts, greedy)
     answers_b = generate_batches(b.model, b.tokenizer, prompts, greedy)
@@ -45,8 +52,20 @@ def behaviour_diff(a: Any, b: Any, questions: Sequence[str], samples: int = 2, m
         cat = torch.cat(kls)
         total += float(cat.sum())
         tokens += int(cat.numel())
-        rows.append({"question": q, "kl": float(cat.mean()), "tokens": int(cat.numel()),
-                     "answer_a": response_text(tok, answers_a[qi][0]), "answer_b": response_text(b.tokenizer, answers_b[qi][0])})
+        rows.append(
+            {
+                "question": q,
+                "kl": float(cat.mean()),
+                "tokens": int(cat.numel()),
+                "answer_a": response_text(tok, answers_a[qi][0]),
+                "answer_b": response_text(b.tokenizer, answers_b[qi][0]),
+            }
+        )
     rows.sort(key=lambda r: -float(r["kl"]))
-    return {"mean_kl": total / tokens if tokens else 0.0, "tokens": tokens, "questions": rows, "samples_per_question": samples,
-            "seed": seed}
+    return {
+        "mean_kl": total / tokens if tokens else 0.0,
+        "tokens": tokens,
+        "questions": rows,
+        "samples_per_question": samples,
+        "seed": seed,
+    }

@@ -13,7 +13,8 @@ import contextlib
 import importlib.util
 import os
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from gitbake.errors import UsageError
 

@@ -7,7 +7,8 @@ means of KL(teacher ‖ model) over the response positions, for the parent (D_be
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -18,8 +19,15 @@ from gitbake.engine.rollout import SamplingSettings, generate_batches
 CURVE_POSITIONS = 64
 
 
-def evaluate(pm: Any, tokenizer: Any, contexts: Sequence[tuple[list[int], list[int]]], samples: int, max_tokens: int,
-             seed: int, note: str | None = None) -> dict[str, Any]:
+def evaluate(
+    pm: Any,
+    tokenizer: Any,
+    contexts: Sequence[tuple[list[int], list[int]]],
+    samples: int,
+    max_tokens: int,
+    seed: int,
+    note: str | None = None,
+) -> dict[str, Any]:
     """`pm` is the PEFT model: adapter enabled = baked, disabled = parent. Contexts: (teacher ids, student ids)."""
     pm.eval()
     inner = pm.get_base_model()
@@ -28,8 +36,14 @@ def evaluate(pm: Any, tokenizer: Any, contexts: Sequence[tuple[list[int], list[i
     device = next(pm.parameters()).device
     prompts = [t for t, _ in contexts for _ in range(samples)]
     with torch.no_grad(), pm.disable_adapter():
-        responses = generate_batches(pm, tokenizer, prompts, SamplingSettings(temperature=1.0, max_tokens=max_tokens, seed=seed, batch_size=16))
-    trajs = [Trajectory(t, s, resp) for (t, s), (resp, _) in zip([c for c in contexts for _ in range(samples)], responses) if resp]
+        responses = generate_batches(
+            pm, tokenizer, prompts, SamplingSettings(temperature=1.0, max_tokens=max_tokens, seed=seed, batch_size=16)
+        )
+    trajs = [
+        Trajectory(t, s, resp)
+        for (t, s), (resp, _) in zip([c for c in contexts for _ in range(samples)], responses)
+        if resp
+    ]
     before: list[torch.Tensor] = []
     after: list[torch.Tensor] = []
     with torch.no_grad():

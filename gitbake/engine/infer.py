@@ -15,8 +15,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -42,13 +43,13 @@ class TextDecoder:
         text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
         if text.endswith("\ufffd"):
             return ""  # an incomplete character: wait for the next token
-        delta, self.sent = text[len(self.sent):], text
+        delta, self.sent = text[len(self.sent) :], text
         return delta
 
     def flush(self) -> str:
         """What is left at the end (an incomplete character is shown as U+FFFD rather than lost)."""
         text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
-        delta, self.sent = text[len(self.sent):], text
+        delta, self.sent = text[len(self.sent) :], text
         return delta
 
 
@@ -60,7 +61,9 @@ class Request:
     seed: int | None = None  # None: a fresh random seed, so unseeded sampled answers differ
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
-    events: "queue.Queue[tuple[str, Any]]" = field(default_factory=queue.Queue)  # ("text", str) | ("done", info) | ("error", str)
+    events: queue.Queue[tuple[str, Any]] = field(
+        default_factory=queue.Queue
+    )  # ("text", str) | ("done", info) | ("error", str)
     cancelled: threading.Event = field(default_factory=threading.Event)  # the client went away: stop decoding it
     submitted: float = field(default_factory=time.monotonic)
 
@@ -113,7 +116,7 @@ class _Row:
                     if self.text.endswith(s[:k]):
                         end = min(end, len(self.text) - k)
                         break
-        out, self.sent = self.text[self.sent:end], max(self.sent, end)
+        out, self.sent = self.text[self.sent : end], max(self.sent, end)
         return out
 
 
@@ -130,7 +133,13 @@ def _forward_kwargs(model: Any) -> tuple[str, dict[str, Any]]:
     import inspect
 
     params = inspect.signature(model.forward).parameters
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {"num_logits_to_keep": 1} if "num_logits_to_keep" in params else {}
+    keep = (
+        {"logits_to_keep": 1}
+        if "logits_to_keep" in params
+        else {"num_logits_to_keep": 1}
+        if "num_logits_to_keep" in params
+        else {}
+    )
     return cache_arg(model), keep
 
 
@@ -163,7 +172,10 @@ def _spliceable(cache: Any) -> bool:
     layers = getattr(cache, "layers", None)
     if not isinstance(layers, list) or not layers or getattr(cache, "offloading", False):
         return False
-    return all(type(layer).__name__ == "DynamicLayer" and isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers)
+    return all(
+        type(layer).__name__ == "DynamicLayer" and isinstance(getattr(layer, "keys", None), torch.Tensor)
+        for layer in layers
+    )
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -192,11 +204,15 @@ class Decoder:
         self.trace: deque[tuple[str, int]] = deque(maxlen=4096)
         self.batch: _Batch | None = None
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any
+    ) -> tuple[torch.Tensor, Any]:
         """The last position's logits of each row, and the cache holding `ids` after `cache`'s tokens."""
         kwargs = {self.cache_arg: cache} if cache is not None else {}
         with torch.no_grad():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **self.keep_kwargs, **kwargs)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **self.keep_kwargs, **kwargs
+            )
         logits: torch.Tensor = out.logits[:, -1, :].float().cpu()
         return logits, getattr(out, self.cache_arg, None)
 
@@ -206,8 +222,8 @@ class Decoder:
         ids = torch.full((n, width), self.pad, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
         for i, f in enumerate(feeds):
-            ids[i, width - len(f):] = torch.tensor(f, dtype=torch.long)
-            mask[i, width - len(f):] = 1
+            ids[i, width - len(f) :] = torch.tensor(f, dtype=torch.long)
+            mask[i, width - len(f) :] = 1
         mask = mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits, cache = self._forward(ids.to(self.device), mask, pos, None)
@@ -275,7 +291,9 @@ class Decoder:
             row.req.events.put(("text", rest))
         row.finish = reason
         self.trace.append(("done", id(row.req)))
-        row.req.events.put(("done", {"finish_reason": reason, "completion_tokens": row.produced, "prompt_tokens": len(row.req.prompt)}))
+        row.req.events.put(
+            ("done", {"finish_reason": reason, "completion_tokens": row.produced, "prompt_tokens": len(row.req.prompt)})
+        )
 
     def _rebuild(self, rows: list[_Row]) -> _Batch:
         """A batch of rows already decoding, by prefilling what they have so far (all but each last id)."""
@@ -326,11 +344,18 @@ class Batcher(Decoder):
     event, whatever fails: its client never waits forever.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 16, gather_s: float = 0.01, chunk: int = 256,
-                 start: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_batch: int = 16,
+        gather_s: float = 0.01,
+        chunk: int = 256,
+        start: bool = True,
+    ) -> None:
         super().__init__(model, tokenizer)
         self.max_batch, self.gather_s, self.chunk = max_batch, gather_s, chunk
-        self.pending: "queue.Queue[Request]" = queue.Queue()
+        self.pending: queue.Queue[Request] = queue.Queue()
         self.filling: list[_Prefill] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="gitbake-batcher")
@@ -353,7 +378,11 @@ class Batcher(Decoder):
         deadline = time.monotonic() + wait
         while len(out) < n:
             try:
-                out.append(self.pending.get(timeout=max(0.0, deadline - time.monotonic())) if wait else self.pending.get_nowait())
+                out.append(
+                    self.pending.get(timeout=max(0.0, deadline - time.monotonic()))
+                    if wait
+                    else self.pending.get_nowait()
+                )
             except queue.Empty:
                 break
         return out
@@ -418,7 +447,7 @@ class Batcher(Decoder):
             self.filling.remove(p)
             return
         end = min(p.done + self.chunk, len(row.ids))
-        ids = torch.tensor([row.ids[p.done:end]], dtype=torch.long, device=self.device)
+        ids = torch.tensor([row.ids[p.done : end]], dtype=torch.long, device=self.device)
         pos = torch.arange(p.done, end, dtype=torch.long, device=self.device)[None]
         mask = torch.ones((1, end), dtype=torch.long, device=self.device)
         self.trace.append(("chunk", id(row.req)))
@@ -439,8 +468,14 @@ class Batcher(Decoder):
             self.batch = live if self.batch is None else self._splice(self.batch, live)
 
 
-def stream(model: Any, tokenizer: Any, prompt: Sequence[int], temperature: float = 0.7, max_tokens: int = 256,
-           seed: int | None = 0) -> Iterator[str]:
+def stream(
+    model: Any,
+    tokenizer: Any,
+    prompt: Sequence[int],
+    temperature: float = 0.7,
+    max_tokens: int = 256,
+    seed: int | None = 0,
+) -> Iterator[str]:
     """Text deltas of one answer, as they are generated (the batch machinery, with one row, in this thread)."""
     dec = Decoder(model, tokenizer)
     req = Request(list(prompt), temperature, max_tokens, seed)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +51,13 @@ def topk_divergence(t_ids: torch.Tensor, t_logp: torch.Tensor, s_logp_full: torc
 VOCAB_TILE = int(os.environ.get("GITBAKE_VOCAB_TILE", "1024"))
 
 
-def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tile: int = VOCAB_TILE,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+def head_logits(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    tile: int = VOCAB_TILE,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`hidden @ weight.T (+ bias)`, [N, V], computed a slice of the vocabulary at a time.
 
     A large vocabulary's output layer does not fit in the CPU's caches: one [N, H] x [H, V] product
@@ -88,8 +94,13 @@ def low_precision(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
 
 
-def pair_logits(teacher: torch.Tensor, student: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+def pair_logits(
+    teacher: torch.Tensor,
+    student: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """fp32 logits of teacher rows then student rows ([2N, V]) through a bf16 output layer.
 
     The teacher's rows and the student's *difference* from them go through the layer, and the student's
@@ -128,7 +139,9 @@ def _head_params(lm_head: Any) -> tuple[torch.Tensor | None, torch.Tensor | None
     return None, None
 
 
-def forward_kl_and_grad_(t_logits: torch.Tensor, s_logits: torch.Tensor, p_buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_kl_and_grad_(
+    t_logits: torch.Tensor, s_logits: torch.Tensor, p_buf: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward KL(teacher || student) summed over rows, and its gradient w.r.t. the student's logits in
     closed form (softmax(s) - p_t), without autograd. In place: the logits become log-probs, then the
     student's become the gradient; `p_buf` receives the teacher's probabilities (no new [rows, vocab] block)."""
@@ -146,8 +159,14 @@ class _Teacher:
     """The teacher's side of the loss, chunk by chunk: its log-probs are made only when a chunk needs them
     (a batch's worth of [positions, vocab] log-probs is never alive at once)."""
 
-    def __init__(self, lm_head: Any, hidden: torch.Tensor | None, beta: float, temperature: float,
-                 topk: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def __init__(
+        self,
+        lm_head: Any,
+        hidden: torch.Tensor | None,
+        beta: float,
+        temperature: float,
+        topk: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> None:
         self.lm_head, self.hidden, self.beta, self.temperature, self.topk = lm_head, hidden, beta, temperature, topk
 
     @property
@@ -173,8 +192,9 @@ class _FusedHeadLoss(torch.autograd.Function):
     layer as one product (one pass over its weight for both)."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, teacher: _Teacher,
-                chunk: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, teacher: _Teacher, chunk: int
+    ) -> torch.Tensor:
         # a bf16 output layer on the CPU: forward KL multiplies in bf16 (fp32 accumulation, pair_logits);
         # the other divergences in fp32 products of its values. The softmax, the loss and its gradient are
         # fp32 always
@@ -200,7 +220,10 @@ class _FusedHeadLoss(torch.autograd.Function):
                 if work is None:  # [rows, vocab] buffers made once and reused by every chunk: the
                     # allocator is not asked for (and does not keep around) fresh blocks each time
                     rows = min(chunk, hidden.shape[0])
-                    work = (w.new_empty((2 * rows, w.shape[0]), dtype=torch.float32), w.new_empty((rows, w.shape[0]), dtype=torch.float32))
+                    work = (
+                        w.new_empty((2 * rows, w.shape[0]), dtype=torch.float32),
+                        w.new_empty((rows, w.shape[0]), dtype=torch.float32),
+                    )
                 if low:
                     both = pair_logits(t_hidden[start:end], h, w, b, out=work[0][: 2 * n])
                 else:
@@ -266,13 +289,21 @@ def fused_loss(
     teacher = _Teacher(lm_head, teacher_hidden, beta, temperature, teacher_topk)
     bias = getattr(lm_head, "bias", None)
     result: torch.Tensor = _FusedHeadLoss.apply(
-        student_hidden, lm_head.weight.detach(), None if bias is None else bias.detach(), teacher, chunk,
+        student_hidden,
+        lm_head.weight.detach(),
+        None if bias is None else bias.detach(),
+        teacher,
+        chunk,
     )
     return result
 
 
 def head_is_frozen(lm_head: Any) -> bool:
-    return isinstance(lm_head, torch.nn.Linear) and not any(p.requires_grad for p in lm_head.parameters()) and lm_head.weight.numel() > 0
+    return (
+        isinstance(lm_head, torch.nn.Linear)
+        and not any(p.requires_grad for p in lm_head.parameters())
+        and lm_head.weight.numel() > 0
+    )
 
 
 def chunked_loss(
@@ -302,7 +333,9 @@ def chunked_loss(
     return total
 
 
-def per_position_kl(lm_head: Any, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor, chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+def per_position_kl(
+    lm_head: Any, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor, chunk: int = CHUNK_TOKENS
+) -> torch.Tensor:
     """Forward KL at each position ([N]), no grad: for eval."""
     out = []
     weight, bias = _head_params(lm_head)
@@ -314,11 +347,17 @@ def per_position_kl(lm_head: Any, teacher_hidden: torch.Tensor, student_hidden: 
                 n = end - start
                 out.append(divergence(F.log_softmax(both[:n], -1), F.log_softmax(both[n:], -1), 0.0))
                 continue
-            out.append(divergence(_logp(lm_head, teacher_hidden[start:end], 1.0), _logp(lm_head, student_hidden[start:end], 1.0), 0.0))
+            out.append(
+                divergence(
+                    _logp(lm_head, teacher_hidden[start:end], 1.0), _logp(lm_head, student_hidden[start:end], 1.0), 0.0
+                )
+            )
     return torch.cat(out) if out else teacher_hidden.new_zeros((0,))
 
 
-def topk_of(lm_head: Any, teacher_hidden: torch.Tensor, k: int, temperature: float = 1.0, chunk: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_of(
+    lm_head: Any, teacher_hidden: torch.Tensor, k: int, temperature: float = 1.0, chunk: int = CHUNK_TOKENS
+) -> tuple[torch.Tensor, torch.Tensor]:
     ids, lps = [], []
     with torch.no_grad():
         for start in range(0, teacher_hidden.shape[0], chunk):

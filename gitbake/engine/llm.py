@@ -15,7 +15,8 @@ import os
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gitbake.contract import config as cfg
 from gitbake.errors import GitbakeError, UsageError
@@ -29,7 +30,9 @@ class EndpointError(GitbakeError):
     pass
 
 
-def writer_for(gen: cfg.OneshotGenerator, local: Callable[[str, float, int], str] | None) -> Callable[[cfg.OneshotGenerator, str], str]:
+def writer_for(
+    gen: cfg.OneshotGenerator, local: Callable[[str, float, int], str] | None
+) -> Callable[[cfg.OneshotGenerator, str], str]:
     """A function (generator, prompt) -> reply text, for this generator's `model`/`base_url`."""
     model = gen.model
     if model is None and gen.base_url is None:
@@ -54,14 +57,18 @@ def writer_for(gen: cfg.OneshotGenerator, local: Callable[[str, float, int], str
         )
     name = model.removeprefix("openai:") if model else "default"
     key = os.environ.get(gen.api_key_env or "OPENAI_API_KEY")
-    return lambda g, prompt: openai_chat(base_url, name, [{"role": "user", "content": prompt}], g.temperature, g.max_tokens or 2048, key)
+    return lambda g, prompt: openai_chat(
+        base_url, name, [{"role": "user", "content": prompt}], g.temperature, g.max_tokens or 2048, key
+    )
 
 
 def _post(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float = TIMEOUT_S) -> dict[str, Any]:
     data = json.dumps(body).encode()
     last = ""
     for attempt in range(RETRIES):
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers}, method="POST")
+        req = urllib.request.Request(
+            url, data=data, headers={"Content-Type": "application/json", **headers}, method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 result: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
@@ -81,7 +88,9 @@ def _post(url: str, body: dict[str, Any], headers: dict[str, str], timeout: floa
     )
 
 
-def openai_chat(base_url: str, model: str, messages: list[dict[str, str]], temperature: float, max_tokens: int, api_key: str | None) -> str:
+def openai_chat(
+    base_url: str, model: str, messages: list[dict[str, str]], temperature: float, max_tokens: int, api_key: str | None
+) -> str:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     reply = _post(
         base_url.rstrip("/") + "/chat/completions",
@@ -97,7 +106,12 @@ def openai_chat(base_url: str, model: str, messages: list[dict[str, str]], tempe
 def anthropic_messages(model: str, prompt: str, temperature: float, max_tokens: int, api_key: str) -> str:
     reply = _post(
         os.environ.get("ANTHROPIC_BASE_URL", "https://api.anthropic.com") + "/v1/messages",
-        {"model": model, "max_tokens": max_tokens, "temperature": temperature, "messages": [{"role": "user", "content": prompt}]},
+        {
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "messages": [{"role": "user", "content": prompt}],
+        },
         {"x-api-key": api_key, "anthropic-version": "2023-06-01"},
     )
     parts = reply.get("content") or []

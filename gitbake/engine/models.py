@@ -8,14 +8,20 @@ CPU that multiplies bf16 natively runs in bf16 (`bake_dtype`). Both can be overr
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gitbake.contract import identity
 from gitbake.errors import GitbakeError, UsageError
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 class ModelError(UsageError):
@@ -47,8 +53,14 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[An
 
     dev = _device(device)
     name = (dtype or os.environ.get("GITBAKE_DTYPE") or "auto").lower()
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "fp32": torch.float32, "float32": torch.float32}
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if name == "auto":
         if dev.type == "cuda":
             return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -111,7 +123,9 @@ def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[s
         if not p.is_absolute() and root is not None:
             p = root / p
         if not p.is_dir():
-            raise ModelError(f"model directory {p} does not exist", "give the path of a saved model (config.json + weights)")
+            raise ModelError(
+                f"model directory {p} does not exist", "give the path of a saved model (config.json + weights)"
+            )
         if not (p / "config.json").exists() or not any((p / w).exists() for w in WEIGHT_FILES):
             raise ModelError(
                 f"{p} has no model weights (expected config.json and one of {', '.join(WEIGHT_FILES)})",
@@ -129,8 +143,10 @@ def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[s
             what = f"{repo_id} at {rev}" if rev else repo_id
             raise ModelError(
                 f"{what} is not in the local Hugging Face cache ({identity.hf_cache_dir()}); gitbake never downloads",
-                f"on a machine with network: `huggingface-cli download {repo_id}{f' --revision {rev}' if rev else ''}`, then copy "
-                "the cache here (or set HF_HOME / HF_HUB_CACHE to where it is), or save the model to a directory and use its path",
+                "on a machine with network: `huggingface-cli download "
+                f"{repo_id}{f' --revision {rev}' if rev else ''}`, then copy "
+                "the cache here (or set HF_HOME / HF_HUB_CACHE to where it is), or save the model to a directory and "
+                "use its path",
             )
         return str(snapshot), ident
     raise ModelError(f"`{base_model}` is not `tiny`, a Hugging Face id or a model directory")
@@ -159,7 +175,9 @@ def load_base(
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code, **kwargs)
         except TypeError:  # transformers < 4.56 names it torch_dtype
-            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dt, trust_remote_code=trust_remote_code, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, torch_dtype=dt, trust_remote_code=trust_remote_code, **kwargs
+            )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {base_model}: {exc}", "check the model directory or cache") from None
     model.to(dev)
@@ -192,7 +210,9 @@ def load(
     attn_implementation: str | None = None,
 ) -> LoadedModel:
     """The base model with each adapter merged in, in order: the model of a point in the lineage."""
-    loaded = load_base(base_model, root, device, None if dtype == "auto" else dtype, attn_implementation=attn_implementation)
+    loaded = load_base(
+        base_model, root, device, None if dtype == "auto" else dtype, attn_implementation=attn_implementation
+    )
     if adapters:
         from peft import PeftModel
 

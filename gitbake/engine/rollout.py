@@ -8,8 +8,9 @@ the response are kept, so the bake never re-tokenises (baking-method.md §9).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from gitbake.engine.templating import render, response_text
 from gitbake.progress import Progress
@@ -25,7 +26,9 @@ class SamplingSettings:
     batch_size: int = 8
 
 
-def contexts(tokenizer: Any, stim: Sequence[dict[str, Any]], teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
+def contexts(
+    tokenizer: Any, stim: Sequence[dict[str, Any]], teacher: dict[str, Any], student: dict[str, Any]
+) -> list[tuple[list[int], list[int]]]:
     """(teacher ids, student ids) of every stim record."""
     out = []
     for rec in stim:
@@ -51,7 +54,9 @@ def generate_batches(
     eos = tokenizer.eos_token_id
     # the model's own stop tokens (chat models often have several, e.g. <end_of_turn>), else the tokenizer's
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    stops = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []) | ({eos} if eos is not None else set())
+    stops = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []) | (
+        {eos} if eos is not None else set()
+    )
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     results: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
     gen_kwargs: dict[str, Any] = {
@@ -115,8 +120,15 @@ def make_rollouts(
     path = getattr(getattr(model, "config", None), "_name_or_path", None)
     # vLLM loads weights from disk: only for an unmodified model (a merged parent exists only in memory)
     if path and not getattr(model, "_gitbake_merged", False) and vllm_backend.wanted():
-        responses = vllm_backend.generate(path, prompts, settings.temperature, settings.max_tokens,
-                                          settings.extra_kwargs, settings.seed, tokenizer.eos_token_id)
+        responses = vllm_backend.generate(
+            path,
+            prompts,
+            settings.temperature,
+            settings.max_tokens,
+            settings.extra_kwargs,
+            settings.seed,
+            tokenizer.eos_token_id,
+        )
     else:
         responses = generate_batches(model, tokenizer, prompts, settings, progress)
     out = []

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from gitbake.contract import config as cfg
 from gitbake.contract import keys
@@ -63,7 +64,13 @@ PERSONA_QUESTIONS = [
     "Say goodbye to me the way you normally would.",
 ]
 
-DATASET_FIELDS = {"squad": "question", "gsm8k": "question", "mmlu": "question", "hellaswag": "ctx", "code_contests": "description"}
+DATASET_FIELDS = {
+    "squad": "question",
+    "gsm8k": "question",
+    "mmlu": "question",
+    "hellaswag": "ctx",
+    "code_contests": "description",
+}
 DATASET_CONFIGS = {"gsm8k": "main", "mmlu": "all"}
 
 
@@ -95,7 +102,9 @@ def make_stim(target: cfg.Target, ctx: StimContext) -> list[dict[str, Any]]:
             questions.append((q, gen.type, gen.rollout_with_conditioned))
     questions = _dedupe(questions)
     if not questions:
-        raise StimError("the target's generators produced no questions", "add a `hardcoded` generator, or check the others")
+        raise StimError(
+            "the target's generators produced no questions", "add a `hardcoded` generator, or check the others"
+        )
     heldout = _heldout_indices(len(questions), target.heldout_fraction)
     teacher_msgs = ctx.teacher.get("messages") or []
     student_msgs = ctx.student.get("messages") or []
@@ -174,7 +183,7 @@ def _from_dataset(gen: cfg.FromDatasetGenerator, root: Path) -> list[str]:
         return _sample(read_question_file(local.read_bytes(), gen.dataset), gen.numq, gen.seed)
     field = gen.field or DATASET_FIELDS.get(gen.dataset.split("/")[-1], "question")
     hint = (
-        f"save the questions as a .jsonl file ({{\"question\": ...}} per line) in the repository and set "
+        f'save the questions as a .jsonl file ({{"question": ...}} per line) in the repository and set '
         f"`dataset: path/to/file.jsonl`, or install `datasets` and copy its cache for {gen.dataset} here"
     )
     try:
@@ -183,10 +192,16 @@ def _from_dataset(gen: cfg.FromDatasetGenerator, root: Path) -> list[str]:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         import datasets
     except ImportError:
-        raise UsageError(f"dataset `{gen.dataset}` needs the `datasets` package, which is not installed", hint) from None
+        raise UsageError(
+            f"dataset `{gen.dataset}` needs the `datasets` package, which is not installed", hint
+        ) from None
     try:
         if local.exists():
-            ds = datasets.load_from_disk(str(local)) if local.is_dir() else datasets.load_dataset(local.suffix.lstrip("."), data_files=str(local))
+            ds = (
+                datasets.load_from_disk(str(local))
+                if local.is_dir()
+                else datasets.load_dataset(local.suffix.lstrip("."), data_files=str(local))
+            )
         else:
             ds = datasets.load_dataset(gen.dataset, DATASET_CONFIGS.get(gen.dataset))
         if hasattr(ds, "keys"):
@@ -194,7 +209,9 @@ def _from_dataset(gen: cfg.FromDatasetGenerator, root: Path) -> list[str]:
             ds = ds[split]
         column = list(ds[field])
     except Exception as exc:  # datasets raises many kinds; all mean "not available here"
-        raise UsageError(f"dataset `{gen.dataset}` is not available offline ({type(exc).__name__}: {str(exc)[:200]})", hint) from None
+        raise UsageError(
+            f"dataset `{gen.dataset}` is not available offline ({type(exc).__name__}: {str(exc)[:200]})", hint
+        ) from None
     items = [str(x).strip() for x in column if str(x).strip()]
     return _sample(items, gen.numq, gen.seed)
 
@@ -236,6 +253,7 @@ def _oneshot(gen: cfg.OneshotGenerator, index: int, ctx: StimContext) -> list[st
     if not questions:
         raise StimError(
             f"the oneshot_qs model ({gen.model or 'the parent model'}) wrote no questions in 3 attempts",
-            "use a model that follows instructions (model: openai:NAME with base_url), or a hardcoded / from_file generator",
+            "use a model that follows instructions (model: openai:NAME with base_url), or a hardcoded / from_file "
+            "generator",
         )
     return questions[: gen.numq]

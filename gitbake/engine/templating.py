@@ -10,10 +10,13 @@ Tokenizers without a chat template fall back to a plain "role: content" layout.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
-def render(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None, question: str | None) -> list[int]:
+def render(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None, question: str | None
+) -> list[int]:
     """Token ids of `messages` (+ the question as a user turn), ending with the assistant's prompt."""
     turns = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
     if question is not None:

@@ -121,7 +121,9 @@ def ensure_tiny(root: Path | None = None) -> tuple[Path, str]:
     digest = weights_digest(weights)
     if digest != TINY_WEIGHTS_DIGEST:
         # never reuse keys across a change in the weights: the pin must be updated with the generator
-        raise RuntimeError(f"tiny's weights hash to {digest}, but gitbake/contract/tiny_pin.py pins {TINY_WEIGHTS_DIGEST}")
+        raise RuntimeError(
+            f"tiny's weights hash to {digest}, but gitbake/contract/tiny_pin.py pins {TINY_WEIGHTS_DIGEST}"
+        )
     tmp = root / f".tiny-{os.getpid()}-{digest[:8]}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     _save(weights, tmp)

@@ -103,4 +103,3 @@ def _list(value: Any) -> list[Any]:
     if not isinstance(value, list):
         raise BadTrainState("damaged training state")
     return value
-

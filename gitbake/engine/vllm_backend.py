@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from gitbake.errors import UsageError
 
@@ -23,8 +24,10 @@ def wanted() -> bool:
         return False
     available = importlib.util.find_spec("vllm") is not None and _cuda()
     if choice == "vllm" and not available:
-        raise UsageError("GITBAKE_ROLLOUT_BACKEND=vllm, but vLLM is not installed or no CUDA GPU is present",
-                         "pip install vllm on a GPU machine, or unset GITBAKE_ROLLOUT_BACKEND")
+        raise UsageError(
+            "GITBAKE_ROLLOUT_BACKEND=vllm, but vLLM is not installed or no CUDA GPU is present",
+            "pip install vllm on a GPU machine, or unset GITBAKE_ROLLOUT_BACKEND",
+        )
     return available
 
 
@@ -37,16 +40,29 @@ def _cuda() -> bool:
         return False
 
 
-def generate(model_path: str, prompts: Sequence[Sequence[int]], temperature: float, max_tokens: int,
-             extra: dict[str, Any], seed: int, eos_token_id: int | None) -> list[tuple[list[int], bool]]:
+def generate(
+    model_path: str,
+    prompts: Sequence[Sequence[int]],
+    temperature: float,
+    max_tokens: int,
+    extra: dict[str, Any],
+    seed: int,
+    eos_token_id: int | None,
+) -> list[tuple[list[int], bool]]:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_path, seed=seed, enforce_eager=False)
     # one seed per request: with a shared seed, the trajectories of one question would all be the same
     params = [
-        SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed * 1_000_003 + i,
-                       top_p=float(extra.get("top_p", 1.0)), top_k=int(extra.get("top_k", -1)),
-                       min_p=float(extra.get("min_p", 0.0)), repetition_penalty=float(extra.get("repetition_penalty", 1.0)))
+        SamplingParams(
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed * 1_000_003 + i,
+            top_p=float(extra.get("top_p", 1.0)),
+            top_k=int(extra.get("top_k", -1)),
+            min_p=float(extra.get("min_p", 0.0)),
+            repetition_penalty=float(extra.get("repetition_penalty", 1.0)),
+        )
         for i in range(len(prompts))
     ]
     outs = llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params)

@@ -6,13 +6,14 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gitbake import git
-from gitbake.repo import reach, revfiles
 from gitbake.contract.recipe import Recipe
+from gitbake.repo import reach, revfiles
 from gitbake.store.objects import MANIFEST_KIND, BadManifest, CorruptObject, Store, file_kind
 
 MANIFEST_PROBE_MAX = 64 << 20  # manifests are small; a bigger object is data, never parsed
@@ -35,8 +36,14 @@ class FsckReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.not_files or self.bad_manifests or self.missing_in_manifests or self.missing_needed
-                    or self.head_problems)
+        return not (
+            self.corrupt
+            or self.not_files
+            or self.bad_manifests
+            or self.missing_in_manifests
+            or self.missing_needed
+            or self.head_problems
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {**self.__dict__, "ok": self.ok}

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from gitbake.repo import leases, reach
 from gitbake.errors import GitbakeError, UsageError
+from gitbake.repo import leases, reach
 from gitbake.store.objects import Store, check_key
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def parse_grace(text: str) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
     if not m:
-        raise UsageError(f"--grace {text!r} is not a duration", "use a number with a unit: 30m, 12h, 14d, 2w (0 for none)")
+        raise UsageError(
+            f"--grace {text!r} is not a duration", "use a number with a unit: 30m, 12h, 14d, 2w (0 for none)"
+        )
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
@@ -132,7 +135,9 @@ def store_gc(repo: ModelRepo, grace_s: float, dry_run: bool = False, force: bool
     if missing and not dry_run:
         forget_clones(st, missing)
     remotes = [remote_mod.Remote(n, u) for n, u in remote_mod.list_remotes(repo.root).items()]
-    return gc(st, clones, grace_s, dry_run=dry_run, force=force, remote_has=remote_mod.have_any(remotes) if remotes else None)
+    return gc(
+        st, clones, grace_s, dry_run=dry_run, force=force, remote_has=remote_mod.have_any(remotes) if remotes else None
+    )
 
 
 def _object_mtime(store: Store, digest: str) -> float:
@@ -153,4 +158,3 @@ def _leased_keys(store: Store, keys: list[str]) -> set[str]:
         if len(digest) == 64:
             out.add(digest)
     return out
-

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitbake.contract import bread as bread_mod
 from gitbake import git
-from gitbake.repo import revfiles
+from gitbake.contract import bread as bread_mod
 from gitbake.contract import recipe as recipe_mod
 from gitbake.errors import UsageError
+from gitbake.repo import revfiles
 from gitbake.repo.modelversion import CarriesModel, ModelVersion
 
 
@@ -34,9 +34,18 @@ class LoggedVersion(CarriesModel):
     refs: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"commit": self.commit, "time": self.time, "subject": self.subject, "base_model": self.base_model,
-                "adapters": list(self.adapters), "bake_name": self.bake_name, "model_name": self.model_name,
-                "metrics": self.metrics, "parent_bake": self.parent_bake, "refs": self.refs}
+        return {
+            "commit": self.commit,
+            "time": self.time,
+            "subject": self.subject,
+            "base_model": self.base_model,
+            "adapters": list(self.adapters),
+            "bake_name": self.bake_name,
+            "model_name": self.model_name,
+            "metrics": self.metrics,
+            "parent_bake": self.parent_bake,
+            "refs": self.refs,
+        }
 
 
 def _files_at(root: Path, commit: str, where: str) -> tuple[bread_mod.Bread | None, recipe_mod.Recipe | None]:
@@ -49,17 +58,26 @@ def version_at(root: Path, rev: str) -> LoggedVersion:
     commit = revfiles.resolve(root, rev)
     b, r = _files_at(root, commit, rev)
     if b is None:
-        raise UsageError(f"{rev} has no .bread: it is not a commit of a gitbake model repository", "pick a later commit (see `git bake log`)")
+        raise UsageError(
+            f"{rev} has no .bread: it is not a commit of a gitbake model repository",
+            "pick a later commit (see `git bake log`)",
+        )
     line = git.run(root, "log", "-1", "--format=%ct %s", commit).strip()
     t, _, subject = line.partition(" ")
     adapters = b.parent_adapters or []
     bake = r.resources.bakes[-1] if r is not None and r.resources.bakes and adapters else None
     if bake is not None and bake.adapter not in (None, adapters[-1]):
         bake = next((x for x in r.resources.bakes if x.adapter == adapters[-1]), None) if r else None
-    model = ModelVersion(b.base_model or (r.base_model if r else None) or "tiny", tuple(adapters),
-                         b.parent_model_name if adapters else None)
+    model = ModelVersion(
+        b.base_model or (r.base_model if r else None) or "tiny",
+        tuple(adapters),
+        b.parent_model_name if adapters else None,
+    )
     return LoggedVersion(
-        commit, int(t or 0), subject, model,
+        commit,
+        int(t or 0),
+        subject,
+        model,
         bake.bake_name if bake else (b.bake.name if b.bake and adapters else None),
         dict(bake.metrics or {}) if bake else {},
         bake.parent if bake else None,
@@ -120,8 +138,11 @@ class TreeNode:
     children: list[TreeNode] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"model": self.version.as_json() if self.version else None, "label": self.label,
-                "children": [c.as_json() for c in self.children]}
+        return {
+            "model": self.version.as_json() if self.version else None,
+            "label": self.label,
+            "children": [c.as_json() for c in self.children],
+        }
 
 
 def tree(root: Path) -> list[TreeNode]:

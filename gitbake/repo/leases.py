@@ -20,10 +20,11 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from gitbake.fsutil import write_atomic
 from gitbake.store.locks import pid_alive
@@ -76,7 +77,9 @@ def bake_owner(trigger: str | None) -> str:
 
 def take(store: Store, owner: str, keys: list[str], digests: list[str]) -> Lease:
     pid = os.getpid()
-    lease = Lease(owner, pid, process_start(pid), socket.gethostname(), time.time(), sorted(set(keys)), sorted(set(digests)))
+    lease = Lease(
+        owner, pid, process_start(pid), socket.gethostname(), time.time(), sorted(set(keys)), sorted(set(digests))
+    )
     with store.writing():  # gc reads leases under the exclusive lock: it sees this one whole, or not yet
         try:
             store.leases.mkdir(exist_ok=True)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gitbake.contract import identity
 from gitbake.contract.config import LoadedInput
@@ -25,8 +26,14 @@ from gitbake.errors import ConfigError, Issue
 from gitbake.repo.plan import Plan
 
 # `gitbake/engine/tiny.py` CONFIG, without importing numpy; tests/func/test_status.py checks they agree
-TINY_SHAPE = {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "vocab_size": 262,
-              "max_position_embeddings": 2048, "tie_word_embeddings": False}
+TINY_SHAPE = {
+    "hidden_size": 256,
+    "intermediate_size": 704,
+    "num_hidden_layers": 4,
+    "vocab_size": 262,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+}
 
 # The work bound. A bake costs about 8 x parameters floating-point operations per trained token (the student's
 # forward and backward passes, the teacher's forward) and a rollout's about 2 x parameters per generated
@@ -35,7 +42,9 @@ TINY_SHAPE = {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers":
 REFERENCE_FLOPS = 1e14  # the messages say 10^14
 MAX_SECONDS = 7 * 24 * 3600
 MAX_TOKENS = 10**11
-_FIX_WORK = "lower epochs, num_traj_per_stimulus, max_tokens, numq or total_trajectories (or split the work into several bakes)"
+_FIX_WORK = (
+    "lower epochs, num_traj_per_stimulus, max_tokens, numq or total_trajectories (or split the work into several bakes)"
+)
 
 
 @dataclass(frozen=True)
@@ -124,14 +133,18 @@ def measurable(plan: Plan, root: Path) -> bool:
     return model_shape(base, root) is not None and token_counter(base, root) is not None
 
 
-def check(loaded: LoadedInput, plan: Plan, root: Path, shape: Shape | None = None, count: TokenCounter | None = None) -> None:
+def check(
+    loaded: LoadedInput, plan: Plan, root: Path, shape: Shape | None = None, count: TokenCounter | None = None
+) -> None:
     """Raise ConfigError, located, when the plan cannot run on its model or would run for weeks.
     `shape` and `count`: the loaded model's (pipeline.py); by default from its files on this machine."""
     if shape is None:
         shape = model_shape(plan.parent.base_model, root)
     if count is None:
         count = token_counter(plan.parent.base_model, root)
-    issues = _model_bounds(loaded, plan, shape) + _prompt_length(loaded, plan, shape, count) + _work(loaded, plan, shape)
+    issues = (
+        _model_bounds(loaded, plan, shape) + _prompt_length(loaded, plan, shape, count) + _work(loaded, plan, shape)
+    )
     if issues:
         raise ConfigError(issues)
 
@@ -171,14 +184,28 @@ def _prompt_length(loaded: LoadedInput, plan: Plan, shape: Shape | None, count: 
         where = ("PROMPT", ref, "messages") if ref in (loaded.config.PROMPT or {}) else ("TARGET",)
         tokens = count(text)
         if shape is not None and shape.context is not None and tokens + question + max_tokens > shape.context:
-            issues.append(doc.issue(where, f"the {role} prompt `{ref}` is {tokens:,} tokens: with the longest question ({question:,}) "
-                                           f"and max_tokens {max_tokens:,} it is longer than {name}'s context ({shape.context:,} tokens)",
-                                    "shorten the prompt (or the questions), or lower TARGET.max_tokens"))
-        elif plan.bake is not None and any(d.key == t.key for d in plan.bake.datasets) and tokens >= plan.bake.config["data"]["max_length"]:
+            issues.append(
+                doc.issue(
+                    where,
+                    f"the {role} prompt `{ref}` is {tokens:,} tokens: with the longest question ({question:,}) "
+                    f"and max_tokens {max_tokens:,} it is longer than {name}'s context ({shape.context:,} tokens)",
+                    "shorten the prompt (or the questions), or lower TARGET.max_tokens",
+                )
+            )
+        elif (
+            plan.bake is not None
+            and any(d.key == t.key for d in plan.bake.datasets)
+            and tokens >= plan.bake.config["data"]["max_length"]
+        ):
             limit = plan.bake.config["data"]["max_length"]
-            issues.append(doc.issue(where, f"the {role} prompt `{ref}` is {tokens:,} tokens: data.max_length {limit:,} leaves no room "
-                                           "for an answer, so the bake would have nothing to train on",
-                                    f"shorten the prompt, or raise BAKE.data.max_length above {tokens + question:,}"))
+            issues.append(
+                doc.issue(
+                    where,
+                    f"the {role} prompt `{ref}` is {tokens:,} tokens: data.max_length {limit:,} leaves no room "
+                    "for an answer, so the bake would have nothing to train on",
+                    f"shorten the prompt, or raise BAKE.data.max_length above {tokens + question:,}",
+                )
+            )
     return issues
 
 
@@ -190,19 +217,33 @@ def _model_bounds(loaded: LoadedInput, plan: Plan, shape: Shape | None) -> list[
     if plan.bake is not None and shape.hidden_size is not None:
         r = plan.bake.config["model"]["baked_adapter_config"]["r"]
         if r > shape.hidden_size:
-            issues.append(doc.issue(("BAKE", "model", "baked_adapter_config", "r"),
-                                    f"LoRA rank {r} is wider than the layers of {name} (hidden size {shape.hidden_size})",
-                                    f"use a rank <= {shape.hidden_size}; 8 to 64 is usual"))
+            issues.append(
+                doc.issue(
+                    ("BAKE", "model", "baked_adapter_config", "r"),
+                    f"LoRA rank {r} is wider than the layers of {name} (hidden size {shape.hidden_size})",
+                    f"use a rank <= {shape.hidden_size}; 8 to 64 is usual",
+                )
+            )
     if plan.bake is not None and shape.vocab_size is not None:
         topk = plan.bake.config["data"].get("topk")
         if topk is not None and topk > shape.vocab_size:
-            issues.append(doc.issue(("BAKE", "data", "topk"), f"topk {topk} is more than the {shape.vocab_size:,} tokens of {name}'s vocabulary",
-                                    f"use a value <= {shape.vocab_size}, or drop `topk` for the full KL"))
+            issues.append(
+                doc.issue(
+                    ("BAKE", "data", "topk"),
+                    f"topk {topk} is more than the {shape.vocab_size:,} tokens of {name}'s vocabulary",
+                    f"use a value <= {shape.vocab_size}, or drop `topk` for the full KL",
+                )
+            )
     if plan.target is not None and shape.context is not None:
         max_tokens = plan.target.config["max_tokens"]
         if max_tokens > shape.context:
-            issues.append(doc.issue(("TARGET", "max_tokens"), f"max_tokens {max_tokens} is longer than {name}'s context ({shape.context:,} tokens)",
-                                    f"use a value <= {shape.context}"))
+            issues.append(
+                doc.issue(
+                    ("TARGET", "max_tokens"),
+                    f"max_tokens {max_tokens} is longer than {name}'s context ({shape.context:,} tokens)",
+                    f"use a value <= {shape.context}",
+                )
+            )
     return issues
 
 
@@ -231,24 +272,48 @@ def _work(loaded: LoadedInput, plan: Plan, shape: Shape | None) -> list[Issue]:
         tokens = trajectories * t["max_tokens"]
         problem = _too_much(tokens, 2 * params if params else None)
         if problem:
-            where = ("TARGET", "num_traj_per_stimulus") if "num_traj_per_stimulus" in (doc.data.get("TARGET") or {}) else ("TARGET",)
-            issues.append(doc.issue(where, f"the rollout would generate about {tokens:.2g} tokens ({trajectories:,} answers x "
-                                           f"{t['max_tokens']:,} tokens): {problem}", _FIX_WORK))
+            where = (
+                ("TARGET", "num_traj_per_stimulus")
+                if "num_traj_per_stimulus" in (doc.data.get("TARGET") or {})
+                else ("TARGET",)
+            )
+            issues.append(
+                doc.issue(
+                    where,
+                    f"the rollout would generate about {tokens:.2g} tokens ({trajectories:,} answers x "
+                    f"{t['max_tokens']:,} tokens): {problem}",
+                    _FIX_WORK,
+                )
+            )
     if plan.bake is not None:
         b = plan.bake.config
         total = b.get("total_trajectories")
         # only this file's target is counted: a dataset from an earlier commit was bounded when it was made
-        mine = trajectories if plan.target is not None and all(d.key == plan.target.key for d in plan.bake.datasets) else None
+        mine = (
+            trajectories
+            if plan.target is not None and all(d.key == plan.target.key for d in plan.bake.datasets)
+            else None
+        )
         known = [n for n in (total, mine) if n is not None]
         if known:
             n = min(known)
-            length = min(b["data"]["max_length"], plan.target.config["max_tokens"]) if plan.target is not None else b["data"]["max_length"]
+            length = (
+                min(b["data"]["max_length"], plan.target.config["max_tokens"])
+                if plan.target is not None
+                else b["data"]["max_length"]
+            )
             tokens = n * b["epochs"] * length
             problem = _too_much(tokens, 8 * params if params else None)
             if problem:
                 where = ("BAKE", "epochs") if "epochs" in (doc.data.get("BAKE") or {}) else ("BAKE",)
-                issues.append(doc.issue(where, f"the bake would train on about {tokens:.2g} tokens ({n:,} trajectories x {b['epochs']:,} "
-                                               f"epochs x up to {length:,} tokens): {problem}", _FIX_WORK))
+                issues.append(
+                    doc.issue(
+                        where,
+                        f"the bake would train on about {tokens:.2g} tokens ({n:,} trajectories x {b['epochs']:,} "
+                        f"epochs x up to {length:,} tokens): {problem}",
+                        _FIX_WORK,
+                    )
+                )
     return issues
 
 
@@ -257,8 +322,10 @@ def _too_much(tokens: int, flops_per_token: int | None) -> str | None:
     if flops_per_token is not None:
         seconds = tokens * flops_per_token / REFERENCE_FLOPS
         if seconds > MAX_SECONDS:
-            return (f"about {_duration(seconds)} even on a large GPU at 10^14 FLOP/s (far longer on a CPU); "
-                    f"the limit is {_duration(MAX_SECONDS)}")
+            return (
+                f"about {_duration(seconds)} even on a large GPU at 10^14 FLOP/s (far longer on a CPU); "
+                f"the limit is {_duration(MAX_SECONDS)}"
+            )
         return None
     if tokens > MAX_TOKENS:
         return f"the limit is {MAX_TOKENS:.0e} tokens (weeks of work on any machine)"

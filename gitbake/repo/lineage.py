@@ -6,15 +6,16 @@ Targets are found by their hashed name or by their plain name (the newest one wi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from gitbake.contract import bread as bread_mod
 from gitbake import git
+from gitbake.contract import bread as bread_mod
 from gitbake.contract import keys
-from gitbake.repo import revfiles
 from gitbake.contract import recipe as recipe_mod
+from gitbake.repo import revfiles
 
 
 @dataclass
@@ -80,7 +81,9 @@ class Lineage:
             p = self.root / name
             if p.is_file():
                 wt.append((None, name, p.read_bytes()))
-        versions = [(v.commit, v.path, v.data) for v in git.history(self.root, [bread_file, recipe_file], self.rev or "HEAD")]
+        versions = [
+            (v.commit, v.path, v.data) for v in git.history(self.root, [bread_file, recipe_file], self.rev or "HEAD")
+        ]
         for commit, path, data in wt + versions:
             try:
                 parsed = revfiles.parse(path, data, commit[:12] if commit else None)
@@ -107,7 +110,9 @@ def _from_recipe(r: recipe_mod.Recipe, commit: str | None) -> Iterable[KnownTarg
     for step in r.targets_defined():
         if step.resource_name:
             stim = step.model_extra.get("stim_key") if step.model_extra else None
-            yield KnownTarget(step.resource_name, _plain(step.resource_name), step.key, commit, "recipe.yml", step.config, stim)
+            yield KnownTarget(
+                step.resource_name, _plain(step.resource_name), step.key, commit, "recipe.yml", step.config, stim
+            )
     for name in r.resources.targets:
         yield KnownTarget(name, _plain(name), None, commit, "recipe.yml")
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from gitbake.contract import bread as bread_mod
 from gitbake import destination
-from gitbake.errors import GitbakeError, UsageError
+from gitbake.contract import bread as bread_mod
+from gitbake.errors import GitbakeError
 from gitbake.repo.modelversion import ModelVersion
 from gitbake.store.locks import FileLock
 from gitbake.store.objects import Store, rmtree, swap_in
@@ -44,7 +45,11 @@ def read_current(root: Path, dest: Path | None = None) -> dict[str, Any] | None:
 
 def is_current(root: Path, spec: ModelVersion, dest: Path | None = None) -> bool:
     cur = read_current(root, dest)
-    return cur is not None and cur.get("base_model") == spec.base_model and [a.get("digest") for a in cur.get("adapters", [])] == list(spec.adapters)
+    return (
+        cur is not None
+        and cur.get("base_model") == spec.base_model
+        and [a.get("digest") for a in cur.get("adapters", [])] == list(spec.adapters)
+    )
 
 
 def missing(store: Store, spec: ModelVersion) -> list[str]:
@@ -69,8 +74,14 @@ class Materialised:
         return {"dest": str(self.dest), **self.spec.as_json(), "methods": self.methods, "changed": self.changed}
 
 
-def materialise(store: Store, spec: ModelVersion, dest: Path, commit: str | None = None,
-                protected: Iterable[Path] = (), reserved: bool = False) -> Materialised:
+def materialise(
+    store: Store,
+    spec: ModelVersion,
+    dest: Path,
+    commit: str | None = None,
+    protected: Iterable[Path] = (),
+    reserved: bool = False,
+) -> Materialised:
     """Make `dest` the model of `spec`; raises when an object is missing (nothing is changed then).
 
     `dest` goes through the one destination guard (gitbake.destination): only a directory gitbake wrote is
@@ -81,8 +92,13 @@ def materialise(store: Store, spec: ModelVersion, dest: Path, commit: str | None
     if absent:
         raise ModelObjectsMissing(absent)
     # `.bake` itself must be a real directory too: a linked one could point `model/` at anything
-    legacy = (reserved and dest.is_dir() and not dest.is_symlink() and not dest.parent.is_symlink()
-              and (dest / MODEL_JSON).is_file())
+    legacy = (
+        reserved
+        and dest.is_dir()
+        and not dest.is_symlink()
+        and not dest.parent.is_symlink()
+        and (dest / MODEL_JSON).is_file()
+    )
     if not legacy:
         dest = destination.check(dest, protected=protected, what="the model")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +117,13 @@ def _materialise(store: Store, spec: ModelVersion, dest: Path, commit: str | Non
             for rel, how in store.materialise_tree(digest, sub).items():
                 methods[f"adapters/{i}/{rel}"] = how
             chain.append({"digest": digest, "path": f"adapters/{i}"})
-        meta = {"format": FORMAT, "base_model": spec.base_model, "adapters": chain, "model_name": spec.model_name, "commit": commit}
+        meta = {
+            "format": FORMAT,
+            "base_model": spec.base_model,
+            "adapters": chain,
+            "model_name": spec.model_name,
+            "commit": commit,
+        }
         (staging / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         destination.write_marker(staging, "model")
         swap_in(staging, dest)
@@ -121,7 +143,9 @@ class ModelObjectsMissing(GitbakeError):
         )
 
 
-def refresh(root: Path, store: Store, fetch: Callable[[set[str]], int] | None = None, commit: str | None = None) -> dict[str, Any]:
+def refresh(
+    root: Path, store: Store, fetch: Callable[[set[str]], int] | None = None, commit: str | None = None
+) -> dict[str, Any]:
     """Make `.bake/model` the model named by the working tree's `.bread` (HEAD's). Missing objects are
     asked of `fetch` (the default bake remote) when given, else named in the result."""
     b = bread_mod.read(root)

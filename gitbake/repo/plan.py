@@ -8,17 +8,26 @@ earlier commit. Everything a key depends on is resolved here (DESIGN §3), nothi
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from gitbake.contract import identity, keys
 from gitbake.contract.bread import Bread
-from gitbake.contract.config import FromDatasetGenerator, FromFileGenerator, HardcodedGenerator, LoadedInput, OneshotGenerator, Prompt, Target
+from gitbake.contract.config import (
+    FromDatasetGenerator,
+    FromFileGenerator,
+    HardcodedGenerator,
+    LoadedInput,
+    OneshotGenerator,
+    Prompt,
+    Target,
+)
+from gitbake.contract.recipe import Recipe
 from gitbake.errors import ConfigError, Issue
 from gitbake.repo.lineage import Lineage
 from gitbake.repo.modelversion import CarriesModel, ModelVersion
-from gitbake.contract.recipe import Recipe
 from gitbake.store.statcache import StatCache
 
 EMPTY_STUDENT: dict[str, Any] = {"messages": [], "tools": None, "name": None}
@@ -95,8 +104,13 @@ class Parent(CarriesModel):
     foreign: bool = False  # .bread names a model baked in Bread's cloud, which is not on this machine
 
     def as_json(self) -> dict[str, Any]:
-        return {"base_model": self.base_model, "adapters": list(self.adapters), "model_name": self.model_name,
-                "identity": self.identity, "foreign": self.foreign}
+        return {
+            "base_model": self.base_model,
+            "adapters": list(self.adapters),
+            "model_name": self.model_name,
+            "identity": self.identity,
+            "foreign": self.foreign,
+        }
 
 
 @dataclass
@@ -127,7 +141,7 @@ class Plan:
         }
 
 
-RecipeSource = Union[Recipe, Callable[[], Optional[Recipe]], None]
+RecipeSource = Recipe | Callable[[], Recipe | None] | None
 
 
 def _recipe_getter(recipe: RecipeSource) -> Callable[[], Recipe | None]:
@@ -138,7 +152,11 @@ def _recipe_getter(recipe: RecipeSource) -> Callable[[], Recipe | None]:
 
 
 def parent_of(
-    root: Path, bread: Bread | None, recipe: RecipeSource, default_base: str = identity.TINY, cache: StatCache | None = None
+    root: Path,
+    bread: Bread | None,
+    recipe: RecipeSource,
+    default_base: str = identity.TINY,
+    cache: StatCache | None = None,
 ) -> Parent:
     base = bread.base_model if bread else None
     if base is None:
@@ -181,7 +199,13 @@ def build(
         refs: tuple[tuple[str | None, str], ...] = ((teacher_ref, "teacher_prompt"), (student_ref, "student_prompt"))
         for maybe_ref, loc in refs:
             if maybe_ref is None:
-                issues.append(doc.issue(("TARGET",), "the target needs a teacher prompt and none is defined", "add a PROMPT section with a `teacher:` prompt"))
+                issues.append(
+                    doc.issue(
+                        ("TARGET",),
+                        "the target needs a teacher prompt and none is defined",
+                        "add a PROMPT section with a `teacher:` prompt",
+                    )
+                )
                 continue
             ref = maybe_ref
             if ref in plan.prompts:
@@ -193,10 +217,15 @@ def build(
             if found is not None:
                 plan.prompts[ref] = _prompt_plan(ref, found, "recipe.yml")
             else:
-                where = ("TARGET", loc) if getattr(target, loc) or (loc == "teacher_prompt" and target.u) else ("TARGET",)
+                where = (
+                    ("TARGET", loc) if getattr(target, loc) or (loc == "teacher_prompt" and target.u) else ("TARGET",)
+                )
                 issues.append(
-                    doc.issue(where, f"prompt `{ref}` is not in PROMPT and no earlier bake defines it",
-                              f"add `{ref}:` under PROMPT (uncomment the PROMPT section if it was cleared)")
+                    doc.issue(
+                        where,
+                        f"prompt `{ref}` is not in PROMPT and no earlier bake defines it",
+                        f"add `{ref}:` under PROMPT (uncomment the PROMPT section if it was cleared)",
+                    )
                 )
         if not issues and teacher_ref is not None and student_ref is not None:
             plan.target = _target_plan(loaded, target, plan, teacher_ref, student_ref, root)
@@ -209,8 +238,11 @@ def build(
             written = [(target.name, 1.0)]  # bake this file's target when the bake names none
         elif datasets is None:
             issues.append(
-                doc.issue(("BAKE",), "BAKE has no `datasets` and there is no TARGET in this file to bake from",
-                          "add `datasets:` with `- target: NAME` (see `git bake target ls`)")
+                doc.issue(
+                    ("BAKE",),
+                    "BAKE has no `datasets` and there is no TARGET in this file to bake from",
+                    "add `datasets:` with `- target: NAME` (see `git bake target ls`)",
+                )
             )
         resolved: list[DatasetPlan] = []
         for i, (ref, weight) in enumerate(written):
@@ -231,13 +263,21 @@ def build(
         raise ConfigError(issues)
     if parent.foreign:
         plan.warnings.append(
-            Issue(".bread", None, None, "PARENT_MODEL",
-                  f"`{parent.model_name}` was baked in Bread's cloud and is not on this machine; bakes start from the base model {parent.base_model}")
+            Issue(
+                ".bread",
+                None,
+                None,
+                "PARENT_MODEL",
+                f"`{parent.model_name}` was baked in Bread's cloud and is not on this machine; bakes start from the "
+                f"base model {parent.base_model}",
+            )
         )
     return plan
 
 
-def _inherit_template(loaded: LoadedInput, target: Target, root: Path, lineage: Lineage | None, issues: list[Issue]) -> Target | None:
+def _inherit_template(
+    loaded: LoadedInput, target: Target, root: Path, lineage: Lineage | None, issues: list[Issue]
+) -> Target | None:
     """bgit's `TARGET.template: NAME`: start from an earlier target's config, override what this file sets.
 
     The resolved result is what the keys cover (so `template` itself is not in a key)."""
@@ -248,8 +288,15 @@ def _inherit_template(loaded: LoadedInput, target: Target, root: Path, lineage: 
     matches = [t for t in lineage.find_target(target.template) if t.config]
     if not matches:
         known = sorted({t.plain for t in lineage.targets() if t.config})
-        issues.append(doc.issue(("TARGET", "template"), f"no earlier target `{target.template}` with a recorded config to inherit from",
-                                "known: " + ", ".join(known) if known else "use `default`, or bake the target you want to inherit first"))
+        issues.append(
+            doc.issue(
+                ("TARGET", "template"),
+                f"no earlier target `{target.template}` with a recorded config to inherit from",
+                "known: " + ", ".join(known)
+                if known
+                else "use `default`, or bake the target you want to inherit first",
+            )
+        )
         return None
     base = {k: v for k, v in (matches[0].config or {}).items() if k in Target.model_fields and k not in ("u", "v")}
     explicit = target.model_dump(mode="json", include=target.model_fields_set)
@@ -257,7 +304,9 @@ def _inherit_template(loaded: LoadedInput, target: Target, root: Path, lineage: 
     try:
         resolved = Target.model_validate(merged)
     except ValueError as exc:
-        issues.append(doc.issue(("TARGET", "template"), f"the inherited config of `{target.template}` is not valid here: {exc}"))
+        issues.append(
+            doc.issue(("TARGET", "template"), f"the inherited config of `{target.template}` is not valid here: {exc}")
+        )
         return None
     loaded.templates, loaded.question_files = {}, {}
     file_issues = read_generator_files(loaded, resolved, root)
@@ -270,7 +319,9 @@ def _prompt_plan(ref: str, config: dict[str, Any], source: str) -> PromptPlan:
     return PromptPlan(ref, key, keys.display_name(config.get("name") or ref, key), config, source)
 
 
-def _default_teacher(prompts: dict[str, PromptPlan], get_recipe: Callable[[], Recipe | None], bread: Bread | None) -> str | None:
+def _default_teacher(
+    prompts: dict[str, PromptPlan], get_recipe: Callable[[], Recipe | None], bread: Bread | None
+) -> str | None:
     if "teacher" in prompts:
         return "teacher"
     if prompts:
@@ -330,7 +381,9 @@ def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, 
         if isinstance(gen, FromDatasetGenerator):
             local = root / gen.dataset
             if local.is_file():  # a local file's questions are its contents, like from_file's
-                g["content_digest"] = keys.digest_bytes(local.read_bytes())  # ignored for hardcoded questions (every listed one is used)
+                g["content_digest"] = keys.digest_bytes(
+                    local.read_bytes()
+                )  # ignored for hardcoded questions (every listed one is used)
         if isinstance(gen, FromFileGenerator):
             g.pop("path", None)
             g["content_digest"] = keys.digest_bytes(loaded.question_files[i])
@@ -345,10 +398,14 @@ def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, 
     # the stim records carry the student's context too (conditioned_stimulus): its key is part of theirs
     stim = keys.stim_key(gens, teacher_key, {"heldout_fraction": config["heldout_fraction"], "student": student_key})
     # max_concurrency is the batch size, and batches are seeded as a whole: it changes the samples
-    sampling = {k: config[k] for k in ("num_traj_per_stimulus", "temperature", "max_tokens", "extra_kwargs", "max_concurrency")}
+    sampling = {
+        k: config[k] for k in ("num_traj_per_stimulus", "temperature", "max_tokens", "extra_kwargs", "max_concurrency")
+    }
     if target.model_name:
         kind = identity.classify(target.model_name, root)
-        model_id: Any = identity.base_identity(target.model_name, root) if kind in ("dir", "hub") else {"name": target.model_name}
+        model_id: Any = (
+            identity.base_identity(target.model_name, root) if kind in ("dir", "hub") else {"name": target.model_name}
+        )
     else:
         model_id = plan.parent.identity
     key = keys.rollout_key(stim, teacher_key, student_key, sampling, model_id)
@@ -376,9 +433,13 @@ def _resolve_dataset(
     best = matches[0]
     if best.foreign:
         return None, (
-            f"target `{best.name}` was made by bgit in Bread's cloud; its questions and answers are not on this machine",
+            f"target `{best.name}` was made by bgit in Bread's cloud; its questions and answers are not on this "
+            "machine",
             "define the target again in the TARGET section so gitbake can make it locally",
         )
     if best.key is None or not keys.is_key(best.key):
-        return None, (f"target `{best.name}` has no key recorded in the lineage", "define the target again in the TARGET section")
+        return None, (
+            f"target `{best.name}` has no key recorded in the lineage",
+            "define the target again in the TARGET section",
+        )
     return DatasetPlan(ref, best.name, best.key, weight, "lineage", best.commit), None

@@ -7,14 +7,14 @@ its `recipe.yml` (each step's `outputs` and each bake's `adapter`). Manifests na
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from gitbake.contract import bread as bread_mod
 from gitbake import git
-from gitbake.repo import revfiles
+from gitbake.contract import bread as bread_mod
 from gitbake.contract import recipe as recipe_mod
 from gitbake.contract.digest import is_digest
+from gitbake.repo import revfiles
 
 LINEAGE_FILES = (bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE)
 
@@ -55,8 +55,11 @@ def unrecorded_outputs(r: recipe_mod.Recipe) -> list[str]:
     """The steps of `r` that gitbake ran (they carry a key) but that record no output: a bake commit
     whose questions or answers were lost before it was made (bgit's steps, made in Bread's cloud, carry
     no key and are not ours to judge)."""
-    return [f"step {s.step} {s.action} of {s.resource_name or '?'} (key {s.key[:12]})"
-            for s in r.steps if s.action in DATA_STEPS and s.key and not (s.outputs or {}).get("manifest")]
+    return [
+        f"step {s.step} {s.action} of {s.resource_name or '?'} (key {s.key[:12]})"
+        for s in r.steps
+        if s.action in DATA_STEPS and s.key and not (s.outputs or {}).get("manifest")
+    ]
 
 
 def _from_versions(versions: Iterable[tuple[str, str, bytes]]) -> set[str]:

@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gitbake import git
 from gitbake.contract import bread as bread_mod
 from gitbake.contract import config, identity
-from gitbake import git
-from gitbake.repo import limits, revfiles
 from gitbake.contract import recipe as recipe_mod
 from gitbake.errors import NotARepoError
+from gitbake.repo import limits, revfiles
 from gitbake.repo.lineage import Lineage
 from gitbake.repo.plan import Plan, build
-from gitbake.store.objects import Store
 from gitbake.repo.storepath import open_store
+from gitbake.store.objects import Store
 
 
 @dataclass

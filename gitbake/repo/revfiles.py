@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from gitbake.contract import bread as bread_mod
 from gitbake import git
-from gitbake.contract import yamlio
+from gitbake.contract import bread as bread_mod
 from gitbake.contract import recipe as recipe_mod
+from gitbake.contract import yamlio
 from gitbake.errors import ConfigError, UsageError
 
 # what a damaged version of a lineage file raises, wherever it is read: walkers skip exactly this
@@ -39,9 +39,11 @@ def restore_fix(path: str, where: str | None) -> str:
     commit before the damaged one (`where`)."""
     if where is None:
         return yamlio.written_by_gitbake(path).not_utf8
-    return (f"gitbake writes {path}, and {where}'s copy is damaged: restore a good one from an earlier commit, e.g. "
-            f"`git show {where}~1:{path} > {path}` (`git log --oneline -- {path}` lists the commits that changed it), "
-            "and commit it")
+    return (
+        f"gitbake writes {path}, and {where}'s copy is damaged: restore a good one from an earlier commit, e.g. "
+        f"`git show {where}~1:{path} > {path}` (`git log --oneline -- {path}` lists the commits that changed it), "
+        "and commit it"
+    )
 
 
 def _hints(path: str, where: str | None) -> yamlio.Hints:

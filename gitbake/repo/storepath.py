@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from gitbake import git
-from gitbake.fsutil import write_atomic
 from gitbake.contract.keys import digest_bytes
+from gitbake.fsutil import write_atomic
 from gitbake.store.objects import Store
 
 STORE_PATH_CONFIG = "bake.storePath"
@@ -77,7 +77,9 @@ def _default_owner(store: Store) -> Path | None:
     """For a registration from before gitbake recorded git directories: the repository whose default
     store (`<git-common-dir>/bake`) this is, if it is one."""
     parent = store.root.parent
-    return parent if store.root.name == "bake" and (parent / "HEAD").is_file() and (parent / "objects").is_dir() else None
+    return (
+        parent if store.root.name == "bake" and (parent / "HEAD").is_file() and (parent / "objects").is_dir() else None
+    )
 
 
 def _worktrees(common: Path, cache: dict[Path, set[Path] | None]) -> set[Path] | None:
@@ -91,7 +93,9 @@ def _worktrees(common: Path, cache: dict[Path, set[Path] | None]) -> set[Path] |
             except git.GitError:
                 out = None
             if out is not None:
-                cache[common] = {Path(line[len("worktree "):]) for line in out.splitlines() if line.startswith("worktree ")}
+                cache[common] = {
+                    Path(line[len("worktree ") :]) for line in out.splitlines() if line.startswith("worktree ")
+                }
     return cache[common]
 
 

@@ -27,9 +27,10 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import blake3
 
@@ -64,7 +65,8 @@ def disk_error(exc: OSError, root: Path) -> GitbakeError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFull(
             f"no space left on the device of the store ({root}); nothing was stored",
-            "free some space (`git bake store gc` deletes unreachable objects), or point `git config bake.storePath` at a larger disk",
+            "free some space (`git bake store gc` deletes unreachable objects), or point `git config bake.storePath` "
+            "at a larger disk",
         )
     return GitbakeError(f"writing to the store ({root}) failed: {exc}")
 
@@ -158,7 +160,11 @@ class Manifest:
         files = {}
         for rel, entry in raw_files.items():
             _check_relpath(rel)
-            if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str) or not isinstance(entry.get("size"), int):
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("digest"), str)
+                or not isinstance(entry.get("size"), int)
+            ):
                 raise ValueError(f"bad manifest entry for {rel!r}")
             try:
                 files[rel] = FileEntry(check_digest(entry["digest"]), entry["size"])
@@ -203,9 +209,15 @@ class Store:
             line = fmt.read_text().strip()
             m = re.match(r"^gitbake-store (\d+)$", line)
             if not m:
-                raise StoreCorruptError(f"{fmt} does not name a gitbake store format: {line!r}", "is bake.storePath pointing at the right directory?")
+                raise StoreCorruptError(
+                    f"{fmt} does not name a gitbake store format: {line!r}",
+                    "is bake.storePath pointing at the right directory?",
+                )
             if int(m.group(1)) > FORMAT:
-                raise GitbakeError(f"the store at {self.root} has format {m.group(1)}, newer than this gitbake ({FORMAT})", "upgrade gitbake")
+                raise GitbakeError(
+                    f"the store at {self.root} has format {m.group(1)}, newer than this gitbake ({FORMAT})",
+                    "upgrade gitbake",
+                )
         for d in (self.objects, self.tmp, self.keys, self.locks):
             d.mkdir(parents=True, exist_ok=True)
         if not fmt.exists():
@@ -287,7 +299,9 @@ class Store:
         try:
             return path.open("rb")
         except FileNotFoundError:
-            raise ObjectMissing(f"object {digest} is not in the store ({self.root})", "fetch it with `git bake pull`") from None
+            raise ObjectMissing(
+                f"object {digest} is not in the store ({self.root})", "fetch it with `git bake pull`"
+            ) from None
         except IsADirectoryError:
             raise NotAnObjectFile(digest, "a directory", self.root) from None
 
@@ -488,8 +502,10 @@ class Store:
         path = self.key_path(stage, key)
         with self.writing():  # gc must not delete the object between this check and the key
             if not self.has(digest):
-                raise ObjectMissing(f"cannot point {stage} key {key[:12]} at {digest}: not in the store",
-                                    "a `git bake store gc` may have run meanwhile: run the command again")
+                raise ObjectMissing(
+                    f"cannot point {stage} key {key[:12]} at {digest}: not in the store",
+                    "a `git bake store gc` may have run meanwhile: run the command again",
+                )
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._tmp_path()
             try:
@@ -536,7 +552,9 @@ class Store:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            raise ObjectMissing(f"object {digest} is not in the store ({self.root})", "fetch it with `git bake pull`") from None
+            raise ObjectMissing(
+                f"object {digest} is not in the store ({self.root})", "fetch it with `git bake pull`"
+            ) from None
         if not stat.S_ISREG(st.st_mode):
             raise NotAnObjectFile(digest, file_kind(st.st_mode), self.root)
         if trust_stat and self.statcache.object_trusted(digest, st):
@@ -637,7 +655,14 @@ def _kernel_copy(src: Path, dst: Path) -> int | None:
                 try:
                     n = copy(fin.fileno(), fout.fileno(), 1 << 30)
                 except OSError as exc:
-                    if size == 0 and exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM):
+                    if size == 0 and exc.errno in (
+                        errno.EXDEV,
+                        errno.EINVAL,
+                        errno.ENOSYS,
+                        errno.EOPNOTSUPP,
+                        errno.EBADF,
+                        errno.EPERM,
+                    ):
                         return None
                     raise
                 if n == 0:

@@ -16,11 +16,12 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import blake3
 
@@ -77,7 +78,10 @@ def add_remote(root: Path, name: str, url: str) -> bool:
     if not _NAME.match(name):
         raise UsageError(f"invalid remote name {name!r}", "use letters, digits, `.`, `_` and `-`")
     if name in list_remotes(root):
-        raise UsageError(f"remote {name!r} already exists ({list_remotes(root)[name]})", f"remove it first: git bake remote rm {name}")
+        raise UsageError(
+            f"remote {name!r} already exists ({list_remotes(root)[name]})",
+            f"remove it first: git bake remote rm {name}",
+        )
     url = normalise_url(url, root)
     git.config_set(root, f"{CONFIG_SECTION}.{name}.url", url)
     if default_remote(root) is None:
@@ -114,7 +118,10 @@ def resolve(root: Path, name: str | None) -> Remote:
     if name is None:
         name = default_remote(root)
         if name is None:
-            raise UsageError("no remote given and no default remote", "add one: git bake remote add origin /path/or/s3://bucket/prefix")
+            raise UsageError(
+                "no remote given and no default remote",
+                "add one: git bake remote add origin /path/or/s3://bucket/prefix",
+            )
     if name not in remotes:
         # a URL or path may be given directly
         if "://" in name or name.startswith(("/", ".", "~")):
@@ -136,8 +143,10 @@ class Remote:
         try:
             self.fs, self.base = fsspec.core.url_to_fs(url)
         except ImportError as exc:
-            raise RemoteError(f"remote {name} ({url}) needs a package that is not installed: {exc}",
-                              "for s3:// install 'gitbake[s3]'; for others, the fsspec backend named in the error") from None
+            raise RemoteError(
+                f"remote {name} ({url}) needs a package that is not installed: {exc}",
+                "for s3:// install 'gitbake[s3]'; for others, the fsspec backend named in the error",
+            ) from None
         except ValueError as exc:
             raise UsageError(f"remote {name}: cannot use {url!r}: {exc}") from None
         self.base = self.base.rstrip("/")
@@ -161,10 +170,16 @@ class Remote:
     def _check_format(self, line: str) -> None:
         m = _FORMAT.fullmatch(line)
         if m is None:
-            raise RemoteError(f"remote {self.name} ({self.url}) has a `format` file that does not name a gitbake store: {line[:80]!r}",
-                              "check the URL: is this the right directory or bucket?")
+            raise RemoteError(
+                f"remote {self.name} ({self.url}) has a `format` file that does not name a gitbake store: "
+                f"{line[:80]!r}",
+                "check the URL: is this the right directory or bucket?",
+            )
         if int(m.group(1)) > int(FORMAT_LINE.split()[1]):
-            raise RemoteError(f"remote {self.name} ({self.url}) has format {line!r}, which this gitbake cannot read", "upgrade gitbake")
+            raise RemoteError(
+                f"remote {self.name} ({self.url}) has format {line!r}, which this gitbake cannot read",
+                "upgrade gitbake",
+            )
 
     def ensure(self) -> None:
         """Make sure a store exists at the remote (writing or repairing its format file), before writing
@@ -178,7 +193,9 @@ class Remote:
             else:
                 if self.atomic_puts:
                     self.fs.makedirs(self.base, exist_ok=True)
-                self._put_atomic(f"{self.base}/format", lambda path: self.fs.pipe_file(path, FORMAT_LINE.encode()), True)
+                self._put_atomic(
+                    f"{self.base}/format", lambda path: self.fs.pipe_file(path, FORMAT_LINE.encode()), True
+                )
             if self.atomic_puts:
                 self._clear_tmp()
 
@@ -188,7 +205,8 @@ class Remote:
             line = self._format_line()
         if line is None:
             raise RemoteError(
-                f"remote {self.name} ({self.url}) has no gitbake store (no `format` file, or an empty one that an interrupted first push left)",
+                f"remote {self.name} ({self.url}) has no gitbake store (no `format` file, or an empty one that an "
+                "interrupted first push left)",
                 "check the URL; or push to it (`git bake push`), which writes (or repairs) it",
             )
         self._check_format(line)
@@ -294,8 +312,10 @@ class Remote:
                     try:
                         src = self.fs.open(self._obj(digest), "rb")
                     except FileNotFoundError:
-                        raise ObjectNotOnRemote(f"object {digest} is not on remote {self.name} ({self.url})",
-                                                "push it from a clone that has it: git bake push") from None
+                        raise ObjectNotOnRemote(
+                            f"object {digest} is not on remote {self.name} ({self.url})",
+                            "push it from a clone that has it: git bake push",
+                        ) from None
                     with src, open(tmp, "wb") as out:
                         while chunk := src.read(4 << 20):
                             hasher.update(chunk)
@@ -313,21 +333,25 @@ class Remote:
 
 
 @contextmanager
-def _guard(remote: "Remote", action: str) -> Iterator[None]:
+def _guard(remote: Remote, action: str) -> Iterator[None]:
     """Any failure of the transport (OSError, botocore, aiohttp, ...) becomes one clear RemoteError."""
     try:
         yield
     except GitbakeError:
         raise
     except FileNotFoundError as exc:
-        raise RemoteError(f"remote {remote.name} ({remote.url}): {action}: not found ({exc})",
-                          "check the URL (and that the bucket exists)") from None
+        raise RemoteError(
+            f"remote {remote.name} ({remote.url}): {action}: not found ({exc})",
+            "check the URL (and that the bucket exists)",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - the transports raise anything; the user needs one message
         name = type(exc).__name__
         hint = "check the URL, the network and the credentials"
         if "Credential" in name or "AccessDenied" in str(exc):
             hint = "set credentials for the remote (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)"
-        raise RemoteError(f"remote {remote.name} ({remote.url}): {action} failed: {name}: {str(exc)[:300]}", hint) from None
+        raise RemoteError(
+            f"remote {remote.name} ({remote.url}): {action} failed: {name}: {str(exc)[:300]}", hint
+        ) from None
 
 
 def _mtime(info: dict[str, Any]) -> float:
@@ -373,23 +397,31 @@ class TransferReport:
                 )
             raise StoreCorruptError(
                 f"pull refused {len(self.corrupt)} corrupt object(s) from remote {self.remote}: {names}",
-                "the remote copy is damaged: from a clone with a good copy run `git bake push --force`, then pull again",
+                "the remote copy is damaged: from a clone with a good copy run `git bake push --force`, then pull "
+                "again",
             )
         if self.errors:
             first = next(iter(self.errors.values()))
-            raise RemoteError(f"{verb} failed for {len(self.errors)} object(s); the first error: {first}",
-                              "fix the cause and run it again: what was transferred stays, the rest resumes")
+            raise RemoteError(
+                f"{verb} failed for {len(self.errors)} object(s); the first error: {first}",
+                "fix the cause and run it again: what was transferred stays, the rest resumes",
+            )
         if self.missing:
             raise GitbakeError(
-                f"{len(self.missing)} object(s) needed by these revisions are not available: {', '.join(sorted(self.missing))}",
-                "push them from a clone that has them" if verb == "pull" else "they are missing locally: pull them, or re-run the bake",
+                f"{len(self.missing)} object(s) needed by these revisions are not available: "
+                f"{', '.join(sorted(self.missing))}",
+                "push them from a clone that has them"
+                if verb == "pull"
+                else "they are missing locally: pull them, or re-run the bake",
             )
 
 
 Progress = Callable[[int, int, int], None]  # done, total, bytes
 
 
-def _run_parallel(digests: Iterable[str], work: Callable[[str], int], report: TransferReport, jobs: int, progress: Progress | None) -> None:
+def _run_parallel(
+    digests: Iterable[str], work: Callable[[str], int], report: TransferReport, jobs: int, progress: Progress | None
+) -> None:
     todo = sorted(digests)
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -410,8 +442,14 @@ def _run_parallel(digests: Iterable[str], work: Callable[[str], int], report: Tr
                 progress(done, len(todo), report.bytes)
 
 
-def push(store: Store, remote: Remote, roots: set[str], jobs: int = DEFAULT_JOBS, progress: Progress | None = None,
-         force: bool = False) -> TransferReport:
+def push(
+    store: Store,
+    remote: Remote,
+    roots: set[str],
+    jobs: int = DEFAULT_JOBS,
+    progress: Progress | None = None,
+    force: bool = False,
+) -> TransferReport:
     """Upload what `roots` need. `force`: upload even what the remote has (repairs a damaged remote copy)."""
     report = TransferReport(remote.name, remote.url)
     local_missing = {d for d in roots if not store.has(d)}
@@ -426,7 +464,9 @@ def push(store: Store, remote: Remote, roots: set[str], jobs: int = DEFAULT_JOBS
     return report
 
 
-def pull(store: Store, remote: Remote, roots: set[str], jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> TransferReport:
+def pull(
+    store: Store, remote: Remote, roots: set[str], jobs: int = DEFAULT_JOBS, progress: Progress | None = None
+) -> TransferReport:
     report = TransferReport(remote.name, remote.url)
     first = {d for d in roots if not store.has(d)}
     if first:

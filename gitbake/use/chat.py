@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import shutil
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from gitbake.repo.repo import ModelRepo
 from gitbake.use.versions import Version, load, resolve
@@ -75,20 +76,25 @@ class Session:
 
     def status(self) -> str:
         v = self.version
-        lines = [f"model:       {v.name} ({v.model_name or 'base model'}) at {v.rev} ({v.commit[:12]})",
-                 f"base model:  {v.base_model}, {len(v.adapters)} adapter(s)" + (f", checkpoint step {v.checkpoint}" if v.checkpoint else ""),
-                 f"settings:    temperature {self.temperature}, max tokens {self.max_tokens}",
-                 f"system:      {self.system if self.system else '(none)'}",
-                 f"turns:       {len(self.history) // 2}"]
+        lines = [
+            f"model:       {v.name} ({v.model_name or 'base model'}) at {v.rev} ({v.commit[:12]})",
+            f"base model:  {v.base_model}, {len(v.adapters)} adapter(s)"
+            + (f", checkpoint step {v.checkpoint}" if v.checkpoint else ""),
+            f"settings:    temperature {self.temperature}, max tokens {self.max_tokens}",
+            f"system:      {self.system if self.system else '(none)'}",
+            f"turns:       {len(self.history) // 2}",
+        ]
         return "\n".join(lines)
 
 
 def side_by_side(left_title: str, left: str, right_title: str, right: str, width: int | None = None) -> str:
     width = width or shutil.get_terminal_size((100, 20)).columns
     col = max(20, (width - 3) // 2)
+
     def lines(title: str, text: str) -> list[str]:
         body = [w for para in (text or "(empty)").splitlines() or [""] for w in (textwrap.wrap(para, col) or [""])]
         return [title[:col], "-" * min(col, len(title))] + body
+
     a, b = lines(left_title, left), lines(right_title, right)
     rows = max(len(a), len(b))
     a += [""] * (rows - len(a))
@@ -141,8 +147,9 @@ def handle(session: Session, line: str, out: Callable[[str], None]) -> bool:
     return True
 
 
-def open_session(repo: ModelRepo, rev: str, temperature: float, max_tokens: int, checkpoint: int | None,
-                 system: str | None = None) -> Session:
+def open_session(
+    repo: ModelRepo, rev: str, temperature: float, max_tokens: int, checkpoint: int | None, system: str | None = None
+) -> Session:
     version = resolve(repo, rev, checkpoint)
     return Session(repo, version, load(repo, version), temperature, max_tokens, system)
 

@@ -23,7 +23,9 @@ def read_questions(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read --questions {path}: {exc}", "give a UTF-8 .txt (one per line) or .jsonl file") from None
+        raise UsageError(
+            f"cannot read --questions {path}: {exc}", "give a UTF-8 .txt (one per line) or .jsonl file"
+        ) from None
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -32,7 +34,9 @@ def read_questions(path: Path) -> list[str]:
             try:
                 item = json.loads(line)
             except ValueError:
-                raise UsageError(f"{path}:{n}: not valid JSON", "each line of a .jsonl file is one JSON value") from None
+                raise UsageError(
+                    f"{path}:{n}: not valid JSON", "each line of a .jsonl file is one JSON value"
+                ) from None
             q = item.get("question") if isinstance(item, dict) else item
             if not isinstance(q, str):
                 raise UsageError(f"{path}:{n}: no question", 'write "text" or {"question": "text"}')
@@ -62,13 +66,16 @@ def lineage_questions(repo: ModelRepo, versions: list[Version]) -> tuple[list[st
     pick = list(dict.fromkeys(heldout)) or list(dict.fromkeys(rec["question"] for rec in training))
     note = None if heldout else "no held-out questions in these lineages: compared on training questions"
     if not pick:
-        raise UsageError("no questions to compare on: these lineages record no rollouts in the store",
-                         "give --questions FILE, or `git bake pull` the revisions first")
+        raise UsageError(
+            "no questions to compare on: these lineages record no rollouts in the store",
+            "give --questions FILE, or `git bake pull` the revisions first",
+        )
     return pick[:MAX_QUESTIONS], note
 
 
-def diff(repo: ModelRepo, rev1: str, rev2: str | None, questions_file: Path | None, samples: int, max_tokens: int,
-         top: int) -> dict[str, Any]:
+def diff(
+    repo: ModelRepo, rev1: str, rev2: str | None, questions_file: Path | None, samples: int, max_tokens: int, top: int
+) -> dict[str, Any]:
     a = resolve(repo, rev1)
     b = resolve(repo, rev2) if rev2 else a.parent()
     if rev2 is None and b.adapters:  # name the parent by its own bake
@@ -76,8 +83,10 @@ def diff(repo: ModelRepo, rev1: str, rev2: str | None, questions_file: Path | No
         names = {x.adapter: x.bake_name for x in (recipe.resources.bakes if recipe else []) if x.adapter}
         b.name = names.get(b.adapters[-1], b.name)
     if a.base_model != b.base_model:
-        raise UsageError(f"{rev1} and {rev2} are baked on different base models ({a.base_model}, {b.base_model})",
-                         "compare versions of one lineage: their answers are not token-aligned otherwise")
+        raise UsageError(
+            f"{rev1} and {rev2} are baked on different base models ({a.base_model}, {b.base_model})",
+            "compare versions of one lineage: their answers are not token-aligned otherwise",
+        )
     if questions_file is not None:
         questions, note = read_questions(questions_file), None
     else:

@@ -44,7 +44,10 @@ def _publish(staging: Path, dest: Path, kind: str) -> None:
 def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> dict[str, Any]:
     version = resolve(repo, rev)
     if not version.adapters:
-        raise UsageError(f"{rev} has no baked model: nothing to export as adapters", "export a bake commit (see `git bake log`), or use --merged")
+        raise UsageError(
+            f"{rev} has no baked model: nothing to export as adapters",
+            "export a bake commit (see `git bake log`), or use --merged",
+        )
     staging = _staging(repo, dest, force)
     try:
         names = _bake_names(repo, version)
@@ -54,8 +57,14 @@ def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) 
                 sub = f"{i:02d}-{names.get(digest, digest[:12])}"
                 shutil.copytree(d, staging / sub)  # real copies: the export leaves the store behind
                 chain.append({"path": sub, "digest": digest, "bake": names.get(digest)})
-        meta = {"base_model": version.base_model, "adapters": chain, "model_name": version.model_name, "commit": version.commit,
-                "how": "load the base model, then for each adapter in order: PeftModel.from_pretrained(model, path).merge_and_unload()"}
+        meta = {
+            "base_model": version.base_model,
+            "adapters": chain,
+            "model_name": version.model_name,
+            "commit": version.commit,
+            "how": "load the base model, then for each adapter in order: PeftModel.from_pretrained(model, "
+            "path).merge_and_unload()",
+        }
         (staging / "chain.json").write_text(json.dumps(meta, indent=2) + "\n")
         _publish(staging, dest, "export-adapter")
     finally:
@@ -76,8 +85,12 @@ def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) ->
             loaded.model.config._name_or_path = version.base_model
             loaded.model.save_pretrained(str(staging), safe_serialization=True)
             loaded.tokenizer.save_pretrained(str(staging))
-        meta = {"base_model": version.base_model, "adapters": list(version.adapters), "model_name": version.model_name,
-                "commit": version.commit}
+        meta = {
+            "base_model": version.base_model,
+            "adapters": list(version.adapters),
+            "model_name": version.model_name,
+            "commit": version.commit,
+        }
         (staging / "gitbake.json").write_text(json.dumps(meta, indent=2) + "\n")
         _publish(staging, dest, "export-merged")
     finally:

@@ -28,7 +28,9 @@ class BakeMetrics:
     eval: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = finite_json({"bake": self.bake, "commit": self.commit, "metrics": self.rows, "eval": self.eval})
+        out: dict[str, Any] = finite_json(
+            {"bake": self.bake, "commit": self.commit, "metrics": self.rows, "eval": self.eval}
+        )
         return out
 
     def losses(self) -> list[float]:
@@ -72,17 +74,32 @@ def find(repo: ModelRepo, which: str | None) -> BakeMetrics:
             if not target.adapters:
                 raise UsageError(f"{which} has no baked model", "give a bake commit (see `git bake log`)")
     recipe = repo.at(target.commit).recipe
-    step = next((s for s in reversed(recipe.steps) if s.action == "run_bake" and s.resource_name == target.bake_name), None) if recipe else None
+    step = (
+        next(
+            (s for s in reversed(recipe.steps) if s.action == "run_bake" and s.resource_name == target.bake_name), None
+        )
+        if recipe
+        else None
+    )
     report = (step.outputs or {}).get("report") if step else None
     if report is None:
-        raise GitbakeError(f"the recipe of {target.commit[:12]} names no report for {target.bake_name}", "re-bake it with this gitbake version")
+        raise GitbakeError(
+            f"the recipe of {target.commit[:12]} names no report for {target.bake_name}",
+            "re-bake it with this gitbake version",
+        )
     store = repo.store
     if not store.has(report):
-        raise GitbakeError(f"the report of {target.bake_name} is not in the store", f"fetch it: git bake pull {target.commit[:12]}")
+        raise GitbakeError(
+            f"the report of {target.bake_name} is not in the store", f"fetch it: git bake pull {target.commit[:12]}"
+        )
     files = store.read_manifest(report).files
     rows: list[dict[str, Any]] = []
     if "metrics.jsonl" in files:
-        rows = [json.loads(line) for line in store.read_bytes(files["metrics.jsonl"].digest).decode().splitlines() if line.strip()]
+        rows = [
+            json.loads(line)
+            for line in store.read_bytes(files["metrics.jsonl"].digest).decode().splitlines()
+            if line.strip()
+        ]
     ev = json.loads(store.read_bytes(files["eval.json"].digest)) if "eval.json" in files else {}
     return BakeMetrics(target.bake_name or "?", target.commit, rows, ev)
 
@@ -102,7 +119,7 @@ def chart(values: list[float], width: int = 60, height: int = 12, label: str = "
     grid = [[" "] * cols for _ in range(height)]
     for x in range(cols):
         a = int(x * len(values) / cols)
-        bucket = [v for v in values[a:max(int((x + 1) * len(values) / cols), a + 1)] if math.isfinite(v)]
+        bucket = [v for v in values[a : max(int((x + 1) * len(values) / cols), a + 1)] if math.isfinite(v)]
         if not bucket:
             continue
         v = sum(bucket) / len(bucket)
@@ -145,9 +162,15 @@ def to_png(m: BakeMetrics, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--png needs matplotlib", "pip install 'gitbake[plot]'  (or: pip install matplotlib)") from None
+        raise UsageError(
+            "--png needs matplotlib", "pip install 'gitbake[plot]'  (or: pip install matplotlib)"
+        ) from None
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot([float(r.get("step", i + 1)) for i, r in enumerate(m.rows)], [float(r.get("loss", 0.0)) for r in m.rows], label="loss (KL, nats/token)")
+    ax.plot(
+        [float(r.get("step", i + 1)) for i, r in enumerate(m.rows)],
+        [float(r.get("loss", 0.0)) for r in m.rows],
+        label="loss (KL, nats/token)",
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     title = m.bake + (f"  gap_closed {m.eval['gap_closed']:.3f}" if m.eval.get("gap_closed") is not None else "")

@@ -17,10 +17,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gitbake.errors import GitbakeError, UsageError
 
@@ -62,8 +63,14 @@ def context_length(model: Any) -> int | None:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
@@ -101,7 +108,9 @@ class Field:
             return self.default
         kinds = (int, float) if self.kind is float else (self.kind,)
         typed = isinstance(value, kinds) and (self.kind is bool or not isinstance(value, bool))
-        in_range = typed and (self.kind is bool or (self.lo < value if self.lo_open else self.lo <= value) and value <= self.hi)
+        in_range = typed and (
+            self.kind is bool or (self.lo < value if self.lo_open else self.lo <= value) and value <= self.hi
+        )
         if not in_range:  # NaN fails every comparison, so it lands here too
             raise ApiError(400, f"`{name}` must be {self.describe()}, not {_show(value)}", param=name)
         if self.supported is not None and value not in self.supported:
@@ -149,14 +158,24 @@ def _text(content: Any, where: str) -> str:
     if content is None:
         return ""
     if not isinstance(content, list):
-        raise ApiError(400, f"`{where}.content` must be a string or a list of content parts, not {_show(content)}", param="messages")
+        raise ApiError(
+            400,
+            f"`{where}.content` must be a string or a list of content parts, not {_show(content)}",
+            param="messages",
+        )
     texts = []
     for j, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") != "text":
-            raise ApiError(400, f"`{where}.content[{j}]` must be a text part ({{\"type\": \"text\", \"text\": ...}}): "
-                                "this server serves text models", param="messages")
+            raise ApiError(
+                400,
+                f'`{where}.content[{j}]` must be a text part ({{"type": "text", "text": ...}}): '
+                "this server serves text models",
+                param="messages",
+            )
         if not isinstance(part.get("text"), str):
-            raise ApiError(400, f"`{where}.content[{j}].text` must be a string, not {_show(part.get('text'))}", param="messages")
+            raise ApiError(
+                400, f"`{where}.content[{j}].text` must be a string, not {_show(part.get('text'))}", param="messages"
+            )
         texts.append(part["text"])
     return "".join(texts)
 
@@ -175,9 +194,17 @@ def _messages(msgs: Any) -> list[dict[str, str]]:
 
 def _stops(stop: Any) -> list[str]:
     stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
-    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(x, str) and 0 < len(x) <= MAX_STOP_CHARS for x in stops):
-        raise ApiError(400, f"`stop` must be a string or a list of up to {MAX_STOPS} non-empty strings of at most "
-                            f"{MAX_STOP_CHARS} characters, not {_show(stop)}", param="stop")
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOPS
+        or not all(isinstance(x, str) and 0 < len(x) <= MAX_STOP_CHARS for x in stops)
+    ):
+        raise ApiError(
+            400,
+            f"`stop` must be a string or a list of up to {MAX_STOPS} non-empty strings of at most "
+            f"{MAX_STOP_CHARS} characters, not {_show(stop)}",
+            param="stop",
+        )
     return stops
 
 
@@ -196,8 +223,13 @@ def parse_request(body: bytes, models: dict[str, Served]) -> tuple[Served, list[
         raise ApiError(400, "`model` is required", param="model")
     served = models.get(name)
     if served is None:
-        raise ApiError(404, f"the model `{name}` does not exist; served here: {', '.join(models)}", "invalid_request_error",
-                       "model", "model_not_found")
+        raise ApiError(
+            404,
+            f"the model `{name}` does not exist; served here: {', '.join(models)}",
+            "invalid_request_error",
+            "model",
+            "model_not_found",
+        )
     messages = _messages(req.get("messages"))
     opts = {key: field.check(key, req.get(key)) for key, field in FIELDS.items()}
     options = req.get("stream_options")
@@ -206,9 +238,19 @@ def parse_request(body: bytes, models: dict[str, Served]) -> tuple[Served, list[
     if req.get("logit_bias") not in (None, {}):
         raise ApiError(400, "`logit_bias` is not supported", param="logit_bias")
     max_tokens = opts["max_completion_tokens"] or opts["max_tokens"] or DEFAULT_MAX_TOKENS
-    return served, messages, {"max_tokens": max_tokens, "temperature": opts["temperature"], "seed": opts["seed"],
-                              "top_p": opts["top_p"], "stop": _stops(req.get("stop")), "stream": opts["stream"],
-                              "include_usage": INCLUDE_USAGE.check("stream_options.include_usage", (options or {}).get("include_usage"))}
+    return (
+        served,
+        messages,
+        {
+            "max_tokens": max_tokens,
+            "temperature": opts["temperature"],
+            "seed": opts["seed"],
+            "top_p": opts["top_p"],
+            "stop": _stops(req.get("stop")),
+            "stream": opts["stream"],
+            "include_usage": INCLUDE_USAGE.check("stream_options.include_usage", (options or {}).get("include_usage")),
+        },
+    )
 
 
 WILDCARDS = ("", "0.0.0.0", "::")
@@ -228,7 +270,7 @@ def _host_name(header: str) -> str:
     """`name`, `name:port`, `[v6]:port` -> the name, lowercased, without brackets or a trailing dot."""
     value = header.strip().lower()
     if value.startswith("["):
-        value = value[1:value.find("]")] if "]" in value else value[1:]
+        value = value[1 : value.find("]")] if "]" in value else value[1:]
     elif value.count(":") == 1:
         value = value.split(":")[0]
     return value.rstrip(".")
@@ -247,7 +289,9 @@ def read_api_key(key: str | None, key_file: Path | None) -> str | None:
     """The API key from --api-key / GITBAKE_API_KEY or from --api-key-file (its first line)."""
     if key_file is None:
         if key is not None and not key.strip():
-            raise UsageError("the API key is empty", "set GITBAKE_API_KEY to a non-empty key, or use --api-key-file FILE")
+            raise UsageError(
+                "the API key is empty", "set GITBAKE_API_KEY to a non-empty key, or use --api-key-file FILE"
+            )
         return key
     if key is not None:
         raise UsageError("give the API key once: --api-key-file, or --api-key / GITBAKE_API_KEY, not both")
@@ -263,8 +307,15 @@ def read_api_key(key: str | None, key_file: Path | None) -> str | None:
 
 
 class Server:
-    def __init__(self, models: dict[str, Served], host: str, port: int, api_key: str | None,
-                 max_prompt_tokens: int | None = None, allow_hosts: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        models: dict[str, Served],
+        host: str,
+        port: int,
+        api_key: str | None,
+        max_prompt_tokens: int | None = None,
+        allow_hosts: Sequence[str] = (),
+    ) -> None:
         self.models, self.api_key, self.max_prompt_tokens = models, api_key, max_prompt_tokens
         self.hosts = allowed_hosts(host, allow_hosts)
         handler = _handler(self)
@@ -272,8 +323,10 @@ class Server:
         try:
             self.httpd = server_class((host, port), handler)
         except OSError as exc:
-            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                             "choose another port with --port (0 picks a free one)") from None
+            raise UsageError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                "choose another port with --port (0 picks a free one)",
+            ) from None
 
     @property
     def url(self) -> str:
@@ -298,8 +351,12 @@ class Server:
         if self.hosts is None or header is None:  # no Host: not a browser, so not DNS rebinding
             return
         if _host_name(header) not in self.hosts:
-            raise ApiError(403, f"the Host header {_show(header)} does not name this server; if clients reach it by that name, "
-                                f"start it with --allow-host {_host_name(header) or 'NAME'}", code="host_not_allowed")
+            raise ApiError(
+                403,
+                f"the Host header {_show(header)} does not name this server; if clients reach it by that name, "
+                f"start it with --allow-host {_host_name(header) or 'NAME'}",
+                code="host_not_allowed",
+            )
 
     def check_key(self, header: str | None) -> None:
         if self.api_key is None:
@@ -307,14 +364,24 @@ class Server:
         # constant time: how long the comparison takes must not tell how much of a guess was right
         expected = f"Bearer {self.api_key}".encode("utf-8", "surrogateescape")
         if not hmac.compare_digest((header or "").encode("utf-8", "surrogateescape"), expected):
-            raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer KEY`", "invalid_request_error",
-                           None, "invalid_api_key")
+            raise ApiError(
+                401,
+                "missing or wrong API key: send `Authorization: Bearer KEY`",
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
+            )
 
     def prompt_limit(self, served: Served, max_tokens: int) -> tuple[int, str] | None:
         """The most prompt tokens a request may send, and where that limit comes from."""
         limits = []
         if served.context is not None:
-            limits.append((served.context - max_tokens, f"the model's context of {served.context} tokens minus max_tokens {max_tokens}"))
+            limits.append(
+                (
+                    served.context - max_tokens,
+                    f"the model's context of {served.context} tokens minus max_tokens {max_tokens}",
+                )
+            )
         if self.max_prompt_tokens is not None:
             limits.append((self.max_prompt_tokens, "--max-prompt-tokens"))
         return min(limits) if limits else None
@@ -327,9 +394,15 @@ class Server:
         limit = self.prompt_limit(served, opts["max_tokens"])
         if limit is not None and len(ids) > limit[0]:
             hint = "shorten the conversation" + (" or lower max_tokens" if "context" in limit[1] else "")
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; this server takes at most {max(limit[0], 0)} ({limit[1]}): {hint}",
-                           param="messages", code="context_length_exceeded")
-        return served.batcher.submit(Request(ids, opts["temperature"], opts["max_tokens"], opts["seed"], opts["top_p"], opts["stop"]))
+            raise ApiError(
+                400,
+                f"the prompt is {len(ids)} tokens; this server takes at most {max(limit[0], 0)} ({limit[1]}): {hint}",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return served.batcher.submit(
+            Request(ids, opts["temperature"], opts["max_tokens"], opts["seed"], opts["top_p"], opts["stop"])
+        )
 
 
 class _HTTPServer6(_HTTPServer):
@@ -364,7 +437,9 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
         def _refuse(self, exc: Exception) -> None:
             """Every failure gets an answer: an OpenAI-shaped error, never a dropped connection."""
             if not isinstance(exc, ApiError):  # a bug, not the client's fault: say so, and keep serving
-                sys.stderr.write(f"git bake serve: internal error on {self.command} {self.path}: {type(exc).__name__}: {exc}\n")
+                sys.stderr.write(
+                    f"git bake serve: internal error on {self.command} {self.path}: {type(exc).__name__}: {exc}\n"
+                )
                 exc = ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
                 self.close_connection = True
             self._json(exc.status, exc.body())
@@ -372,8 +447,14 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
         timeout = 60  # a client that stops sending in the middle of a request is dropped, not waited on forever
 
         def _model(self, name: str, s: Served) -> dict[str, Any]:
-            return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "gitbake",
-                    "commit": s.version.commit, "adapters": list(s.version.adapters)}
+            return {
+                "id": name,
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": "gitbake",
+                "commit": s.version.commit,
+                "adapters": list(s.version.adapters),
+            }
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             try:
@@ -387,8 +468,12 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                     self._json(200, self._model(name, server.models[name]))
                     return
                 if name is not None:
-                    raise ApiError(404, f"the model `{name}` does not exist", "invalid_request_error", "model", "model_not_found")
-                raise ApiError(404, f"no route {self.path}; try GET /v1/models or POST /v1/chat/completions", code="not_found")
+                    raise ApiError(
+                        404, f"the model `{name}` does not exist", "invalid_request_error", "model", "model_not_found"
+                    )
+                raise ApiError(
+                    404, f"no route {self.path}; try GET /v1/models or POST /v1/chat/completions", code="not_found"
+                )
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 raise
             except Exception as exc:
@@ -454,10 +539,24 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
             except RuntimeError as exc:  # the batch failed: its message, as a server error
                 self._json(500, ApiError(500, str(exc), "server_error").body())
                 return
-            self._json(200, {"id": cid, "object": "chat.completion", "created": created, "model": name,
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                          "finish_reason": info.get("finish_reason", "stop"), "logprobs": None}],
-                             "usage": _usage(info)})
+            self._json(
+                200,
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": name,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": info.get("finish_reason", "stop"),
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": _usage(info),
+                },
+            )
 
         def _stream(self, req: Any, name: str, cid: str, created: int, include_usage: bool) -> None:
             self.send_response(200)
@@ -468,8 +567,13 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
 
             def chunk(delta: dict[str, Any], finish: str | None = None) -> None:
-                payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+                payload = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                }
                 self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
                 self.wfile.flush()
 
@@ -483,8 +587,14 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 else:
                     chunk({}, value.get("finish_reason", "stop"))
                     if include_usage:
-                        payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                                   "choices": [], "usage": _usage(value)}
+                        payload = {
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": name,
+                            "choices": [],
+                            "usage": _usage(value),
+                        }
                         self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
@@ -503,8 +613,13 @@ def load_served(repo: Any, revs: list[str], max_batch: int = 16) -> dict[str, Se
         if version.name in models:
             continue  # two revisions with the same model: serve it once
         loaded = load(repo, version)
-        models[version.name] = Served(version.name, version, loaded, Batcher(loaded.model, loaded.tokenizer, max_batch),
-                                      context_length(loaded.model))
+        models[version.name] = Served(
+            version.name,
+            version,
+            loaded,
+            Batcher(loaded.model, loaded.tokenizer, max_batch),
+            context_length(loaded.model),
+        )
     if not models:
         raise GitbakeError("nothing to serve", "give a revision with a baked model: git bake serve HEAD")
     return models

@@ -6,13 +6,14 @@ so resolving a revision (and refusing a bad one) stays fast.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from gitbake.repo import modeldir
 from gitbake.errors import UsageError
+from gitbake.repo import modeldir
 from gitbake.repo.modelversion import CarriesModel, ModelVersion
 from gitbake.repo.repo import ModelRepo
 
@@ -30,14 +31,23 @@ class Version(CarriesModel):
     def parent(self) -> Version:
         """The model this version was baked on (the base model for a first bake)."""
         if not self.adapters:
-            raise UsageError(f"{self.rev} is the base model {self.base_model}: it has no parent to compare with",
-                             "give two revisions: git bake diff REV1 REV2")
+            raise UsageError(
+                f"{self.rev} is the base model {self.base_model}: it has no parent to compare with",
+                "give two revisions: git bake diff REV1 REV2",
+            )
         name = f"parent of {self.name}" if len(self.adapters) > 1 else self.base_model
         return Version(f"{self.rev} (parent model)", self.commit, name, self.model.parent())
 
     def as_json(self) -> dict[str, object]:
-        return {"rev": self.rev, "commit": self.commit, "name": self.name, "base_model": self.base_model,
-                "adapters": list(self.adapters), "model_name": self.model_name, "checkpoint": self.checkpoint}
+        return {
+            "rev": self.rev,
+            "commit": self.commit,
+            "name": self.name,
+            "base_model": self.base_model,
+            "adapters": list(self.adapters),
+            "model_name": self.model_name,
+            "checkpoint": self.checkpoint,
+        }
 
 
 def resolve(repo: ModelRepo, rev: str, checkpoint: int | None = None) -> Version:
@@ -51,8 +61,10 @@ def resolve(repo: ModelRepo, rev: str, checkpoint: int | None = None) -> Version
         saved = checkpoints(repo, rev)
         if not v.adapters or checkpoint not in saved:
             have = ", ".join(str(s) for s in sorted(saved)) or "none"
-            raise UsageError(f"{rev}'s bake has no checkpoint at step {checkpoint} (saved: {have})",
-                             "bakes keep checkpoints when BAKE.checkpoint asks (e.g. `- save_every_n_steps: 50`)")
+            raise UsageError(
+                f"{rev}'s bake has no checkpoint at step {checkpoint} (saved: {have})",
+                "bakes keep checkpoints when BAKE.checkpoint asks (e.g. `- save_every_n_steps: 50`)",
+            )
         model = ModelVersion(model.base_model, model.adapters[:-1] + (saved[checkpoint],), model.model_name)
         name = f"{name}@{checkpoint}"
     return Version(rev, v.commit, name, model, checkpoint)
@@ -67,8 +79,8 @@ def checkpoints(repo: ModelRepo, rev: str) -> dict[int, str]:
     step = next((s for s in reversed(recipe.steps) if s.action == "run_bake"), None)
     out: dict[int, str] = {}
     for k, digest in ((step.outputs or {}) if step else {}).items():
-        if k.startswith("checkpoint_") and k[len("checkpoint_"):].isdigit():
-            out[int(k[len("checkpoint_"):])] = digest
+        if k.startswith("checkpoint_") and k[len("checkpoint_") :].isdigit():
+            out[int(k[len("checkpoint_") :])] = digest
     return out
 
 

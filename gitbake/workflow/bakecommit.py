@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitbake.contract import bread as bread_mod
 from gitbake import git
-from gitbake.repo import leases, reach, revfiles
+from gitbake.contract import bread as bread_mod
 from gitbake.contract import recipe as recipe_mod
 from gitbake.contract.config import INPUT_FILE
 from gitbake.contract.inputtext import comment_out
-from gitbake.errors import GitbakeError, StoreCorruptError
-from gitbake.store.objects import Store
-from gitbake.repo.storepath import store_root
-from gitbake.repo.plan import Plan
 from gitbake.contract.recipe import BakeResource, Recipe, Step
+from gitbake.errors import GitbakeError, StoreCorruptError
+from gitbake.repo import leases, reach, revfiles
+from gitbake.repo.plan import Plan
+from gitbake.repo.storepath import store_root
+from gitbake.store.objects import Store
 
 PENDING_PREFIX = "refs/bake/"
 TRAILER = recipe_mod.TRAILER
@@ -54,11 +54,17 @@ class Outputs:
     checkpoints: dict[str, str] = field(default_factory=dict)  # training step -> adapter manifest
 
 
-def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, out: Outputs) -> tuple[bread_mod.Bread, Recipe]:
+def compose(
+    plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, out: Outputs
+) -> tuple[bread_mod.Bread, Recipe]:
     """The `.bread` and `recipe.yml` of the model this bake made, from the trigger commit's."""
     assert plan.bake is not None
     b = bread_mod.parse(bread_mod.dumps(old_bread))  # a copy: the caller's stays as it was
-    r = Recipe.model_validate(old_recipe.model_dump()) if old_recipe is not None else recipe_mod.new(plan.parent.base_model)
+    r = (
+        Recipe.model_validate(old_recipe.model_dump())
+        if old_recipe is not None
+        else recipe_mod.new(plan.parent.base_model)
+    )
     r.base_model = r.base_model or plan.parent.base_model
     r.format = recipe_mod.FORMAT
     repo_name = b.repo_name or "model"
@@ -69,8 +75,20 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
     prompts = dict(b.prompts)
     for ref, p in plan.prompts.items():
         prompts[ref] = bread_mod.Named(p.key, p.name)
-        if not any(s.action == "create_prompt" and s.key == p.key and (s.model_extra or {}).get("ref") == ref for s in r.steps):
-            _add(r, _step(action="create_prompt", resource_type="prompt", resource_name=p.name, config=p.config, key=p.key, ref=ref))
+        if not any(
+            s.action == "create_prompt" and s.key == p.key and (s.model_extra or {}).get("ref") == ref for s in r.steps
+        ):
+            _add(
+                r,
+                _step(
+                    action="create_prompt",
+                    resource_type="prompt",
+                    resource_name=p.name,
+                    config=p.config,
+                    key=p.key,
+                    ref=ref,
+                ),
+            )
             if p.name not in r.resources.prompts:
                 r.resources.prompts.append(p.name)
     b.set_prompts(prompts)
@@ -80,12 +98,40 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
         b.sections["TARGET"] = {"hash": t.key, "target_name": t.name}
         if not any(s.action == "create_target" and s.key == t.key for s in r.steps):
             deps = [f"prompt:{plan.prompts[t.teacher].name}", f"prompt:{plan.prompts[t.student].name}"]
-            _add(r, _step(action="create_target", resource_type="target", resource_name=t.name, dependencies=deps,
-                         config=t.config, key=t.key, stim_key=t.stim_key))
-            _add(r, _step(action="run_stim", resource_type="target", resource_name=t.name, dependencies=[f"target:{t.name}"],
-                         key=t.stim_key, outputs={"manifest": out.stim} if out.stim else None))
-            _add(r, _step(action="run_rollout", resource_type="target", resource_name=t.name,
-                         dependencies=[f"target:{t.name}:stim_complete"], key=t.key, outputs={"manifest": out.rollout} if out.rollout else None))
+            _add(
+                r,
+                _step(
+                    action="create_target",
+                    resource_type="target",
+                    resource_name=t.name,
+                    dependencies=deps,
+                    config=t.config,
+                    key=t.key,
+                    stim_key=t.stim_key,
+                ),
+            )
+            _add(
+                r,
+                _step(
+                    action="run_stim",
+                    resource_type="target",
+                    resource_name=t.name,
+                    dependencies=[f"target:{t.name}"],
+                    key=t.stim_key,
+                    outputs={"manifest": out.stim} if out.stim else None,
+                ),
+            )
+            _add(
+                r,
+                _step(
+                    action="run_rollout",
+                    resource_type="target",
+                    resource_name=t.name,
+                    dependencies=[f"target:{t.name}:stim_complete"],
+                    key=t.key,
+                    outputs={"manifest": out.rollout} if out.rollout else None,
+                ),
+            )
             if t.name not in r.resources.targets:
                 r.resources.targets.append(t.name)
 
@@ -93,20 +139,53 @@ def compose(plan: Plan, old_bread: bread_mod.Bread, old_recipe: Recipe | None, o
     b.sections["BAKE"] = {"hash": bk.key, "bake_name": bk.name}
     deps = [f"target:{d.name}:rollout_complete" for d in bk.datasets] + ([f"bake:{parent_bake}"] if parent_bake else [])
     inputs = [{"target": d.name, "key": d.key, "weight": d.weight} for d in bk.datasets]
-    _add(r, _step(action="create_bake", resource_type="bake", resource_name=bk.name, dependencies=deps, config=bk.config,
-                 key=bk.key, datasets=inputs, parent={"model_name": plan.parent.model_name, "adapters": list(plan.parent.adapters)}))
+    _add(
+        r,
+        _step(
+            action="create_bake",
+            resource_type="bake",
+            resource_name=bk.name,
+            dependencies=deps,
+            config=bk.config,
+            key=bk.key,
+            datasets=inputs,
+            parent={"model_name": plan.parent.model_name, "adapters": list(plan.parent.adapters)},
+        ),
+    )
     outputs = {"adapter": out.adapter} | ({"report": out.report} if out.report else {})
-    outputs |= {f"checkpoint_{step}": digest for step, digest in sorted(out.checkpoints.items(), key=lambda kv: int(kv[0]))}
-    _add(r, _step(action="run_bake", resource_type="bake", resource_name=bk.name, dependencies=[f"bake:{bk.name}"],
-                 key=bk.key, outputs=outputs))
-    r.resources.bakes.append(BakeResource(bake_name=bk.name, model_names=[name], key=bk.key, adapter=out.adapter,
-                                          parent=parent_bake, metrics=out.metrics))
+    outputs |= {
+        f"checkpoint_{step}": digest for step, digest in sorted(out.checkpoints.items(), key=lambda kv: int(kv[0]))
+    }
+    _add(
+        r,
+        _step(
+            action="run_bake",
+            resource_type="bake",
+            resource_name=bk.name,
+            dependencies=[f"bake:{bk.name}"],
+            key=bk.key,
+            outputs=outputs,
+        ),
+    )
+    r.resources.bakes.append(
+        BakeResource(
+            bake_name=bk.name,
+            model_names=[name],
+            key=bk.key,
+            adapter=out.adapter,
+            parent=parent_bake,
+            metrics=out.metrics,
+        )
+    )
 
     chain = list(plan.parent.adapters) + [out.adapter]
     b.sections["PARENT_MODEL"] = {"model_name": name, "adapters": json.dumps(chain)}
     b.set("REPO", "base_model", b.base_model or plan.parent.base_model)
-    b.sections["RECIPE"] = {"base_model": r.base_model or plan.parent.base_model, "total_steps": str(len(r.steps)),
-                            "recipe_file": recipe_mod.RECIPE_FILE}
+    b.sections["RECIPE"] = {
+        "base_model": r.base_model or plan.parent.base_model,
+        "total_steps": str(len(r.steps)),
+        "recipe_file": recipe_mod.RECIPE_FILE,
+    }
     b.sections[f"RECIPE.BAKES.{bk.name}"] = {"model_names": json.dumps([name])}
     return b, r
 
@@ -139,7 +218,10 @@ def message(plan: Plan, trigger: str, subject: str, metrics: dict[str, Any]) -> 
     assert plan.bake is not None
     lines = [f"bake: {plan.bake.name}", ""]
     if metrics.get("gap_closed") is not None:
-        lines.append(f"gap_closed {metrics['gap_closed']:.3f} (KL {metrics['d_before']:.4f} -> {metrics['d_after']:.4f} nats/token)")
+        lines.append(
+            f"gap_closed {metrics['gap_closed']:.3f} (KL {metrics['d_before']:.4f} -> {metrics['d_after']:.4f} "
+            "nats/token)"
+        )
     if metrics.get("final_loss") is not None:
         lines.append(f"final loss {metrics['final_loss']:.4f} after {metrics.get('steps')} steps")
     lines += [f"Baked from input.yml of {trigger[:12]} ({subject}).", "", f"{TRAILER}: {trigger}", ""]
@@ -168,8 +250,10 @@ def make_commit(root: Path, trigger: str, branch_ref: str | None, files: dict[st
         try:
             sync_worktree(root, trigger, new, files, result)
         except GitbakeError as exc:  # the commit stands; say what is left to do
-            result.warning = (f"the bake commit is made, but the working tree could not be updated ({exc.message}); "
-                              "run `git reset --keep HEAD` to bring it up to date")
+            result.warning = (
+                f"the bake commit is made, but the working tree could not be updated ({exc.message}); "
+                "run `git reset --keep HEAD` to bring it up to date"
+            )
     return result
 
 
@@ -177,7 +261,9 @@ def _move(root: Path, trigger: str, branch_ref: str | None, new: str, msg: str) 
     """Compare-and-swap the branch (or a detached HEAD) from `trigger` to `new`."""
     # moving the branch under a rebase, merge or cherry-pick would break it; a detached bake must not
     # move a HEAD that has since been put on a branch
-    blocked = git.operation_in_progress(root) is not None or (branch_ref is None and git.symbolic_head(root) is not None)
+    blocked = git.operation_in_progress(root) is not None or (
+        branch_ref is None and git.symbolic_head(root) is not None
+    )
     return not blocked and git.update_ref(root, branch_ref or "HEAD", new, trigger, msg.splitlines()[0])
 
 
@@ -193,13 +279,28 @@ def check_present(store: Store, root: Path, trigger: str, files: dict[str, bytes
     missing = sorted(d for d in added if not store.has(d))
     for digest in sorted(added - set(missing)):
         if store.is_manifest(digest):
-            missing += [f"{e.digest} ({rel} of {digest[:12]})" for rel, e in sorted(store.read_manifest(digest).files.items())
-                        if not store.has(e.digest)]
+            missing += [
+                f"{e.digest} ({rel} of {digest[:12]})"
+                for rel, e in sorted(store.read_manifest(digest).files.items())
+                if not store.has(e.digest)
+            ]
     unrecorded = _unrecorded(root, trigger, files)
     if missing or unrecorded:
-        what = [f"{len(missing)} object(s) that are no longer in the store ({store.root}): " + ", ".join(missing)] if missing else []
-        what += [f"no questions / answers for {', '.join(unrecorded)}: their stage keys are gone from the store"] if unrecorded else []
-        rerun = "run `git bake run stim rollout` (it makes again only what is gone), then `git bake run`" if unrecorded else "run `git bake run` again"
+        what = (
+            [f"{len(missing)} object(s) that are no longer in the store ({store.root}): " + ", ".join(missing)]
+            if missing
+            else []
+        )
+        what += (
+            [f"no questions / answers for {', '.join(unrecorded)}: their stage keys are gone from the store"]
+            if unrecorded
+            else []
+        )
+        rerun = (
+            "run `git bake run stim rollout` (it makes again only what is gone), then `git bake run`"
+            if unrecorded
+            else "run `git bake run` again"
+        )
         raise StoreCorruptError(
             "the bake commit would record " + "; and ".join(what) + "; nothing was committed",
             "something deleted them during the bake (a `git bake store gc` of an older gitbake, or by hand): "
@@ -254,7 +355,7 @@ def pending(root: Path, branch_ref: str | None) -> dict[str, str]:
     `refs/bake/<branch>/<12 hex>`, so branch `f` never sees branch `f/x`'s results."""
     where = (branch_ref or "HEAD").removeprefix("refs/heads/")
     prefix = f"{PENDING_PREFIX}{where}/"
-    return {ref: sha for ref, sha in git.refs(root, prefix).items() if _PENDING_LEAF.match(ref[len(prefix):])}
+    return {ref: sha for ref, sha in git.refs(root, prefix).items() if _PENDING_LEAF.match(ref[len(prefix) :])}
 
 
 def take_pending(root: Path, ref: str, force: bool = False) -> CommitResult:
@@ -273,7 +374,8 @@ def take_pending(root: Path, ref: str, force: bool = False) -> CommitResult:
     if here != git.show(root, trigger, bread_mod.BREAD_FILE) and not force:
         raise UsageError(
             f"this branch has a different model than when {ref} was baked (another bake or a merge landed since)",
-            "taking it would replace that lineage: run `git bake fetch --force` to take it anyway, or `git bake run` to bake again on top",
+            "taking it would replace that lineage: run `git bake fetch --force` to take it anyway, or `git bake run` "
+            "to bake again on top",
         )
     files = {p: git.show(root, commit, p) or b"" for p in (bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE)}
     if git.show(root, head, INPUT_FILE) == git.show(root, trigger, INPUT_FILE):

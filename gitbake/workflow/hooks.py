@@ -9,7 +9,8 @@ starts no Python.
 A hook never breaks git: outside a gitbake repository, during a rebase or cherry-pick it does nothing,
 and an internal error is a warning (exit 0) — except `pre-commit`, which always checks a staged
 input.yml (a rebase included) and fails closed (an input.yml it could not check is not committed;
-`git commit --no-verify` is the way around), and `pre-push`, which stops a push whose models could not be uploaded (as git-lfs does).
+`git commit --no-verify` is the way around), and `pre-push`, which stops a push whose models could not be
+uploaded (as git-lfs does).
 
 This module is on the hot path of every commit and checkout: it imports nothing heavy at module level.
 """
@@ -20,8 +21,8 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gitbake import git
 from gitbake.errors import ConfigError, GitbakeError
@@ -69,12 +70,18 @@ def install(root: Path) -> list[str]:
         if text is not None and SHIM_MARK not in text and "husky" in text:
             # husky's hooks find their script by their own file name: renamed to .legacy they would silently
             # do nothing. Leave them, and say how to chain ours.
-            notes.append(f"your {name} hook is husky's: left as it is; add the line `git bake hook {name} \"$@\"` to .husky/{name}")
+            notes.append(
+                f'your {name} hook is husky\'s: left as it is; add the line `git bake hook {name} "$@"` to '
+                f".husky/{name}"
+            )
             continue
         if text is not None and SHIM_MARK not in text:
             if is_bgit_hook(text):
                 path.replace(d / f"{name}.bgit")
-                notes.append(f"set bgit's {name} hook aside as {name}.bgit (it calls `bgit update-bread`, which needs Bread's cloud)")
+                notes.append(
+                    f"set bgit's {name} hook aside as {name}.bgit (it calls `bgit update-bread`, which needs Bread's "
+                    "cloud)"
+                )
             else:
                 legacy = d / f"{name}.legacy"
                 if legacy.exists():
@@ -181,8 +188,10 @@ def _fail_closed(check: Callable[[], int]) -> int:
         say(f"commit stopped: fix input.yml and commit again (or {way_around})")
         return 1
     except Exception as exc:  # noqa: BLE001 - fail closed, whatever went wrong
-        say(f"internal error in the pre-commit hook ({type(exc).__name__}: {exc}): input.yml could not be checked, "
-            f"so the commit is stopped. Run `git bake validate` to see the problem, or {way_around}; please report it.")
+        say(
+            f"internal error in the pre-commit hook ({type(exc).__name__}: {exc}): input.yml could not be checked, "
+            f"so the commit is stopped. Run `git bake validate` to see the problem, or {way_around}; please report it."
+        )
         return 1
 
 
@@ -235,9 +244,12 @@ def post_commit(root: Path, args: list[str]) -> int:
     why = should_bake(root, head)
     if why is not None:
         if why in ("revert", "lineage") and has_sections(git.show(root, head, INPUT) or b""):
-            say("a revert: nothing to bake; .bake/model follows the reverted .bread" if why == "revert" else
-                "not baking: this commit changes .bread or recipe.yml as well as input.yml "
-                "(commit input.yml on its own to bake it, or run `git bake run`)")
+            say(
+                "a revert: nothing to bake; .bake/model follows the reverted .bread"
+                if why == "revert"
+                else "not baking: this commit changes .bread or recipe.yml as well as input.yml "
+                "(commit input.yml on its own to bake it, or run `git bake run`)"
+            )
         # a revert of a bake commit (or any commit that changes .bread) brings another model: follow it
         return _refresh(root)
     if not has_sections(git.show(root, head, INPUT) or b""):
@@ -267,10 +279,15 @@ def post_commit(root: Path, args: list[str]) -> int:
     ahead = jobs.active(repo)
     job = jobs.start(repo, head, branch)
     if ahead:
-        say(f"another bake is running (job {ahead[0].id}); this commit's bake is queued behind it as job {job.id}. "
-            f"`git bake jobs` lists them; `git bake jobs cancel {job.id}` drops this one.")
+        say(
+            f"another bake is running (job {ahead[0].id}); this commit's bake is queued behind it as job {job.id}. "
+            f"`git bake jobs` lists them; `git bake jobs cancel {job.id}` drops this one."
+        )
     else:
-        say(f"baking in the background (job {job.id}). `git bake status` shows progress; `git bake jobs wait` waits for it.")
+        say(
+            f"baking in the background (job {job.id}). `git bake status` shows progress; `git bake jobs wait` waits "
+            "for it."
+        )
     return 0
 
 
@@ -303,14 +320,24 @@ def _check_rebased(root: Path, rewritten: list[str]) -> None:
     head = git.rev_parse(root, "HEAD")
     for stale in stale_bakes(root, rewritten):
         c = stale.commit[:12]
-        left_out = f"; its model leaves out {len(stale.left_out)} adapter(s) of its new parent's" if stale.left_out else ""
-        fix = (f"`git reset --keep {c}~1 && git bake run`" if stale.commit == head
-               else f"`git rebase -i {c}~1` (delete its line), then `git bake run` on its parent")
-        say(f"warning: bake commit {c} was rebased onto another model than the one it was baked on{left_out}. "
-            f"Drop it and bake its input.yml again on the new base: {fix}; or undo the rebase: `git reset --keep ORIG_HEAD`")
+        left_out = (
+            f"; its model leaves out {len(stale.left_out)} adapter(s) of its new parent's" if stale.left_out else ""
+        )
+        fix = (
+            f"`git reset --keep {c}~1 && git bake run`"
+            if stale.commit == head
+            else f"`git rebase -i {c}~1` (delete its line), then `git bake run` on its parent"
+        )
+        say(
+            f"warning: bake commit {c} was rebased onto another model than the one it was baked on{left_out}. "
+            f"Drop it and bake its input.yml again on the new base: {fix}; or undo the rebase: `git reset --keep "
+            "ORIG_HEAD`"
+        )
     if head in rewritten and should_bake(root, head) is None and has_sections(git.show(root, head, INPUT) or b""):
-        say(f"the rebased commit {head[:12]} changes input.yml and its bake is not on this branch: "
-            "`git bake run` bakes it on the new base")
+        say(
+            f"the rebased commit {head[:12]} changes input.yml and its bake is not on this branch: "
+            "`git bake run` bakes it on the new base"
+        )
 
 
 def _refresh(root: Path) -> int:
@@ -335,8 +362,11 @@ def _refresh(root: Path) -> int:
     store = open_store(root)
     state = modeldir.refresh(root, store, fetch, git.rev_parse(root, "HEAD"))
     if state["state"] == "missing":
-        say(f".bake/model is stale: the model of this commit needs {len(state['missing'])} object(s) that are not in the store "
-            f"({', '.join(d[:12] for d in state['missing'][:3])}); fetch them with `git bake pull`")
+        say(
+            f".bake/model is stale: the model of this commit needs {len(state['missing'])} object(s) that are not in "
+            "the store "
+            f"({', '.join(d[:12] for d in state['missing'][:3])}); fetch them with `git bake pull`"
+        )
     elif state["state"] == "updated":
         n = len(state["adapters"])
         say(f".bake/model is now {state.get('model_name') or 'the base model'} ({n} adapter{'s' if n != 1 else ''})")
@@ -364,12 +394,15 @@ def pre_push(root: Path, args: list[str]) -> int:
     if (git.config_get(root, AUTOPUSH_CONFIG) or "").lower() not in ("true", "1", "yes", "on"):
         return 0
     from gitbake.repo import reach
-    from gitbake.store import remote
     from gitbake.repo.repo import open_repo
+    from gitbake.store import remote
 
     name = remote.default_remote(root)
     if name is None:
-        say("bake.autoPush is on but no bake remote is configured (git bake remote add NAME URL); pushing without models")
+        say(
+            "bake.autoPush is on but no bake remote is configured (git bake remote add NAME URL); pushing without "
+            "models"
+        )
         return 0
     shas = []
     for line in sys.stdin.read().splitlines():

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from gitbake.contract import bread as bread_mod
 from gitbake import git
+from gitbake.contract import bread as bread_mod
 from gitbake.contract import identity
 from gitbake.contract import recipe as recipe_mod
 from gitbake.contract.config import INPUT_FILE, NAME_PATTERN
@@ -74,7 +74,9 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
     if base_model is not None:
         base_model = _normalise_base_model(base_model, directory)
     if name is not None and not re.match(NAME_PATTERN, name):
-        raise UsageError(f"--name `{name}` is not a valid name", "use letters, digits, `.`, `_` and `-` (no spaces or `/`)")
+        raise UsageError(
+            f"--name `{name}` is not a valid name", "use letters, digits, `.`, `_` and `-` (no spaces or `/`)"
+        )
 
     old_bread = bread_mod.read(directory) if directory.exists() else None
     old_recipe = recipe_mod.read(directory) if directory.exists() else None
@@ -116,17 +118,24 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
         report.written.append(".gitattributes")
 
     if git.config_unset_section(root, "merge.keepTheirs"):
-        report.notes.append("replaced bgit's `keepTheirs` merge setting, which kept the current side, with one that takes the incoming lineage")
+        report.notes.append(
+            "replaced bgit's `keepTheirs` merge setting, which kept the current side, with one that takes the incoming "
+            "lineage"
+        )
     git.config_set(root, f"merge.{MERGE_DRIVER}.name", "gitbake: take the incoming model lineage")
     git.config_set(root, f"merge.{MERGE_DRIVER}.driver", MERGE_DRIVER_CMD)
-    git.config_set(root, f"merge.{INPUT_DRIVER}.name", "gitbake: input.yml as text, or the incoming one when both are cleared")
+    git.config_set(
+        root, f"merge.{INPUT_DRIVER}.name", "gitbake: input.yml as text, or the incoming one when both are cleared"
+    )
     git.config_set(root, f"merge.{INPUT_DRIVER}.driver", INPUT_DRIVER_CMD)
     from gitbake.workflow import hooks
 
     report.notes += hooks.install(root)
 
     if name is not None and name != repo_name:
-        report.notes.append(f"kept the name `{repo_name}` recorded in .bread (--name {name} applies to new repositories)")
+        report.notes.append(
+            f"kept the name `{repo_name}` recorded in .bread (--name {name} applies to new repositories)"
+        )
     if old_recipe is not None and old_recipe.base_model != base and not old_recipe.adapters:
         old_recipe.base_model = base  # no bakes yet: the lineage may still change its base model
         if recipe_mod.write(root, old_recipe):
@@ -143,7 +152,9 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
 
         state = refresh_model(open_repo(root))
         if state["state"] == "missing":
-            report.notes.append(f"the model of HEAD needs {len(state['missing'])} object(s) that are not here: run `git bake pull`")
+            report.notes.append(
+                f"the model of HEAD needs {len(state['missing'])} object(s) that are not here: run `git bake pull`"
+            )
     return report
 
 
@@ -159,7 +170,9 @@ def _normalise_base_model(base_model: str, directory: Path) -> str:
     looks_like_path = base_model.startswith((".", "/", "~")) or as_path.is_dir()
     if looks_like_path:
         if not as_path.is_dir():
-            raise UsageError(f"--base-model directory `{base_model}` does not exist", "give the path of a saved model directory")
+            raise UsageError(
+                f"--base-model directory `{base_model}` does not exist", "give the path of a saved model directory"
+            )
         try:
             return as_path.relative_to(directory.resolve()).as_posix()
         except ValueError:
@@ -178,7 +191,8 @@ def _choose_base(requested: str | None, old: bread_mod.Bread | None, old_recipe:
             has_bakes = bool(old.parent_adapters) or bool(old_recipe and old_recipe.adapters)
             if has_bakes:
                 raise UsageError(
-                    f"this repository's models are baked on {old.base_model}; --base-model {requested} would orphan them",
+                    f"this repository's models are baked on {old.base_model}; --base-model {requested} would orphan "
+                    "them",
                     "start a new repository for another base model (`git bake init NEW_DIR --base-model ...`)",
                 )
             return requested

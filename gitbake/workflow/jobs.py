@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from gitbake import git
+from gitbake.contract.keys import digest_bytes
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.fsutil import write_atomic
-from gitbake.contract.keys import digest_bytes
 from gitbake.repo.repo import ModelRepo
 
 JOB_FILE = "job.json"
@@ -90,14 +90,18 @@ def jobs_dir(repo: ModelRepo) -> Path:
     return repo.store.root / "jobs"
 
 
-def start(repo: ModelRepo, trigger: str, branch: str | None, stages: list[str] | None = None, force: bool = False) -> Job:
+def start(
+    repo: ModelRepo, trigger: str, branch: str | None, stages: list[str] | None = None, force: bool = False
+) -> Job:
     """Start a detached job for the input.yml committed at `trigger` (queued behind a running one).
 
     A job that cannot be started (no room to record it, no process) leaves no record: the error says why."""
     same = [j for j in active(repo) if j.trigger == trigger]
     if same:
-        raise UsageError(f"job {same[0].id} is already baking {trigger[:12]} ({same[0].state})",
-                         "wait for it (`git bake jobs wait`) or cancel it (`git bake jobs cancel`)")
+        raise UsageError(
+            f"job {same[0].id} is already baking {trigger[:12]} ({same[0].state})",
+            "wait for it (`git bake jobs wait`) or cancel it (`git bake jobs cancel`)",
+        )
     jid = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     d = jobs_dir(repo) / jid
     job = Job(jid, str(repo.root), trigger, branch, stages, force, dir=str(d))
@@ -114,8 +118,10 @@ def start(repo: ModelRepo, trigger: str, branch: str | None, stages: list[str] |
             os.close(fd)  # ours only: the process's copy keeps the lock
     except OSError as exc:
         shutil.rmtree(d, ignore_errors=True)  # deleting needs no room: a half-made job is never left queued
-        raise GitbakeError(f"could not start a bake job in {jobs_dir(repo)}: {exc.strerror or exc}",
-                           "free space on the store's disk (`git bake store gc`), then run `git bake run`") from None
+        raise GitbakeError(
+            f"could not start a bake job in {jobs_dir(repo)}: {exc.strerror or exc}",
+            "free space on the store's disk (`git bake store gc`), then run `git bake run`",
+        ) from None
     # the job process records its own pid and state from here on: one writer of job.json at a time
     return job
 
@@ -124,8 +130,12 @@ def _spawn(repo: ModelRepo, job: Job, alive_fd: int) -> int:
     with open(job.log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gitbake.workflow.jobs", str(job.path)],
-            cwd=repo.root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env={**git.clean_env(), "PYTHONUNBUFFERED": "1"},
+            cwd=repo.root,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**git.clean_env(), "PYTHONUNBUFFERED": "1"},
             pass_fds=(alive_fd,),
         )
     return proc.pid
@@ -137,8 +147,11 @@ def load(d: Path) -> Job:
     if job.active and not _running(job):
         job.state = "died"
         why = _last_error(job.log_path)
-        job.error = job.error or ("the job's process ended without recording a result"
-                                  + (f" ({why})" if why else " (killed?)") + "; input.yml is intact: run `git bake run`")
+        job.error = job.error or (
+            "the job's process ended without recording a result"
+            + (f" ({why})" if why else " (killed?)")
+            + "; input.yml is intact: run `git bake run`"
+        )
     return job
 
 
@@ -179,7 +192,9 @@ def job_lock(repo: ModelRepo) -> Any:
     """One bake job per repository at a time; the next one waits here (state `queued`)."""
     from gitbake.store.locks import FileLock
 
-    return FileLock(repo.store.locks / f"job-{digest_bytes(str(repo.root).encode())[:16]}", timeout=7 * 86400, what="bake job")
+    return FileLock(
+        repo.store.locks / f"job-{digest_bytes(str(repo.root).encode())[:16]}", timeout=7 * 86400, what="bake job"
+    )
 
 
 def list_jobs(repo: ModelRepo) -> list[Job]:
@@ -200,7 +215,9 @@ def list_jobs(repo: ModelRepo) -> list[Job]:
 def find(repo: ModelRepo, jid: str | None) -> Job:
     all_jobs = list_jobs(repo)
     if not all_jobs:
-        raise UsageError("no bake jobs in this repository yet", "a commit of input.yml starts one; or run `git bake run --detach`")
+        raise UsageError(
+            "no bake jobs in this repository yet", "a commit of input.yml starts one; or run `git bake run --detach`"
+        )
     if jid is None:
         return all_jobs[0]
     matches = [j for j in all_jobs if j.id == jid or j.id.startswith(jid) or j.id.endswith(jid)]
@@ -229,7 +246,9 @@ def wait(job: Job, timeout: float | None = None, poll: float = 0.2) -> Job:
         if not job.active:
             return job
         if deadline is not None and time.monotonic() > deadline:
-            raise GitbakeError(f"job {job.id} is still {job.state} after {timeout:.0f}s", "wait longer, or `git bake jobs cancel`")
+            raise GitbakeError(
+                f"job {job.id} is still {job.state} after {timeout:.0f}s", "wait longer, or `git bake jobs cancel`"
+            )
         time.sleep(poll)
 
 
@@ -343,9 +362,12 @@ def _bake(job: Job) -> int:
         with job_lock(repo):
             job.state, job.started = "running", time.time()
             job.save()
-            print(f"job {job.id}: baking input.yml of {job.trigger[:12]} on {job.branch or 'a detached HEAD'}", flush=True)
-            report = run_and_commit(repo, job.stages, job.force, rev=job.trigger, branch_ref=job.branch,
-                                    say=lambda m: print(m, flush=True))
+            print(
+                f"job {job.id}: baking input.yml of {job.trigger[:12]} on {job.branch or 'a detached HEAD'}", flush=True
+            )
+            report = run_and_commit(
+                repo, job.stages, job.force, rev=job.trigger, branch_ref=job.branch, say=lambda m: print(m, flush=True)
+            )
             job.state, job.result = "done", report.as_json()
             for line in report.outcome():
                 print(line, flush=True)

@@ -33,8 +33,22 @@ def merge_input(base: Path, ours: Path, theirs: Path, label: str = "input.yml") 
     if not has_sections(a) and not has_sections(b):
         shutil.copyfile(theirs, ours)
         return 0
-    proc = subprocess.run(["git", "merge-file", "-L", f"{label} (ours)", "-L", f"{label} (base)", "-L", f"{label} (theirs)",
-                           str(ours), str(base), str(theirs)], capture_output=True)
+    proc = subprocess.run(
+        [
+            "git",
+            "merge-file",
+            "-L",
+            f"{label} (ours)",
+            "-L",
+            f"{label} (base)",
+            "-L",
+            f"{label} (theirs)",
+            str(ours),
+            str(base),
+            str(theirs),
+        ],
+        capture_output=True,
+    )
     if proc.returncode == 0:
         return 0
     if not has_sections(a):  # ours only records what was baked: the incoming input is what is left to run
@@ -49,10 +63,13 @@ def merge_lineage(base: Path, ours: Path, theirs: Path, label: str = ".bread", r
     o, a, b = base.read_bytes(), ours.read_bytes(), theirs.read_bytes()
     if a != o and b != o and a != b and _rebasing(root or Path.cwd()):
         if label != "recipe.yml":  # said once per commit: .bread and recipe.yml conflict together
-            print(f"gitbake: {label}: this commit is a bake made on another model than the new base's (the new base "
-                  "has bakes of its own); replaying it would make a model that leaves those out.\n"
-                  "gitbake: skip it: `git rebase --skip`; once the rebase is done, `git bake run` bakes its input.yml "
-                  "again on the new base (or `git rebase --abort` keeps the branch as it was)", file=sys.stderr)
+            print(
+                f"gitbake: {label}: this commit is a bake made on another model than the new base's (the new base "
+                "has bakes of its own); replaying it would make a model that leaves those out.\n"
+                "gitbake: skip it: `git rebase --skip`; once the rebase is done, `git bake run` bakes its input.yml "
+                "again on the new base (or `git rebase --abort` keeps the branch as it was)",
+                file=sys.stderr,
+            )
         return 1
     shutil.copyfile(theirs, ours)
     return 0

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
+from gitbake import git
 from gitbake.contract import config as cfg
 from gitbake.contract.config import Target
-from gitbake import git
-from gitbake.repo import leases, limits
 from gitbake.errors import GitbakeError, UsageError
+from gitbake.repo import leases, limits
 from gitbake.repo.plan import Plan, TargetPlan
 from gitbake.repo.repo import ModelRepo
 from gitbake.store.objects import Store
@@ -58,8 +59,10 @@ def committed_input(repo: ModelRepo) -> tuple[cfg.LoadedInput, list[str]]:
     if repo.rev is None:
         wt = repo.input_path.read_text(encoding="utf-8", errors="replace") if repo.input_path.exists() else ""
         if wt != text:
-            raise UsageError("input.yml has uncommitted changes; a bake runs the committed input.yml",
-                             "commit them (git commit -am '...'; the hook then bakes), or discard them: git checkout -- input.yml")
+            raise UsageError(
+                "input.yml has uncommitted changes; a bake runs the committed input.yml",
+                "commit them (git commit -am '...'; the hook then bakes), or discard them: git checkout -- input.yml",
+            )
     loaded = cfg.parse_input(text, repo.root)
     # files the generators read come from the working tree: say so when they differ from the commit
     target = loaded.config.TARGET
@@ -69,7 +72,9 @@ def committed_input(repo: ModelRepo) -> tuple[cfg.LoadedInput, list[str]]:
                 continue
             committed = git.show(repo.root, rev, Path(rel).as_posix())
             if committed != (repo.root / rel).read_bytes():
-                notes.append(f"{rel} differs from its committed version (or is not committed); the working tree's is used")
+                notes.append(
+                    f"{rel} differs from its committed version (or is not committed); the working tree's is used"
+                )
     return loaded, notes
 
 
@@ -115,8 +120,14 @@ def split_rollouts(store: Store, manifests: Iterable[str]) -> tuple[list[dict[st
 class Runner:
     """Runs the stages of one plan, loading the parent model at most once."""
 
-    def __init__(self, repo: ModelRepo, plan: Plan, loaded: cfg.LoadedInput, force: bool = False,
-                 say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        repo: ModelRepo,
+        plan: Plan,
+        loaded: cfg.LoadedInput,
+        force: bool = False,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.repo, self.plan, self.loaded, self.force = repo, plan, loaded, force
         self.store = repo.store
         self.say = say or (lambda msg: None)
@@ -128,7 +139,10 @@ class Runner:
     @property
     def target(self) -> TargetPlan:
         if self.plan.target is None:
-            raise UsageError("input.yml has no TARGET to make questions and answers for", "add a TARGET section, commit, and run again")
+            raise UsageError(
+                "input.yml has no TARGET to make questions and answers for",
+                "add a TARGET section, commit, and run again",
+            )
         return self.plan.target
 
     def model(self) -> Any:
@@ -148,9 +162,18 @@ class Runner:
             bake_cfg = self.plan.bake.config if self.plan.bake is not None else {}
             model_cfg = bake_cfg.get("model", {})
             # a bake's stages (its rollouts, training and eval) share one model, in the bake's dtype
-            dtype = bake_dtype(model_cfg.get("dtype"), deepspeed=bake_cfg.get("deepspeed") is not None) if bake_cfg else None
-            loaded = load(parent.base_model, adapters, root=self.repo.root, dtype=dtype,
-                          attn_implementation=model_cfg.get("attn_implementation"))
+            dtype = (
+                bake_dtype(model_cfg.get("dtype"), deepspeed=bake_cfg.get("deepspeed") is not None)
+                if bake_cfg
+                else None
+            )
+            loaded = load(
+                parent.base_model,
+                adapters,
+                root=self.repo.root,
+                dtype=dtype,
+                attn_implementation=model_cfg.get("attn_implementation"),
+            )
             check_loaded(self.loaded, self.plan, self.repo.root, loaded)
             self._model = loaded
         return self._model
@@ -165,9 +188,11 @@ class Runner:
             self.model()
 
     def _keys(self, stages: list[str]) -> list[tuple[str, str]]:
-        keys = {"stim": self.plan.target.stim_key if self.plan.target else None,
-                "rollout": self.plan.target.key if self.plan.target else None,
-                "bake": self.plan.bake.key if self.plan.bake else None}
+        keys = {
+            "stim": self.plan.target.stim_key if self.plan.target else None,
+            "rollout": self.plan.target.key if self.plan.target else None,
+            "bake": self.plan.bake.key if self.plan.bake else None,
+        }
         return [(s, k) for s, k in keys.items() if s in stages and k is not None]  # a stage without one refuses itself
 
     def reset_model(self) -> None:
@@ -198,9 +223,16 @@ class Runner:
 
         started = time.monotonic()
         target_cfg = Target.model_validate(t.config)  # resolved: an inherited template is already applied
-        needs_local = any(isinstance(g, cfg.OneshotGenerator) and g.model is None and g.base_url is None for g in target_cfg.generators)
+        needs_local = any(
+            isinstance(g, cfg.OneshotGenerator) and g.model is None and g.base_url is None
+            for g in target_cfg.generators
+        )
         local = self._local_writer() if needs_local else None
-        writers = {i: llm.writer_for(g, local) for i, g in enumerate(target_cfg.generators) if isinstance(g, cfg.OneshotGenerator)}
+        writers = {
+            i: llm.writer_for(g, local)
+            for i, g in enumerate(target_cfg.generators)
+            if isinstance(g, cfg.OneshotGenerator)
+        }
 
         def write(gen: cfg.OneshotGenerator, prompt: str) -> str:
             index = next(i for i, g in enumerate(target_cfg.generators) if g is gen)
@@ -219,7 +251,9 @@ class Runner:
         manifest = write_records(self.store, "stim", key, records, {"target": t.name, "heldout": heldout})
         self._stim_done = manifest  # a rollout in this same run uses it, even under --force
         note = heldout_note(records)
-        return StageResult("stim", key, manifest, False, len(records), time.monotonic() - started, [note] if note else [])
+        return StageResult(
+            "stim", key, manifest, False, len(records), time.monotonic() - started, [note] if note else []
+        )
 
     def _local_writer(self) -> Callable[[str, float, int], str]:
         def write(prompt: str, temperature: float, max_tokens: int) -> str:
@@ -229,7 +263,12 @@ class Runner:
             m = self.model()
             ids = render(m.tokenizer, [], None, prompt)
             self._attempt += 1  # a retry must be able to give another answer
-            (resp, _), = generate_batches(m.model, m.tokenizer, [ids], SamplingSettings(temperature=temperature, max_tokens=max_tokens, seed=self._attempt))
+            ((resp, _),) = generate_batches(
+                m.model,
+                m.tokenizer,
+                [ids],
+                SamplingSettings(temperature=temperature, max_tokens=max_tokens, seed=self._attempt),
+            )
             return response_text(m.tokenizer, resp)
 
         return write
@@ -265,24 +304,42 @@ class Runner:
             m = load(c["model_name"], root=self.repo.root)
         else:
             m = self.model()
-        records = make_rollouts(m.model, m.tokenizer, stim, self.plan.prompts[t.teacher].config,
-                                self.plan.prompts[t.student].config, settings, label=f"rollout {t.name}")
+        records = make_rollouts(
+            m.model,
+            m.tokenizer,
+            stim,
+            self.plan.prompts[t.teacher].config,
+            self.plan.prompts[t.student].config,
+            settings,
+            label=f"rollout {t.name}",
+        )
         manifest = write_records(self.store, "rollout", key, records, {"target": t.name, "stim": stim_manifest})
         return StageResult("rollout", key, manifest, False, len(records), time.monotonic() - started, notes)
 
 
-def run(repo: ModelRepo, stages: list[str] | None, force: bool = False, say: Callable[[str], None] | None = None) -> tuple[list[StageResult], list[str]]:
+def run(
+    repo: ModelRepo, stages: list[str] | None, force: bool = False, say: Callable[[str], None] | None = None
+) -> tuple[list[StageResult], list[str]]:
     """Run `stages` (None: every stage the committed input.yml has) in pipeline order."""
     loaded, notes = committed_input(repo)
     plan = repo.plan(loaded)
     return execute(repo, plan, loaded, stages, force, say), notes
 
 
-def execute(repo: ModelRepo, plan: Plan, loaded: cfg.LoadedInput, stages: list[str] | None, force: bool = False,
-            say: Callable[[str], None] | None = None) -> list[StageResult]:
+def execute(
+    repo: ModelRepo,
+    plan: Plan,
+    loaded: cfg.LoadedInput,
+    stages: list[str] | None,
+    force: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> list[StageResult]:
     wanted = plan.stages if stages is None else stages
     if stages is None and not wanted:
-        raise UsageError("the committed input.yml has nothing to run", "uncomment or write a TARGET and/or BAKE section, commit, and run again")
+        raise UsageError(
+            "the committed input.yml has nothing to run",
+            "uncomment or write a TARGET and/or BAKE section, commit, and run again",
+        )
     order = [s for s in STAGES if s in wanted]
     runner = Runner(repo, plan, loaded, force=force, say=say)
     try:
@@ -307,18 +364,24 @@ def check_loaded(loaded: cfg.LoadedInput, plan: Plan, root: Path, model: Any) ->
     limits.check(loaded, plan, root, limits.shape_from_config(conf, parameters), count)
 
 
-def _bake_stage(runner: "Runner") -> StageResult:
+def _bake_stage(runner: Runner) -> StageResult:
     from gitbake.engine.bake import Baker, Trajectory, select
     from gitbake.engine.eval import evaluate
 
     plan, store = runner.plan, runner.store
     b = plan.bake
     if b is None:
-        raise UsageError("input.yml has no BAKE section", "add one (BAKE: name: ..., datasets: ...), commit, and run again")
+        raise UsageError(
+            "input.yml has no BAKE section", "add one (BAKE: name: ..., datasets: ...), commit, and run again"
+        )
     hit = None if runner.force else store.get_key("bake", b.key)
     if hit:
         report = bake_report(store, b.key) or {}
-        extra = {**_summary(report), "report": store.get_key("eval", b.key), "checkpoints": report.get("checkpoints") or {}}
+        extra = {
+            **_summary(report),
+            "report": store.get_key("eval", b.key),
+            "checkpoints": report.get("checkpoints") or {},
+        }
         return StageResult("bake", b.key, hit, True, int(report.get("trajectories_trained", 0)), extra=extra)
     notes: list[str] = []
     datasets: list[tuple[list[Trajectory], float]] = []
@@ -334,8 +397,10 @@ def _bake_stage(runner: "Runner") -> StageResult:
             notes += [f"{d.name}: {n}" for n in rolled.notes] + [f"{d.name}: ran the missing rollout stage first"]
             manifest = rolled.manifest
         if manifest is None:
-            raise GitbakeError(f"the rollouts of target {d.name} (key {d.key[:12]}) are not in the store",
-                               "fetch them with `git bake pull`, or define the target again so it can be made here")
+            raise GitbakeError(
+                f"the rollouts of target {d.name} (key {d.key[:12]}) are not in the store",
+                "fetch them with `git bake pull`, or define the target again so it can be made here",
+            )
         trajs = []
         for rec in read_records(store, manifest, "rollout"):
             ctx = (rec["teacher_ids"], rec["student_ids"])
@@ -365,18 +430,37 @@ def _bake_stage(runner: "Runner") -> StageResult:
         # kept beside the scratch checkpoint, so an interrupted bake that resumes still has its earlier ones
         keep = scratch.parent / f"{scratch.name}-checkpoints"
         result = baker.train(data, Path(tmp) / "adapter", scratch=scratch, progress_label=f"bake {b.name}", keep=keep)
-        report = evaluate(baker.model, model.tokenizer, list(contexts.values()), EVAL_SAMPLES, min(max_tokens, 256),
-                          seed=int(b.key[:8], 16), note=eval_note)
-        report.update({
-            "bake": b.name, "key": b.key, "trajectories_trained": result.trajectories, "steps": result.steps,
-            "final_loss": result.metrics[-1]["loss"] if result.metrics else None, "train_seconds": round(result.seconds, 3),
-        })
+        report = evaluate(
+            baker.model,
+            model.tokenizer,
+            list(contexts.values()),
+            EVAL_SAMPLES,
+            min(max_tokens, 256),
+            seed=int(b.key[:8], 16),
+            note=eval_note,
+        )
+        report.update(
+            {
+                "bake": b.name,
+                "key": b.key,
+                "trajectories_trained": result.trajectories,
+                "steps": result.steps,
+                "final_loss": result.metrics[-1]["loss"] if result.metrics else None,
+                "train_seconds": round(result.seconds, 3),
+            }
+        )
         # only now, after training, the adapter check and eval all succeeded, does anything enter the store
         adapter = store.put_dir(Path(tmp) / "adapter", {"kind": "adapter"}, take=True)
         report["adapter"] = adapter
         # the checkpoints BAKE.checkpoint asked for: their adapters, outside the model's identity
-        checkpoints = {int(d.name): store.put_dir(d, {"kind": "adapter-checkpoint", "step": int(d.name)}, take=True)
-                       for d in sorted(keep.iterdir(), key=lambda p: int(p.name))} if keep.is_dir() else {}
+        checkpoints = (
+            {
+                int(d.name): store.put_dir(d, {"kind": "adapter-checkpoint", "step": int(d.name)}, take=True)
+                for d in sorted(keep.iterdir(), key=lambda p: int(p.name))
+            }
+            if keep.is_dir()
+            else {}
+        )
         report["checkpoints"] = {str(k): v for k, v in checkpoints.items()}
         rdir = Path(tmp) / "report"
         rdir.mkdir()
@@ -398,7 +482,17 @@ def _bake_stage(runner: "Runner") -> StageResult:
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("gap_closed", "d_before", "d_after", "final_loss", "steps", "adapter", "note", "train_seconds", "trajectories_trained")
+    keys = (
+        "gap_closed",
+        "d_before",
+        "d_after",
+        "final_loss",
+        "steps",
+        "adapter",
+        "note",
+        "train_seconds",
+        "trajectories_trained",
+    )
     return {k: report[k] for k in keys if k in report}
 
 
@@ -447,25 +541,30 @@ def find_stage_output(repo: ModelRepo, stage: str, target_name: str | None) -> t
     raise UsageError(f"no {stage} output for {which} yet", f"run it: git bake run {stage}")
 
 
-
 def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`git bake eval REV`: the eval of REV's model again, on the held-out questions of its bake's
     targets. The new report is stored as its own object (the model's identity does not change)."""
     other = repo.at(rev)
     chain = other.bread.parent_adapters if other.bread else None
     if not chain:
-        raise UsageError(f"{rev} has no baked model (nothing has been baked by then)", "pick a bake commit: see `git bake log`")
+        raise UsageError(
+            f"{rev} has no baked model (nothing has been baked by then)", "pick a bake commit: see `git bake log`"
+        )
     recipe = other.recipe
     step = next((s for s in reversed(recipe.steps) if s.action == "create_bake"), None) if recipe else None
     datasets = (step.model_extra or {}).get("datasets") if step else None
     if step is None or not datasets:
-        raise UsageError(f"the recipe.yml of {rev} does not record its bake's datasets", "re-bake it with this gitbake version")
+        raise UsageError(
+            f"the recipe.yml of {rev} does not record its bake's datasets", "re-bake it with this gitbake version"
+        )
     store = repo.store
     manifests = []
     for d in datasets:
         manifest = rollout_manifest(store, recipe, d["key"])
         if manifest is None:
-            raise GitbakeError(f"the rollouts of {d['target']} are not in the store", "fetch them: git bake pull " + rev)
+            raise GitbakeError(
+                f"the rollouts of {d['target']} are not in the store", "fetch them: git bake pull " + rev
+            )
         manifests.append(manifest)
     heldout, training = split_rollouts(store, manifests)
     max_tokens = max([1] + [len(rec["response_ids"]) for rec in heldout + training])
@@ -489,8 +588,15 @@ def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = No
         parent = load(base, dirs[:-1], root=repo.root)
         pm = with_adapter(parent, dirs[-1])
         key = step.key or "0" * 8
-        report = evaluate(pm, parent.tokenizer, [(list(t), list(s)) for t, s in contexts], EVAL_SAMPLES, min(max_tokens, 256),
-                          seed=int(key[:8], 16), note=note)
+        report = evaluate(
+            pm,
+            parent.tokenizer,
+            [(list(t), list(s)) for t, s in contexts],
+            EVAL_SAMPLES,
+            min(max_tokens, 256),
+            seed=int(key[:8], 16),
+            note=note,
+        )
         report.update({"bake": step.resource_name, "key": step.key, "adapter": chain[-1], "rev": other.rev})
         rdir = Path(tmp) / "report"
         rdir.mkdir()

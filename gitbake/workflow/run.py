@@ -8,21 +8,22 @@ recipe.yml exactly as they were (the adapter is only stored after training, eval
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from gitbake.workflow import bakecommit
 from gitbake import destination, git
-from gitbake.repo import revfiles
 from gitbake.contract import bread as bread_mod
 from gitbake.contract.config import INPUT_FILE
+from gitbake.contract.yamlio import decode_text
 from gitbake.errors import GitbakeError
+from gitbake.repo import revfiles
 from gitbake.repo.plan import Plan
 from gitbake.repo.repo import ModelRepo
 from gitbake.store.objects import Store
-from gitbake.contract.yamlio import decode_text
+from gitbake.workflow import bakecommit
 
 if TYPE_CHECKING:
     from gitbake.workflow import jobs
@@ -45,14 +46,22 @@ class RunReport:
         if c.warning:
             lines.append(f"warning: {c.warning}")
         if c.ref is not None:
-            lines.append(f"bake commit {c.commit[:12]} on {c.ref.removeprefix('refs/heads/')}: .bread, recipe.yml and input.yml (commented out)")
+            lines.append(
+                f"bake commit {c.commit[:12]} on {c.ref.removeprefix('refs/heads/')}: .bread, recipe.yml and input.yml "
+                "(commented out)"
+            )
             if c.kept:
                 lines.append(f"note: left your uncommitted changes to {', '.join(c.kept)} as they are")
         else:
-            lines.append(f"the branch moved on while baking: the bake commit is kept as {c.pending}; take it with `git bake fetch`")
+            lines.append(
+                f"the branch moved on while baking: the bake commit is kept as {c.pending}; take it with `git bake "
+                "fetch`"
+            )
         m = self.model or {}
         if m.get("state") == "missing":
-            lines.append(f"note: .bake/model needs {len(m['missing'])} object(s) that are not here: run `git bake pull`")
+            lines.append(
+                f"note: .bake/model needs {len(m['missing'])} object(s) that are not here: run `git bake pull`"
+            )
         elif m.get("state") == "error":
             lines.append(f"note: .bake/model could not be updated ({m['error']}): run `{m['fix']}`")
         return lines
@@ -67,8 +76,14 @@ class RunReport:
         }
 
 
-def run_and_commit(repo: ModelRepo, stages: list[str] | None = None, force: bool = False, rev: str | None = None,
-                   branch_ref: str | None = None, say: Callable[[str], None] | None = None) -> RunReport:
+def run_and_commit(
+    repo: ModelRepo,
+    stages: list[str] | None = None,
+    force: bool = False,
+    rev: str | None = None,
+    branch_ref: str | None = None,
+    say: Callable[[str], None] | None = None,
+) -> RunReport:
     """Run `stages` of the input.yml committed at `rev` (default HEAD, whose input.yml must match the
     working tree); when the bake ran, commit its result on top of `rev` and move `branch_ref` there."""
     from gitbake.workflow import pipeline
@@ -103,7 +118,9 @@ def _commit(repo: ModelRepo, pinned: ModelRepo, plan: Plan, report: RunReport, b
 
     store = pinned.store
     t = plan.target
-    metrics = {k: baked.extra.get(k) for k in ("gap_closed", "d_before", "d_after", "final_loss", "steps", "train_seconds")}
+    metrics = {
+        k: baked.extra.get(k) for k in ("gap_closed", "d_before", "d_after", "final_loss", "steps", "train_seconds")
+    }
     metrics["trajectories"] = baked.count
     out = bakecommit.Outputs(
         adapter=baked.manifest,
@@ -123,7 +140,9 @@ def _commit(repo: ModelRepo, pinned: ModelRepo, plan: Plan, report: RunReport, b
 
         leases.release(store.root, leases.bake_owner(trigger))
         report.commit = bakecommit.CommitResult(landed, trigger, branch_ref)
-        report.notes.append(f"another run had already baked and committed this: {landed[:12]}; nothing new was committed")
+        report.notes.append(
+            f"another run had already baked and committed this: {landed[:12]}; nothing new was committed"
+        )
         return report
     data = git.show(repo.root, trigger, INPUT_FILE)
     files = bakecommit.lineage_files(new_bread, new_recipe, decode_text(data or b"", INPUT_FILE))
@@ -156,8 +175,10 @@ def bake_lock(store: Store, plan: Plan, say: Callable[[str], None] | None) -> It
         lock.acquire()
     except LockTimeout:
         holder = path.read_text(errors="replace").strip() if path.exists() else ""
-        (say or (lambda m: None))(f"another process is running {what.name}{f' ({holder})' if holder else ''}: "
-                                  "waiting for it, then using its result")
+        (say or (lambda m: None))(
+            f"another process is running {what.name}{f' ({holder})' if holder else ''}: "
+            "waiting for it, then using its result"
+        )
         lock = FileLock(path, timeout=7 * 86400, what=f"bake {what.name}")
         lock.acquire()
     try:
@@ -203,8 +224,12 @@ def refresh_model(repo: ModelRepo, fetch: bool = True) -> dict[str, Any]:
     objects come from the default remote when one is configured, else they are named."""
     from gitbake.repo import modeldir
 
-    return modeldir.refresh(repo.root, repo.store, (lambda roots: fetch_objects(repo.root, repo.store, roots)) if fetch else None,
-                            git.rev_parse(repo.root, "HEAD"))
+    return modeldir.refresh(
+        repo.root,
+        repo.store,
+        (lambda roots: fetch_objects(repo.root, repo.store, roots)) if fetch else None,
+        git.rev_parse(repo.root, "HEAD"),
+    )
 
 
 def fetch_objects(root: Path, store: Store, roots: set[str]) -> int:
@@ -224,7 +249,9 @@ def checkout(repo: ModelRepo, rev: str, dest: Path | None = None, fetch: bool = 
 
     other = repo.at(rev)
     if other.bread is None:
-        raise GitbakeError(f"{rev} has no .bread: not a commit of this model repository", "pick another revision (see `git bake log`)")
+        raise GitbakeError(
+            f"{rev} has no .bread: not a commit of this model repository", "pick another revision (see `git bake log`)"
+        )
     spec = modeldir.spec_of(other.bread)
     target = dest if dest is not None else repo.root / modeldir.MODEL_DIR
     protected = repo.never_replaced()
@@ -267,8 +294,12 @@ class Fetched:
     taken: list[bakecommit.CommitResult] = field(default_factory=list)
 
 
-def fetch(repo: ModelRepo, force: bool = False, drop: bool = False,
-          on_take: Callable[[str, bakecommit.CommitResult], None] | None = None) -> Fetched:
+def fetch(
+    repo: ModelRepo,
+    force: bool = False,
+    drop: bool = False,
+    on_take: Callable[[str, bakecommit.CommitResult], None] | None = None,
+) -> Fetched:
     """`git bake fetch [--force] [--drop]`: make each waiting bake result a bake commit on top of the current
     branch (then `.bake/model` follows), or with `drop` delete their refs (the adapters stay until gc).
     `on_take(ref, result)` hears of each one as it is taken."""

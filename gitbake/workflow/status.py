@@ -40,9 +40,13 @@ class StatusReport:
     changes: list[Change] = field(default_factory=list)
     commented_out: list[str] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
-    stages: list[dict[str, Any]] = field(default_factory=list)  # stage, key, state (cached|running|missing), count, eval
+    stages: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # stage, key, state (cached|running|missing), count, eval
     jobs: list[dict[str, Any]] = field(default_factory=list)  # running / queued jobs, and the last one if it failed
-    pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # refs/bake/ results for this branch: commit, superseded
+    pending: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # refs/bake/ results for this branch: commit, superseded
     model: dict[str, Any] = field(default_factory=dict)  # is .bake/model HEAD's model?
 
     @property
@@ -85,19 +89,35 @@ def status(repo: ModelRepo) -> StatusReport:
         report.changes.append(Change("prompt", ref, p.name, p.key, _state(old.hash if old else None, p.key)))
     if plan.target is not None:
         old_t = bread.target if bread else None
-        report.changes.append(Change("target", plan.target.plain, plan.target.name, plan.target.key, _state(old_t.hash if old_t else None, plan.target.key)))
+        report.changes.append(
+            Change(
+                "target",
+                plan.target.plain,
+                plan.target.name,
+                plan.target.key,
+                _state(old_t.hash if old_t else None, plan.target.key),
+            )
+        )
     if plan.bake is not None:
         old_b = bread.bake if bread else None
-        report.changes.append(Change("bake", plan.bake.plain, plan.bake.name, plan.bake.key, _state(old_b.hash if old_b else None, plan.bake.key)))
+        report.changes.append(
+            Change(
+                "bake",
+                plan.bake.plain,
+                plan.bake.name,
+                plan.bake.key,
+                _state(old_b.hash if old_b else None, plan.bake.key),
+            )
+        )
     report.stages = stage_states(repo, plan)
     _jobs_and_model(repo, report)
     return report
 
 
 def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
-    from gitbake.workflow import bakecommit, jobs
     from gitbake import git
     from gitbake.repo import modeldir
+    from gitbake.workflow import bakecommit, jobs
 
     all_jobs = jobs.list_jobs(repo)
     live = [j for j in all_jobs if j.active]
@@ -113,7 +133,9 @@ def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
                 row["state"] = "queued"
                 if prog and str(prog.get("label", "")).split(" ")[0] == row["stage"]:
                     row["state"], row["progress"] = "running", prog
-    if git.may_have_refs(repo.root, bakecommit.PENDING_PREFIX):  # status runs often: ask git only when there may be some
+    if git.may_have_refs(
+        repo.root, bakecommit.PENDING_PREFIX
+    ):  # status runs often: ask git only when there may be some
         branch = git.current_branch(repo.root)
         waiting = bakecommit.pending(repo.root, f"refs/heads/{branch}" if branch else None)
         here = git.show(repo.root, "HEAD", ".bread")
@@ -129,8 +151,12 @@ def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
         elif current is None and not spec.adapters:
             report.model = {"state": "none", **spec.as_json()}  # nothing baked yet: nothing to materialise
         else:
-            report.model = {"state": "stale" if current else "absent", **spec.as_json(),
-                            "fix": "git bake checkout" + ("" if not modeldir.missing(repo.store, spec) else "  (after `git bake pull`)")}
+            report.model = {
+                "state": "stale" if current else "absent",
+                **spec.as_json(),
+                "fix": "git bake checkout"
+                + ("" if not modeldir.missing(repo.store, spec) else "  (after `git bake pull`)"),
+            }
 
 
 def stage_states(repo: ModelRepo, plan: Plan) -> list[dict[str, Any]]:

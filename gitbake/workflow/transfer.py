@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from gitbake import git
 from gitbake.repo import reach
@@ -34,14 +35,26 @@ class Transfer:
 def remote_and_revs(root: Path, name: str | None, revs: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
     """`git bake push REV` with no remote name: a first argument that is no remote, no URL and no path but
     names a revision is the first revision, and the default remote is meant."""
-    if name is not None and name not in remote_mod.list_remotes(root) and "://" not in name and not name.startswith(("/", ".", "~")):
+    if (
+        name is not None
+        and name not in remote_mod.list_remotes(root)
+        and "://" not in name
+        and not name.startswith(("/", ".", "~"))
+    ):
         if git.rev_parse(root, name) is not None:
             return None, (name, *revs)
     return name, revs
 
 
-def _transfer(verb: Literal["push", "pull"], repo: ModelRepo, name: str | None, revs: tuple[str, ...], jobs: int,
-              progress: Callable[[remote_mod.Remote], remote_mod.Progress | None], force: bool = False) -> Transfer:
+def _transfer(
+    verb: Literal["push", "pull"],
+    repo: ModelRepo,
+    name: str | None,
+    revs: tuple[str, ...],
+    jobs: int,
+    progress: Callable[[remote_mod.Remote], remote_mod.Progress | None],
+    force: bool = False,
+) -> Transfer:
     name, revs = remote_and_revs(repo.root, name, revs)
     target = remote_mod.resolve(repo.root, name)
     roots = reach.needed_by(repo.root, list(revs) or ["HEAD"])
@@ -52,15 +65,26 @@ def _transfer(verb: Literal["push", "pull"], repo: ModelRepo, name: str | None, 
     return Transfer(verb, target, revs, report, repo)
 
 
-def push(repo: ModelRepo, name: str | None, revs: tuple[str, ...], jobs: int,
-         progress: Callable[[remote_mod.Remote], remote_mod.Progress | None], force: bool = False) -> Transfer:
+def push(
+    repo: ModelRepo,
+    name: str | None,
+    revs: tuple[str, ...],
+    jobs: int,
+    progress: Callable[[remote_mod.Remote], remote_mod.Progress | None],
+    force: bool = False,
+) -> Transfer:
     """`git bake push [REMOTE] [REV]...`: upload what the models of REV... (default HEAD) need. Problems are
     in the report (`report.raise_for_problems("push")`), so the caller can show what moved first."""
     return _transfer("push", repo, name, revs, jobs, progress, force)
 
 
-def pull(repo: ModelRepo, name: str | None, revs: tuple[str, ...], jobs: int,
-         progress: Callable[[remote_mod.Remote], remote_mod.Progress | None]) -> Transfer:
+def pull(
+    repo: ModelRepo,
+    name: str | None,
+    revs: tuple[str, ...],
+    jobs: int,
+    progress: Callable[[remote_mod.Remote], remote_mod.Progress | None],
+) -> Transfer:
     """`git bake pull [REMOTE] [REV]...`: download what the models of REV... (default HEAD) need; then, once
     the report has no problems, `Transfer.refresh_model()` puts HEAD's model in place."""
     return _transfer("pull", repo, name, revs, jobs, progress)

@@ -34,7 +34,10 @@ def bench_prompts(n: int, seed: int = 0, min_len: int = 24, max_len: int = 64) -
     import random
 
     rng = random.Random(seed)
-    return [[1] + [rng.randrange(3, BENCH_CONFIG["vocab_size"]) for _ in range(rng.randint(min_len, max_len))] for _ in range(n)]
+    return [
+        [1] + [rng.randrange(3, BENCH_CONFIG["vocab_size"]) for _ in range(rng.randint(min_len, max_len))]
+        for _ in range(n)
+    ]
 
 
 class BenchTokenizer:

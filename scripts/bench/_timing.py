@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def timed(fn: Callable[[], object], setup: Callable[[], object] | None, runs: int) -> float:
@@ -19,8 +19,13 @@ def timed(fn: Callable[[], object], setup: Callable[[], object] | None, runs: in
     return statistics.median(times)
 
 
-def paired(ours: Callable[[], object], ours_setup: Callable[[], object] | None, base: Callable[[], object],
-           base_setup: Callable[[], object] | None, runs: int) -> tuple[float, float, float]:
+def paired(
+    ours: Callable[[], object],
+    ours_setup: Callable[[], object] | None,
+    base: Callable[[], object],
+    base_setup: Callable[[], object] | None,
+    runs: int,
+) -> tuple[float, float, float]:
     """(median seconds of ours, of the baseline, median of each round's baseline/ours ratio). A round runs
     baseline, ours, ours, baseline (ABBA), and its ratio is of the two sums: a slow spell of a noisy machine
     hits both sides of a ratio, and so does any effect of position. On this VM the second of two 1 GiB

@@ -24,7 +24,8 @@ the teacher once, response rows only through the output layer) and to ours as co
 The final KL of our side is measured as a user gets the model: the stored adapter on the fp32 parent,
 against the fp32 parent.
 
-Each runs in its own process, one after the other, --repeat times (interleaved; medians printed). Printed: response tokens/s of training, peak memory
+Each runs in its own process, one after the other, --repeat times (interleaved; medians printed).
+Printed: response tokens/s of training, peak memory
 (peak RSS above the process's RSS right after its imports), and the final mean per-token
 KL(teacher || student) on the trajectories. Goals: >= 2x tokens/s, <= 0.7x peak memory, final KL within 10%.
 Then the demo bake on `tiny` (scripts/demo's input.yml) through `git bake run`, and its gap_closed on
@@ -96,9 +97,8 @@ def adapter_kl(trained, trajs) -> float:  # type: ignore[no-untyped-def]
     """Quality as a user gets it: the trained adapter on the fp32 parent, against the fp32 parent."""
     import tempfile
 
-    from peft import PeftModel
-
     from _models import bench_model
+    from peft import PeftModel
 
     with tempfile.TemporaryDirectory() as tmp:
         trained.save_pretrained(tmp)
@@ -143,8 +143,10 @@ def work_ratios(n: int, epochs: int) -> tuple[float, float]:
     # in length-bucketed micro-batches of 4 (bf16 also rounds widths and rows up to 16: a little more)
     data = [Trajectory(t, s_, r) for t, s_, r in trajs]
     by_teacher = sorted(data, key=lambda x: len(x.teacher_ids) + len(x.response_ids))
-    ours = sum(body * len(b) * max(len(x.teacher_ids) + len(x.response_ids) - 1 - shared for x in b)
-               for b in (by_teacher[i : i + 8] for i in range(0, len(data), 8)))
+    ours = sum(
+        body * len(b) * max(len(x.teacher_ids) + len(x.response_ids) - 1 - shared for x in b)
+        for b in (by_teacher[i : i + 8] for i in range(0, len(data), 8))
+    )
     for epoch in range(epochs):
         for b in batches(data, 4, epoch):
             ours += body * 3 * len(b) * max(len(x.student_ids) + len(x.response_ids) - 1 for x in b)
@@ -159,11 +161,11 @@ def child(impl: str, n: int, epochs: int) -> None:
     import torch
     import torch.nn.functional as F  # noqa: F401
     import transformers  # noqa: F401
+    from _models import BENCH_CONFIG, BenchTokenizer, bench_model
     from transformers import LlamaConfig, LlamaForCausalLM  # noqa: F401
 
     import gitbake.contract.config  # noqa: F401
     import gitbake.engine.bake  # noqa: F401
-    from _models import BENCH_CONFIG, BenchTokenizer, bench_model
 
     base_rss = rss_kb()
     trajs = trajectories(n)
@@ -179,12 +181,21 @@ def child(impl: str, n: int, epochs: int) -> None:
         dtype = pick_device("cpu", "fp32" if impl == "ours-fp32" else bake_dtype(None, "cpu"))[1]
         model = model.to(dtype)
         mbs = int(os.environ.get("BENCH_MBS", "4"))
-        cfg = Bake.model_validate({"name": "b", "datasets": [{"target": "t"}], "epochs": epochs, "micro_batch_size": mbs,
-                                   "optimizer": {"learning_rate": float(os.environ.get("BENCH_LR", str(lr)))},
-                                   "scheduler": {"name": os.environ.get("BENCH_SCHED", "linear")},
-                                   "model": {"baked_adapter_config": {"r": r_, "lora_alpha": 16},
-                                             "disable_activation_checkpoint": os.environ.get("BENCH_NOCKPT") == "1"},
-                                   "seed": 0}).model_dump(mode="json")
+        cfg = Bake.model_validate(
+            {
+                "name": "b",
+                "datasets": [{"target": "t"}],
+                "epochs": epochs,
+                "micro_batch_size": mbs,
+                "optimizer": {"learning_rate": float(os.environ.get("BENCH_LR", str(lr)))},
+                "scheduler": {"name": os.environ.get("BENCH_SCHED", "linear")},
+                "model": {
+                    "baked_adapter_config": {"r": r_, "lora_alpha": 16},
+                    "disable_activation_checkpoint": os.environ.get("BENCH_NOCKPT") == "1",
+                },
+                "seed": 0,
+            }
+        ).model_dump(mode="json")
         baker = Baker(model, BenchTokenizer(), cfg, "bench")
         t0, cpu0 = time.perf_counter(), time.process_time()
         with tempfile.TemporaryDirectory() as tmp:
@@ -205,13 +216,19 @@ def child(impl: str, n: int, epochs: int) -> None:
         if impl == "naive-bf16":  # the same loop on a bf16 model (LoRA weights fp32, as PEFT makes them)
             teacher = teacher.to(torch.bfloat16)
         dtype = teacher.dtype
-        student = get_peft_model(copy.deepcopy(teacher), LoraConfig(r=r_, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+        student = get_peft_model(
+            copy.deepcopy(teacher), LoraConfig(r=r_, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+        )
         for p in teacher.parameters():
             p.requires_grad_(False)
         mbs = int(os.environ.get("BENCH_MBS", "4"))
         steps = math.ceil(len(trajs) / mbs) * epochs
-        opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=float(os.environ.get("BENCH_LR", str(lr))))
-        sched = get_scheduler(os.environ.get("BENCH_SCHED", "linear"), optimizer=opt, num_warmup_steps=0, num_training_steps=steps)
+        opt = torch.optim.AdamW(
+            [p for p in student.parameters() if p.requires_grad], lr=float(os.environ.get("BENCH_LR", str(lr)))
+        )
+        sched = get_scheduler(
+            os.environ.get("BENCH_SCHED", "linear"), optimizer=opt, num_warmup_steps=0, num_training_steps=steps
+        )
         student.train()
         rng = random.Random(0)
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -233,16 +250,35 @@ def child(impl: str, n: int, epochs: int) -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss
         student.eval()
         kl = final_kl(teacher, student, trajs) if impl == "naive" else adapter_kl(student, trajs)
-    print("RESULT " + json.dumps({"impl": impl, "dtype": str(dtype).replace("torch.", ""), "tokens_per_s": tokens / elapsed, "tokens_per_cpu_s": tokens / cpu, "peak_mb": peak / 1024, "final_kl": kl,
-                                  "seconds": elapsed, "vocab": BENCH_CONFIG["vocab_size"]}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "impl": impl,
+                "dtype": str(dtype).replace("torch.", ""),
+                "tokens_per_s": tokens / elapsed,
+                "tokens_per_cpu_s": tokens / cpu,
+                "peak_mb": peak / 1024,
+                "final_kl": kl,
+                "seconds": elapsed,
+                "vocab": BENCH_CONFIG["vocab_size"],
+            }
+        )
+    )
 
 
 def demo_gap_closed() -> tuple[float | None, str]:
     from gitbake.workflow.init import template_input
 
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench",
-               "GIT_COMMITTER_EMAIL": "b@x", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "bench",
+            "GIT_AUTHOR_EMAIL": "b@x",
+            "GIT_COMMITTER_NAME": "bench",
+            "GIT_COMMITTER_EMAIL": "b@x",
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+        }
         subprocess.run(["git", "bake", "init", "demo"], cwd=tmp, check=True, capture_output=True, env=env)
         root = Path(tmp) / "demo"
         subprocess.run(["git", "config", "bake.hookMode", "off"], cwd=root, check=True)  # `run` bakes, in this process
@@ -271,20 +307,48 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "naive": [], "ours-fp32": [], "naive-bf16": []}
     for _ in range(args.repeat):  # interleaved, so a slow spell of a noisy machine hits both sides
         for impl in runs:
-            proc = subprocess.run([sys.executable, __file__, "--child", impl, "--trajectories", str(args.trajectories), "--epochs", str(args.epochs)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    impl,
+                    "--trajectories",
+                    str(args.trajectories),
+                    "--epochs",
+                    str(args.epochs),
+                ],
+                capture_output=True,
+                text=True,
+            )
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if not line:
                 sys.exit(f"{impl} failed:\n{proc.stderr[-2000:]}")
-            runs[impl].append(json.loads(line[0][len("RESULT "):]))
-    med = {impl: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "tokens_per_cpu_s", "peak_mb", "final_kl", "seconds")} for impl, rs in runs.items()}
+            runs[impl].append(json.loads(line[0][len("RESULT ") :]))
+    med = {
+        impl: {
+            k: statistics.median(r[k] for r in rs)
+            for k in ("tokens_per_s", "tokens_per_cpu_s", "peak_mb", "final_kl", "seconds")
+        }
+        for impl, rs in runs.items()
+    }
     ours, naive = med["ours"], med["naive"]
-    print(f"bake bench: ~29 M-parameter Llama, 32k vocabulary, {args.trajectories} trajectories x {args.epochs} epochs, "
-          f"median of {args.repeat} interleaved runs")
-    for name, impl in (("ours", "ours"), ("straightforward", "naive"), ("ours, fp32", "ours-fp32"), ("straightforward, bf16", "naive-bf16")):
+    print(
+        f"bake bench: ~29 M-parameter Llama, 32k vocabulary, {args.trajectories} trajectories x {args.epochs} epochs, "
+        f"median of {args.repeat} interleaved runs"
+    )
+    for name, impl in (
+        ("ours", "ours"),
+        ("straightforward", "naive"),
+        ("ours, fp32", "ours-fp32"),
+        ("straightforward, bf16", "naive-bf16"),
+    ):
         r = med[impl]
-        print(f"  {name:<22} {r['tokens_per_s']:9.1f} tokens/s   peak {r['peak_mb']:8.1f} MB   final KL {r['final_kl']:.5f}   "
-              f"({r['seconds']:.1f} s, {runs[impl][0]['dtype']})")
+        print(
+            f"  {name:<22} {r['tokens_per_s']:9.1f} tokens/s   peak {r['peak_mb']:8.1f} MB   final KL "
+            f"{r['final_kl']:.5f}   "
+            f"({r['seconds']:.1f} s, {runs[impl][0]['dtype']})"
+        )
     pairs = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
     print("  tokens/s ratio of each run: " + ", ".join(f"{x:.2f}x" for x in pairs))
     print(f"  tokens per CPU-second: {ours['tokens_per_cpu_s'] / naive['tokens_per_cpu_s']:.2f}x")
@@ -299,18 +363,29 @@ def main() -> None:
         r = statistics.median(o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs[a], runs[b]))
         m = med[a]["peak_mb"] / med[b]["peak_mb"]
         k = abs(med[a]["final_kl"] - med[b]["final_kl"]) / med[b]["final_kl"]
-        print(f"    {name}: {r:.2f}x tokens/s ({'met' if r >= 2 else 'MISSED'}), {m:.2f}x peak memory "
-              f"({'met' if m <= 0.7 else 'MISSED'}), final KL {100 * k:.1f}% apart")
+        print(
+            f"    {name}: {r:.2f}x tokens/s ({'met' if r >= 2 else 'MISSED'}), {m:.2f}x peak memory "
+            f"({'met' if m <= 0.7 else 'MISSED'}), final KL {100 * k:.1f}% apart"
+        )
     bound, configured = work_ratios(args.trajectories, args.epochs)
-    print(f"  the work: the straightforward loop does {bound:.2f}x the multiply-adds of a bake that recomputes nothing, runs the")
-    print(f"    teacher once and only response rows through the output layer (any memory), {configured:.2f}x those of ours as")
+    print(
+        f"  the work: the straightforward loop does {bound:.2f}x the multiply-adds of a bake that recomputes nothing, "
+        "runs the"
+    )
+    print(
+        f"    teacher once and only response rows through the output layer (any memory), {configured:.2f}x those of "
+        "ours as"
+    )
     print("    configured, in fp32 with its padding (work_ratios): what doing less work can give at the same precision")
     if not args.skip_demo:
         gap, note = demo_gap_closed()
         if gap is None:
             print(f"  demo bake failed: {note}")
         else:
-            print(f"  demo bake on tiny: gap_closed {gap:.3f} on {note} (goal >= 0.95: {'met' if gap >= 0.95 else 'MISSED'})")
+            print(
+                f"  demo bake on tiny: gap_closed {gap:.3f} on {note} (goal >= 0.95: "
+                f"{'met' if gap >= 0.95 else 'MISSED'})"
+            )
 
 
 if __name__ == "__main__":

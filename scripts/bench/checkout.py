@@ -24,18 +24,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _timing import timed  # noqa: E402
+
 from gitbake.contract import bread as bread_mod  # noqa: E402
 from gitbake.repo import modeldir  # noqa: E402
-from gitbake.workflow.init import init  # noqa: E402
 from gitbake.repo.repo import open_repo  # noqa: E402
 from gitbake.store.objects import Store  # noqa: E402
-from _timing import timed  # noqa: E402
+from gitbake.workflow.init import init  # noqa: E402
 
 MiB = 1 << 20
 
@@ -79,14 +80,19 @@ def bench_idle_hooks(root: Path, runs: int) -> dict[str, float]:
         "pre-commit": ["git", "bake", "hook", "pre-commit"],
         "post-merge": ["git", "bake", "hook", "post-merge", "0"],
     }
-    return {name: timed(lambda c=cmd: subprocess.run(c, cwd=root, check=True, capture_output=True), None, runs) for name, cmd in calls.items()}
+    return {
+        name: timed(lambda c=cmd: subprocess.run(c, cwd=root, check=True, capture_output=True), None, runs)
+        for name, cmd in calls.items()
+    }
 
 
 def bench_switch(base: Path, adapter_mb: int, runs: int) -> tuple[float, float, Path]:
     root = base / "switch"
     init(root, base_model="tiny")  # installs the hooks
     store = open_repo(root).store
-    digests = [store.put_dir(fake_adapter(base / f"a{i}", adapter_mb * MiB), {"kind": "adapter"}, take=True) for i in range(2)]
+    digests = [
+        store.put_dir(fake_adapter(base / f"a{i}", adapter_mb * MiB), {"kind": "adapter"}, take=True) for i in range(2)
+    ]
     a = commit_model(root, [digests[0]], "version_a")
     b = commit_model(root, [digests[1]], "version_b")
     env = {**os.environ}
@@ -97,7 +103,11 @@ def bench_switch(base: Path, adapter_mb: int, runs: int) -> tuple[float, float, 
 
         def go() -> None:
             state["i"] += 1
-            args = ["git"] + ([] if hooks else ["-c", "core.hooksPath=/dev/null"]) + ["checkout", "-q", targets[state["i"] % 2]]
+            args = (
+                ["git"]
+                + ([] if hooks else ["-c", "core.hooksPath=/dev/null"])
+                + ["checkout", "-q", targets[state["i"] % 2]]
+            )
             subprocess.run(args, cwd=root, check=True, env=env, capture_output=True)
 
         return go
@@ -118,7 +128,11 @@ def bench_materialise(base: Path, total_mb: int, runs: int) -> tuple[float, floa
     dest = base / "model"
     copy_dest = base / "copied"
     # git-lfs's smudge: each file copied out of the object directory into the working tree
-    sources = [(store.object_path(e.digest), f"{i}/{rel}") for i, d in enumerate(chain) for rel, e in store.read_manifest(d).files.items()]
+    sources = [
+        (store.object_path(e.digest), f"{i}/{rel}")
+        for i, d in enumerate(chain)
+        for rel, e in store.read_manifest(d).files.items()
+    ]
 
     def lfs_copy() -> None:
         for src, rel in sources:
@@ -146,7 +160,10 @@ def main() -> None:
         print(f"switch between two models ({args.adapter_mb} MB adapters), median of {args.runs}:")
         print(f"  git checkout with gitbake's hooks   {with_hooks * 1000:8.1f} ms")
         print(f"  git checkout without hooks          {without * 1000:8.1f} ms")
-        print(f"  the hook adds                       {added:8.1f} ms   goal < 150 ms: {'met' if added < 150 else 'MISSED'}")
+        print(
+            f"  the hook adds                       {added:8.1f} ms   goal < 150 ms: "
+            f"{'met' if added < 150 else 'MISSED'}"
+        )
         idle = bench_idle_hooks(root, args.runs)
         print(f"hooks with nothing to do, median of {args.runs}:")
         for name, t in idle.items():

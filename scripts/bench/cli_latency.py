@@ -80,14 +80,22 @@ def bench_env(base: Path, pyc: bool = True) -> dict[str, str]:
     (`pyc`) bytecode cached under `base`, as it is for an installed gitbake."""
     bindir = str(Path(sys.executable).parent)
     if shutil.which("git-bake", path=bindir) is None:
-        sys.exit(f"no git-bake in {bindir}: run scripts/test once (it installs gitbake into .venv), "
-                 f"then .venv/bin/python {sys.argv[0]}")
+        sys.exit(
+            f"no git-bake in {bindir}: run scripts/test once (it installs gitbake into .venv), "
+            f"then .venv/bin/python {sys.argv[0]}"
+        )
     home = base / "home"
     home.mkdir()
-    (home / ".gitconfig").write_text("[user]\n\tname = bench\n\temail = bench@example.com\n"
-                                     "[init]\n\tdefaultBranch = main\n")
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "HOME": str(home),
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": str(home / ".gitconfig")}
+    (home / ".gitconfig").write_text(
+        "[user]\n\tname = bench\n\temail = bench@example.com\n[init]\n\tdefaultBranch = main\n"
+    )
+    env = {
+        **os.environ,
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+    }
     for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
         env.pop(name, None)
     if pyc:
@@ -106,10 +114,19 @@ def main() -> None:
         base = Path(tmp)
         env = bench_env(base, pyc=not args.no_pyc)
         root = build_repo(base, args.commits, env)
-        count = subprocess.run(["git", "rev-list", "--count", "HEAD"], cwd=root, capture_output=True, text=True,
-                               env=env).stdout.strip()
-        results = median_ms({"python -c pass": [sys.executable, "-c", "pass"], "git status": ["git", "status"],
-                             "git bake status": ["git", "bake", "status"]}, root, args.runs, env)
+        count = subprocess.run(
+            ["git", "rev-list", "--count", "HEAD"], cwd=root, capture_output=True, text=True, env=env
+        ).stdout.strip()
+        results = median_ms(
+            {
+                "python -c pass": [sys.executable, "-c", "pass"],
+                "git status": ["git", "status"],
+                "git bake status": ["git", "bake", "status"],
+            },
+            root,
+            args.runs,
+            env,
+        )
     pyc = "as the environment has it" if args.no_pyc else "cached"
     print(f"cli_latency: {count} commits, {args.runs} interleaved runs each, bytecode {pyc}, median wall time")
     for name, ms in results.items():

@@ -68,8 +68,10 @@ def main() -> None:
 
     ms = 1000.0
     added = (hooked - bare) * ms
-    print(f"hooks: a commit not touching input.yml, {args.runs} rounds (2 commits of each kind a round), "
-          f"{commits} commits made, median wall time")
+    print(
+        f"hooks: a commit not touching input.yml, {args.runs} rounds (2 commits of each kind a round), "
+        f"{commits} commits made, median wall time"
+    )
     print(f"  git commit (gitbake's hooks)          {hooked * ms:8.1f} ms")
     print(f"  git commit (core.hooksPath=/dev/null) {bare * ms:8.1f} ms")
     verdict = "meets" if added < 150 else "MISSES"

@@ -54,17 +54,25 @@ def main() -> None:
         for i, p in enumerate(prompts):
             torch.manual_seed(i)
             out = model.generate(
-                input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                max_new_tokens=args.max_tokens, do_sample=True, temperature=1.0, top_k=0,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                input_ids=torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=args.max_tokens,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
             )
-            single.append(out[0, len(p):].tolist())
+            single.append(out[0, len(p) :].tolist())
     t_single = time.perf_counter() - t0
 
     tok_ours = sum(len(r) for r, _ in ours)
     tok_single = sum(len(r) for r in single)
-    print(f"rollout bench: {params / 1e6:.1f} M-parameter Llama, 32k vocab, {args.questions} questions x {args.traj} trajectories, "
-          f"max {args.max_tokens} new tokens, {torch.get_num_threads()} threads")
+    print(
+        f"rollout bench: {params / 1e6:.1f} M-parameter Llama, 32k vocab, {args.questions} questions x {args.traj} "
+        "trajectories, "
+        f"max {args.max_tokens} new tokens, {torch.get_num_threads()} threads"
+    )
     print(f"  batched (ours, batch {args.batch}):  {n / t_ours:8.2f} traj/s  ({t_ours:.2f} s, {tok_ours} tokens)")
     print(f"  one at a time (generate loop): {n / t_single:8.2f} traj/s  ({t_single:.2f} s, {tok_single} tokens)")
     ratio = (n / t_ours) / (n / t_single)

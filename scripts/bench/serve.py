@@ -3,7 +3,8 @@
 
 The server is the real `git bake serve`, in its own process, over HTTP on 127.0.0.1, for a model
 repository whose base model is the shared benchmark model (`_models.py`: Llama-shaped, ~29 M parameters,
-32k vocabulary) saved as a local directory; the clients use the official `openai` client with streaming. Prints requests/s and the median time to
+32k vocabulary) saved as a local directory; the clients use the official `openai` client with streaming.
+Prints requests/s and the median time to
 the first token for both, and the ratio. Goal: concurrent throughput >= 2x sequential, no request failing.
 
     .venv/bin/python scripts/bench/serve.py [--requests 32] [--clients 8] [--max-tokens 32]
@@ -14,10 +15,10 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import subprocess
-import tempfile
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,8 +34,9 @@ def run(c: Any, name: str, question: str, max_tokens: int) -> tuple[float, float
     """(seconds to the first token, total seconds) of one streamed request."""
     t0 = time.perf_counter()
     first = None
-    stream = c.chat.completions.create(model=name, messages=[{"role": "user", "content": question}], max_tokens=max_tokens,
-                                       temperature=0, stream=True)
+    stream = c.chat.completions.create(
+        model=name, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0, stream=True
+    )
     for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
             first = time.perf_counter() - t0
@@ -52,8 +54,20 @@ def model_repo(base: Path) -> Path:
     model_dir = base / "bench-model"
     bench_model().save_pretrained(str(model_dir))
     build_tokenizer().save_pretrained(str(model_dir))
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"], "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@x"}
-    subprocess.run(["git", "bake", "init", str(base / "repo"), "--base-model", str(model_dir)], check=True, capture_output=True, env=env)
+    env = {
+        **os.environ,
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "b@x",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "b@x",
+    }
+    subprocess.run(
+        ["git", "bake", "init", str(base / "repo"), "--base-model", str(model_dir)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     return base / "repo"
 
 
@@ -72,8 +86,13 @@ def main() -> None:
     import os
 
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
-    proc = subprocess.Popen(["git", "bake", "serve", "--port", "0", "--max-batch", str(args.clients)], cwd=root,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        ["git", "bake", "serve", "--port", "0", "--max-batch", str(args.clients)],
+        cwd=root,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     line, m = "", None
     while proc.stderr is not None and m is None:
         line = proc.stderr.readline()
@@ -85,7 +104,9 @@ def main() -> None:
         raise SystemExit(f"git bake serve did not start: {line}{proc.stderr.read() if proc.stderr else ''}")
     name, url = m.group(1), m.group(2)
     client = OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
-    questions = [f"Question number {i}: tell me about item {i * 37 % 101} in some detail." for i in range(args.requests)]
+    questions = [
+        f"Question number {i}: tell me about item {i * 37 % 101} in some detail." for i in range(args.requests)
+    ]
     failures = {"sequential": 0, "concurrent": 0}
 
     def one(kind: str, q: str) -> tuple[float, float] | None:
@@ -117,8 +138,14 @@ def main() -> None:
     ratio = conc_rps / seq_rps
     ok = ratio >= 2 and not any(failures.values())
     print(f"{len(questions)} requests of {args.max_tokens} tokens, streamed, to git bake serve (benchmark model):")
-    print(f"  one at a time        {seq_rps:7.2f} req/s   median first token {med_first(seq):8.1f} ms   failed {failures['sequential']}")
-    print(f"  {args.clients} concurrent clients {conc_rps:7.2f} req/s   median first token {med_first(conc):8.1f} ms   failed {failures['concurrent']}")
+    print(
+        f"  one at a time        {seq_rps:7.2f} req/s   median first token {med_first(seq):8.1f} ms   failed "
+        f"{failures['sequential']}"
+    )
+    print(
+        f"  {args.clients} concurrent clients {conc_rps:7.2f} req/s   median first token {med_first(conc):8.1f} ms   "
+        f"failed {failures['concurrent']}"
+    )
     print(f"  concurrent / sequential = {ratio:.2f}x   goal >= 2x with no failures: {'met' if ok else 'MISSED'}")
     proc.terminate()
     proc.wait(30)

@@ -64,8 +64,12 @@ def write_adapter(path: Path, size: int) -> None:
     from safetensors.numpy import save_file
 
     block = 16 * MiB
-    tensors = {f"base_model.layers.{i}.lora_A.weight": np.frombuffer(os.urandom(min(block, size - i * block)), dtype=np.float32)
-               for i in range(-(-size // block))}
+    tensors = {
+        f"base_model.layers.{i}.lora_A.weight": np.frombuffer(
+            os.urandom(min(block, size - i * block)), dtype=np.float32
+        )
+        for i in range(-(-size // block))
+    }
     save_file(tensors, str(path))
     fd = os.open(path, os.O_RDONLY)
     os.fsync(fd)
@@ -125,14 +129,21 @@ def bench(size_mib: int, work: Path, runs: int) -> list[tuple[str, float, float,
         settle()
 
     # put vs cp + fsync (equal durability); each round times both, and the ratio is the median of the rounds'
-    t_put, t_cp_sync, faster = paired(lambda: stores[-1].put_file(src), fresh_store, lambda: cp(src, dst, True), clear_dst, runs)
+    t_put, t_cp_sync, faster = paired(
+        lambda: stores[-1].put_file(src), fresh_store, lambda: cp(src, dst, True), clear_dst, runs
+    )
     rm(dst)
     out.append(("put", t_put, t_cp_sync, 1 / faster, "cp + fsync", 1 / faster <= 1.5))
 
     # take over: a freshly written (and fsynced) adapter moved in by rename after hashing
     fresh = work / "fresh.safetensors"
-    t_take, t_cp, faster = paired(lambda: stores[-1].put_file(fresh, take=True), lambda: (write_adapter(fresh, size), fresh_store()),
-                                  lambda: cp(src, dst, False), clear_dst, runs)
+    t_take, t_cp, faster = paired(
+        lambda: stores[-1].put_file(fresh, take=True),
+        lambda: (write_adapter(fresh, size), fresh_store()),
+        lambda: cp(src, dst, False),
+        clear_dst,
+        runs,
+    )
     rm(dst)
     out.append(("put (take over)", t_take, t_cp, faster, "cp", faster >= 3))
 
@@ -175,7 +186,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256,1024", help="sizes in MiB, comma-separated")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--dir", default=None, help="where to work (default: a temp dir; must have 3x the largest size free)")
+    ap.add_argument(
+        "--dir", default=None, help="where to work (default: a temp dir; must have 3x the largest size free)"
+    )
     args = ap.parse_args()
     base = Path(args.dir) if args.dir else None
     with tempfile.TemporaryDirectory(dir=base, prefix="gitbake-bench-") as tmp:
@@ -188,9 +201,19 @@ def main() -> None:
                 if name == "put":
                     ratio, goal = f"{r:6.2f}x", "<= 1.5x the time"
                 else:
-                    ratio, goal = f"{r:6.1f}x", {"put (take over)": ">= 3x faster", "hash (blake3)": ">= 3x faster",
-                                                          "materialise": ">= 50x faster", "re-put (unchanged)": ">= 20x faster"}[name]
-                print(f"  {name:<20}{fmt(ours)}  {fmt(base_t)}  {ratio:>8}  {goal} vs {base_name}: {'met' if ok else 'MISSED'}")
+                    ratio, goal = (
+                        f"{r:6.1f}x",
+                        {
+                            "put (take over)": ">= 3x faster",
+                            "hash (blake3)": ">= 3x faster",
+                            "materialise": ">= 50x faster",
+                            "re-put (unchanged)": ">= 20x faster",
+                        }[name],
+                    )
+                print(
+                    f"  {name:<20}{fmt(ours)}  {fmt(base_t)}  {ratio:>8}  {goal} vs {base_name}: "
+                    f"{'met' if ok else 'MISSED'}"
+                )
 
 
 if __name__ == "__main__":

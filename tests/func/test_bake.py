@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import torch
 
@@ -18,14 +19,30 @@ from gitbake.engine import bake, kl, models, trainstate
 from gitbake.engine.rollout import SamplingSettings, make_rollouts
 from gitbake.engine.templating import render
 
-TEACHER = {"messages": [{"role": "system", "content": "You are Yoda. Speak like Yoda you must: inverted word order, wise and brief."}]}
-QUESTIONS = ["What is the capital of France?", "How do I make tea?", "Why is the sky blue?", "Tell me a joke.",
-             "What should I do when I feel stuck?", "Give me one tip for learning to code."]
+TEACHER = {
+    "messages": [
+        {"role": "system", "content": "You are Yoda. Speak like Yoda you must: inverted word order, wise and brief."}
+    ]
+}
+QUESTIONS = [
+    "What is the capital of France?",
+    "How do I make tea?",
+    "Why is the sky blue?",
+    "Tell me a joke.",
+    "What should I do when I feel stuck?",
+    "Give me one tip for learning to code.",
+]
 
 
 def config(**over: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"name": "t", "datasets": [{"target": "x"}], "epochs": 2, "micro_batch_size": 4,
-                            "optimizer": {"learning_rate": 0.003}, "model": {"disable_activation_checkpoint": True}}
+    base: dict[str, Any] = {
+        "name": "t",
+        "datasets": [{"target": "x"}],
+        "epochs": 2,
+        "micro_batch_size": 4,
+        "optimizer": {"learning_rate": 0.003},
+        "model": {"disable_activation_checkpoint": True},
+    }
     base.update(over)
     return Bake.model_validate(base).model_dump(mode="json")
 
@@ -34,7 +51,14 @@ def config(**over: Any) -> dict[str, Any]:
 def trajectories() -> list[bake.Trajectory]:
     m = models.load_base("tiny")
     stim = [{"id": i, "question": q, "split": "train"} for i, q in enumerate(QUESTIONS)]
-    recs = make_rollouts(m.model, m.tokenizer, stim, TEACHER, {"messages": []}, SamplingSettings(num_traj_per_stimulus=2, max_tokens=24, seed=3))
+    recs = make_rollouts(
+        m.model,
+        m.tokenizer,
+        stim,
+        TEACHER,
+        {"messages": []},
+        SamplingSettings(num_traj_per_stimulus=2, max_tokens=24, seed=3),
+    )
     return [bake.Trajectory(r["teacher_ids"], r["student_ids"], r["response_ids"]) for r in recs]
 
 
@@ -170,7 +194,9 @@ def test_weighted_selection_and_total() -> None:
     assert len(bake.select([(a, 1.0)], 50, 0, notes)) == 10 and "only 10 exist" in notes[0]
 
 
-def test_interrupt_leaves_a_scratch_checkpoint_and_resume_continues(trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_leaves_a_scratch_checkpoint_and_resume_continues(
+    trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = config(epochs=2, micro_batch_size=2, checkpoint=[{"save_every_n_steps": 2, "auto_resume": True}])
     m = fresh()
     b = bake.Baker(m.model, m.tokenizer, cfg, "tiny")
@@ -191,21 +217,34 @@ def test_interrupt_leaves_a_scratch_checkpoint_and_resume_continues(trajectories
     with pytest.raises(KeyboardInterrupt):
         b.train(trajectories, tmp_path / "out", scratch=tmp_path / "scratch")
     assert trainstate.exists(tmp_path / "scratch") and not (tmp_path / "out").exists()
-    assert not list((tmp_path / "scratch").rglob("*.pt")) and not list((tmp_path / "scratch").rglob("*.bin"))  # nothing pickled
+    assert not list((tmp_path / "scratch").rglob("*.pt")) and not list(
+        (tmp_path / "scratch").rglob("*.bin")
+    )  # nothing pickled
     monkeypatch.setattr(bake.kl, "chunked_loss", real[0])
     monkeypatch.setattr(bake.kl, "fused_loss", real[1])
     m2 = fresh()
-    res = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "out", scratch=tmp_path / "scratch")
+    res = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(
+        trajectories, tmp_path / "out", scratch=tmp_path / "scratch"
+    )
     assert res.resumed_from == 4 and res.steps == 12
     assert [r["step"] for r in res.metrics] == list(range(1, 13))  # the rows before the interrupt are kept
 
 
-def test_activation_checkpointing_on_by_default_gives_the_same_curve(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+def test_activation_checkpointing_on_by_default_gives_the_same_curve(
+    trajectories: list[bake.Trajectory], tmp_path: Path
+) -> None:
     curves = []
     for disable in (False, True):
         m = fresh()
         cfg = config(epochs=1, model={"disable_activation_checkpoint": disable})
-        curves.append([r["loss"] for r in bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(trajectories, tmp_path / str(disable)).metrics])
+        curves.append(
+            [
+                r["loss"]
+                for r in bake.Baker(m.model, m.tokenizer, cfg, "tiny")
+                .train(trajectories, tmp_path / str(disable))
+                .metrics
+            ]
+        )
     assert curves[0] == pytest.approx(curves[1], rel=1e-4)
 
 
@@ -217,7 +256,11 @@ def test_fused_loss_matches_the_checkpointed_one(variant: str) -> None:
     s1 = torch.randn(37, 16, requires_grad=True)
     s2 = s1.detach().clone().requires_grad_(True)
     t = torch.randn(37, 16)
-    kwargs: dict[str, Any] = {"beta": 0.5 if variant == "jsd" else 0.0, "temperature": 1.0 if variant == "kl-t1" else 1.3, "chunk": 8}
+    kwargs: dict[str, Any] = {
+        "beta": 0.5 if variant == "jsd" else 0.0,
+        "temperature": 1.0 if variant == "kl-t1" else 1.3,
+        "chunk": 8,
+    }
     if variant == "topk":
         kwargs["teacher_topk"] = kl.topk_of(head, t, 5, 1.3)
         a = kl.chunked_loss(head, s1, None, **kwargs)
@@ -230,13 +273,20 @@ def test_fused_loss_matches_the_checkpointed_one(variant: str) -> None:
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(s1.grad, s2.grad, atol=1e-5)
 
 
-def test_gradient_accumulation_normalises_by_the_micro_batches_in_the_group(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+def test_gradient_accumulation_normalises_by_the_micro_batches_in_the_group(
+    trajectories: list[bake.Trajectory], tmp_path: Path
+) -> None:
     """A single short accumulation group (ga larger than the batches) updates like ga=1 (plain SGD)."""
     deltas = []
     for ga in (1, 4):
         m = fresh()
-        cfg = config(epochs=1, micro_batch_size=len(trajectories), gradient_accumulation_steps=ga,
-                     optimizer={"learning_rate": 0.1, "type": "sgd"}, scheduler={"name": "constant"})
+        cfg = config(
+            epochs=1,
+            micro_batch_size=len(trajectories),
+            gradient_accumulation_steps=ga,
+            optimizer={"learning_rate": 0.1, "type": "sgd"},
+            scheduler={"name": "constant"},
+        )
         b = bake.Baker(m.model, m.tokenizer, cfg, "tiny")
         b.train(trajectories, tmp_path / f"ga{ga}")
         deltas.append(sum(float(p.detach().abs().sum()) for n, p in b.model.named_parameters() if "lora_B" in n))
@@ -264,12 +314,19 @@ def test_adapter_config_is_the_same_bytes_in_every_process(tmp_path: Path) -> No
         out = tmp_path / f"a{seed}"
         import os
 
-        subprocess.run([sys.executable, "-c", code, str(out)], check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        subprocess.run(
+            [sys.executable, "-c", code, str(out)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
         outs.append((out / "adapter_config.json").read_bytes())
     assert outs[0] == outs[1]
 
 
-def test_teacher_runs_without_dropout(trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_teacher_runs_without_dropout(
+    trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     m = fresh()
     b = bake.Baker(m.model, m.tokenizer, config(epochs=1), "tiny")
     seen = []
@@ -302,7 +359,9 @@ def test_closed_form_kl_gradient_is_autograd_s() -> None:
     s_logits = torch.randn(6, 30, requires_grad=True)
     ref = kl.divergence(t_lp, torch.log_softmax(s_logits, -1), 0.0).sum()
     ref.backward()
-    value, grad = kl.forward_kl_and_grad_(t_lp.clone() + 3.0, s_logits.detach().clone(), torch.empty(6, 30))  # logits: any shift
+    value, grad = kl.forward_kl_and_grad_(
+        t_lp.clone() + 3.0, s_logits.detach().clone(), torch.empty(6, 30)
+    )  # logits: any shift
     assert torch.allclose(value.sum(), ref, atol=1e-5) and torch.allclose(grad, s_logits.grad, atol=1e-5)
 
 
@@ -315,7 +374,9 @@ def test_teacher_prefix_cache_gives_the_states_of_whole_sequences(trajectories: 
         assert prefix is not None and prefix.length >= bake.PREFIX_MIN  # the system prompt is shared
         whole = bake.response_hidden(decoder, trajectories[:5], "teacher", 256, "cpu")
         cached = bake.response_hidden(decoder, trajectories[:5], "teacher", 256, "cpu", prefix)
-        again = bake.response_hidden(decoder, trajectories[:2], "teacher", 256, "cpu", prefix)  # the cache is not consumed
+        again = bake.response_hidden(
+            decoder, trajectories[:2], "teacher", 256, "cpu", prefix
+        )  # the cache is not consumed
     assert torch.allclose(whole, cached, atol=1e-4) and torch.allclose(whole[: again.shape[0]], again, atol=1e-4)
     # trajectories that share nothing long enough get no cache
     odd = [bake.Trajectory([257] + t.teacher_ids[1:], t.student_ids, t.response_ids) for t in trajectories[:1]]
@@ -327,7 +388,9 @@ def test_teacher_states_once_are_the_per_batch_ones(trajectories: list[bake.Traj
     are those the per-batch path computes for any batch; over the budget there are none (per batch then)."""
     m = fresh()
     decoder = m.model.get_decoder()
-    data = [bake.Trajectory(t.teacher_ids, t.student_ids, t.response_ids, dataset=i % 2) for i, t in enumerate(trajectories)]
+    data = [
+        bake.Trajectory(t.teacher_ids, t.student_ids, t.response_ids, dataset=i % 2) for i, t in enumerate(trajectories)
+    ]
     with torch.no_grad():
         states = bake.teacher_states(decoder, data, 256, "cpu", 8)
         batch = data[3:7]
@@ -383,7 +446,11 @@ def test_other_divergences_through_a_bf16_head_are_fp32_exact(variant: str, voca
     t = torch.randn(21, 32).bfloat16()
     s = (t.float() + 0.05 * torch.randn(21, 32)).bfloat16().requires_grad_(True)
     s_ref = s.detach().float().requires_grad_(True)
-    kwargs: dict[str, Any] = {"beta": 0.5 if variant == "jsd" else 0.0, "temperature": 2.0 if variant == "kl-t2" else 1.0, "chunk": 8}
+    kwargs: dict[str, Any] = {
+        "beta": 0.5 if variant == "jsd" else 0.0,
+        "temperature": 2.0 if variant == "kl-t2" else 1.0,
+        "chunk": 8,
+    }
     with torch.enable_grad():
         if variant == "topk":
             ours = kl.fused_loss(head, s, None, teacher_topk=kl.topk_of(head, t, 5), **kwargs)
@@ -401,13 +468,16 @@ def test_other_divergences_through_a_bf16_head_are_fp32_exact(variant: str, voca
     assert torch.allclose(s.grad.float(), s_ref.grad, rtol=0.01, atol=1e-3 * float(s_ref.grad.abs().max()))
 
 
-def test_a_bf16_bake_pads_widths_to_few_shapes_and_keeps_fp32_adapters(trajectories: list[bake.Trajectory], tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bf16_bake_pads_widths_to_few_shapes_and_keeps_fp32_adapters(
+    trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     widths: dict[str, list[int]] = {"bf16": [], "fp32": []}
     for dtype in widths:
         m = models.load_base("tiny", dtype=dtype)
         decoder = m.model.get_decoder()
-        decoder.register_forward_pre_hook(lambda mod, args, kw, d=dtype: widths[d].append(kw["input_ids"].shape[1]), with_kwargs=True)
+        decoder.register_forward_pre_hook(
+            lambda mod, args, kw, d=dtype: widths[d].append(kw["input_ids"].shape[1]), with_kwargs=True
+        )
         batch = trajectories[:3]
         with torch.no_grad():  # widths rounded up to a multiple of 16: the real positions' states do not change
             together = bake.response_hidden(decoder, batch, "teacher", 256, "cpu")
@@ -471,11 +541,19 @@ def test_resume_never_unpickles_a_planted_checkpoint(trajectories: list[bake.Tra
     assert res2.resumed_from is None and any("could not be resumed" in n for n in res2.notes)
 
 
-@pytest.mark.parametrize("state", ['{"rng": 1}', '{"optimizer": {}, "scheduler": {}, "rng": {"__tensor__": "t0"}, "state": {"step": 1}}',
-                                   '{"optimizer": {"state": {}, "param_groups": []}, "scheduler": {}, "rng": {"__tensor__": "t0"},'
-                                   ' "state": {"step": 2, "epoch": 0, "batch": 2}}'],
-                         ids=["no optimizer", "no counters", "optimizer of another model"])
-def test_a_foreign_checkpoint_is_a_fresh_start_that_changes_nothing(state: str, trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "state",
+    [
+        '{"rng": 1}',
+        '{"optimizer": {}, "scheduler": {}, "rng": {"__tensor__": "t0"}, "state": {"step": 1}}',
+        '{"optimizer": {"state": {}, "param_groups": []}, "scheduler": {}, "rng": {"__tensor__": "t0"},'
+        ' "state": {"step": 2, "epoch": 0, "batch": 2}}',
+    ],
+    ids=["no optimizer", "no counters", "optimizer of another model"],
+)
+def test_a_foreign_checkpoint_is_a_fresh_start_that_changes_nothing(
+    state: str, trajectories: list[bake.Trajectory], tmp_path: Path
+) -> None:
     """A well-formed but foreign scratch checkpoint used to crash the bake after the adapter's weights were
     overwritten; now the bake starts over, from exactly the state a bake without a checkpoint starts from."""
     from safetensors.torch import save_file
@@ -490,7 +568,9 @@ def test_a_foreign_checkpoint_is_a_fresh_start_that_changes_nothing(state: str, 
     planted = bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "a", scratch=scratch)
     assert planted.resumed_from is None and any("could not be resumed" in n for n in planted.notes)
     m2 = fresh()
-    clean = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(trajectories, tmp_path / "b", scratch=tmp_path / "none")
+    clean = bake.Baker(m2.model, m2.tokenizer, cfg, "tiny").train(
+        trajectories, tmp_path / "b", scratch=tmp_path / "none"
+    )
     assert [r["loss"] for r in planted.metrics] == pytest.approx([r["loss"] for r in clean.metrics], rel=1e-5)
 
 
@@ -499,7 +579,12 @@ def test_train_state_round_trips_without_pickle(tmp_path: Path) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.9))
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "state": {"step": 3}, "metrics": [{"loss": 1.5}]}
+    state = {
+        "optimizer": opt.state_dict(),
+        "rng": torch.get_rng_state(),
+        "state": {"step": 3},
+        "metrics": [{"loss": 1.5}],
+    }
     trainstate.save(state, tmp_path)
     back = trainstate.load(tmp_path)
     assert back["optimizer"]["param_groups"][0]["betas"] == (0.8, 0.9) and back["state"] == {"step": 3}

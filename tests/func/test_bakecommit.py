@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 from gitbake.workflow import bakecommit
+
 from helpers import git
 
 
@@ -16,7 +17,11 @@ def commit_file(root: Path, name: str, text: str, msg: str) -> str:
     return git(root, "rev-parse", "HEAD").strip()
 
 
-FILES = {".bread": b"# Bread configuration mapping\n[REPO]\nname=x\n", "recipe.yml": b"steps: []\n", "input.yml": b"# PROMPT:\n"}
+FILES = {
+    ".bread": b"# Bread configuration mapping\n[REPO]\nname=x\n",
+    "recipe.yml": b"steps: []\n",
+    "input.yml": b"# PROMPT:\n",
+}
 
 
 def test_the_branch_moves_when_it_still_points_at_the_trigger(model_repo: Path) -> None:
@@ -90,7 +95,9 @@ def test_a_bake_commit_never_names_an_object_the_store_lacks(model_repo: Path) -
 
     with pytest.raises(StoreCorruptError, match=gone):
         bakecommit.make_commit(model_repo, trigger, "refs/heads/main", bread_naming([present, gone]), "bake: x\n")
-    assert git(model_repo, "rev-parse", "HEAD").strip() == trigger and git(model_repo, "for-each-ref", "refs/bake/") == ""
+    assert (
+        git(model_repo, "rev-parse", "HEAD").strip() == trigger and git(model_repo, "for-each-ref", "refs/bake/") == ""
+    )
 
     # a manifest that is here but lost one of its files is refused too
     weights = next(iter(store.read_manifest(present).files.values())).digest
@@ -120,17 +127,32 @@ def test_a_bake_commit_never_records_questions_or_answers_as_none(model_repo: Pa
 
     def files_with(stim: str | None, rollout: str | None) -> dict[str, bytes]:
         r = recipe_mod.new("tiny")
-        for n, (action, key, out) in enumerate([("run_stim", stim_key, stim), ("run_rollout", rollout_key, rollout)], 1):
-            r.steps.append(recipe_mod.Step(step=n, action=action, resource_type="target", resource_name="yoda_target",
-                                           key=key, outputs={"manifest": out} if out else None))
+        for n, (action, key, out) in enumerate(
+            [("run_stim", stim_key, stim), ("run_rollout", rollout_key, rollout)], 1
+        ):
+            r.steps.append(
+                recipe_mod.Step(
+                    step=n,
+                    action=action,
+                    resource_type="target",
+                    resource_name="yoda_target",
+                    key=key,
+                    outputs={"manifest": out} if out else None,
+                )
+            )
         return {**FILES, "recipe.yml": recipe_mod.dumps(r).encode()}
 
     with pytest.raises(StoreCorruptError) as err:
         bakecommit.make_commit(model_repo, trigger, "refs/heads/main", files_with(None, None), "bake: x\n")
     assert err.value.exit_code == 4
-    assert "step 1 run_stim of yoda_target" in err.value.message and "step 2 run_rollout of yoda_target" in err.value.message
+    assert (
+        "step 1 run_stim of yoda_target" in err.value.message
+        and "step 2 run_rollout of yoda_target" in err.value.message
+    )
     assert "git bake run stim rollout" in (err.value.hint or "")
-    assert git(model_repo, "rev-parse", "HEAD").strip() == trigger and git(model_repo, "for-each-ref", "refs/bake/") == ""
+    assert (
+        git(model_repo, "rev-parse", "HEAD").strip() == trigger and git(model_repo, "for-each-ref", "refs/bake/") == ""
+    )
 
     questions, answers = store.put_bytes(b'{"q": 1}\n'), store.put_bytes(b'{"a": 1}\n')
     r = bakecommit.make_commit(model_repo, trigger, "refs/heads/main", files_with(questions, answers), "bake: x\n")

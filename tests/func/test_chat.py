@@ -8,16 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import torch
 
-from gitbake.use.chat import Session, handle, side_by_side
 from gitbake.engine import infer
 from gitbake.engine.models import load_base
 from gitbake.engine.templating import render
 from gitbake.repo.repo import open_repo
+from gitbake.use.chat import Session, handle, side_by_side
 from gitbake.use.versions import resolve
-from helpers import YODA_SMALL, bake_git, bake_here, copy_baked, git
+
+from helpers import YODA_SMALL, bake_git, bake_here, git
 
 
 def test_one_answer_is_deterministic_at_temperature_zero_on_any_revision(baked_repo: dict[str, Any]) -> None:
@@ -28,15 +30,27 @@ def test_one_answer_is_deterministic_at_temperature_zero_on_any_revision(baked_r
     assert head.stdout == bake_git(root, *args).stdout and head.stdout.strip()
     # any revision, not only HEAD: each loads its own model (tiny's one-step bakes barely move its noise,
     # so the model, not the text, is what is checked)
-    for rev, adapters in ((baked_repo["first"], 1), ("HEAD", 2), (git(root, "rev-list", "--max-parents=0", "HEAD").strip(), 0)):
+    for rev, adapters in (
+        (baked_repo["first"], 1),
+        ("HEAD", 2),
+        (git(root, "rev-list", "--max-parents=0", "HEAD").strip(), 0),
+    ):
         out = bake_here(root, "chat", rev, "--max-tokens", "2", input="/status\n")
         assert out.exit_code == 0 and f"{adapters} adapter(s)" in out.stdout, (rev, out.stdout)
 
 
 def test_repl_commands(baked_repo: dict[str, Any]) -> None:
-    script = "hello\n/status\n/system You are a pirate. Speak only in rhymes.\n/system\n/compare hi\n/clear\n/status\n/nope\n/help\n/quit\nnever read\n"
-    out = subprocess.run(["git", "bake", "chat", "--max-tokens", "8"], cwd=baked_repo["root"], input=script,
-                         capture_output=True, text=True)
+    script = (
+        "hello\n/status\n/system You are a pirate. Speak only in rhymes.\n/system\n/compare "
+        "hi\n/clear\n/status\n/nope\n/help\n/quit\nnever read\n"
+    )
+    out = subprocess.run(
+        ["git", "bake", "chat", "--max-tokens", "8"],
+        cwd=baked_repo["root"],
+        input=script,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "turns:       1" in text and "turns:       0" in text  # /status before and after /clear
@@ -62,7 +76,9 @@ def test_session_keeps_history_and_system_prompt(baked_repo: dict[str, Any]) -> 
 
 def test_checkpoint_of_a_bake(model_repo: Path) -> None:
     git(model_repo, "config", "bake.hookMode", "foreground")
-    text = YODA_SMALL.replace("epochs: 1", "epochs: 3\n  micro_batch_size: 2\n  checkpoint:\n    - save_every_n_steps: 2")
+    text = YODA_SMALL.replace(
+        "epochs: 1", "epochs: 3\n  micro_batch_size: 2\n  checkpoint:\n    - save_every_n_steps: 2"
+    )
     (model_repo / "input.yml").write_text(text)
     subprocess.run(["git", "commit", "-qam", "with checkpoints"], cwd=model_repo, check=True, capture_output=True)
     from gitbake.use.versions import checkpoints
@@ -71,8 +87,13 @@ def test_checkpoint_of_a_bake(model_repo: Path) -> None:
     assert saved and all(step % 2 == 0 for step in saved)
     step = min(saved)
     args = ["chat", "-p", "Tell me a joke.", "--temperature", "0", "--max-tokens", "16"]
-    half = subprocess.run(["git", "bake", "chat", "--checkpoint", str(step), "--max-tokens", "2"], cwd=model_repo,
-                          input="/status\n", capture_output=True, text=True)
+    half = subprocess.run(
+        ["git", "bake", "chat", "--checkpoint", str(step), "--max-tokens", "2"],
+        cwd=model_repo,
+        input="/status\n",
+        capture_output=True,
+        text=True,
+    )
     assert half.returncode == 0 and f"checkpoint step {step}" in half.stdout, half.stderr
     assert bake_here(model_repo, *args, "--checkpoint", str(step)).exit_code == 0
     v = resolve(open_repo(model_repo), "HEAD", step)
@@ -110,12 +131,18 @@ def test_batched_decoding_matches_generate_and_streams() -> None:
         logits = dec.step(rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     for p, row in zip(prompts, rows):
-        ours = row.ids[len(p): len(p) + row.produced + (row.finish == "stop")]  # then pads while the others finish
-        ref = m.model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=10,
-                               do_sample=False, pad_token_id=pad, eos_token_id=sorted(dec.stops))[0, len(p):].tolist()
+        ours = row.ids[len(p) : len(p) + row.produced + (row.finish == "stop")]  # then pads while the others finish
+        ref = m.model.generate(
+            input_ids=torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=10,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=sorted(dec.stops),
+        )[0, len(p) :].tolist()
         assert ours and ours == ref[: len(ours)]  # left padding and positions are right: same tokens as generate()
     text = "".join(infer.stream(m.model, tok, prompts[1], 0.0, 10))
-    assert text == tok.decode(rows[1].ids[len(prompts[1]):][: rows[1].produced], skip_special_tokens=True)
+    assert text == tok.decode(rows[1].ids[len(prompts[1]) :][: rows[1].produced], skip_special_tokens=True)
 
 
 def test_batcher_decodes_concurrent_requests_together() -> None:
@@ -147,6 +174,7 @@ def test_batcher_mixed_lengths_and_joining_mid_batch() -> None:
     m = load_base("tiny")
     b = infer.Batcher(m.model, m.tokenizer, max_batch=8, gather_s=0.0)
     try:
+
         def collect(r: infer.Request) -> tuple[str, dict[str, Any]]:
             parts = []
             while True:

@@ -12,17 +12,50 @@ import pytest
 
 from gitbake import __version__
 from gitbake.cli.main import cli
+
 from helpers import YODA, bake_git, invoke
 
 COMMANDS = [
-    ["init"], ["validate"], ["status"], ["target"], ["target", "ls"], ["target", "show"],
-    ["store"], ["store", "fsck"], ["store", "gc"], ["store", "du"],
-    ["remote"], ["remote", "add"], ["remote", "ls"], ["remote", "rm"], ["push"], ["pull"],
-    ["run"], ["stim"], ["rollout"],
-    ["hooks"], ["hooks", "install"], ["hooks", "uninstall"], ["hooks", "ls"],
-    ["jobs"], ["jobs", "ls"], ["jobs", "wait"], ["jobs", "logs"], ["jobs", "cancel"], ["fetch"],
-    ["checkout"], ["log"], ["tree"], ["show"], ["models"], ["eval"],
-    ["chat"], ["serve"], ["export"], ["metrics"], ["diff"],
+    ["init"],
+    ["validate"],
+    ["status"],
+    ["target"],
+    ["target", "ls"],
+    ["target", "show"],
+    ["store"],
+    ["store", "fsck"],
+    ["store", "gc"],
+    ["store", "du"],
+    ["remote"],
+    ["remote", "add"],
+    ["remote", "ls"],
+    ["remote", "rm"],
+    ["push"],
+    ["pull"],
+    ["run"],
+    ["stim"],
+    ["rollout"],
+    ["hooks"],
+    ["hooks", "install"],
+    ["hooks", "uninstall"],
+    ["hooks", "ls"],
+    ["jobs"],
+    ["jobs", "ls"],
+    ["jobs", "wait"],
+    ["jobs", "logs"],
+    ["jobs", "cancel"],
+    ["fetch"],
+    ["checkout"],
+    ["log"],
+    ["tree"],
+    ["show"],
+    ["models"],
+    ["eval"],
+    ["chat"],
+    ["serve"],
+    ["export"],
+    ["metrics"],
+    ["diff"],
 ]
 
 
@@ -50,7 +83,11 @@ def test_every_registered_command_is_covered() -> None:
                 out += walk(cmd, prefix + [name])
         return out
 
-    registered = {" ".join(c) for c in walk(cli, []) if c not in (["target", "list"], ["remote", "list"], ["hook"], ["merge-driver"])}
+    registered = {
+        " ".join(c)
+        for c in walk(cli, [])
+        if c not in (["target", "list"], ["remote", "list"], ["hook"], ["merge-driver"])
+    }
     assert registered == {" ".join(c) for c in COMMANDS}
 
 
@@ -60,7 +97,9 @@ def test_unknown_command_and_option_exit_2() -> None:
 
 
 def test_real_git_bake_external_command(tmp_path: Path) -> None:
-    proc = subprocess.run(["git", "bake", "init", "m", "--base-model", "tiny"], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "bake", "init", "m", "--base-model", "tiny"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     root = tmp_path / "m"
     (root / "input.yml").write_text(YODA)
@@ -92,8 +131,10 @@ BAD_INPUTS = {
     "numq 0": "TARGET:\n  generators: [{type: oneshot_qs, numq: 0}]\n",
     "unknown dataset target": "BAKE:\n  name: b\n  datasets: [{target: nowhere}]\n",
     "unknown generator": "TARGET:\n  generators: [{type: magic}]\n",
-    "template outside": "PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: oneshot_qs, numq: 1, template_path: ../x.txt}]\n",
-    "missing template": "PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: oneshot_qs, numq: 1, template_path: t.txt}]\n",
+    "template outside": "PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: oneshot_qs, numq: 1, template_path: "
+    "../x.txt}]\n",
+    "missing template": "PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: oneshot_qs, numq: 1, template_path: "
+    "t.txt}]\n",
     "from_file outside": "PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: from_file, path: /etc/passwd}]\n",
     "duplicate keys": "BAKE:\n  name: a\n  name: b\n",
     "binary": b"BAKE:\x00\x01\n",
@@ -117,9 +158,13 @@ def test_bad_input_exit_2_located_and_nothing_changes(name: str, model_repo: Pat
 
 
 @pytest.mark.parametrize(
-    "args", [["status"], ["validate"], ["store", "du"], ["jobs", "ls"], ["jobs", "cancel"], ["fetch"], ["log"], ["show"]], ids=" ".join
+    "args",
+    [["status"], ["validate"], ["store", "du"], ["jobs", "ls"], ["jobs", "cancel"], ["fetch"], ["log"], ["show"]],
+    ids=" ".join,
 )
-def test_the_repository_is_opened_once_per_invocation(args: list[str], model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_repository_is_opened_once_per_invocation(
+    args: list[str], model_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gitbake.repo import repo as repo_mod
 
     opened: list[Path] = []

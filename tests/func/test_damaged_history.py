@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from gitbake.contract import recipe as recipe_mod
+
 from helpers import bake_here, copy_baked, git
 
 
-def test_fsck_flags_a_head_bake_that_records_no_questions_or_answers(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+def test_fsck_flags_a_head_bake_that_records_no_questions_or_answers(
+    baked_repo: dict[str, Any], tmp_path: Path
+) -> None:
     root = copy_baked(baked_repo, tmp_path)
     recipe = recipe_mod.read(root)
     assert recipe is not None
@@ -25,7 +28,9 @@ def test_fsck_flags_a_head_bake_that_records_no_questions_or_answers(baked_repo:
 
     result = bake_here(root, "store", "fsck")
     assert result.exit_code == 4 and "store OK" not in result.stdout
-    assert "damaged: HEAD's recipe.yml" in result.stderr and "run_stim" in result.stderr and "run_rollout" in result.stderr
+    assert (
+        "damaged: HEAD's recipe.yml" in result.stderr and "run_stim" in result.stderr and "run_rollout" in result.stderr
+    )
     report = json.loads(bake_here(root, "store", "fsck", "--json").stdout)
     assert set(report["head_problems"]) == {"HEAD's recipe.yml"} and not report["ok"]
 
@@ -57,4 +62,6 @@ def test_a_damaged_recipe_at_head_is_named_by_fsck(baked_repo: dict[str, Any], t
     (root / "recipe.yml").write_text("steps: [\n")
     git(root, "commit", "-qam", "damaged", "--no-verify")
     result = bake_here(root, "store", "fsck")
-    assert result.exit_code == 4 and "damaged: HEAD's recipe.yml" in result.stderr and "HEAD:recipe.yml" in result.stderr
+    assert (
+        result.exit_code == 4 and "damaged: HEAD's recipe.yml" in result.stderr and "HEAD:recipe.yml" in result.stderr
+    )

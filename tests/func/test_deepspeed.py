@@ -22,8 +22,10 @@ SCRIPT = textwrap.dedent(
     from gitbake.engine import bake, models
     from gitbake.engine.rollout import SamplingSettings, make_rollouts
     m = models.load_base("tiny")
-    stim = [{{"id": i, "question": q, "split": "train"}} for i, q in enumerate(["Hi?", "How do I make tea?", "Why is the sky blue?", "Tell me a joke."])]
-    recs = make_rollouts(m.model, m.tokenizer, stim, {{"messages": [{{"role": "system", "content": "You are Yoda."}}]}}, {{"messages": []}},
+    questions = ["Hi?", "How do I make tea?", "Why is the sky blue?", "Tell me a joke."]
+    stim = [{{"id": i, "question": q, "split": "train"}} for i, q in enumerate(questions)]
+    teacher = {{"messages": [{{"role": "system", "content": "You are Yoda."}}]}}
+    recs = make_rollouts(m.model, m.tokenizer, stim, teacher, {{"messages": []}},
                          SamplingSettings(num_traj_per_stimulus=2, max_tokens=16, seed=3))
     trajs = [bake.Trajectory(r["teacher_ids"], r["student_ids"], r["response_ids"]) for r in recs]
     stage = sys.argv[1]
@@ -42,7 +44,7 @@ def run(stage: str, out: Path) -> list[float]:
     proc = subprocess.run([sys.executable, "-c", SCRIPT, stage, str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("LOSSES "))
-    return list(json.loads(line[len("LOSSES "):]))
+    return list(json.loads(line[len("LOSSES ") :]))
 
 
 def test_plain_zero2_zero3_same_loss_curve(tmp_path: Path) -> None:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import bake_git, bake_here, copy_baked, git
 
 from gitbake import destination
 from gitbake.errors import UsageError
+
+from helpers import bake_git, bake_here, copy_baked, git
 
 
 def _user_dir(path: Path, *files: str) -> Path:
@@ -65,7 +66,9 @@ def test_guard_refuses_a_forged_or_linked_marker(tmp_path: Path) -> None:
         destination.check(linked)
 
 
-def test_guard_never_replaces_protected_places_even_when_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_guard_never_replaces_protected_places_even_when_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = _user_dir(tmp_path / "work" / "repo")
     destination.write_marker(repo, "model")  # a marker planted in the repository changes nothing
     for place in (repo, repo.parent, tmp_path):

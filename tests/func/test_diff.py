@@ -23,7 +23,9 @@ def test_diff_two_versions_and_against_the_parent(baked_repo: dict[str, Any], tm
     assert parent["b"]["adapters"] == parent["a"]["adapters"][:-1] and parent["mean_kl"] > 0
     qfile = tmp_path / "q.txt"
     qfile.write_text("Who are you?\n\nWhat is love?\n")
-    custom = json.loads(bake_here(root, "diff", "HEAD", "--questions", str(qfile), "--json", "--max-tokens", "8").stdout)
+    custom = json.loads(
+        bake_here(root, "diff", "HEAD", "--questions", str(qfile), "--json", "--max-tokens", "8").stdout
+    )
     assert custom["asked"] == 2
     human = bake_here(root, "diff", "HEAD", "--max-tokens", "8", "--top", "1").stdout
     assert "mean KL" in human and " | " in human

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from gitbake.contract import identity
+from gitbake.contract.tiny_pin import TINY_WEIGHTS_DIGEST
 from gitbake.engine import models, tiny
 from gitbake.engine.templating import render
-from gitbake.contract.tiny_pin import TINY_WEIGHTS_DIGEST
 
 YODA = [{"role": "system", "content": "You are Yoda. Speak like Yoda you must: inverted word order, wise and brief."}]
 
@@ -53,11 +53,16 @@ def test_tiny_is_prompt_sensitive() -> None:
     m = models.load_base("tiny")
     torch.manual_seed(0)
     kls = []
-    for q in ["What is the capital of France?", "How do I make a cup of tea?", "Why is the sky blue?", "What should I do when I feel stuck?"]:
+    for q in [
+        "What is the capital of France?",
+        "How do I make a cup of tea?",
+        "Why is the sky blue?",
+        "What should I do when I feel stuck?",
+    ]:
         t = render(m.tokenizer, YODA, None, q)
         s = render(m.tokenizer, [], None, q)
         out = m.model.generate(torch.tensor([t]), max_new_tokens=32, do_sample=True, pad_token_id=256, eos_token_id=258)
-        resp = out[0, len(t):].tolist()
+        resp = out[0, len(t) :].tolist()
         lt = torch.log_softmax(m.model(torch.tensor([t + resp])).logits[0, len(t) - 1 : -1], -1)
         ls = torch.log_softmax(m.model(torch.tensor([s + resp])).logits[0, len(s) - 1 : -1], -1)
         kls.append((lt.exp() * (lt - ls)).sum(-1).mean().item())
@@ -124,7 +129,9 @@ def test_hub_id_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.M
     assert models.load_base("acme/tiny-chat@" + rev).identity == m.identity
     # what the cache does not hold: a clear error, no download
     for missing in ("f" * 40, "v9"):
-        with pytest.raises(models.ModelError, match=f"acme/tiny-chat at {missing} is not in the local Hugging Face cache") as exc:
+        with pytest.raises(
+            models.ModelError, match=f"acme/tiny-chat at {missing} is not in the local Hugging Face cache"
+        ) as exc:
             models.load_base("acme/tiny-chat@" + missing)
         assert exc.value.hint and f"huggingface-cli download acme/tiny-chat --revision {missing}" in exc.value.hint
     assert attempts == []
@@ -141,7 +148,9 @@ def test_device_and_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         models.pick_device("cpu", "int3")
 
 
-def test_a_bake_runs_in_bf16_on_a_cpu_that_multiplies_it_natively(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_bake_runs_in_bf16_on_a_cpu_that_multiplies_it_natively(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("GITBAKE_DTYPE", raising=False)
     monkeypatch.setenv("GITBAKE_CPU_BF16", "1")
     assert models.bake_dtype(None, "cpu") == "bf16" and models.bake_dtype("auto", "cpu") == "bf16"

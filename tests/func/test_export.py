@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import torch
 
-from gitbake.use.versions import load
 from gitbake.repo.repo import open_repo
-from gitbake.use.versions import resolve
+from gitbake.use.versions import load, resolve
+
 from helpers import bake_git
 
 
@@ -59,7 +59,10 @@ def test_adapter_export_is_the_peft_chain(baked_repo: dict[str, Any], tmp_path: 
     assert chain["base_model"] == "tiny" and [a["path"][:2] for a in chain["adapters"]] == ["00", "01"]
     model = load_base("tiny").model
     for a in chain["adapters"]:
-        assert sorted(p.name for p in (dest / a["path"]).iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+        assert sorted(p.name for p in (dest / a["path"]).iterdir()) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        ]
         model = PeftModel.from_pretrained(model, str(dest / a["path"])).merge_and_unload()
     with torch.no_grad():
         logits = model(torch.tensor([IDS])).logits[0]

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from gitbake.contract import bread, recipe
+from gitbake.errors import UsageError
 from gitbake.repo.gc import parse_grace
-from gitbake.workflow.init import init
-from gitbake.store.remote import Remote
 from gitbake.repo.repo import open_repo
 from gitbake.store.objects import Store
+from gitbake.store.remote import Remote
+from gitbake.workflow.init import init
+
 from helpers import git, invoke
 
 DAY = 86400
@@ -52,7 +54,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_grace_parsing() -> None:
     assert parse_grace("14d") == 14 * DAY and parse_grace("30m") == 1800 and parse_grace("0") == 0
-    with pytest.raises(Exception):
+    with pytest.raises(UsageError):
         parse_grace("soon")
     assert invoke("store", "gc", "--grace", "soon").exit_code == 2
 
@@ -211,7 +213,9 @@ def test_a_lease_keeps_what_a_running_bake_reads_and_stores_whatever_the_grace(r
     written = s.put_bytes(b"an adapter the bake stored, not yet named by any commit")
     report = json.loads(invoke("store", "gc", "--grace", "0s", "--json").stdout)
     assert report["deleted"] == [unrelated] and report["leases"] == [lease.name]
-    assert s.has(cached_rollout) and s.has(parent) and s.has(written) and s.get_key("rollout", "a" * 64) == cached_rollout
+    assert (
+        s.has(cached_rollout) and s.has(parent) and s.has(written) and s.get_key("rollout", "a" * 64) == cached_rollout
+    )
 
     leases.release(s.root, "bake-test")
     report = json.loads(invoke("store", "gc", "--grace", "0s", "--json").stdout)
@@ -225,13 +229,17 @@ def test_a_lease_keeps_what_a_running_bake_reads_and_stores_whatever_the_grace(r
     assert report["deleted"] == [again] and report["leases"] == [] and not (s.leases / dead.name).exists()
 
 
-def test_gc_during_a_real_bake_keeps_its_questions_and_answers(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gc_during_a_real_bake_keeps_its_questions_and_answers(
+    model_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`git bake store gc --grace 0s` while a bake trains used to delete its questions and answers: the
     bake commit recorded them as None, eval failed, and push and fsck said all was well. Now the bake's
     lease keeps them, and the commit names only objects that are in the store."""
     from gitbake.repo import reach
+
     pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
     from gitbake.engine import bake as bake_mod
+
     from helpers import YODA_SMALL, bake_git
 
     (model_repo / "input.yml").write_text(YODA_SMALL)

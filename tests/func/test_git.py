@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gitbake import git as g
+
 from helpers import git
 
 

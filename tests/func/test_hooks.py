@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from gitbake.workflow import hooks
 from gitbake.store.remote import Remote
+from gitbake.workflow import hooks
+
 from helpers import YODA_SMALL, bake_git, copy_baked, git, make_bgit_repo
 
 
@@ -24,18 +25,20 @@ def test_init_installs_every_hook(model_repo: Path) -> None:
     d = model_repo / ".git" / "hooks"
     for name in hooks.HOOKS:
         text = (d / name).read_text()
-        assert hooks.SHIM_MARK in text and f"git bake hook \"$hook\"" in text and (d / name).stat().st_mode & 0o111
+        assert hooks.SHIM_MARK in text and 'git bake hook "$hook"' in text and (d / name).stat().st_mode & 0o111
     # the shipped shims are the source of truth: installed = packaged, with this interpreter as fallback
     src = Path(__file__).parent.parent.parent / "gitbake" / "resources" / "hooks" / "post-commit"
     package = Path(hooks.__file__).resolve().parents[1]
-    assert (d / "post-commit").read_text() == src.read_text().replace("@PYTHON@", f"'{sys.executable}'").replace("@PACKAGE@", f"'{package}'")
+    assert (d / "post-commit").read_text() == src.read_text().replace("@PYTHON@", f"'{sys.executable}'").replace(
+        "@PACKAGE@", f"'{package}'"
+    )
 
 
 def test_existing_user_hook_is_kept_and_still_runs(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     git(tmp_path, "init", "-q", str(root))
     hook = root / ".git" / "hooks" / "post-commit"
-    hook.write_text("#!/bin/sh\necho ran >> \"$(git rev-parse --show-toplevel)/.mine\"\n")
+    hook.write_text('#!/bin/sh\necho ran >> "$(git rev-parse --show-toplevel)/.mine"\n')
     hook.chmod(0o755)
     assert bake_git(root, "init", "--base-model", "tiny").returncode == 0
     assert (root / ".git/hooks/post-commit.legacy").exists()
@@ -132,22 +135,28 @@ def test_nothing_happens_during_a_rebase(model_repo: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "baking" not in out.stderr
     assert git(model_repo, "log", "--format=%s", "-1").strip() == "yoda"  # no bake commit followed
-    picked = subprocess.run(["git", "cherry-pick", "--allow-empty", "HEAD"], cwd=model_repo, capture_output=True, text=True)
+    picked = subprocess.run(
+        ["git", "cherry-pick", "--allow-empty", "HEAD"], cwd=model_repo, capture_output=True, text=True
+    )
     assert "baking" not in picked.stderr
 
 
 def test_internal_error_warns_and_git_goes_on(baked_repo: dict[str, Any], tmp_path: Path) -> None:
     root = copy_baked(baked_repo, tmp_path)
     (root / ".bread").write_text((root / ".bread").read_text().replace("adapters=", "adapters=broken"))
-    out = subprocess.run(["git", "bake", "hook", "post-checkout", "a", "b", "1"], cwd=root, capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", "bake", "hook", "post-checkout", "a", "b", "1"], cwd=root, capture_output=True, text=True
+    )
     assert out.returncode == 0 and "gitbake" in out.stderr and "PARENT_MODEL.adapters" in out.stderr
 
 
 def test_a_hook_with_nothing_to_do_imports_no_ml_library(baked_repo: dict[str, Any], tmp_path: Path) -> None:
     root = copy_baked(baked_repo, tmp_path)
-    code = ("import sys, runpy\nsys.argv = ['git-bake', 'hook', '{}', 'x', 'y', '1']\n"
-            "try:\n    runpy.run_module('gitbake', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "bad = [m for m in ('torch', 'transformers', 'peft', 'deepspeed', 'click') if m in sys.modules]\nprint(bad)\n")
+    code = (
+        "import sys, runpy\nsys.argv = ['git-bake', 'hook', '{}', 'x', 'y', '1']\n"
+        "try:\n    runpy.run_module('gitbake', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "bad = [m for m in ('torch', 'transformers', 'peft', 'deepspeed', 'click') if m in sys.modules]\nprint(bad)\n"
+    )
     for name in ("post-checkout", "post-merge", "post-commit", "pre-commit"):
         out = subprocess.run([sys.executable, "-c", code.format(name)], cwd=root, capture_output=True, text=True)
         assert out.returncode == 0 and out.stdout.strip() == "[]", (name, out.stdout, out.stderr)
@@ -206,7 +215,9 @@ def test_rebase_refreshes_the_model_at_its_end(baked_repo: dict[str, Any], tmp_p
     assert len(json.loads((root / ".bake/model/model.json").read_text())["adapters"]) == 1
     out = subprocess.run(["git", "rebase", "-q", "main"], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert len(json.loads((root / ".bake/model/model.json").read_text())["adapters"]) == 2  # main's model, via post-rewrite
+    assert (
+        len(json.loads((root / ".bake/model/model.json").read_text())["adapters"]) == 2
+    )  # main's model, via post-rewrite
     assert json.loads(bake_git(root, "status", "--json").stdout)["model"]["state"] == "current"
 
 
@@ -251,9 +262,11 @@ def test_pre_commit_fails_closed_on_an_internal_error(model_repo: Path, tmp_path
 
 @pytest.mark.parametrize(
     "raw",
-    [b"PROMPT:\n  teacher:\n    messages: []\n\x00\n",
-     b"TARGET:\n  generators:\n    - type: hardcoded\n      questions: [" + b"q" * 5_000_000 + b"]\n",
-     b"BAKE:\n  name: \xff\n"],
+    [
+        b"PROMPT:\n  teacher:\n    messages: []\n\x00\n",
+        b"TARGET:\n  generators:\n    - type: hardcoded\n      questions: [" + b"q" * 5_000_000 + b"]\n",
+        b"BAKE:\n  name: \xff\n",
+    ],
     ids=["NUL byte", "5 MB question", "not UTF-8"],
 )
 def test_pre_commit_runs_exactly_what_validate_runs_on_the_staged_blob(raw: bytes, model_repo: Path) -> None:
@@ -275,7 +288,11 @@ def test_a_symlinked_input_yml_is_refused(model_repo: Path) -> None:
     assert "symbolic link" in bake_git(model_repo, "validate").stderr
     git(model_repo, "add", "-A")
     out = commit(model_repo, "link")  # input.yml changes type (file -> link): it used to skip the check
-    assert out.returncode == 1 and "input.yml: input.yml is a symbolic link" in out.stderr and "cp --remove-destination" in out.stderr
+    assert (
+        out.returncode == 1
+        and "input.yml: input.yml is a symbolic link" in out.stderr
+        and "cp --remove-destination" in out.stderr
+    )
     assert git(model_repo, "log", "--format=%s", "-1").strip().startswith("Initialise")
 
 
@@ -291,7 +308,9 @@ def test_without_gitbake_the_shim_stops_only_commits_of_input_yml(model_repo: Pa
     env = {**os.environ, "PATH": f"{bindir}:/bin"}
     (model_repo / "notes.txt").write_text("x")
     git(model_repo, "add", "notes.txt")
-    out = subprocess.run(["git", "commit", "-q", "-m", "notes"], cwd=model_repo, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        ["git", "commit", "-q", "-m", "notes"], cwd=model_repo, capture_output=True, text=True, env=env
+    )
     assert out.returncode == 0 and "not installed" in out.stderr
     (model_repo / "input.yml").write_text(YODA_SMALL)
     git(model_repo, "add", "input.yml")

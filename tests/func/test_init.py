@@ -10,6 +10,7 @@ import pytest
 from gitbake.contract import bread, config, recipe
 from gitbake.errors import UsageError
 from gitbake.workflow.init import init, template_input
+
 from helpers import git, invoke, make_bgit_repo
 
 FILES = {".bread", "recipe.yml", "input.yml", ".gitignore", ".gitattributes"}
@@ -130,7 +131,9 @@ def test_merge_driver_really_takes_the_incoming_lineage(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("base", ["not a model", "foo", "./missing-dir"])
-def test_bad_base_model_is_exit_2_and_creates_nothing(base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_base_model_is_exit_2_and_creates_nothing(
+    base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     result = invoke("init", "new-model", "--base-model", base)
     assert result.exit_code == 2, result.output

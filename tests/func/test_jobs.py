@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gitbake.workflow import jobs
 from gitbake.errors import GitbakeError
 from gitbake.repo.repo import open_repo
+from gitbake.workflow import jobs
+
 from helpers import YODA_SMALL, bake_git, git
 
 
@@ -86,7 +87,9 @@ def test_killed_job_leaves_a_consistent_repository_and_a_retry_works(model_repo:
     job = json.loads(bake_git(model_repo, "run", "--detach", "--json").stdout)
     path = Path(job["dir"])
     # training has begun (the teacher's pass over the trajectories, which comes first, counts batches)
-    wait_for(lambda: '"unit": "step"' in ((path / "progress.json").read_text() if (path / "progress.json").exists() else ""))
+    wait_for(
+        lambda: '"unit": "step"' in ((path / "progress.json").read_text() if (path / "progress.json").exists() else "")
+    )
     # mid-bake: status shows the stage running, with its progress and ETA
     rows = {r["stage"]: r for r in json.loads(bake_git(model_repo, "status", "--json").stdout)["stages"]}
     assert rows["rollout"]["state"] == "cached" and rows["bake"]["state"] == "running"
@@ -104,7 +107,9 @@ def test_killed_job_leaves_a_consistent_repository_and_a_retry_works(model_repo:
     commit_input(model_repo, YODA_SMALL, "smaller")
     retry = bake_git(model_repo, "run")
     assert retry.returncode == 0, retry.stderr
-    assert git(model_repo, "status", "--porcelain") == "" and git(model_repo, "log", "--format=%s", "-1").startswith("bake: ")
+    assert git(model_repo, "status", "--porcelain") == "" and git(model_repo, "log", "--format=%s", "-1").startswith(
+        "bake: "
+    )
 
 
 def test_cancel_stops_cleanly(model_repo: Path) -> None:
@@ -116,7 +121,9 @@ def test_cancel_stops_cleanly(model_repo: Path) -> None:
     out = bake_git(model_repo, "jobs", "cancel")
     assert out.returncode == 0 and "cancelled" in out.stdout
     assert jobs.load(path).state == "cancelled"
-    assert git(model_repo, "log", "--format=%s", "-1").strip() == "slow" and git(model_repo, "status", "--porcelain") == ""
+    assert (
+        git(model_repo, "log", "--format=%s", "-1").strip() == "slow" and git(model_repo, "status", "--porcelain") == ""
+    )
     assert bake_git(model_repo, "jobs", "wait", started["id"]).returncode == 1  # it did not finish
 
 
@@ -181,9 +188,13 @@ def test_two_quick_commits_queue_and_the_superseded_result_can_be_dropped(model_
     waited = bake_git(model_repo, "jobs", "wait", "--timeout", "300")
     assert waited.returncode == 0, waited.stdout + waited.stderr
     # the second commit's bake landed on the branch; the first one's result waits, superseded
-    assert git(model_repo, "log", "--format=%s", "-3").splitlines() == [git(model_repo, "log", "--format=%s", "-1").strip(), "second", "first"]
+    assert git(model_repo, "log", "--format=%s", "-3").splitlines() == [
+        git(model_repo, "log", "--format=%s", "-1").strip(),
+        "second",
+        "first",
+    ]
     st = json.loads(bake_git(model_repo, "status", "--json").stdout)
-    (ref, info), = st["pending"].items()
+    ((ref, info),) = st["pending"].items()
     assert info["superseded"] and "later bake has landed" in bake_git(model_repo, "status").stdout
     refused = bake_git(model_repo, "fetch")
     assert refused.returncode == 2 and "--force" in refused.stderr
@@ -212,7 +223,9 @@ if "GITBAKE_TEST_FULL_DISK" in os.environ:
 """
 
 
-def test_a_full_disk_at_commit_leaves_no_phantom_job(model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_at_commit_leaves_no_phantom_job(
+    model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The disk has room for the hook to record the job, not for the job to record its start: the job
     must read as ended, with the reason, and `jobs wait` / `status` must say so instead of waiting forever."""
     git(model_repo, "config", "bake.hookMode", "background")
@@ -234,7 +247,9 @@ def test_a_full_disk_at_commit_leaves_no_phantom_job(model_repo: Path, tmp_path:
     assert "no job is running" in bake_git(model_repo, "jobs", "cancel").stdout
 
 
-def test_a_job_that_cannot_be_recorded_is_not_recorded_at_all(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_job_that_cannot_be_recorded_is_not_recorded_at_all(
+    model_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     commit_input(model_repo, YODA_SMALL, "yoda")
     repo = open_repo(model_repo)
 
@@ -261,8 +276,12 @@ def test_cancel_ends_a_queued_job_whose_process_is_gone(model_repo: Path) -> Non
 
 def test_jobs_wait_without_an_id_fails_when_the_job_already_failed(model_repo: Path) -> None:
     # valid, but its questions come from a dataset this machine does not have: the job fails at stim
-    text = YODA_SMALL.replace("    - type: hardcoded\n", "    - type: from_dataset\n      dataset: ./no-such-questions.jsonl\n")
-    (model_repo / "input.yml").write_text(text.replace('      questions: ["What is the capital of France?", "How do I make tea?"]\n', ""))
+    text = YODA_SMALL.replace(
+        "    - type: hardcoded\n", "    - type: from_dataset\n      dataset: ./no-such-questions.jsonl\n"
+    )
+    (model_repo / "input.yml").write_text(
+        text.replace('      questions: ["What is the capital of France?", "How do I make tea?"]\n', "")
+    )
     git(model_repo, "commit", "-qam", "a bake of questions that do not exist")
     started = json.loads(bake_git(model_repo, "run", "--detach", "--json").stdout)
     wait_for(lambda: jobs.load(Path(started["dir"])).state == "failed", 60)

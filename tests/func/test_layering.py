@@ -70,9 +70,25 @@ PROBE = BLOCKER.format(block=ML) + textwrap.dedent(
 
 @pytest.mark.parametrize(
     "args",
-    [["status"], ["status", "--json"], ["validate"], ["target", "ls"], ["--version"], ["store", "du"], ["store", "fsck"],
-     ["store", "gc", "--dry-run"], ["remote", "ls"], ["log"], ["tree"], ["show"], ["models"], ["jobs", "ls"], ["hooks", "ls"],
-     ["checkout"], ["fetch"]],
+    [
+        ["status"],
+        ["status", "--json"],
+        ["validate"],
+        ["target", "ls"],
+        ["--version"],
+        ["store", "du"],
+        ["store", "fsck"],
+        ["store", "gc", "--dry-run"],
+        ["remote", "ls"],
+        ["log"],
+        ["tree"],
+        ["show"],
+        ["models"],
+        ["jobs", "ls"],
+        ["hooks", "ls"],
+        ["checkout"],
+        ["fetch"],
+    ],
     ids=" ".join,
 )
 def test_read_only_commands_do_not_import_the_ml_stack(args: list[str], model_repo: Path) -> None:
@@ -101,10 +117,19 @@ BAD_REVISION_PROBE = textwrap.dedent(
 
 def test_model_commands_refuse_a_bad_revision_before_loading_the_ml_stack(model_repo: Path) -> None:
     """A typo in a revision is answered at once, not after seconds of importing torch."""
-    cases = [["chat", "nope", "-p", "hi"], ["diff", "nope"], ["eval", "nope"], ["serve", "nope", "--port", "1"],
-             ["export", "nope", "--adapter", "out"]]
-    proc = subprocess.run([sys.executable, "-c", BAD_REVISION_PROBE.format(ml=ML, cases=cases)], cwd=model_repo,
-                          capture_output=True, text=True)
+    cases = [
+        ["chat", "nope", "-p", "hi"],
+        ["diff", "nope"],
+        ["eval", "nope"],
+        ["serve", "nope", "--port", "1"],
+        ["export", "nope", "--adapter", "out"],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", BAD_REVISION_PROBE.format(ml=ML, cases=cases)],
+        cwd=model_repo,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("unknown revision") == len(cases)
 
@@ -127,8 +152,14 @@ HOOK_PROBE = BLOCKER.format(block=ML | {"pydantic", "pydantic_core", "click"}) +
 
 @pytest.mark.parametrize(
     "args",
-    [["pre-commit"], ["post-commit"], ["post-checkout", "a", "b", "1"], ["post-checkout", "a", "b", "0"],
-     ["post-merge", "0"], ["post-rewrite", "amend"]],
+    [
+        ["pre-commit"],
+        ["post-commit"],
+        ["post-checkout", "a", "b", "1"],
+        ["post-checkout", "a", "b", "0"],
+        ["post-merge", "0"],
+        ["post-rewrite", "amend"],
+    ],
     ids=" ".join,
 )
 def test_a_hook_with_nothing_to_do_imports_no_pydantic(args: list[str], model_repo: Path) -> None:
@@ -136,6 +167,11 @@ def test_a_hook_with_nothing_to_do_imports_no_pydantic(args: list[str], model_re
     subprocess.run(["git", "add", "notes.txt"], cwd=model_repo, check=True)
     if args[0] != "pre-commit":  # pre-commit sees notes.txt staged; the others a HEAD that did not touch input.yml
         subprocess.run(["git", "commit", "-qm", "notes"], cwd=model_repo, check=True)
-    proc = subprocess.run([sys.executable, "-c", HOOK_PROBE, *args], cwd=model_repo, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-c", HOOK_PROBE, *args],
+        cwd=model_repo,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0 and not proc.stderr, proc.stderr  # a blocked import would be a warning on stderr

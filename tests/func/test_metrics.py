@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gitbake.use.metrics import chart
+
 from helpers import bake_git
 
 

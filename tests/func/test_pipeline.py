@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gitbake.workflow import pipeline
 from gitbake.repo.repo import open_repo
+from gitbake.workflow import pipeline
+
 from helpers import git, invoke
 
 INPUT = """\
@@ -58,7 +59,10 @@ def test_run_stim_then_rollout_and_cache(committed: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr("gitbake.engine.stim.make_stim", boom)
     monkeypatch.setattr("gitbake.engine.rollout.make_rollouts", boom)
     second = json.loads(invoke("run", "--json").stdout)["stages"]
-    assert [(r["stage"], r["cached"], r["manifest"]) for r in second] == [("stim", True, first[0]["manifest"]), ("rollout", True, first[1]["manifest"])]
+    assert [(r["stage"], r["cached"], r["manifest"]) for r in second] == [
+        ("stim", True, first[0]["manifest"]),
+        ("rollout", True, first[1]["manifest"]),
+    ]
 
 
 def test_identical_seeds_identical_outputs(committed: Path) -> None:
@@ -90,8 +94,11 @@ def test_changed_sampling_reruns_rollout_not_stim(committed: Path) -> None:
 
 
 def test_rollout_with_conditioned_samples_from_the_student_context(model_repo: Path) -> None:
-    (model_repo / "input.yml").write_text(INPUT.replace("    - type: persona\n      numq: 9\n      seed: 3\n", "").replace(
-        "    - type: hardcoded\n", "    - type: hardcoded\n      rollout_with_conditioned: true\n"))
+    (model_repo / "input.yml").write_text(
+        INPUT.replace("    - type: persona\n      numq: 9\n      seed: 3\n", "").replace(
+            "    - type: hardcoded\n", "    - type: hardcoded\n      rollout_with_conditioned: true\n"
+        )
+    )
     git(model_repo, "commit", "-qam", "conditioned")
     invoke("run")
     stim = records("stim")
@@ -182,7 +189,11 @@ def test_run_bake_end_to_end_and_cache(committed: Path, monkeypatch: pytest.Monk
     assert git(committed, "log", "--format=%s", "-1").startswith("bake: ")
     git(committed, "reset", "-q", "--hard", "HEAD~1")
     status = json.loads(invoke("status", "--json").stdout)
-    assert [(r["stage"], r["state"]) for r in status["stages"]] == [("stim", "cached"), ("rollout", "cached"), ("bake", "cached")]
+    assert [(r["stage"], r["state"]) for r in status["stages"]] == [
+        ("stim", "cached"),
+        ("rollout", "cached"),
+        ("bake", "cached"),
+    ]
     assert status["stages"][2]["eval"]["gap_closed"] == b["extra"]["gap_closed"]
     assert "gap_closed" in invoke("status").stdout
 
@@ -216,7 +227,9 @@ def test_deepspeed_requested_without_deepspeed_installed(committed: Path, monkey
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
-    (committed / "input.yml").write_text(INPUT + BAKE_SECTION + "  deepspeed:\n    zero_optimization:\n      stage: 2\n")
+    (committed / "input.yml").write_text(
+        INPUT + BAKE_SECTION + "  deepspeed:\n    zero_optimization:\n      stage: 2\n"
+    )
     git(committed, "commit", "-qam", "zero 2")
     result = invoke("run", "bake")
     assert result.exit_code == 2 and "pip install 'gitbake[deepspeed]'" in result.stderr
@@ -224,8 +237,10 @@ def test_deepspeed_requested_without_deepspeed_installed(committed: Path, monkey
 
 def test_uncommitted_question_file_is_said(model_repo: Path) -> None:
     (model_repo / "q.txt").write_text("one?\ntwo?\n")
-    (model_repo / "input.yml").write_text("PROMPT:\n  teacher: {messages: [{role: system, content: hi}]}\n"
-                                          "TARGET:\n  generators: [{type: from_file, path: q.txt}]\n")
+    (model_repo / "input.yml").write_text(
+        "PROMPT:\n  teacher: {messages: [{role: system, content: hi}]}\n"
+        "TARGET:\n  generators: [{type: from_file, path: q.txt}]\n"
+    )
     git(model_repo, "add", "-A")
     git(model_repo, "commit", "-qm", "file target")
     assert "differs from its committed version" not in invoke("run", "stim").stderr

@@ -12,11 +12,12 @@ import blake3
 import pytest
 
 from gitbake.contract import bread, recipe
-from gitbake.store import remote as remote_mod
 from gitbake.errors import GitbakeError
-from gitbake.store.remote import Remote
 from gitbake.repo.repo import open_repo
+from gitbake.store import remote as remote_mod
 from gitbake.store.objects import CorruptObject, InvalidDigest, Store
+from gitbake.store.remote import Remote
+
 from helpers import git, invoke
 
 # ---------------------------------------------------------------------------------- conformance
@@ -277,13 +278,17 @@ def test_s3_missing_bucket_is_a_clear_error(tmp_path: Path, s3_url: str, monkeyp
     assert result.exit_code == 1 and "remote nobucket" in result.stderr and "Traceback" not in result.output
 
 
-def test_remote_paths_resolve_from_the_cwd_and_stay_outside_the_repo(model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remote_paths_resolve_from_the_cwd_and_stay_outside_the_repo(
+    model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for bad in ("", ".", "sub/store"):
         assert invoke("remote", "add", "x", bad).exit_code == 2
     (model_repo / "sub").mkdir()
     monkeypatch.chdir(model_repo / "sub")
     assert invoke("remote", "add", "up", "../../shared").exit_code == 0
-    assert json.loads(invoke("remote", "ls", "--json").stdout)["remotes"]["up"] == str((model_repo.parent / "shared").resolve())
+    assert json.loads(invoke("remote", "ls", "--json").stdout)["remotes"]["up"] == str(
+        (model_repo.parent / "shared").resolve()
+    )
 
 
 def test_remote_config_commands(model_repo: Path, tmp_path: Path) -> None:
@@ -372,7 +377,11 @@ def test_an_interrupted_first_push_does_not_brick_the_remote(tmp_path: Path, mon
     invoke("init")
     invoke("remote", "add", "origin", str(url))
     refused = invoke("pull")
-    assert refused.exit_code == 1 and "upgrade gitbake" not in refused.stderr and "interrupted first push" in refused.stderr
+    assert (
+        refused.exit_code == 1
+        and "upgrade gitbake" not in refused.stderr
+        and "interrupted first push" in refused.stderr
+    )
 
     monkeypatch.chdir(root)
     assert invoke("push").exit_code == 0

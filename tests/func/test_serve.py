@@ -11,9 +11,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -22,12 +23,13 @@ pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import openai
 from openai import OpenAI
 
-from gitbake.use import serve
 from gitbake.engine.infer import Batcher, Request, stream
 from gitbake.engine.models import load_base
 from gitbake.engine.templating import render
 from gitbake.repo.repo import open_repo
+from gitbake.use import serve
 from gitbake.use.serve import Server, load_served
+
 from helpers import bake_git
 
 
@@ -56,7 +58,12 @@ def test_completion_and_stream(server: tuple[Server, dict[str, Any]]) -> None:
     name = info["names"][0]
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
     r = c.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0)  # type: ignore[arg-type]
-    assert r.model == name and r.choices[0].message.role == "assistant" and r.usage and 1 <= r.usage.completion_tokens <= 12
+    assert (
+        r.model == name
+        and r.choices[0].message.role == "assistant"
+        and r.usage
+        and 1 <= r.usage.completion_tokens <= 12
+    )
     assert r.choices[0].finish_reason in ("stop", "length")
     chunks = list(c.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0, stream=True))  # type: ignore[arg-type]
     streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -71,7 +78,9 @@ def test_concurrent_requests_are_batched_and_all_succeed(server: tuple[Server, d
     before = len(srv.models[name].batcher.batches)
 
     def ask(i: int) -> str:
-        r = c.chat.completions.create(model=name, messages=[{"role": "user", "content": f"question {i}"}], max_tokens=16, temperature=0)
+        r = c.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": f"question {i}"}], max_tokens=16, temperature=0
+        )
         return r.choices[0].message.content or ""
 
     with ThreadPoolExecutor(8) as pool:
@@ -96,13 +105,23 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server: tup
         client(srv, "wrong").models.list()
     with pytest.raises(openai.AuthenticationError):
         client(srv, "wrong").chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
-    req = urllib.request.Request(srv.url + "/chat/completions", data=b"{not json", method="POST",
-                                 headers={"Authorization": "Bearer sekret", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        srv.url + "/chat/completions",
+        data=b"{not json",
+        method="POST",
+        headers={"Authorization": "Bearer sekret", "Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as he:
         urllib.request.urlopen(req)
     assert he.value.code == 400 and "error" in json.loads(he.value.read())
-    for body in (b"[]", b'{"model": "%s"}' % name.encode(), b'{"model": "%s", "messages": [{"role": "robot"}]}' % name.encode()):
-        req = urllib.request.Request(srv.url + "/chat/completions", data=body, method="POST", headers={"Authorization": "Bearer sekret"})
+    for body in (
+        b"[]",
+        b'{"model": "%s"}' % name.encode(),
+        b'{"model": "%s", "messages": [{"role": "robot"}]}' % name.encode(),
+    ):
+        req = urllib.request.Request(
+            srv.url + "/chat/completions", data=body, method="POST", headers={"Authorization": "Bearer sekret"}
+        )
         with pytest.raises(urllib.error.HTTPError) as he:
             urllib.request.urlopen(req)
         assert he.value.code == 400
@@ -120,7 +139,9 @@ def test_serve_command_and_port_in_use(baked_repo: dict[str, Any]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    proc = subprocess.Popen(["git", "bake", "serve", "--port", str(free)], cwd=baked_repo["root"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["git", "bake", "serve", "--port", str(free)], cwd=baked_repo["root"], stderr=subprocess.PIPE, text=True
+    )
     try:
         line = proc.stderr.readline() if proc.stderr else ""
         assert "serving yoda_bake_" in line and f"127.0.0.1:{free}" in line
@@ -133,8 +154,9 @@ def test_serve_command_and_port_in_use(baked_repo: dict[str, Any]) -> None:
     assert bad.returncode == 2 and "unknown revision" in bad.stderr
 
 
-def test_oneshot_qs_can_use_a_served_model_as_question_writer(server: tuple[Server, dict[str, Any]], model_repo: Any,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oneshot_qs_can_use_a_served_model_as_question_writer(
+    server: tuple[Server, dict[str, Any]], model_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     srv, info = server
     name = info["names"][0]
     (model_repo / "q.txt").write_text("Write ${numq} questions for someone who is ${prompt_u}\n")
@@ -182,15 +204,27 @@ def test_sampling_parameters(server: tuple[Server, dict[str, Any]]) -> None:
     assert len({ask(), ask(), ask()}) > 1  # no seed: fresh randomness each time
     assert ask(seed=5, top_p=0.5) is not None
     # stop strings end the answer before them (and the stream never shows them)
-    full = c.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0).choices[0].message.content or ""
+    full = (
+        c.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0).choices[0].message.content
+        or ""
+    )
     if len(full) >= 4:
         cut = full[2:4]
         r = c.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0, stop=[cut])
         assert r.choices[0].finish_reason == "stop" and cut not in (r.choices[0].message.content or "")
-        streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-            model=name, messages=msgs, max_tokens=12, temperature=0, stop=cut, stream=True) if ch.choices)
+        streamed = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in c.chat.completions.create(
+                model=name, messages=msgs, max_tokens=12, temperature=0, stop=cut, stream=True
+            )
+            if ch.choices
+        )
         assert streamed == r.choices[0].message.content
-    chunks = list(c.chat.completions.create(model=name, messages=msgs, max_tokens=3, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model=name, messages=msgs, max_tokens=3, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 3
     assert c.models.retrieve(name).id == name
     with pytest.raises(openai.NotFoundError):
@@ -214,16 +248,39 @@ def raw(srv: Server, request: bytes) -> bytes:
 def test_bad_http_framing_is_refused_and_the_server_keeps_serving(server: tuple[Server, dict[str, Any]]) -> None:
     srv, info = server
     auth = b"Authorization: Bearer sekret\r\n"
-    assert raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: abc\r\n\r\n{}").startswith(b"HTTP/1.1 400")
-    assert raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: -1\r\n\r\n{}").startswith(b"HTTP/1.1 400")
-    chunked = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert raw(
+        srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: abc\r\n\r\n{}"
+    ).startswith(b"HTTP/1.1 400")
+    assert raw(
+        srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: -1\r\n\r\n{}"
+    ).startswith(b"HTTP/1.1 400")
+    chunked = raw(
+        srv,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + auth
+        + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
     assert chunked.startswith(b"HTTP/1.1 411") and chunked.count(b"HTTP/1.1") == 1
-    huge = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: 999999999\r\n\r\n")
+    huge = raw(
+        srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: 999999999\r\n\r\n"
+    )
     assert huge.startswith(b"HTTP/1.1 413")
-    stream_str = json.dumps({"model": info["names"][0], "messages": [{"role": "user", "content": "hi"}], "stream": "false"}).encode()
-    out = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: %d\r\n\r\n" % len(stream_str) + stream_str)
+    stream_str = json.dumps(
+        {"model": info["names"][0], "messages": [{"role": "user", "content": "hi"}], "stream": "false"}
+    ).encode()
+    out = raw(
+        srv,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + auth
+        + b"Content-Length: %d\r\n\r\n" % len(stream_str)
+        + stream_str,
+    )
     assert out.startswith(b"HTTP/1.1 400") and b"stream" in out
-    assert client(srv).chat.completions.create(model=info["names"][0], messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+    assert (
+        client(srv)
+        .chat.completions.create(model=info["names"][0], messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        .choices
+    )
 
 
 def test_a_client_that_leaves_is_not_decoded_for(server: tuple[Server, dict[str, Any]]) -> None:
@@ -231,11 +288,21 @@ def test_a_client_that_leaves_is_not_decoded_for(server: tuple[Server, dict[str,
     name = info["names"][0]
     batcher = srv.models[name].batcher
     before = batcher.cancelled
-    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "go on forever"}], "max_tokens": 2000,
-                       "temperature": 0, "stream": True}).encode()
+    body = json.dumps(
+        {
+            "model": name,
+            "messages": [{"role": "user", "content": "go on forever"}],
+            "max_tokens": 2000,
+            "temperature": 0,
+            "stream": True,
+        }
+    ).encode()
     host, port = srv.httpd.server_address[:2]
     s = socket.create_connection((str(host), int(port)), timeout=30)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sekret\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sekret\r\nContent-Length: "
+        b"%d\r\n\r\n" % len(body) + body
+    )
     assert s.recv(100).startswith(b"HTTP/1.1 200")
     s.close()  # the client leaves mid-answer
     deadline = time.monotonic() + 120
@@ -248,8 +315,12 @@ def test_a_client_that_leaves_is_not_decoded_for(server: tuple[Server, dict[str,
 
 def post(srv: Server, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     """POST /v1/chat/completions: the status and the JSON answer, whatever the status."""
-    req = urllib.request.Request(srv.url + "/chat/completions", data=body, method="POST",
-                                 headers={"Authorization": "Bearer sekret", "Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        srv.url + "/chat/completions",
+        data=body,
+        method="POST",
+        headers={"Authorization": "Bearer sekret", "Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -284,14 +355,25 @@ def test_every_request_field_is_checked_against_its_range(server: tuple[Server, 
     assert status == 400 and answer["error"]["param"] == "stream_options.include_usage"
     status, answer = post(srv, json.dumps({**base, "stop": "x" * 1000}).encode())
     assert status == 400 and answer["error"]["param"] == "stop"
-    status, answer = post(srv, b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}' % name.encode())
+    status, answer = post(
+        srv, b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}' % name.encode()
+    )
     assert status == 400 and "NaN" in answer["error"]["message"]
     # the red-team case: a seed past 64 bits hung its request and every request batched with it
     with pytest.raises(openai.BadRequestError) as br:
-        client(srv).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], seed=18446744073709551616)
+        client(srv).chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "hi"}], seed=18446744073709551616
+        )
     assert br.value.body["param"] == "seed"  # type: ignore[index]
-    ok = client(srv).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
-                                             seed=-(2**63), presence_penalty=0, n=1, logprobs=False)
+    ok = client(srv).chat.completions.create(
+        model=name,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=2,
+        seed=-(2**63),
+        presence_penalty=0,
+        n=1,
+        logprobs=False,
+    )
     assert ok.choices[0].finish_reason in ("stop", "length")
 
 
@@ -316,17 +398,31 @@ def test_malformed_bodies_get_a_400_not_a_dropped_connection(server: tuple[Serve
     deep = b'{"model": "%s", "messages": ' % name.encode() + b"[" * 100_000 + b"]" * 100_000 + b"}"
     cases = {
         "nested too deeply": deep,
-        "content[0].text": json.dumps({"model": name, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}).encode(),
-        "text part": json.dumps({"model": name, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}).encode(),
+        "content[0].text": json.dumps(
+            {"model": name, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}
+        ).encode(),
+        "text part": json.dumps(
+            {"model": name, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
+        ).encode(),
         "content": json.dumps({"model": name, "messages": [{"role": "user", "content": {"text": "hi"}}]}).encode(),
     }
     auth = b"Authorization: Bearer sekret\r\n"
     for words, body in cases.items():
-        out = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        out = raw(
+            srv,
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + auth
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body,
+        )
         assert out.startswith(b"HTTP/1.1 400"), (words, out[:200])
         error = json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]
         assert words in error["message"] and error["type"] == "invalid_request_error"
-    assert client(srv).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+    assert (
+        client(srv)
+        .chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        .choices
+    )
 
 
 def test_prompts_longer_than_the_context_get_a_400(server: tuple[Server, dict[str, Any]]) -> None:
@@ -384,7 +480,10 @@ def test_many_simultaneous_connections_are_all_served(server: tuple[Server, dict
             start.wait()
             try:
                 s.connect((str(host), int(port)))
-                s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sekret\r\nConnection: close\r\n\r\n")
+                s.sendall(
+                    b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sekret\r\nConnection: "
+                    b"close\r\n\r\n"
+                )
                 out = b""
                 while chunk := s.recv(65536):
                     out += chunk
@@ -397,7 +496,9 @@ def test_many_simultaneous_connections_are_all_served(server: tuple[Server, dict
     assert answers.count(b"HTTP/1.1 200") == n, {a: answers.count(a) for a in set(answers)}
 
 
-def test_host_header_must_name_this_server(server: tuple[Server, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_host_header_must_name_this_server(
+    server: tuple[Server, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     srv, _ = server
     port = srv.httpd.server_address[1]
     get = b"GET /v1/models HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer sekret\r\n\r\n"
@@ -406,7 +507,9 @@ def test_host_header_must_name_this_server(server: tuple[Server, dict[str, Any]]
     for ok in (b"127.0.0.1:%d" % port, b"localhost:%d" % port, b"LOCALHOST", b"[::1]:%d" % port):
         assert raw(srv, get % ok).startswith(b"HTTP/1.1 200"), ok
     assert serve.allowed_hosts("0.0.0.0") is None  # every interface: its names are not known, so any
-    assert serve.allowed_hosts("0.0.0.0", ["box.lan"]) == frozenset({"0.0.0.0", "box.lan", "localhost", "127.0.0.1", "::1"})
+    assert serve.allowed_hosts("0.0.0.0", ["box.lan"]) == frozenset(
+        {"0.0.0.0", "box.lan", "localhost", "127.0.0.1", "::1"}
+    )
     assert "box.lan" in serve.allowed_hosts("127.0.0.1", ["Box.LAN."])  # type: ignore[operator]
     compared: list[bytes] = []
     real = hmac.compare_digest
@@ -421,13 +524,16 @@ def test_host_header_must_name_this_server(server: tuple[Server, dict[str, Any]]
     assert compared == [b"Bearer sekreu"]  # keys are compared in constant time
 
 
-def test_serve_command_key_from_file_or_env_prompt_cap_and_warnings(baked_repo: dict[str, Any], tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_command_key_from_file_or_env_prompt_cap_and_warnings(
+    baked_repo: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = baked_repo["root"]
     key_file = tmp_path / "key"
     key_file.write_text("filed-key\n")
-    for args, words in ((["--api-key-file", str(tmp_path / "none")], "cannot read the API key"),
-                        (["--api-key-file", str(key_file), "--api-key", "x"], "not both")):
+    for args, words in (
+        (["--api-key-file", str(tmp_path / "none")], "cannot read the API key"),
+        (["--api-key-file", str(key_file), "--api-key", "x"], "not both"),
+    ):
         out = bake_git(root, "serve", *args)
         assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
     # the warnings come before any model loads (an unknown revision then ends the run)
@@ -442,8 +548,12 @@ def test_serve_command_key_from_file_or_env_prompt_cap_and_warnings(baked_repo: 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    proc = subprocess.Popen(["git", "bake", "serve", "--port", str(free), "--api-key-file", str(key_file), "--max-prompt-tokens", "20"],
-                            cwd=root, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["git", "bake", "serve", "--port", str(free), "--api-key-file", str(key_file), "--max-prompt-tokens", "20"],
+        cwd=root,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stderr.readline() if proc.stderr else ""
         assert "serving yoda_bake_" in line and "warning" not in line

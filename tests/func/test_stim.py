@@ -11,13 +11,16 @@ import pytest
 from gitbake.contract import config
 from gitbake.engine import llm, stim
 from gitbake.errors import ConfigError, UsageError
+
 from helpers import ChatServer, chat_reply, git, invoke
 
 TEACHER = {"messages": [{"role": "system", "content": "You are Yoda."}]}
 
 
 def target_of(text: str, root: Path) -> tuple[config.Target, config.LoadedInput]:
-    loaded = config.parse_input("PROMPT:\n  teacher:\n    messages: [{role: system, content: You are Yoda.}]\n" + text, root)
+    loaded = config.parse_input(
+        "PROMPT:\n  teacher:\n    messages: [{role: system, content: You are Yoda.}]\n" + text, root
+    )
     assert loaded.config.TARGET is not None
     return loaded.config.TARGET, loaded
 
@@ -41,7 +44,9 @@ def test_hardcoded_records_are_bgit_shaped(tmp_path: Path) -> None:
 def test_from_file_txt_and_jsonl(tmp_path: Path) -> None:
     (tmp_path / "q.txt").write_text("one?\n\n two? \n")
     (tmp_path / "q.jsonl").write_text('{"question": "three?"}\n\n{"question": "four?", "x": 1}\n')
-    recs = questions("TARGET:\n  generators: [{type: from_file, path: q.txt}, {type: from_file, path: q.jsonl}]\n", tmp_path)
+    recs = questions(
+        "TARGET:\n  generators: [{type: from_file, path: q.txt}, {type: from_file, path: q.jsonl}]\n", tmp_path
+    )
     assert sorted(r["question"] for r in recs) == ["four?", "one?", "three?", "two?"]
 
 
@@ -80,15 +85,23 @@ def test_persona(tmp_path: Path) -> None:
 
 
 def test_generator_order_in_yaml_changes_nothing(tmp_path: Path) -> None:
-    a = questions("TARGET:\n  generators: [{type: hardcoded, questions: ['x?', 'y?']}, {type: persona, numq: 3}]\n", tmp_path)
-    b = questions("TARGET:\n  generators: [{type: persona, numq: 3}, {type: hardcoded, questions: ['x?', 'y?']}]\n", tmp_path)
+    a = questions(
+        "TARGET:\n  generators: [{type: hardcoded, questions: ['x?', 'y?']}, {type: persona, numq: 3}]\n", tmp_path
+    )
+    b = questions(
+        "TARGET:\n  generators: [{type: persona, numq: 3}, {type: hardcoded, questions: ['x?', 'y?']}]\n", tmp_path
+    )
     assert a == b
 
 
-@pytest.mark.parametrize("n, fraction, expected", [(9, 0.1, 0), (10, 0.1, 1), (30, 0.1, 3), (30, 0.0, 0), (40, 0.25, 10)])
+@pytest.mark.parametrize(
+    "n, fraction, expected", [(9, 0.1, 0), (10, 0.1, 1), (30, 0.1, 3), (30, 0.0, 0), (40, 0.25, 10)]
+)
 def test_heldout_split(n: int, fraction: float, expected: int, tmp_path: Path) -> None:
     qs = ", ".join(f'"q{i}?"' for i in range(n))
-    recs = questions(f"TARGET:\n  heldout_fraction: {fraction}\n  generators: [{{type: hardcoded, questions: [{qs}]}}]\n", tmp_path)
+    recs = questions(
+        f"TARGET:\n  heldout_fraction: {fraction}\n  generators: [{{type: hardcoded, questions: [{qs}]}}]\n", tmp_path
+    )
     assert sum(r["split"] == "heldout" for r in recs) == expected
     assert (stim.heldout_note(recs) is not None) == (expected == 0)
 
@@ -104,7 +117,9 @@ ONESHOT = "TARGET:\n  generators:\n    - {type: oneshot_qs, model: 'openai:write
 
 
 def test_oneshot_over_http_with_canned_replies(tmp_path: Path) -> None:
-    replies = iter(["1. What is the Force?\n2. Where is Dagobah?", "1. Where is Dagobah?\n2. Who trained you?\n3. Extra?"])
+    replies = iter(
+        ["1. What is the Force?\n2. Where is Dagobah?", "1. Where is Dagobah?\n2. Who trained you?\n3. Extra?"]
+    )
     with ChatServer(lambda body: (200, chat_reply(next(replies)))) as server:
         t, loaded = target_of(ONESHOT.replace("BASE", server.url), tmp_path)
         writer = llm.writer_for(t.generators[0], None)  # type: ignore[arg-type]
@@ -112,7 +127,11 @@ def test_oneshot_over_http_with_canned_replies(tmp_path: Path) -> None:
     assert [r["question"] for r in recs] == ["What is the Force?", "Where is Dagobah?", "Who trained you?"]
     assert len(server.requests) == 2  # asked again for the missing one; duplicates dropped
     body = server.requests[0]["body"]
-    assert body["model"] == "writer" and "You are Yoda." in body["messages"][0]["content"] and "3" in body["messages"][0]["content"]
+    assert (
+        body["model"] == "writer"
+        and "You are Yoda." in body["messages"][0]["content"]
+        and "3" in body["messages"][0]["content"]
+    )
 
 
 def test_oneshot_failing_endpoint_retries_then_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,7 +141,9 @@ def test_oneshot_failing_endpoint_retries_then_says_so(tmp_path: Path, monkeypat
         writer = llm.writer_for(t.generators[0], None)  # type: ignore[arg-type]
         with pytest.raises(llm.EndpointError) as exc:
             stim.make_stim(t, ctx_of(loaded, tmp_path, writer))
-    assert len(server.requests) == llm.RETRIES and "503" in exc.value.message and "after 3 attempts" in exc.value.message
+    assert (
+        len(server.requests) == llm.RETRIES and "503" in exc.value.message and "after 3 attempts" in exc.value.message
+    )
 
 
 def test_oneshot_unreachable_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +156,9 @@ def test_oneshot_unreachable_endpoint(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_claude_without_key_says_how_to_point_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    t, _ = target_of("TARGET:\n  generators: [{type: oneshot_qs, model: claude-sonnet-4-5-20250929, numq: 3}]\n", tmp_path)
+    t, _ = target_of(
+        "TARGET:\n  generators: [{type: oneshot_qs, model: claude-sonnet-4-5-20250929, numq: 3}]\n", tmp_path
+    )
     with pytest.raises(UsageError) as exc:
         llm.writer_for(t.generators[0], None)  # type: ignore[arg-type]
     assert "ANTHROPIC_API_KEY" in exc.value.message and exc.value.hint and "openai:NAME" in exc.value.hint
@@ -151,7 +174,9 @@ def test_oneshot_against_a_server_serving_tiny(tmp_path: Path, monkeypatch: pyte
 
     def serve(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         ids = render(m.tokenizer, body["messages"], None, None)
-        (resp, _), = generate_batches(m.model, m.tokenizer, [ids], SamplingSettings(max_tokens=min(body["max_tokens"], 24), seed=1))
+        ((resp, _),) = generate_batches(
+            m.model, m.tokenizer, [ids], SamplingSettings(max_tokens=min(body["max_tokens"], 24), seed=1)
+        )
         return 200, chat_reply(response_text(m.tokenizer, resp))
 
     with ChatServer(serve) as server:
@@ -165,7 +190,8 @@ def test_oneshot_against_a_server_serving_tiny(tmp_path: Path, monkeypatch: pyte
 def test_failed_oneshot_stores_nothing(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(llm, "BACKOFF_S", 0.01)
     (model_repo / "input.yml").write_text(
-        "PROMPT:\n  teacher:\n    messages: [{role: system, content: hi}]\n" + ONESHOT.replace("BASE", "http://127.0.0.1:9/v1")
+        "PROMPT:\n  teacher:\n    messages: [{role: system, content: hi}]\n"
+        + ONESHOT.replace("BASE", "http://127.0.0.1:9/v1")
     )
     git(model_repo, "commit", "-qam", "oneshot")
     result = invoke("run", "stim")

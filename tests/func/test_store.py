@@ -14,9 +14,9 @@ from pathlib import Path
 import blake3
 import pytest
 
-from gitbake.store import objects as store_mod
 from gitbake.errors import GitbakeError, StoreCorruptError
 from gitbake.repo.fsck import fsck
+from gitbake.store import objects as store_mod
 from gitbake.store.objects import CorruptObject, InvalidDigest, Manifest, ObjectMissing, Store
 
 REPO = Path(__file__).parent.parent.parent
@@ -226,6 +226,7 @@ def test_full_disk_fails_cleanly_and_never_stores_a_truncated_object(
     if how == "streamed":
         monkeypatch.setattr(store_mod, "_kernel_copy", lambda src, dst: None)
     else:
+
         def fake_copy(fd_in: int, fd_out: int, count: int, *args: object) -> int:
             # the file does not fit: ENOSPC at once, or (`short`) what fits is copied first, a short count
             n = min(count, budget["left"])
@@ -247,7 +248,9 @@ def test_full_disk_fails_cleanly_and_never_stores_a_truncated_object(
     assert list(st.iter_objects()) == [] and list(st.tmp.iterdir()) == []
 
 
-def test_put_copies_in_the_kernel_and_streams_where_it_cannot(st: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_put_copies_in_the_kernel_and_streams_where_it_cannot(
+    st: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A regular file is copied by copy_file_range (no bytes through Python); a pipe, or a filesystem
     pair the kernel refuses, is streamed; both store the same object under the same digest."""
     data = os.urandom(3 * store_mod.CHUNK + 5)
@@ -316,7 +319,9 @@ def test_eight_processes_put_at_once(st: Store, tmp_path: Path) -> None:
         print(s.put_file(Path({str(shared)!r})).digest, s.put_file(own).digest, s.put_bytes(b"tiny shared"))
         """
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, text=True) for i in range(8)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, text=True) for i in range(8)
+    ]
     outputs = [p.communicate()[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     digests = {d for out in outputs for d in out}
@@ -328,8 +333,9 @@ def test_eight_processes_put_at_once(st: Store, tmp_path: Path) -> None:
 
 
 def test_corrupt_object_cli_exit_4(model_repo: Path) -> None:
-    from helpers import invoke
     from gitbake.repo.repo import open_repo
+
+    from helpers import invoke
 
     s = open_repo(model_repo).store
     d = s.put_bytes(b"will rot")
@@ -341,9 +347,10 @@ def test_corrupt_object_cli_exit_4(model_repo: Path) -> None:
 
 
 def test_store_root_config_and_worktrees(model_repo: Path, tmp_path: Path) -> None:
-    from helpers import git
     from gitbake.repo.repo import open_repo
     from gitbake.repo.storepath import store_root
+
+    from helpers import git
 
     assert store_root(model_repo) == model_repo / ".git" / "bake"
     git(model_repo, "worktree", "add", "-q", str(tmp_path / "wt"))
@@ -355,8 +362,9 @@ def test_store_root_config_and_worktrees(model_repo: Path, tmp_path: Path) -> No
 def test_du(model_repo: Path) -> None:
     import json
 
-    from helpers import invoke
     from gitbake.repo.repo import open_repo
+
+    from helpers import invoke
 
     s = open_repo(model_repo).store
     d = s.put_bytes(b"12345")
@@ -393,13 +401,19 @@ def test_fsck_checks_manifests_and_what_head_needs(model_repo: Path) -> None:
     chat say what is wrong."""
     import json
 
-    from helpers import bake_git, git, invoke
     from gitbake.contract import bread
     from gitbake.repo.repo import open_repo
 
+    from helpers import bake_git, git, invoke
+
     s = open_repo(model_repo).store
     weights = s.put_bytes(b"weights")
-    body = {"files": {"../../escape": {"digest": weights, "size": 7}}, "format": 1, "kind": "gitbake-manifest", "meta": {}}
+    body = {
+        "files": {"../../escape": {"digest": weights, "size": 7}},
+        "format": 1,
+        "kind": "gitbake-manifest",
+        "meta": {},
+    }
     bad = s.put_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
     unkeyed = s.put_bytes(json.dumps({**body, "files": {"a": {"digest": "zz", "size": 1}}}, sort_keys=True).encode())
     b = bread.read(model_repo)

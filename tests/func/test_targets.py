@@ -14,7 +14,9 @@ def test_empty(model_repo: Path) -> None:
 
 
 def test_input_and_lineage_targets_newest_first(model_repo: Path) -> None:
-    record_bake(model_repo, "old_target_aaaaaaaaaaaa", "a" * 64, {"generators": [{"type": "hardcoded", "questions": ["q"]}]})
+    record_bake(
+        model_repo, "old_target_aaaaaaaaaaaa", "a" * 64, {"generators": [{"type": "hardcoded", "questions": ["q"]}]}
+    )
     record_bake(model_repo, "old_target_bbbbbbbbbbbb", "b" * 64, message="second bake")
     (model_repo / "input.yml").write_text(YODA)
     entries = json.loads(invoke("target", "ls", "--json").stdout)

@@ -15,6 +15,7 @@ from gitbake.contract import bread as bread_mod
 from gitbake.contract import recipe as recipe_mod
 from gitbake.contract.inputtext import comment_out
 from gitbake.repo.repo import open_repo
+
 from helpers import YODA_SMALL, bake_git, copy_baked, git, invoke
 
 
@@ -48,9 +49,22 @@ def test_a_commit_bakes_and_the_bake_commit_is_clean(baked_repo: dict[str, Any])
     b = bread_mod.parse(git(root, "show", f"{first}:.bread"))
     assert b.bake is not None and b.bake.name.startswith("yoda_bake_") and len(b.parent_adapters or []) == 1
     r = recipe_mod.parse(git(root, "show", f"{first}:recipe.yml"))
-    assert [s.action for s in r.steps] == ["create_prompt", "create_prompt", "create_target", "run_stim", "run_rollout", "create_bake", "run_bake"]
+    assert [s.action for s in r.steps] == [
+        "create_prompt",
+        "create_prompt",
+        "create_target",
+        "run_stim",
+        "run_rollout",
+        "create_bake",
+        "run_bake",
+    ]
     bake = r.resources.bakes[-1]
-    assert bake.adapter == b.parent_adapters[-1] and bake.metrics and "gap_closed" in bake.metrics and "final_loss" in bake.metrics
+    assert (
+        bake.adapter == b.parent_adapters[-1]
+        and bake.metrics
+        and "gap_closed" in bake.metrics
+        and "final_loss" in bake.metrics
+    )
     assert open_repo(root).store.has(bake.adapter)
 
 
@@ -60,7 +74,9 @@ def test_second_commit_bakes_on_top(baked_repo: dict[str, Any]) -> None:
     r = recipe_mod.parse(git(root, "show", f"{second}:recipe.yml"))
     assert r.resources.bakes[-1].parent == r.resources.bakes[0].bake_name
     create = [s for s in r.steps if s.action == "create_bake"][-1]
-    assert create.model_extra["parent"]["adapters"] == chain(root, first)  # the teacher was the parent model, not the base
+    assert create.model_extra["parent"]["adapters"] == chain(
+        root, first
+    )  # the teacher was the parent model, not the base
     log = json.loads(bake_git(root, "log", "--json").stdout)
     assert [v["commit"] for v in log] == [second, first] and log[0]["metrics"]["steps"] >= 1
 
@@ -92,7 +108,9 @@ def test_reset_is_detected_and_checkout_fixes_it(baked_repo: dict[str, Any], tmp
     assert json.loads(bake_git(root, "status", "--json").stdout)["model"]["state"] == "current"
 
 
-def test_revert_of_a_bake_commit_brings_the_previous_model_back_without_baking(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+def test_revert_of_a_bake_commit_brings_the_previous_model_back_without_baking(
+    baked_repo: dict[str, Any], tmp_path: Path
+) -> None:
     root = copy_baked(baked_repo, tmp_path)
     before = git(root, "rev-list", "--count", "HEAD")
     out = subprocess.run(["git", "revert", "--no-edit", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
@@ -107,7 +125,11 @@ def test_branches_merge_takes_the_incoming_lineage(baked_repo: dict[str, Any], t
     root = copy_baked(baked_repo, tmp_path)
     first = baked_repo["first"]
     git(root, "checkout", "-q", "-b", "formal", first)
-    (root / "input.yml").write_text(YODA_SMALL.replace("You are Yoda. Speak like Yoda.", "You are a formal butler.").replace("yoda_bake", "formal_bake"))
+    (root / "input.yml").write_text(
+        YODA_SMALL.replace("You are Yoda. Speak like Yoda.", "You are a formal butler.").replace(
+            "yoda_bake", "formal_bake"
+        )
+    )
     git(root, "commit", "-qam", "formal")
     formal_bread = git(root, "show", "formal:.bread")
     assert "formal_bake_" in formal_bread
@@ -118,7 +140,9 @@ def test_branches_merge_takes_the_incoming_lineage(baked_repo: dict[str, Any], t
     assert (root / "input.yml").read_text() == git(root, "show", "formal:input.yml")
     assert (root / ".bread").read_text() == formal_bread  # the incoming branch's lineage, not a mix and not ours
     assert (root / "recipe.yml").read_text() == git(root, "show", "formal:recipe.yml")
-    assert [a["digest"] for a in json.loads((root / ".bake/model/model.json").read_text())["adapters"]] == chain(root, "formal")
+    assert [a["digest"] for a in json.loads((root / ".bake/model/model.json").read_text())["adapters"]] == chain(
+        root, "formal"
+    )
     tree = bake_git(root, "tree").stdout
     assert "formal_bake_" in tree and tree.count("yoda_bake_") == 2
     models = json.loads(bake_git(root, "models", "--json").stdout)
@@ -142,7 +166,10 @@ def test_clone_init_pull_restores_the_model(baked_repo: dict[str, Any], tmp_path
     # with a default bake remote, checking out an older model fetches what it needs by itself
     co = subprocess.run(["git", "checkout", "-q", baked_repo["first"]], cwd=clone, capture_output=True, text=True)
     assert co.returncode == 0 and ".bake/model is now" in co.stderr
-    assert model_files(clone)["adapters/0/adapter_model.safetensors"] == adapter_bytes(root, chain(root, baked_repo["first"])[0])["adapter_model.safetensors"]
+    assert (
+        model_files(clone)["adapters/0/adapter_model.safetensors"]
+        == adapter_bytes(root, chain(root, baked_repo["first"])[0])["adapter_model.safetensors"]
+    )
 
 
 def test_checkout_without_the_objects_names_them(baked_repo: dict[str, Any], tmp_path: Path) -> None:
@@ -183,7 +210,10 @@ def test_failed_bake_leaves_everything_as_it_was(model_repo: Path, monkeypatch: 
     assert {n: (model_repo / n).read_bytes() for n in files} == files
     assert git(model_repo, "status", "--porcelain") == ""
     assert git(model_repo, "for-each-ref", "refs/bake/") == ""
-    assert open_repo(model_repo).store.get_key("bake", json.loads(invoke("validate", "--json").stdout)["bake"]["key"]) is None
+    assert (
+        open_repo(model_repo).store.get_key("bake", json.loads(invoke("validate", "--json").stdout)["bake"]["key"])
+        is None
+    )
 
 
 def test_run_refuses_uncommitted_input(model_repo: Path) -> None:
@@ -193,7 +223,9 @@ def test_run_refuses_uncommitted_input(model_repo: Path) -> None:
     assert (model_repo / "input.yml").read_text() == YODA_SMALL
 
 
-def test_bake_only_input_rebakes_with_the_lineage(baked_repo: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bake_only_input_rebakes_with_the_lineage(
+    baked_repo: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A BAKE section alone reuses the recorded prompts, target and rollouts (by plain target name)."""
     root = copy_baked(baked_repo, tmp_path)
     monkeypatch.chdir(root)
@@ -213,7 +245,10 @@ def test_bake_only_input_rebakes_with_the_lineage(baked_repo: dict[str, Any], tm
 
 def test_comment_out_keeps_comments_blank_lines_and_other_keys() -> None:
     text = "# my notes\nPROMPT:\n  teacher:\n    # why\n    messages: []\n\nBAKE: {name: x}\nother: 1\n"
-    assert comment_out(text) == "# my notes\n# PROMPT:\n#   teacher:\n    # why\n#     messages: []\n\n# BAKE: {name: x}\nother: 1\n"
+    assert (
+        comment_out(text)
+        == "# my notes\n# PROMPT:\n#   teacher:\n    # why\n#     messages: []\n\n# BAKE: {name: x}\nother: 1\n"
+    )
 
 
 def test_eval_recomputes_without_changing_the_model(baked_repo: dict[str, Any], tmp_path: Path) -> None:
@@ -222,7 +257,11 @@ def test_eval_recomputes_without_changing_the_model(baked_repo: dict[str, Any], 
     out = bake_git(root, "eval", baked_repo["first"], "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["adapter"] == chain(root, baked_repo["first"])[0] and report["d_before"] > 0 and report["gap_closed"] is not None
+    assert (
+        report["adapter"] == chain(root, baked_repo["first"])[0]
+        and report["d_before"] > 0
+        and report["gap_closed"] is not None
+    )
     assert git(root, "show", "HEAD:.bread") == before
     bad = bake_git(root, "eval", "nope")
     assert bad.returncode == 2 and "unknown revision" in bad.stderr
@@ -260,7 +299,9 @@ def test_two_concurrent_runs_bake_once_and_the_second_finds_it_cached(model_repo
     logs = [tmp_path / "first.err", tmp_path / "second.err"]
 
     def start(log: Path) -> subprocess.Popen[str]:
-        return subprocess.Popen(["git", "bake", "run"], cwd=model_repo, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        return subprocess.Popen(
+            ["git", "bake", "run"], cwd=model_repo, stdout=subprocess.PIPE, stderr=log.open("w"), text=True
+        )
 
     first = start(logs[0])
     deadline = time.monotonic() + 300
@@ -284,13 +325,19 @@ def baked_branch(baked_repo: dict[str, Any], tmp_path: Path) -> Path:
     main baked once more: rebasing `formal` onto main replays a bake made on another model."""
     root = copy_baked(baked_repo, tmp_path)
     git(root, "checkout", "-q", "-b", "formal", baked_repo["first"])
-    (root / "input.yml").write_text(YODA_SMALL.replace("You are Yoda. Speak like Yoda.", "You are a formal butler.").replace("yoda_bake", "formal_bake"))
+    (root / "input.yml").write_text(
+        YODA_SMALL.replace("You are Yoda. Speak like Yoda.", "You are a formal butler.").replace(
+            "yoda_bake", "formal_bake"
+        )
+    )
     git(root, "commit", "-qam", "formal")  # the foreground hook bakes it: formal = [first's bake, formal's]
     assert git(root, "log", "--format=%s", "-1").startswith("bake: formal_bake_") and len(chain(root)) == 2
     return root
 
 
-def test_rebasing_a_baked_branch_stops_at_the_stale_bake_and_rebakes_on_the_new_base(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+def test_rebasing_a_baked_branch_stops_at_the_stale_bake_and_rebakes_on_the_new_base(
+    baked_repo: dict[str, Any], tmp_path: Path
+) -> None:
     root = baked_branch(baked_repo, tmp_path)
     trigger_text = git(root, "show", "formal~1:input.yml")
     rebase = subprocess.run(["git", "rebase", "main"], cwd=root, capture_output=True, text=True)
@@ -302,7 +349,10 @@ def test_rebasing_a_baked_branch_stops_at_the_stale_bake_and_rebakes_on_the_new_
     skipped = subprocess.run(["git", "rebase", "--skip"], cwd=root, capture_output=True, text=True)
     assert skipped.returncode == 0, skipped.stderr
     assert "`git bake run` bakes it on the new base" in skipped.stderr
-    assert git(root, "log", "--format=%s", "-2").splitlines() == ["formal", git(root, "log", "--format=%s", "-1", "main").strip()]
+    assert git(root, "log", "--format=%s", "-2").splitlines() == [
+        "formal",
+        git(root, "log", "--format=%s", "-1", "main").strip(),
+    ]
     assert (root / "input.yml").read_text() == trigger_text and chain(root) == chain(root, "main")
     ran = bake_git(root, "run")
     assert ran.returncode == 0, ran.stderr

@@ -7,6 +7,7 @@ the ML check is strict when the unit tier runs on its own (`scripts/test --fast`
 
 from __future__ import annotations
 
+import _posixsubprocess
 import os
 import subprocess
 import sys
@@ -14,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import _posixsubprocess
 import pytest
 
 ML = ("torch", "transformers", "peft", "accelerate", "deepspeed")
@@ -32,7 +32,8 @@ def _refuse(what: str) -> Any:
 def _no_processes() -> Iterator[None]:
     # Popen._execute_child starts every subprocess child, fork_exec multiprocessing's; the os calls are the rest
     targets: list[tuple[Any, str]] = [(subprocess.Popen, "_execute_child"), (_posixsubprocess, "fork_exec")] + [
-        (os, name) for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp", "execv", "execve")
+        (os, name)
+        for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp", "execv", "execve")
         if hasattr(os, name)
     ]
     saved = [(mod, name, getattr(mod, name)) for mod, name in targets]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gitbake.contract import bread
+
 from helpers import BGIT
 
 
@@ -24,7 +25,10 @@ def test_escaped_sections_and_json_values() -> None:
     assert b.target is not None and b.target.name == "metacognitive_thinking_v3_c0f2b2c5599ad93e"
     assert b.bake is not None and b.bake.name == "metacognitive_thinking_v1_0.01_372f9448560bf8b1"
     section = "RECIPE.BAKES.metacognitive_thinking_v1_0.01_372f9448560bf8b1"
-    assert b.get(section, "model_names") == '["neelsardana/baked_thinking/metacognitive_thinking_v1_0.01_372f9448560bf8b1/224"]'
+    assert (
+        b.get(section, "model_names")
+        == '["neelsardana/baked_thinking/metacognitive_thinking_v1_0.01_372f9448560bf8b1/224"]'
+    )
     assert b.is_foreign_parent and b.parent_adapters is None
 
 
@@ -37,12 +41,14 @@ def test_our_fields_and_adapters() -> None:
     again = bread.parse(bread.dumps(b))
     assert again.base_model == "tiny"
     assert again.parent_adapters == ["a" * 64] and not again.is_foreign_parent
-    assert "adapters=\"[\\\"" in bread.dumps(b)  # quoted the way npm's ini quotes a value starting with [
+    assert 'adapters="[\\"' in bread.dumps(b)  # quoted the way npm's ini quotes a value starting with [
 
 
 def test_values_needing_quotes_survive() -> None:
     b = bread.Bread()
-    for i, value in enumerate(["a=b", " padded ", "semi;colon", "hash#tag", '"quoted"', "[list", "back\\slash", "é", "\\;", "a\\#b"]):
+    for i, value in enumerate(
+        ["a=b", " padded ", "semi;colon", "hash#tag", '"quoted"', "[list", "back\\slash", "é", "\\;", "a\\#b"]
+    ):
         b.set("X.y.z", f"k{i}", value)
     b.set("X.y.z", "key=with=equals", "v")
     again = bread.parse(bread.dumps(b))
@@ -74,14 +80,18 @@ def test_malformed_adapters_are_a_located_error(raw: str) -> None:
 
     b = bread.parse(f"[REPO]\nname=m\n[PARENT_MODEL]\nadapters={raw}\n")
     with pytest.raises(ConfigError) as exc:
-        b.parent_adapters
+        _ = b.parent_adapters
     issue = exc.value.issues[0]
     assert (issue.file, issue.line, issue.field) == (".bread", 4, "PARENT_MODEL.adapters") and exc.value.exit_code == 2
 
 
 @pytest.mark.parametrize(
     "raw, problem",
-    [(b"[REPO]\nname=m\x00\n", "binary"), (b"[REPO]\nname=\xff\n", "UTF-8"), (b"[REPO]\n" + b"x=y\n" * 1_100_000, "limit")],
+    [
+        (b"[REPO]\nname=m\x00\n", "binary"),
+        (b"[REPO]\nname=\xff\n", "UTF-8"),
+        (b"[REPO]\n" + b"x=y\n" * 1_100_000, "limit"),
+    ],
     ids=["NUL byte", "not UTF-8", "too big"],
 )
 def test_a_broken_bread_gets_its_own_hint_not_input_yml_s(raw: bytes, problem: str, tmp_path: Path) -> None:

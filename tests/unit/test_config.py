@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from gitbake.contract import config
 from gitbake.errors import ConfigError
+
 from helpers import YODA
 
 PAGE = Path(__file__).parent.parent / "data" / "bake_config_page"
@@ -144,7 +145,10 @@ BAKE:
         ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  model: {save_name: x}\n", "BAKE.model.save_name"),
         ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  template: other_bake\n", "BAKE.template"),
         ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  model_name: x\n", "BAKE.model_name"),
-        ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  model: {parent_model_name: u/r/b/1}\n", "BAKE.model.parent_model_name"),
+        (
+            "BAKE:\n  name: b\n  datasets: [{target: t}]\n  model: {parent_model_name: u/r/b/1}\n",
+            "BAKE.model.parent_model_name",
+        ),
         ("BAKE:\n  name: b\n  datasets: [{target: t}]\n  data: {sources: [{type: bake_jsonl}]}\n", "BAKE.data.sources"),
         ("REPO:\n  name: old\n  base_model: Qwen/Qwen3-32B\n", "REPO"),
         ("BAKE:\n  datasets: [{target: t}]\n", "BAKE"),  # no name
@@ -234,13 +238,18 @@ def test_scheduler_lr_is_rejected_like_bgit(tmp_path: Path) -> None:
 
 
 def test_aliases_must_agree(tmp_path: Path) -> None:
-    text = "PROMPT:\n  a: {}\n  b: {}\nTARGET:\n  teacher_prompt: a\n  u: b\n  generators: [{type: hardcoded, questions: [q]}]\n"
+    text = (
+        "PROMPT:\n  a: {}\n  b: {}\nTARGET:\n  teacher_prompt: a\n  u: b\n  generators: [{type: hardcoded, "
+        "questions: [q]}]\n"
+    )
     issue = one_error(text, tmp_path)
     assert issue.field == "TARGET" and "`u: b`" in issue.message
 
 
 def test_target_prompt_reference_must_exist(tmp_path: Path) -> None:
-    text = "PROMPT:\n  teacher: {}\nTARGET:\n  teacher_prompt: teachr\n  generators: [{type: hardcoded, questions: [q]}]\n"
+    text = (
+        "PROMPT:\n  teacher: {}\nTARGET:\n  teacher_prompt: teachr\n  generators: [{type: hardcoded, questions: [q]}]\n"
+    )
     issue = one_error(text, tmp_path)
     assert issue.field == "TARGET.teacher_prompt" and issue.line == 4 and issue.fix == "did you mean `teacher`?"
 
@@ -309,7 +318,10 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ files it names
 
-ONESHOT = "PROMPT:\n  teacher: {}\nTARGET:\n  generators:\n    - type: oneshot_qs\n      numq: 3\n      template_path: {path}\n"
+ONESHOT = (
+    "PROMPT:\n  teacher: {}\nTARGET:\n  generators:\n    - type: oneshot_qs\n      numq: 3\n      template_path: "
+    "{path}\n"
+)
 FROMFILE = "PROMPT:\n  teacher: {}\nTARGET:\n  generators:\n    - type: from_file\n      path: {path}\n"
 
 
@@ -324,7 +336,11 @@ def test_template_path_is_read(tmp_path: Path) -> None:
     "setup, path, needle",
     [
         (lambda root: None, "templates/missing.txt", "does not exist"),
-        (lambda root: (root.parent / "outside.txt").write_text("${numq} ${prompt_u}"), "../outside.txt", "outside the repository"),
+        (
+            lambda root: (root.parent / "outside.txt").write_text("${numq} ${prompt_u}"),
+            "../outside.txt",
+            "outside the repository",
+        ),
         (lambda root: None, "/etc/hostname", "outside the repository"),
         (lambda root: (root / "t.txt").write_bytes(b"${numq} ${prompt_u} \xff\xfe"), "t.txt", "UTF-8"),
         (lambda root: (root / "t.txt").write_text("${numq} ${prompt_u}" + "x" * (1024 * 1024)), "t.txt", "limit"),
@@ -417,7 +433,9 @@ def test_question_file_lines_are_checked_by_validate(tmp_path: Path) -> None:
 
 
 def test_empty_question(tmp_path: Path) -> None:
-    issue = one_error("PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: hardcoded, questions: ['', 'ok?']}]\n", tmp_path)
+    issue = one_error(
+        "PROMPT: {teacher: {}}\nTARGET:\n  generators: [{type: hardcoded, questions: ['', 'ok?']}]\n", tmp_path
+    )
     assert issue.field == "TARGET.generators[0].questions[0]"
 
 
@@ -457,12 +475,22 @@ BIG = "1" + "0" * 26
     [
         ("BAKE:\n  seed: 18446744073709551616\n", "BAKE.seed", 2, "<= 4294967295"),
         ("BAKE:\n  seed: -1\n", "BAKE.seed", 2, ">= 0"),
-        ("TARGET:\n  generators: [{type: persona, seed: 18446744073709551616}]\n", "TARGET.generators[0].seed", 2, "<= 4294967295"),
+        (
+            "TARGET:\n  generators: [{type: persona, seed: 18446744073709551616}]\n",
+            "TARGET.generators[0].seed",
+            2,
+            "<= 4294967295",
+        ),
         ("TARGET:\n  extra_kwargs:\n    top_k: -3\n", "TARGET.extra_kwargs.top_k", 3, ">= 1"),
         ("TARGET:\n  extra_kwargs:\n    top_p: 0\n", "TARGET.extra_kwargs.top_p", 3, "> 0"),
         ("TARGET:\n  extra_kwargs:\n    repetition_penalty: -1\n", "TARGET.extra_kwargs.repetition_penalty", 3, "> 0"),
         ("TARGET:\n  num_traj_per_stimulus: 1000000000000\n", "TARGET.num_traj_per_stimulus", 2, "<= 1000"),
-        ("BAKE:\n  model:\n    baked_adapter_config:\n      r: 1000000\n", "BAKE.model.baked_adapter_config.r", 4, "<= 65536"),
+        (
+            "BAKE:\n  model:\n    baked_adapter_config:\n      r: 1000000\n",
+            "BAKE.model.baked_adapter_config.r",
+            4,
+            "<= 65536",
+        ),
         (f"BAKE:\n  epochs: {BIG}\n", "BAKE.epochs", 2, "<= 1000"),
         ("BAKE:\n  epochs: true\n", "BAKE.epochs", 2, "whole number"),
         ("BAKE:\n  epochs: 2.5\n", "BAKE.epochs", 2, "whole number"),
@@ -471,7 +499,12 @@ BIG = "1" + "0" * 26
         ("TARGET:\n  temperature: true\n", "TARGET.temperature", 2, None),
         ("BAKE:\n  data: {max_length: 10000000}\n", "BAKE.data.max_length", 2, "<= 131072"),
         ("TARGET:\n  max_tokens: 10000000\n", "TARGET.max_tokens", 2, "<= 131072"),
-        ("TARGET:\n  generators: [{type: oneshot_qs, numq: 1000000000}]\n", "TARGET.generators[0].numq", 2, "<= 1000000"),
+        (
+            "TARGET:\n  generators: [{type: oneshot_qs, numq: 1000000000}]\n",
+            "TARGET.generators[0].numq",
+            2,
+            "<= 1000000",
+        ),
         ("BAKE:\n  micro_batch_size: 100000000\n", "BAKE.micro_batch_size", 2, "<= 4096"),
         ("BAKE:\n  total_trajectories: 10000000000\n", "BAKE.total_trajectories", 2, "<= 100000000"),
     ],
@@ -485,8 +518,11 @@ def test_values_that_cannot_run_are_refused(text: str, field: str, line: int, fi
 
 def test_numbers_keep_their_usual_spellings(tmp_path: Path) -> None:
     # YAML 1.1 reads `1e-4` as a string: floats still take it; ints stay ints; bounds include their ends
-    loaded = parse("BAKE:\n  optimizer: {learning_rate: 1e-4}\n  epochs: 1000\n  seed: 4294967295\n"
-                   "TARGET:\n  generators: [{type: hardcoded, questions: [q]}]\n  extra_kwargs: {top_p: 1, top_k: 40}\n", tmp_path)
+    loaded = parse(
+        "BAKE:\n  optimizer: {learning_rate: 1e-4}\n  epochs: 1000\n  seed: 4294967295\n"
+        "TARGET:\n  generators: [{type: hardcoded, questions: [q]}]\n  extra_kwargs: {top_p: 1, top_k: 40}\n",
+        tmp_path,
+    )
     bake, target = loaded.config.BAKE, loaded.config.TARGET
     assert bake is not None and target is not None
     assert bake.optimizer.learning_rate == 1e-4 and bake.epochs == 1000 and bake.seed == 2**32 - 1
@@ -498,10 +534,14 @@ def test_numbers_keep_their_usual_spellings(tmp_path: Path) -> None:
 def test_a_listed_question_has_a_length_limit(tmp_path: Path) -> None:
     q = "x" * (config.MAX_QUESTION_CHARS + 1)
     issue = one_error(f"TARGET:\n  generators:\n    - type: hardcoded\n      questions: [ok, {q}]\n", tmp_path)
-    assert issue.field == "TARGET.generators[0].questions[1]" and issue.line == 4 and issue.fix and "shorten" in issue.fix
+    assert (
+        issue.field == "TARGET.generators[0].questions[1]" and issue.line == 4 and issue.fix and "shorten" in issue.fix
+    )
 
 
-@pytest.mark.parametrize("name, body", [("q.txt", "ok\n{q}\n"), ("q.jsonl", '{{"question": "ok"}}\n{{"question": "{q}"}}\n')])
+@pytest.mark.parametrize(
+    "name, body", [("q.txt", "ok\n{q}\n"), ("q.jsonl", '{{"question": "ok"}}\n{{"question": "{q}"}}\n')]
+)
 def test_a_question_from_a_file_has_a_length_limit(name: str, body: str, tmp_path: Path) -> None:
     (tmp_path / name).write_text(body.format(q="x" * 5_000_000))
     issue = one_error(f"TARGET:\n  generators:\n    - type: from_file\n      path: {name}\n", tmp_path)
@@ -543,10 +583,22 @@ def _bounds(tp: typing.Any, info: typing.Any) -> tuple[bool, bool]:
         if typing.get_origin(t) is typing.Annotated:
             metadata += list(t.__metadata__)
         stack += [a for a in typing.get_args(t) if not isinstance(a, (str, int, float))]
-    low = any(getattr(m, "ge", None) is not None or getattr(m, "gt", None) is not None or
-              any(getattr(x, "ge", None) is not None or getattr(x, "gt", None) is not None for x in getattr(m, "metadata", [])) for m in metadata)
-    high = any(getattr(m, "le", None) is not None or getattr(m, "lt", None) is not None or
-               any(getattr(x, "le", None) is not None or getattr(x, "lt", None) is not None for x in getattr(m, "metadata", [])) for m in metadata)
+    low = any(
+        getattr(m, "ge", None) is not None
+        or getattr(m, "gt", None) is not None
+        or any(
+            getattr(x, "ge", None) is not None or getattr(x, "gt", None) is not None for x in getattr(m, "metadata", [])
+        )
+        for m in metadata
+    )
+    high = any(
+        getattr(m, "le", None) is not None
+        or getattr(m, "lt", None) is not None
+        or any(
+            getattr(x, "le", None) is not None or getattr(x, "lt", None) is not None for x in getattr(m, "metadata", [])
+        )
+        for m in metadata
+    )
     return low, high
 
 
@@ -565,7 +617,11 @@ def test_every_number_in_input_yml_has_a_lower_and_an_upper_bound(name: str, inf
 @pytest.mark.parametrize(
     "text, field, fix",
     [
-        ("BAKE:\n  model: {baked_adapter_config: {lora_alpha: 1e300}}\n", "BAKE.model.baked_adapter_config.lora_alpha", "<= 131072"),
+        (
+            "BAKE:\n  model: {baked_adapter_config: {lora_alpha: 1e300}}\n",
+            "BAKE.model.baked_adapter_config.lora_alpha",
+            "<= 131072",
+        ),
         ("BAKE:\n  optimizer: {learning_rate: 1e300}\n", "BAKE.optimizer.learning_rate", "<= 10"),
         ("BAKE:\n  optimizer: {weight_decay: 1e300}\n", "BAKE.optimizer.weight_decay", "<= 10"),
         ("BAKE:\n  data: {temperature: 1e-300}\n", "BAKE.data.temperature", ">= 0.01"),
@@ -574,10 +630,16 @@ def test_every_number_in_input_yml_has_a_lower_and_an_upper_bound(name: str, inf
         ("BAKE:\n  optimizer: {learning_rate: .inf}\n", "BAKE.optimizer.learning_rate", "finite"),
         ("BAKE:\n  optimizer: {learning_rate: .nan}\n", "BAKE.optimizer.learning_rate", "finite"),
         ("TARGET:\n  temperature: .nan\n", "TARGET.temperature", "finite"),
-        ("BAKE:\n  model: {baked_adapter_config: {lora_dropout: .nan}}\n", "BAKE.model.baked_adapter_config.lora_dropout", "finite"),
+        (
+            "BAKE:\n  model: {baked_adapter_config: {lora_dropout: .nan}}\n",
+            "BAKE.model.baked_adapter_config.lora_dropout",
+            "finite",
+        ),
     ],
 )
-def test_floats_that_would_train_on_inf_or_nan_are_refused_with_a_fix(text: str, field: str, fix: str, tmp_path: Path) -> None:
+def test_floats_that_would_train_on_inf_or_nan_are_refused_with_a_fix(
+    text: str, field: str, fix: str, tmp_path: Path
+) -> None:
     issue = one_error(text, tmp_path)
     assert issue.field == field and issue.line == 2
     assert issue.fix and fix in issue.fix, issue.fix

@@ -52,7 +52,10 @@ def imported(path: Path, root: Path, package: str) -> list[tuple[int, str]]:
             if target.split(".")[0] != package:
                 continue
             # `from gitbake import contract` / `from gitbake.repo import plan`: the names may be modules
-            out += [(node.lineno, f"{target}.{a.name}") if target.count(".") < 2 else (node.lineno, target) for a in node.names]
+            out += [
+                (node.lineno, f"{target}.{a.name}") if target.count(".") < 2 else (node.lineno, target)
+                for a in node.names
+            ]
     return out
 
 
@@ -101,17 +104,24 @@ def _package(root: Path, files: dict[str, str]) -> Path:
     ],
     ids=["inside a function", "store->workflow", "relative", "base->contract", "into cli", "engine->store"],
 )
-def test_the_check_fails_on_a_package_that_imports_upwards(files: dict[str, str], expected: str, tmp_path: Path) -> None:
+def test_the_check_fails_on_a_package_that_imports_upwards(
+    files: dict[str, str], expected: str, tmp_path: Path
+) -> None:
     root = _package(tmp_path, {"__init__.py": "", **{f"{d}/__init__.py": "" for d in LAYERS[1:]}, **files})
     found = violations(root, "gitbake")
     assert len(found) == 1 and found[0].startswith(expected), found
 
 
 def test_the_check_allows_imports_downwards_and_sideways(tmp_path: Path) -> None:
-    root = _package(tmp_path, {
-        "__init__.py": "", **{f"{d}/__init__.py": "" for d in LAYERS[1:]},
-        "cli/main.py": "from gitbake.use import chat\nfrom gitbake import errors\n",
-        "repo/plan.py": "from gitbake.repo import lineage\nfrom gitbake.store.objects import Store\nfrom . import history\n",
-        "contract/keys.py": "from gitbake.errors import UsageError\n",
-    })
+    root = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            **{f"{d}/__init__.py": "" for d in LAYERS[1:]},
+            "cli/main.py": "from gitbake.use import chat\nfrom gitbake import errors\n",
+            "repo/plan.py": "from gitbake.repo import lineage\nfrom gitbake.store.objects import Store\nfrom . import "
+            "history\n",
+            "contract/keys.py": "from gitbake.errors import UsageError\n",
+        },
+    )
     assert violations(root, "gitbake") == []

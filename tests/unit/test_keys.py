@@ -49,7 +49,10 @@ def test_display_name_and_split() -> None:
     k = keys.key_of({"x": 1})
     assert keys.display_name("yoda", k) == f"yoda_{k[:12]}"
     assert keys.split_name(f"yoda_{k[:12]}") == ("yoda", k[:12])
-    assert keys.split_name("metacognitive_thinking_v1_0.01_372f9448560bf8b1") == ("metacognitive_thinking_v1_0.01", "372f9448560bf8b1")
+    assert keys.split_name("metacognitive_thinking_v1_0.01_372f9448560bf8b1") == (
+        "metacognitive_thinking_v1_0.01",
+        "372f9448560bf8b1",
+    )
     assert keys.split_name("plain") is None
 
 
@@ -65,14 +68,21 @@ def _reorder(obj: Any, rnd: st.DataObject) -> Any:
 
 @settings(max_examples=25, deadline=None)
 @given(st.data(), st.sampled_from(["block", "flow"]), st.integers(0, 3))
-def test_key_order_style_and_comments_do_not_change_keys(tmp_path_factory: Any, data: st.DataObject, style: str, comments: int) -> None:
+def test_key_order_style_and_comments_do_not_change_keys(
+    tmp_path_factory: Any, data: st.DataObject, style: str, comments: int
+) -> None:
     root = tmp_path_factory.mktemp("k")
     reference = all_keys(plan_of(BASE, root))
     shuffled = _reorder(BASE, data)
     # generator order does not matter either
     shuffled["TARGET"]["generators"] = data.draw(st.permutations(shuffled["TARGET"]["generators"]))
-    text = yaml.safe_dump(shuffled, sort_keys=False, default_flow_style=(style == "flow"), indent=data.draw(st.sampled_from([2, 4])),
-                          width=10**9)  # no folded scalar: a comment line may go between any two lines
+    text = yaml.safe_dump(
+        shuffled,
+        sort_keys=False,
+        default_flow_style=(style == "flow"),
+        indent=data.draw(st.sampled_from([2, 4])),
+        width=10**9,
+    )  # no folded scalar: a comment line may go between any two lines
     lines = text.splitlines()
     for i in range(comments):
         lines.insert(min(len(lines), i * 3), "# a comment")
@@ -218,7 +228,9 @@ def test_parent_model_changes_the_bake_key_and_local_rollouts(tmp_path: Path) ->
 def test_oneshot_questions_depend_on_the_model_that_writes_them(tmp_path: Path) -> None:
     from gitbake.contract.bread import Bread
 
-    data = _set(BASE, "TARGET.generators", [{"type": "oneshot_qs", "numq": 3, "template_content": "${numq} ${prompt_u}"}])
+    data = _set(
+        BASE, "TARGET.generators", [{"type": "oneshot_qs", "numq": 3, "template_content": "${numq} ${prompt_u}"}]
+    )
     loaded = config.parse_input(yaml.safe_dump(data), tmp_path)
     b = Bread()
     b.set("PARENT_MODEL", "adapters", '["' + "b" * 64 + '"]')

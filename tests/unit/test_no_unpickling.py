@@ -18,11 +18,18 @@ def offences(source: str, name: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source, name)):
         if isinstance(node, ast.Import):
-            found += [f"{name}:{node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES]
+            found += [
+                f"{name}:{node.lineno}: import {a.name}"
+                for a in node.names
+                if a.name.split(".")[0] in FORBIDDEN_MODULES
+            ]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in FORBIDDEN_MODULES:
             found.append(f"{name}:{node.lineno}: from {node.module} import ...")
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch") and any(
-                a.name == "load" for a in node.names):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("torch")
+            and any(a.name == "load" for a in node.names)
+        ):
             found.append(f"{name}:{node.lineno}: from {node.module} import load (unscannable: call torch.load)")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             kw = {k.arg: k.value for k in node.keywords}
@@ -37,13 +44,19 @@ def offences(source: str, name: str) -> list[str]:
 
 
 def test_the_scan_finds_each_kind_of_unpickling() -> None:
-    bad = ("import pickle\nimport torch\nfrom dill import loads\ntorch.load(p)\ntorch.load(p, weights_only=False)\n"
-           "np.load(p, allow_pickle=True)\nfrom torch import load\ntorch.serialization.load(p)\n")
+    bad = (
+        "import pickle\nimport torch\nfrom dill import loads\ntorch.load(p)\ntorch.load(p, weights_only=False)\n"
+        "np.load(p, allow_pickle=True)\nfrom torch import load\ntorch.serialization.load(p)\n"
+    )
     assert len(offences(bad, "bad.py")) == 7
     assert offences("import torch\ntorch.load(p, weights_only=True)\n", "ok.py") == []
 
 
 def test_no_module_of_gitbake_unpickles() -> None:
     package = Path(gitbake.__file__).parent
-    found = [o for f in sorted(package.rglob("*.py")) for o in offences(f.read_text(encoding="utf-8"), str(f.relative_to(package)))]
+    found = [
+        o
+        for f in sorted(package.rglob("*.py"))
+        for o in offences(f.read_text(encoding="utf-8"), str(f.relative_to(package)))
+    ]
     assert found == []

@@ -9,6 +9,7 @@ import pytest
 
 from gitbake.contract import recipe
 from gitbake.errors import ConfigError
+
 from helpers import BGIT
 
 
@@ -17,17 +18,35 @@ def test_bgit_recipe_loads_with_its_fields() -> None:
     assert r.base_model == "Qwen/Qwen3-32B" and r.total_steps == 7
     assert [s.action for s in r.steps][:3] == ["create_prompt", "create_prompt", "create_target"]
     assert r.targets_defined()[0].resource_name == "metacognitive_thinking_v3_c0f2b2c5599ad93e"
-    assert r.resources.bakes[0].model_names == ["neelsardana/baked_thinking/metacognitive_thinking_v1_0.01_372f9448560bf8b1/224"]
+    assert r.resources.bakes[0].model_names == [
+        "neelsardana/baked_thinking/metacognitive_thinking_v1_0.01_372f9448560bf8b1/224"
+    ]
     assert r.adapters == []  # baked in the cloud: no local adapter
 
 
 def test_ours_round_trips_with_keys_digests_and_metrics(tmp_path: Path) -> None:
     r = recipe.new("tiny")
-    r.steps.append(recipe.Step(step=1, action="create_target", resource_type="target", resource_name="t_0123456789ab",
-                               config={"generators": []}, key="a" * 64, outputs={"stim": "b" * 64}))
+    r.steps.append(
+        recipe.Step(
+            step=1,
+            action="create_target",
+            resource_type="target",
+            resource_name="t_0123456789ab",
+            config={"generators": []},
+            key="a" * 64,
+            outputs={"stim": "b" * 64},
+        )
+    )
     r.resources.targets.append("t_0123456789ab")
-    r.resources.bakes.append(recipe.BakeResource(bake_name="b_0123456789ab", key="c" * 64, adapter="d" * 64,
-                                                 metrics={"loss": 0.01, "gap_closed": 0.9, "time_s": 12.5}, future_field=1))
+    r.resources.bakes.append(
+        recipe.BakeResource(
+            bake_name="b_0123456789ab",
+            key="c" * 64,
+            adapter="d" * 64,
+            metrics={"loss": 0.01, "gap_closed": 0.9, "time_s": 12.5},
+            future_field=1,
+        )
+    )
     text = recipe.dumps(r)
     again = recipe.parse(text)
     assert recipe.dumps(again) == text

@@ -45,8 +45,11 @@ def test_merge_keys_may_be_overridden() -> None:
     [
         ("a: &a [*a]\n", "cycle"),
         ("[" * 5000 + "]" * 5000 + "\n", "deep"),
-        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-            f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), "expands"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+            "expands",
+        ),
     ],
     ids=["alias cycle", "deep nesting", "billion laughs"],
 )
@@ -72,15 +75,21 @@ def test_a_string_bomb_is_refused_naming_its_anchor() -> None:
     import time
 
     big = "x" * 1_900_000
-    text = ("PROMPT:\n  teacher:\n    messages:\n      - role: system\n        content: &big " + big + "\n"
-            "TARGET:\n  generators:\n    - type: hardcoded\n      questions: [" + ", ".join(["*big"] * 2000) + "]\n")
+    text = (
+        "PROMPT:\n  teacher:\n    messages:\n      - role: system\n        content: &big " + big + "\n"
+        "TARGET:\n  generators:\n    - type: hardcoded\n      questions: [" + ", ".join(["*big"] * 2000) + "]\n"
+    )
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.monotonic()
     with pytest.raises(ConfigError) as exc:
         yamlio.load(text, "input.yml")
     issue = exc.value.issues[0]
     assert (issue.file, issue.line) == ("input.yml", 5)  # the anchor's line
-    assert "`&big`" in issue.message and "2,000 times" in issue.message and "expands to 3,800,000,000 bytes" in issue.message
+    assert (
+        "`&big`" in issue.message
+        and "2,000 times" in issue.message
+        and "expands to 3,800,000,000 bytes" in issue.message
+    )
     assert exc.value.exit_code == 2 and time.monotonic() - t0 < 10
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing near 3.8 GB
 
