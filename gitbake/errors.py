@@ -1,6 +1,6 @@
 """One base error with an exit code; every message names the fix.
 
-Exit codes (DESIGN §7): 0 ok, 1 operation failed, 2 bad usage or invalid input, 3 not a gitbake
+Exit codes (docs/guide.md, Exit codes): 0 ok, 1 operation failed, 2 bad usage or invalid input, 3 not a gitbake
 repository, 4 store corruption, 130 interrupted.
 """
 

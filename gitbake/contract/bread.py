@@ -1,4 +1,4 @@
-"""`.bread`: bgit's INI state file, read and written byte-compatibly (reference/bgit.md §3.2).
+"""`.bread`: bgit's INI state file, read and written byte-compatibly (docs/guide.md, Coming from bgit).
 
 bgit writes it with npm's `ini` package: section names escape dots (`[PROMPT\\.teacher]`,
 `[RECIPE\\.BAKES\\.v1_0\\.01_372f...]`), values that need it are JSON-quoted. We keep every section and

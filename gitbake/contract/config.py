@@ -1,6 +1,6 @@
 """The `input.yml` contract: pydantic models of bgit's PROMPT / TARGET / BAKE schema, and its loader.
 
-Field names are bgit's, exactly (reference/bgit.md §3.1). Defaults are ours, chosen for one GPU or a CPU
+Field names are bgit's, exactly (docs/config.md). Defaults are ours, chosen for one GPU or a CPU
 rather than Bread's cloud (no ZeRO-3, a modest LoRA rank); `docs/config.md` documents each one and
 `tests/unit/test_config.py` checks that the page and these models agree. User files are strict: an unknown key
 is an error with a did-you-mean; a key bgit documents that has no local meaning is accepted with a

@@ -1,4 +1,4 @@
-"""Model identity: what a model *is*, for keys (DESIGN §3).
+"""Model identity: what a model *is*, for keys (docs/config.md, keys).
 
 A base model is `tiny` (built in), a local directory (identity: the digest of its files) or a hub id
 (identity: the id plus the revision resolved from the local Hugging Face cache; never the network). A

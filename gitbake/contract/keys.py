@@ -1,4 +1,4 @@
-"""Keys and names: blake3 over canonical JSON of everything that changes a result (DESIGN §3).
+"""Keys and names: blake3 over canonical JSON of everything that changes a result (docs/config.md, keys).
 
 A key is a promise: two configurations with the same key produce the same output, so the store may
 reuse it. Hence a key covers the *resolved* config (defaults filled in), the contents of files the

@@ -1,4 +1,4 @@
-"""`recipe.yml`: the full lineage of the model of a commit (reference/bgit.md §3.3, DESIGN §2).
+"""`recipe.yml`: the full lineage of the model of a commit (docs/architecture.md, docs/workflow.md).
 
 bgit's file is the cloud's "recreation plan": ordered `steps` (create_prompt, create_target, run_stim,
 run_rollout, create_bake, run_bake) and `resources`. We keep that shape, so a bgit recipe loads as it

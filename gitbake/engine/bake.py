@@ -1,5 +1,5 @@
 """bake: train a LoRA adapter so the student (parent + LoRA, student context) matches the teacher
-(the parent, teacher context, adapter disabled, no grad) token by token (DESIGN §5, baking-method.md).
+(the parent, teacher context, adapter disabled, no grad) token by token (docs/engine.md).
 
 Alignment: for a trajectory with teacher prompt length Lt, student prompt length Ls and response y, the
 teacher's hidden state at Lt-1+j and the student's at Ls-1+j both predict y_j — the standard shift, so the

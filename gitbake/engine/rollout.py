@@ -1,4 +1,4 @@
-"""rollout: sample the teacher's answers to every question, batched (DESIGN §5).
+"""rollout: sample the teacher's answers to every question, batched (docs/engine.md).
 
 Prompts are tokenised once (teacher and student contexts), expanded `num_traj_per_stimulus` times,
 sorted by length so a batch pads little, left-padded, and generated with the KV cache. Each batch is

@@ -1,4 +1,4 @@
-"""stim: make the training questions of a target (DESIGN §5, bgit.md §5).
+"""stim: make the training questions of a target (docs/engine.md).
 
 Generators run in a canonical order (sorted by their canonical JSON, the order the stim key uses), so
 their order in YAML changes nothing. A held-out share of the questions is kept apart for eval.

@@ -1,7 +1,7 @@
 """The lineage: what earlier commits of this branch baked, read from `.bread` and `recipe.yml` history.
 
 Targets are found by their hashed name or by their plain name (the newest one wins), which fixes bgit's
-"fix target name" pain (reference/bgit.md §7.3): a bake may reuse a target from any earlier commit.
+"fix target name" pain (a bgit bug): a bake may reuse a target from any earlier commit.
 """
 
 from __future__ import annotations

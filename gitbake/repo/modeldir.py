@@ -1,4 +1,4 @@
-""".bake/model: the materialised model of a commit, linked from the store (DESIGN §2).
+""".bake/model: the materialised model of a commit, linked from the store (docs/workflow.md).
 
 `model.json` names the base model and the ordered adapter chain (and the commit it was made for);
 `adapters/<i>/` holds each adapter's PEFT files, hardlinked (or reflinked) read-only from the store, so

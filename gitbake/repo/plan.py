@@ -2,7 +2,7 @@
 
 This is where the config meets the lineage: the parent model comes from `.bread`, prompts that the file
 no longer spells out come from `recipe.yml`, and `BAKE.datasets[].target` may name a target from any
-earlier commit. Everything a key depends on is resolved here (DESIGN §3), nothing is run.
+earlier commit. Everything a key depends on is resolved here (docs/config.md), nothing is run.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The content-addressed store (DESIGN §4, docs/store-format.md).
+"""The content-addressed store (docs/store-format.md).
 
     <root>/format                       "gitbake-store 1"
     <root>/objects/blake3/ab/cdef...    file contents, named by blake3 digest, read-only (0444)

@@ -1,4 +1,4 @@
-"""Remote stores through fsspec: `/path`, `file://`, `s3://`, `gs://`, ... (DESIGN §4).
+"""Remote stores through fsspec: `/path`, `file://`, `s3://`, `gs://`, ... (docs/store-format.md).
 
 A remote has the store's layout (`format`, `objects/blake3/ab/cdef...`), so a directory remote is itself
 readable as a store. Transfers move only the objects the given revisions need, skip what the other side

@@ -1,4 +1,4 @@
-"""git hooks: installing the shims, and what each hook does (DESIGN §6).
+"""git hooks: installing the shims, and what each hook does (docs/workflow.md).
 
 The shims (`gitbake/resources/hooks/` in the source tree, shipped in the package) exec `git bake hook NAME`; the logic
 is here, so upgrading gitbake upgrades every repository's hooks. A shim answers in shell only where the

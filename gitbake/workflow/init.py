@@ -22,7 +22,7 @@ from gitbake.fsutil import write_atomic
 
 MERGE_DRIVER = "bake-theirs"
 # The incoming side's version is the merge result: a model's lineage files cannot be merged line by line,
-# so a merge adopts the incoming lineage (DESIGN §6); a rebase that would replay a bake onto a base with
+# so a merge adopts the incoming lineage (docs/workflow.md); a rebase that would replay a bake onto a base with
 # other bakes stops instead (gitbake/workflow/mergedriver.py).
 MERGE_DRIVER_CMD = "git bake merge-driver lineage %O %A %B %P"
 INPUT_DRIVER = "bake-input"
