@@ -31,13 +31,14 @@ def checkout(rev: str, dest: Path | None, as_json: bool) -> None:
 
     out = do_checkout(repository(), rev, dest)
     if as_json:
-        emit_json(out)
+        emit_json(out.as_json())
         return
-    n = len(out["adapters"])
-    hows = sorted(set(out["methods"].values()))
+    model = out.model.spec
+    n = len(model.adapters)
+    hows = sorted(set(out.model.methods.values()))
     click.echo(
-        f"{out['dest']}: {out.get('model_name') or 'the base model'} of {rev} ({out['commit'][:12]}), base "
-        f"{out['base_model']}, "
+        f"{out.model.dest}: {model.model_name or 'the base model'} of {rev} ({out.commit[:12]}), base "
+        f"{model.base_model}, "
         f"{n} adapter{'s' if n != 1 else ''}" + (f" ({', '.join(hows)})" if hows else "")
     )
 

@@ -26,6 +26,7 @@ from gitbake.store.objects import Store
 from gitbake.workflow import bakecommit
 
 if TYPE_CHECKING:
+    from gitbake.repo.modeldir import Materialised
     from gitbake.workflow import jobs
 
 
@@ -243,7 +244,19 @@ def fetch_objects(root: Path, store: Store, roots: set[str]) -> int:
     return len(report.transferred)
 
 
-def checkout(repo: ModelRepo, rev: str, dest: Path | None = None, fetch: bool = True) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CheckedOut:
+    """What `git bake checkout` did: REV as given, the commit it names, and the model materialised."""
+
+    rev: str
+    commit: str
+    model: Materialised
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rev": self.rev, "commit": self.commit, **self.model.as_json()}
+
+
+def checkout(repo: ModelRepo, rev: str, dest: Path | None = None, fetch: bool = True) -> CheckedOut:
     """Materialise the model of `rev` into `dest` (default `.bake/model`) without moving HEAD."""
     from gitbake.repo import modeldir
 
@@ -260,7 +273,7 @@ def checkout(repo: ModelRepo, rev: str, dest: Path | None = None, fetch: bool = 
     if fetch and modeldir.missing(repo.store, spec):
         fetch_objects(repo.root, repo.store, set(spec.adapters))
     done = modeldir.materialise(repo.store, spec, target, other.rev, protected=protected, reserved=dest is None)
-    return {"rev": rev, "commit": other.rev, **done.as_json()}
+    return CheckedOut(rev, other.rev or "", done)
 
 
 @dataclass(frozen=True)
