@@ -178,12 +178,11 @@ def export(rev: str, adapter_dir: Path | None, merged_dir: Path | None, force: b
 
         out = export_merged(repo, rev, merged_dir or Path("."), force)
     if as_json:
-        emit_json(out)
+        emit_json(out.as_json())
         return
-    n = len(out["adapters"])
+    n = len(out.adapters)
     click.echo(
-        f"exported {out.get('model_name') or out['base_model']} ({n} adapter{'s' if n != 1 else ''}, {out['kind']}) to "
-        f"{out['dest']}"
+        f"exported {out.model_name or out.base_model} ({n} adapter{'s' if n != 1 else ''}, {out.kind}) to {out.dest}"
     )
 
 

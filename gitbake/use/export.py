@@ -13,14 +13,55 @@ import json
 import shutil
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gitbake import destination
 from gitbake.errors import UsageError
+from gitbake.repo.modelversion import CarriesModel, ModelVersion
 from gitbake.repo.repo import ModelRepo
 from gitbake.store.objects import swap_in
 from gitbake.use.versions import Version, load, materialised, resolve
+
+HOW = "load the base model, then for each adapter in order: PeftModel.from_pretrained(model, path).merge_and_unload()"
+
+
+@dataclass(frozen=True)
+class ExportedAdapter:
+    """One bake's adapter in an `--adapter` export: its directory there, its store digest, its bake."""
+
+    path: str
+    digest: str
+    bake: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "digest": self.digest, "bake": self.bake}
+
+
+@dataclass(frozen=True)
+class Exported(CarriesModel):
+    """What `git bake export` wrote: where, which kind, the model of which commit."""
+
+    dest: Path  # absolute
+    kind: Literal["adapter", "merged"]
+    model: ModelVersion
+    commit: str
+    dirs: tuple[ExportedAdapter, ...] = ()  # kind "adapter": one directory per bake, in order
+    how: str | None = None  # kind "adapter": how to load the chain
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "dest": str(self.dest),
+            "kind": self.kind,
+            "base_model": self.base_model,
+            "adapters": [a.as_json() for a in self.dirs] if self.kind == "adapter" else list(self.adapters),
+            "model_name": self.model_name,
+            "commit": self.commit,
+        }
+        if self.how is not None:
+            out["how"] = self.how
+        return out
 
 
 def _staging(repo: ModelRepo, dest: Path, force: bool) -> Path:
@@ -41,7 +82,7 @@ def _publish(staging: Path, dest: Path, kind: str) -> None:
     swap_in(staging, dest)
 
 
-def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> dict[str, Any]:
+def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> Exported:
     version = resolve(repo, rev)
     if not version.adapters:
         raise UsageError(
@@ -51,28 +92,27 @@ def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) 
     staging = _staging(repo, dest, force)
     try:
         names = _bake_names(repo, version)
-        chain = []
+        chain: list[ExportedAdapter] = []
         with materialised(repo, version) as dirs:
             for i, (d, digest) in enumerate(zip(dirs, version.adapters)):
                 sub = f"{i:02d}-{names.get(digest, digest[:12])}"
                 shutil.copytree(d, staging / sub)  # real copies: the export leaves the store behind
-                chain.append({"path": sub, "digest": digest, "bake": names.get(digest)})
+                chain.append(ExportedAdapter(sub, digest, names.get(digest)))
         meta = {
             "base_model": version.base_model,
-            "adapters": chain,
+            "adapters": [a.as_json() for a in chain],
             "model_name": version.model_name,
             "commit": version.commit,
-            "how": "load the base model, then for each adapter in order: PeftModel.from_pretrained(model, "
-            "path).merge_and_unload()",
+            "how": HOW,
         }
         (staging / "chain.json").write_text(json.dumps(meta, indent=2) + "\n")
         _publish(staging, dest, "export-adapter")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"dest": str(dest.absolute()), "kind": "adapter", **meta}
+    return Exported(dest.absolute(), "adapter", version.model, version.commit, tuple(chain), HOW)
 
 
-def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> dict[str, Any]:
+def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> Exported:
     version = resolve(repo, rev)
     staging = _staging(repo, dest, force)
     try:
@@ -95,7 +135,7 @@ def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) ->
         _publish(staging, dest, "export-merged")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"dest": str(dest.absolute()), "kind": "merged", **meta}
+    return Exported(dest.absolute(), "merged", version.model, version.commit)
 
 
 def _bake_names(repo: ModelRepo, version: Version) -> dict[str, str]:
