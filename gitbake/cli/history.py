@@ -176,10 +176,10 @@ def eval_cmd(rev: str, as_json: bool) -> None:
 
     report = reevaluate(repository(), rev, say=lambda m: click.echo(m, err=True))
     if as_json:
-        emit_json(report)
+        emit_json(report.as_json())
         return
     click.echo(
-        f"{report['bake']}: gap_closed {report['gap_closed']:.3f} (KL {report['d_before']:.4f} -> "
-        f"{report['d_after']:.4f} nats/token) "
-        f"on {report['questions']} held-out question(s)"
+        f"{report.bake}: gap_closed {report.gap_closed:.3f} (KL {report.d_before:.4f} -> "
+        f"{report.d_after:.4f} nats/token) "
+        f"on {report.questions} held-out question(s)"
     )

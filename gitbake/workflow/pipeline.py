@@ -541,7 +541,50 @@ def find_stage_output(repo: ModelRepo, stage: str, target_name: str | None) -> t
     raise UsageError(f"no {stage} output for {which} yet", f"run it: git bake run {stage}")
 
 
-def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Reevaluated:
+    """What `git bake eval REV` measured: the engine's figures (as stored in eval.json), for which bake,
+    adapter and commit, and the store object the report was kept as."""
+
+    figures: dict[str, Any]  # questions, d_before, d_after, gap_closed, ... as gitbake.engine.eval reports them
+    bake: str | None
+    key: str | None
+    adapter: str
+    rev: str | None
+    report: str  # the manifest of the stored report
+
+    @property
+    def questions(self) -> int:
+        n: int = self.figures["questions"]
+        return n
+
+    @property
+    def d_before(self) -> float:
+        d: float = self.figures["d_before"]
+        return d
+
+    @property
+    def d_after(self) -> float:
+        d: float = self.figures["d_after"]
+        return d
+
+    @property
+    def gap_closed(self) -> float | None:
+        g: float | None = self.figures["gap_closed"]
+        return g
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **self.figures,
+            "bake": self.bake,
+            "key": self.key,
+            "adapter": self.adapter,
+            "rev": self.rev,
+            "report": self.report,
+        }
+
+
+def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = None) -> Reevaluated:
     """`git bake eval REV`: the eval of REV's model again, on the held-out questions of its bake's
     targets. The new report is stored as its own object (the model's identity does not change)."""
     other = repo.at(rev)
@@ -597,6 +640,7 @@ def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = No
             seed=int(key[:8], 16),
             note=note,
         )
+        figures = dict(report)
         report.update({"bake": step.resource_name, "key": step.key, "adapter": chain[-1], "rev": other.rev})
         rdir = Path(tmp) / "report"
         rdir.mkdir()
@@ -604,8 +648,7 @@ def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = No
         manifest = store.put_dir(rdir, {"kind": "bake-report", "adapter": chain[-1]}, take=True)
         if step.key:
             store.set_key("eval", step.key, manifest)
-    report["report"] = manifest
-    return report
+    return Reevaluated(figures, step.resource_name, step.key, chain[-1], other.rev, manifest)
 
 
 def _recorded_rollout(recipe: Any, key: str) -> str | None:
