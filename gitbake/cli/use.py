@@ -260,14 +260,14 @@ def diff(
 
     out = do_diff(repository(), rev1, rev2, questions_file, samples, max_tokens, top)
     if as_json:
-        emit_json(out)
+        emit_json(out.as_json())
         return
     click.echo(
-        f"{out['a']['name']} ({rev1}) vs {out['b']['name']} ({rev2 or 'its parent model'}): "
-        f"mean KL {out['mean_kl']:.4f} nats/token over {out['tokens']} tokens, {out['asked']} question(s)"
+        f"{out.a.name} ({rev1}) vs {out.b.name} ({rev2 or 'its parent model'}): "
+        f"mean KL {out.mean_kl:.4f} nats/token over {out.tokens} tokens, {out.asked} question(s)"
     )
-    if out.get("note"):
-        click.echo(f"note: {out['note']}")
-    for q in out["questions"]:
-        click.echo(f"\n{q['question']}   (KL {q['kl']:.4f})")
-        click.echo(side_by_side(out["a"]["name"], q["answer_a"], out["b"]["name"], q["answer_b"]))
+    if out.note:
+        click.echo(f"note: {out.note}")
+    for q in out.questions:
+        click.echo(f"\n{q.question}   (KL {q.kl:.4f})")
+        click.echo(side_by_side(out.a.name, q.answer_a, out.b.name, q.answer_b))

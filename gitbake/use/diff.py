@@ -8,6 +8,7 @@ side. With one revision, it is compared with the model it was baked on.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,59 @@ def lineage_questions(repo: ModelRepo, versions: list[Version]) -> tuple[list[st
     return pick[:MAX_QUESTIONS], note
 
 
+@dataclass(frozen=True)
+class QuestionDiff:
+    """One question's answers from both models and how far apart they are (KL, nats/token)."""
+
+    question: str
+    kl: float
+    tokens: int
+    answer_a: str
+    answer_b: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "kl": self.kl,
+            "tokens": self.tokens,
+            "answer_a": self.answer_a,
+            "answer_b": self.answer_b,
+        }
+
+
+@dataclass(frozen=True)
+class Diffed:
+    """What `git bake diff` measured: KL(a ‖ b) overall and for the `top` questions, largest first."""
+
+    mean_kl: float
+    tokens: int
+    questions: tuple[QuestionDiff, ...]
+    samples_per_question: int
+    seed: int
+    a: Version
+    b: Version
+    asked: int  # how many questions were compared
+    note: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mean_kl": self.mean_kl,
+            "tokens": self.tokens,
+            "questions": [q.as_json() for q in self.questions],
+            "samples_per_question": self.samples_per_question,
+            "seed": self.seed,
+            "a": self.a.as_json(),
+            "b": self.b.as_json(),
+            "asked": self.asked,
+        }
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
 def diff(
     repo: ModelRepo, rev1: str, rev2: str | None, questions_file: Path | None, samples: int, max_tokens: int, top: int
-) -> dict[str, Any]:
+) -> Diffed:
     a = resolve(repo, rev1)
     b = resolve(repo, rev2) if rev2 else a.parent()
     if rev2 is None and b.adapters:  # name the parent by its own bake
@@ -95,8 +146,15 @@ def diff(
 
     ma, mb = load(repo, a), load(repo, b)
     result = behaviour_diff(ma, mb, questions, samples, max_tokens)
-    result["questions"] = result["questions"][: max(top, 0)] if top >= 0 else result["questions"]
-    result.update({"a": a.as_json(), "b": b.as_json(), "asked": len(questions)})
-    if note:
-        result["note"] = note
-    return result
+    rows = result["questions"][: max(top, 0)] if top >= 0 else result["questions"]
+    return Diffed(
+        result["mean_kl"],
+        result["tokens"],
+        tuple(QuestionDiff(**r) for r in rows),
+        result["samples_per_question"],
+        result["seed"],
+        a,
+        b,
+        len(questions),
+        note,
+    )
