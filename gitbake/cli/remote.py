@@ -106,8 +106,8 @@ def _transfer(
         )
     report.raise_for_problems(verb)
     state = done.refresh_model()
-    if state is not None and state["state"] == "updated" and not as_json:
-        click.echo(f".bake/model is now {state.get('model_name') or 'the base model'}")
+    if state is not None and state.state == "updated" and not as_json:
+        click.echo(f".bake/model is now {state.model_name or 'the base model'}")
 
 
 @click.command(context_settings=CONTEXT)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gitbake import destination
 from gitbake.contract import bread as bread_mod
@@ -143,23 +143,51 @@ class ModelObjectsMissing(GitbakeError):
         )
 
 
+@dataclass(frozen=True)
+class Refreshed:
+    """What `refresh` did to `.bake/model`: nothing to do (no .bread), already current, objects missing
+    (named), or updated from the store (after fetching `fetched` objects)."""
+
+    state: Literal["none", "current", "missing", "updated"]
+    model: ModelVersion | None = None  # None for state "none"
+    missing: tuple[str, ...] = ()  # state "missing"
+    fetched: int = 0  # state "updated"
+    done: Materialised | None = None  # state "updated"
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return self.model.adapters if self.model else ()
+
+    @property
+    def model_name(self) -> str | None:
+        return self.model.model_name if self.model else None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.done is not None:
+            return {"state": self.state, "fetched": self.fetched, **self.done.as_json()}
+        out: dict[str, Any] = {"state": self.state}
+        if self.state == "missing":
+            out["missing"] = list(self.missing)
+        return {**out, **self.model.as_json()} if self.model else out
+
+
 def refresh(
     root: Path, store: Store, fetch: Callable[[set[str]], int] | None = None, commit: str | None = None
-) -> dict[str, Any]:
+) -> Refreshed:
     """Make `.bake/model` the model named by the working tree's `.bread` (HEAD's). Missing objects are
     asked of `fetch` (the default bake remote) when given, else named in the result."""
     b = bread_mod.read(root)
     if b is None:
-        return {"state": "none"}
+        return Refreshed("none")
     spec = spec_of(b)
     if is_current(root, spec):
-        return {"state": "current", **spec.as_json()}
+        return Refreshed("current", spec)
     absent = missing(store, spec)
     fetched = 0
     if absent and fetch is not None:
         fetched = fetch(set(spec.adapters))
         absent = missing(store, spec)
     if absent:
-        return {"state": "missing", "missing": absent, **spec.as_json()}
+        return Refreshed("missing", spec, tuple(absent))
     done = materialise(store, spec, root / MODEL_DIR, commit, reserved=True)
-    return {"state": "updated", "fetched": fetched, **done.as_json()}
+    return Refreshed("updated", spec, fetched=fetched, done=done)

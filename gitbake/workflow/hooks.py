@@ -361,16 +361,16 @@ def _refresh(root: Path) -> int:
 
     store = open_store(root)
     state = modeldir.refresh(root, store, fetch, git.rev_parse(root, "HEAD"))
-    if state["state"] == "missing":
+    if state.state == "missing":
         say(
-            f".bake/model is stale: the model of this commit needs {len(state['missing'])} object(s) that are not in "
+            f".bake/model is stale: the model of this commit needs {len(state.missing)} object(s) that are not in "
             "the store "
-            f"({', '.join(d[:12] for d in state['missing'][:3])}); fetch them with `git bake pull`"
+            f"({', '.join(d[:12] for d in state.missing[:3])}); fetch them with `git bake pull`"
         )
-    elif state["state"] == "updated":
-        n = len(state["adapters"])
-        say(f".bake/model is now {state.get('model_name') or 'the base model'} ({n} adapter{'s' if n != 1 else ''})")
-    if state["state"] in ("current", "updated"):
+    elif state.state == "updated":
+        n = len(state.adapters)
+        say(f".bake/model is now {state.model_name or 'the base model'} ({n} adapter{'s' if n != 1 else ''})")
+    if state.state in ("current", "updated"):
         _mark_verified(root, read_at)  # dated before the new model.json: the next hook checks it once more
     return 0
 

@@ -151,9 +151,9 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
         from gitbake.workflow.run import refresh_model
 
         state = refresh_model(open_repo(root))
-        if state["state"] == "missing":
+        if state.state == "missing":
             report.notes.append(
-                f"the model of HEAD needs {len(state['missing'])} object(s) that are not here: run `git bake pull`"
+                f"the model of HEAD needs {len(state.missing)} object(s) that are not here: run `git bake pull`"
             )
     return report
 

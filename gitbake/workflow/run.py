@@ -26,7 +26,7 @@ from gitbake.store.objects import Store
 from gitbake.workflow import bakecommit
 
 if TYPE_CHECKING:
-    from gitbake.repo.modeldir import Materialised
+    from gitbake.repo.modeldir import Materialised, Refreshed
     from gitbake.workflow import jobs
 
 
@@ -153,7 +153,7 @@ def _commit(repo: ModelRepo, pinned: ModelRepo, plan: Plan, report: RunReport, b
         report.commit = bakecommit.make_commit(repo.root, trigger, branch_ref, files, msg)
         if report.commit.ref is not None and report.commit.updated:
             try:
-                report.model = refresh_model(repo)
+                report.model = refresh_model(repo).as_json()
             except GitbakeError as exc:  # the bake commit stands; .bake/model can be made again
                 report.model = {"state": "error", "error": exc.message, "fix": "git bake checkout"}
     return report
@@ -220,7 +220,7 @@ def uninterruptible() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def refresh_model(repo: ModelRepo, fetch: bool = True) -> dict[str, Any]:
+def refresh_model(repo: ModelRepo, fetch: bool = True) -> Refreshed:
     """Make `.bake/model` the model of the working tree's `.bread` (HEAD's), from the store; missing
     objects come from the default remote when one is configured, else they are named."""
     from gitbake.repo import modeldir

@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from gitbake import git
 from gitbake.repo import reach
 from gitbake.repo.repo import ModelRepo
 from gitbake.store import remote as remote_mod
+
+if TYPE_CHECKING:
+    from gitbake.repo.modeldir import Refreshed
 
 
 @dataclass
@@ -22,7 +25,7 @@ class Transfer:
     report: remote_mod.TransferReport
     repo: ModelRepo
 
-    def refresh_model(self) -> dict[str, Any] | None:
+    def refresh_model(self) -> Refreshed | None:
         """After a pull for HEAD (no REV, or HEAD among them), what was pulled is HEAD's model: put it in
         place as `.bake/model`. None when there is nothing to refresh (a push, or other revisions)."""
         if self.verb != "pull" or (self.revs and "HEAD" not in self.revs):
