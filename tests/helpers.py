@@ -193,3 +193,17 @@ def chat_reply(text: str) -> dict[str, Any]:
         "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
     }
+
+
+def tiny_gguf(dest_dir: Path, name: str = "tiny.gguf") -> Path:
+    """The built-in `tiny` model written as a GGUF file (f32, with its tokenizer and chat template) in
+    `dest_dir`: a small GGUF for tests, which `from_pretrained(dest_dir, gguf_file=name)` reads back to
+    tiny's logits."""
+    from gitbake.engine.ggufout import write_gguf
+    from gitbake.engine.models import load_base
+
+    loaded = load_base("tiny", dtype="float32")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    path = dest_dir / name
+    write_gguf(loaded.model, loaded.tokenizer, path, "f32", name="tiny")
+    return path

@@ -1,0 +1,114 @@
+"""gitbake.engine.ggufout: a transformers llama model written as GGUF reads back (transformers' GGUF loader)
+to the same logits, tokens and chat template; a source GGUF's metadata is kept; failures leave no file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
+pytest.importorskip("gguf", reason="needs gguf: pip install 'gitbake[gguf]'")
+import gguf
+import torch
+
+from gitbake.engine.ggufout import GgufExportError, write_gguf
+from gitbake.engine.models import load_base
+
+from helpers import tiny_gguf
+
+IDS = [10, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101]
+# the largest logit difference each type may make on tiny (f32 is exact up to float reordering)
+TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "q8_0": 1e-1}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    return load_base("tiny", dtype="float32")
+
+
+def read_back(path: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return model, tokenizer
+
+
+def logits(model: Any) -> torch.Tensor:
+    with torch.no_grad():
+        out: torch.Tensor = model(torch.tensor([IDS])).logits[0]
+        return out
+
+
+def test_tiny_gguf_reads_back_to_tinys_logits_tokens_and_template(tiny: Any, tmp_path: Path) -> None:
+    path = tiny_gguf(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.gguf"]  # no temporary file left beside it
+    model, tokenizer = read_back(path)
+    assert torch.allclose(logits(model), logits(tiny.model), atol=TOLERANCE["f32"])
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <there> é"}]
+    text = tiny.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == text
+    assert tokenizer(text)["input_ids"] == tiny.tokenizer(text)["input_ids"]
+    assert (tokenizer.eos_token, tokenizer.bos_token) == ("<|eos|>", "<|bos|>")
+    fields = gguf.GGUFReader(path).fields
+    assert fields["general.architecture"].contents() == "llama" and fields["general.name"].contents() == "tiny"
+    assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    # the special tokens are control tokens, which llama.cpp matches whole in a prompt
+    assert fields["tokenizer.ggml.token_type"].contents()[256:262] == [gguf.TokenType.CONTROL] * 6
+
+
+@pytest.mark.parametrize("ftype", ["f16", "q8_0"])
+def test_smaller_types_stay_within_their_tolerance(tiny: Any, tmp_path: Path, ftype: str) -> None:
+    path = tmp_path / f"tiny-{ftype}.gguf"
+    write_gguf(tiny.model, tiny.tokenizer, path, ftype)
+    reader = gguf.GGUFReader(path)
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    want = gguf.GGMLQuantizationType.F16 if ftype == "f16" else gguf.GGMLQuantizationType.Q8_0
+    assert types["blk.0.attn_q.weight"] == want and types["token_embd.weight"] == want
+    assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32  # norms stay f32
+    diff = (logits(read_back(path)[0]) - logits(tiny.model)).abs().max().item()
+    assert 0 < diff < TOLERANCE[ftype]  # rounded (not f32), yet close
+
+
+def test_source_metadata_is_kept(tiny: Any, tmp_path: Path) -> None:
+    source = tmp_path / "src" / "source.gguf"
+    source.parent.mkdir()
+    w = gguf.GGUFWriter(source, "llama")
+    w.add_name("Source Model")
+    w.add_license("apache-2.0")
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1)  # the source's own encoding: not carried over
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list([f"t{i}" for i in range(4)])
+    w.add_uint32("llama.block_count", 99)  # a tensor-shaped key: never copied
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = tmp_path / "out.gguf"
+    write_gguf(tiny.model, tiny.tokenizer, out, "f16", source=source, name="ignored")
+    fields = gguf.GGUFReader(out).fields
+    assert fields["general.name"].contents() == "Source Model"
+    assert fields["general.license"].contents() == "apache-2.0"
+    assert fields["tokenizer.ggml.pre"].contents() == "smollm"
+    assert fields["tokenizer.ggml.tokens"].contents() == ["t0", "t1", "t2", "t3"]
+    assert fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
+    assert fields["llama.block_count"].contents() == 4
+
+
+def test_refusals_leave_no_file(tiny: Any, tmp_path: Path) -> None:
+    with pytest.raises(GgufExportError, match="q4_0") as bad:
+        write_gguf(tiny.model, tiny.tokenizer, tmp_path / "x.gguf", "q4_0")
+    assert bad.value.exit_code == 2 and "f32, f16, q8_0" in str(bad.value.hint)
+    model = load_base("tiny", dtype="float32").model
+    model.config.model_type = "gpt2"
+    with pytest.raises(GgufExportError, match="llama architecture"):
+        write_gguf(model, tiny.tokenizer, tmp_path / "x.gguf")
+    # a failure while writing (a tensor with no llama.cpp name) leaves no temporary file behind
+    model.config.model_type = "llama"
+    model.register_buffer("stray", torch.zeros(2))
+    with pytest.raises(GgufExportError, match="stray"):
+        write_gguf(model, tiny.tokenizer, tmp_path / "x.gguf")
+    assert list(tmp_path.iterdir()) == []
