@@ -11,15 +11,20 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-# A background job sets this to publish progress where `git bake status` can read it.
-SINK: Callable[[dict[str, Any]], None] | None = None
-
 
 class Progress:
     def __init__(
-        self, label: str, total: int, unit: str = "it", stream: TextIO | None = None, every_s: float = 5.0
+        self,
+        label: str,
+        total: int,
+        unit: str = "it",
+        stream: TextIO | None = None,
+        every_s: float = 5.0,
+        sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        """`sink`: where a background job publishes each update for `git bake status` (gitbake.reporter)."""
         self.label, self.total, self.unit = label, total, unit
+        self.sink = sink
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.every_s = every_s
@@ -30,10 +35,10 @@ class Progress:
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.monotonic()
-        if SINK is not None:  # every update: the sink decides how often to publish
+        if self.sink is not None:  # every update: the sink decides how often to publish
             elapsed = max(now - self.start, 1e-9)
             rate = self.done / elapsed
-            SINK(
+            self.sink(
                 {
                     "label": self.label,
                     "done": self.done,

@@ -8,6 +8,7 @@ import click
 
 from gitbake.cli.common import CONTEXT, repository
 from gitbake.cli.render import emit_json, metrics_text
+from gitbake.reporter import Reporter
 
 
 @click.command(context_settings=CONTEXT)
@@ -174,7 +175,7 @@ def eval_cmd(rev: str, as_json: bool) -> None:
     """
     from gitbake.workflow.pipeline import reevaluate
 
-    report = reevaluate(repository(), rev, say=lambda m: click.echo(m, err=True))
+    report = reevaluate(repository(), rev, Reporter())
     if as_json:
         emit_json(report.as_json())
         return

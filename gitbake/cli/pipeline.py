@@ -10,6 +10,7 @@ import click
 
 from gitbake.cli.common import CONTEXT, repository
 from gitbake.cli.render import emit_json
+from gitbake.reporter import Reporter
 
 
 @click.command(context_settings=CONTEXT)
@@ -59,7 +60,7 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
         return
     from gitbake.workflow.run import run_and_commit
 
-    report = run_and_commit(repo, wanted, force=force, say=lambda m: click.echo(m, err=True))
+    report = run_and_commit(repo, wanted, force=force, reporter=Reporter())
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if as_json:

@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,7 +27,7 @@ import torch
 from gitbake.engine import kl, trainstate
 from gitbake.engine.infer import cache_arg
 from gitbake.errors import GitbakeError, UsageError
-from gitbake.progress import Progress
+from gitbake.reporter import Reporter
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -70,7 +70,7 @@ class BakeResult:
 
 
 def select(
-    datasets: Sequence[tuple[Sequence[Trajectory], float]], total: int | None, seed: int, notes: list[str]
+    datasets: Sequence[tuple[Sequence[Trajectory], float]], total: int | None, seed: int, reporter: Reporter
 ) -> list[Trajectory]:
     """Weighted sampling across targets. Each dataset gets its share `total * weight / sum(weights)` of
     the trajectories (largest remainders, so the shares add up to `total`), drawn without replacement
@@ -79,7 +79,7 @@ def select(
     rng = random.Random(seed)
     available = sum(len(d) for d, _ in datasets)
     if total is not None and total > available:
-        notes.append(f"total_trajectories is {total} but only {available} exist: drawing {available}")
+        reporter.note(f"total_trajectories is {total} but only {available} exist: drawing {available}")
         total = available
     if total is None and len(datasets) == 1:
         return list(datasets[0][0])
@@ -97,7 +97,7 @@ def select(
             out += pool[:want]
         elif pool:
             out += pool + [rng.choice(pool) for _ in range(want - len(pool))]
-            notes.append(f"a dataset of {len(pool)} trajectories was drawn {want} times by its weight (with repeats)")
+            reporter.note(f"a dataset of {len(pool)} trajectories was drawn {want} times by its weight (with repeats)")
     return out
 
 
@@ -198,6 +198,7 @@ def teacher_states(
     batch_size: int,
     budget_mb: float = TEACHER_CACHE_MB,
     label: str = "bake",
+    reporter: Reporter | None = None,
 ) -> dict[int, torch.Tensor] | None:
     """The teacher's hidden states at every response position, computed once for the whole bake.
 
@@ -218,7 +219,9 @@ def teacher_states(
     groups: dict[int, list[Trajectory]] = {}
     for t in data:
         groups.setdefault(t.dataset, []).append(t)
-    progress = Progress(f"{label}: teacher", sum(math.ceil(len(g) / batch_size) for g in groups.values()), unit="batch")
+    progress = (reporter or Reporter()).progress(
+        f"{label}: teacher", sum(math.ceil(len(g) / batch_size) for g in groups.values()), unit="batch"
+    )
     out: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for group in groups.values():
@@ -254,13 +257,13 @@ class Baker:
         tokenizer: Any,
         config: dict[str, Any],
         base_name: str,
-        say: Callable[[str], None] | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         self.parent = model
         self.tokenizer = tokenizer
         self.cfg = config
         self.base_name = base_name
-        self.say = say or (lambda m: None)
+        self.reporter = reporter or Reporter()
         self.device = next(model.parameters()).device
         if kl.low_precision(next(model.parameters())):
             from gitbake.engine.models import limit_onednn_caches
@@ -334,13 +337,26 @@ class Baker:
         keep: Path | None = None,
     ) -> BakeResult:
         """Train and save the adapter to `out_dir`. `scratch`: where BAKE.checkpoint saves (and resumes);
-        `keep`: where each of those checkpoints' adapters is also kept, as `<step>/` (chat --checkpoint)."""
+        `keep`: where each of those checkpoints' adapters is also kept, as `<step>/` (chat --checkpoint).
+        The result's notes are those the reporter was given during this bake."""
+        with self.reporter.collecting() as notes:
+            result = self._train(trajectories, out_dir, scratch, progress_label, keep)
+        result.notes = notes
+        return result
+
+    def _train(
+        self,
+        trajectories: Sequence[Trajectory],
+        out_dir: Path,
+        scratch: Path | None,
+        progress_label: str,
+        keep: Path | None,
+    ) -> BakeResult:
         cfg = self.cfg
-        notes: list[str] = []
         max_len = cfg["data"]["max_length"]
         data = [t2 for t in trajectories if (t2 := t.truncated(max_len)) is not None]
         if len(data) < len(trajectories):
-            notes.append(
+            self.reporter.note(
                 f"{len(trajectories) - len(data)} trajectory(ies) did not fit data.max_length={max_len} and were "
                 "skipped"
             )
@@ -399,18 +415,26 @@ class Baker:
         if not topk:
             pm.eval()  # the teacher never sees dropout: it is the frozen parent
             with pm.disable_adapter():
-                states = teacher_states(decoder, data, self.pad_id, self.device, max(2 * mbs, 8), label=progress_label)
+                states = teacher_states(
+                    decoder,
+                    data,
+                    self.pad_id,
+                    self.device,
+                    max(2 * mbs, 8),
+                    label=progress_label,
+                    reporter=self.reporter,
+                )
 
         fused = kl.head_is_frozen(lm_head) and not zero3 and os.environ.get("GITBAKE_FUSED_LOSS", "1") != "0"
-        wandb_run = self._wandb(notes)
-        result = BakeResult(out_dir, trajectories=len(data), notes=notes)
+        wandb_run = self._wandb()
+        result = BakeResult(out_dir, trajectories=len(data))
         self._metrics = result.metrics
         state = {"step": 0, "epoch": 0, "batch": 0}
         if scratch is not None and zero3 and trainstate.exists(scratch):
-            notes.append("a scratch checkpoint exists, but resuming under ZeRO-3 is not supported: starting over")
+            self.reporter.note("a scratch checkpoint exists, but resuming under ZeRO-3 is not supported: starting over")
             shutil.rmtree(scratch, ignore_errors=True)
         if keep is not None and zero3 and any(c.get("enabled", True) for c in cfg["checkpoint"]):
-            notes.append(
+            self.reporter.note(
                 "checkpoints are not kept under ZeRO-3 (its partitioned weights are only gathered for the final "
                 "adapter)"
             )
@@ -419,16 +443,16 @@ class Baker:
             and not zero3
             and any(c.get("auto_resume") for c in cfg["checkpoint"] if c.get("enabled", True))
         ):
-            resumed = self._resume(pm, optimizer, scheduler, scratch, notes)
+            resumed = self._resume(pm, optimizer, scheduler, scratch)
             if resumed:
                 state = resumed
                 result.resumed_from = state["step"]
-                notes.append(f"resumed from the scratch checkpoint at step {state['step']}")
+                self.reporter.note(f"resumed from the scratch checkpoint at step {state['step']}")
         if keep is not None and not state["step"]:
             shutil.rmtree(
                 keep, ignore_errors=True
             )  # a fresh start: checkpoints of an abandoned attempt are not this bake's
-        progress = Progress(progress_label, total_steps, unit="step")
+        progress = self.reporter.progress(progress_label, total_steps, unit="step")
         if state["step"]:
             progress.done = state["step"]
         started = time.monotonic()
@@ -554,9 +578,7 @@ class Baker:
         shutil.rmtree(scratch, ignore_errors=True)
         tmp.rename(scratch)
 
-    def _resume(
-        self, pm: Any, optimizer: Any, scheduler: Any, scratch: Path, notes: list[str]
-    ) -> dict[str, int] | None:
+    def _resume(self, pm: Any, optimizer: Any, scheduler: Any, scratch: Path) -> dict[str, int] | None:
         """Continue from the scratch checkpoint; one that is damaged, foreign or planted (a shared store) is a
         fresh start with a note, and leaves the adapter, optimizer and scheduler exactly as they were."""
         if not trainstate.exists(scratch):
@@ -581,21 +603,21 @@ class Baker:
             set_peft_model_state_dict(pm, before[0])
             optimizer.load_state_dict(before[1])
             scheduler.load_state_dict(before[2])
-            notes.append(
+            self.reporter.note(
                 f"the scratch checkpoint could not be resumed ({type(exc).__name__}: {str(exc)[:120]}): starting over"
             )
             return None
         self._metrics[:] = metrics
         return step
 
-    def _wandb(self, notes: list[str]) -> Any:
+    def _wandb(self) -> Any:
         w = self.cfg["wandb"]
         if not w.get("enable"):
             return None
         try:
             import wandb
         except ImportError:
-            notes.append("wandb.enable is set but wandb is not installed: metrics go to metrics.jsonl only")
+            self.reporter.note("wandb.enable is set but wandb is not installed: metrics go to metrics.jsonl only")
             return None
         return wandb.init(project=w.get("project"), name=w.get("name"), entity=w.get("entity"), config=self.cfg)
 

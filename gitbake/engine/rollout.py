@@ -14,6 +14,7 @@ from typing import Any
 
 from gitbake.engine.templating import render, response_text
 from gitbake.progress import Progress
+from gitbake.reporter import Reporter
 
 
 @dataclass
@@ -105,6 +106,7 @@ def make_rollouts(
     student: dict[str, Any],
     settings: SamplingSettings,
     label: str = "rollout",
+    reporter: Reporter | None = None,
 ) -> list[dict[str, Any]]:
     ctx = contexts(tokenizer, stim, teacher, student)
     prompts, owners = [], []
@@ -114,7 +116,7 @@ def make_rollouts(
         for k in range(settings.num_traj_per_stimulus):
             prompts.append(source)
             owners.append((rec, k, t_ids, s_ids))
-    progress = Progress(label, len(prompts), unit="traj")
+    progress = (reporter or Reporter()).progress(label, len(prompts), unit="traj")
     from gitbake.engine import vllm_backend
 
     path = getattr(getattr(model, "config", None), "_name_or_path", None)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from gitbake import git
 from gitbake.errors import ConfigError, GitbakeError
+from gitbake.reporter import Reporter
 
 HOOKS = ("pre-commit", "post-commit", "post-checkout", "post-merge", "post-rewrite", "pre-push")
 SHIM_MARK = "gitbake hook shim"
@@ -130,8 +131,9 @@ def _write_executable(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------------------- running
 
 
-def say(msg: str) -> None:
-    print(f"gitbake: {msg}", file=sys.stderr, flush=True)
+# what a hook says goes to git's stderr, marked as ours among git's own lines
+REPORTER = Reporter(prefix="gitbake: ")
+say = REPORTER.say
 
 
 def busy(root: Path) -> bool:
@@ -266,7 +268,7 @@ def post_commit(root: Path, args: list[str]) -> int:
 
         say("baking (bake.hookMode = foreground) ...")
         try:
-            report = run_and_commit(repo, rev=head, branch_ref=branch, say=say)
+            report = run_and_commit(repo, rev=head, branch_ref=branch, reporter=REPORTER)
         except GitbakeError as exc:
             say(f"the bake failed: {exc.render()}")
             say("input.yml, .bread and recipe.yml are unchanged; fix the cause and run `git bake run`")

@@ -32,6 +32,7 @@ from gitbake.contract.keys import digest_bytes
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.fsutil import write_atomic
 from gitbake.repo.repo import ModelRepo
+from gitbake.reporter import Reporter
 
 JOB_FILE = "job.json"
 PROGRESS_FILE = "progress.json"
@@ -330,7 +331,6 @@ def _run(d: Path) -> int:
 
 def _bake(job: Job) -> int:
     """Wait for the repository's turn, bake, and leave the outcome in `job` (the caller saves it)."""
-    from gitbake import progress
     from gitbake.repo.repo import open_repo
     from gitbake.workflow.run import run_and_commit
 
@@ -355,27 +355,26 @@ def _bake(job: Job) -> int:
             except OSError:
                 pass  # progress is a courtesy: a full disk must not fail the bake for it
 
-    progress.SINK = publish
+    # the job's log is its stdout: messages and progress go there, and progress is also published for status
+    reporter = Reporter(sys.stdout, sink=publish)
     code = 0
     try:
         repo = open_repo(Path(job.root))
         with job_lock(repo):
             job.state, job.started = "running", time.time()
             job.save()
-            print(
-                f"job {job.id}: baking input.yml of {job.trigger[:12]} on {job.branch or 'a detached HEAD'}", flush=True
-            )
+            reporter.say(f"job {job.id}: baking input.yml of {job.trigger[:12]} on {job.branch or 'a detached HEAD'}")
             report = run_and_commit(
-                repo, job.stages, job.force, rev=job.trigger, branch_ref=job.branch, say=lambda m: print(m, flush=True)
+                repo, job.stages, job.force, rev=job.trigger, branch_ref=job.branch, reporter=reporter
             )
             job.state, job.result = "done", report.as_json()
             for line in report.outcome():
-                print(line, flush=True)
+                reporter.say(line)
     except KeyboardInterrupt:
         job.state, job.error, code = "cancelled", "cancelled; nothing was stored or committed", 130
     except GitbakeError as exc:
         job.state, job.error, code = "failed", exc.render(), exc.exit_code
-        print(f"error: {exc.render()}", flush=True)
+        reporter.say(f"error: {exc.render()}")
     except Exception as exc:  # recorded, with the traceback in the log
         import traceback
 

@@ -7,6 +7,7 @@ This module imports no ML library at import time; the engine is imported when a 
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -22,6 +23,7 @@ from gitbake.errors import GitbakeError, UsageError
 from gitbake.repo import leases, limits
 from gitbake.repo.plan import Plan, TargetPlan
 from gitbake.repo.repo import ModelRepo
+from gitbake.reporter import Reporter
 from gitbake.store.objects import Store
 
 STAGE_FILES = {"stim": "stim.jsonl", "rollout": "rollout.jsonl"}
@@ -44,11 +46,24 @@ class StageResult:
         return dict(self.__dict__)
 
 
-def committed_input(repo: ModelRepo) -> tuple[cfg.LoadedInput, list[str]]:
+def collects_notes(stage: Callable[[Any], StageResult]) -> Callable[[Any], StageResult]:
+    """A stage's result keeps the notes its reporter was given while it ran (a stage that runs another,
+    missing one first gets its own list; the outer stage decides what to repeat)."""
+
+    @functools.wraps(stage)
+    def run(runner: Any) -> StageResult:
+        with runner.reporter.collecting() as notes:
+            result = stage(runner)
+        result.notes = notes
+        return result
+
+    return run
+
+
+def committed_input(repo: ModelRepo, reporter: Reporter | None = None) -> cfg.LoadedInput:
     """input.yml as committed (at `repo.rev`, else HEAD): what a commit bakes. From the working tree's
     point of view (no `rev`), uncommitted changes to input.yml are refused: the model must be the one
     its commit describes."""
-    notes = []
     rev = repo.rev or "HEAD"
     data = git.show(repo.root, rev, cfg.INPUT_FILE)
     if data is None:
@@ -72,10 +87,10 @@ def committed_input(repo: ModelRepo) -> tuple[cfg.LoadedInput, list[str]]:
                 continue
             committed = git.show(repo.root, rev, Path(rel).as_posix())
             if committed != (repo.root / rel).read_bytes():
-                notes.append(
+                (reporter or Reporter()).note(
                     f"{rel} differs from its committed version (or is not committed); the working tree's is used"
                 )
-    return loaded, notes
+    return loaded
 
 
 def write_records(store: Store, stage: str, key: str, records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -126,11 +141,11 @@ class Runner:
         plan: Plan,
         loaded: cfg.LoadedInput,
         force: bool = False,
-        say: Callable[[str], None] | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         self.repo, self.plan, self.loaded, self.force = repo, plan, loaded, force
         self.store = repo.store
-        self.say = say or (lambda msg: None)
+        self.reporter = reporter or Reporter()
         self._model: Any = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._stim_done: str | None = None
@@ -158,7 +173,7 @@ class Runner:
                     dest = Path(self._tmp.name) / f"{i:03d}"
                     self.store.materialise_tree(digest, dest)
                     adapters.append(dest)
-            self.say(f"loading {parent.base_model}" + (f" + {len(adapters)} adapter(s)" if adapters else ""))
+            self.reporter.say(f"loading {parent.base_model}" + (f" + {len(adapters)} adapter(s)" if adapters else ""))
             bake_cfg = self.plan.bake.config if self.plan.bake is not None else {}
             model_cfg = bake_cfg.get("model", {})
             # a bake's stages (its rollouts, training and eval) share one model, in the bake's dtype
@@ -213,6 +228,7 @@ class Runner:
         meta = self.store.read_manifest(hit).meta
         return StageResult(stage, key, hit, True, int(str(meta.get("count", 0))))
 
+    @collects_notes
     def stim(self) -> StageResult:
         t = self.target
         key = t.stim_key
@@ -273,15 +289,15 @@ class Runner:
 
         return write
 
+    @collects_notes
     def rollout(self) -> StageResult:
         t = self.target
         key = t.key
         if (cached := self._cached("rollout", key)) is not None:
             return cached
-        notes = []
         stim_manifest = self._stim_done or (None if self.force else self.store.get_key("stim", t.stim_key))
         if stim_manifest is None:
-            notes.append("ran the missing stim stage first")
+            self.reporter.note("ran the missing stim stage first")
             stim_manifest = self.stim().manifest
         from gitbake.engine.rollout import SamplingSettings, make_rollouts
 
@@ -300,7 +316,7 @@ class Runner:
             # the target names the model that answers (bgit's TARGET.model_name); its identity is in the key
             from gitbake.engine.models import load
 
-            self.say(f"loading {c['model_name']} for the rollout")
+            self.reporter.say(f"loading {c['model_name']} for the rollout")
             m = load(c["model_name"], root=self.repo.root)
         else:
             m = self.model()
@@ -312,18 +328,20 @@ class Runner:
             self.plan.prompts[t.student].config,
             settings,
             label=f"rollout {t.name}",
+            reporter=self.reporter,
         )
         manifest = write_records(self.store, "rollout", key, records, {"target": t.name, "stim": stim_manifest})
-        return StageResult("rollout", key, manifest, False, len(records), time.monotonic() - started, notes)
+        return StageResult("rollout", key, manifest, False, len(records), time.monotonic() - started)
 
 
 def run(
-    repo: ModelRepo, stages: list[str] | None, force: bool = False, say: Callable[[str], None] | None = None
-) -> tuple[list[StageResult], list[str]]:
+    repo: ModelRepo, stages: list[str] | None, force: bool = False, reporter: Reporter | None = None
+) -> list[StageResult]:
     """Run `stages` (None: every stage the committed input.yml has) in pipeline order."""
-    loaded, notes = committed_input(repo)
+    reporter = reporter or Reporter()
+    loaded = committed_input(repo, reporter)
     plan = repo.plan(loaded)
-    return execute(repo, plan, loaded, stages, force, say), notes
+    return execute(repo, plan, loaded, stages, force, reporter)
 
 
 def execute(
@@ -332,7 +350,7 @@ def execute(
     loaded: cfg.LoadedInput,
     stages: list[str] | None,
     force: bool = False,
-    say: Callable[[str], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> list[StageResult]:
     wanted = plan.stages if stages is None else stages
     if stages is None and not wanted:
@@ -341,7 +359,7 @@ def execute(
             "uncomment or write a TARGET and/or BAKE section, commit, and run again",
         )
     order = [s for s in STAGES if s in wanted]
-    runner = Runner(repo, plan, loaded, force=force, say=say)
+    runner = Runner(repo, plan, loaded, force=force, reporter=reporter)
     try:
         # gc keeps what the stages read or store until the bake commit names it (gitbake/repo/leases.py)
         runner.preflight(order)
@@ -364,6 +382,7 @@ def check_loaded(loaded: cfg.LoadedInput, plan: Plan, root: Path, model: Any) ->
     limits.check(loaded, plan, root, limits.shape_from_config(conf, parameters), count)
 
 
+@collects_notes
 def _bake_stage(runner: Runner) -> StageResult:
     from gitbake.engine.bake import Baker, Trajectory, select
     from gitbake.engine.eval import evaluate
@@ -383,7 +402,7 @@ def _bake_stage(runner: Runner) -> StageResult:
             "checkpoints": report.get("checkpoints") or {},
         }
         return StageResult("bake", b.key, hit, True, int(report.get("trajectories_trained", 0)), extra=extra)
-    notes: list[str] = []
+    reporter = runner.reporter
     datasets: list[tuple[list[Trajectory], float]] = []
     contexts: dict[tuple[int, Any], tuple[list[int], list[int]]] = {}
     train_contexts: dict[tuple[int, Any], tuple[list[int], list[int]]] = {}
@@ -394,7 +413,8 @@ def _bake_stage(runner: Runner) -> StageResult:
         manifest = rollout_manifest(store, runner.repo.recipe, d.key)
         if manifest is None and runner.plan.target is not None and d.key == runner.plan.target.key:
             rolled = runner.rollout()
-            notes += [f"{d.name}: {n}" for n in rolled.notes] + [f"{d.name}: ran the missing rollout stage first"]
+            for n in [*rolled.notes, "ran the missing rollout stage first"]:
+                reporter.note(f"{d.name}: {n}")
             manifest = rolled.manifest
         if manifest is None:
             raise GitbakeError(
@@ -412,19 +432,19 @@ def _bake_stage(runner: Runner) -> StageResult:
                 trajs.append(Trajectory(rec["teacher_ids"], rec["student_ids"], rec["response_ids"], i))
         datasets.append((trajs, d.weight))
     cfg = b.config
-    data = select(datasets, cfg["total_trajectories"], cfg["seed"], notes)
+    data = select(datasets, cfg["total_trajectories"], cfg["seed"], reporter)
     eval_note = None
     if not contexts:
         contexts = train_contexts
         eval_note = "no held-out questions: evaluated on the training questions"
-        notes.append(eval_note)
+        reporter.note(eval_note)
     if cfg["deepspeed"] is not None:
         from gitbake.engine.ds import require_deepspeed
 
         require_deepspeed()
     started = time.monotonic()
     model = runner.model()
-    baker = Baker(model.model, model.tokenizer, cfg, plan.parent.base_model, say=runner.say)
+    baker = Baker(model.model, model.tokenizer, cfg, plan.parent.base_model, reporter=reporter)
     scratch = store.root / "jobs" / f"bake-{b.key[:16]}"
     with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
         # kept beside the scratch checkpoint, so an interrupted bake that resumes still has its earlier ones
@@ -476,9 +496,10 @@ def _bake_stage(runner: Runner) -> StageResult:
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.rmtree(keep, ignore_errors=True)
     runner.reset_model()  # the LoRA was injected into the loaded parent
-    notes += result.notes
+    for n in result.notes:
+        reporter.note(n)
     extra = {**_summary(report), "report": report_manifest, "checkpoints": report["checkpoints"]}
-    return StageResult("bake", b.key, adapter, False, result.trajectories, time.monotonic() - started, notes, extra)
+    return StageResult("bake", b.key, adapter, False, result.trajectories, time.monotonic() - started, extra=extra)
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -520,7 +541,7 @@ def find_stage_output(repo: ModelRepo, stage: str, target_name: str | None) -> t
     candidates: list[tuple[str, str | None]] = []
     if target_name is None:
         try:
-            loaded, _ = committed_input(repo)
+            loaded = committed_input(repo)
             t = repo.plan(loaded).target
             if t is not None:
                 candidates.append((t.name, getattr(t, key_attr)))
@@ -584,7 +605,7 @@ class Reevaluated:
         }
 
 
-def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = None) -> Reevaluated:
+def reevaluate(repo: ModelRepo, rev: str, reporter: Reporter | None = None) -> Reevaluated:
     """`git bake eval REV`: the eval of REV's model again, on the held-out questions of its bake's
     targets. The new report is stored as its own object (the model's identity does not change)."""
     other = repo.at(rev)
@@ -627,7 +648,7 @@ def reevaluate(repo: ModelRepo, rev: str, say: Callable[[str], None] | None = No
             dest = Path(tmp) / f"{i:03d}"
             store.materialise_tree(digest, dest)
             dirs.append(dest)
-        (say or (lambda m: None))(f"loading {base} + {len(chain)} adapter(s)")
+        (reporter or Reporter()).say(f"loading {base} + {len(chain)} adapter(s)")
         parent = load(base, dirs[:-1], root=repo.root)
         pm = with_adapter(parent, dirs[-1])
         key = step.key or "0" * 8

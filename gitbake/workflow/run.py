@@ -22,6 +22,7 @@ from gitbake.errors import GitbakeError
 from gitbake.repo import revfiles
 from gitbake.repo.plan import Plan
 from gitbake.repo.repo import ModelRepo
+from gitbake.reporter import Reporter
 from gitbake.store.objects import Store
 from gitbake.workflow import bakecommit
 
@@ -83,12 +84,13 @@ def run_and_commit(
     force: bool = False,
     rev: str | None = None,
     branch_ref: str | None = None,
-    say: Callable[[str], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> RunReport:
     """Run `stages` of the input.yml committed at `rev` (default HEAD, whose input.yml must match the
     working tree); when the bake ran, commit its result on top of `rev` and move `branch_ref` there."""
     from gitbake.workflow import pipeline
 
+    reporter = reporter or Reporter()
     trigger = git.rev_parse(repo.root, rev or "HEAD")
     if trigger is None:
         raise GitbakeError("the repository has no commits yet", "commit input.yml first")
@@ -96,15 +98,17 @@ def run_and_commit(
         branch_ref = git.symbolic_head(repo.root)
         pinned = repo.at(trigger)
         pinned.rev = None  # the working tree's input.yml is checked against HEAD ...
-        loaded, notes = pipeline.committed_input(pinned)
+        with reporter.collecting() as notes:
+            loaded = pipeline.committed_input(pinned, reporter)
         pinned.rev = trigger  # ... and everything else is read from the commit
     else:
         pinned = repo.at(trigger)
-        loaded, notes = pipeline.committed_input(pinned)
+        with reporter.collecting() as notes:
+            loaded = pipeline.committed_input(pinned, reporter)
     plan = pinned.plan(loaded)
-    with bake_lock(pinned.store, plan, say):
+    with bake_lock(pinned.store, plan, reporter):
         # under the lock: a second run of the same bake finds the first one's results cached here
-        results = pipeline.execute(pinned, plan, loaded, stages, force, say)
+        results = pipeline.execute(pinned, plan, loaded, stages, force, reporter)
         return _commit(repo, pinned, plan, RunReport(trigger, results, notes), branch_ref)
 
 
@@ -160,7 +164,7 @@ def _commit(repo: ModelRepo, pinned: ModelRepo, plan: Plan, report: RunReport, b
 
 
 @contextmanager
-def bake_lock(store: Store, plan: Plan, say: Callable[[str], None] | None) -> Iterator[None]:
+def bake_lock(store: Store, plan: Plan, reporter: Reporter) -> Iterator[None]:
     """One run of a bake at a time, across processes and the clones that share this store: a second
     `git bake run` (or job, or hook) of the same bake waits for the first, then finds its results cached
     instead of training again. Keyed by what the run makes: its bake, else its target."""
@@ -176,7 +180,7 @@ def bake_lock(store: Store, plan: Plan, say: Callable[[str], None] | None) -> It
         lock.acquire()
     except LockTimeout:
         holder = path.read_text(errors="replace").strip() if path.exists() else ""
-        (say or (lambda m: None))(
+        reporter.say(
             f"another process is running {what.name}{f' ({holder})' if holder else ''}: "
             "waiting for it, then using its result"
         )
@@ -290,7 +294,7 @@ def run_detached(repo: ModelRepo, stages: list[str] | None = None, force: bool =
     from gitbake.workflow import jobs
     from gitbake.workflow.pipeline import committed_input
 
-    repo.plan(committed_input(repo)[0])
+    repo.plan(committed_input(repo))
     head = git.rev_parse(repo.root, "HEAD") or ""
     job = jobs.start(repo, head, git.symbolic_head(repo.root), stages, force)
     ahead = [j for j in jobs.active(repo) if j.id != job.id]

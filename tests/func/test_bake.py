@@ -18,6 +18,7 @@ from gitbake.contract.config import Bake
 from gitbake.engine import bake, kl, models, trainstate
 from gitbake.engine.rollout import SamplingSettings, make_rollouts
 from gitbake.engine.templating import render
+from gitbake.reporter import Reporter
 
 TEACHER = {
     "messages": [
@@ -188,10 +189,10 @@ def test_divergences() -> None:
 def test_weighted_selection_and_total() -> None:
     a = [bake.Trajectory([1], [1], [2], 0) for _ in range(10)]
     b = [bake.Trajectory([1], [1], [3], 1) for _ in range(10)]
-    notes: list[str] = []
-    picked = bake.select([(a, 3.0), (b, 1.0)], 8, 0, notes)
+    reporter = Reporter()
+    picked = bake.select([(a, 3.0), (b, 1.0)], 8, 0, reporter)
     assert sum(t.dataset == 0 for t in picked) == 6 and sum(t.dataset == 1 for t in picked) == 2
-    assert len(bake.select([(a, 1.0)], 50, 0, notes)) == 10 and "only 10 exist" in notes[0]
+    assert len(bake.select([(a, 1.0)], 50, 0, reporter)) == 10 and "only 10 exist" in reporter.notes[0]
 
 
 def test_interrupt_leaves_a_scratch_checkpoint_and_resume_continues(

@@ -1,7 +1,7 @@
 """The layers of docs/architecture.md, enforced on the import graph: each layer imports only itself and the
 layers below it, wherever the import stands (module level, inside a function, under TYPE_CHECKING).
 
-base (errors, progress, git, fsutil, destination) < contract < engine < store < repo < workflow < use < cli
+base (errors, progress, reporter, git, fsutil, destination) < contract < engine < store < repo < workflow < use < cli
 (with `__main__`, the entry point).
 Nothing imports cli; the per-library rules (click only in cli/, dulwich only in git.py, the ML stack only in
 engine/ and use/) are in test_layering.py.
