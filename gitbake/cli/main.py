@@ -10,18 +10,63 @@ place (`main`): 1 failed, 2 bad usage or input, 3 not a gitbake repository, 4 st
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
 from gitbake import __version__
-from gitbake.cli import history, hooks, jobs, pipeline, remote, start, store, use
 from gitbake.cli.common import CONTEXT
 from gitbake.errors import EXIT_INTERRUPTED, GitbakeError
 
+# command name -> "module:attribute", one module per command group. A command's module is imported only
+# when that command runs (click's documented lazy-loading pattern): `git bake status` runs often, and
+# importing every group's module (and what it imports) would be start-up time it does not need.
+COMMANDS = {
+    "init": "start:init",
+    "validate": "start:validate",
+    "status": "start:status",
+    "target": "start:target",
+    "run": "pipeline:run",
+    "stim": "pipeline:stim",
+    "rollout": "pipeline:rollout",
+    "store": "store:store",
+    "remote": "remote:remote",
+    "push": "remote:push",
+    "pull": "remote:pull",
+    "hook": "hooks:hook",
+    "merge-driver": "hooks:merge_driver",
+    "hooks": "hooks:hooks",
+    "jobs": "jobs:jobs",
+    "fetch": "jobs:fetch",
+    "checkout": "history:checkout",
+    "log": "history:log_cmd",
+    "tree": "history:tree",
+    "show": "history:show",
+    "models": "history:models",
+    "eval": "history:eval_cmd",
+    "chat": "use:chat",
+    "serve": "use:serve",
+    "export": "use:export",
+    "metrics": "use:metrics",
+    "diff": "use:diff",
+}
+
 
 class _BakeGroup(click.Group):
-    """Maps gitbake's errors to exit codes inside click, so CliRunner and `git bake` behave alike."""
+    """Maps gitbake's errors to exit codes inside click, so CliRunner and `git bake` behave alike; loads
+    each command's module when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        command: click.Command = getattr(importlib.import_module(f"gitbake.cli.{module}"), attr)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -53,39 +98,6 @@ def cli() -> None:
 
     Run `git bake COMMAND -h` for each command's options and an example.
     """
-
-
-# one module per command group; `git bake -h` lists them sorted, whatever the order here
-for command in (
-    start.init,
-    start.validate,
-    start.status,
-    start.target,
-    pipeline.run,
-    pipeline.stim,
-    pipeline.rollout,
-    store.store,
-    remote.remote,
-    remote.push,
-    remote.pull,
-    hooks.hook,
-    hooks.merge_driver,
-    hooks.hooks,
-    jobs.jobs,
-    jobs.fetch,
-    history.checkout,
-    history.log_cmd,
-    history.tree,
-    history.show,
-    history.models,
-    history.eval_cmd,
-    use.chat,
-    use.serve,
-    use.export,
-    use.metrics,
-    use.diff,
-):
-    cli.add_command(command)
 
 
 # ---------------------------------------------------------------------------------------------- main
