@@ -52,19 +52,26 @@ def never_replaced(extra: Iterable[Path] = ()) -> list[Path]:
     return [p.resolve() for p in places]
 
 
+def _absolute_not_a_link(dest: Path, instead: str) -> Path:
+    """`dest` as an absolute path, refused (exit 2) when it is a symlink: replacing it would cut the link,
+    following it would write elsewhere."""
+    dest = Path(os.path.abspath(dest))
+    if dest.is_symlink():
+        target = os.path.realpath(dest)
+        raise UsageError(
+            f"{dest} is a symbolic link (to {target}); it is left alone",
+            f"give the link's target explicitly (`{target}`) or {instead}",
+        )
+    return dest
+
+
 def check(dest: Path, *, protected: Iterable[Path] = (), replace: bool = True, what: str = "a directory") -> Path:
     """Make sure writing `dest` can lose nothing, and return it as an absolute path.
 
     `dest` may be absent, an empty directory, or (with `replace`) a directory that carries gitbake's
     marker. Anything else is refused with exit code 2 and is not touched.
     """
-    dest = Path(os.path.abspath(dest))
-    if dest.is_symlink():
-        target = os.path.realpath(dest)
-        raise UsageError(
-            f"{dest} is a symbolic link (to {target}); it is left alone",
-            f"give the link's target explicitly (`{target}`) or a new directory",
-        )
+    dest = _absolute_not_a_link(dest, "a new directory")
     real = dest.resolve()
     for place in never_replaced(protected):
         if real == place or real in place.parents:
@@ -93,4 +100,30 @@ def check(dest: Path, *, protected: Iterable[Path] = (), replace: bool = True, w
             raise UsageError(
                 f"{dest} holds an earlier gitbake output", "add --force to replace it, or give a new directory"
             )
+    return dest
+
+
+def check_file(dest: Path, *, protected: Iterable[Path] = (), replace: bool = False, what: str = "the file") -> Path:
+    """Make sure writing the single file `dest` can lose nothing, and return it as an absolute path.
+
+    `dest` may be absent, or (with `replace`, the user's --force) an existing plain file. A symlink, a
+    directory, and anything inside a place that is never replaced (a repository's .git, the store) are
+    refused with exit code 2 and not touched.
+    """
+    dest = _absolute_not_a_link(dest, f"a new file name for {what}")
+    if dest.is_dir():
+        raise UsageError(
+            f"{dest} is a directory; it is left alone", f"give a file name for {what}, e.g. {dest}/model.gguf"
+        )
+    real = dest.resolve()
+    for place in [p.resolve() for p in protected]:
+        if place in real.parents:
+            raise UsageError(
+                f"{dest} is inside {place}, which gitbake never writes into; it is left alone",
+                f"give a file outside it for {what}",
+            )
+    if dest.exists() and not dest.is_file():
+        raise UsageError(f"{dest} exists and is not a plain file; it is left alone", f"give a new file for {what}")
+    if dest.exists() and not replace:
+        raise UsageError(f"{dest} already exists", "add --force to replace it, or give a new file name")
     return dest

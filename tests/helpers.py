@@ -207,3 +207,12 @@ def tiny_gguf(dest_dir: Path, name: str = "tiny.gguf") -> Path:
     path = dest_dir / name
     write_gguf(loaded.model, loaded.tokenizer, path, "f32", name="tiny")
     return path
+
+
+def read_gguf(path: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) as transformers' GGUF loader reads the file at `path`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return model, tokenizer

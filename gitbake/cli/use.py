@@ -149,30 +149,54 @@ def serve(
 @click.option(
     "--merged", "merged_dir", type=click.Path(path_type=Path), help="Write a full model with the adapters merged here."
 )
-@click.option("--force", is_flag=True, help="Replace a non-empty destination.")
+@click.option(
+    "--gguf",
+    "gguf_file",
+    type=click.Path(path_type=Path),
+    help="Write the merged model as one GGUF file (llama.cpp, Ollama), with a Modelfile beside it.",
+)
+@click.option("--type", "gguf_type", metavar="f32|f16|q8_0", help="With --gguf: the weights' type (default f32).")
+@click.option("--force", is_flag=True, help="Replace a non-empty destination (with --gguf: an existing file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export(rev: str, adapter_dir: Path | None, merged_dir: Path | None, force: bool, as_json: bool) -> None:
-    """Export the model of REV: its adapter chain (--adapter DIR) or a merged model (--merged DIR).
+def export(
+    rev: str,
+    adapter_dir: Path | None,
+    merged_dir: Path | None,
+    gguf_file: Path | None,
+    gguf_type: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Export the model of REV: its adapter chain (--adapter DIR), a merged model (--merged DIR) or a
+    GGUF file (--gguf FILE).
 
-    A merged directory loads with AutoModelForCausalLM.from_pretrained(DIR), without gitbake or PEFT.
+    A merged directory loads with AutoModelForCausalLM.from_pretrained(DIR), without gitbake or PEFT. A GGUF
+    file runs in llama.cpp; `ollama create NAME -f Modelfile` in its folder makes it an Ollama model.
 
     \b
     Examples:
       git bake export HEAD --merged ./yoda-merged
       git bake export v1 --adapter ./yoda-adapters
+      git bake export HEAD --gguf ./yoda/yoda.gguf --type q8_0
     """
     from gitbake.errors import UsageError
 
-    if (adapter_dir is None) == (merged_dir is None):
+    if sum(d is not None for d in (adapter_dir, merged_dir, gguf_file)) != 1:
         raise UsageError(
-            "say what to export: --adapter DIR or --merged DIR (one of them)",
+            "say what to export: --adapter DIR, --merged DIR or --gguf FILE (one of them)",
             "e.g. git bake export HEAD --merged ./out",
         )
+    if gguf_type is not None and gguf_file is None:
+        raise UsageError("--type applies to --gguf only", "e.g. git bake export HEAD --gguf ./out.gguf --type f16")
     repo = repository()
     if adapter_dir is not None:
         from gitbake.use.export import export_adapters
 
         out = export_adapters(repo, rev, adapter_dir, force)
+    elif gguf_file is not None:
+        from gitbake.use.export import export_gguf
+
+        out = export_gguf(repo, rev, gguf_file, gguf_type or "f32", force)
     else:
         from gitbake.use.export import export_merged
 
@@ -181,9 +205,12 @@ def export(rev: str, adapter_dir: Path | None, merged_dir: Path | None, force: b
         emit_json(out.as_json())
         return
     n = len(out.adapters)
+    kind = f"gguf {out.gguf_type}" if out.kind == "gguf" else out.kind
     click.echo(
-        f"exported {out.model_name or out.base_model} ({n} adapter{'s' if n != 1 else ''}, {out.kind}) to {out.dest}"
+        f"exported {out.model_name or out.base_model} ({n} adapter{'s' if n != 1 else ''}, {kind}) to {out.dest}"
     )
+    if out.modelfile is not None:
+        click.echo(f"Ollama: cd {out.modelfile.parent} && ollama create NAME -f {out.modelfile.name}")
 
 
 @click.command(context_settings=CONTEXT)

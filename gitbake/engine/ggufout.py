@@ -37,7 +37,14 @@ class GgufExportError(UsageError):
 
 
 def check_ftype(ftype: str) -> str:
-    """`ftype` if it is one this writer supports; otherwise exit 2 naming the supported ones."""
+    """`ftype` if it is one this writer supports (and the gguf package is here); otherwise exit 2 naming the
+    supported ones (or the extra to install)."""
+    try:
+        import gguf  # noqa: F401 - only whether it is installed
+    except ImportError:
+        raise GgufExportError(
+            "GGUF export needs the gguf package", "install the extra: pip install 'gitbake[gguf]'"
+        ) from None
     if ftype not in FTYPES:
         raise GgufExportError(
             f"GGUF type {ftype!r} is not supported",

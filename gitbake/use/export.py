@@ -3,7 +3,9 @@
 `--adapter`: the adapter chain in PEFT's format, one directory per bake in order, and `chain.json`
 naming the base model and the order (PEFT loads each with `PeftModel.from_pretrained`; merge them in
 order). `--merged`: a plain Hugging Face model directory with every adapter merged in, which
-`AutoModelForCausalLM.from_pretrained(DIR)` loads without gitbake or PEFT.
+`AutoModelForCausalLM.from_pretrained(DIR)` loads without gitbake or PEFT. `--gguf FILE`: the merged model
+as one GGUF file for llama.cpp and Ollama (gitbake.engine.ggufout), with a `Modelfile` beside it for
+`ollama create` (gitbake.engine.modelfile).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gitbake import destination
+from gitbake import destination, git
 from gitbake.errors import UsageError
+from gitbake.fsutil import write_atomic
 from gitbake.repo.modelversion import CarriesModel, ModelVersion
 from gitbake.repo.repo import ModelRepo
 from gitbake.store.objects import swap_in
@@ -44,11 +47,13 @@ class Exported(CarriesModel):
     """What `git bake export` wrote: where, which kind, the model of which commit."""
 
     dest: Path  # absolute
-    kind: Literal["adapter", "merged"]
+    kind: Literal["adapter", "merged", "gguf"]
     model: ModelVersion
     commit: str
     dirs: tuple[ExportedAdapter, ...] = ()  # kind "adapter": one directory per bake, in order
     how: str | None = None  # kind "adapter": how to load the chain
+    gguf_type: str | None = None  # kind "gguf": f32, f16 or q8_0
+    modelfile: Path | None = None  # kind "gguf": the Ollama Modelfile beside the file (absolute)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -61,6 +66,9 @@ class Exported(CarriesModel):
         }
         if self.how is not None:
             out["how"] = self.how
+        if self.kind == "gguf":
+            out["type"] = self.gguf_type
+            out["modelfile"] = str(self.modelfile)
         return out
 
 
@@ -136,6 +144,57 @@ def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) ->
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Exported(dest.absolute(), "merged", version.model, version.commit)
+
+
+MODELFILE = "Modelfile"
+
+
+def export_gguf(repo: ModelRepo, rev: str, dest: Path, ftype: str = "f32", force: bool = False) -> Exported:
+    """The merged model of `rev` as one GGUF file `dest`, and an Ollama `Modelfile` beside it."""
+    from gitbake.engine.ggufout import check_ftype
+
+    check_ftype(ftype)  # before the model loads: a wrong --type costs nothing
+    version = resolve(repo, rev)
+    dest = _gguf_destination(repo, dest, force)
+    modelfile_path = _gguf_destination(repo, dest.parent / MODELFILE, force)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    from gitbake.engine.ggufout import write_gguf
+    from gitbake.engine.modelfile import modelfile
+
+    with contextlib.redirect_stdout(sys.stderr):  # the libraries talk to stderr: stdout is --json's
+        loaded = load(repo, version)
+        source = _gguf_source(repo, version)
+        write_gguf(loaded.model, loaded.tokenizer, dest, ftype, source, name=version.model_name or version.name)
+    tok = loaded.tokenizer
+    text = modelfile(
+        dest.name,
+        getattr(tok, "chat_template", None),
+        [t for t in tok.all_special_tokens if isinstance(t, str)],
+        tok.eos_token,
+        {"bos_token": tok.bos_token or "", "eos_token": tok.eos_token or ""},
+    )
+    write_atomic(modelfile_path, text)
+    return Exported(dest, "gguf", version.model, version.commit, gguf_type=ftype, modelfile=modelfile_path)
+
+
+def _gguf_destination(repo: ModelRepo, dest: Path, force: bool) -> Path:
+    """A file gitbake may write: the destination rules for one file, and never a file the repository tracks."""
+    never = [git.git_dir(repo.root), git.common_dir(repo.root), repo.store.root]
+    dest = destination.check_file(dest, protected=never, replace=force, what="the GGUF export")
+    root = repo.root.resolve()
+    if dest.exists() and root in dest.resolve().parents:
+        rel = dest.resolve().relative_to(root).as_posix()
+        if git.index_blob(repo.root, rel) is not None:
+            raise UsageError(f"{dest} is a file of the repository; it is left alone", "give a file outside it")
+    return dest
+
+
+def _gguf_source(repo: ModelRepo, version: Version) -> Path | None:
+    """The GGUF file the base model came from (`init --base-model FILE.gguf`), whose metadata the export
+    keeps; None for other bases."""
+    p = Path(version.base_model).expanduser()
+    p = p if p.is_absolute() else repo.root / p
+    return p if p.suffix.lower() == ".gguf" and p.is_file() else None
 
 
 def _bake_names(repo: ModelRepo, version: Version) -> dict[str, str]:

