@@ -1,7 +1,7 @@
 """One base error with an exit code; every message names the fix.
 
 Exit codes (docs/guide.md, Exit codes): 0 ok, 1 operation failed, 2 bad usage or invalid input, 3 not a gitbake
-repository, 4 store corruption, 130 interrupted.
+repository, 4 store corruption, 125 nothing to measure (`eval --min`: git bisect's "skip"), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_A_REPO = 3
 EXIT_CORRUPT = 4
+EXIT_SKIP = 125  # what `git bisect run` reads as "this commit cannot be tested"
 EXIT_INTERRUPTED = 130
 
 

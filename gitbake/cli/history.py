@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from gitbake.cli.common import CONTEXT, repository
 from gitbake.cli.render import emit_json, metrics_text
+from gitbake.errors import EXIT_SKIP
 from gitbake.reporter import Reporter
+
+if TYPE_CHECKING:
+    from gitbake.workflow.behaviourcheck import Request
 
 
 @click.command(context_settings=CONTEXT)
@@ -162,17 +167,46 @@ def models(as_json: bool) -> None:
 
 @click.command("eval", context_settings=CONTEXT)
 @click.argument("rev", default="HEAD")
+@click.option("--expect", metavar="REGEX", help="The behaviour: answers in which this regular expression is found.")
+@click.option("--lang", metavar="CODE", help="The behaviour: answers in this language (needs gitbake[lang]).")
+@click.option("--min", "min_rate", type=float, metavar="RATE", help="Exit 0 if REV's rate >= RATE, else 1.")
+@click.option("--max", "max_rate", type=float, metavar="RATE", help="Exit 0 if REV's rate <= RATE, else 1.")
+@click.option(
+    "--questions", "questions_from", metavar="REV2", help="Ask the held-out questions of REV2's bake instead."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the eval as JSON.")
-def eval_cmd(rev: str, as_json: bool) -> None:
+def eval_cmd(
+    rev: str,
+    expect: str | None,
+    lang: str | None,
+    min_rate: float | None,
+    max_rate: float | None,
+    questions_from: str | None,
+    as_json: bool,
+) -> None:
     """Recompute the eval of REV's model: KL to the teacher on held-out questions, before and after.
 
     The result is stored beside the adapter; the model's identity does not change.
+
+    With --expect and/or --lang, measure a behaviour instead: the share of held-out answers that show
+    it, greedy, without the prompt, for the parent and for REV's model, with the teacher (the parent
+    with the prompt) beside them as the ceiling. --min/--max make it a verdict for `git bisect run`:
+    exit 0 (pass) or 1 (fail), and 125 (skip) for a commit with no model to measure.
 
     \b
     Examples:
       git bake eval
       git bake eval HEAD~2 --json
+      git bake eval --lang fr
+      git bake eval --expect '(?i)\\barr+\\b' --json
+      git bisect run git bake eval --lang fr --min 0.8 --questions main
     """
+    from gitbake.workflow.behaviourcheck import request
+
+    wanted = request(expect, lang, min_rate, max_rate, questions_from)
+    if wanted.behaviour is not None:
+        _behaviour(rev, wanted, as_json)
+        return
     from gitbake.workflow.pipeline import reevaluate
 
     report = reevaluate(repository(), rev, Reporter())
@@ -184,3 +218,39 @@ def eval_cmd(rev: str, as_json: bool) -> None:
         f"{report.d_after:.4f} nats/token) "
         f"on {report.questions} held-out question(s)"
     )
+
+
+def _behaviour(rev: str, wanted: Request, as_json: bool) -> None:
+    """The behaviour check: rates, and with --min/--max the verdict as the exit code (bisect's 0/1/125)."""
+    from gitbake.workflow.behaviourcheck import behaviour_rates
+    from gitbake.workflow.heldout import Unmeasurable
+
+    ctx = click.get_current_context()
+    try:
+        rates = behaviour_rates(repository(), rev, wanted, Reporter())
+    except Unmeasurable as exc:
+        if wanted.thresholds is None:
+            raise
+        click.echo(f"skip: {exc.render()}\n(exit 125: git bisect run skips this commit)", err=True)
+        ctx.exit(EXIT_SKIP)
+    passed = wanted.thresholds.passes(rates.model.rate) if wanted.thresholds is not None else None
+    if as_json:
+        emit_json({**rates.as_json(), "passed": passed})
+    else:
+        click.echo(
+            f"{rates.bake} ({rates.rev[:10]}): {rates.behaviour.describe()}, on {rates.questions} held-out "
+            f"question(s), greedy, at most {rates.max_tokens} tokens"
+        )
+        if rates.note:
+            click.echo(f"  note: {rates.note}")
+        for label, rate in (
+            ("teacher (parent + prompt, the ceiling)", rates.teacher),
+            ("parent, no prompt", rates.parent),
+            (f"{rev}, no prompt", rates.model),
+        ):
+            click.echo(f"  {label:<40} {rate.shown:>4}/{rate.total:<4} {rate.rate:.2f}")
+        if wanted.thresholds is not None:
+            verdict = "pass" if passed else "fail"
+            click.echo(f"{verdict}: {rev}'s rate {rates.model.rate:.2f}, wanted {wanted.thresholds.describe()}")
+    if passed is False:
+        ctx.exit(1)

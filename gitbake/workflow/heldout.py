@@ -1,0 +1,122 @@
+"""What `git bake eval REV` measures on: REV's model (the base model and its adapter chain, the last one
+kept apart so that disabling it gives the parent) and the held-out questions of the bake that made it.
+
+The questions come from the one collection of held-out questions (`pipeline.split_rollouts`). When REV's
+model cannot be measured here — nothing baked by then, or its objects are not in this store — the error
+is an `Unmeasurable`, so that `eval --min` can answer git bisect's "skip" (exit 125) for that commit.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gitbake.errors import GitbakeError, UsageError
+from gitbake.repo.repo import ModelRepo
+from gitbake.reporter import Reporter
+from gitbake.workflow.pipeline import rollout_manifest, split_rollouts
+
+MAX_TOKENS = 256  # eval's cap on an answer's length, whatever the rollouts allowed
+
+
+class Unmeasurable(GitbakeError):
+    """REV has no model this machine can measure (a commit bisect should skip rather than judge)."""
+
+
+class NotBaked(Unmeasurable, UsageError):
+    """Nothing baked by REV (or a bake this gitbake cannot read): exit 2 for a plain `eval`."""
+
+
+class NotLocal(Unmeasurable):
+    """REV's adapters or rollouts are not in the local store."""
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    teacher_ids: list[int]  # the question under the teacher prompt
+    student_ids: list[int]  # under the student prompt (usually none): what the baked model is asked
+
+
+@dataclass(frozen=True)
+class Heldout:
+    """REV's model and the held-out questions of its last bake."""
+
+    rev: str  # the commit
+    base: str
+    chain: list[str]  # adapter digests, oldest first; the last is REV's bake
+    bake: str | None
+    key: str | None
+    questions: list[Question]
+    max_tokens: int  # the longest rollout answer, capped at MAX_TOKENS
+    note: str | None  # "no held-out questions: ..." when the bake had too few to hold any out
+
+
+def heldout_of(repo: ModelRepo, rev: str) -> Heldout:
+    other = repo.at(rev)
+    chain = other.bread.parent_adapters if other.bread else None
+    if not chain:
+        raise NotBaked(
+            f"{rev} has no baked model (nothing has been baked by then)", "pick a bake commit: see `git bake log`"
+        )
+    recipe = other.recipe
+    step = next((s for s in reversed(recipe.steps) if s.action == "create_bake"), None) if recipe else None
+    datasets = (step.model_extra or {}).get("datasets") if step else None
+    if step is None or not datasets:
+        raise NotBaked(
+            f"the recipe.yml of {rev} does not record its bake's datasets", "re-bake it with this gitbake version"
+        )
+    store = repo.store
+    missing = [a for a in chain if not store.has(a)]
+    if missing:
+        raise NotLocal(
+            f"{len(missing)} adapter(s) of {rev} are not in the local store ({missing[0][:12]}...)",
+            "fetch them: git bake pull " + rev,
+        )
+    manifests = []
+    for d in datasets:
+        manifest = rollout_manifest(store, recipe, d["key"])
+        if manifest is None:
+            raise NotLocal(f"the rollouts of {d['target']} are not in the store", "fetch them: git bake pull " + rev)
+        manifests.append(manifest)
+    heldout, training = split_rollouts(store, manifests)
+    max_tokens = max([1] + [len(rec["response_ids"]) for rec in heldout + training])
+    note = None
+    if not heldout:  # as the bake itself did: too few questions to hold any out
+        heldout, note = training, "no held-out questions: evaluated on the training questions"
+    unique: dict[tuple[tuple[int, ...], tuple[int, ...]], Question] = {}
+    for rec in heldout:  # each question has num_traj_per_stimulus rollouts: once each
+        ids = (tuple(rec["teacher_ids"]), tuple(rec["student_ids"]))
+        unique.setdefault(ids, Question(str(rec.get("question", "")), rec["teacher_ids"], rec["student_ids"]))
+    base = other.bread.base_model if other.bread and other.bread.base_model else "tiny"
+    return Heldout(
+        other.rev or rev,
+        base,
+        list(chain),
+        step.resource_name,
+        step.key,
+        list(unique.values()),
+        min(max_tokens, MAX_TOKENS),
+        note,
+    )
+
+
+@contextmanager
+def loaded(repo: ModelRepo, held: Heldout, reporter: Reporter | None = None) -> Iterator[tuple[Any, Any]]:
+    """(the parent as `engine.models.load` returns it, the PEFT model of REV): the parent with REV's
+    adapter kept separate, so `disable_adapter()` is the parent and the teacher (ML stack imported here)."""
+    from gitbake.engine.models import load, with_adapter
+
+    with tempfile.TemporaryDirectory(dir=repo.store.tmp) as tmp:
+        dirs = []
+        for i, digest in enumerate(held.chain):
+            dest = Path(tmp) / f"{i:03d}"
+            repo.store.materialise_tree(digest, dest)
+            dirs.append(dest)
+        (reporter or Reporter()).say(f"loading {held.base} + {len(held.chain)} adapter(s)")
+        parent = load(held.base, dirs[:-1], root=repo.root)
+        yield parent, with_adapter(parent, dirs[-1])
