@@ -24,7 +24,9 @@ from typing import Any
 
 import torch
 
+from gitbake.contract.config import Bake
 from gitbake.engine import kl, trainstate
+from gitbake.engine.ds import zero_stage
 from gitbake.engine.infer import cache_arg
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.reporter import Reporter
@@ -255,7 +257,7 @@ class Baker:
         self,
         model: Any,
         tokenizer: Any,
-        config: dict[str, Any],
+        config: Bake,
         base_name: str,
         reporter: Reporter | None = None,
     ) -> None:
@@ -276,8 +278,8 @@ class Baker:
     def _peft(self) -> Any:
         from peft import LoraConfig, get_peft_model
 
-        m = self.cfg["model"]
-        if m.get("student_model_path"):
+        m = self.cfg.model
+        if m.student_model_path:
             raise UsageError(
                 "BAKE.model.student_model_path (distilling into a different model) is not supported yet",
                 "remove it: the baked model is the parent model plus the adapter",
@@ -290,19 +292,19 @@ class Baker:
                     f"this model post-processes its logits ({attr}={value}), which the bake does not reproduce yet",
                     "use a model without logit soft-capping or scaling",
                 )
-        lc = m["baked_adapter_config"]
-        torch.manual_seed(self.cfg["seed"])
+        lc = m.baked_adapter_config
+        torch.manual_seed(self.cfg.seed)
         lora = LoraConfig(
-            r=lc["r"],
-            lora_alpha=lc["lora_alpha"],
-            lora_dropout=lc["lora_dropout"],
-            bias=lc["bias"],
-            target_modules=lc["target_modules"],
+            r=lc.r,
+            lora_alpha=lc.lora_alpha,  # type: ignore[arg-type]  # a float alpha is fine: scaling is alpha / r
+            lora_dropout=lc.lora_dropout,
+            bias=lc.bias,
+            target_modules=lc.target_modules,
             task_type="CAUSAL_LM",
         )
         torch.set_grad_enabled(True)
         pm = get_peft_model(self.parent, lora)
-        if not m.get("disable_activation_checkpoint"):
+        if not m.disable_activation_checkpoint:
             inner: Any = pm.get_base_model()
             if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
                 inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -312,20 +314,19 @@ class Baker:
         return pm
 
     def _optimizer(self, params: list[Any]) -> Any:
-        o = self.cfg["optimizer"]
-        kind = o["type"]
-        if kind == "sgd":
-            return torch.optim.SGD(params, lr=o["learning_rate"], weight_decay=o["weight_decay"])
-        cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-        return cls(params, lr=o["learning_rate"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
+        o = self.cfg.optimizer
+        if o.type == "sgd":
+            return torch.optim.SGD(params, lr=o.learning_rate, weight_decay=o.weight_decay)
+        cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
+        return cls(params, lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
 
     def _scheduler(self, optimizer: Any, total_steps: int) -> Any:
         from transformers import get_scheduler
 
-        s = self.cfg["scheduler"]
-        warmup = s["warmup_steps"] or int(math.ceil(s["warmup_ratio"] * total_steps))
+        s = self.cfg.scheduler
+        warmup = s.warmup_steps or int(math.ceil(s.warmup_ratio * total_steps))
         return get_scheduler(
-            s["name"], optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1)
+            s.name, optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1)
         )
 
     def train(
@@ -353,7 +354,7 @@ class Baker:
         keep: Path | None,
     ) -> BakeResult:
         cfg = self.cfg
-        max_len = cfg["data"]["max_length"]
+        max_len = cfg.data.max_length
         data = [t2 for t in trajectories if (t2 := t.truncated(max_len)) is not None]
         if len(data) < len(trajectories):
             self.reporter.note(
@@ -373,19 +374,19 @@ class Baker:
                 if prompt >= max_len
                 else "raise TARGET.max_tokens",
             )
-        random.seed(cfg["seed"])
-        torch.manual_seed(cfg["seed"])
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
         pm = self._peft()
         inner = pm.get_base_model()
         decoder, lm_head = inner.get_decoder(), inner.get_output_embeddings()
         params = [p for p in pm.parameters() if p.requires_grad]
-        mbs, ga, epochs = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["epochs"]
-        data_seed = cfg["data"].get("seed") if cfg["data"].get("seed") is not None else cfg["seed"]
+        mbs, ga, epochs = cfg.micro_batch_size, cfg.gradient_accumulation_steps, cfg.epochs
+        data_seed = cfg.data.seed if cfg.data.seed is not None else cfg.seed
         per_epoch = math.ceil(math.ceil(len(data) / mbs) / ga)
         total_steps = per_epoch * epochs
         engine = None
-        zero3 = int(((cfg.get("deepspeed") or {}).get("zero_optimization") or {}).get("stage", 0)) == 3
-        if cfg.get("deepspeed") is not None:
+        zero3 = zero_stage(cfg) == 3
+        if cfg.deepspeed is not None:
             from gitbake.engine import ds
 
             ds.require_deepspeed()
@@ -393,7 +394,7 @@ class Baker:
         else:
             optimizer = self._optimizer(params)
             scheduler = self._scheduler(optimizer, total_steps)
-        beta, temperature, topk = float(cfg["data"]["beta"]), float(cfg["data"]["temperature"]), cfg["data"]["topk"]
+        beta, temperature, topk = float(cfg.data.beta), float(cfg.data.temperature), cfg.data.topk
 
         cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if topk:
@@ -433,16 +434,12 @@ class Baker:
         if scratch is not None and zero3 and trainstate.exists(scratch):
             self.reporter.note("a scratch checkpoint exists, but resuming under ZeRO-3 is not supported: starting over")
             shutil.rmtree(scratch, ignore_errors=True)
-        if keep is not None and zero3 and any(c.get("enabled", True) for c in cfg["checkpoint"]):
+        if keep is not None and zero3 and any(c.enabled for c in cfg.checkpoint):
             self.reporter.note(
                 "checkpoints are not kept under ZeRO-3 (its partitioned weights are only gathered for the final "
                 "adapter)"
             )
-        if (
-            scratch is not None
-            and not zero3
-            and any(c.get("auto_resume") for c in cfg["checkpoint"] if c.get("enabled", True))
-        ):
+        if scratch is not None and not zero3 and any(c.auto_resume for c in cfg.checkpoint if c.enabled):
             resumed = self._resume(pm, optimizer, scheduler, scratch)
             if resumed:
                 state = resumed
@@ -537,7 +534,7 @@ class Baker:
             raise
         result.steps = state["step"]
         result.seconds = time.monotonic() - started
-        stage = int(((cfg.get("deepspeed") or {}).get("zero_optimization") or {}).get("stage", 0))
+        stage = zero_stage(cfg)
         from gitbake.engine import ds as ds_mod
 
         with ds_mod.gathered(params, stage if engine is not None else 0):
@@ -550,12 +547,12 @@ class Baker:
 
     # ---------------------------------------------------------------------------- checkpoints
     def _due(self, state: dict[str, int], epoch_end: bool) -> bool:
-        for c in self.cfg["checkpoint"]:
-            if not c.get("enabled", True):
+        for c in self.cfg.checkpoint:
+            if not c.enabled:
                 continue
-            if c.get("save_every_n_steps") and state["step"] % c["save_every_n_steps"] == 0:
+            if c.save_every_n_steps and state["step"] % c.save_every_n_steps == 0:
                 return True
-            if epoch_end and c.get("save_every_n_epochs") and state["epoch"] % c["save_every_n_epochs"] == 0:
+            if epoch_end and c.save_every_n_epochs and state["epoch"] % c.save_every_n_epochs == 0:
                 return True
         return False
 
@@ -611,15 +608,15 @@ class Baker:
         return step
 
     def _wandb(self) -> Any:
-        w = self.cfg["wandb"]
-        if not w.get("enable"):
+        w = self.cfg.wandb
+        if not w.enable:
             return None
         try:
             import wandb
         except ImportError:
             self.reporter.note("wandb.enable is set but wandb is not installed: metrics go to metrics.jsonl only")
             return None
-        return wandb.init(project=w.get("project"), name=w.get("name"), entity=w.get("entity"), config=self.cfg)
+        return wandb.init(project=w.project, name=w.name, entity=w.entity, config=self.cfg.model_dump(mode="json"))
 
     # -------------------------------------------------------------------------------- saving
     def _save_adapter(self, pm: Any, out_dir: Path) -> None:
@@ -637,7 +634,7 @@ class Baker:
         for extra in out_dir.iterdir():
             if extra.name not in ADAPTER_FILES:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
-        check_adapter(out_dir, self.cfg["model"]["baked_adapter_config"], pm)
+        check_adapter(out_dir, self.cfg.model.baked_adapter_config.model_dump(mode="json"), pm)
 
 
 def _checked_resume_state(saved: dict[str, Any]) -> tuple[dict[str, int], torch.Tensor, list[Any]]:

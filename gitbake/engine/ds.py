@@ -14,9 +14,12 @@ import importlib.util
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitbake.errors import UsageError
+
+if TYPE_CHECKING:
+    from gitbake.contract.config import Bake
 
 
 def require_deepspeed() -> None:
@@ -65,14 +68,19 @@ def rank() -> int:
     return 0
 
 
-def ds_config(cfg: dict[str, Any]) -> dict[str, Any]:
+def zero_stage(cfg: Bake) -> int:
+    """The ZeRO stage a bake asks for: 0 without DeepSpeed."""
+    return cfg.deepspeed.zero_optimization.stage if cfg.deepspeed is not None else 0
+
+
+def ds_config(cfg: Bake) -> dict[str, Any]:
     """BAKE fields -> a DeepSpeed config; the user's own `BAKE.deepspeed` keys are kept."""
     import torch
 
-    user = dict(cfg["deepspeed"] or {})
-    o = cfg["optimizer"]
+    user = cfg.deepspeed.model_dump(mode="json") if cfg.deepspeed is not None else {}
+    o = cfg.optimizer
     conf: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         # gitbake accumulates itself (one backward per optimizer step): DeepSpeed's own accumulation under
         # ZeRO-3 drifted from the plain path's loss curve here, ours matches it exactly
         "gradient_accumulation_steps": 1,
@@ -81,19 +89,19 @@ def ds_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     if "optimizer" not in user:
-        kind = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}[o["type"]]
-        params: dict[str, Any] = {"lr": o["learning_rate"], "weight_decay": o["weight_decay"]}
+        kind = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}[o.type]
+        params: dict[str, Any] = {"lr": o.learning_rate, "weight_decay": o.weight_decay}
         if kind != "SGD":
-            params["betas"] = list(o["betas"])
+            params["betas"] = list(o.betas)
             params["torch_adam"] = True  # no compiled op needed (and the only choice on CPU)
         conf["optimizer"] = {"type": kind, "params": params}
     if torch.cuda.is_available() and "bf16" not in user and "fp16" not in user and torch.cuda.is_bf16_supported():
-        conf["bf16"] = {"enabled": cfg["model"]["dtype"] in ("auto", "bf16", "bfloat16")}
+        conf["bf16"] = {"enabled": cfg.model.dtype in ("auto", "bf16", "bfloat16")}
     conf.update(user)
     return conf
 
 
-def initialize(model: Any, params: list[Any], cfg: dict[str, Any], scheduler_factory: Any) -> tuple[Any, Any, Any]:
+def initialize(model: Any, params: list[Any], cfg: Bake, scheduler_factory: Any) -> tuple[Any, Any, Any]:
     import deepspeed
 
     init_distributed()

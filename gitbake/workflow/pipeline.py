@@ -18,7 +18,7 @@ from typing import Any
 
 from gitbake import git
 from gitbake.contract import config as cfg
-from gitbake.contract.config import Target
+from gitbake.contract.config import Bake, Target
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.repo import leases, limits
 from gitbake.repo.plan import Plan, TargetPlan
@@ -431,14 +431,14 @@ def _bake_stage(runner: Runner) -> StageResult:
                 train_contexts[(i, rec["stimulus_id"])] = ctx
                 trajs.append(Trajectory(rec["teacher_ids"], rec["student_ids"], rec["response_ids"], i))
         datasets.append((trajs, d.weight))
-    cfg = b.config
-    data = select(datasets, cfg["total_trajectories"], cfg["seed"], reporter)
+    cfg = Bake.model_validate(b.config)  # resolved: the canonical config its key was made from
+    data = select(datasets, cfg.total_trajectories, cfg.seed, reporter)
     eval_note = None
     if not contexts:
         contexts = train_contexts
         eval_note = "no held-out questions: evaluated on the training questions"
         reporter.note(eval_note)
-    if cfg["deepspeed"] is not None:
+    if cfg.deepspeed is not None:
         from gitbake.engine.ds import require_deepspeed
 
         require_deepspeed()

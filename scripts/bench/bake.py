@@ -195,7 +195,7 @@ def child(impl: str, n: int, epochs: int) -> None:
                 },
                 "seed": 0,
             }
-        ).model_dump(mode="json")
+        )
         baker = Baker(model, BenchTokenizer(), cfg, "bench")
         t0, cpu0 = time.perf_counter(), time.process_time()
         with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,7 @@ QUESTIONS = [
 ]
 
 
-def config(**over: Any) -> dict[str, Any]:
+def config(**over: Any) -> Bake:
     base: dict[str, Any] = {
         "name": "t",
         "datasets": [{"target": "x"}],
@@ -45,7 +45,7 @@ def config(**over: Any) -> dict[str, Any]:
         "model": {"disable_activation_checkpoint": True},
     }
     base.update(over)
-    return Bake.model_validate(base).model_dump(mode="json")
+    return Bake.model_validate(base)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_empty_or_mismatched_adapter_is_refused(trajectories: list[bake.Trajecto
 
     m = fresh()
     bake.Baker(m.model, m.tokenizer, config(epochs=1), "tiny").train(trajectories, tmp_path / "a")
-    requested = config()["model"]["baked_adapter_config"]
+    requested = config().model.baked_adapter_config.model_dump(mode="json")
     bake.check_adapter(tmp_path / "a", requested)
     with pytest.raises(bake.AdapterError, match="asked for"):
         bake.check_adapter(tmp_path / "a", {**requested, "r": 16})
@@ -306,7 +306,7 @@ def test_adapter_config_is_the_same_bytes_in_every_process(tmp_path: Path) -> No
         from gitbake.engine import bake, models
         m = models.load_base("tiny")
         t = [bake.Trajectory([257, 260, 72, 105, 258, 261], [260, 72, 105, 258, 261], [65, 66, 258])]
-        cfg = Bake.model_validate({"name": "t", "datasets": [{"target": "x"}], "epochs": 1}).model_dump(mode="json")
+        cfg = Bake.model_validate({"name": "t", "datasets": [{"target": "x"}], "epochs": 1})
         bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(t, pathlib.Path(sys.argv[1]))
         """
     )

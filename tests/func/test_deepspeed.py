@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
     over = {{}} if stage == "plain" else {{"deepspeed": {{"zero_optimization": {{"stage": int(stage)}}}}}}
     cfg = Bake.model_validate({{"name": "t", "datasets": [{{"target": "x"}}], "epochs": 2, "micro_batch_size": 2,
                                "gradient_accumulation_steps": 2, "optimizer": {{"learning_rate": 0.003}},
-                               "model": {{"disable_activation_checkpoint": True}}, **over}}).model_dump(mode="json")
+                               "model": {{"disable_activation_checkpoint": True}}, **over}})
     out = pathlib.Path(sys.argv[2])
     res = bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(trajs, out)
     print("LOSSES " + json.dumps([r["loss"] for r in res.metrics]))

@@ -433,8 +433,7 @@ def test_the_bake_names_a_too_long_prompt_as_the_cause() -> None:
     from gitbake.engine.models import load
     from gitbake.errors import UsageError
 
-    cfg = Bake().model_dump(mode="json")
-    cfg["data"]["max_length"] = 16
+    cfg = Bake.model_validate({"data": {"max_length": 16}})
     m = load("tiny")
     baker = Baker(m.model, m.tokenizer, cfg, "tiny")
     with pytest.raises(UsageError) as err:
