@@ -226,6 +226,28 @@ def tiny_gguf(dest_dir: Path, name: str = "tiny.gguf") -> Path:
     return path
 
 
+def crafted_gguf(path: Path, arch: str = "llama", qtype: str | None = None, tokenizer: bool = True) -> Path:
+    """A small GGUF written by gguf's GGUFWriter, no model behind it: an f32 embedding and, with `qtype`, one
+    tensor of that quantisation type (for the checks on bad GGUF files)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    if tokenizer:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_token_list(["a", "b"])
+    writer.add_tensor("token_embd.weight", np.arange(16, dtype=np.float32).reshape(2, 8))
+    if qtype is not None:
+        q = gguf.GGMLQuantizationType[qtype]
+        _, type_size = gguf.GGML_QUANT_SIZES[q]
+        writer.add_tensor("blk.0.attn_q.weight", np.zeros((1, type_size), np.uint8), raw_dtype=q)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def read_gguf(path: Path) -> tuple[Any, Any]:
     """(model, tokenizer) as transformers' GGUF loader reads the file at `path`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,8 +1,9 @@
 """Model identity: what a model *is*, for keys (docs/config.md, keys).
 
-A base model is `tiny` (built in), a local directory (identity: the digest of its files) or a hub id
-(identity: the id plus the revision resolved from the local Hugging Face cache; never the network). A
-model is a base plus the ordered digests of the adapters applied on top. Nothing here imports torch.
+A base model is `tiny` (built in), a local directory (identity: the digest of its files), a GGUF file or
+a directory holding one and no config.json (identity: the file's digest) or a hub id (identity: the id
+plus the revision resolved from the local Hugging Face cache; never the network). A model is a base plus
+the ordered digests of the adapters applied on top. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -32,15 +33,44 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit of a hub repository, as the cache's snapshots are named
 
 
+GGUF_SUFFIX = ".gguf"
+
+
+def _local(base_model: str, root: Path | None) -> Path:
+    p = Path(os.path.expanduser(base_model))
+    return root / p if not p.is_absolute() and root is not None else p
+
+
+def gguf_in(directory: Path) -> Path | None:
+    """The GGUF file a directory stands for: its only `.gguf`, when it has no config.json (a saved model
+    directory that also carries a GGUF export is still a directory model)."""
+    try:
+        if (directory / "config.json").exists():
+            return None
+        found = [f for f in directory.iterdir() if f.suffix.lower() == GGUF_SUFFIX and f.is_file()]
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def gguf_file(base_model: str, root: Path | None = None) -> Path | None:
+    """The GGUF file of a `gguf` base model (it may not exist), else None."""
+    p = _local(base_model, root)
+    if p.suffix.lower() == GGUF_SUFFIX:
+        return p
+    return gguf_in(p) if p.is_dir() else None
+
+
 def classify(base_model: str, root: Path | None = None) -> str:
-    """`tiny`, `dir` or `hub`: how a `--base-model` value is to be loaded."""
+    """`tiny`, `dir`, `gguf` or `hub`: how a `--base-model` value is to be loaded."""
     if base_model == TINY:
         return "tiny"
-    p = Path(os.path.expanduser(base_model))
-    if not p.is_absolute() and root is not None:
-        p = root / p
+    p = _local(base_model, root)
+    # a name ending in .gguf is a file, never a hub id (`models/x.gguf` would match HUB_ID)
+    if p.suffix.lower() == GGUF_SUFFIX and not p.is_dir():
+        return "gguf"
     if base_model.startswith((".", "/", "~")) or (p.is_dir() and (root is not None or p.is_absolute())):
-        return "dir"
+        return "gguf" if p.is_dir() and gguf_in(p) is not None else "dir"
     if HUB_ID.match(base_model):
         return "hub"
     return "unknown"
@@ -53,10 +83,11 @@ def base_identity(base_model: str, root: Path | None = None, cache: StatCache | 
 
         return {"kind": "tiny", "weights": TINY_WEIGHTS_DIGEST}
     if kind == "dir":
-        p = Path(os.path.expanduser(base_model))
-        if not p.is_absolute() and root is not None:
-            p = root / p
-        return {"kind": "dir", "digest": directory_digest(p, cache)}
+        return {"kind": "dir", "digest": directory_digest(_local(base_model, root), cache)}
+    if kind == "gguf":
+        f = gguf_file(base_model, root)
+        # the file's bytes are the model: where it lies, or its name, is not part of its identity
+        return {"kind": "gguf", "digest": file_digest(f, cache) if f is not None and f.is_file() else "missing"}
     if kind == "hub":
         repo_id, _, rev = base_model.partition("@")
         # a branch or tag names whatever commit it points to today: the identity is that commit, so a key
@@ -83,18 +114,23 @@ def directory_digest(path: Path, cache: StatCache | None = None) -> str:
         return "missing"
     entries = []
     for f in sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.relative_to(path).parts):
-        started = time.time_ns()
-        st = f.stat()
-        digest = cache.lookup(st) if cache is not None else None
-        if digest is None:
-            h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-            if st.st_size:
-                h.update_mmap(f)
-            digest = h.hexdigest()
-            if cache is not None:
-                cache.record(st, digest, started)
-        entries.append([f.relative_to(path).as_posix(), digest])
+        entries.append([f.relative_to(path).as_posix(), file_digest(f, cache)])
     return blake3.blake3(canonical_json(entries)).hexdigest()
+
+
+def file_digest(f: Path, cache: StatCache | None = None) -> str:
+    """blake3 of a file's bytes; through the stat cache, one stat when the file has not changed."""
+    started = time.time_ns()
+    st = f.stat()
+    digest = cache.lookup(st) if cache is not None else None
+    if digest is None:
+        h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        if st.st_size:
+            h.update_mmap(f)
+        digest = h.hexdigest()
+        if cache is not None:
+            cache.record(st, digest, started)
+    return digest
 
 
 def hf_cache_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Load a base model (`tiny`, a hub id from the local cache, a local directory) and its adapter chain.
+"""Load a base model (`tiny`, a hub id from the local cache, a local directory, a GGUF file) and its adapter chain.
 
 Device and dtype: CUDA with bf16 when present (fp16 on GPUs without bf16), else CPU fp32; a bake on a
 CPU that multiplies bf16 natively runs in bf16 (`bake_dtype`). Both can be overridden (`GITBAKE_DEVICE`,
@@ -8,7 +8,7 @@ CPU that multiplies bf16 natively runs in bf16 (`bake_dtype`). Both can be overr
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,11 @@ WEIGHT_FILES = (
 
 class ModelError(UsageError):
     """A model cannot be loaded because of what the user pointed at (exit 2)."""
+
+
+# A GGUF file -> (a directory holding it converted to safetensors, the file's digest): the store's cache of
+# conversions (gitbake/repo/ggufbase.py). Without one, the engine converts into a directory of its own.
+GgufDirs = Callable[[Path], tuple[Path, str]]
 
 
 @dataclass
@@ -110,9 +115,22 @@ def limit_onednn_caches() -> None:
     os.environ.setdefault("LRU_CACHE_CAPACITY", ONEDNN_CACHE)  # PyTorch's ideep layer
 
 
-def resolve_path(base_model: str, root: Path | None = None) -> tuple[str, dict[str, Any]]:
+def resolve_path(base_model: str, root: Path | None = None, gguf: GgufDirs | None = None) -> tuple[str, dict[str, Any]]:
     """(the directory to load, identity), with a clear error when it is not here."""
     kind = identity.classify(base_model, root)
+    if kind == "gguf":
+        f = identity.gguf_file(base_model, root)
+        if f is None or not f.is_file():
+            raise ModelError(
+                f"GGUF model {f or base_model} does not exist",
+                "give the path of a .gguf file, or a directory holding one",
+            )
+        if gguf is None:
+            from gitbake.engine.ggufin import convert_for_process
+
+            gguf = convert_for_process
+        directory, digest = gguf(f)
+        return str(directory), {"kind": "gguf", "digest": digest}
     if kind == "tiny":
         from gitbake.engine.tiny import ensure_tiny
 
@@ -159,12 +177,13 @@ def load_base(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    gguf: GgufDirs | None = None,
 ) -> LoadedModel:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network (read when huggingface_hub is imported)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, ident = resolve_path(base_model, root)
+    path, ident = resolve_path(base_model, root, gguf)
     dev, dt = pick_device(device, dtype)
     if dev.type == "cpu" and dt == torch.bfloat16:
         limit_onednn_caches()
@@ -208,10 +227,11 @@ def load(
     device: str | None = None,
     dtype: str | None = None,
     attn_implementation: str | None = None,
+    gguf: GgufDirs | None = None,
 ) -> LoadedModel:
     """The base model with each adapter merged in, in order: the model of a point in the lineage."""
     loaded = load_base(
-        base_model, root, device, None if dtype == "auto" else dtype, attn_implementation=attn_implementation
+        base_model, root, device, None if dtype == "auto" else dtype, attn_implementation=attn_implementation, gguf=gguf
     )
     if adapters:
         from peft import PeftModel

@@ -404,7 +404,9 @@ def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, 
     if target.model_name:
         kind = identity.classify(target.model_name, root)
         model_id: Any = (
-            identity.base_identity(target.model_name, root) if kind in ("dir", "hub") else {"name": target.model_name}
+            identity.base_identity(target.model_name, root)
+            if kind in ("dir", "gguf", "hub")
+            else {"name": target.model_name}
         )
     else:
         model_id = plan.parent.identity

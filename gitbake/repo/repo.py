@@ -79,8 +79,8 @@ class ModelRepo:
     def plan(self, loaded: config.LoadedInput | None = None) -> Plan:
         loaded = loaded or self.load_input()
         base = self.bread.base_model if self.bread else None
-        # a local model directory is hashed through the store's stat cache (one stat per unchanged file)
-        cache = self.store.statcache if base and identity.classify(base, self.root) == "dir" else None
+        # a local model directory or GGUF is hashed through the store's stat cache (one stat per unchanged file)
+        cache = self.store.statcache if base and identity.classify(base, self.root) in ("dir", "gguf") else None
         plan = build(loaded, self.root, self.bread, lambda: self.recipe, self.lineage, cache)
         # every command that plans (validate, status, the pre-commit hook, run) refuses what cannot run
         limits.check(loaded, plan, self.root)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gitbake.repo.ggufbase import converted_dirs
 from gitbake.repo.repo import ModelRepo
 from gitbake.use.versions import Version, load, resolve
 
@@ -66,7 +67,7 @@ class Session:
         if self._base is None:
             from gitbake.engine.models import load_base
 
-            self._base = load_base(self.version.base_model, self.repo.root)
+            self._base = load_base(self.version.base_model, self.repo.root, gguf=converted_dirs(self.repo.store))
         return self._base
 
     def compare(self, text: str) -> tuple[str, str]:

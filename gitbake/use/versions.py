@@ -14,6 +14,7 @@ from typing import Any
 
 from gitbake.errors import UsageError
 from gitbake.repo import modeldir
+from gitbake.repo.ggufbase import converted_dirs
 from gitbake.repo.modelversion import CarriesModel, ModelVersion
 from gitbake.repo.repo import ModelRepo
 
@@ -103,4 +104,4 @@ def load(repo: ModelRepo, version: Version) -> Any:
     from gitbake.engine.models import load as load_model
 
     with materialised(repo, version) as dirs:
-        return load_model(version.base_model, dirs, root=repo.root)
+        return load_model(version.base_model, dirs, root=repo.root, gguf=converted_dirs(repo.store))

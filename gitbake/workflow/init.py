@@ -167,12 +167,22 @@ def _normalise_base_model(base_model: str, directory: Path) -> str:
     if not base_model.strip():
         raise UsageError("--base-model is empty", "use `--base-model tiny`, a Hugging Face id, or a model directory")
     as_path = (Path.cwd() / Path(base_model).expanduser()).resolve()
-    looks_like_path = base_model.startswith((".", "/", "~")) or as_path.is_dir()
+    gguf = as_path if as_path.suffix.lower() == identity.GGUF_SUFFIX else None
+    looks_like_path = base_model.startswith((".", "/", "~")) or as_path.is_dir() or gguf is not None
     if looks_like_path:
-        if not as_path.is_dir():
+        if as_path.is_dir():
+            gguf = identity.gguf_in(as_path)
+        elif gguf is None or not gguf.is_file():
+            what = "GGUF file" if gguf is not None else ("file" if as_path.is_file() else "directory")
             raise UsageError(
-                f"--base-model directory `{base_model}` does not exist", "give the path of a saved model directory"
+                f"--base-model {what} `{base_model}` "
+                + ("is not a model directory" if as_path.is_file() else "does not exist"),
+                "give the path of a saved model directory, a .gguf file, or a directory holding one .gguf",
             )
+        if gguf is not None:
+            from gitbake.engine.ggufin import inspect  # the gguf package, no torch: a bad file is refused now
+
+            inspect(gguf)
         try:
             return as_path.relative_to(directory.resolve()).as_posix()
         except ValueError:

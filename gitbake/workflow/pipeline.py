@@ -21,6 +21,7 @@ from gitbake.contract import config as cfg
 from gitbake.contract.config import Bake, Target
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.repo import leases, limits
+from gitbake.repo.ggufbase import converted_dirs
 from gitbake.repo.plan import Plan, TargetPlan
 from gitbake.repo.repo import ModelRepo
 from gitbake.reporter import Reporter
@@ -188,6 +189,7 @@ class Runner:
                 root=self.repo.root,
                 dtype=dtype,
                 attn_implementation=model_cfg.get("attn_implementation"),
+                gguf=converted_dirs(self.store, self.reporter.say),
             )
             check_loaded(self.loaded, self.plan, self.repo.root, loaded)
             self._model = loaded
@@ -317,7 +319,7 @@ class Runner:
             from gitbake.engine.models import load
 
             self.reporter.say(f"loading {c['model_name']} for the rollout")
-            m = load(c["model_name"], root=self.repo.root)
+            m = load(c["model_name"], root=self.repo.root, gguf=converted_dirs(self.store, self.reporter.say))
         else:
             m = self.model()
         records = make_rollouts(
@@ -649,7 +651,7 @@ def reevaluate(repo: ModelRepo, rev: str, reporter: Reporter | None = None) -> R
             store.materialise_tree(digest, dest)
             dirs.append(dest)
         (reporter or Reporter()).say(f"loading {base} + {len(chain)} adapter(s)")
-        parent = load(base, dirs[:-1], root=repo.root)
+        parent = load(base, dirs[:-1], root=repo.root, gguf=converted_dirs(store, (reporter or Reporter()).say))
         pm = with_adapter(parent, dirs[-1])
         key = step.key or "0" * 8
         report = evaluate(
