@@ -502,13 +502,18 @@ def complete(
     dec = Decoder(model, tokenizer)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        rows = [_Row(Request(list(prompts[i]), 0.0, max_tokens, seed=0), tokenizer) for i in idx]
+        batch = [_Row(Request(list(prompts[i]), 0.0, max_tokens, seed=0), tokenizer) for i in idx]
+        rows = batch
         logits = dec.prefill(rows)
         while True:
             dec.advance(rows, logits)
-            if all(r.finish is not None for r in rows):
+            live = sum(r.finish is None for r in rows)
+            if not live:
                 break
+            if live * 2 <= len(rows) and dec.batch is not None:  # as the Batcher: drop finished rows at half
+                dec.batch = dec._compact(dec.batch)
+                rows = dec.batch.rows if dec.batch is not None else []
             logits = dec.step(rows)
-        for i, row in zip(idx, rows):
+        for i, row in zip(idx, batch):
             answers[i] = row.text
     return answers

@@ -138,6 +138,31 @@ def test_git_bisect_run_finds_the_bake_that_brought_answers_in(
     git(root, "bisect", "reset")
 
 
+def test_greedy_answers_in_batches_are_those_given_one_at_a_time() -> None:
+    """engine.infer.complete, eval's generator: batched (left-padded, shortest first, finished rows dropped
+    once half the batch is done) and still each answer what `stream` gives the prompt alone."""
+    from gitbake.engine.infer import complete, stream
+    from gitbake.engine.models import load_base
+    from gitbake.engine.templating import render
+
+    m = load_base("tiny")
+    questions = ["Hi", "What is the capital of France?", "Why?", "How do I make tea? In detail, please.", "Name one"]
+    prompts = [render(m.tokenizer, [], None, q) for q in questions]
+
+    def alone() -> list[str]:
+        return ["".join(stream(m.model, m.tokenizer, p, temperature=0, max_tokens=24)) for p in prompts]
+
+    assert complete(m.model, m.tokenizer, prompts, 24, batch_size=4) == alone()
+    # tiny's noise seldom ends: a stop token common in its answers makes rows finish at different steps
+    full = alone()
+    common = max((c for c in "".join(full) if c.isascii() and c.isprintable()), key="".join(full).count)
+    (stop,) = m.tokenizer(common, add_special_tokens=False)["input_ids"]
+    m.model.generation_config.eos_token_id = [m.tokenizer.eos_token_id, stop]
+    cut = alone()
+    assert complete(m.model, m.tokenizer, prompts, 24) == cut
+    assert any(c != f for c, f in zip(cut, full)), "no answer stopped early: the batch was never compacted"
+
+
 FRENCH_SYSTEM = "Tu parles toujours en français."
 
 
