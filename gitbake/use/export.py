@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gitbake import destination, git
+from gitbake.contract import identity
 from gitbake.errors import UsageError
 from gitbake.fsutil import write_atomic
 from gitbake.repo.modelversion import CarriesModel, ModelVersion
@@ -192,9 +193,10 @@ def _gguf_destination(repo: ModelRepo, dest: Path, force: bool) -> Path:
 def _gguf_source(repo: ModelRepo, version: Version) -> Path | None:
     """The GGUF file the base model came from (`init --base-model FILE.gguf`), whose metadata the export
     keeps; None for other bases."""
-    p = Path(version.base_model).expanduser()
-    p = p if p.is_absolute() else repo.root / p
-    return p if p.suffix.lower() == ".gguf" and p.is_file() else None
+    if identity.classify(version.base_model, repo.root) != "gguf":
+        return None
+    f = identity.gguf_file(version.base_model, repo.root)
+    return f if f is not None and f.is_file() else None
 
 
 def _bake_names(repo: ModelRepo, version: Version) -> dict[str, str]:

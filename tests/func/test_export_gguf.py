@@ -17,7 +17,7 @@ import torch
 from gitbake.repo.repo import open_repo
 from gitbake.use.versions import load, resolve
 
-from helpers import bake_git, bake_here, copy_baked, read_gguf
+from helpers import bake_git, bake_here, copy_baked, invoke, read_gguf, tiny_gguf
 
 IDS = [10, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101]
 TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "q8_0": 1e-1}  # the largest logit difference each type may make
@@ -115,3 +115,22 @@ def test_gguf_export_bad_input(repo: Path, tmp_path: Path) -> None:
     forced = bake_here(repo, "export", "HEAD", "--gguf", str(dest), "--force")
     assert forced.exit_code == 0, forced.output
     assert dest.read_bytes()[:4] == b"GGUF" and modelfile.read_text().startswith("# Written by")
+
+
+def test_a_gguf_based_model_keeps_its_source_files_metadata(tmp_path: Path, model_cache: Path) -> None:
+    """A base model given as a directory holding one GGUF: the export copies that file's general.* and
+    tokenizer.* keys (so its name is the source's, not gitbake's model name)."""
+    import gguf
+
+    weights = tmp_path / "weights"
+    source = tiny_gguf(weights, "source.gguf")
+    made = invoke("init", str(tmp_path / "model"), "--base-model", str(weights))
+    assert made.exit_code == 0, made.stderr
+    out = bake_here(tmp_path / "model", "export", "HEAD", "--gguf", str(tmp_path / "out.gguf"))
+    assert out.exit_code == 0, out.stderr
+
+    def name(path: Path) -> str:
+        field = gguf.GGUFReader(path).fields["general.name"]
+        return bytes(field.parts[field.data[0]]).decode()
+
+    assert name(tmp_path / "out.gguf") == name(source) == "tiny"
