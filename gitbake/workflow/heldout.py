@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gitbake.errors import GitbakeError, UsageError
+from gitbake.repo.ggufbase import converted_dirs
 from gitbake.repo.repo import ModelRepo
 from gitbake.reporter import Reporter
 from gitbake.workflow.pipeline import rollout_manifest, split_rollouts
@@ -108,7 +109,8 @@ def heldout_of(repo: ModelRepo, rev: str) -> Heldout:
 @contextmanager
 def loaded(repo: ModelRepo, held: Heldout, reporter: Reporter | None = None) -> Iterator[tuple[Any, Any]]:
     """(the parent as `engine.models.load` returns it, the PEFT model of REV): the parent with REV's
-    adapter kept separate, so `disable_adapter()` is the parent and the teacher (ML stack imported here)."""
+    adapter kept separate, so `disable_adapter()` is the parent and the teacher (ML stack imported here).
+    A GGUF base model loads from its conversion in the store."""
     from gitbake.engine.models import load, with_adapter
 
     with tempfile.TemporaryDirectory(dir=repo.store.tmp) as tmp:
@@ -117,6 +119,7 @@ def loaded(repo: ModelRepo, held: Heldout, reporter: Reporter | None = None) -> 
             dest = Path(tmp) / f"{i:03d}"
             repo.store.materialise_tree(digest, dest)
             dirs.append(dest)
-        (reporter or Reporter()).say(f"loading {held.base} + {len(held.chain)} adapter(s)")
-        parent = load(held.base, dirs[:-1], root=repo.root)
+        say = (reporter or Reporter()).say
+        say(f"loading {held.base} + {len(held.chain)} adapter(s)")
+        parent = load(held.base, dirs[:-1], root=repo.root, gguf=converted_dirs(repo.store, say))
         yield parent, with_adapter(parent, dirs[-1])

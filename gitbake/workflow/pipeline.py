@@ -610,68 +610,32 @@ class Reevaluated:
 def reevaluate(repo: ModelRepo, rev: str, reporter: Reporter | None = None) -> Reevaluated:
     """`git bake eval REV`: the eval of REV's model again, on the held-out questions of its bake's
     targets. The new report is stored as its own object (the model's identity does not change)."""
-    other = repo.at(rev)
-    chain = other.bread.parent_adapters if other.bread else None
-    if not chain:
-        raise UsageError(
-            f"{rev} has no baked model (nothing has been baked by then)", "pick a bake commit: see `git bake log`"
-        )
-    recipe = other.recipe
-    step = next((s for s in reversed(recipe.steps) if s.action == "create_bake"), None) if recipe else None
-    datasets = (step.model_extra or {}).get("datasets") if step else None
-    if step is None or not datasets:
-        raise UsageError(
-            f"the recipe.yml of {rev} does not record its bake's datasets", "re-bake it with this gitbake version"
-        )
-    store = repo.store
-    manifests = []
-    for d in datasets:
-        manifest = rollout_manifest(store, recipe, d["key"])
-        if manifest is None:
-            raise GitbakeError(
-                f"the rollouts of {d['target']} are not in the store", "fetch them: git bake pull " + rev
-            )
-        manifests.append(manifest)
-    heldout, training = split_rollouts(store, manifests)
-    max_tokens = max([1] + [len(rec["response_ids"]) for rec in heldout + training])
-    contexts: list[tuple[list[int], list[int]]] = [(rec["teacher_ids"], rec["student_ids"]) for rec in heldout]
-    train: list[tuple[list[int], list[int]]] = [(rec["teacher_ids"], rec["student_ids"]) for rec in training]
-    note = None
-    if not contexts:  # as the bake itself did: too few questions to hold any out
-        contexts, note = train, "no held-out questions: evaluated on the training questions"
-    contexts = list(dict.fromkeys((tuple(t), tuple(s)) for t, s in contexts))  # type: ignore[misc]
-    base = other.bread.base_model if other.bread and other.bread.base_model else "tiny"
-    from gitbake.engine.eval import evaluate  # the ML stack, once the revision is known to have a model
-    from gitbake.engine.models import load, with_adapter
+    from gitbake.workflow.heldout import heldout_of, loaded  # it reads the rollouts through this module
 
-    with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
-        dirs = []
-        for i, digest in enumerate(chain):
-            dest = Path(tmp) / f"{i:03d}"
-            store.materialise_tree(digest, dest)
-            dirs.append(dest)
-        (reporter or Reporter()).say(f"loading {base} + {len(chain)} adapter(s)")
-        parent = load(base, dirs[:-1], root=repo.root, gguf=converted_dirs(store, (reporter or Reporter()).say))
-        pm = with_adapter(parent, dirs[-1])
-        key = step.key or "0" * 8
+    held = heldout_of(repo, rev)
+    from gitbake.engine.eval import evaluate  # the ML stack, once the revision is known to have a model
+
+    store = repo.store
+    with loaded(repo, held, reporter) as (parent, pm), tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
+        key = held.key or "0" * 8
         report = evaluate(
             pm,
             parent.tokenizer,
-            [(list(t), list(s)) for t, s in contexts],
+            [(q.teacher_ids, q.student_ids) for q in held.questions],
             EVAL_SAMPLES,
-            min(max_tokens, 256),
+            held.max_tokens,
             seed=int(key[:8], 16),
-            note=note,
+            note=held.note,
         )
         figures = dict(report)
-        report.update({"bake": step.resource_name, "key": step.key, "adapter": chain[-1], "rev": other.rev})
+        report.update({"bake": held.bake, "key": held.key, "adapter": held.chain[-1], "rev": held.rev})
         rdir = Path(tmp) / "report"
         rdir.mkdir()
         (rdir / "eval.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-        manifest = store.put_dir(rdir, {"kind": "bake-report", "adapter": chain[-1]}, take=True)
-        if step.key:
-            store.set_key("eval", step.key, manifest)
-    return Reevaluated(figures, step.resource_name, step.key, chain[-1], other.rev, manifest)
+        manifest = store.put_dir(rdir, {"kind": "bake-report", "adapter": held.chain[-1]}, take=True)
+        if held.key:
+            store.set_key("eval", held.key, manifest)
+    return Reevaluated(figures, held.bake, held.key, held.chain[-1], held.rev, manifest)
 
 
 def _recorded_rollout(recipe: Any, key: str) -> str | None:
