@@ -79,8 +79,13 @@ def test_a_gguf_base_model_is_converted_once_and_bakes_and_chats(
     before = bake_here(root, "chat", first, *args)
     after = bake_here(root, "chat", *args)
     assert before.exit_code == 0 and after.exit_code == 0, before.stderr + after.stderr
-    assert "converting" not in before.stderr + after.stderr
     assert after.stdout.strip()
+    # eval and export load it their own ways (serve and diff load as chat does: gitbake/use/versions.py)
+    evaluated = bake_here(root, "eval")
+    merged = bake_here(root, "export", "HEAD", "--merged", str(tmp_path / "merged"))
+    for out in (before, after, evaluated, merged):
+        assert out.exit_code == 0 and "converting" not in out.stderr, out.stderr
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
 
     # the conversion is faithful: the GGUF's base model answers as the built-in tiny does
     tiny_root = _init(tmp_path / "plain", "tiny")
