@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import atexit
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gitbake.contract.identity import file_digest
 from gitbake.contract.keys import key_of
+from gitbake.reporter import Reporter
 from gitbake.store.objects import Store
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ def conversion_key(digest: str) -> str:
     return key_of({"gguf": digest, "converter": CONVERTER_VERSION})
 
 
-def conversion(store: Store, gguf: Path, say: Callable[[str], None] | None = None) -> tuple[str, str]:
+def conversion(store: Store, gguf: Path, reporter: Reporter | None = None) -> tuple[str, str]:
     """(the manifest of `gguf` converted, the file's digest), converting and storing it on first use."""
     from gitbake.engine.ggufin import CONVERTER_VERSION, convert
 
@@ -47,7 +46,7 @@ def conversion(store: Store, gguf: Path, say: Callable[[str], None] | None = Non
     key = conversion_key(digest)
     manifest = store.get_key(STAGE, key)
     if manifest is None:
-        (say or _stderr)(f"converting {gguf.name} to safetensors (once; the store keeps the result)")
+        (reporter or Reporter()).say(f"converting {gguf.name} to safetensors (once; the store keeps the result)")
         with tempfile.TemporaryDirectory(dir=store.tmp, prefix="gguf-") as tmp:
             convert(gguf, Path(tmp) / "model")
             meta = {"kind": "gguf-conversion", "gguf": digest, "converter": CONVERTER_VERSION, "file": gguf.name}
@@ -57,12 +56,12 @@ def conversion(store: Store, gguf: Path, say: Callable[[str], None] | None = Non
     return manifest, digest
 
 
-def converted_dirs(store: Store, say: Callable[[str], None] | None = None) -> GgufDirs:
+def converted_dirs(store: Store, reporter: Reporter | None = None) -> GgufDirs:
     """The engine's `GgufDirs` backed by `store`: the conversion, materialised (links, not copies) in the
     store's tmp/ for as long as this process runs (gc leaves a directory there alone while we hold the store)."""
 
     def directory(gguf: Path) -> tuple[Path, str]:
-        manifest, digest = conversion(store, gguf, say)
+        manifest, digest = conversion(store, gguf, reporter)
         where = (str(store.root), manifest)
         if where not in _MATERIALISED or not (_MATERIALISED[where] / "config.json").is_file():
             work = Path(tempfile.mkdtemp(dir=store.tmp, prefix="gguf-use-"))
@@ -72,7 +71,3 @@ def converted_dirs(store: Store, say: Callable[[str], None] | None = None) -> Gg
         return _MATERIALISED[where], digest
 
     return directory
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

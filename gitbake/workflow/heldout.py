@@ -119,7 +119,7 @@ def loaded(repo: ModelRepo, held: Heldout, reporter: Reporter | None = None) -> 
             dest = Path(tmp) / f"{i:03d}"
             repo.store.materialise_tree(digest, dest)
             dirs.append(dest)
-        say = (reporter or Reporter()).say
-        say(f"loading {held.base} + {len(held.chain)} adapter(s)")
-        parent = load(held.base, dirs[:-1], root=repo.root, gguf=converted_dirs(repo.store, say))
+        reporter = reporter or Reporter()
+        reporter.say(f"loading {held.base} + {len(held.chain)} adapter(s)")
+        parent = load(held.base, dirs[:-1], root=repo.root, gguf=converted_dirs(repo.store, reporter))
         yield parent, with_adapter(parent, dirs[-1])

@@ -189,7 +189,7 @@ class Runner:
                 root=self.repo.root,
                 dtype=dtype,
                 attn_implementation=model_cfg.get("attn_implementation"),
-                gguf=converted_dirs(self.store, self.reporter.say),
+                gguf=converted_dirs(self.store, self.reporter),
             )
             check_loaded(self.loaded, self.plan, self.repo.root, loaded)
             self._model = loaded
@@ -319,7 +319,7 @@ class Runner:
             from gitbake.engine.models import load
 
             self.reporter.say(f"loading {c['model_name']} for the rollout")
-            m = load(c["model_name"], root=self.repo.root, gguf=converted_dirs(self.store, self.reporter.say))
+            m = load(c["model_name"], root=self.repo.root, gguf=converted_dirs(self.store, self.reporter))
         else:
             m = self.model()
         records = make_rollouts(
