@@ -76,8 +76,11 @@ def test_every_registered_command_is_covered() -> None:
     import click
 
     def walk(group: click.Group, prefix: list[str]) -> list[list[str]]:
+        # through click's lookup, not `.commands`: the top-level group loads its commands lazily
+        ctx = click.Context(group)
         out = []
-        for name, cmd in group.commands.items():
+        for name in group.list_commands(ctx):
+            cmd = group.get_command(ctx, name)
             out.append(prefix + [name])
             if isinstance(cmd, click.Group):
                 out += walk(cmd, prefix + [name])
