@@ -10,6 +10,9 @@ adapter is then put on the fp32 parent, as eval does, and measured on the held-o
 every configuration) and the behaviour rate of greedy answers without the prompt (`--lang`/`--expect`,
 gitbake's own check). Prints one table row per configuration.
 
+Known problem: on the 2-core machine its bakes ran at about 25 s a step, against about 2 s in `git bake
+run` on the same trajectories; the cause was not found (see docs/engine.md, "Defaults").
+
     .venv/bin/python scripts/bench/sweep_defaults.py ROLLOUT.jsonl --lang fr [--config 1e-4,3,8 ...]
 """
 
@@ -38,6 +41,9 @@ def main() -> None:
     ap.add_argument("--expect")
     ap.add_argument("--config", action="append", help="lr,epochs,r (lora_alpha = 2r); repeatable")
     ap.add_argument("--max-tokens", type=int, default=64, help="longest greedy / eval answer")
+    ap.add_argument(
+        "--temperature", type=float, help="sample the training answers again at this rollout temperature (seeded)"
+    )
     args = ap.parse_args()
     import torch
     from peft import PeftModel
@@ -63,6 +69,14 @@ def main() -> None:
     train = [
         Trajectory(r["teacher_ids"], r["student_ids"], r["response_ids"]) for r in records if r["split"] == "train"
     ]
+    longest = max(len(t.response_ids) for t in train)
+    if args.temperature is not None:  # the rollout stage's own sampler, at another temperature
+        settings = SamplingSettings(temperature=args.temperature, max_tokens=longest, seed=0, batch_size=10)
+        with torch.no_grad():
+            again = generate_batches(parent, tok, [t.teacher_ids for t in train], settings)
+        train = [Trajectory(t.teacher_ids, t.student_ids, resp) for t, (resp, _) in zip(train, again) if resp]
+    shown = check.rate(str(tok.decode(t.response_ids, skip_special_tokens=True)) for t in train).rate
+    print(f"training answers (temperature {args.temperature or 'of the file'}) showing it: {shown:.2f}", flush=True)
     held = {r["stimulus_id"]: r for r in records if r["split"] == "heldout"}.values()
     teacher_ids = [r["teacher_ids"] for r in held]
     student_ids = [r["student_ids"] for r in held]
