@@ -33,12 +33,12 @@ def test_uncommented_example_would_run_everything(model_repo: Path) -> None:
     assert set(kinds) == {
         ("prompt", "teacher"),
         ("prompt", "student"),
-        ("target", "yoda_target"),
-        ("bake", "yoda_bake"),
+        ("target", "french_target"),
+        ("bake", "french_bake"),
     }
     assert all(c["state"] == "new" for c in data["changes"])
-    t = kinds[("target", "yoda_target")]
-    assert t["name"] == "yoda_target_" + t["key"][:12] and len(t["key"]) == 64
+    t = kinds[("target", "french_target")]
+    assert t["name"] == "french_target_" + t["key"][:12] and len(t["key"]) == 64
     human = invoke("status").stdout
     assert "stim -> rollout -> bake" in human and t["name"] in human and "implied: empty student prompt" in human
 
