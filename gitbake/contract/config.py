@@ -29,9 +29,10 @@ from pydantic import (
 )
 
 from gitbake.contract import yamlio
+from gitbake.contract.files import INPUT_FILE as INPUT_FILE  # re-exported for its importers
 from gitbake.errors import ConfigError, Issue
+from gitbake.reads import note
 
-INPUT_FILE = "input.yml"
 MAX_TEMPLATE_BYTES = 1024 * 1024  # bgit's limit for template files
 MAX_QUESTION_FILE_BYTES = 64 * 1024 * 1024
 SECTIONS = ("PROMPT", "TARGET", "BAKE")
@@ -934,6 +935,7 @@ def check_question_file(data: bytes, display: str) -> None:
 
 def _read_repo_file(root: Path, rel: str, limit: int, text: bool) -> tuple[str | bytes | None, tuple[str, str] | None]:
     path = _inside(root, rel)
+    note(root / rel, *([path] if path is not None else []))
     if path is None:
         return None, (
             f"`{rel}` is outside the repository",

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import blake3
 
 from gitbake.contract.keys import canonical_json
+from gitbake.reads import note
 
 
 class StatCache(Protocol):
@@ -38,12 +39,15 @@ GGUF_SUFFIX = ".gguf"
 
 def _local(base_model: str, root: Path | None) -> Path:
     p = Path(os.path.expanduser(base_model))
-    return root / p if not p.is_absolute() and root is not None else p
+    local = root / p if not p.is_absolute() and root is not None else p
+    note(local)  # whether it exists decides what the name means (a directory, a GGUF or a hub id)
+    return local
 
 
 def gguf_in(directory: Path) -> Path | None:
     """The GGUF file a directory stands for: its only `.gguf`, when it has no config.json (a saved model
     directory that also carries a GGUF export is still a directory model)."""
+    note(directory, directory / "config.json")
     try:
         if (directory / "config.json").exists():
             return None
@@ -113,7 +117,9 @@ def directory_digest(path: Path, cache: StatCache | None = None) -> str:
     if not path.is_dir():
         return "missing"
     entries = []
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.relative_to(path).parts):
+    walked = [p for p in path.rglob("*") if ".git" not in p.relative_to(path).parts]
+    note(path, *(p for p in walked if p.is_dir()))  # a file added or removed changes its directory's stamp
+    for f in sorted(p for p in walked if p.is_file()):
         entries.append([f.relative_to(path).as_posix(), file_digest(f, cache)])
     return blake3.blake3(canonical_json(entries)).hexdigest()
 
@@ -121,6 +127,7 @@ def directory_digest(path: Path, cache: StatCache | None = None) -> str:
 def file_digest(f: Path, cache: StatCache | None = None) -> str:
     """blake3 of a file's bytes; through the stat cache, one stat when the file has not changed."""
     started = time.time_ns()
+    note(f)
     st = f.stat()
     digest = cache.lookup(st) if cache is not None else None
     if digest is None:
@@ -148,8 +155,10 @@ def hub_revision(repo_id: str, ref: str = "main") -> str:
     """The commit the local cache resolves `ref` (a branch or tag) to; `uncached` when it has none."""
     if ".." in ref.split("/"):
         return "uncached"  # a ref name, never a path out of the cache
+    refs = hub_repo_dir(repo_id) / "refs" / ref
+    note(refs)
     try:
-        commit = (hub_repo_dir(repo_id) / "refs" / ref).read_text().strip()
+        commit = refs.read_text().strip()
     except OSError:
         return "uncached"
     return commit if COMMIT.fullmatch(commit) else "uncached"

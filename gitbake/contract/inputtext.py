@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from gitbake.contract.files import INPUT_FILE as INPUT_FILE  # re-exported for its importers
+
 SECTIONS = ("PROMPT", "TARGET", "BAKE")  # config.SECTIONS, without importing pydantic
 
 _SECTION = re.compile(r"^(PROMPT|TARGET|BAKE)\s*:")

@@ -18,12 +18,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitbake.contract import identity
-from gitbake.contract.config import LoadedInput
 from gitbake.errors import ConfigError, Issue
+from gitbake.reads import note
 from gitbake.repo.plan import Plan
+
+if TYPE_CHECKING:
+    from gitbake.contract.config import LoadedInput
 
 # `gitbake/engine/tiny.py` CONFIG, without importing numpy; tests/func/test_status.py checks they agree
 TINY_SHAPE = {
@@ -85,14 +88,17 @@ def shape_from_config(conf: dict[str, Any], parameters: int | None = None) -> Sh
 def _model_file(base_model: str, root: Path, name: str) -> Path | None:
     """Where a file of the model's snapshot is on this machine (it may not exist); None for tiny."""
     kind = identity.classify(base_model, root)
+    found: Path | None = None
     if kind == "dir":
         p = Path(os.path.expanduser(base_model))
-        return (p if p.is_absolute() else root / p) / name
-    if kind == "hub":
+        found = (p if p.is_absolute() else root / p) / name
+    elif kind == "hub":
         repo_id, _, rev = base_model.partition("@")
         commit = rev if identity.COMMIT.fullmatch(rev) else identity.hub_revision(repo_id, rev or "main")
-        return identity.hub_repo_dir(repo_id) / "snapshots" / commit / name if commit else None
-    return None
+        found = identity.hub_repo_dir(repo_id) / "snapshots" / commit / name if commit else None
+    if found is not None:
+        note(found)  # the checks it feeds wait while it is missing, and change when it does
+    return found
 
 
 def _model_config(base_model: str, root: Path) -> dict[str, Any] | None:
@@ -121,7 +127,21 @@ def token_counter(base_model: str, root: Path) -> TokenCounter | None:
         if not cache:
             from tokenizers import Tokenizer
 
-            cache.append(Tokenizer.from_file(str(path)))
+            try:
+                cache.append(Tokenizer.from_file(str(path)))
+            except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot read
+                raise ConfigError(
+                    [
+                        Issue(
+                            str(path),
+                            None,
+                            None,
+                            "",
+                            f"the base model's tokenizer cannot be read ({exc})",
+                            "restore the model's tokenizer.json (download or export it again)",
+                        )
+                    ]
+                ) from None
         return len(cache[0].encode(text, add_special_tokens=False).ids)
 
     return count

@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitbake import git
 from gitbake.contract import bread as bread_mod
 from gitbake.contract import keys
-from gitbake.contract import recipe as recipe_mod
+from gitbake.contract.files import RECIPE_FILE
 from gitbake.repo import revfiles
+
+if TYPE_CHECKING:
+    from gitbake.contract import recipe as recipe_mod
 
 
 @dataclass
@@ -75,7 +78,7 @@ class Lineage:
         return [t for t in self.targets() if t.plain == ref]
 
     def _scan(self) -> Iterable[KnownTarget]:
-        bread_file, recipe_file = bread_mod.BREAD_FILE, recipe_mod.RECIPE_FILE
+        bread_file, recipe_file = bread_mod.BREAD_FILE, RECIPE_FILE
         wt: list[tuple[str | None, str, bytes]] = []
         for name in (bread_file, recipe_file) if self.rev is None else ():
             p = self.root / name

@@ -11,24 +11,21 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gitbake.contract import identity, keys
 from gitbake.contract.bread import Bread
-from gitbake.contract.config import (
-    FromDatasetGenerator,
-    FromFileGenerator,
-    HardcodedGenerator,
-    LoadedInput,
-    OneshotGenerator,
-    Prompt,
-    Target,
-)
-from gitbake.contract.recipe import Recipe
 from gitbake.errors import ConfigError, Issue
+from gitbake.reads import note
 from gitbake.repo.lineage import Lineage
 from gitbake.repo.modelversion import CarriesModel, ModelVersion
 from gitbake.store.statcache import StatCache
+
+if TYPE_CHECKING:
+    # the config models (and pydantic) load only when a plan is built: status reuses a cached plan
+    # (gitbake.repo.plancache) without them
+    from gitbake.contract.config import LoadedInput, Target
+    from gitbake.contract.recipe import Recipe
 
 EMPTY_STUDENT: dict[str, Any] = {"messages": [], "tools": None, "name": None}
 
@@ -141,7 +138,7 @@ class Plan:
         }
 
 
-RecipeSource = Recipe | Callable[[], Recipe | None] | None
+RecipeSource: TypeAlias = "Recipe | Callable[[], Recipe | None] | None"
 
 
 def _recipe_getter(recipe: RecipeSource) -> Callable[[], Recipe | None]:
@@ -281,7 +278,7 @@ def _inherit_template(
     """bgit's `TARGET.template: NAME`: start from an earlier target's config, override what this file sets.
 
     The resolved result is what the keys cover (so `template` itself is not in a key)."""
-    from gitbake.contract.config import read_generator_files
+    from gitbake.contract.config import Target, read_generator_files
 
     doc = loaded.doc
     lineage = lineage or Lineage(root)
@@ -355,6 +352,8 @@ def _prompt_from_recipe(recipe: Recipe | None, ref: str, bread: Bread | None = N
             cfg = {"messages": cfg["content"].get("messages") or [], "tools": cfg["content"].get("tools")}
         if theirs:
             cfg.pop("name", None)
+        from gitbake.contract.config import Prompt
+
         try:
             return Prompt.model_validate(cfg).model_dump(mode="json")
         except ValueError:
@@ -363,6 +362,8 @@ def _prompt_from_recipe(recipe: Recipe | None, ref: str, bread: Bread | None = N
 
 
 def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, student: str, root: Path) -> TargetPlan:
+    from gitbake.contract.config import FromDatasetGenerator, FromFileGenerator, HardcodedGenerator, OneshotGenerator
+
     config = target.model_dump(mode="json")
     config["teacher_prompt"], config["student_prompt"] = teacher, student
     config.pop("u", None)
@@ -380,6 +381,7 @@ def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, 
             g.pop("numq", None)
         if isinstance(gen, FromDatasetGenerator):
             local = root / gen.dataset
+            note(local)
             if local.is_file():  # a local file's questions are its contents, like from_file's
                 g["content_digest"] = keys.digest_bytes(
                     local.read_bytes()

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gitbake import git
 from gitbake.contract import bread as bread_mod
-from gitbake.contract import config, identity
-from gitbake.contract import recipe as recipe_mod
+from gitbake.contract import identity
+from gitbake.contract.files import INPUT_FILE
 from gitbake.errors import NotARepoError
 from gitbake.repo import limits, revfiles
 from gitbake.repo.lineage import Lineage
 from gitbake.repo.plan import Plan, build
 from gitbake.repo.storepath import open_store
 from gitbake.store.objects import Store
+
+if TYPE_CHECKING:
+    from gitbake.contract import (
+        config,
+    )  # loaded with the first plan: status may reuse a cached one
+    from gitbake.contract import (
+        recipe as recipe_mod,
+    )
 
 
 @dataclass
@@ -42,6 +51,8 @@ class ModelRepo:
         # read on first use: most commands never need it, and status must stay fast
         if not self._recipe_read:
             if self.rev is None:
+                from gitbake.contract import recipe as recipe_mod
+
                 self._recipe = recipe_mod.read(self.root)
             else:
                 self._recipe = revfiles.recipe_at(self.root, self.rev, self._where)
@@ -69,9 +80,11 @@ class ModelRepo:
 
     @property
     def input_path(self) -> Path:
-        return self.root / config.INPUT_FILE
+        return self.root / INPUT_FILE
 
     def load_input(self) -> config.LoadedInput:
+        from gitbake.contract import config
+
         if not self.input_path.exists():
             return config.parse_input("", self.root)
         return config.load_input(self.input_path, self.root)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gitbake import git
 from gitbake.contract import bread as bread_mod
-from gitbake.contract import recipe as recipe_mod
 from gitbake.contract import yamlio
+from gitbake.contract.files import RECIPE_FILE
 from gitbake.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from gitbake.contract import recipe as recipe_mod  # its parser loads pydantic: only when a recipe is read
 
 # what a damaged version of a lineage file raises, wherever it is read: walkers skip exactly this
 DAMAGED = ConfigError
@@ -69,11 +73,13 @@ def parse_bread(data: bytes, where: str | None) -> bread_mod.Bread:
 
 def parse_recipe(data: bytes, where: str | None) -> recipe_mod.Recipe:
     """A version of `recipe.yml`, or ConfigError naming `<where>:recipe.yml`."""
-    name = display(recipe_mod.RECIPE_FILE, where)
+    from gitbake.contract import recipe as recipe_mod
+
+    name = display(RECIPE_FILE, where)
     try:
-        return recipe_mod.parse(yamlio.decode_text(data, name, hints=_hints(recipe_mod.RECIPE_FILE, where)), name)
+        return recipe_mod.parse(yamlio.decode_text(data, name, hints=_hints(RECIPE_FILE, where)), name)
     except ConfigError as exc:
-        raise _located(exc, recipe_mod.RECIPE_FILE, where) from None
+        raise _located(exc, RECIPE_FILE, where) from None
 
 
 def _located(exc: ConfigError, path: str, where: str | None) -> ConfigError:
@@ -93,7 +99,7 @@ def bread_at(root: Path, commit: str, where: str | None = None) -> bread_mod.Bre
 
 
 def recipe_at(root: Path, commit: str, where: str | None = None) -> recipe_mod.Recipe | None:
-    data = git.show(root, commit, recipe_mod.RECIPE_FILE)
+    data = git.show(root, commit, RECIPE_FILE)
     return parse_recipe(data, where or commit[:12]) if data is not None else None
 
 

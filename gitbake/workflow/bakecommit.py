@@ -15,7 +15,6 @@ bake's lease kept the data) or after the ref names it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,17 @@ from typing import Any
 from gitbake import git
 from gitbake.contract import bread as bread_mod
 from gitbake.contract import recipe as recipe_mod
-from gitbake.contract.config import INPUT_FILE
+from gitbake.contract.files import INPUT_FILE
 from gitbake.contract.inputtext import comment_out
 from gitbake.contract.recipe import BakeResource, Recipe, Step
 from gitbake.errors import GitbakeError, StoreCorruptError
 from gitbake.repo import leases, reach, revfiles
+from gitbake.repo.pendingrefs import PENDING_PREFIX
 from gitbake.repo.plan import Plan
 from gitbake.repo.storepath import store_root
 from gitbake.store.objects import Store
 
-PENDING_PREFIX = "refs/bake/"
 TRAILER = recipe_mod.TRAILER
-_PENDING_LEAF = re.compile(r"^[0-9a-f]{12}$")
 
 
 def model_name(repo_name: str, bake_name: str, steps: int) -> str:
@@ -348,14 +346,6 @@ def lineage_files(b: bread_mod.Bread, r: Recipe, input_text: str) -> dict[str, b
         recipe_mod.RECIPE_FILE: recipe_mod.dumps(r).encode("utf-8"),
         INPUT_FILE: comment_out(input_text).encode("utf-8"),
     }
-
-
-def pending(root: Path, branch_ref: str | None) -> dict[str, str]:
-    """Bake results kept under refs/bake/ for `branch_ref` (ref -> commit): exactly
-    `refs/bake/<branch>/<12 hex>`, so branch `f` never sees branch `f/x`'s results."""
-    where = (branch_ref or "HEAD").removeprefix("refs/heads/")
-    prefix = f"{PENDING_PREFIX}{where}/"
-    return {ref: sha for ref, sha in git.refs(root, prefix).items() if _PENDING_LEAF.match(ref[len(prefix) :])}
 
 
 def take_pending(root: Path, ref: str, force: bool = False) -> CommitResult:

@@ -26,6 +26,7 @@ from gitbake.repo.plan import Plan, TargetPlan
 from gitbake.repo.repo import ModelRepo
 from gitbake.reporter import Reporter
 from gitbake.store.objects import Store
+from gitbake.store.reports import bake_report as bake_report  # re-exported: run and tests read it here
 
 STAGE_FILES = {"stim": "stim.jsonl", "rollout": "rollout.jsonl"}
 STAGES = ("stim", "rollout", "bake")
@@ -517,24 +518,6 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "trajectories_trained",
     )
     return {k: report[k] for k in keys if k in report}
-
-
-def read_json_object(store: Store, manifest: str, name: str) -> Any:
-    entry = store.read_manifest(manifest).files[name]
-    store.verify(entry.digest)
-    return json.loads(store.read_bytes(entry.digest))
-
-
-def bake_report(store: Store, bake_key: str) -> dict[str, Any] | None:
-    """The eval of a stored bake (gap_closed, ...), or None."""
-    manifest = store.get_key("eval", bake_key)
-    if manifest is None:
-        return None
-    try:
-        report: dict[str, Any] = read_json_object(store, manifest, "eval.json")
-        return report
-    except (GitbakeError, KeyError, ValueError):
-        return None
 
 
 def find_stage_output(repo: ModelRepo, stage: str, target_name: str | None) -> tuple[str, str, str]:

@@ -19,7 +19,7 @@ from gitbake.contract import bread as bread_mod
 from gitbake.contract.config import INPUT_FILE
 from gitbake.contract.yamlio import decode_text
 from gitbake.errors import GitbakeError
-from gitbake.repo import revfiles
+from gitbake.repo import pendingrefs, revfiles
 from gitbake.repo.plan import Plan
 from gitbake.repo.repo import ModelRepo
 from gitbake.reporter import Reporter
@@ -322,7 +322,7 @@ def fetch(
     `on_take(ref, result)` hears of each one as it is taken."""
     from gitbake.workflow import jobs
 
-    waiting = sorted(bakecommit.pending(repo.root, git.symbolic_head(repo.root)))
+    waiting = sorted(pendingrefs.pending(repo.root, git.symbolic_head(repo.root)))
     if not waiting:
         running = jobs.active(repo)
         return Fetched("running", running[0]) if running else Fetched("nothing")

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitbake import git
 from gitbake.contract import inputtext
-from gitbake.contract.config import INPUT_FILE, LoadedInput, load_input_bytes, symlink_error
+from gitbake.contract.inputtext import INPUT_FILE
 from gitbake.contract.inputtext import has_sections as has_sections  # re-exported for its importers
 from gitbake.errors import Issue
+from gitbake.repo import plancache
 from gitbake.repo.plan import Plan
 from gitbake.repo.repo import ModelRepo
+
+if TYPE_CHECKING:
+    from gitbake.contract.config import LoadedInput
 
 
 @dataclass
@@ -73,14 +77,14 @@ class StatusReport:
 
 
 def status(repo: ModelRepo) -> StatusReport:
-    loaded, plan = validate(repo)
+    input_warnings, plan = plancache.cached(repo.root, lambda: _validated(repo))
     report = StatusReport(
         repo.root,
         repo.bread.repo_name if repo.bread else None,
         git.current_branch(repo.root),
         plan,
         commented_out=commented_sections(repo.root),
-        warnings=loaded.warnings + plan.warnings,
+        warnings=input_warnings + plan.warnings,
     )
     bread = repo.bread
     known_prompts = bread.prompts if bread else {}
@@ -116,8 +120,8 @@ def status(repo: ModelRepo) -> StatusReport:
 
 def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
     from gitbake import git
-    from gitbake.repo import modeldir
-    from gitbake.workflow import bakecommit, jobs
+    from gitbake.repo import modeldir, pendingrefs
+    from gitbake.workflow import jobs
 
     all_jobs = jobs.list_jobs(repo)
     live = [j for j in all_jobs if j.active]
@@ -134,10 +138,10 @@ def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
                 if prog and str(prog.get("label", "")).split(" ")[0] == row["stage"]:
                     row["state"], row["progress"] = "running", prog
     if git.may_have_refs(
-        repo.root, bakecommit.PENDING_PREFIX
+        repo.root, pendingrefs.PENDING_PREFIX
     ):  # status runs often: ask git only when there may be some
         branch = git.current_branch(repo.root)
-        waiting = bakecommit.pending(repo.root, f"refs/heads/{branch}" if branch else None)
+        waiting = pendingrefs.pending(repo.root, f"refs/heads/{branch}" if branch else None)
         here = git.show(repo.root, "HEAD", ".bread")
         for ref, sha in waiting.items():
             trigger = git.parents(repo.root, sha)[0]
@@ -161,7 +165,7 @@ def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
 
 def stage_states(repo: ModelRepo, plan: Plan) -> list[dict[str, Any]]:
     """Which stages of this plan the store already holds (a commit would not run them again)."""
-    from gitbake.workflow.pipeline import bake_report
+    from gitbake.store.reports import bake_report
 
     keys: list[tuple[str, str]] = []
     if plan.target is not None:
@@ -183,11 +187,18 @@ def stage_states(repo: ModelRepo, plan: Plan) -> list[dict[str, Any]]:
     return out
 
 
+def _validated(repo: ModelRepo) -> plancache.Validated:
+    loaded, plan = validate(repo)
+    return loaded.warnings, plan
+
+
 def validate(repo: ModelRepo, staged: tuple[str, bytes] | None = None) -> tuple[LoadedInput, Plan]:
     """Every check of `git bake validate`, in one place: the pre-commit hook calls this with `staged`, the
     (git mode, bytes) of input.yml in the index, so it holds the commit to exactly what validate holds
     the working tree to (a link, the size limit, binary or non-UTF-8 bytes, the YAML, the schema, the
     files generators read, unresolved names, the model's bounds and the amount of work)."""
+    from gitbake.contract.config import load_input_bytes, symlink_error
+
     if staged is None:
         loaded = repo.load_input()
     else:

@@ -7,6 +7,10 @@ median, and at most 8x `python -c pass`). Prints each median and the ratios, as 
 do (absolute times are noisy). The commands run in interleaved rounds, so a slow spell of a shared machine
 hits all three alike.
 
+`git bake status` reuses the plan it validated last while input.yml and what it reads are unchanged
+(gitbake.repo.plancache), as a user who runs status again and again sees it. The first status after an
+edit validates in full: the "cache cleared" row times that case (the removal of the cache file included).
+
 Python's bytecode is cached (in a temporary PYTHONPYCACHEPREFIX), as it is for an installed gitbake, even
 where the environment sets PYTHONDONTWRITEBYTECODE (this sandbox does): otherwise every run recompiles
 each gitbake module it imports, a cost no user pays. `--no-pyc` keeps the environment as it is.
@@ -122,6 +126,8 @@ def main() -> None:
                 "python -c pass": [sys.executable, "-c", "pass"],
                 "git status": ["git", "status"],
                 "git bake status": ["git", "bake", "status"],
+                # the first status after input.yml changed validates it in full (pydantic), then caches it
+                "  cache cleared": ["sh", "-c", "rm -f .git/gitbake-plan.json && exec git bake status"],
             },
             root,
             args.runs,
@@ -138,6 +144,8 @@ def main() -> None:
     print(f"  goal < 250 ms median: {verdict} ({ours:.1f} ms)")
     ratio = ours / results["python -c pass"]
     print(f"  goal <= 8x python -c pass: {'meets' if ratio <= 8 else 'MISSES'} ({ratio:.2f}x)")
+    cold = results["  cache cleared"] / results["python -c pass"]
+    print(f"  (after input.yml changed, before its plan is cached: {cold:.2f}x python -c pass)")
 
 
 if __name__ == "__main__":

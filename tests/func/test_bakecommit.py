@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from gitbake.repo import pendingrefs
 from gitbake.workflow import bakecommit
 
 from helpers import git
@@ -38,7 +39,7 @@ def test_a_moved_branch_keeps_the_result_aside(model_repo: Path) -> None:
     r = bakecommit.make_commit(model_repo, trigger, "refs/heads/main", dict(FILES), "bake: x\n")
     assert r.ref is None and r.pending == f"refs/bake/main/{trigger[:12]}"
     assert git(model_repo, "rev-parse", "HEAD").strip() == mine
-    assert bakecommit.pending(model_repo, "refs/heads/main") == {r.pending: r.commit}
+    assert pendingrefs.pending(model_repo, "refs/heads/main") == {r.pending: r.commit}
 
 
 def test_no_move_during_a_merge_in_progress(model_repo: Path) -> None:
@@ -67,8 +68,8 @@ def test_pending_results_of_one_branch_are_not_another_branchs(model_repo: Path)
     head = git(model_repo, "rev-parse", "HEAD").strip()
     git(model_repo, "update-ref", "refs/bake/f/x/0123456789ab", head)
     git(model_repo, "update-ref", "refs/bake/f/0123456789ab", head)
-    assert list(bakecommit.pending(model_repo, "refs/heads/f")) == ["refs/bake/f/0123456789ab"]
-    assert list(bakecommit.pending(model_repo, "refs/heads/f/x")) == ["refs/bake/f/x/0123456789ab"]
+    assert list(pendingrefs.pending(model_repo, "refs/heads/f")) == ["refs/bake/f/0123456789ab"]
+    assert list(pendingrefs.pending(model_repo, "refs/heads/f/x")) == ["refs/bake/f/x/0123456789ab"]
 
 
 def test_a_bake_commit_never_names_an_object_the_store_lacks(model_repo: Path) -> None:
