@@ -157,27 +157,27 @@ def status(as_json: bool) -> None:
         click.echo("\nStages:")
         for row in report.stages:
             detail = ""
-            if row.get("count") is not None:
-                detail = f"{row['count']} {'questions' if row['stage'] == 'stim' else 'trajectories'}"
-            ev = row.get("eval") or {}
+            if row.count is not None:
+                detail = f"{row.count} {'questions' if row.stage == 'stim' else 'trajectories'}"
+            ev = row.eval or {}
             if ev.get("gap_closed") is not None:
                 detail = f"gap_closed {ev['gap_closed']:.3f} (KL {ev['d_before']:.4f} -> {ev['d_after']:.4f})"
-            if row.get("progress"):
-                pr = row["progress"]
+            if row.progress:
+                pr = row.progress
                 detail = f"{pr['done']}/{pr['total']} {pr['unit']}, ETA {pr['eta_s']:.0f}s"
-            click.echo(f"  {row['stage']:<8} {row['state']:<8} {detail}")
+            click.echo(f"  {row.stage:<8} {row.state:<8} {detail}")
     for j in report.jobs:
         click.echo(
-            f"\nJob {j['id']}: {j['state']}"
-            + (f" — {j['error'].splitlines()[0]}" if j.get("error") and j["state"] != "done" else "")
+            f"\nJob {j.id}: {j.state}"
+            + (f" — {j.error.splitlines()[0]}" if j.error and j.state != "done" else "")
             + (
                 "  (see `git bake jobs logs`)"
-                if j["state"] in ("failed", "died")
+                if j.state in ("failed", "died")
                 else "  (`git bake jobs wait` waits for it)"
             )
         )
     for ref, info in report.pending.items():
-        if info.get("superseded"):
+        if info.superseded:
             click.echo(
                 f"\nA finished bake waits as {ref}, but a later bake has landed since: `git bake fetch --force` takes "
                 "it "
@@ -189,17 +189,15 @@ def status(as_json: bool) -> None:
                 "fetch`"
             )
     m = report.model
-    if m.get("state") in ("stale", "absent"):
+    if m is not None and m.state in ("stale", "absent"):
         click.echo(
             click.style("\nwarning: ", fg="yellow")
-            + f".bake/model is not the model of HEAD ({m.get('model_name') or 'base model'}); "
-            f"fix: {m['fix']}",
+            + f".bake/model is not the model of HEAD ({m.model.model_name or 'base model'}); fix: {m.fix}",
             err=True,
         )
     if report.commented_out:
         click.echo(f"\nCommented out: {', '.join(report.commented_out)}")
-    baking = any(j["state"] in ("running", "queued") for j in report.jobs)
-    if report.would_run and baking:
+    if report.would_run and report.baking:
         click.echo(f"\nBaking now: {' -> '.join(report.would_run)}")
     elif report.would_run:
         click.echo(f"\nA commit of input.yml would run: {' -> '.join(report.would_run)}")

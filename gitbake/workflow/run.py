@@ -31,13 +31,25 @@ if TYPE_CHECKING:
     from gitbake.workflow import jobs
 
 
+@dataclass(frozen=True)
+class RefreshFailed:
+    """The bake commit stands but `.bake/model` could not be made: `git bake checkout` makes it again."""
+
+    error: str
+    fix: str = "git bake checkout"
+    state: Literal["error"] = "error"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state, "error": self.error, "fix": self.fix}
+
+
 @dataclass
 class RunReport:
     trigger: str
     results: list[Any]  # pipeline.StageResult
     notes: list[str] = field(default_factory=list)
     commit: bakecommit.CommitResult | None = None
-    model: dict[str, Any] | None = None  # what .bake/model became, or why it did not
+    model: Refreshed | RefreshFailed | None = None  # what .bake/model became, or why it did not
 
     def outcome(self) -> list[str]:
         """What became of the bake commit and .bake/model, in lines for the CLI, the hook and a job's log."""
@@ -59,13 +71,11 @@ class RunReport:
                 f"the branch moved on while baking: the bake commit is kept as {c.pending}; take it with `git bake "
                 "fetch`"
             )
-        m = self.model or {}
-        if m.get("state") == "missing":
-            lines.append(
-                f"note: .bake/model needs {len(m['missing'])} object(s) that are not here: run `git bake pull`"
-            )
-        elif m.get("state") == "error":
-            lines.append(f"note: .bake/model could not be updated ({m['error']}): run `{m['fix']}`")
+        m = self.model
+        if m is not None and m.state == "missing":
+            lines.append(f"note: .bake/model needs {len(m.missing)} object(s) that are not here: run `git bake pull`")
+        elif isinstance(m, RefreshFailed):
+            lines.append(f"note: .bake/model could not be updated ({m.error}): run `{m.fix}`")
         return lines
 
     def as_json(self) -> dict[str, Any]:
@@ -74,7 +84,7 @@ class RunReport:
             "stages": [r.as_json() for r in self.results],
             "notes": self.notes,
             "commit": self.commit.as_json() if self.commit else None,
-            "model": self.model,
+            "model": self.model.as_json() if self.model is not None else None,
         }
 
 
@@ -157,9 +167,9 @@ def _commit(repo: ModelRepo, pinned: ModelRepo, plan: Plan, report: RunReport, b
         report.commit = bakecommit.make_commit(repo.root, trigger, branch_ref, files, msg)
         if report.commit.ref is not None and report.commit.updated:
             try:
-                report.model = refresh_model(repo).as_json()
+                report.model = refresh_model(repo)
             except GitbakeError as exc:  # the bake commit stands; .bake/model can be made again
-                report.model = {"state": "error", "error": exc.message, "fix": "git bake checkout"}
+                report.model = RefreshFailed(exc.message)
     return report
 
 

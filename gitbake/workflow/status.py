@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gitbake import git
 from gitbake.contract import inputtext
@@ -21,18 +21,67 @@ from gitbake.repo.repo import ModelRepo
 
 if TYPE_CHECKING:
     from gitbake.contract.config import LoadedInput
+    from gitbake.repo.modelversion import ModelVersion
+    from gitbake.workflow.jobs import Job
 
 
 @dataclass
 class Change:
-    kind: str  # prompt | target | bake
+    kind: Literal["prompt", "target", "bake"]
     ref: str  # PROMPT key, or the plain target / bake name
     name: str
     key: str
-    state: str  # new | changed | unchanged
+    state: Literal["new", "changed", "unchanged"]
 
     def as_json(self) -> dict[str, str]:
         return dict(self.__dict__)
+
+
+EVAL_FIELDS = ("gap_closed", "d_before", "d_after", "final_loss")
+
+
+@dataclass
+class StageState:
+    """One stage of the plan against the store: cached (a commit would reuse it), or missing, or the
+    queued or running work of a background job for HEAD."""
+
+    stage: Literal["stim", "rollout", "bake"]
+    key: str
+    state: Literal["cached", "missing", "queued", "running"]
+    count: int | None = None  # questions (stim) or trajectories (rollout) stored
+    eval: dict[str, float | None] | None = None  # a stored bake's EVAL_FIELDS
+    progress: dict[str, Any] | None = None  # the running job's progress, as its process publishes it
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"stage": self.stage, "key": self.key, "state": self.state}
+        for name in ("count", "eval", "progress"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+
+@dataclass(frozen=True)
+class PendingBake:
+    """A finished bake kept under refs/bake/ for this branch; `superseded` when a later bake has landed."""
+
+    commit: str
+    superseded: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"commit": self.commit, "superseded": self.superseded}
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Whether `.bake/model` is HEAD's model: current, none (nothing baked yet, nothing to materialise),
+    stale (another model is there) or absent; `fix` says how to bring it up to date."""
+
+    state: Literal["current", "none", "stale", "absent"]
+    model: ModelVersion
+    fix: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state, **self.model.as_json(), **({"fix": self.fix} if self.fix else {})}
 
 
 @dataclass
@@ -44,14 +93,14 @@ class StatusReport:
     changes: list[Change] = field(default_factory=list)
     commented_out: list[str] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
-    stages: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # stage, key, state (cached|running|missing), count, eval
-    jobs: list[dict[str, Any]] = field(default_factory=list)  # running / queued jobs, and the last one if it failed
-    pending: dict[str, dict[str, Any]] = field(
-        default_factory=dict
-    )  # refs/bake/ results for this branch: commit, superseded
-    model: dict[str, Any] = field(default_factory=dict)  # is .bake/model HEAD's model?
+    stages: list[StageState] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)  # running / queued jobs, and the last one if it failed
+    pending: dict[str, PendingBake] = field(default_factory=dict)  # refs/bake/ results for this branch, by ref
+    model: ModelState | None = None  # None without a .bread
+
+    @property
+    def baking(self) -> bool:
+        return any(j.state in ("running", "queued") for j in self.jobs)
 
     @property
     def would_run(self) -> list[str]:
@@ -68,10 +117,10 @@ class StatusReport:
             "changes": [c.as_json() for c in self.changes],
             "commented_out": self.commented_out,
             "would_run": self.would_run,
-            "stages": self.stages,
-            "jobs": self.jobs,
-            "pending": self.pending,
-            "model": self.model,
+            "stages": [s.as_json() for s in self.stages],
+            "jobs": [j.as_json() for j in self.jobs],
+            "pending": {ref: p.as_json() for ref, p in self.pending.items()},
+            "model": self.model.as_json() if self.model else {},
             "warnings": [w.render() for w in self.warnings],
         }
 
@@ -125,18 +174,18 @@ def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
 
     all_jobs = jobs.list_jobs(repo)
     live = [j for j in all_jobs if j.active]
-    report.jobs = [j.as_json() for j in live]
+    report.jobs = list(live)
     if not live and all_jobs and all_jobs[0].state in ("failed", "died"):
-        report.jobs.append(all_jobs[0].as_json())
+        report.jobs.append(all_jobs[0])
     running = next((j for j in live if j.state == "running"), None)
     prog = running.progress() if running else None
     if running is not None:
         head = git.rev_parse(repo.root, "HEAD")
         for row in report.stages:
-            if row["state"] == "missing" and running.trigger == head:
-                row["state"] = "queued"
-                if prog and str(prog.get("label", "")).split(" ")[0] == row["stage"]:
-                    row["state"], row["progress"] = "running", prog
+            if row.state == "missing" and running.trigger == head:
+                row.state = "queued"
+                if prog and str(prog.get("label", "")).split(" ")[0] == row.stage:
+                    row.state, row.progress = "running", prog
     if git.may_have_refs(
         repo.root, pendingrefs.PENDING_PREFIX
     ):  # status runs often: ask git only when there may be some
@@ -146,28 +195,24 @@ def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:
         for ref, sha in waiting.items():
             trigger = git.parents(repo.root, sha)[0]
             # taking it needs the branch's model to be the one it was baked on: else a later bake landed
-            report.pending[ref] = {"commit": sha, "superseded": git.show(repo.root, trigger, ".bread") != here}
+            report.pending[ref] = PendingBake(sha, git.show(repo.root, trigger, ".bread") != here)
     if repo.bread is not None:
         spec = modeldir.spec_of(repo.bread)
         current = modeldir.read_current(repo.root)
         if modeldir.is_current(repo.root, spec):
-            report.model = {"state": "current", **spec.as_json()}
+            report.model = ModelState("current", spec)
         elif current is None and not spec.adapters:
-            report.model = {"state": "none", **spec.as_json()}  # nothing baked yet: nothing to materialise
+            report.model = ModelState("none", spec)  # nothing baked yet: nothing to materialise
         else:
-            report.model = {
-                "state": "stale" if current else "absent",
-                **spec.as_json(),
-                "fix": "git bake checkout"
-                + ("" if not modeldir.missing(repo.store, spec) else "  (after `git bake pull`)"),
-            }
+            fix = "git bake checkout" + ("" if not modeldir.missing(repo.store, spec) else "  (after `git bake pull`)")
+            report.model = ModelState("stale" if current else "absent", spec, fix)
 
 
-def stage_states(repo: ModelRepo, plan: Plan) -> list[dict[str, Any]]:
+def stage_states(repo: ModelRepo, plan: Plan) -> list[StageState]:
     """Which stages of this plan the store already holds (a commit would not run them again)."""
     from gitbake.store.reports import bake_report
 
-    keys: list[tuple[str, str]] = []
+    keys: list[tuple[Literal["stim", "rollout", "bake"], str]] = []
     if plan.target is not None:
         keys += [("stim", plan.target.stim_key), ("rollout", plan.target.key)]
     if plan.bake is not None:
@@ -175,14 +220,15 @@ def stage_states(repo: ModelRepo, plan: Plan) -> list[dict[str, Any]]:
     out = []
     for stage, key in keys:
         manifest = repo.store.get_key(stage, key)
-        row: dict[str, Any] = {"stage": stage, "key": key, "state": "cached" if manifest else "missing"}
+        row = StageState(stage, key, "cached" if manifest else "missing")
         if manifest:
             meta = repo.store.read_manifest(manifest).meta
-            if "count" in meta:
-                row["count"] = meta["count"]
+            count = meta.get("count")
+            if isinstance(count, int):
+                row.count = count
             if stage == "bake":
                 report = bake_report(repo.store, key) or {}
-                row["eval"] = {k: report.get(k) for k in ("gap_closed", "d_before", "d_after", "final_loss")}
+                row.eval = {k: report.get(k) for k in EVAL_FIELDS}
         out.append(row)
     return out
 
@@ -212,7 +258,7 @@ def validate(repo: ModelRepo, staged: tuple[str, bytes] | None = None) -> tuple[
 SYMLINK_MODE = "120000"  # git's file mode of a symbolic link
 
 
-def _state(old: str | None, new: str) -> str:
+def _state(old: str | None, new: str) -> Literal["new", "changed", "unchanged"]:
     if old is None:
         return "new"
     return "unchanged" if old == new else "changed"
