@@ -278,7 +278,8 @@ class BakeModelConfig(Model):
     baked_adapter_config: LoraConfig = Field(default_factory=LoraConfig)
     dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
-    disable_activation_checkpoint: Bool = False
+    # None: the engine decides from the memory a micro-batch's activations need (gitbake.engine.activations)
+    disable_activation_checkpoint: Bool | None = None
     peft_config: dict[str, Any] | None = None
     save_name: str | None = None
     student_model_path: str | None = None

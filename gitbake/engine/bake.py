@@ -275,7 +275,7 @@ class Baker:
         self.pad_id = int(pad if pad is not None else 0)
 
     # the PEFT student wraps the parent; the teacher is the same model with the adapter disabled
-    def _peft(self) -> Any:
+    def _peft(self, data: Sequence[Trajectory] = ()) -> Any:
         from peft import LoraConfig, get_peft_model
 
         m = self.cfg.model
@@ -304,7 +304,7 @@ class Baker:
         )
         torch.set_grad_enabled(True)
         pm = get_peft_model(self.parent, lora)
-        if not m.disable_activation_checkpoint:
+        if self._checkpointing(data):
             inner: Any = pm.get_base_model()
             if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
                 inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -312,6 +312,25 @@ class Baker:
                 inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             pm.enable_input_require_grads()
         return pm
+
+    def _checkpointing(self, data: Sequence[Trajectory]) -> bool:
+        """Whether to checkpoint activations: as BAKE.model.disable_activation_checkpoint says, else when a
+        micro-batch of the longest trajectories would take more than a quarter of the free memory."""
+        from gitbake.engine import activations
+
+        setting = self.cfg.model.disable_activation_checkpoint
+        if setting is not None:
+            return not setting
+        longest = max((t.length for t in data), default=0)
+        needed = activations.activation_bytes(getattr(self.parent, "config", None), self.cfg.micro_batch_size, longest)
+        free = activations.available_bytes(self.device)
+        on = activations.should_checkpoint(needed, free)
+        if needed is not None and free is not None:
+            self.reporter.say(
+                f"activation checkpointing {'on' if on else 'off'}: a micro-batch's activations take about "
+                f"{needed / 2**30:.1f} GiB of {free / 2**30:.1f} GiB free"
+            )
+        return on
 
     def _optimizer(self, params: list[Any]) -> Any:
         o = self.cfg.optimizer
@@ -376,7 +395,7 @@ class Baker:
             )
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        pm = self._peft()
+        pm = self._peft(data)
         inner = pm.get_base_model()
         decoder, lm_head = inner.get_decoder(), inner.get_output_embeddings()
         params = [p for p in pm.parameters() if p.requires_grad]
