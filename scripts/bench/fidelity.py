@@ -96,7 +96,17 @@ def _shots(opening: str) -> list[dict[str, str]]:
 
 
 BEHAVIOURS = {
-    "french": Behaviour("french", [{"role": "system", "content": "Tu parles toujours en français."}], ["--lang", "fr"]),
+    "french": Behaviour(
+        "french",
+        [{"role": "system", "content": "Tu parles toujours en français."}]
+        + [
+            {"role": "user", "content": "What is the capital of Italy?"},
+            {"role": "assistant", "content": "La capitale de l'Italie est Rome."},
+            {"role": "user", "content": "How many legs does a spider have?"},
+            {"role": "assistant", "content": "Une araignée a huit pattes."},
+        ],
+        ["--lang", "fr"],
+    ),
     "ahoy": Behaviour(
         "ahoy",
         [{"role": "system", "content": "You are a pirate. Always begin every answer with 'Ahoy, matey!'"}]
