@@ -303,7 +303,7 @@ class BakeModelConfig(Model):
 
 
 class OptimizerConfig(Model):
-    learning_rate: Float = Field(default=1e-4, gt=0, le=MAX_LEARNING_RATE)
+    learning_rate: Float = Field(default=1e-3, gt=0, le=MAX_LEARNING_RATE)
     type: Literal["adamw", "adam", "sgd"] = "adamw"
     weight_decay: Float = Field(default=0.0, ge=0, le=MAX_WEIGHT_DECAY)
     betas: tuple[Annotated[Float, Field(ge=0, lt=1)], Annotated[Float, Field(ge=0, lt=1)]] = (0.9, 0.999)

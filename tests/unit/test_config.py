@@ -44,7 +44,7 @@ def test_yoda_example_resolves_with_defaults(tmp_path: Path) -> None:
     # defaults are for one GPU or a CPU: no ZeRO-3, a modest LoRA rank
     assert bake.deepspeed is None  # DeepSpeed only when asked for
     assert bake.model.baked_adapter_config.r == 8
-    assert bake.optimizer.learning_rate == 1e-4
+    assert bake.optimizer.learning_rate == 1e-3
     assert loaded.config.TARGET is not None and loaded.config.TARGET.temperature == 1.0
     assert loaded.warnings == []
 
