@@ -28,8 +28,8 @@ Each runs in its own process, one after the other, --repeat times (interleaved; 
 Printed: response tokens/s of training, peak memory
 (peak RSS above the process's RSS right after its imports), and the final mean per-token
 KL(teacher || student) on the trajectories. Goals: >= 2x tokens/s, <= 0.7x peak memory, final KL within 10%.
-Then the demo bake on `tiny` (scripts/demo's input.yml) through `git bake run`, and its gap_closed on
-held-out questions (goal >= 0.95).
+Then the example input.yml that `git bake init` writes, uncommented and baked on `tiny` through `git bake
+run`, and its gap_closed on held-out questions (goal >= 0.95).
 
     .venv/bin/python scripts/bench/bake.py [--trajectories 64] [--epochs 2] [--repeat 3] [--skip-demo]
 
@@ -380,10 +380,10 @@ def main() -> None:
     if not args.skip_demo:
         gap, note = demo_gap_closed()
         if gap is None:
-            print(f"  demo bake failed: {note}")
+            print(f"  init example bake failed: {note}")
         else:
             print(
-                f"  demo bake on tiny: gap_closed {gap:.3f} on {note} (goal >= 0.95: "
+                f"  init example baked on tiny: gap_closed {gap:.3f} on {note} (goal >= 0.95: "
                 f"{'met' if gap >= 0.95 else 'MISSED'})"
             )
 

