@@ -80,7 +80,8 @@ def test_eval_prints_the_rates_and_min_judges_them(
     )
     out = bake_here(root, "eval", first, "--expect", ours, "--min", "0.5")
     assert out.exit_code == 0, out.stderr
-    lines = out.stdout.splitlines()
+    # tiny's answers are noise: the pattern may hold a character splitlines() would break at (\x1d, \x85)
+    lines = out.stdout.rstrip("\n").split("\n")
     assert lines[0].startswith(f"{rates['first'].bake} ({first[:10]}): /{ours}/, on 2 held-out question(s)")
     assert re.search(r"teacher \(parent \+ prompt, the ceiling\)\s+\d/2", out.stdout)
     assert re.search(r"parent, no prompt\s+0/2\s+0\.00", out.stdout)

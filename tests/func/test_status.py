@@ -82,7 +82,7 @@ def test_validate_prints_resolved_defaults(model_repo: Path) -> None:
     (model_repo / "input.yml").write_text(YODA)
     result = invoke("validate")
     assert result.exit_code == 0
-    assert "learning_rate: 0.0001" in result.stdout and "deepspeed: null" in result.stdout
+    assert "learning_rate: 0.001" in result.stdout and "deepspeed: null" in result.stdout
     assert "yoda_bake_" in result.stdout
     data = json.loads(invoke("validate", "--json").stdout)
     assert data["valid"] and data["bake"]["config"]["micro_batch_size"] == 4
