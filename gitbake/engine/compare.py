@@ -6,16 +6,51 @@ how a baked model is used.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from gitbake.engine.rollout import SamplingSettings, generate_batches
-from gitbake.engine.templating import render, response_text
+# The result types are read by `use.diff` before any model is loaded (a bad revision is refused at once):
+# this module imports torch and the rest of the engine only when it measures.
+
+
+@dataclass(frozen=True)
+class QuestionDiff:
+    """One question's answers from both models and how far apart they are (KL, nats/token)."""
+
+    question: str
+    kl: float
+    tokens: int
+    answer_a: str
+    answer_b: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "kl": self.kl,
+            "tokens": self.tokens,
+            "answer_a": self.answer_a,
+            "answer_b": self.answer_b,
+        }
+
+
+@dataclass(frozen=True)
+class BehaviourDiff:
+    """KL(a ‖ b) over every sampled answer token, and each question's row, largest KL first."""
+
+    mean_kl: float
+    tokens: int
+    questions: tuple[QuestionDiff, ...]
+    samples_per_question: int
+    seed: int
 
 
 def _token_kl(model_a: Any, model_b: Any, prompt: list[int], answer: list[int]) -> torch.Tensor:
     """KL(a ‖ b) at each answer position (row j predicts answer token j)."""
+    import torch
+
     ids = torch.tensor([prompt + answer])
     n = len(answer)
     with torch.no_grad():
@@ -26,8 +61,13 @@ def _token_kl(model_a: Any, model_b: Any, prompt: list[int], answer: list[int]) 
 
 def behaviour_diff(
     a: Any, b: Any, questions: Sequence[str], samples: int = 2, max_tokens: int = 64, seed: int = 0
-) -> dict[str, Any]:
+) -> BehaviourDiff:
     """`a`, `b`: loaded models (sharing a tokenizer). KL(a ‖ b) on answers sampled from `a`."""
+    import torch
+
+    from gitbake.engine.rollout import SamplingSettings, generate_batches
+    from gitbake.engine.templating import render, response_text
+
     tok = a.tokenizer
     prompts = [render(tok, [], None, q) for q in questions]
     sampled = generate_batches(
@@ -39,7 +79,7 @@ def behaviour_diff(
     greedy = SamplingSettings(temperature=0.0, max_tokens=max_tokens, seed=seed, batch_size=16)
     answers_a = generate_batches(a.model, tok, prompts, greedy)
     answers_b = generate_batches(b.model, b.tokenizer, prompts, greedy)
-    rows: list[dict[str, Any]] = []
+    rows: list[QuestionDiff] = []
     total, tokens = 0.0, 0
     for qi, q in enumerate(questions):
         kls = []
@@ -53,19 +93,13 @@ def behaviour_diff(
         total += float(cat.sum())
         tokens += int(cat.numel())
         rows.append(
-            {
-                "question": q,
-                "kl": float(cat.mean()),
-                "tokens": int(cat.numel()),
-                "answer_a": response_text(tok, answers_a[qi][0]),
-                "answer_b": response_text(b.tokenizer, answers_b[qi][0]),
-            }
+            QuestionDiff(
+                q,
+                float(cat.mean()),
+                int(cat.numel()),
+                response_text(tok, answers_a[qi][0]),
+                response_text(b.tokenizer, answers_b[qi][0]),
+            )
         )
-    rows.sort(key=lambda r: -float(r["kl"]))
-    return {
-        "mean_kl": total / tokens if tokens else 0.0,
-        "tokens": tokens,
-        "questions": rows,
-        "samples_per_question": samples,
-        "seed": seed,
-    }
+    rows.sort(key=lambda r: -r.kl)
+    return BehaviourDiff(total / tokens if tokens else 0.0, tokens, tuple(rows), samples, seed)

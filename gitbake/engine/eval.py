@@ -8,6 +8,7 @@ means of KL(teacher ‖ model) over the response positions, for the parent (D_be
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,35 @@ from gitbake.engine.rollout import SamplingSettings, generate_batches
 CURVE_POSITIONS = 64
 
 
+@dataclass(frozen=True)
+class KLEval:
+    """The eval of a bake: KL(teacher ‖ parent) = d_before and KL(teacher ‖ baked) = d_after, token-weighted
+    over the response positions of fresh teacher samples; the first-token and per-trajectory means; the
+    mean at each of the first CURVE_POSITIONS positions. Stored as a bake's eval.json (`as_json`)."""
+
+    questions: int
+    trajectories: int
+    tokens: int
+    d_before: float
+    d_after: float
+    gap_closed: float | None  # 1 - d_after / d_before; None when there was no gap to close
+    first_token_kl_before: float | None
+    first_token_kl_after: float | None
+    per_trajectory_kl_before: float | None
+    per_trajectory_kl_after: float | None
+    curve_before: list[float]
+    curve_after: list[float]
+    seed: int
+    samples_per_question: int
+    note: str | None = None  # e.g. no held-out questions: evaluated on the training questions
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["note"] is None:
+            del out["note"]
+        return out
+
+
 def evaluate(
     pm: Any,
     tokenizer: Any,
@@ -27,7 +57,7 @@ def evaluate(
     max_tokens: int,
     seed: int,
     note: str | None = None,
-) -> dict[str, Any]:
+) -> KLEval:
     """`pm` is the PEFT model: adapter enabled = baked, disabled = parent. Contexts: (teacher ids, student ids)."""
     pm.eval()
     inner = pm.get_base_model()
@@ -72,22 +102,20 @@ def evaluate(
             out.append(round(float(torch.stack(vals).mean()), 6))
         return out
 
-    result: dict[str, Any] = {
-        "questions": len(contexts),
-        "trajectories": len(trajs),
-        "tokens": int(sum(len(r) for r in before)),
-        "d_before": d_before,
-        "d_after": d_after,
-        "gap_closed": (1 - d_after / d_before) if d_before > 0 else None,
-        "first_token_kl_before": float(torch.stack([r[0] for r in before]).mean()) if before else None,
-        "first_token_kl_after": float(torch.stack([r[0] for r in after]).mean()) if after else None,
-        "per_trajectory_kl_before": float(torch.stack([r.sum() for r in before]).mean()) if before else None,
-        "per_trajectory_kl_after": float(torch.stack([r.sum() for r in after]).mean()) if after else None,
-        "curve_before": curve(before),
-        "curve_after": curve(after),
-        "seed": seed,
-        "samples_per_question": samples,
-    }
-    if note:
-        result["note"] = note
-    return result
+    return KLEval(
+        questions=len(contexts),
+        trajectories=len(trajs),
+        tokens=int(sum(len(r) for r in before)),
+        d_before=d_before,
+        d_after=d_after,
+        gap_closed=(1 - d_after / d_before) if d_before > 0 else None,
+        first_token_kl_before=float(torch.stack([r[0] for r in before]).mean()) if before else None,
+        first_token_kl_after=float(torch.stack([r[0] for r in after]).mean()) if after else None,
+        per_trajectory_kl_before=float(torch.stack([r.sum() for r in before]).mean()) if before else None,
+        per_trajectory_kl_after=float(torch.stack([r.sum() for r in after]).mean()) if after else None,
+        curve_before=curve(before),
+        curve_after=curve(after),
+        seed=seed,
+        samples_per_question=samples,
+        note=note or None,
+    )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitbake.engine.compare import QuestionDiff
 from gitbake.errors import UsageError
 from gitbake.repo.repo import ModelRepo
 from gitbake.use.versions import Version, load, resolve
@@ -75,26 +76,6 @@ def lineage_questions(repo: ModelRepo, versions: list[Version]) -> tuple[list[st
 
 
 @dataclass(frozen=True)
-class QuestionDiff:
-    """One question's answers from both models and how far apart they are (KL, nats/token)."""
-
-    question: str
-    kl: float
-    tokens: int
-    answer_a: str
-    answer_b: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "question": self.question,
-            "kl": self.kl,
-            "tokens": self.tokens,
-            "answer_a": self.answer_a,
-            "answer_b": self.answer_b,
-        }
-
-
-@dataclass(frozen=True)
 class Diffed:
     """What `git bake diff` measured: KL(a ‖ b) overall and for the `top` questions, largest first."""
 
@@ -146,13 +127,13 @@ def diff(
 
     ma, mb = load(repo, a), load(repo, b)
     result = behaviour_diff(ma, mb, questions, samples, max_tokens)
-    rows = result["questions"][: max(top, 0)] if top >= 0 else result["questions"]
+    rows = result.questions[: max(top, 0)] if top >= 0 else result.questions
     return Diffed(
-        result["mean_kl"],
-        result["tokens"],
-        tuple(QuestionDiff(**r) for r in rows),
-        result["samples_per_question"],
-        result["seed"],
+        result.mean_kl,
+        result.tokens,
+        rows,
+        result.samples_per_question,
+        result.seed,
         a,
         b,
         len(questions),

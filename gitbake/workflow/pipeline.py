@@ -461,7 +461,7 @@ def _bake_stage(runner: Runner) -> StageResult:
             min(max_tokens, 256),
             seed=int(b.key[:8], 16),
             note=eval_note,
-        )
+        ).as_json()  # the stored record: the eval's figures and the bake's
         report.update(
             {
                 "bake": b.name,
@@ -609,7 +609,7 @@ def reevaluate(repo: ModelRepo, rev: str, reporter: Reporter | None = None) -> R
             held.max_tokens,
             seed=int(key[:8], 16),
             note=held.note,
-        )
+        ).as_json()
         figures = dict(report)
         report.update({"bake": held.bake, "key": held.key, "adapter": held.chain[-1], "rev": held.rev})
         rdir = Path(tmp) / "report"
