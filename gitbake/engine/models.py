@@ -218,6 +218,13 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
     # renames announced for a future major version are not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    # save_pretrained asks accelerate to unwrap the model, which imports DeepSpeed when it is installed, and
+    # DeepSpeed warns "Setting accelerator to CPU ... unable to detect it" into every bake log of a machine
+    # without a GPU. Naming the CPU is the choice it would make, said without the warning.
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def load(

@@ -182,3 +182,31 @@ def test_onednn_caches_are_capped_unless_the_user_set_them(monkeypatch: pytest.M
 
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == models.ONEDNN_CACHE
     assert os.environ["LRU_CACHE_CAPACITY"] == "7"
+
+
+SAVE_QUIETLY = """
+import sys
+from gitbake.engine import models
+models.quiet_transformers()
+loaded = models.load_base("tiny")
+loaded.model.save_pretrained(sys.argv[1], safe_serialization=True)
+"""
+
+
+def test_saving_a_model_on_a_cpu_logs_no_deepspeed_accelerator_warning(tmp_path: Path) -> None:
+    """save_pretrained makes accelerate import DeepSpeed (when installed), which warned into every bake log
+    of a machine without a GPU that it could not detect one."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed: nothing imports it (pip install 'gitbake[deepspeed]')")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SAVE_QUIETLY, str(tmp_path / "saved")], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    assert "Setting accelerator to CPU" not in proc.stderr + proc.stdout
