@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from gitbake import __version__, git, reads
-from gitbake.contract.inputtext import INPUT_FILE
+from gitbake.contract.bread import BREAD_FILE
+from gitbake.contract.files import INPUT_FILE, RECIPE_FILE
 from gitbake.errors import Issue
 from gitbake.fsutil import write_atomic
 from gitbake.repo.modelversion import ModelVersion
@@ -42,7 +43,7 @@ FORMAT = 1
 RACY_NS = 1_000_000_000  # as gitbake.store.statcache: a file this fresh may change again unseen
 ENV = ("HF_HUB_CACHE", "HF_HOME", "HOME")  # where identity looks for hub snapshots
 CODE = (Path(__file__).parent, Path(__file__).parent.parent / "contract", Path(reads.__file__))
-LINEAGE_FILES = (".bread", "recipe.yml")
+LINEAGE_FILES = (BREAD_FILE, RECIPE_FILE)
 
 Validated = tuple[list[Issue], Plan]  # the warnings of input.yml and of its plan, and the plan
 
