@@ -115,20 +115,26 @@ def tree(as_json: bool) -> None:
 def show(rev: str, as_json: bool) -> None:
     """The model of REV: base model, adapter chain, bake, metrics, and whether it is in the local store.
 
+    REV is any model address: a revision, a bake name (plain or hashed), a model name
+    local/<repo>/<bake>/<step>, or one of those followed by @checkpoint-STEP.
+
     \b
     Examples:
       git bake show
       git bake show HEAD~2 --json
+      git bake show yoda_bake@checkpoint-40
     """
-    from gitbake.repo.history import version_at
+    from gitbake.repo.history import version_at_address
 
     repo = repository()
-    v = version_at(repo.root, rev)
+    v, step = version_at_address(repo, rev)
     local = {a: repo.store.has(a) for a in v.adapters}
     if as_json:
-        emit_json({**v.as_json(), "local": local})
+        emit_json({**v.as_json(), "checkpoint": step, "local": local})
         return
     click.echo(f"commit:     {v.commit}")
+    if step is not None:
+        click.echo(f"checkpoint: step {step} of the last bake (its adapter is the last one below)")
     click.echo(f"model:      {v.model_name or 'the base model (nothing baked yet)'}")
     click.echo(f"base model: {v.base_model}")
     if v.bake_name:

@@ -7,9 +7,10 @@ not read them: bgit.md §7.9), so every view works without checking anything out
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitbake import git
 from gitbake.contract import bread as bread_mod
@@ -17,6 +18,9 @@ from gitbake.contract import recipe as recipe_mod
 from gitbake.errors import UsageError
 from gitbake.repo import revfiles
 from gitbake.repo.modelversion import CarriesModel, ModelVersion
+
+if TYPE_CHECKING:
+    from gitbake.repo.repo import ModelRepo
 
 
 @dataclass
@@ -82,6 +86,19 @@ def version_at(root: Path, rev: str) -> LoggedVersion:
         dict(bake.metrics or {}) if bake else {},
         bake.parent if bake else None,
     )
+
+
+def version_at_address(repo: ModelRepo, address: str) -> tuple[LoggedVersion, int | None]:
+    """The model a model address names (repo/address.py), and its checkpoint step if it names one: then
+    the version's last adapter is the one saved at that step."""
+    from gitbake.repo import checkpoints
+    from gitbake.repo.address import split_checkpoint
+
+    rev, step = split_checkpoint(address)
+    v = version_at(repo.root, rev)
+    if step is not None:
+        v = dataclasses.replace(v, model=checkpoints.at_step(repo, rev, v.model, step))
+    return v, step
 
 
 def log(root: Path, rev: str = "HEAD") -> list[LoggedVersion]:

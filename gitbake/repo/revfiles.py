@@ -16,7 +16,7 @@ from gitbake import git
 from gitbake.contract import bread as bread_mod
 from gitbake.contract import yamlio
 from gitbake.contract.files import RECIPE_FILE
-from gitbake.errors import ConfigError, UsageError
+from gitbake.errors import ConfigError
 
 if TYPE_CHECKING:
     from gitbake.contract import recipe as recipe_mod  # its parser loads pydantic: only when a recipe is read
@@ -25,17 +25,12 @@ if TYPE_CHECKING:
 DAMAGED = ConfigError
 
 
-def unknown_revision(rev: str) -> UsageError:
-    """The one error for a revision git cannot resolve to a commit (exit 1)."""
-    return UsageError(f"unknown revision `{rev}`", "give a branch, tag or commit (e.g. HEAD, main, HEAD~2)")
-
-
 def resolve(root: Path, rev: str) -> str:
-    """The commit id `rev` names (a branch, tag, HEAD~2, a short id), or the unknown-revision error."""
-    commit = git.rev_parse(root, rev)
-    if commit is None:
-        raise unknown_revision(rev)
-    return commit
+    """The commit a model address names (a revision, a bake or model name: repo/address.py), or the one
+    error for an address that names nothing."""
+    from gitbake.repo.address import commit_of  # it walks history only when git cannot resolve `rev`
+
+    return commit_of(root, rev)
 
 
 def restore_fix(path: str, where: str | None) -> str:

@@ -50,6 +50,10 @@ class Served:
     model: Any  # engine LoadedModel
     batcher: Any  # engine.infer.Batcher
     context: int | None = None  # the model's context length in tokens, where its config says
+    aliases: tuple[str, ...] = ()  # the other addresses a request's `model` may give: model name, plain name
+
+    def answers_to(self, name: str) -> bool:
+        return name == self.name or name in self.aliases
 
 
 def context_length(model: Any) -> int | None:
@@ -221,7 +225,7 @@ def parse_request(body: bytes, models: dict[str, Served]) -> tuple[Served, list[
     name = req.get("model")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "`model` is required", param="model")
-    served = models.get(name)
+    served = models.get(name) or next((m for m in models.values() if m.answers_to(name)), None)
     if served is None:
         raise ApiError(
             404,
@@ -619,7 +623,18 @@ def load_served(repo: Any, revs: list[str], max_batch: int = 16) -> dict[str, Se
             loaded,
             Batcher(loaded.model, loaded.tokenizer, max_batch),
             context_length(loaded.model),
+            _aliases(version),
         )
     if not models:
         raise GitbakeError("nothing to serve", "give a revision with a baked model: git bake serve HEAD")
     return models
+
+
+def _aliases(version: Any) -> tuple[str, ...]:
+    """What else a request may call a served version: the address it was served as, its `.bread` model name
+    (`local/<repo>/<bake>/<step>`) and its plain bake name (the name without the hash)."""
+    from gitbake.contract.keys import split_name
+
+    plain = split_name(version.name)
+    names = [version.rev, version.model_name if version.checkpoint is None else None, plain[0] if plain else None]
+    return tuple(n for n in names if n and n != version.name)

@@ -51,38 +51,27 @@ class Version(CarriesModel):
         }
 
 
-def resolve(repo: ModelRepo, rev: str, checkpoint: int | None = None) -> Version:
-    """The model of `rev`; with `checkpoint`, the last bake's adapter as saved at that training step."""
+def resolve(repo: ModelRepo, address: str, checkpoint: int | None = None) -> Version:
+    """The model a model address names (repo/address.py: a revision, a bake or model name, optionally
+    `@checkpoint-STEP`); `checkpoint` (chat's --checkpoint) is the same as that suffix."""
+    from gitbake.repo import checkpoints
+    from gitbake.repo.address import split_checkpoint
     from gitbake.repo.history import version_at
 
+    rev, step = split_checkpoint(address)
+    if checkpoint is not None and step not in (None, checkpoint):
+        raise UsageError(
+            f"{address} names checkpoint {step}, and --checkpoint {checkpoint} another",
+            "give the checkpoint once",
+        )
+    step = checkpoint if checkpoint is not None else step
     v = version_at(repo.root, rev)
     name = v.bake_name or v.base_model
     model = v.model
-    if checkpoint is not None:
-        saved = checkpoints(repo, rev)
-        if not v.adapters or checkpoint not in saved:
-            have = ", ".join(str(s) for s in sorted(saved)) or "none"
-            raise UsageError(
-                f"{rev}'s bake has no checkpoint at step {checkpoint} (saved: {have})",
-                "bakes keep checkpoints when BAKE.checkpoint asks (e.g. `- save_every_n_steps: 50`)",
-            )
-        model = ModelVersion(model.base_model, model.adapters[:-1] + (saved[checkpoint],), model.model_name)
-        name = f"{name}@{checkpoint}"
-    return Version(rev, v.commit, name, model, checkpoint)
-
-
-def checkpoints(repo: ModelRepo, rev: str) -> dict[int, str]:
-    """step -> adapter manifest of the checkpoints the last bake of `rev` kept (recipe.yml records them)."""
-    other = repo.at(rev)
-    recipe = other.recipe
-    if recipe is None:
-        return {}
-    step = next((s for s in reversed(recipe.steps) if s.action == "run_bake"), None)
-    out: dict[int, str] = {}
-    for k, digest in ((step.outputs or {}) if step else {}).items():
-        if k.startswith("checkpoint_") and k[len("checkpoint_") :].isdigit():
-            out[int(k[len("checkpoint_") :])] = digest
-    return out
+    if step is not None:
+        model = checkpoints.at_step(repo, rev, model, step)
+        name = f"{name}@checkpoint-{step}"
+    return Version(address, v.commit, name, model, step)
 
 
 @contextmanager

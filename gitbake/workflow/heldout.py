@@ -17,6 +17,7 @@ from typing import Any
 
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.repo.ggufbase import converted_dirs
+from gitbake.repo.modelversion import ModelVersion
 from gitbake.repo.repo import ModelRepo
 from gitbake.reporter import Reporter
 from gitbake.workflow.pipeline import rollout_manifest, split_rollouts
@@ -57,9 +58,16 @@ class Heldout:
     note: str | None  # "no held-out questions: ..." when the bake had too few to hold any out
 
 
-def heldout_of(repo: ModelRepo, rev: str) -> Heldout:
+def heldout_of(repo: ModelRepo, address: str) -> Heldout:
+    """The held-out questions of the bake behind `address` (REV@checkpoint-STEP: that checkpoint's model)."""
+    from gitbake.repo import checkpoints
+    from gitbake.repo.address import split_checkpoint
+
+    rev, saved_at = split_checkpoint(address)
     other = repo.at(rev)
     chain = other.bread.parent_adapters if other.bread else None
+    if chain and saved_at is not None:
+        chain = list(checkpoints.at_step(repo, rev, ModelVersion("", tuple(chain)), saved_at).adapters)
     if not chain:
         raise NotBaked(
             f"{rev} has no baked model (nothing has been baked by then)", "pick a bake commit: see `git bake log`"

@@ -272,14 +272,18 @@ class CheckedOut:
 
 def checkout(repo: ModelRepo, rev: str, dest: Path | None = None, fetch: bool = True) -> CheckedOut:
     """Materialise the model of `rev` into `dest` (default `.bake/model`) without moving HEAD."""
-    from gitbake.repo import modeldir
+    from gitbake.repo import checkpoints, modeldir
+    from gitbake.repo.address import split_checkpoint
 
+    rev, step = split_checkpoint(rev)  # a model address: REV@checkpoint-STEP puts that checkpoint there
     other = repo.at(rev)
     if other.bread is None:
         raise GitbakeError(
             f"{rev} has no .bread: not a commit of this model repository", "pick another revision (see `git bake log`)"
         )
     spec = modeldir.spec_of(other.bread)
+    if step is not None:
+        spec = checkpoints.at_step(repo, rev, spec, step)
     target = dest if dest is not None else repo.root / modeldir.MODEL_DIR
     protected = repo.never_replaced()
     if dest is not None:

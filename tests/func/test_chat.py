@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_checkpoint_of_a_bake(model_repo: Path) -> None:
     )
     (model_repo / "input.yml").write_text(text)
     subprocess.run(["git", "commit", "-qam", "with checkpoints"], cwd=model_repo, check=True, capture_output=True)
-    from gitbake.use.versions import checkpoints
+    from gitbake.repo.checkpoints import saved as checkpoints
 
     saved = checkpoints(open_repo(model_repo), "HEAD")
     assert saved and all(step % 2 == 0 for step in saved)
@@ -101,13 +102,26 @@ def test_checkpoint_of_a_bake(model_repo: Path) -> None:
     assert v.adapters[-1] == saved[step] != final  # the half-baked adapter, not the final one
     missing = bake_here(model_repo, *args, "--checkpoint", "999")
     assert missing.exit_code == 2 and "no checkpoint at step 999" in missing.stderr and str(step) in missing.stderr
+    # the same checkpoint as a model address, in the commands that take one
+    address = f"HEAD@checkpoint-{step}"
+    assert resolve(open_repo(model_repo), address).adapters == v.adapters
+    shown = bake_here(model_repo, "show", address, "--json")
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["adapters"][-1] == saved[step], shown.stderr
+    out = bake_here(model_repo, "checkout", address, "--to", str(model_repo.parent / "ck"))
+    assert out.exit_code == 0, out.stderr
+    placed = json.loads((model_repo.parent / "ck" / "model.json").read_text())["adapters"]
+    assert placed[-1]["digest"] == saved[step]
+    both = bake_here(model_repo, *args, "--checkpoint", str(step + 1))
+    assert both.exit_code == 2  # no such checkpoint; and an address naming one step with --checkpoint another:
+    twice = bake_here(model_repo, "chat", address, "-p", "hi", "--checkpoint", str(step + 2))
+    assert twice.exit_code == 2 and "give the checkpoint once" in twice.stderr
     # checkpoints are not the model's identity: .bread names the final adapter only
     assert saved[step] not in (model_repo / ".bread").read_text()
 
 
 def test_unknown_revision_or_no_model(model_repo: Path) -> None:
     out = bake_git(model_repo, "chat", "nope", "-p", "hi")
-    assert out.returncode == 2 and "unknown revision `nope`" in out.stderr
+    assert out.returncode == 2 and "unknown model address `nope`" in out.stderr
 
 
 def test_side_by_side_wraps_both_columns() -> None:

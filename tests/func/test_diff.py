@@ -36,7 +36,7 @@ def test_diff_bad_input(baked_repo: dict[str, Any], tmp_path: Path) -> None:
     base = bake_git(root, "log", "--json")
     assert base.returncode == 0
     out = bake_git(root, "diff", "nope")
-    assert out.returncode == 2 and "unknown revision" in out.stderr
+    assert out.returncode == 2 and "unknown model address" in out.stderr
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question": "ok"}\nnot json\n')
     out = bake_git(root, "diff", "HEAD", "--questions", str(bad))

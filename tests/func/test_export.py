@@ -92,6 +92,6 @@ def test_export_bad_input(baked_repo: dict[str, Any], tmp_path: Path) -> None:
     assert len(json.loads((again / "chain.json").read_text())["adapters"]) == 1
     assert all(p.stat().st_mode & 0o777 in (0o644, 0o755) for p in again.rglob("*"))
     out = bake_git(root, "export", "nope", "--adapter", str(tmp_path / "c"))
-    assert out.returncode == 2 and "unknown revision" in out.stderr
+    assert out.returncode == 2 and "unknown model address" in out.stderr
     first_commit = bake_git(root, "log", "--json")
     assert first_commit.returncode == 0

@@ -131,7 +131,7 @@ def test_model_commands_refuse_a_bad_revision_before_loading_the_ml_stack(model_
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("unknown revision") == len(cases)
+    assert proc.stderr.count("unknown model address") == len(cases)
 
 
 # A hook with nothing to do runs on every commit and checkout: its Python path (what a shim runs when it

@@ -329,7 +329,7 @@ def test_missing_fsspec_names_the_extra(model_repo: Path, monkeypatch: pytest.Mo
 def test_unknown_revision_is_exit_2(model_repo: Path, tmp_path: Path) -> None:
     invoke("remote", "add", "origin", str(tmp_path / "r"))
     result = invoke("push", "origin", "no-such-branch")
-    assert result.exit_code == 2 and "unknown revision" in result.stderr
+    assert result.exit_code == 2 and "unknown model address" in result.stderr
 
 
 def test_have_any_for_gc(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ def test_serve_command_and_port_in_use(baked_repo: dict[str, Any]) -> None:
         proc.terminate()
         proc.wait(30)
     bad = bake_git(baked_repo["root"], "serve", "nope")
-    assert bad.returncode == 2 and "unknown revision" in bad.stderr
+    assert bad.returncode == 2 and "unknown model address" in bad.stderr
 
 
 def test_oneshot_qs_can_use_a_served_model_as_question_writer(
@@ -536,7 +536,7 @@ def test_serve_command_key_from_file_or_env_prompt_cap_and_warnings(
     ):
         out = bake_git(root, "serve", *args)
         assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
-    # the warnings come before any model loads (an unknown revision then ends the run)
+    # the warnings come before any model loads (an unknown model address then ends the run)
     out = bake_git(root, "serve", "nope", "--host", "0.0.0.0")
     assert out.returncode == 2 and "warning: listening on 0.0.0.0 without an API key" in out.stderr
     out = bake_git(root, "serve", "nope", "--host", "0.0.0.0", "--api-key", "k")

@@ -189,7 +189,7 @@ def test_unknown_revisions_are_usage_errors(baked_repo: dict[str, Any]) -> None:
     root = baked_repo["root"]
     for args in (["checkout", "nope"], ["show", "nope"], ["log", "nope"], ["eval", "nope"]):
         out = bake_git(root, *args)
-        assert out.returncode == 2 and "unknown revision `nope`" in out.stderr, args
+        assert out.returncode == 2 and "unknown model address `nope`" in out.stderr, args
     out = bake_git(root, "show", git(root, "rev-list", "--max-parents=0", "HEAD").strip())
     assert out.returncode == 0 and "base model (nothing baked yet)" in out.stdout
 
@@ -264,7 +264,7 @@ def test_eval_recomputes_without_changing_the_model(baked_repo: dict[str, Any], 
     )
     assert git(root, "show", "HEAD:.bread") == before
     bad = bake_git(root, "eval", "nope")
-    assert bad.returncode == 2 and "unknown revision" in bad.stderr
+    assert bad.returncode == 2 and "unknown model address" in bad.stderr
 
 
 def test_checkout_to_never_deletes_a_directory_it_did_not_write(baked_repo: dict[str, Any], tmp_path: Path) -> None:
