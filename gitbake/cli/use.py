@@ -155,6 +155,11 @@ def serve(
     type=click.Path(path_type=Path),
     help="Write the merged model as one GGUF file (llama.cpp, Ollama), with a Modelfile beside it.",
 )
+@click.option(
+    "--single",
+    is_flag=True,
+    help="With --adapter: one adapter equal to the whole chain (exact), for vLLM's --lora-modules and PEFT.",
+)
 @click.option("--type", "gguf_type", metavar="f32|f16|q8_0", help="With --gguf: the weights' type (default f32).")
 @click.option("--force", is_flag=True, help="Replace a non-empty destination (with --gguf: an existing file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -163,6 +168,7 @@ def export(
     adapter_dir: Path | None,
     merged_dir: Path | None,
     gguf_file: Path | None,
+    single: bool,
     gguf_type: str | None,
     force: bool,
     as_json: bool,
@@ -177,6 +183,7 @@ def export(
     Examples:
       git bake export HEAD --merged ./yoda-merged
       git bake export v1 --adapter ./yoda-adapters
+      git bake export yoda_bake --adapter ./yoda-lora --single   # for vLLM's --lora-modules
       git bake export HEAD --gguf ./yoda/yoda.gguf --type q8_0
     """
     from gitbake.errors import UsageError
@@ -188,11 +195,13 @@ def export(
         )
     if gguf_type is not None and gguf_file is None:
         raise UsageError("--type applies to --gguf only", "e.g. git bake export HEAD --gguf ./out.gguf --type f16")
+    if single and adapter_dir is None:
+        raise UsageError("--single applies to --adapter only", "e.g. git bake export HEAD --adapter ./out --single")
     repo = repository()
     if adapter_dir is not None:
         from gitbake.use.export import export_adapters
 
-        out = export_adapters(repo, rev, adapter_dir, force)
+        out = export_adapters(repo, rev, adapter_dir, force, single)
     elif gguf_file is not None:
         from gitbake.use.export import export_gguf
 
@@ -206,9 +215,13 @@ def export(
         return
     n = len(out.adapters)
     kind = f"gguf {out.gguf_type}" if out.kind == "gguf" else out.kind
+    if out.rank is not None:
+        kind = f"one adapter of rank {out.rank}"
     click.echo(
         f"exported {out.model_name or out.base_model} ({n} adapter{'s' if n != 1 else ''}, {kind}) to {out.dest}"
     )
+    if out.rank is not None and out.how:
+        click.echo(f"load it: {out.how} --enable-lora --max-lora-rank {out.rank} --lora-modules NAME={out.dest}")
     if out.modelfile is not None:
         click.echo(f"Ollama: cd {out.modelfile.parent} && ollama create NAME -f {out.modelfile.name}")
 

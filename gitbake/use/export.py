@@ -1,11 +1,12 @@
-"""`git bake export REV --adapter DIR | --merged DIR`: take a model elsewhere.
+"""`git bake export REV --adapter DIR [--single] | --merged DIR | --gguf FILE`: take a model elsewhere.
 
 `--adapter`: the adapter chain in PEFT's format, one directory per bake in order, and `chain.json`
 naming the base model and the order (PEFT loads each with `PeftModel.from_pretrained`; merge them in
-order). `--merged`: a plain Hugging Face model directory with every adapter merged in, which
-`AutoModelForCausalLM.from_pretrained(DIR)` loads without gitbake or PEFT. `--gguf FILE`: the merged model
-as one GGUF file for llama.cpp and Ollama (gitbake.engine.ggufout), with a `Modelfile` beside it for
-`ollama create` (gitbake.engine.modelfile).
+order). With `--single`, one adapter equal to the whole chain (gitbake.engine.adaptersum), which vLLM's
+multi-LoRA serving and PEFT load on the base model alone. `--merged`: a plain Hugging Face model
+directory with every adapter merged in, which `AutoModelForCausalLM.from_pretrained(DIR)` loads without
+gitbake or PEFT. `--gguf FILE`: the merged model as one GGUF file for llama.cpp and Ollama
+(gitbake.engine.ggufout), with a `Modelfile` beside it for `ollama create` (gitbake.engine.modelfile).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gitbake import destination, git
 from gitbake.contract import identity
 from gitbake.errors import UsageError
 from gitbake.fsutil import write_atomic
+from gitbake.repo.ggufbase import converted_dirs
 from gitbake.repo.modelversion import CarriesModel, ModelVersion
 from gitbake.repo.repo import ModelRepo
 from gitbake.store.objects import swap_in
@@ -55,6 +57,7 @@ class Exported(CarriesModel):
     how: str | None = None  # kind "adapter": how to load the chain
     gguf_type: str | None = None  # kind "gguf": f32, f16 or q8_0
     modelfile: Path | None = None  # kind "gguf": the Ollama Modelfile beside the file (absolute)
+    rank: int | None = None  # kind "adapter" with --single: the one adapter's LoRA rank (the chain's summed)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -67,6 +70,8 @@ class Exported(CarriesModel):
         }
         if self.how is not None:
             out["how"] = self.how
+        if self.rank is not None:
+            out["single"], out["rank"] = True, self.rank
         if self.kind == "gguf":
             out["type"] = self.gguf_type
             out["modelfile"] = str(self.modelfile)
@@ -91,13 +96,15 @@ def _publish(staging: Path, dest: Path, kind: str) -> None:
     swap_in(staging, dest)
 
 
-def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> Exported:
+def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False, single: bool = False) -> Exported:
     version = resolve(repo, rev)
     if not version.adapters:
         raise UsageError(
             f"{rev} has no baked model: nothing to export as adapters",
             "export a bake commit (see `git bake log`), or use --merged",
         )
+    if single:
+        return _export_single(repo, version, dest, force)
     staging = _staging(repo, dest, force)
     try:
         names = _bake_names(repo, version)
@@ -119,6 +126,51 @@ def export_adapters(repo: ModelRepo, rev: str, dest: Path, force: bool = False) 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Exported(dest.absolute(), "adapter", version.model, version.commit, tuple(chain), HOW)
+
+
+SINGLE_BASE = "base"  # where a `--single` export of a base no other tool can load (tiny, a GGUF) puts it
+
+
+def _export_single(repo: ModelRepo, version: Version, dest: Path, force: bool) -> Exported:
+    """One PEFT adapter equal to the whole chain (gitbake.engine.adaptersum), for vLLM and PEFT, whose
+    base_model_name_or_path loads outside gitbake: a hub id at its commit, a model directory's path, or,
+    for `tiny` and a GGUF base, the model itself written beside the adapter (`base/`)."""
+    from gitbake.engine.adaptersum import write_single
+    from gitbake.engine.models import resolve_path
+
+    staging = _staging(repo, dest, force)
+    try:
+        kind = identity.classify(version.base_model, repo.root)
+        path, ident = resolve_path(version.base_model, repo.root, converted_dirs(repo.store))
+        revision = None
+        if kind == "hub":
+            base, revision = version.base_model.partition("@")[0], str(ident["revision"])
+        elif kind in ("tiny", "gguf"):
+            shutil.copytree(path, staging / SINGLE_BASE, ignore=shutil.ignore_patterns(".*"))
+            base = str(dest.absolute() / SINGLE_BASE)
+        else:
+            base = str(Path(path).absolute())
+        with materialised(repo, version) as dirs:
+            summed = write_single(dirs, staging, base, revision)
+        names = _bake_names(repo, version)
+        chain = tuple(ExportedAdapter(".", d, names.get(d)) for d in version.adapters)
+        how = f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), DIR); vllm serve {base}"
+        meta = {
+            "base_model": version.base_model,
+            "base_model_name_or_path": base,
+            "revision": revision,
+            "adapters": [a.as_json() for a in chain],
+            "rank": summed.rank,
+            "ranks": list(summed.ranks),
+            "model_name": version.model_name,
+            "commit": version.commit,
+            "how": how,
+        }
+        (staging / "gitbake.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _publish(staging, dest, "export-adapter")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Exported(dest.absolute(), "adapter", version.model, version.commit, chain, how, rank=summed.rank)
 
 
 def export_merged(repo: ModelRepo, rev: str, dest: Path, force: bool = False) -> Exported:

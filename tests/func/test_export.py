@@ -95,3 +95,79 @@ def test_export_bad_input(baked_repo: dict[str, Any], tmp_path: Path) -> None:
     assert out.returncode == 2 and "unknown model address" in out.stderr
     first_commit = bake_git(root, "log", "--json")
     assert first_commit.returncode == 0
+
+
+def test_single_adapter_equals_the_chain(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    """`--adapter --single`: one PEFT adapter on the base model alone gives the chain's logits, and names a
+    base model that loads outside gitbake (tiny is written beside it)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dest = tmp_path / "single"
+    out = bake_git(baked_repo["root"], "export", "HEAD", "--adapter", str(dest), "--single", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    config = json.loads((dest / "adapter_config.json").read_text())
+    assert info["single"] and info["rank"] == config["r"] == 16 and config["lora_alpha"] == 16  # two rank-8 bakes
+    base = config["base_model_name_or_path"]
+    assert base != "tiny" and Path(base) == dest / "base" and (dest / "base" / "config.json").is_file()
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(dest)).eval()
+    with torch.no_grad():
+        single = model(torch.tensor([IDS])).logits[0]
+    chain = in_tool_logits(baked_repo["root"], "HEAD", IDS)
+    assert torch.allclose(single, chain, atol=1e-5), (single - chain).abs().max()
+    parent = in_tool_logits(baked_repo["root"], "HEAD~2", IDS)  # the first bake alone differs: the test can fail
+    assert not torch.allclose(single, parent, atol=1e-5)
+    text = bake_git(baked_repo["root"], "export", "HEAD", "--adapter", str(dest), "--single", "--force")
+    assert text.returncode == 0 and "vllm serve" in text.stdout and "--max-lora-rank 16" in text.stdout, text.stderr
+
+
+def test_single_sums_adapters_of_different_layers(tmp_path: Path) -> None:
+    """Chained adapters that target different modules (and scale differently) sum exactly: each layer an
+    adapter leaves alone gets zero blocks."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from gitbake.engine.adaptersum import write_single
+    from gitbake.engine.models import load_base
+
+    torch.manual_seed(0)
+    dirs = []
+    for i, (targets, r, alpha, rs) in enumerate([(["q_proj", "v_proj"], 4, 8.0, False), (["up_proj"], 2, 3.0, True)]):
+        model = load_base("tiny").model
+        pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rs))
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.05)  # B starts at zero: give the adapter an effect
+        pm.save_pretrained(str(tmp_path / str(i)))
+        dirs.append(tmp_path / str(i))
+    summed = write_single(dirs, tmp_path / "single", "unused")
+    assert summed.rank == 6 and summed.target_modules == ("q_proj", "up_proj", "v_proj")
+    chained = load_base("tiny").model
+    for d in dirs:
+        chained = PeftModel.from_pretrained(chained, str(d)).merge_and_unload()
+    one = PeftModel.from_pretrained(load_base("tiny").model, str(tmp_path / "single")).eval()
+    with torch.no_grad():
+        a, b = chained(torch.tensor([IDS])).logits[0], one(torch.tensor([IDS])).logits[0]
+        plain = load_base("tiny").model(torch.tensor([IDS])).logits[0]
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, plain, atol=1e-3)
+
+
+def test_single_refuses_what_it_cannot_sum(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    from gitbake.engine.adaptersum import write_single
+    from gitbake.errors import UsageError
+
+    repo = open_repo(baked_repo["root"])
+    from gitbake.use.versions import materialised
+
+    with materialised(repo, resolve(repo, "HEAD")) as dirs:
+        for d in dirs:
+            copy = tmp_path / d.name
+            copy.mkdir()
+            for f in d.iterdir():
+                (copy / f.name).write_bytes(f.read_bytes())
+        config = json.loads((copy / "adapter_config.json").read_text())
+        (copy / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+        with pytest.raises(UsageError, match="use_dora"):
+            write_single([copy], tmp_path / "out", "unused")
+    usage = bake_git(baked_repo["root"], "export", "HEAD", "--merged", str(tmp_path / "m"), "--single")
+    assert usage.returncode == 2 and "--single applies to --adapter only" in usage.stderr
