@@ -28,3 +28,6 @@ fi
 echo "==> installing gitbake[$EXTRAS] into $VENV"
 "$PY" -m pip install -q --disable-pip-version-check -c "$REPO_ROOT/scripts/constraints-dev.txt" -e "$REPO_ROOT[$EXTRAS]"
 export PATH="$VENV/bin:$PATH"
+# an editable install leaves out the wheel's data files: put the man pages where a wheel install would,
+# so `git bake --help` (git runs `man git-bake`) finds them next to this git-bake
+mkdir -p "$VENV/share/man/man1" && cp "$REPO_ROOT"/man/man1/*.1 "$VENV/share/man/man1/"

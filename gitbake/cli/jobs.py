@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 
 @click.group(context_settings=CONTEXT, invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Without a subcommand: the jobs as JSON (= jobs ls --json).")
 @click.pass_context
-def jobs(ctx: click.Context) -> None:
+def jobs(ctx: click.Context, as_json: bool) -> None:
     """Background bake jobs of this repository (started by commits and `git bake run --detach`).
 
     \b
@@ -26,7 +27,9 @@ def jobs(ctx: click.Context) -> None:
       git bake jobs cancel         # stop the running job (nothing is stored or committed)
     """
     if ctx.invoked_subcommand is None:
-        ctx.invoke(jobs_ls)
+        ctx.invoke(jobs_ls, as_json=as_json)
+    elif as_json:
+        raise click.UsageError(f"put --json after the subcommand: git bake jobs {ctx.invoked_subcommand} --json")
 
 
 @jobs.command("ls", context_settings=CONTEXT)
@@ -83,20 +86,26 @@ def jobs_wait(job_id: str | None, timeout: float | None, as_json: bool) -> None:
 
 @jobs.command("logs", context_settings=CONTEXT)
 @click.argument("job_id", required=False)
-def jobs_logs(job_id: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the job, its log's path and its text as JSON.")
+def jobs_logs(job_id: str | None, as_json: bool) -> None:
     """Print a job's log (default: the newest job).
 
     \b
-    Example:
+    Examples:
       git bake jobs logs | tail
+      git bake jobs logs --json | jq -r .log
     """
     from gitbake.workflow import jobs as jobs_mod
 
     job = jobs_mod.find(repository(), job_id)
     try:
-        click.echo(job.log_path.read_text(errors="replace"), nl=False)
+        text: str | None = job.log_path.read_text(errors="replace")
     except FileNotFoundError:
-        click.echo("(no log)")
+        text = None
+    if as_json:
+        emit_json({**job.as_json(), "log_path": str(job.log_path), "log": text})
+    else:
+        click.echo("(no log)" if text is None else text, nl=text is None)
 
 
 @jobs.command("cancel", context_settings=CONTEXT)

@@ -11,6 +11,8 @@ place (`main`): 1 failed, 2 bad usage or input, 3 not a gitbake repository, 4 st
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 import click
@@ -50,6 +52,7 @@ COMMANDS = {
     "export": "use:export",
     "metrics": "use:metrics",
     "diff": "use:diff",
+    "completion": "completion:completion",
 }
 
 
@@ -69,8 +72,16 @@ class _BakeGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
+        if os.environ.get("NO_COLOR"):  # https://no-color.org: any non-empty value turns colour off
+            ctx.color = False
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # the reader went away (`git bake rollout | head`): end quietly and successfully, as git does.
+            # stdout is pointed at /dev/null so the interpreter's last flush does not fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
         except GitbakeError as exc:
             click.echo(click.style("error: ", fg="red") + exc.render(), err=True)
             ctx.exit(exc.exit_code)
@@ -105,4 +116,5 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`git-bake`, which git runs as `git bake`)."""
-    cli.main(args=argv, prog_name="git bake")
+    # click names the completion variable after the program; "git bake" has a space, invalid in a name
+    cli.main(args=argv, prog_name="git bake", complete_var="_GIT_BAKE_COMPLETE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -56,6 +57,7 @@ COMMANDS = [
     ["export"],
     ["metrics"],
     ["diff"],
+    ["completion"],
 ]
 
 
@@ -204,3 +206,31 @@ def test_core_decisions_of_the_cli_are_typed_core_functions(model_repo: Path) ->
     s = BakeMetrics("b", "c", [{"loss": 2.0}, {"loss": 0.5}, {"loss": 1.0}]).loss_stats()
     assert s == LossStats(2.0, 1.0, 0.5)
     assert BakeMetrics("b", "c", [{"loss": float("inf")}]).loss_stats() is None
+
+
+def test_no_color_turns_colour_off(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    coloured = CliRunner().invoke(cli, ["show", "nope"], color=True)
+    assert coloured.exit_code == 2 and "\x1b[" in coloured.stderr  # a terminal gets a red "error:"
+    plain = CliRunner().invoke(cli, ["show", "nope"], color=True, env={"NO_COLOR": "1"})
+    assert plain.exit_code == 2 and "\x1b[" not in plain.stderr and plain.stderr.startswith("error: ")
+
+
+def test_a_closed_pipe_ends_quietly(model_repo: Path) -> None:
+    """`git bake ... | head`: the reader leaves first; git bake says nothing and exits 0."""
+    proc = subprocess.Popen(
+        ["git", "bake", "completion", "bash"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=model_repo
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the program (still starting) writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and err == ""
+
+
+def test_jobs_json_without_a_subcommand(model_repo: Path) -> None:
+    out = bake_git(model_repo, "jobs", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == [], out.stderr
+    misplaced = bake_git(model_repo, "jobs", "--json", "ls")
+    assert misplaced.returncode == 2 and "put --json after the subcommand" in misplaced.stderr
