@@ -1,20 +1,18 @@
 """Who writes `oneshot_qs` questions: the parent model, an OpenAI-compatible endpoint, or Anthropic's API.
 
 - `model` unset: the parent model of the bake (local, offline).
-- `model: openai:NAME` (or any `model` with `base_url`): POST `<base_url>/chat/completions`; the base URL
+- `model: openai:NAME` (or any `model` with `base_url`): `<base_url>/chat/completions`; the base URL
   comes from the generator's `base_url` or `OPENAI_BASE_URL`, the key from the variable `api_key_env`
-  names (default `OPENAI_API_KEY`; none is sent when unset, as local servers need none).
-- `model: claude-...` (bgit's values): Anthropic's Messages API when `ANTHROPIC_API_KEY` is set.
-HTTP goes through urllib (no extra dependency), with retries and exponential backoff.
+  names (default `OPENAI_API_KEY`; local servers need none).
+- `model: claude-...` (bgit's values): Anthropic's OpenAI-compatible endpoint (`ANTHROPIC_BASE_URL`, default
+  https://api.anthropic.com/v1/) when `ANTHROPIC_API_KEY` is set.
+Every request goes through the official `openai` client, with its retries (connection errors, 408, 409,
+429 and 5xx, with exponential backoff and the server's Retry-After) and its timeout.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +20,6 @@ from gitbake.contract import config as cfg
 from gitbake.errors import GitbakeError, UsageError
 
 RETRIES = 3
-BACKOFF_S = 0.5
 TIMEOUT_S = 120.0
 
 
@@ -49,7 +46,8 @@ def writer_for(
                 "server (e.g. `git bake serve` of another model); or remove `model` to let the parent model write them",
             )
         api_key: str = key
-        return lambda g, prompt: anthropic_messages(model, prompt, g.temperature, g.max_tokens or 4096, api_key)
+        anthropic = os.environ.get("ANTHROPIC_BASE_URL", ANTHROPIC_OPENAI_URL)
+        return lambda g, prompt: complete(anthropic, model, prompt, g.temperature, g.max_tokens or 4096, api_key)
     if base_url is None:
         raise UsageError(
             f"oneshot_qs model `{model}` needs an endpoint",
@@ -57,62 +55,45 @@ def writer_for(
         )
     name = model.removeprefix("openai:") if model else "default"
     key = os.environ.get(gen.api_key_env or "OPENAI_API_KEY")
-    return lambda g, prompt: openai_chat(
-        base_url, name, [{"role": "user", "content": prompt}], g.temperature, g.max_tokens or 2048, key
-    )
+    return lambda g, prompt: complete(base_url, name, prompt, g.temperature, g.max_tokens or 2048, key)
 
 
-def _post(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float = TIMEOUT_S) -> dict[str, Any]:
-    data = json.dumps(body).encode()
-    last = ""
-    for attempt in range(RETRIES):
-        req = urllib.request.Request(
-            url, data=data, headers={"Content-Type": "application/json", **headers}, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                result: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
-                return result
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:300]
-            last = f"HTTP {exc.code}: {detail}"
-            if exc.code < 500 and exc.code != 429:
-                break  # a client error will not go away by retrying
-        except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
-            last = str(getattr(exc, "reason", exc))
-        if attempt < RETRIES - 1:
-            time.sleep(BACKOFF_S * 2**attempt)
-    raise EndpointError(
-        f"{url} failed after {RETRIES} attempts: {last}",
-        "check that the server is running and the URL ends with /v1 (nothing was stored)",
-    )
+ANTHROPIC_OPENAI_URL = "https://api.anthropic.com/v1/"
+NO_KEY = "none"  # the client needs a key; a local server that asks for none ignores it
 
 
-def openai_chat(
-    base_url: str, model: str, messages: list[dict[str, str]], temperature: float, max_tokens: int, api_key: str | None
-) -> str:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    reply = _post(
-        base_url.rstrip("/") + "/chat/completions",
-        {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens},
-        headers,
-    )
+def _client(base_url: str, api_key: str | None) -> Any:
+    from openai import OpenAI
+
+    # RETRIES attempts in all: the first and RETRIES - 1 retries
+    return OpenAI(base_url=base_url, api_key=api_key or NO_KEY, max_retries=RETRIES - 1, timeout=TIMEOUT_S)
+
+
+def complete(base_url: str, model: str, prompt: str, temperature: float, max_tokens: int, key: str | None) -> str:
+    """The reply of one chat completion with a single user turn `prompt`; EndpointError says why not."""
+    import openai
+
     try:
-        return str(reply["choices"][0]["message"]["content"] or "")
-    except (KeyError, IndexError, TypeError):
+        reply = _client(base_url, key).chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": prompt}],
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
+    except openai.APIStatusError as exc:
+        detail = str(exc.message)[:300]
+        raise EndpointError(
+            f"{base_url} failed after {RETRIES} attempts: HTTP {exc.status_code}: {detail}"
+            if exc.status_code >= 500 or exc.status_code in (408, 409, 429)
+            else f"{base_url} refused the request: HTTP {exc.status_code}: {detail}",
+            "check the model name and the API key (nothing was stored)",
+        ) from None
+    except openai.APIError as exc:  # connection refused, a timeout, an answer that is not JSON
+        raise EndpointError(
+            f"{base_url} failed after {RETRIES} attempts: {exc}",
+            "check that the server is running and the URL ends with /v1 (nothing was stored)",
+        ) from None
+    try:
+        return str(reply.choices[0].message.content or "")
+    except (AttributeError, IndexError, TypeError):
         raise EndpointError(f"{base_url} answered without choices[0].message.content: {str(reply)[:200]}") from None
-
-
-def anthropic_messages(model: str, prompt: str, temperature: float, max_tokens: int, api_key: str) -> str:
-    reply = _post(
-        os.environ.get("ANTHROPIC_BASE_URL", "https://api.anthropic.com") + "/v1/messages",
-        {
-            "model": model,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "messages": [{"role": "user", "content": prompt}],
-        },
-        {"x-api-key": api_key, "anthropic-version": "2023-06-01"},
-    )
-    parts = reply.get("content") or []
-    return "".join(p.get("text", "") for p in parts if isinstance(p, dict))

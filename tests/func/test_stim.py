@@ -135,7 +135,6 @@ def test_oneshot_over_http_with_canned_replies(tmp_path: Path) -> None:
 
 
 def test_oneshot_failing_endpoint_retries_then_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "BACKOFF_S", 0.01)
     with ChatServer(lambda body: (503, {"error": "overloaded"})) as server:
         t, loaded = target_of(ONESHOT.replace("BASE", server.url), tmp_path)
         writer = llm.writer_for(t.generators[0], None)  # type: ignore[arg-type]
@@ -146,8 +145,17 @@ def test_oneshot_failing_endpoint_retries_then_says_so(tmp_path: Path, monkeypat
     )
 
 
+def test_oneshot_refused_request_is_not_retried(tmp_path: Path) -> None:
+    """A 401 will not go away by asking again: one request, and the status in the message."""
+    with ChatServer(lambda body: (401, {"error": {"message": "bad key"}})) as server:
+        t, loaded = target_of(ONESHOT.replace("BASE", server.url), tmp_path)
+        writer = llm.writer_for(t.generators[0], None)  # type: ignore[arg-type]
+        with pytest.raises(llm.EndpointError) as exc:
+            stim.make_stim(t, ctx_of(loaded, tmp_path, writer))
+    assert len(server.requests) == 1 and "refused the request: HTTP 401" in exc.value.message
+
+
 def test_oneshot_unreachable_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "BACKOFF_S", 0.01)
     t, loaded = target_of(ONESHOT.replace("BASE", "http://127.0.0.1:9/v1"), tmp_path)
     writer = llm.writer_for(t.generators[0], None)  # type: ignore[arg-type]
     with pytest.raises(llm.EndpointError, match="failed after 3 attempts"):
@@ -188,7 +196,6 @@ def test_oneshot_against_a_server_serving_tiny(tmp_path: Path, monkeypatch: pyte
 
 
 def test_failed_oneshot_stores_nothing(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "BACKOFF_S", 0.01)
     (model_repo / "input.yml").write_text(
         "PROMPT:\n  teacher:\n    messages: [{role: system, content: hi}]\n"
         + ONESHOT.replace("BASE", "http://127.0.0.1:9/v1")
