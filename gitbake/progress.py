@@ -1,7 +1,10 @@
-"""Progress on long work, with rate and ETA, without any dependency.
+"""Progress on long work: a tqdm bar, plus the updates `git bake status` reads.
 
-On a terminal: one line rewritten in place. Elsewhere (a hook's log file, CI): a line every few seconds,
-so a background job's log shows it is alive without drowning in updates.
+On a terminal: tqdm's bar, redrawn in place. Elsewhere (a hook's or background job's log, CI): the same
+text as a line every few seconds, since a log file cannot be redrawn (tqdm alone would write one ever
+longer line of carriage returns). Every update also goes to `sink`, where a background job publishes it
+for `git bake status` (gitbake.reporter). tqdm is imported when work starts, not by commands that only
+read: `git bake status` stays fast.
 """
 
 from __future__ import annotations
@@ -10,6 +13,21 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
+
+
+class _Lines:
+    """A file for tqdm that turns its redraws (`\\r` + text) into whole lines, for a log file."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip("\n")
+        if line.strip():
+            self.stream.write(line.rstrip() + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class Progress:
@@ -23,20 +41,45 @@ class Progress:
         sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """`sink`: where a background job publishes each update for `git bake status` (gitbake.reporter)."""
-        self.label, self.total, self.unit = label, total, unit
+        from tqdm import tqdm
+
+        self.total, self.unit = total, unit
         self.sink = sink
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.every_s = every_s
-        self.done = 0
         self.start = time.monotonic()
-        self._last = 0.0
+        self._bar = tqdm(
+            total=total,
+            desc=label,
+            unit=unit,
+            file=self.stream if self.tty else _Lines(self.stream),
+            mininterval=0.1 if self.tty else every_s,
+            maxinterval=every_s,
+            dynamic_ncols=self.tty,
+            ascii=not self.tty,  # a log file gets plain characters
+            ncols=None if self.tty else 100,
+        )
+
+    @property
+    def label(self) -> str:
+        return str(self._bar.desc)
+
+    @label.setter
+    def label(self, text: str) -> None:  # e.g. the bake's running loss
+        self._bar.set_description_str(text, refresh=False)
+
+    @property
+    def done(self) -> int:
+        return int(self._bar.n)
+
+    @done.setter
+    def done(self, n: int) -> None:  # a resumed bake starts part-way
+        self._bar.n = self._bar.last_print_n = n
 
     def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
+        self._bar.update(n)
         if self.sink is not None:  # every update: the sink decides how often to publish
-            elapsed = max(now - self.start, 1e-9)
+            elapsed = max(time.monotonic() - self.start, 1e-9)
             rate = self.done / elapsed
             self.sink(
                 {
@@ -49,23 +92,8 @@ class Progress:
                     "time": time.time(),
                 }
             )
-        if (
-            self.done >= self.total
-            or (self.tty and now - self._last > 0.1)
-            or (not self.tty and now - self._last > self.every_s)
-        ):
-            self._last = now
-            self._emit(final=self.done >= self.total)
+        if self.done >= self.total:
+            self.close()
 
-    def _emit(self, final: bool) -> None:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        text = f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.2f} {self.unit}/s, ETA {eta:.0f}s)"
-        if final:
-            text = f"{self.label}: {self.done}/{self.total} {self.unit} in {elapsed:.1f}s ({rate:.2f} {self.unit}/s)"
-        if self.tty:
-            self.stream.write("\r" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+    def close(self) -> None:
+        self._bar.close()
