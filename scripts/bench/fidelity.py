@@ -14,7 +14,8 @@ rollout`, then `git bake run bake` (timed: its wall time and peak RSS), then `gi
           135M model does not follow a format instruction alone, but copies one it is shown, in all of
           a sample of greedy answers); shown when the answer opens with it (--expect '^\\s*Ahoy, matey')
 
-Questions: one question file (a `from_file` generator) built from 40 everyday topics x 3 phrasings; 120 by
+Questions: one question file (a `from_file` generator) built from 40 everyday topics x 5 phrasings (the first
+120 are the first three phrasings); 120 by
 default, a quarter held out by the tool's own split (`TARGET.heldout_fraction: 0.25`), so at least 64
 train and the held-out questions are disjoint from them (checked here). Every other setting is gitbake's
 default unless an option below sets it (the sweep in docs/engine.md used these options).
@@ -73,7 +74,10 @@ TOPICS = [
     "libraries", "the piano", "earthquakes", "soap", "maps", "penguins", "clocks", "wind", "paper",
     "vaccines", "football", "salt", "mountains", "batteries", "tea",
 ]  # fmt: skip
-PHRASINGS = ["What is interesting about {}?", "Can you explain {} to a child?", "Why do people care about {}?"]
+PHRASINGS = [
+    "What is interesting about {}?", "Can you explain {} to a child?", "Why do people care about {}?",
+    "How would you describe {} to a friend?", "What should everyone know about {}?",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
