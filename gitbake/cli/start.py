@@ -17,16 +17,26 @@ from gitbake.cli.render import emit_json, warn
     "--base-model",
     "base_model",
     metavar="MODEL",
-    help="`tiny` (built in, offline), a Hugging Face id, or a model directory. Default: tiny.",
+    help="`tiny` (built in, offline), a Hugging Face id (org/name[@REV]), a model directory or a GGUF file. "
+    "Default: tiny.",
 )
 @click.option("--name", metavar="NAME", help="Repository name recorded in .bread. Default: the directory name.")
+@click.option(
+    "--no-download",
+    "no_download",
+    is_flag=True,
+    help="A Hugging Face model: do not download it now (the first bake does).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def init(directory: Path | None, base_model: str | None, name: str | None, as_json: bool) -> None:
+def init(directory: Path | None, base_model: str | None, name: str | None, no_download: bool, as_json: bool) -> None:
     """Create a model repository, or make an existing git or bgit repository one.
 
     Writes input.yml (a commented example: the first commit runs nothing), .bread, recipe.yml,
     .gitignore and .gitattributes, and makes the first commit when it created the repository.
     Safe to re-run; in a bgit repository it keeps input.yml, .bread and recipe.yml.
+
+    A Hugging Face model is downloaded into the Hugging Face cache (HF_HOME, HF_ENDPOINT, HF_TOKEN,
+    HF_HUB_OFFLINE are honoured), with progress; run again, init picks up a branch that moved.
 
     \b
     Examples:
@@ -35,7 +45,7 @@ def init(directory: Path | None, base_model: str | None, name: str | None, as_js
     """
     from gitbake.workflow.init import init as do_init
 
-    report = do_init(directory or Path.cwd(), base_model=base_model, name=name)
+    report = do_init(directory or Path.cwd(), base_model=base_model, name=name, download=not no_download)
     if as_json:
         emit_json(report.as_json())
         return
@@ -51,6 +61,8 @@ def init(directory: Path | None, base_model: str | None, name: str | None, as_js
             f"{where} is already a gitbake model repository ({report.name}, base model {report.base_model}); nothing "
             "to do"
         )
+    if report.downloaded:
+        click.echo(f"{report.base_model} is in the Hugging Face cache at commit {report.downloaded[:12]}")
     for note in report.notes:
         click.echo(f"note: {note}")
     cd = "" if Path.cwd().resolve() == where else f"cd {where} && "
@@ -131,7 +143,12 @@ def status(as_json: bool) -> None:
     warn(report.warnings)
     p = report.plan.parent
     head = f"On branch {report.branch}" if report.branch else "HEAD detached"
-    click.echo(f"{head} · model repository {report.repo_name} · base model {p.base_model}")
+    base = p.identity.get("base") or {}
+    where = ""
+    if base.get("kind") == "hub":
+        rev = str(base.get("revision"))
+        where = " (not downloaded yet: the first bake downloads it)" if rev == "uncached" else f" at {rev[:12]}"
+    click.echo(f"{head} · model repository {report.repo_name} · base model {p.base_model}{where}")
     if p.foreign:
         click.echo(f"Parent model: base model ({p.model_name} is in Bread's cloud, not on this machine)")
     elif p.adapters:

@@ -16,7 +16,9 @@ from typing import Any, Protocol
 
 import blake3
 
+from gitbake import hub
 from gitbake.contract.keys import canonical_json
+from gitbake.hub import COMMIT
 from gitbake.reads import note
 
 
@@ -31,7 +33,7 @@ class StatCache(Protocol):
 
 TINY = "tiny"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit of a hub repository, as the cache's snapshots are named
+UNCACHED = "uncached"  # the revision of a hub model not in the local cache yet: `run` downloads it first
 
 
 GGUF_SUFFIX = ".gguf"
@@ -99,7 +101,7 @@ def base_identity(base_model: str, root: Path | None = None, cache: StatCache | 
         return {
             "kind": "hub",
             "id": repo_id,
-            "revision": rev if COMMIT.fullmatch(rev) else hub_revision(repo_id, rev or "main"),
+            "revision": rev if COMMIT.fullmatch(rev) else (hub.cached_commit(repo_id, rev or "main") or UNCACHED),
         }
     return {"kind": "unknown", "name": base_model}
 
@@ -138,27 +140,3 @@ def file_digest(f: Path, cache: StatCache | None = None) -> str:
         if cache is not None:
             cache.record(st, digest, started)
     return digest
-
-
-def hf_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return Path(home) / "hub"
-
-
-def hub_repo_dir(repo_id: str) -> Path:
-    return hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
-
-
-def hub_revision(repo_id: str, ref: str = "main") -> str:
-    """The commit the local cache resolves `ref` (a branch or tag) to; `uncached` when it has none."""
-    if ".." in ref.split("/"):
-        return "uncached"  # a ref name, never a path out of the cache
-    refs = hub_repo_dir(repo_id) / "refs" / ref
-    note(refs)
-    try:
-        commit = refs.read_text().strip()
-    except OSError:
-        return "uncached"
-    return commit if COMMIT.fullmatch(commit) else "uncached"

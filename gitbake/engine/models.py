@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitbake import hub
 from gitbake.contract import identity
 from gitbake.errors import GitbakeError, UsageError
+from gitbake.reporter import Reporter
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -115,8 +117,11 @@ def limit_onednn_caches() -> None:
     os.environ.setdefault("LRU_CACHE_CAPACITY", ONEDNN_CACHE)  # PyTorch's ideep layer
 
 
-def resolve_path(base_model: str, root: Path | None = None, gguf: GgufDirs | None = None) -> tuple[str, dict[str, Any]]:
-    """(the directory to load, identity), with a clear error when it is not here."""
+def resolve_path(
+    base_model: str, root: Path | None = None, gguf: GgufDirs | None = None, reporter: Reporter | None = None
+) -> tuple[str, dict[str, Any]]:
+    """(the directory to load, identity), with a clear error when it is not here (a hub model that is not
+    in the cache is downloaded first, unless HF_HUB_OFFLINE says not to)."""
     kind = identity.classify(base_model, root)
     if kind == "gguf":
         f = identity.gguf_file(base_model, root)
@@ -152,21 +157,11 @@ def resolve_path(base_model: str, root: Path | None = None, gguf: GgufDirs | Non
         return str(p), identity.base_identity(str(p))
     if kind == "hub":
         repo_id, _, rev = base_model.partition("@")
-        ident = identity.base_identity(base_model)
-        # Loaded from the snapshot's directory, not by id: by id, transformers looks for an adapter_config.json
-        # without the `local_files_only` it was given (and huggingface_hub reads HF_HUB_OFFLINE only once, at
-        # import), so each load would ask the network, and wait out its retries offline (20 s, measured)
-        snapshot = identity.hub_repo_dir(repo_id) / "snapshots" / ident["revision"]
-        if ident["revision"] == "uncached" or not (snapshot / "config.json").is_file():
-            what = f"{repo_id} at {rev}" if rev else repo_id
-            raise ModelError(
-                f"{what} is not in the local Hugging Face cache ({identity.hf_cache_dir()}); gitbake never downloads",
-                "on a machine with network: `huggingface-cli download "
-                f"{repo_id}{f' --revision {rev}' if rev else ''}`, then copy "
-                "the cache here (or set HF_HOME / HF_HUB_CACHE to where it is), or save the model to a directory and "
-                "use its path",
-            )
-        return str(snapshot), ident
+        # the commit the cache resolves the ref to, downloaded first when it is not there (huggingface_hub,
+        # with its progress bars); loaded from the snapshot's directory, not by id: by id, transformers would
+        # ask the network again on every load
+        commit = hub.ensure(repo_id, rev or "main", reporter)
+        return str(hub.snapshot(repo_id, commit)), {"kind": "hub", "id": repo_id, "revision": commit}
     raise ModelError(f"`{base_model}` is not `tiny`, a Hugging Face id or a model directory")
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gitbake import hub
 from gitbake.contract import identity
 from gitbake.errors import ConfigError, Issue
 from gitbake.reads import note
@@ -94,8 +95,8 @@ def _model_file(base_model: str, root: Path, name: str) -> Path | None:
         found = (p if p.is_absolute() else root / p) / name
     elif kind == "hub":
         repo_id, _, rev = base_model.partition("@")
-        commit = rev if identity.COMMIT.fullmatch(rev) else identity.hub_revision(repo_id, rev or "main")
-        found = identity.hub_repo_dir(repo_id) / "snapshots" / commit / name if commit else None
+        commit = rev if hub.COMMIT.fullmatch(rev) else hub.cached_commit(repo_id, rev or "main")
+        found = hub.snapshot(repo_id, commit) / name if commit else None
     if found is not None:
         note(found)  # the checks it feeds wait while it is missing, and change when it does
     return found

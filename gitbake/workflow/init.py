@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from gitbake import git
+from gitbake import git, hub
 from gitbake.contract import bread as bread_mod
 from gitbake.contract import identity
 from gitbake.contract import recipe as recipe_mod
 from gitbake.contract.config import INPUT_FILE, NAME_PATTERN
 from gitbake.errors import UsageError
 from gitbake.fsutil import write_atomic
+from gitbake.reporter import Reporter
 
 MERGE_DRIVER = "bake-theirs"
 # The incoming side's version is the merge result: a model's lineage files cannot be merged line by line,
@@ -42,6 +43,7 @@ class InitReport:
     written: list[str] = field(default_factory=list)
     committed: str | None = None
     notes: list[str] = field(default_factory=list)
+    downloaded: str | None = None  # a hub base model: the commit now in the local cache
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -53,6 +55,7 @@ class InitReport:
             "written": self.written,
             "committed": self.committed,
             "notes": self.notes,
+            "downloaded": self.downloaded,
         }
 
 
@@ -60,7 +63,16 @@ def template_input() -> str:
     return resources.files("gitbake").joinpath("resources/templates/input.yml").read_text(encoding="utf-8")
 
 
-def init(directory: Path, base_model: str | None = None, name: str | None = None) -> InitReport:
+def init(
+    directory: Path,
+    base_model: str | None = None,
+    name: str | None = None,
+    download: bool = True,
+    reporter: Reporter | None = None,
+) -> InitReport:
+    """Make `directory` a model repository. A hub base model is downloaded first (`download`), so a bad id
+    or a missing token stops init before it writes anything; run again, init refreshes it (a moved branch
+    brings its new commit)."""
     directory = directory.expanduser().absolute()
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory} exists and is not a directory", "give a new or existing directory")
@@ -83,11 +95,18 @@ def init(directory: Path, base_model: str | None = None, name: str | None = None
     is_bgit = old_bread is not None and old_bread.base_model is None
     base = _choose_base(base_model, old_bread, old_recipe)
     repo_name = (old_bread.repo_name if old_bread else None) or name or _default_name(directory)
+    downloaded = None
+    if download and identity.classify(base, directory) == "hub":
+        repo_id, _, ref = base.partition("@")
+        try:
+            downloaded = hub.download(repo_id, ref or "main", reporter)
+        except hub.HubError as exc:
+            raise hub.HubError(exc.message, f"{exc.hint}; or `git bake init --no-download` to defer it") from None
 
     if created:
         git.init(directory)
     root = directory.resolve()
-    report = InitReport(root, repo_name, base, created_repo=created, bgit_repo=is_bgit)
+    report = InitReport(root, repo_name, base, created_repo=created, bgit_repo=is_bgit, downloaded=downloaded)
 
     # .bread: keep everything there, add what is missing.
     b = old_bread or bread_mod.Bread()

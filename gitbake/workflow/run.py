@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from gitbake import destination, git
+from gitbake import destination, git, hub
 from gitbake.contract import bread as bread_mod
+from gitbake.contract import identity
 from gitbake.contract.config import INPUT_FILE
 from gitbake.contract.yamlio import decode_text
 from gitbake.errors import GitbakeError
@@ -115,11 +116,21 @@ def run_and_commit(
         pinned = repo.at(trigger)
         with reporter.collecting() as notes:
             loaded = pipeline.committed_input(pinned, reporter)
+    ensure_base_model(pinned, reporter)  # before the plan: a hub model's identity is its downloaded commit
     plan = pinned.plan(loaded)
     with bake_lock(pinned.store, plan, reporter):
         # under the lock: a second run of the same bake finds the first one's results cached here
         results = pipeline.execute(pinned, plan, loaded, stages, force, reporter)
         return _commit(repo, pinned, plan, RunReport(trigger, results, notes), branch_ref)
+
+
+def ensure_base_model(repo: ModelRepo, reporter: Reporter) -> None:
+    """Download a Hugging Face base model that is not in the local cache yet (none other needs it): its
+    identity, and so every key, is the commit the download resolves to."""
+    base = repo.bread.base_model if repo.bread else None
+    if base and identity.classify(base, repo.root) == "hub":
+        repo_id, _, ref = base.partition("@")
+        hub.ensure(repo_id, ref or "main", reporter)
 
 
 def _commit(repo: ModelRepo, pinned: ModelRepo, plan: Plan, report: RunReport, branch_ref: str | None) -> RunReport:

@@ -113,6 +113,7 @@ class StatusReport:
             "repo": self.repo_name,
             "branch": self.branch,
             "base_model": p.base_model,
+            "base_identity": p.identity.get("base"),  # a hub model: the commit the local cache holds
             "parent": {"model_name": p.model_name, "adapters": p.adapters, "foreign": p.foreign},
             "changes": [c.as_json() for c in self.changes],
             "commented_out": self.commented_out,

@@ -85,11 +85,15 @@ def test_directory_without_weights(tmp_path: Path) -> None:
     assert "no model weights" in exc.value.message and exc.value.exit_code == 2
 
 
-def test_hub_id_not_cached(tmp_path: Path) -> None:
-    with pytest.raises(models.ModelError) as exc:
+def test_hub_id_not_cached_offline(tmp_path: Path) -> None:
+    """HF_HUB_OFFLINE (set by the test fixture) and nothing cached: exit 2, and `hf download` is the fix."""
+    from gitbake.hub import HubError
+
+    with pytest.raises(HubError) as exc:
         models.load_base("someorg/not-downloaded")
-    assert "not in the local Hugging Face cache" in exc.value.message
-    assert exc.value.hint and "huggingface-cli download someorg/not-downloaded" in exc.value.hint
+    assert exc.value.exit_code == 2 and "not in the Hugging Face cache" in exc.value.message
+    assert "HF_HUB_OFFLINE is set" in exc.value.message
+    assert exc.value.hint and "`hf download someorg/not-downloaded`" in exc.value.hint
 
 
 def test_hub_id_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,13 +131,13 @@ def test_hub_id_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.M
     # a branch resolves through the cache's refs, as the plain id does; a commit names its snapshot
     assert models.load_base("acme/tiny-chat@main").identity == m.identity
     assert models.load_base("acme/tiny-chat@" + rev).identity == m.identity
-    # what the cache does not hold: a clear error, no download
+    # what the cache does not hold, offline: a clear error, no download
+    from gitbake.hub import HubError
+
     for missing in ("f" * 40, "v9"):
-        with pytest.raises(
-            models.ModelError, match=f"acme/tiny-chat at {missing} is not in the local Hugging Face cache"
-        ) as exc:
+        with pytest.raises(HubError, match=f"acme/tiny-chat@{missing} is not in the Hugging Face cache") as exc:
             models.load_base("acme/tiny-chat@" + missing)
-        assert exc.value.hint and f"huggingface-cli download acme/tiny-chat --revision {missing}" in exc.value.hint
+        assert exc.value.hint and f"hf download acme/tiny-chat --revision {missing}" in exc.value.hint
     assert attempts == []
 
 

@@ -64,7 +64,7 @@ def test_failing_user_pre_commit_still_stops_the_commit(model_repo: Path) -> Non
 
 def test_bgit_hooks_are_replaced(tmp_path: Path) -> None:
     root = make_bgit_repo(tmp_path / "bgit")
-    out = bake_git(root, "init")
+    out = bake_git(root, "init", "--no-download")  # its base model is Qwen/Qwen3-32B
     assert out.returncode == 0 and "bgit" in out.stdout
     d = root / ".git/hooks"
     assert hooks.SHIM_MARK in (d / "pre-commit").read_text() and hooks.SHIM_MARK in (d / "post-merge").read_text()

@@ -79,7 +79,7 @@ def test_bgit_repository(tmp_path: Path) -> None:
     root = make_bgit_repo(tmp_path / "baked_thinking")
     before = {n: (root / n).read_bytes() for n in ("input.yml", "recipe.yml")}
     old_bread = (root / ".bread").read_text()
-    report = init(root)
+    report = init(root, download=False)  # its base model is Qwen/Qwen3-32B
     assert report.bgit_repo and not report.created_repo
     # input.yml and recipe.yml are kept as they are
     assert {n: (root / n).read_bytes() for n in before} == before
@@ -161,7 +161,7 @@ def test_changing_base_model_after_bakes_is_refused(tmp_path: Path) -> None:
     b.set("PARENT_MODEL", "adapters", '["' + "a" * 64 + '"]')
     bread.write(root, b)
     with pytest.raises(UsageError) as exc:
-        init(root, base_model="org/model")
+        init(root, base_model="org/model", download=False)
     assert exc.value.exit_code == 2
 
 
@@ -221,7 +221,7 @@ def test_first_commit_is_made_on_rerun_after_it_failed(tmp_path: Path, monkeypat
 def test_rerun_with_new_options(tmp_path: Path) -> None:
     root = tmp_path / "m"
     init(root)
-    report = init(root, base_model="org/model", name="other")
+    report = init(root, base_model="org/model", name="other", download=False)
     assert recipe.read(root).base_model == "org/model"  # type: ignore[union-attr]
     assert any("kept the name `m`" in n for n in report.notes)
 

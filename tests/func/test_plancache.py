@@ -137,8 +137,14 @@ def test_a_hub_snapshot_and_the_environment_invalidate_it(model_repo: Path, tmp_
     (model_repo / "input.yml").write_text(YODA)
     refs = Path(os.environ["HF_HOME"]) / "hub" / "models--someorg--somemodel" / "refs"
     refs.mkdir(parents=True)
+    for commit in ("a" * 40, "b" * 40):  # two downloaded snapshots
+        (refs.parent / "snapshots" / commit).mkdir(parents=True)
+        (refs.parent / "snapshots" / commit / "config.json").write_text("{}")
+        (refs.parent / "snapshots" / commit / "model.safetensors").write_bytes(b"")
+        snap = refs.parent / "snapshots" / commit
+        age(snap / "config.json", snap / "model.safetensors", snap)
     (refs / "main").write_text("a" * 40)
-    age(refs / "main", refs)
+    age(refs / "main", refs, refs.parent / "snapshots")
     compute, calls = counted(model_repo)
     first = cached_json(model_repo, compute)
     assert first["parent"]["identity"]["base"]["revision"] == "a" * 40  # type: ignore[index]

@@ -41,7 +41,7 @@ def test_bgit_names_stay_readable(tmp_path: Path) -> None:
     from gitbake.workflow.init import init
 
     root = make_bgit_repo(tmp_path / "b")
-    init(root)
+    init(root, download=False)
     git(root, "commit", "-q", "-m", "adopt gitbake")
     proc = bake_git(root, "target", "ls")
     assert proc.returncode == 0, proc.stderr

@@ -257,8 +257,12 @@ def test_hub_identity_uses_the_local_cache_revision(tmp_path: Path, monkeypatch:
     refs = cache / "models--org--model" / "refs"
     refs.mkdir(parents=True)
     main, v2 = "a" * 40, "b" * 40
-    (refs / "main").write_text(main + "\n")
+    (refs / "main").write_text(main)  # as huggingface_hub writes it
     (refs / "v2").write_text(v2)
+    for commit in (main, v2, "c" * 40):  # a snapshot counts once it holds the model's config.json
+        (cache / "models--org--model" / "snapshots" / commit).mkdir(parents=True)
+        (cache / "models--org--model" / "snapshots" / commit / "config.json").write_text("{}")
+        (cache / "models--org--model" / "snapshots" / commit / "model.safetensors").write_bytes(b"")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     assert identity.base_identity("org/model") == {"kind": "hub", "id": "org/model", "revision": main}
     assert identity.base_identity("org/other")["revision"] == "uncached"
@@ -269,6 +273,11 @@ def test_hub_identity_uses_the_local_cache_revision(tmp_path: Path, monkeypatch:
     assert identity.base_identity("org/model@v2")["revision"] == "c" * 40
     assert identity.base_identity("org/model@" + "d" * 40)["revision"] == "d" * 40  # a commit is itself
     assert identity.base_identity("org/model@v3")["revision"] == "uncached"
+    (refs / "v3").write_text("f" * 40)  # a ref whose snapshot has no config.json: not a model here yet
+    assert identity.base_identity("org/model@v3")["revision"] == "uncached"
+    (cache / "models--org--model" / "snapshots" / ("f" * 40)).mkdir()
+    (cache / "models--org--model" / "snapshots" / ("f" * 40) / "config.json").write_text("{}")
+    assert identity.base_identity("org/model@v3")["revision"] == "uncached"  # nor without its weights (cut short)
     (tmp_path / "secret").write_text("e" * 40)
     assert identity.base_identity("org/model@../../../secret")["revision"] == "uncached"  # a ref, never a path
 

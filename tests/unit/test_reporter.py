@@ -41,4 +41,4 @@ def test_progress_publishes_every_update_to_the_sink() -> None:
         progress.update()
     assert [p["done"] for p in seen] == [1, 2, 3]
     assert {p["label"] for p in seen} == {"bake b"} and seen[-1]["total"] == 3 and seen[-1]["unit"] == "step"
-    assert "bake b: 3/3 step in" in out.getvalue()  # the final line goes to the reporter's stream
+    assert out.getvalue().splitlines()[-1].startswith("bake b: 100%")  # the final line goes to the reporter stream

@@ -1,0 +1,179 @@
+"""Hugging Face Hub base models, downloaded for real by huggingface_hub from a hub API served on 127.0.0.1
+(tests/hubserver.py, `HF_ENDPOINT`): first download, a cached run that asks nothing, a moved branch, 404,
+401 and a token, a resumed download, offline with nothing cached, and a full disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hubserver import FakeHub
+
+from gitbake import hub as hub_mod
+from gitbake.contract import bread as bread_mod
+from gitbake.engine.tiny import ensure_tiny
+
+from helpers import YODA_SMALL, bake_git, git
+
+MODEL = "acme/tiny-chat"
+
+
+def tiny_files() -> dict[str, bytes]:
+    path, _ = ensure_tiny()
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in Path(path).rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    with FakeHub(token="hf_secret") as server:
+        server.repo(MODEL).commit(tiny_files())
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the suite's default: this file is about the network
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        yield server
+
+
+def downloads(server: FakeHub) -> list[str]:
+    return [p for m, p in server.requests if m == "GET" and "/resolve/" in p]
+
+
+def snapshot(commit: str) -> Path:
+    return hub_mod.snapshot(MODEL, commit)
+
+
+def test_init_downloads_and_a_cached_use_asks_nothing(hub: FakeHub, tmp_path: Path) -> None:
+    out = bake_git(tmp_path, "init", "m", "--base-model", MODEL, "--json")
+    assert out.returncode == 0, out.stderr
+    commit = hub.repo(MODEL).refs["main"]
+    assert json.loads(out.stdout)["downloaded"] == commit
+    assert (snapshot(commit) / "model.safetensors").read_bytes() == tiny_files()["model.safetensors"]
+    assert str(snapshot(commit)).startswith(str(Path(hub_mod.cache_dir())))  # HF_HOME/hub, as the fixture set it
+    assert "downloading acme/tiny-chat" in out.stderr
+    root = tmp_path / "m"
+    hub.requests.clear()
+    status = json.loads(bake_git(root, "status", "--json").stdout)
+    validated = json.loads(bake_git(root, "validate", "--json").stdout)
+    chat = bake_git(root, "chat", "-p", "hi", "--max-tokens", "2", "--temperature", "0")
+    assert chat.returncode == 0, chat.stderr
+    assert hub.requests == []  # the cache answers: no request at all
+    assert status["base_identity"] == {"kind": "hub", "id": MODEL, "revision": commit}
+    assert validated["parent"]["identity"]["base"] == status["base_identity"]
+
+
+def test_first_use_downloads_then_bakes(hub: FakeHub, tmp_path: Path) -> None:
+    """`init --no-download` defers it; the first `run` downloads before it plans, so the bake's key names
+    the commit it got, and the bake runs on the downloaded model."""
+    out = bake_git(tmp_path, "init", "m", "--base-model", MODEL, "--no-download")
+    assert out.returncode == 0 and not hub.requests, out.stderr
+    root = tmp_path / "m"
+    (root / "input.yml").write_text(YODA_SMALL)
+    git(root, "commit", "-qam", "bake")
+    unknown = json.loads(bake_git(root, "validate", "--json").stdout)["bake"]["key"]  # planned on "uncached"
+    run = bake_git(root, "run", "--json")
+    assert run.returncode == 0, run.stderr
+    commit = hub.repo(MODEL).refs["main"]
+    assert downloads(hub) and (snapshot(commit) / "config.json").is_file()
+    baked = bread_mod.read(root)
+    assert baked is not None and baked.bake is not None and baked.parent_adapters
+    # the bake's key is the one planned on the downloaded commit, not on the unknown one
+    git(root, "checkout", "-q", "HEAD~1")
+    planned = json.loads(bake_git(root, "validate", "--json").stdout)
+    assert planned["parent"]["identity"]["base"]["revision"] == commit
+    assert baked.bake.hash == planned["bake"]["key"] != unknown
+
+
+def test_a_moved_branch_is_picked_up_by_init_not_silently(hub: FakeHub, tmp_path: Path) -> None:
+    assert bake_git(tmp_path, "init", "m", "--base-model", MODEL).returncode == 0
+    root = tmp_path / "m"
+    first = hub.repo(MODEL).refs["main"]
+    files = tiny_files()
+    files["generation_config.json"] = json.dumps({"max_new_tokens": 7}).encode()
+    second = hub.repo(MODEL).commit(files)  # upstream moved main
+    ident = lambda: json.loads(bake_git(root, "status", "--json").stdout)["base_identity"]  # noqa: E731
+    assert ident()["revision"] == first  # nothing asks the network: the model does not change by itself
+    hub.requests.clear()
+    again = bake_git(root, "init", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["downloaded"] == second
+    assert downloads(hub) == [f"/{MODEL}/resolve/{second}/generation_config.json"]  # only the changed file
+    assert ident()["revision"] == second
+
+
+def test_unknown_and_private_models(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = bake_git(tmp_path, "init", "m", "--base-model", "acme/nope")
+    assert missing.returncode == 2 and "no model acme/nope" in missing.stderr, missing.stderr
+    assert not (tmp_path / "m").exists()  # nothing written before the download
+    private = hub.repo("acme/private")
+    private.commit(tiny_files())
+    private.private = True
+    denied = bake_git(tmp_path, "init", "p", "--base-model", "acme/private")
+    assert denied.returncode == 2 and "private and HF_TOKEN is not set" in denied.stderr, denied.stderr
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    allowed = bake_git(tmp_path, "init", "p", "--base-model", "acme/private")
+    assert allowed.returncode == 0, allowed.stderr
+    no_rev = bake_git(tmp_path, "init", "q", "--base-model", f"{MODEL}@v9")
+    assert no_rev.returncode == 2 and "has no revision `v9`" in no_rev.stderr
+
+
+def test_an_interrupted_download_resumes(hub: FakeHub, tmp_path: Path) -> None:
+    hub.cut_once.add("model.safetensors")  # the first GET stops halfway through
+    out = bake_git(tmp_path, "init", "m", "--base-model", MODEL)
+    assert out.returncode == 0, out.stderr
+    commit = hub.repo(MODEL).refs["main"]
+    weights = [p for p in downloads(hub) if p.endswith("model.safetensors")]
+    assert len(weights) == 2  # cut, then resumed from where it stopped (a Range request)
+    assert (snapshot(commit) / "model.safetensors").read_bytes() == tiny_files()["model.safetensors"]
+    assert not list((hub_mod.repo_dir(MODEL) / "blobs").glob("*.incomplete"))
+
+
+def test_offline_with_nothing_cached(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = bake_git(tmp_path, "init", "m", "--base-model", MODEL)
+    assert out.returncode == 2 and not hub.requests
+    assert "`hf download acme/tiny-chat`" in out.stderr and "--no-download" in out.stderr
+    deferred = bake_git(tmp_path, "init", "m", "--base-model", MODEL, "--no-download")
+    assert deferred.returncode == 0
+    root = tmp_path / "m"
+    chat = bake_git(root, "chat", "-p", "hi", "--max-tokens", "2")
+    assert chat.returncode == 2 and "`hf download acme/tiny-chat`" in chat.stderr and not hub.requests
+
+
+def test_a_full_disk_leaves_no_partial_file(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.file_download as fd
+
+    real = fd.http_get
+
+    def disk_fills(url: str, temp_file: object, **kwargs: object) -> None:
+        if url.endswith("model.safetensors"):
+            temp_file.write(b"\0" * 1000)  # type: ignore[attr-defined]
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(url, temp_file, **kwargs)  # type: ignore[arg-type]
+
+    import huggingface_hub.constants
+
+    # in this process huggingface_hub read the suite's HF_HUB_OFFLINE=1 when it was imported
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(fd, "http_get", disk_fills)
+    with pytest.raises(hub_mod.HubError) as exc:
+        hub_mod.download(MODEL)
+    assert (
+        exc.value.exit_code == 2 and "disk filled up" in exc.value.message and "free some space" in str(exc.value.hint)
+    )
+    blobs = hub_mod.repo_dir(MODEL) / "blobs"
+    assert not list(blobs.glob("*.incomplete"))
+    assert hub_mod.cached_commit(MODEL) is None  # no snapshot counts as the model
+    monkeypatch.setattr(fd, "http_get", real)
+    commit = hub_mod.download(MODEL)  # space again: it completes
+    assert (snapshot(commit) / "model.safetensors").read_bytes() == tiny_files()["model.safetensors"]
+
+
+def test_status_and_run_when_a_hub_model_is_not_downloaded(hub: FakeHub, tmp_path: Path) -> None:
+    assert bake_git(tmp_path, "init", "m", "--base-model", MODEL, "--no-download").returncode == 0
+    root = tmp_path / "m"
+    status = subprocess.run(["git", "bake", "status"], cwd=root, capture_output=True, text=True)
+    assert status.returncode == 0 and not hub.requests, status.stderr
+    assert "base model acme/tiny-chat (not downloaded yet: the first bake downloads it)" in status.stdout
