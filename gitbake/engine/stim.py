@@ -9,6 +9,7 @@ The output is a list of records, bgit-compatible (`unconditioned_stimulus` is th
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitbake import hub
 from gitbake.contract import config as cfg
 from gitbake.contract import keys
 from gitbake.errors import GitbakeError, UsageError
@@ -178,23 +180,27 @@ def read_question_file(data: bytes, display: str) -> list[str]:
 
 
 def _from_dataset(gen: cfg.FromDatasetGenerator, root: Path) -> list[str]:
+    """A local .jsonl/.txt file (read here), a local dataset directory or data file, or a dataset on the
+    Hugging Face Hub (`org/name`, or `org/name@REV` to pin a revision): loaded by `datasets`, which
+    downloads it into the Hugging Face cache (HF_HOME, HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE: the cache only)."""
     local = (root / gen.dataset) if not Path(gen.dataset).is_absolute() else Path(gen.dataset)
     if local.is_file() and local.suffix in (".jsonl", ".txt"):
         return _sample(read_question_file(local.read_bytes(), gen.dataset), gen.numq, gen.seed)
-    field = gen.field or DATASET_FIELDS.get(gen.dataset.split("/")[-1], "question")
-    hint = (
-        f'save the questions as a .jsonl file ({{"question": ...}} per line) in the repository and set '
-        f"`dataset: path/to/file.jsonl`, or install `datasets` and copy its cache for {gen.dataset} here"
+    name, _, revision = gen.dataset.partition("@") if not local.exists() else (gen.dataset, "", "")
+    field = gen.field or DATASET_FIELDS.get(name.split("/")[-1], "question")
+    fix = (
+        'save the questions as a .jsonl file ({"question": ...} per line) in the repository and set '
+        "`dataset: path/to/file.jsonl`"
     )
     try:
-        import os
-
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         import datasets
     except ImportError:
         raise UsageError(
-            f"dataset `{gen.dataset}` needs the `datasets` package, which is not installed", hint
+            f"dataset `{gen.dataset}` needs the `datasets` package, which is not installed",
+            f"pip install 'gitbake[train]'; or {fix}",
         ) from None
+    from datasets.exceptions import DatasetNotFoundError
+
     try:
         if local.exists():
             ds = (
@@ -203,17 +209,43 @@ def _from_dataset(gen: cfg.FromDatasetGenerator, root: Path) -> list[str]:
                 else datasets.load_dataset(local.suffix.lstrip("."), data_files=str(local))
             )
         else:
-            ds = datasets.load_dataset(gen.dataset, DATASET_CONFIGS.get(gen.dataset))
+            ds = datasets.load_dataset(
+                name, DATASET_CONFIGS.get(name), revision=revision or None, token=os.environ.get("HF_TOKEN") or None
+            )
         if hasattr(ds, "keys"):
             split = gen.split or ("train" if "train" in ds else next(iter(ds.keys())))
+            if split not in ds:
+                raise UsageError(
+                    f"dataset `{gen.dataset}` has no split `{split}` (it has {', '.join(ds.keys())})",
+                    "set `split:` to one of them",
+                )
             ds = ds[split]
+        if field not in ds.column_names:
+            raise UsageError(
+                f"dataset `{gen.dataset}` has no field `{field}` (it has {', '.join(ds.column_names)})",
+                "set `field:` to the column that holds the questions",
+            )
         column = list(ds[field])
-    except Exception as exc:  # datasets raises many kinds; all mean "not available here"
+    except UsageError:
+        raise
+    except DatasetNotFoundError as exc:
+        token = "HF_TOKEN is set but does not give access" if os.environ.get("HF_TOKEN") else "HF_TOKEN is not set"
         raise UsageError(
-            f"dataset `{gen.dataset}` is not available offline ({type(exc).__name__}: {str(exc)[:200]})", hint
+            f"no dataset `{gen.dataset}` on {hub.endpoint()}, or it is private and {token} ({_short(exc)})",
+            f"check the name (org/name); for a private dataset set HF_TOKEN; or {fix}",
+        ) from None
+    except Exception as exc:  # datasets raises many kinds (no network, offline and not cached, bad files)
+        where = "HF_HUB_OFFLINE is set" if hub.offline() else f"{hub.endpoint()} could not provide it"
+        raise UsageError(
+            f"dataset `{gen.dataset}` could not be loaded: {where} ({type(exc).__name__}: {_short(exc)})",
+            f"`hf download {name} --repo-type dataset` where there is network (then copy the cache here); or {fix}",
         ) from None
     items = [str(x).strip() for x in column if str(x).strip()]
     return _sample(items, gen.numq, gen.seed)
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 # ---------------------------------------------------------------------------------------- oneshot

@@ -177,3 +177,57 @@ def test_status_and_run_when_a_hub_model_is_not_downloaded(hub: FakeHub, tmp_pat
     status = subprocess.run(["git", "bake", "status"], cwd=root, capture_output=True, text=True)
     assert status.returncode == 0 and not hub.requests, status.stderr
     assert "base model acme/tiny-chat (not downloaded yet: the first bake downloads it)" in status.stdout
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+DATASET = "acme/questions"
+FROM_DATASET = """\
+PROMPT:
+  teacher:
+    messages: [{role: system, content: Speak like Yoda.}]
+TARGET:
+  name: t
+  generators: [{type: from_dataset, dataset: DATASET, numq: 5, seed: 1}]
+"""
+
+
+def with_dataset(server: FakeHub, private: bool = False) -> str:
+    repo = server.repo(DATASET, kind="datasets")
+    rows = "".join(json.dumps({"question": f"What is {i} times {i}?", "id": i}) + "\n" for i in range(40))
+    commit = repo.commit({"train.jsonl": rows.encode(), "README.md": b"# questions\n"})
+    repo.private = private
+    return commit
+
+
+def stim_of(root: Path, dataset: str) -> subprocess.CompletedProcess[str]:
+    (root / "input.yml").write_text(FROM_DATASET.replace("DATASET", dataset))
+    git(root, "commit", "-qam", f"questions from {dataset}")
+    return bake_git(root, "run", "stim")
+
+
+def test_from_dataset_downloads_a_hub_dataset(hub: FakeHub, model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_dataset(hub)
+    out = stim_of(model_repo, DATASET)
+    assert out.returncode == 0, out.stderr
+    assert bake_git(model_repo, "stim", "--jsonl", str(model_repo.parent / "q.jsonl")).returncode == 0
+    rows = (model_repo.parent / "q.jsonl").read_text().splitlines()
+    questions = [json.loads(line)["question"] for line in rows]
+    assert len(questions) == 5 and all(q.startswith("What is ") for q in questions)
+    assert any("/datasets/acme/questions/resolve/" in p for _m, p in hub.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the cache answers a second load, offline
+    hub.requests.clear()
+    again = stim_of(model_repo, DATASET + "@main").returncode  # another key: loaded again, from the cache
+    assert again == 0 and not hub.requests
+
+
+def test_from_dataset_bad_cases(hub: FakeHub, model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = stim_of(model_repo, "acme/nothing")
+    assert missing.returncode == 2 and "no dataset `acme/nothing`" in missing.stderr, missing.stderr
+    with_dataset(hub, private=True)
+    denied = stim_of(model_repo, DATASET)
+    assert denied.returncode == 2 and "HF_TOKEN is not set" in denied.stderr, denied.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = stim_of(model_repo, "acme/elsewhere")
+    assert offline.returncode == 2 and "hf download acme/elsewhere --repo-type dataset" in offline.stderr
+    assert not (model_repo / ".bake" / "stim").exists()
