@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -10,19 +11,72 @@ from gitbake.cli.common import CONTEXT, repository
 from gitbake.cli.render import emit_json
 
 
+def sampling_options(f: Any) -> Any:
+    """The sampling options chat shares with serve's request fields (gitbake.engine.sampling)."""
+    options = [
+        click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True, help="0: greedy."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
+        click.option("--top-k", type=click.IntRange(1), help="Sample among the K likeliest tokens."),
+        click.option(
+            "--min-p", type=click.FloatRange(0, 1), help="Drop tokens below MIN_P x the likeliest's probability."
+        ),
+        click.option("--presence-penalty", type=click.FloatRange(-2, 2), default=0.0, help="OpenAI's, -2 to 2."),
+        click.option("--frequency-penalty", type=click.FloatRange(-2, 2), default=0.0, help="OpenAI's, -2 to 2."),
+        click.option(
+            "--repetition-penalty", type=click.FloatRange(0, 100, min_open=True), default=1.0, help="transformers'."
+        ),
+        click.option("--seed", type=int, help="Make sampled answers reproducible."),
+        click.option("--stop", multiple=True, metavar="TEXT", help="End the answer before TEXT (up to 4)."),
+        click.option(
+            "--logprobs",
+            "top_logprobs",
+            type=click.IntRange(0, 20),
+            metavar="N",
+            help="With -p: print each token's log-probability and the N likeliest alternatives.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def sampling_from(opts: dict[str, Any]) -> Any:
+    from gitbake.engine.sampling import Sampling
+    from gitbake.errors import UsageError
+
+    if len(opts["stop"]) > 4:
+        raise UsageError(f"--stop was given {len(opts['stop'])} times: at most 4", "keep the 4 that matter")
+    return Sampling(
+        temperature=opts["temperature"],
+        top_p=opts["top_p"],
+        top_k=opts["top_k"],
+        min_p=opts["min_p"],
+        presence_penalty=opts["presence_penalty"],
+        frequency_penalty=opts["frequency_penalty"],
+        repetition_penalty=opts["repetition_penalty"],
+        seed=opts["seed"],
+        stop=tuple(opts["stop"]),
+        logprobs=opts["top_logprobs"] is not None,
+        top_logprobs=opts["top_logprobs"] or 0,
+    )
+
+
 @click.command(context_settings=CONTEXT)
 @click.argument("rev", default="HEAD")
 @click.option("-p", "--prompt", "prompt", metavar="TEXT", help="Answer TEXT once and exit (no REPL).")
 @click.option("--system", metavar="TEXT", help="A system prompt to start with (in the REPL: /system TEXT).")
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
+@sampling_options
 @click.option("--max-tokens", type=click.IntRange(1, 32768), default=256, show_default=True)
 @click.option(
     "--checkpoint", type=int, metavar="STEP", help="Use the last bake's checkpoint saved at training step STEP."
 )
 def chat(
-    rev: str, prompt: str | None, system: str | None, temperature: float, max_tokens: int, checkpoint: int | None
+    rev: str, prompt: str | None, system: str | None, max_tokens: int, checkpoint: int | None, **opts: Any
 ) -> None:
     """Talk to the model of REV (default HEAD): answers stream as they are generated.
+
+    REV is any model address (a revision, a bake or model name, @checkpoint-STEP). Sampling goes through
+    transformers' logits processors, with OpenAI's parameters (as `git bake serve` takes them).
 
     \b
     In the REPL: /system TEXT, /clear, /status, /compare [TEXT] (the base model's answer beside this
@@ -32,13 +86,16 @@ def chat(
     Examples:
       git bake chat
       git bake chat HEAD~2 -p "What is the capital of France?" --temperature 0
+      git bake chat -p "Tell me a story." --top-p 0.9 --presence-penalty 0.5 --seed 7
+      git bake chat -p "2 + 2 =" --temperature 0 --logprobs 3
       git bake chat --checkpoint 200
     """
     import sys
 
     from gitbake.use.chat import handle, open_session, repl
 
-    session = open_session(repository(), rev, temperature, max_tokens, checkpoint, system)
+    sampling = sampling_from(opts)
+    session = open_session(repository(), rev, sampling, max_tokens, checkpoint, system)
 
     def out(text: str) -> None:
         sys.stdout.write(text)
@@ -47,6 +104,10 @@ def chat(
     if prompt is not None:
         session.ask(prompt, out)
         out("\n")
+        if sampling.logprobs:
+            from gitbake.use.chat import logprob_table
+
+            out(logprob_table(session.model.tokenizer, session.last_logprobs) + "\n")
         return
     if not sys.stdin.isatty():  # piped input: each line is a turn or a command
         for line in sys.stdin:
@@ -57,7 +118,7 @@ def chat(
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("revs", nargs=-1, metavar="[REV]...")
+@click.argument("revs", nargs=-1, metavar="[MODEL]...")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
 @click.option(
@@ -102,10 +163,14 @@ def serve(
     max_batch: int,
     max_prompt_tokens: int | None,
 ) -> None:
-    """Serve the models of REV... (default HEAD) over an OpenAI-compatible HTTP API.
+    """Serve the models of MODEL... (default HEAD) over an OpenAI-compatible HTTP API.
 
-    GET /v1/models lists them, each named by its bake name; POST /v1/chat/completions answers, streamed
-    with "stream": true. Concurrent requests are batched into shared forward passes.
+    Each MODEL is any model address (a revision, a bake or model name, @checkpoint-STEP). GET /v1/models
+    lists them, each named by its bake name (a request may also use its other names); POST
+    /v1/chat/completions (with `tools` rendered by the chat template) and POST /v1/completions answer,
+    streamed with "stream": true. Sampling takes OpenAI's parameters (and top_k, min_p,
+    repetition_penalty), logprobs included; a field the server does not support is answered 400, never
+    ignored. Concurrent requests are batched into shared forward passes.
 
     \b
     Examples:

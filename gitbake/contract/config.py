@@ -192,8 +192,9 @@ GENERATOR_TYPES = ("hardcoded", "from_file", "from_dataset", "oneshot_qs", "pers
 # --------------------------------------------------------------------------------------------- TARGET
 
 
-# Sampling settings a local rollout understands (transformers' generate); the rest of OpenAI's
-# (presence_penalty, n, stop, ...) have no local equivalent or would break the record layout.
+# Sampling settings of a rollout: OpenAI's (and vLLM's top_k, min_p, repetition_penalty), as chat and
+# serve take them (gitbake.engine.sampling), plus two of transformers' generate flags. `n` is
+# num_traj_per_stimulus, and `temperature` / `max_tokens` are TARGET's own fields.
 class SamplingKwargs(Model):
     """`TARGET.extra_kwargs`, each in the range transformers' and vLLM's samplers accept."""
 
@@ -203,6 +204,12 @@ class SamplingKwargs(Model):
     typical_p: Annotated[Float, Field(gt=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[Float, Field(gt=0.0, le=100.0)] | None = None
     no_repeat_ngram_size: Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)] | None = None
+    presence_penalty: Annotated[Float, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[Float, Field(ge=-2.0, le=2.0)] | None = None
+    stop: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=4)] | None = None
+    seed: Annotated[int, Strict(), Field(ge=0, le=2**63 - 1)] | None = None  # default: from the target's key
+    logprobs: Bool | None = None  # keep each response token's log-probability in the rollout records
+    top_logprobs: Annotated[int, Strict(), Field(ge=0, le=20)] | None = None
 
 
 SAMPLING_KWARGS = set(SamplingKwargs.model_fields)

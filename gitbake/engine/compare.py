@@ -84,7 +84,7 @@ def behaviour_diff(
     for qi, q in enumerate(questions):
         kls = []
         for k in range(samples):
-            resp, _ = sampled[qi * samples + k]
+            resp = sampled[qi * samples + k].ids
             if resp:
                 kls.append(_token_kl(a.model, b.model, prompts[qi], resp))
         if not kls:
@@ -97,8 +97,8 @@ def behaviour_diff(
                 q,
                 float(cat.mean()),
                 int(cat.numel()),
-                response_text(tok, answers_a[qi][0]),
-                response_text(b.tokenizer, answers_b[qi][0]),
+                response_text(tok, answers_a[qi].ids),
+                response_text(b.tokenizer, answers_b[qi].ids),
             )
         )
     rows.sort(key=lambda r: -r.kl)

@@ -70,9 +70,7 @@ def evaluate(
             pm, tokenizer, prompts, SamplingSettings(temperature=1.0, max_tokens=max_tokens, seed=seed, batch_size=16)
         )
     trajs = [
-        Trajectory(t, s, resp)
-        for (t, s), (resp, _) in zip([c for c in contexts for _ in range(samples)], responses)
-        if resp
+        Trajectory(t, s, r.ids) for (t, s), r in zip([c for c in contexts for _ in range(samples)], responses) if r.ids
     ]
     before: list[torch.Tensor] = []
     after: list[torch.Tensor] = []

@@ -21,6 +21,10 @@ from typing import Any
 
 import torch
 
+from gitbake.engine.sampling import Sampling, TokenLogprob, choose, logprob_of
+
+GREEDY = Sampling(temperature=0.0, seed=0)
+
 
 def stop_tokens(model: Any, tokenizer: Any) -> set[int]:
     eos = tokenizer.eos_token_id
@@ -56,28 +60,32 @@ class TextDecoder:
 @dataclass
 class Request:
     prompt: list[int]
-    temperature: float
+    sampling: Sampling
     max_tokens: int
-    seed: int | None = None  # None: a fresh random seed, so unseeded sampled answers differ
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
     events: queue.Queue[tuple[str, Any]] = field(
         default_factory=queue.Queue
-    )  # ("text", str) | ("done", info) | ("error", str)
+    )  # ("text", str) | ("logprobs", [TokenLogprob]) before the text of those tokens | ("done", info) | ("error", str)
     cancelled: threading.Event = field(default_factory=threading.Event)  # the client went away: stop decoding it
     submitted: float = field(default_factory=time.monotonic)
 
     def result(self, timeout: float | None = None) -> tuple[str, dict[str, Any]]:
-        """The whole answer and its "done" info, once decoded; RuntimeError (the batch's message) if it failed."""
-        parts = []
+        """The whole answer and its "done" info (with `logprobs`, when asked), once decoded; RuntimeError
+        (the batch's message) if it failed."""
+        parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         while True:
             kind, value = self.events.get(timeout=timeout)
             if kind == "text":
                 parts.append(value)
+            elif kind == "logprobs":
+                logprobs += value
             elif kind == "done":
-                return "".join(parts), value
+                return "".join(parts), {**value, "logprobs": logprobs} if self.sampling.logprobs else value
             else:
                 raise RuntimeError(value)
+
+
+NO_IDS = torch.empty((1, 0), dtype=torch.long)  # what the processors get when none of them reads the ids
 
 
 class _Row:
@@ -93,25 +101,33 @@ class _Row:
         self.text = ""  # generated text
         self.sent = 0  # how much of it the client has
         self.finish: str | None = None
-        seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little")
+        s = req.sampling
+        seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.gen = torch.Generator(device="cpu").manual_seed(seed)  # its own: a seed means the same answer in any batch
+        self.processors = s.processors(len(req.prompt))
+        self.reads_ids = s.repetition_penalty != 1.0 or bool(s.presence_penalty or s.frequency_penalty)
+        self.pending: list[TokenLogprob] = []  # log-probabilities of tokens whose text is not sent yet
 
     def next_token(self, logits: torch.Tensor) -> int:
-        r = self.req
-        if r.temperature <= 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits.float() / r.temperature, dim=-1)
-        if r.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < r.top_p  # the smallest set whose mass reaches top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-        return int(torch.multinomial(probs, 1, generator=self.gen))
+        ids = torch.tensor([self.ids], dtype=torch.long) if self.reads_ids else NO_IDS
+        tok = choose(self.req.sampling, self.processors, ids, logits, self.gen)
+        if self.req.sampling.logprobs:
+            self.pending.append(logprob_of(logits, tok, self.req.sampling.top_logprobs))
+        return tok
+
+    def send(self, text: str) -> None:
+        """Send `text`, with the log-probabilities of the tokens it came from first."""
+        if self.pending:
+            self.req.events.put(("logprobs", self.pending))
+            self.pending = []
+        if text:
+            self.req.events.put(("text", text))
 
     def visible(self, final: bool) -> str:
         """Text that can be sent: a tail that might begin a stop string is held back until it cannot."""
         end = len(self.text)
         if not final:
-            for s in self.req.stop:
+            for s in self.req.sampling.stop:
                 for k in range(min(len(s) - 1, end), 0, -1):
                     if self.text.endswith(s[:k]):
                         end = min(end, len(self.text) - k)
@@ -267,11 +283,13 @@ class Decoder:
             tok = row.next_token(logits[i])
             row.ids.append(tok)
             if tok in self.stops:
+                if row.pending:
+                    row.pending.pop()  # the end-of-turn token is not part of the answer
                 self._finish(row, "stop", flush=True)
                 continue
             row.produced += 1
             row.text += row.decoder.push(tok)
-            hit = min((row.text.find(s) for s in row.req.stop if s and s in row.text), default=-1)
+            hit = min((row.text.find(s) for s in row.req.sampling.stop if s and s in row.text), default=-1)
             if hit >= 0:
                 row.text = row.text[:hit]
                 self._finish(row, "stop", flush=False)  # nothing of the stop string or after it is sent
@@ -281,14 +299,12 @@ class Decoder:
                 continue
             delta = row.visible(final=False)
             if delta:
-                row.req.events.put(("text", delta))
+                row.send(delta)
 
     def _finish(self, row: _Row, reason: str, flush: bool) -> None:
         if flush:
             row.text += row.decoder.flush()
-        rest = row.visible(final=True)
-        if rest:
-            row.req.events.put(("text", rest))
+        row.send(row.visible(final=True))
         row.finish = reason
         self.trace.append(("done", id(row.req)))
         row.req.events.put(
@@ -469,16 +485,12 @@ class Batcher(Decoder):
 
 
 def stream(
-    model: Any,
-    tokenizer: Any,
-    prompt: Sequence[int],
-    temperature: float = 0.7,
-    max_tokens: int = 256,
-    seed: int | None = 0,
-) -> Iterator[str]:
-    """Text deltas of one answer, as they are generated (the batch machinery, with one row, in this thread)."""
+    model: Any, tokenizer: Any, prompt: Sequence[int], sampling: Sampling, max_tokens: int = 256, events: bool = False
+) -> Iterator[Any]:
+    """Text deltas of one answer, as they are generated (the batch machinery, with one row, in this thread);
+    with `events`, ("text", delta) and ("logprobs", [TokenLogprob]) pairs instead."""
     dec = Decoder(model, tokenizer)
-    req = Request(list(prompt), temperature, max_tokens, seed)
+    req = Request(list(prompt), sampling, max_tokens)
     rows = [_Row(req, tokenizer)]
     logits = dec.prefill(rows)
     while True:
@@ -486,7 +498,9 @@ def stream(
         while not req.events.empty():
             kind, value = req.events.get_nowait()
             if kind == "text":
-                yield value
+                yield (kind, value) if events else value
+            elif kind == "logprobs" and events:
+                yield kind, value
         if rows[0].finish is not None:
             return
         logits = dec.step(rows)
@@ -502,7 +516,7 @@ def complete(
     dec = Decoder(model, tokenizer)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = [_Row(Request(list(prompts[i]), 0.0, max_tokens, seed=0), tokenizer) for i in idx]
+        batch = [_Row(Request(list(prompts[i]), GREEDY, max_tokens), tokenizer) for i in idx]
         rows = batch
         logits = dec.prefill(rows)
         while True:

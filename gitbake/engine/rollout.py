@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gitbake.engine.sampling import OpenAIPenalties, Sampling, TokenLogprob, logprob_of
 from gitbake.engine.templating import render, response_text
 from gitbake.progress import Progress
 from gitbake.reporter import Reporter
@@ -40,15 +41,49 @@ def contexts(
     return out
 
 
+def sampling_of(settings: SamplingSettings) -> Sampling:
+    """The rollout's sampling (TARGET.temperature + extra_kwargs) as chat and serve take it."""
+    x = settings.extra_kwargs
+    return Sampling(
+        temperature=settings.temperature,
+        top_p=float(x.get("top_p", 1.0)),
+        top_k=x.get("top_k"),
+        min_p=x.get("min_p"),
+        presence_penalty=float(x.get("presence_penalty", 0.0)),
+        frequency_penalty=float(x.get("frequency_penalty", 0.0)),
+        repetition_penalty=float(x.get("repetition_penalty", 1.0)),
+        seed=settings.seed,
+        stop=tuple(x.get("stop") or ()),
+        logprobs=bool(x.get("logprobs") or x.get("top_logprobs")),
+        top_logprobs=int(x.get("top_logprobs") or 0),
+    )
+
+
+# transformers' generate flags that have no OpenAI name: passed as they are
+GENERATE_ONLY = ("typical_p", "no_repeat_ngram_size")
+
+
+@dataclass
+class Response:
+    """One sampled answer: its token ids, whether it ended with an end-of-turn token (else: max_tokens or a
+    stop string cut it), and each token's log-probability when asked."""
+
+    ids: list[int]
+    finished: bool
+    logprobs: list[TokenLogprob] | None = None
+
+
 def generate_batches(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
     settings: SamplingSettings,
     progress: Progress | None = None,
-) -> list[tuple[list[int], bool]]:
-    """Sample one response per prompt: (response ids, ended with EOS). Batched, left-padded."""
+) -> list[Response]:
+    """Sample one response per prompt. Batched, left-padded; `model.generate` with the same logits
+    processors as chat and serve (gitbake.engine.sampling)."""
     import torch
+    from transformers import LogitsProcessorList
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -58,18 +93,20 @@ def generate_batches(
     stops = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []) | (
         {eos} if eos is not None else set()
     )
+    sampling = sampling_of(settings)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    results: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
+    results: list[Response] = [Response([], False)] * len(prompts)
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_tokens,
         "pad_token_id": pad,
         "eos_token_id": sorted(stops) if stops else None,
+        **sampling.generate_kwargs(),
+        **{k: settings.extra_kwargs[k] for k in GENERATE_ONLY if k in settings.extra_kwargs},
     }
-    if settings.temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_k=0)
-    else:
-        gen_kwargs.update(do_sample=False)
-    gen_kwargs.update(settings.extra_kwargs)
+    if sampling.stop:
+        gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
+    if sampling.logprobs:
+        gen_kwargs.update(output_logits=True, return_dict_in_generate=True)
     for b, start in enumerate(range(0, len(order), settings.batch_size)):
         idx = order[start : start + settings.batch_size]
         width = max(len(prompts[i]) for i in idx)
@@ -79,11 +116,19 @@ def generate_batches(
             p = list(prompts[i])
             ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[row, width - len(p) :] = 1
+        penalties = LogitsProcessorList(
+            [OpenAIPenalties(sampling.presence_penalty, sampling.frequency_penalty, width)]
+            if sampling.presence_penalty or sampling.frequency_penalty
+            else []
+        )
         torch.manual_seed(settings.seed * 1_000_003 + b)
         with torch.no_grad():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), logits_processor=penalties, **gen_kwargs
+            )
+        sequences = out.sequences if sampling.logprobs else out
         for row, i in enumerate(idx):
-            resp = out[row, width:].tolist()
+            resp = sequences[row, width:].tolist()
             finished = False
             ends = [k for k, tok in enumerate(resp) if tok in stops]
             if ends:
@@ -92,10 +137,25 @@ def generate_batches(
             else:
                 while resp and resp[-1] == pad:
                     resp.pop()
-            results[i] = (resp, finished)
+            if sampling.stop and not finished:
+                resp = _before_stop(tokenizer, resp, sampling.stop)
+            lps = None
+            if sampling.logprobs:
+                lps = [logprob_of(out.logits[k][row], tok, sampling.top_logprobs) for k, tok in enumerate(resp)]
+            results[i] = Response(resp, finished, lps)
         if progress:
             progress.update(len(idx))
     return results
+
+
+def _before_stop(tokenizer: Any, resp: list[int], stop: Sequence[str]) -> list[int]:
+    """The response up to the token that completes a stop string (which, as in chat and serve, is not
+    part of the answer); the answer did not end by itself, so it is not `finished`."""
+    for k in range(1, len(resp) + 1):
+        text = str(tokenizer.decode(resp[:k], skip_special_tokens=True))
+        if any(s in text for s in stop):
+            return resp[: k - 1]
+    return resp
 
 
 def make_rollouts(
@@ -123,31 +183,26 @@ def make_rollouts(
     # vLLM loads weights from disk: only for an unmodified model (a merged parent exists only in memory)
     if path and not getattr(model, "_gitbake_merged", False) and vllm_backend.wanted():
         responses = vllm_backend.generate(
-            path,
-            prompts,
-            settings.temperature,
-            settings.max_tokens,
-            settings.extra_kwargs,
-            settings.seed,
-            tokenizer.eos_token_id,
+            path, prompts, sampling_of(settings), settings.max_tokens, tokenizer.eos_token_id
         )
     else:
         responses = generate_batches(model, tokenizer, prompts, settings, progress)
     out = []
-    for n, ((rec, k, t_ids, s_ids), (resp, finished)) in enumerate(zip(owners, responses)):
-        out.append(
-            {
-                "id": n,
-                "stimulus_id": rec["id"],
-                "traj": k,
-                "split": rec["split"],
-                "question": rec["question"],
-                "teacher_ids": t_ids,
-                "student_ids": s_ids,
-                "response_ids": resp,
-                "response": response_text(tokenizer, resp),
-                "finished": finished,
-                "temperature": settings.temperature,
-            }
-        )
+    for n, ((rec, k, t_ids, s_ids), r) in enumerate(zip(owners, responses)):
+        record = {
+            "id": n,
+            "stimulus_id": rec["id"],
+            "traj": k,
+            "split": rec["split"],
+            "question": rec["question"],
+            "teacher_ids": t_ids,
+            "student_ids": s_ids,
+            "response_ids": r.ids,
+            "response": response_text(tokenizer, r.ids),
+            "finished": r.finished,
+            "temperature": settings.temperature,
+        }
+        if r.logprobs is not None:  # one per response token: [token, log-probability, [[alt, lp], ...]]
+            record["logprobs"] = [[lp.token, lp.logprob, [list(t) for t in lp.top]] for lp in r.logprobs]
+        out.append(record)
     return out

@@ -12,9 +12,13 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
+from gitbake.engine.sampling import Sampling, TokenLogprob
 from gitbake.errors import UsageError
+
+if TYPE_CHECKING:
+    from gitbake.engine.rollout import Response
 
 
 def wanted() -> bool:
@@ -41,27 +45,28 @@ def _cuda() -> bool:
 
 
 def generate(
-    model_path: str,
-    prompts: Sequence[Sequence[int]],
-    temperature: float,
-    max_tokens: int,
-    extra: dict[str, Any],
-    seed: int,
-    eos_token_id: int | None,
-) -> list[tuple[list[int], bool]]:
+    model_path: str, prompts: Sequence[Sequence[int]], sampling: Sampling, max_tokens: int, eos_token_id: int | None
+) -> list[Response]:
     from vllm import LLM, SamplingParams
 
+    from gitbake.engine.rollout import Response
+
+    seed = sampling.seed or 0
     llm = LLM(model=model_path, seed=seed, enforce_eager=False)
     # one seed per request: with a shared seed, the trajectories of one question would all be the same
     params = [
         SamplingParams(
-            temperature=temperature,
+            temperature=sampling.temperature,
             max_tokens=max_tokens,
             seed=seed * 1_000_003 + i,
-            top_p=float(extra.get("top_p", 1.0)),
-            top_k=int(extra.get("top_k", -1)),
-            min_p=float(extra.get("min_p", 0.0)),
-            repetition_penalty=float(extra.get("repetition_penalty", 1.0)),
+            top_p=sampling.top_p,
+            top_k=sampling.top_k or -1,
+            min_p=sampling.min_p or 0.0,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            repetition_penalty=sampling.repetition_penalty,
+            stop=list(sampling.stop) or None,
+            logprobs=max(sampling.top_logprobs, 1) if sampling.logprobs else None,
         )
         for i in range(len(prompts))
     ]
@@ -70,5 +75,11 @@ def generate(
     for out in outs:
         ids = list(out.outputs[0].token_ids)
         finished = eos_token_id is not None and ids[-1:] == [eos_token_id]
-        results.append((ids, finished))
+        lps = None
+        if sampling.logprobs:  # vLLM's: a dict per position, token id -> Logprob (the chosen token among them)
+            lps = []
+            for tok, d in zip(ids, out.outputs[0].logprobs or []):
+                ranked = sorted(d.items(), key=lambda kv: -kv[1].logprob)[: sampling.top_logprobs]
+                lps.append(TokenLogprob(tok, float(d[tok].logprob), tuple((t, float(v.logprob)) for t, v in ranked)))
+        results.append(Response(ids, finished, lps))
     return results

@@ -8,12 +8,14 @@ the one it saved at step N.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gitbake.engine.sampling import Sampling
 from gitbake.repo.ggufbase import converted_dirs
 from gitbake.repo.repo import ModelRepo
 from gitbake.use.versions import Version, load, resolve
@@ -34,12 +36,13 @@ class Session:
     repo: ModelRepo
     version: Version
     model: Any
-    temperature: float = 0.7
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7))
     max_tokens: int = 256
     system: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)
-    seed: int = 0
+    turns: int = 0  # each answer's seed is the sampling seed (default 0) plus this: reproducible, not repeated
     _base: Any = None
+    last_logprobs: list[Any] = field(default_factory=list)  # of the last answer, when sampling.logprobs
 
     def _messages(self, user: str, with_history: bool = True) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -49,13 +52,18 @@ class Session:
         from gitbake.engine.infer import stream
         from gitbake.engine.templating import render
 
-        self.seed += 1
+        self.turns += 1
+        sampling = dataclasses.replace(self.sampling, seed=(self.sampling.seed or 0) + self.turns)
         ids = render(model.tokenizer, messages, None, None)
         parts = []
-        for delta in stream(model.model, model.tokenizer, ids, self.temperature, self.max_tokens, self.seed):
-            parts.append(delta)
+        self.last_logprobs = []
+        for kind, value in stream(model.model, model.tokenizer, ids, sampling, self.max_tokens, events=True):
+            if kind == "logprobs":
+                self.last_logprobs += value
+                continue
+            parts.append(value)
             if write is not None:
-                write(delta)
+                write(value)
         return "".join(parts)
 
     def ask(self, text: str, write: Callable[[str], None] | None) -> str:
@@ -81,7 +89,7 @@ class Session:
             f"model:       {v.name} ({v.model_name or 'base model'}) at {v.rev} ({v.commit[:12]})",
             f"base model:  {v.base_model}, {len(v.adapters)} adapter(s)"
             + (f", checkpoint step {v.checkpoint}" if v.checkpoint else ""),
-            f"settings:    temperature {self.temperature}, max tokens {self.max_tokens}",
+            f"settings:    {describe(self.sampling)}, max tokens {self.max_tokens}",
             f"system:      {self.system if self.system else '(none)'}",
             f"turns:       {len(self.history) // 2}",
         ]
@@ -149,10 +157,30 @@ def handle(session: Session, line: str, out: Callable[[str], None]) -> bool:
 
 
 def open_session(
-    repo: ModelRepo, rev: str, temperature: float, max_tokens: int, checkpoint: int | None, system: str | None = None
+    repo: ModelRepo, rev: str, sampling: Sampling, max_tokens: int, checkpoint: int | None, system: str | None = None
 ) -> Session:
     version = resolve(repo, rev, checkpoint)
-    return Session(repo, version, load(repo, version), temperature, max_tokens, system)
+    return Session(repo, version, load(repo, version), sampling, max_tokens, system)
+
+
+def describe(sampling: Sampling) -> str:
+    """The settings that differ from plain sampling, for /status."""
+    default = Sampling()
+    shown = [f"temperature {sampling.temperature}"] + [
+        f"{f.name.replace('_', ' ')} {getattr(sampling, f.name)}"
+        for f in dataclasses.fields(sampling)
+        if f.name not in ("temperature", "seed") and getattr(sampling, f.name) != getattr(default, f.name)
+    ]
+    return ", ".join(shown)
+
+
+def logprob_table(tokenizer: Any, logprobs: list[Any]) -> str:
+    """One line per generated token: its text, its log-probability and the likeliest alternatives."""
+    lines = []
+    for lp in logprobs:
+        alts = "  ".join(f"{tokenizer.decode([t])!r} {v:.3f}" for t, v in lp.top)
+        lines.append(f"{tokenizer.decode([lp.token])!r:>16} {lp.logprob:8.3f}" + (f"   {alts}" if alts else ""))
+    return "\n".join(lines)
 
 
 def repl(session: Session, read: Callable[[str], str], out: Callable[[str], None]) -> None:

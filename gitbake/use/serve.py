@@ -1,46 +1,42 @@
-"""`git bake serve [REV...]`: an OpenAI-compatible HTTP API for model versions.
+"""`git bake serve [MODEL...]`: an OpenAI-compatible HTTP API for model versions, on Starlette and uvicorn.
 
-`GET /v1/models` and `POST /v1/chat/completions` (plain or streamed as server-sent events), each version
-named by its bake name. Concurrent requests to one version are decoded together (`engine.infer.Batcher`):
-one forward pass per step for all of them. Errors are OpenAI-shaped (`{"error": {"message", "type",
-"param", "code"}}`) with 400 / 401 / 404, and the server keeps serving.
+`GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/completions` (plain, or streamed as
+server-sent events), each version named by its bake name (and answering to its other addresses). The
+protocol, every field checked, is `openai_api`. Concurrent requests to one version are decoded together
+(`engine.infer.Batcher`, a worker thread): one forward pass per step for all of them; the event loop only
+parses, renders and relays each request's tokens as the worker produces them. Errors are OpenAI-shaped
+(`{"error": {"message", "type", "param", "code"}}`) and the server keeps serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
-import json
-import math
+import queue
 import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from gitbake.errors import GitbakeError, UsageError
+from gitbake.use.openai_api import (
+    ApiError,
+    Parsed,
+    chat_logprobs,
+    completion_logprobs,
+    parse_chat,
+    parse_completion,
+    usage,
+)
 
-MAX_TOKENS_LIMIT = 4096
-DEFAULT_MAX_TOKENS = 256
 MAX_BODY = 4 << 20  # a chat request is text: more than 4 MiB is a mistake or an attack
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # the listen backlog: Python's default of 5 makes the kernel drop or reset connections when tens of
-    # clients connect at once; accepting is fast (a thread each), so a deep queue only absorbs bursts
-    request_queue_size = 1024
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
-            return  # a client that left is not the server's error
-        super().handle_error(request, client_address)
+ROUTES = "GET /v1/models, POST /v1/chat/completions or POST /v1/completions"
 
 
 @dataclass
@@ -66,165 +62,7 @@ def context_length(model: Any) -> int | None:
     return None
 
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-INT64 = 1 << 63
-
-
-@dataclass(frozen=True)
-class Field:
-    """A scalar request field: its JSON type (bool, int, or float for any number), its range, its default
-    (for an absent or null value), and the values this server honours where it does not honour them all."""
-
-    kind: type
-    default: Any
-    lo: float = -math.inf
-    hi: float = math.inf
-    lo_open: bool = False
-    supported: tuple[Any, ...] | None = None
-    why: str = ""  # why the others are refused
-
-    def describe(self) -> str:
-        if self.kind is bool:
-            return "true or false"
-        what = "an integer" if self.kind is int else "a number"
-        if self.lo_open:
-            return f"{what} in ({self.lo:g}, {self.hi:g}]"
-        return f"{what} from {self.lo:g} to {self.hi:g}"
-
-    def check(self, name: str, value: Any) -> Any:
-        """The value to use, or a 400 naming the field: the one gate every scalar of a request goes through."""
-        if value is None:
-            return self.default
-        kinds = (int, float) if self.kind is float else (self.kind,)
-        typed = isinstance(value, kinds) and (self.kind is bool or not isinstance(value, bool))
-        in_range = typed and (
-            self.kind is bool or (self.lo < value if self.lo_open else self.lo <= value) and value <= self.hi
-        )
-        if not in_range:  # NaN fails every comparison, so it lands here too
-            raise ApiError(400, f"`{name}` must be {self.describe()}, not {_show(value)}", param=name)
-        if self.supported is not None and value not in self.supported:
-            allowed = " or ".join(json.dumps(v) for v in self.supported)
-            raise ApiError(400, f"`{name}`: only {allowed} is supported ({self.why}), not {_show(value)}", param=name)
-        return float(value) if self.kind is float else value
-
-
-# Every scalar of a chat completion request that this server reads or refuses, with its range: huge,
-# negative, fractional, boolean or NaN values get a 400 here, before anything reaches the model.
-FIELDS: dict[str, Field] = {
-    "max_completion_tokens": Field(int, None, 1, MAX_TOKENS_LIMIT),
-    "max_tokens": Field(int, None, 1, MAX_TOKENS_LIMIT),
-    "temperature": Field(float, 1.0, 0, 2),
-    "top_p": Field(float, 1.0, 0, 1, lo_open=True),
-    "seed": Field(int, None, -INT64, INT64 - 1),  # a signed 64-bit integer, as OpenAI's
-    "n": Field(int, 1, 1, 128, supported=(1,), why="one choice per request; send several requests"),
-    "presence_penalty": Field(float, 0.0, -2, 2, supported=(0,), why="penalties are not implemented"),
-    "frequency_penalty": Field(float, 0.0, -2, 2, supported=(0,), why="penalties are not implemented"),
-    "logprobs": Field(bool, False, supported=(False,), why="log probabilities are not returned"),
-    "top_logprobs": Field(int, 0, 0, 20, supported=(0,), why="log probabilities are not returned"),
-    "stream": Field(bool, False),
-}
-INCLUDE_USAGE = Field(bool, False)  # stream_options.include_usage
-MAX_STOPS, MAX_STOP_CHARS = 4, 256  # each token is checked against every stop string's prefixes
-
-
-def _show(value: Any) -> str:
-    """A request value in an error message: short, whatever was sent."""
-    try:
-        text = json.dumps(value)
-    except (ValueError, RecursionError):
-        text = type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _text(content: Any, where: str) -> str:
-    """OpenAI message content: a string, null, or a list of text parts."""
-    if isinstance(content, str):
-        return content
-    if content is None:
-        return ""
-    if not isinstance(content, list):
-        raise ApiError(
-            400,
-            f"`{where}.content` must be a string or a list of content parts, not {_show(content)}",
-            param="messages",
-        )
-    texts = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise ApiError(
-                400,
-                f'`{where}.content[{j}]` must be a text part ({{"type": "text", "text": ...}}): '
-                "this server serves text models",
-                param="messages",
-            )
-        if not isinstance(part.get("text"), str):
-            raise ApiError(
-                400, f"`{where}.content[{j}].text` must be a string, not {_show(part.get('text'))}", param="messages"
-            )
-        texts.append(part["text"])
-    return "".join(texts)
-
-
-def _messages(msgs: Any) -> list[dict[str, str]]:
-    if not isinstance(msgs, list) or not msgs:
-        raise ApiError(400, "`messages` must be a non-empty list", param="messages")
-    messages = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise ApiError(400, f"`messages[{i}]` needs a `role` of system, user or assistant", param="messages")
-        role = "system" if m["role"] == "developer" else m["role"]
-        messages.append({"role": role, "content": _text(m.get("content"), f"messages[{i}]")})
-    return messages
-
-
-def _stops(stop: Any) -> list[str]:
-    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
-    if (
-        not isinstance(stops, list)
-        or len(stops) > MAX_STOPS
-        or not all(isinstance(x, str) and 0 < len(x) <= MAX_STOP_CHARS for x in stops)
-    ):
-        raise ApiError(
-            400,
-            f"`stop` must be a string or a list of up to {MAX_STOPS} non-empty strings of at most "
-            f"{MAX_STOP_CHARS} characters, not {_show(stop)}",
-            param="stop",
-        )
-    return stops
-
-
-def parse_request(body: bytes, models: dict[str, Served]) -> tuple[Served, list[dict[str, str]], dict[str, Any]]:
-    """The request, every field checked (`FIELDS` for the scalars), or the 400 that says what is wrong."""
-    try:
-        req = json.loads(body or b"", parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:  # the decoder recurses per level: thousands of [[[[ exhaust the stack
-        raise ApiError(400, "the request body is nested too deeply") from None
-    if not isinstance(req, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    name = req.get("model")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, "`model` is required", param="model")
+def find_model(models: dict[str, Served], name: str) -> Served:
     served = models.get(name) or next((m for m in models.values() if m.answers_to(name)), None)
     if served is None:
         raise ApiError(
@@ -234,27 +72,13 @@ def parse_request(body: bytes, models: dict[str, Served]) -> tuple[Served, list[
             "model",
             "model_not_found",
         )
-    messages = _messages(req.get("messages"))
-    opts = {key: field.check(key, req.get(key)) for key, field in FIELDS.items()}
-    options = req.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(400, f"`stream_options` must be an object, not {_show(options)}", param="stream_options")
-    if req.get("logit_bias") not in (None, {}):
-        raise ApiError(400, "`logit_bias` is not supported", param="logit_bias")
-    max_tokens = opts["max_completion_tokens"] or opts["max_tokens"] or DEFAULT_MAX_TOKENS
-    return (
-        served,
-        messages,
-        {
-            "max_tokens": max_tokens,
-            "temperature": opts["temperature"],
-            "seed": opts["seed"],
-            "top_p": opts["top_p"],
-            "stop": _stops(req.get("stop")),
-            "stream": opts["stream"],
-            "include_usage": INCLUDE_USAGE.check("stream_options.include_usage", (options or {}).get("include_usage")),
-        },
-    )
+    return served
+
+
+def parse_request(body: bytes, models: dict[str, Served]) -> tuple[Served, Parsed]:
+    """A chat completion request checked, and the served model it names."""
+    parsed = parse_chat(body)
+    return find_model(models, parsed.model), parsed
 
 
 WILDCARDS = ("", "0.0.0.0", "::")
@@ -310,6 +134,25 @@ def read_api_key(key: str | None, key_file: Path | None) -> str | None:
     return value
 
 
+class _Relay(queue.Queue[tuple[str, Any]]):
+    """A request's events, handed from the batcher's thread to the event loop as they are put."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def put(self, item: tuple[str, Any], block: bool = True, timeout: float | None = None) -> None:
+        self.loop.call_soon_threadsafe(self.inbox.put_nowait, item)
+
+    async def events(self) -> AsyncIterator[tuple[str, Any]]:
+        while True:
+            kind, value = await self.inbox.get()
+            yield kind, value
+            if kind in ("done", "error"):
+                return
+
+
 class Server:
     def __init__(
         self,
@@ -320,44 +163,72 @@ class Server:
         max_prompt_tokens: int | None = None,
         allow_hosts: Sequence[str] = (),
     ) -> None:
+        import uvicorn
+
         self.models, self.api_key, self.max_prompt_tokens = models, api_key, max_prompt_tokens
         self.hosts = allowed_hosts(host, allow_hosts)
-        handler = _handler(self)
-        server_class = _HTTPServer6 if ":" in host else _HTTPServer
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self.httpd = server_class((host, port), handler)
+            self.sock.bind((host, port))
         except OSError as exc:
+            self.sock.close()
             raise UsageError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                 "choose another port with --port (0 picks a free one)",
             ) from None
+        # a deep backlog: tens of clients connecting at once are queued by the kernel, not reset
+        self.sock.listen(1024)
+        config = uvicorn.Config(
+            self.app(),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=60,
+            h11_max_incomplete_event_size=64 * 1024,
+        )
+        self.uvicorn = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return str(host), int(port)
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        name = host.decode() if isinstance(host, bytes) else str(host)
+        name, port = self.address
         return f"http://{'[' + name + ']' if ':' in name else name}:{port}/v1"
 
     def serve_forever(self) -> None:
-        self.httpd.serve_forever()
+        """Serve until Ctrl-C (uvicorn's signal handlers, in the main thread) or `close()`."""
+        self.uvicorn.run(sockets=[self.sock])
 
     def start(self) -> Server:
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="gitbake-serve")
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.uvicorn.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return self
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.sock.close()
         for m in self.models.values():
             m.batcher.close()
 
+    # -------------------------------------------------------------------------------------- checks
     def check_host(self, header: str | None) -> None:
         if self.hosts is None or header is None:  # no Host: not a browser, so not DNS rebinding
             return
         if _host_name(header) not in self.hosts:
             raise ApiError(
                 403,
-                f"the Host header {_show(header)} does not name this server; if clients reach it by that name, "
+                f"the Host header {header[:60]!r} does not name this server; if clients reach it by that name, "
                 f"start it with --allow-host {_host_name(header) or 'NAME'}",
                 code="host_not_allowed",
             )
@@ -390,220 +261,264 @@ class Server:
             limits.append((self.max_prompt_tokens, "--max-prompt-tokens"))
         return min(limits) if limits else None
 
-    def complete(self, served: Served, messages: list[dict[str, str]], opts: dict[str, Any]) -> Any:
+    def submit(self, served: Served, parsed: Parsed, events: queue.Queue[tuple[str, Any]] | None = None) -> Any:
+        """Render the request's prompt (the chat template, or a completion's raw text), check its length,
+        and queue it with the model's batcher."""
         from gitbake.engine.infer import Request
         from gitbake.engine.templating import render
 
-        ids = render(served.model.tokenizer, messages, None, None)
-        limit = self.prompt_limit(served, opts["max_tokens"])
+        tok = served.model.tokenizer
+        if parsed.prompt is None:
+            ids = render(tok, parsed.messages, parsed.tools, None)
+        elif isinstance(parsed.prompt, str):
+            ids = list(tok(parsed.prompt)["input_ids"])
+        else:
+            vocab = len(tok)
+            bad = next((t for t in parsed.prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ApiError(
+                    400, f"`prompt` holds token id {bad}, outside the vocabulary (0..{vocab - 1})", param="prompt"
+                )
+            ids = list(parsed.prompt)
+        limit = self.prompt_limit(served, parsed.max_tokens)
         if limit is not None and len(ids) > limit[0]:
-            hint = "shorten the conversation" + (" or lower max_tokens" if "context" in limit[1] else "")
+            hint = "shorten the prompt" + (" or lower max_tokens" if "context" in limit[1] else "")
             raise ApiError(
                 400,
                 f"the prompt is {len(ids)} tokens; this server takes at most {max(limit[0], 0)} ({limit[1]}): {hint}",
-                param="messages",
+                param="messages" if parsed.prompt is None else "prompt",
                 code="context_length_exceeded",
             )
-        return served.batcher.submit(
-            Request(ids, opts["temperature"], opts["max_tokens"], opts["seed"], opts["top_p"], opts["stop"])
+        req = Request(ids, parsed.sampling, parsed.max_tokens)
+        if events is not None:
+            req.events = events
+        return served.batcher.submit(req)
+
+    # ----------------------------------------------------------------------------------------- HTTP
+    def app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        return Starlette(
+            routes=[
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/models/{name:path}", self._model, methods=["GET"]),
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/completions", self._completion, methods=["POST"]),
+                Route("/{path:path}", self._no_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]),
+            ]
         )
 
+    async def _guarded(self, request: Any, answer: Any) -> Any:
+        """Who may ask (a Host naming this server, then the API key), then the answer; every failure is an
+        OpenAI-shaped error, and a bug is a 500 that leaves the server serving."""
+        from starlette.responses import JSONResponse
 
-class _HTTPServer6(_HTTPServer):
-    address_family = socket.AF_INET6
-
-
-def _usage(info: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = info.get("prompt_tokens", 0), info.get("completion_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # quiet: one line per request is noise on a terminal
-            pass
-
-        def _json(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _gate(self) -> None:
-            """Who may ask: a Host naming this server (DNS rebinding), then the API key."""
-            server.check_host(self.headers.get("Host"))
-            server.check_key(self.headers.get("Authorization"))
-
-        def _refuse(self, exc: Exception) -> None:
-            """Every failure gets an answer: an OpenAI-shaped error, never a dropped connection."""
-            if not isinstance(exc, ApiError):  # a bug, not the client's fault: say so, and keep serving
-                sys.stderr.write(
-                    f"git bake serve: internal error on {self.command} {self.path}: {type(exc).__name__}: {exc}\n"
-                )
-                exc = ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
-                self.close_connection = True
-            self._json(exc.status, exc.body())
-
-        timeout = 60  # a client that stops sending in the middle of a request is dropped, not waited on forever
-
-        def _model(self, name: str, s: Served) -> dict[str, Any]:
-            return {
-                "id": name,
-                "object": "model",
-                "created": int(time.time()),
-                "owned_by": "gitbake",
-                "commit": s.version.commit,
-                "adapters": list(s.version.adapters),
-            }
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            try:
-                self._gate()
-                path = self.path.rstrip("/")
-                if path == "/v1/models":
-                    self._json(200, {"object": "list", "data": [self._model(n, s) for n, s in server.models.items()]})
-                    return
-                name = path.removeprefix("/v1/models/") if path.startswith("/v1/models/") else None
-                if name is not None and name in server.models:
-                    self._json(200, self._model(name, server.models[name]))
-                    return
-                if name is not None:
-                    raise ApiError(
-                        404, f"the model `{name}` does not exist", "invalid_request_error", "model", "model_not_found"
-                    )
-                raise ApiError(
-                    404, f"no route {self.path}; try GET /v1/models or POST /v1/chat/completions", code="not_found"
-                )
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                raise
-            except Exception as exc:
-                self._refuse(exc)
-
-        def _body(self) -> bytes:
-            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                self.close_connection = True  # the chunks were not read: the connection cannot be reused
-                raise ApiError(411, "send the body with a Content-Length (chunked transfer encoding is not supported)")
-            raw = self.headers.get("Content-Length")
-            if raw is None:
-                return b""
-            try:
-                length = int(raw)
-            except ValueError:
-                length = -1
-            if length < 0:
-                self.close_connection = True
-                raise ApiError(400, f"invalid Content-Length {raw!r}")
-            if length > MAX_BODY:
-                self.close_connection = True
-                raise ApiError(413, f"the request body is {length} bytes; the limit is {MAX_BODY}")
-            return self.rfile.read(length)
-
-        def do_POST(self) -> None:  # noqa: N802
-            try:
-                try:
-                    self._gate()
-                except ApiError:
-                    self.close_connection = True  # its body is not read: the connection cannot carry another request
-                    raise
-                body = self._body()
-                if self.path.rstrip("/") != "/v1/chat/completions":
-                    raise ApiError(404, f"no route {self.path}; try POST /v1/chat/completions", code="not_found")
-                served, messages, opts = parse_request(body, server.models)
-                req = server.complete(served, messages, opts)
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                raise
-            except Exception as exc:
-                self._refuse(exc)
-                return
-            cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-            created = int(time.time())
-            try:
-                if opts["stream"]:
-                    self._stream(req, served.name, cid, created, opts["include_usage"])
-                else:
-                    self._whole(req, served.name, cid, created)
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                req.cancelled.set()  # the client left: stop decoding its answer
-                self.close_connection = True
-
-        def _events(self, req: Any) -> Any:
-            while True:
-                kind, value = req.events.get()
-                yield kind, value
-                if kind in ("done", "error"):
-                    return
-
-        def _whole(self, req: Any, name: str, cid: str, created: int) -> None:
-            try:
-                text, info = req.result()
-            except RuntimeError as exc:  # the batch failed: its message, as a server error
-                self._json(500, ApiError(500, str(exc), "server_error").body())
-                return
-            self._json(
-                200,
-                {
-                    "id": cid,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": name,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": info.get("finish_reason", "stop"),
-                            "logprobs": None,
-                        }
-                    ],
-                    "usage": _usage(info),
-                },
+        try:
+            self.check_host(request.headers.get("host"))
+            self.check_key(request.headers.get("authorization"))
+            return await answer(request)
+        except ApiError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        except Exception as exc:  # noqa: BLE001 - a bug, not the client's fault: say so, and keep serving
+            sys.stderr.write(
+                f"git bake serve: internal error on {request.method} {request.url.path}: {type(exc).__name__}: {exc}\n"
+            )
+            return JSONResponse(
+                ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").body(), status_code=500
             )
 
-        def _stream(self, req: Any, name: str, cid: str, created: int, include_usage: bool) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
+    async def _models(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
 
-            def chunk(delta: dict[str, Any], finish: str | None = None) -> None:
-                payload = {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": name,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-                }
-                self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
-                self.wfile.flush()
+        async def answer(_: Any) -> Any:
+            return JSONResponse({"object": "list", "data": [_model_card(n, s) for n, s in self.models.items()]})
 
-            chunk({"role": "assistant", "content": ""})
-            for kind, value in self._events(req):
-                if kind == "text":
-                    chunk({"content": value})
+        return await self._guarded(request, answer)
+
+    async def _model(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        async def answer(r: Any) -> Any:
+            name = r.path_params["name"]
+            if name not in self.models:
+                raise ApiError(
+                    404, f"the model `{name}` does not exist", "invalid_request_error", "model", "model_not_found"
+                )
+            return JSONResponse(_model_card(name, self.models[name]))
+
+        return await self._guarded(request, answer)
+
+    async def _no_route(self, request: Any) -> Any:
+        async def answer(r: Any) -> Any:
+            raise ApiError(404, f"no route {r.method} {r.url.path}; try {ROUTES}", code="not_found")
+
+        return await self._guarded(request, answer)
+
+    async def _chat(self, request: Any) -> Any:
+        async def answer(r: Any) -> Any:
+            parsed = parse_chat(await _body(r))
+            return self._respond(find_model(self.models, parsed.model), parsed, chat=True)
+
+        return await self._guarded(request, answer)
+
+    async def _completion(self, request: Any) -> Any:
+        async def answer(r: Any) -> Any:
+            parsed = parse_completion(await _body(r))
+            return self._respond(find_model(self.models, parsed.model), parsed, chat=False)
+
+        return await self._guarded(request, answer)
+
+    def _respond(self, served: Served, parsed: Parsed, chat: bool) -> Any:
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        relay = _Relay(asyncio.get_running_loop())
+        req = self.submit(served, parsed, relay)
+        reply = Reply(served, parsed, chat)
+        if parsed.stream:
+            return StreamingResponse(
+                reply.stream(req, relay), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+
+        async def whole() -> Any:
+            try:
+                body = await reply.whole(relay)
+            except BaseException:
+                req.cancelled.set()  # the client went away (or the server stops): stop decoding it
+                raise
+            return JSONResponse(body, status_code=200 if "error" not in body else 500)
+
+        return _Deferred(whole)
+
+
+class _Deferred:
+    """A response computed when it is sent: the decoding is awaited inside the ASGI call, so a client that
+    disconnects cancels it there."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        response = await self.make()
+        await response(scope, receive, send)
+
+
+async def _body(request: Any) -> bytes:
+    """The request body, at most MAX_BODY bytes (refused from its Content-Length, or as it arrives)."""
+    raw = request.headers.get("content-length")
+    if raw is not None and raw.isdigit() and int(raw) > MAX_BODY:
+        raise ApiError(413, f"the request body is {raw} bytes; the limit is {MAX_BODY}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, f"the request body is over the limit of {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _model_card(name: str, s: Served) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "gitbake",
+        "commit": s.version.commit,
+        "adapters": list(s.version.adapters),
+        "aliases": list(s.aliases),
+    }
+
+
+class Reply:
+    """One answer in OpenAI's shapes: a chat completion or a (legacy) text completion, whole or streamed."""
+
+    def __init__(self, served: Served, parsed: Parsed, chat: bool) -> None:
+        self.served, self.parsed, self.chat = served, parsed, chat
+        self.tokenizer = served.model.tokenizer
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+        self.offset = 0  # completions' logprobs: where the next token's text starts
+
+    def _logprobs(self, items: list[Any]) -> dict[str, Any] | None:
+        if not self.parsed.sampling.logprobs:
+            return None
+        if self.chat:
+            return chat_logprobs(self.tokenizer, items)
+        out = completion_logprobs(self.tokenizer, items, self.offset)
+        self.offset += sum(len(t) for t in out["tokens"])
+        return out
+
+    def _envelope(self, choices: list[dict[str, Any]], obj: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": obj or self.object,
+            "created": self.created,
+            "model": self.served.name,
+            "choices": choices,
+        }
+
+    async def whole(self, relay: _Relay) -> dict[str, Any]:
+        parts: list[str] = []
+        logprobs: list[Any] = []
+        async for kind, value in relay.events():
+            if kind == "text":
+                parts.append(value)
+            elif kind == "logprobs":
+                logprobs += value
+            elif kind == "error":  # the batch failed: its message, as a server error
+                return ApiError(500, str(value), "server_error").body()
+            else:
+                text, finish = "".join(parts), value.get("finish_reason", "stop")
+                choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": self._logprobs(logprobs)}
+                if self.chat:
+                    choice["message"] = {"role": "assistant", "content": text}
+                else:
+                    choice["text"] = text
+                return {**self._envelope([choice]), "usage": usage(value)}
+        raise RuntimeError("the answer ended without a result")
+
+    async def stream(self, req: Any, relay: _Relay) -> AsyncIterator[str]:
+        """Server-sent events; a client that leaves cancels this, and its row stops decoding."""
+        import json
+
+        def event(payload: dict[str, Any]) -> str:
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def chunk(text: str | None, finish: str | None = None, logprobs: Any = None) -> str:
+            if self.chat:
+                delta: dict[str, Any] = {} if text is None else {"content": text}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+                return event(self._envelope([choice], "chat.completion.chunk"))
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
+            return event(self._envelope([choice]))
+
+        pending: list[Any] = []
+        try:
+            if self.chat:
+                yield event(
+                    self._envelope(
+                        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                        "chat.completion.chunk",
+                    )
+                )
+            async for kind, value in relay.events():
+                if kind == "logprobs":
+                    pending += value
+                elif kind == "text":
+                    yield chunk(value, logprobs=self._logprobs(pending))
+                    pending = []
                 elif kind == "error":
-                    self.wfile.write(f"data: {json.dumps(ApiError(500, value, 'server_error').body())}\n\n".encode())
+                    yield event(ApiError(500, str(value), "server_error").body())
                     break
                 else:
-                    chunk({}, value.get("finish_reason", "stop"))
-                    if include_usage:
-                        payload = {
-                            "id": cid,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": name,
-                            "choices": [],
-                            "usage": _usage(value),
-                        }
-                        self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-
-    return Handler
+                    yield chunk(None, value.get("finish_reason", "stop"), self._logprobs(pending) if pending else None)
+                    if self.parsed.include_usage:
+                        obj = "chat.completion.chunk" if self.chat else None
+                        yield event({**self._envelope([], obj), "usage": usage(value)})
+            yield "data: [DONE]\n\n"
+        finally:
+            req.cancelled.set()  # finished: a no-op; the client left mid-answer: its row stops decoding
 
 
 def load_served(repo: Any, revs: list[str], max_batch: int = 16) -> dict[str, Served]:

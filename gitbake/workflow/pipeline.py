@@ -282,13 +282,13 @@ class Runner:
             m = self.model()
             ids = render(m.tokenizer, [], None, prompt)
             self._attempt += 1  # a retry must be able to give another answer
-            ((resp, _),) = generate_batches(
+            (answer,) = generate_batches(
                 m.model,
                 m.tokenizer,
                 [ids],
                 SamplingSettings(temperature=temperature, max_tokens=max_tokens, seed=self._attempt),
             )
-            return response_text(m.tokenizer, resp)
+            return response_text(m.tokenizer, answer.ids)
 
         return write
 

@@ -98,5 +98,7 @@ def test_serve_answers_to_every_name_of_a_served_model(repo: Path) -> None:
         body = json.dumps({"model": name, "messages": [{"role": "user", "content": "hi"}]}).encode()
         assert serve.parse_request(body, served)[0] is served[hashed], name
     with pytest.raises(serve.ApiError) as exc:
-        serve.parse_request(json.dumps({"model": "other", "messages": []}).encode(), served)
+        serve.parse_request(
+            json.dumps({"model": "other", "messages": [{"role": "user", "content": "hi"}]}).encode(), served
+        )
     assert exc.value.status == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +15,9 @@ pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import torch
 
 from gitbake.engine import infer
+from gitbake.engine.infer import GREEDY
 from gitbake.engine.models import load_base
+from gitbake.engine.sampling import Sampling
 from gitbake.engine.templating import render
 from gitbake.repo.repo import open_repo
 from gitbake.use.chat import Session, handle, side_by_side
@@ -65,7 +68,7 @@ def test_session_keeps_history_and_system_prompt(baked_repo: dict[str, Any]) -> 
     version = resolve(repo, "HEAD")
     from gitbake.use.versions import load
 
-    s = Session(repo, version, load(repo, version), temperature=0.0, max_tokens=4)
+    s = Session(repo, version, load(repo, version), Sampling(temperature=0.0), max_tokens=4)
     out: list[str] = []
     handle(s, "/system Be brief and kind.", out.append)
     handle(s, "first question", out.append)
@@ -136,7 +139,7 @@ def test_batched_decoding_matches_generate_and_streams() -> None:
     tok = m.tokenizer
     prompts = [render(tok, [], None, q) for q in ("Hi", "What is the capital of France, dear friend?", "x")]
     dec = infer.Decoder(m.model, tok)
-    rows = [infer._Row(infer.Request(p, 0.0, 10), tok) for p in prompts]
+    rows = [infer._Row(infer.Request(p, GREEDY, 10), tok) for p in prompts]
     logits = dec.prefill(rows)  # one left-padded batch of three lengths
     while True:
         dec.advance(rows, logits)
@@ -155,7 +158,7 @@ def test_batched_decoding_matches_generate_and_streams() -> None:
             eos_token_id=sorted(dec.stops),
         )[0, len(p) :].tolist()
         assert ours and ours == ref[: len(ours)]  # left padding and positions are right: same tokens as generate()
-    text = "".join(infer.stream(m.model, tok, prompts[1], 0.0, 10))
+    text = "".join(infer.stream(m.model, tok, prompts[1], GREEDY, 10))
     assert text == tok.decode(rows[1].ids[len(prompts[1]) :][: rows[1].produced], skip_special_tokens=True)
 
 
@@ -163,7 +166,7 @@ def test_batcher_decodes_concurrent_requests_together() -> None:
     m = load_base("tiny")
     b = infer.Batcher(m.model, m.tokenizer, max_batch=8, gather_s=0.2)
     try:
-        reqs = [b.submit(infer.Request(render(m.tokenizer, [], None, f"question {i}"), 0.0, 6)) for i in range(5)]
+        reqs = [b.submit(infer.Request(render(m.tokenizer, [], None, f"question {i}"), GREEDY, 6)) for i in range(5)]
         results = []
         for r in reqs:
             parts, info = [], None
@@ -178,7 +181,7 @@ def test_batcher_decodes_concurrent_requests_together() -> None:
             results.append(("".join(parts), info))
         assert b.batches[0] == 5  # one batch, one forward pass per step for all five
         assert all(info["completion_tokens"] <= 6 for _, info in results)
-        alone = "".join(infer.stream(m.model, m.tokenizer, render(m.tokenizer, [], None, "question 3"), 0.0, 6))
+        alone = "".join(infer.stream(m.model, m.tokenizer, render(m.tokenizer, [], None, "question 3"), GREEDY, 6))
         assert results[3][0] == alone  # batching does not change a greedy answer
     finally:
         b.close()
@@ -200,14 +203,14 @@ def test_batcher_mixed_lengths_and_joining_mid_batch() -> None:
                 else:
                     pytest.fail(value)
 
-        long = b.submit(infer.Request(render(m.tokenizer, [], None, "a long one"), 0.0, 40))
+        long = b.submit(infer.Request(render(m.tokenizer, [], None, "a long one"), GREEDY, 40))
         time.sleep(0.2)  # the long one is decoding when the short ones arrive: they join its batch
-        shorts = [b.submit(infer.Request(render(m.tokenizer, [], None, f"short {i}"), 0.0, 3 + i)) for i in range(3)]
+        shorts = [b.submit(infer.Request(render(m.tokenizer, [], None, f"short {i}"), GREEDY, 3 + i)) for i in range(3)]
         results = [collect(r) for r in shorts] + [collect(long)]
         for i, (_, info) in enumerate(results[:3]):
             assert info["completion_tokens"] <= 3 + i and info["finish_reason"] in ("stop", "length")
         assert results[3][1]["completion_tokens"] <= 40
-        alone = "".join(infer.stream(m.model, m.tokenizer, render(m.tokenizer, [], None, "short 1"), 0.0, 4))
+        alone = "".join(infer.stream(m.model, m.tokenizer, render(m.tokenizer, [], None, "short 1"), GREEDY, 4))
         assert results[1][0] == alone  # joining mid-batch (a re-prefill) does not change a greedy answer
         assert max(b.batches) > 1
     finally:
@@ -219,7 +222,7 @@ def test_compare_is_the_same_turn_in_the_same_conversation(baked_repo: dict[str,
     version = resolve(repo, "HEAD")
     from gitbake.use.versions import load
 
-    s = Session(repo, version, load(repo, version), temperature=0.0, max_tokens=4)
+    s = Session(repo, version, load(repo, version), Sampling(temperature=0.0), max_tokens=4)
     seen: list[list[dict[str, str]]] = []
     real = s.answer
     s.answer = lambda model, messages, write: seen.append(list(messages)) or real(model, messages, write)  # type: ignore[method-assign]
@@ -234,3 +237,22 @@ def test_compare_is_the_same_turn_in_the_same_conversation(baked_repo: dict[str,
     seen.clear()
     handle(s, "/compare third", out.append)
     assert [m["content"] for m in seen[0] if m["role"] == "user"] == ["first", "second", "third"]
+
+
+def test_chat_sampling_options_and_logprobs(model_repo: Path) -> None:
+    args = ["chat", "-p", "Tell me a story.", "--temperature", "0", "--max-tokens", "6"]
+    plain = bake_here(model_repo, *args)
+    shown = bake_here(model_repo, *args, "--logprobs", "2")
+    assert plain.exit_code == 0 and shown.exit_code == 0, shown.stderr
+    answer, *table = shown.stdout.splitlines()
+    assert plain.stdout.splitlines()[0] == answer  # asking for logprobs changes no answer
+    assert 0 < len(table) <= 6 and all(len(re.findall(r"-?\d+\.\d{3}", row)) == 3 for row in table)
+    longer = ["chat", "-p", "Tell me a story.", "--temperature", "0", "--max-tokens", "24"]
+    penalised = bake_here(model_repo, *longer, "--frequency-penalty", "2", "--presence-penalty", "2")
+    assert penalised.exit_code == 0 and penalised.stdout != bake_here(model_repo, *longer).stdout
+    seeded = [bake_here(model_repo, "chat", "-p", "hi", "--seed", "3", "--max-tokens", "6").stdout for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    bad = bake_here(model_repo, *args, "--presence-penalty", "3")
+    assert bad.exit_code == 2 and "--presence-penalty" in bad.stderr
+    many = bake_here(model_repo, *args, *[x for s in "abcde" for x in ("--stop", s)])
+    assert many.exit_code == 2 and "at most 4" in many.stderr

@@ -142,7 +142,7 @@ def test_git_bisect_run_finds_the_bake_that_brought_answers_in(
 def test_greedy_answers_in_batches_are_those_given_one_at_a_time() -> None:
     """engine.infer.complete, eval's generator: batched (left-padded, shortest first, finished rows dropped
     once half the batch is done) and still each answer what `stream` gives the prompt alone."""
-    from gitbake.engine.infer import complete, stream
+    from gitbake.engine.infer import GREEDY, complete, stream
     from gitbake.engine.models import load_base
     from gitbake.engine.templating import render
 
@@ -151,7 +151,7 @@ def test_greedy_answers_in_batches_are_those_given_one_at_a_time() -> None:
     prompts = [render(m.tokenizer, [], None, q) for q in questions]
 
     def alone() -> list[str]:
-        return ["".join(stream(m.model, m.tokenizer, p, temperature=0, max_tokens=24)) for p in prompts]
+        return ["".join(stream(m.model, m.tokenizer, p, GREEDY, max_tokens=24)) for p in prompts]
 
     assert complete(m.model, m.tokenizer, prompts, 24, batch_size=4) == alone()
     # tiny's noise seldom ends: a stop token common in its answers makes rows finish at different steps

@@ -23,11 +23,12 @@ pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import openai
 from openai import OpenAI
 
-from gitbake.engine.infer import Batcher, Request, stream
+from gitbake.engine.infer import GREEDY, Batcher, Request, stream
 from gitbake.engine.models import load_base
+from gitbake.engine.sampling import Sampling
 from gitbake.engine.templating import render
 from gitbake.repo.repo import open_repo
-from gitbake.use import serve
+from gitbake.use import openai_api, serve
 from gitbake.use.serve import Server, load_served
 
 from helpers import bake_git
@@ -235,7 +236,7 @@ def test_sampling_parameters(server: tuple[Server, dict[str, Any]]) -> None:
 
 
 def raw(srv: Server, request: bytes) -> bytes:
-    host, port = srv.httpd.server_address[:2]
+    host, port = srv.address
     with socket.create_connection((str(host), int(port)), timeout=30) as s:
         s.sendall(request)
         s.shutdown(socket.SHUT_WR)
@@ -260,7 +261,8 @@ def test_bad_http_framing_is_refused_and_the_server_keeps_serving(server: tuple[
         + auth
         + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
     )
-    assert chunked.startswith(b"HTTP/1.1 411") and chunked.count(b"HTTP/1.1") == 1
+    # a chunked body is read like any other (up to the size limit): this one lacks `model`
+    assert chunked.startswith(b"HTTP/1.1 400") and b"`model` is required" in chunked
     huge = raw(
         srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Length: 999999999\r\n\r\n"
     )
@@ -297,7 +299,7 @@ def test_a_client_that_leaves_is_not_decoded_for(server: tuple[Server, dict[str,
             "stream": True,
         }
     ).encode()
-    host, port = srv.httpd.server_address[:2]
+    host, port = srv.address
     s = socket.create_connection((str(host), int(port)), timeout=30)
     s.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sekret\r\nContent-Length: "
@@ -328,7 +330,7 @@ def post(srv: Server, body: bytes, headers: dict[str, str] | None = None) -> tup
         return exc.code, json.loads(exc.read())
 
 
-def bad_values(spec: serve.Field) -> list[Any]:
+def bad_values(spec: openai_api.Field) -> list[Any]:
     """Values outside what a field allows: the wrong type, past each end of its range, and a value in range
     that the server does not honour."""
     if spec.kind is bool:
@@ -346,7 +348,7 @@ def test_every_request_field_is_checked_against_its_range(server: tuple[Server, 
     srv, info = server
     name = info["names"][0]
     base = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    for field, spec in serve.FIELDS.items():
+    for field, spec in openai_api.FIELDS.items():
         for value in bad_values(spec):
             status, answer = post(srv, json.dumps({**base, field: value}).encode())
             assert status == 400 and answer["error"]["param"] == field, (field, value, answer)
@@ -383,8 +385,8 @@ def test_a_request_that_cannot_start_fails_alone_and_is_answered(server: tuple[S
     srv, info = server
     served = srv.models[info["names"][0]]
     ids = render(served.model.tokenizer, [], None, "hi")
-    bad = served.batcher.submit(Request(ids, 1.0, 3, seed=2**64))
-    good = served.batcher.submit(Request(ids, 0.0, 3))
+    bad = served.batcher.submit(Request(ids, Sampling(temperature=1.0, seed=2**64), 3))
+    good = served.batcher.submit(Request(ids, GREEDY, 3))
     assert bad.events.get(timeout=60)[0] == "error"
     kinds: list[str] = []
     while not kinds or kinds[-1] not in ("done", "error"):
@@ -448,8 +450,8 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_the_other_rows_steps() -> 
     tok = loaded.tokenizer
     b = Batcher(loaded.model, tok, max_batch=8, gather_s=0.0, chunk=64, start=False)
     try:
-        long = b.submit(Request(render(tok, [], None, "tell me a long story " * 80), 0.0, 3))
-        short = b.submit(Request(render(tok, [], None, "hi"), 0.0, 3))
+        long = b.submit(Request(render(tok, [], None, "tell me a long story " * 80), GREEDY, 3))
+        short = b.submit(Request(render(tok, [], None, "hi"), GREEDY, 3))
         b.start()
         answers = [r.result(timeout=120) for r in (long, short)]
         trace = list(b.trace)
@@ -462,7 +464,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_the_other_rows_steps() -> 
         assert kinds[0] == "prefill" and kinds[1:] == ["chunk", "step"] * ((len(kinds) - 1) // 2)
         for req, (text, info) in zip((long, short), answers):  # chunking and splicing change no greedy answer
             assert info["finish_reason"] in ("stop", "length")
-            assert text == "".join(stream(loaded.model, tok, req.prompt, 0.0, 3))
+            assert text == "".join(stream(loaded.model, tok, req.prompt, GREEDY, 3))
     finally:
         b.close()
 
@@ -470,7 +472,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_the_other_rows_steps() -> 
 def test_many_simultaneous_connections_are_all_served(server: tuple[Server, dict[str, Any]]) -> None:
     # Python's default listen backlog of 5 reset (or left hanging) most of 200 clients connecting at once
     srv, _ = server
-    host, port = srv.httpd.server_address[:2]
+    host, port = srv.address
     n = 200
     start = threading.Barrier(n)
 
@@ -500,7 +502,7 @@ def test_host_header_must_name_this_server(
     server: tuple[Server, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     srv, _ = server
-    port = srv.httpd.server_address[1]
+    port = srv.address[1]
     get = b"GET /v1/models HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer sekret\r\n\r\n"
     refused = raw(srv, get % b"evil.example:%d" % port)  # a page on evil.example whose name now resolves to 127.0.0.1
     assert refused.startswith(b"HTTP/1.1 403") and b"--allow-host evil.example" in refused
@@ -568,3 +570,84 @@ def test_serve_command_key_from_file_or_env_prompt_cap_and_warnings(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_completions_logprobs_tools_and_unsupported_fields(server: tuple[Server, dict[str, Any]]) -> None:
+    """/v1/completions (plain and streamed), logprobs on both endpoints, tools through the chat template,
+    and every field the server does not honour answered 400 with its name."""
+    srv, info = server
+    c = client(srv)
+    name = info["names"][0]
+    done = c.completions.create(model=name, prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=2)
+    choice = done.choices[0]
+    assert choice.logprobs is not None and 0 < len(choice.logprobs.tokens or []) <= 6
+    assert len(choice.logprobs.token_logprobs or []) == len(choice.logprobs.tokens or [])
+    assert all(v is not None and v <= 0 for v in choice.logprobs.token_logprobs or [])
+    assert all(1 <= len(t or {}) <= 2 for t in choice.logprobs.top_logprobs or [])  # keyed by text: may merge
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(model=name, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True)
+        if ch.choices
+    )
+    assert streamed == choice.text and done.usage is not None and done.usage.completion_tokens <= 6
+    msgs = [{"role": "user", "content": "What is the weather?"}]
+    chat = c.chat.completions.create(
+        model=name,
+        messages=msgs,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,  # type: ignore[arg-type]
+    )
+    content = chat.choices[0].logprobs.content if chat.choices[0].logprobs else None
+    assert content and all(len(t.top_logprobs) == 3 for t in content)
+    assert chat.usage is not None and len(content) <= chat.usage.completion_tokens
+    assert all(t.logprob <= 0 and t.top_logprobs[0].logprob >= t.logprob for t in content)  # greedy: the likeliest
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    bare = c.chat.completions.create(model=name, messages=msgs, max_tokens=1)  # type: ignore[arg-type]
+    tooled = c.chat.completions.create(model=name, messages=msgs, max_tokens=1, tools=[tool])  # type: ignore[list-item]
+    assert bare.usage and tooled.usage and tooled.usage.prompt_tokens > bare.usage.prompt_tokens  # rendered
+    none = c.chat.completions.create(model=name, messages=msgs, max_tokens=1, tools=[tool], tool_choice="none")  # type: ignore[list-item]
+    assert none.usage and none.usage.prompt_tokens == bare.usage.prompt_tokens
+    turns = msgs + [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    assert c.chat.completions.create(model=name, messages=turns, max_tokens=1, tools=[tool]).choices  # type: ignore[arg-type,list-item]
+    refused = {
+        "response_format": {"type": "json_object"},
+        "tool_choice": "required",
+        "presence_penalty": -3,
+        "frequency_penalty": 2.5,
+        "top_logprobs": 21,
+        "n": 2,
+        "stop": ["a", "b", "c", "d", "e"],
+        "functions": [{"name": "f"}],
+        "guided_json": {"type": "object"},
+    }
+    for field, value in refused.items():
+        status, body = post(srv, json.dumps({"model": name, "messages": msgs, field: value}).encode())
+        assert status == 400 and body["error"]["param"] == field, (field, body)
+    for field, value in {"logprobs": 21, "echo": True, "suffix": "x", "best_of": 2, "n": 3}.items():
+        status, body = post_to(srv, "/completions", {"model": name, "prompt": "hi", field: value})
+        assert status == 400 and body["error"]["param"] == field, (field, body)
+    status, body = post_to(srv, "/completions", {"model": name, "prompt": [1, 2, 10**9]})
+    assert status == 400 and "outside the vocabulary" in body["error"]["message"]
+
+
+def post_to(srv: Server, path: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        srv.url + path,
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Authorization": "Bearer sekret", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

@@ -182,10 +182,10 @@ def test_oneshot_against_a_server_serving_tiny(tmp_path: Path, monkeypatch: pyte
 
     def serve(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         ids = render(m.tokenizer, body["messages"], None, None)
-        ((resp, _),) = generate_batches(
+        (answer,) = generate_batches(
             m.model, m.tokenizer, [ids], SamplingSettings(max_tokens=min(body["max_tokens"], 24), seed=1)
         )
-        return 200, chat_reply(response_text(m.tokenizer, resp))
+        return 200, chat_reply(response_text(m.tokenizer, answer.ids))
 
     with ChatServer(serve) as server:
         t, loaded = target_of(ONESHOT.replace("BASE", server.url), tmp_path)

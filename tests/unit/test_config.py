@@ -451,10 +451,20 @@ def test_empty_section_warns(tmp_path: Path) -> None:
     assert "empty" in loaded.warnings[0].message
 
 
+def test_openai_sampling_settings_of_bgit_inputs_are_accepted(tmp_path: Path) -> None:
+    text = (
+        "TARGET:\n  extra_kwargs: {presence_penalty: 0.5, frequency_penalty: -0.3, stop: ['\\n\\n'], seed: 3,"
+        " logprobs: true, top_logprobs: 2}\n"
+    )
+    assert [i.field for i in errors(text, tmp_path) if "extra_kwargs" in i.field] == []
+
+
 @pytest.mark.parametrize(
     "text, field",
     [
-        ("TARGET:\n  extra_kwargs: {presence_penalty: 0.5}\n", "TARGET.extra_kwargs.presence_penalty"),
+        ("TARGET:\n  extra_kwargs: {presence_penalty: 2.5}\n", "TARGET.extra_kwargs.presence_penalty"),
+        ("TARGET:\n  extra_kwargs: {stop: [a, b, c, d, e]}\n", "TARGET.extra_kwargs.stop"),
+        ("TARGET:\n  extra_kwargs: {top_logprobs: 21}\n", "TARGET.extra_kwargs.top_logprobs"),
         ("TARGET:\n  extra_kwargs: {num_return_sequences: 2}\n", "TARGET.extra_kwargs.num_return_sequences"),
         ("BAKE:\n  model: {baked_adapter_config: {bias: all}}\n", "BAKE.model.baked_adapter_config.bias"),
         ("BAKE:\n  data: {topk: 8, beta: 0.5}\n", "BAKE.data"),

@@ -1,0 +1,114 @@
+"""gitbake.engine.sampling: OpenAI's sampling parameters through transformers' logits processors, the same
+in chat/serve (token by token) and in rollouts (`model.generate`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
+import torch
+
+from gitbake.engine import infer
+from gitbake.engine.models import load_base
+from gitbake.engine.rollout import SamplingSettings, generate_batches
+from gitbake.engine.sampling import OpenAIPenalties, Sampling, choose, logprob_of
+from gitbake.engine.templating import render
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    return load_base("tiny")
+
+
+def test_openai_penalties_count_only_generated_tokens() -> None:
+    ids = torch.tensor([[5, 5, 7, 3, 3, 3]])  # a prompt of 2 (5, 5), then 7 once and 3 three times
+    scores = torch.zeros((1, 10))
+    out = OpenAIPenalties(presence=0.5, frequency=0.25, prompt_length=2)(ids, scores)  # type: ignore[arg-type]
+    assert out[0, 5] == 0  # in the prompt only: not penalised
+    assert out[0, 7] == pytest.approx(-0.75) and out[0, 3] == pytest.approx(-(0.5 + 3 * 0.25))
+    assert out[0, 0] == 0
+
+
+def test_processors_are_transformers_and_change_the_choice(tiny: Any) -> None:
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TopKLogitsWarper
+
+    s = Sampling(temperature=0.8, top_k=5, repetition_penalty=1.3, presence_penalty=1.0)
+    procs = s.processors(prompt_length=3)
+    assert isinstance(procs, LogitsProcessorList)
+    assert any(isinstance(p, TopKLogitsWarper) for p in procs)
+    assert any(isinstance(p, RepetitionPenaltyLogitsProcessor) for p in procs)
+    logits = torch.tensor([0.0, 5.0, 4.9, 1.0])
+    ids = torch.tensor([[0, 0, 0, 1]])  # token 1 was generated
+    greedy = Sampling(temperature=0)
+    assert choose(greedy, greedy.processors(3), ids, logits, None) == 1
+    penalised = Sampling(temperature=0, presence_penalty=1.0)
+    assert choose(penalised, penalised.processors(3), ids, logits, None) == 2  # 5.0 - 1 < 4.9
+    gen = torch.Generator().manual_seed(0)
+    top1 = Sampling(temperature=2.0, top_k=1)
+    assert {choose(top1, top1.processors(3), ids, logits, gen) for _ in range(20)} == {1}
+    lp = logprob_of(logits, 2, top=2)
+    assert lp.token == 2 and [t for t, _ in lp.top] == [1, 2]
+    assert lp.logprob == pytest.approx(float(torch.log_softmax(logits, -1)[2]))
+
+
+def test_chat_stream_honours_penalties_stop_and_logprobs(tiny: Any) -> None:
+    prompt = render(tiny.tokenizer, [], None, "Tell me a story.")
+    plain = "".join(infer.stream(tiny.model, tiny.tokenizer, prompt, infer.GREEDY, 24))
+    tough = Sampling(temperature=0, frequency_penalty=2.0, presence_penalty=2.0)
+    penalised = "".join(infer.stream(tiny.model, tiny.tokenizer, prompt, tough, 24))
+    assert plain != penalised  # tiny repeats itself greedily; the penalties stop it
+    assert len(set(penalised)) > len(set(plain))
+    if len(plain) > 6:
+        cut = Sampling(temperature=0, stop=(plain[3:6],))
+        stopped = "".join(infer.stream(tiny.model, tiny.tokenizer, prompt, cut, 24))
+        assert stopped == plain[: plain.index(plain[3:6])]
+    req = infer.Request(prompt, Sampling(temperature=0, logprobs=True, top_logprobs=3), 8)
+    b = infer.Batcher(tiny.model, tiny.tokenizer, max_batch=2)
+    try:
+        text, info = b.submit(req).result(timeout=120)
+    finally:
+        b.close()
+    lps = info["logprobs"]
+    assert 0 < len(lps) <= 8 and all(lp.logprob <= 0 and len(lp.top) == 3 for lp in lps)
+    assert all(lp.top[0][1] >= lp.logprob for lp in lps)  # greedy: the chosen token is the likeliest
+    assert tiny.tokenizer.decode([lp.token for lp in lps]) == text
+
+
+def test_rollouts_take_the_same_settings(tiny: Any) -> None:
+    prompts = [render(tiny.tokenizer, [], None, q) for q in ("Tell me a story.", "What is tea?")]
+
+    def sample(**extra: Any) -> list[Any]:
+        return generate_batches(
+            tiny.model, tiny.tokenizer, prompts, SamplingSettings(temperature=0, max_tokens=16, extra_kwargs=extra)
+        )
+
+    plain = sample()
+    penalised = sample(frequency_penalty=2.0, presence_penalty=2.0)
+    assert [r.ids for r in plain] != [r.ids for r in penalised]
+    with_lp = sample(logprobs=True, top_logprobs=2)
+    assert [r.ids for r in with_lp] == [r.ids for r in plain]  # asking for logprobs changes no answer
+    for r in with_lp:
+        assert r.logprobs is not None and len(r.logprobs) == len(r.ids)
+        assert all(lp.token == t and len(lp.top) == 2 for lp, t in zip(r.logprobs, r.ids))
+    text = tiny.tokenizer.decode(plain[0].ids, skip_special_tokens=True)
+    if len(text) > 6:
+        stopped = sample(stop=[text[3:6]])[0]
+        shown = tiny.tokenizer.decode(stopped.ids, skip_special_tokens=True)
+        assert text[3:6] not in shown and not stopped.finished and text.startswith(shown)
+
+
+def test_rollout_records_keep_logprobs_when_asked(tiny: Any) -> None:
+    from gitbake.engine.rollout import make_rollouts
+
+    stim = [{"id": 0, "question": "What is tea?", "split": "train"}]
+    teacher = {"messages": [{"role": "system", "content": "Speak like Yoda."}]}
+    settings = SamplingSettings(temperature=1.0, max_tokens=8, extra_kwargs={"logprobs": True, "top_logprobs": 1})
+    (rec,) = make_rollouts(tiny.model, tiny.tokenizer, stim, teacher, {"messages": []}, settings)
+    assert len(rec["logprobs"]) == len(rec["response_ids"])
+    assert [t for t, _lp, _top in rec["logprobs"]] == rec["response_ids"]
+    (plain,) = make_rollouts(
+        tiny.model, tiny.tokenizer, stim, teacher, {"messages": []}, SamplingSettings(max_tokens=8)
+    )
+    assert "logprobs" not in plain
