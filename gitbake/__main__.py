@@ -20,9 +20,29 @@ def main() -> None:
         from gitbake.workflow.hooks import main as hook_main
 
         sys.exit(hook_main(argv[1], argv[2:]))
+    if os.environ.get("GITBAKE_LAUNCHED") and "RANK" in os.environ:
+        _launched_rank()
+        return
     from gitbake.cli.main import main as cli_main
 
     cli_main()
+
+
+def _launched_rank() -> None:
+    """A process a launcher started (`torchrun ... -m gitbake run bake`): its lines carry its rank, and a
+    failure is left where the starting process names it."""
+    from gitbake.workflow import launch
+
+    launch.prefix_output()
+    from gitbake.cli.main import main as cli_main
+
+    try:
+        cli_main()
+    except SystemExit:
+        raise  # click's exit: a gitbake error was recorded where it was reported (cli.main)
+    except BaseException as exc:
+        launch.record_error(f"{type(exc).__name__}: {exc}")
+        raise
 
 
 if __name__ == "__main__":

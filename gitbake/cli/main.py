@@ -84,6 +84,10 @@ class _BakeGroup(click.Group):
             ctx.exit(0)
         except GitbakeError as exc:
             click.echo(click.style("error: ", fg="red") + exc.render(), err=True)
+            if os.environ.get("GITBAKE_LAUNCHED"):  # a launched rank: the starting process names it in its error
+                from gitbake.workflow.launch import record_error
+
+                record_error(exc.render())
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

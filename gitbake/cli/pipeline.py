@@ -19,8 +19,23 @@ from gitbake.reporter import Reporter
 @click.option(
     "--detach", "-d", is_flag=True, help="Run in the background; `git bake jobs wait` / `git bake fetch` collect it."
 )
+@click.option(
+    "--launcher",
+    metavar="CMD",
+    help="Run the bake stage under CMD, e.g. 'torchrun --nproc_per_node 2' (default: git config bake.launcher).",
+)
+@click.option("--at", "at", hidden=True)  # a launched rank: the commit the starting process bakes
+@click.option("--branch", "branch", hidden=True)  # ... and the branch it moves
 @click.option("--json", "as_json", is_flag=True, help="Print what ran as JSON.")
-def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> None:
+def run(
+    stages: tuple[str, ...],
+    force: bool,
+    detach: bool,
+    launcher: str | None,
+    at: str | None,
+    branch: str | None,
+    as_json: bool,
+) -> None:
     """Run the committed input.yml: stim (questions), rollout (teacher answers), bake (train + eval).
 
     Stages run in pipeline order whatever the order given; with none, every stage input.yml has runs.
@@ -34,14 +49,24 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
     post-commit hook does all this by itself.)
 
     \b
+    With a launcher (--launcher, or `git config bake.launcher "torchrun --nproc_per_node 2"`), stim
+    and rollout run here and the bake stage runs data-parallel in the processes the launcher starts;
+    every rank's output is shown prefixed by its rank, and rank 0 makes the bake commit.
+
+    \b
     Examples:
       git bake run
       git bake run stim
       git bake run bake --force
       git bake run --detach && git bake jobs wait
+      git bake run --launcher "torchrun --nproc_per_node 2"
     """
+    from gitbake.workflow import launch
+
     repo = repository()
     wanted = [s.lower() for s in stages] or None
+    if detach and launcher is not None:
+        raise click.UsageError("--launcher cannot go with --detach: set `git config bake.launcher CMD`, which jobs use")
     if detach:
         from gitbake.workflow.run import run_detached
 
@@ -60,7 +85,18 @@ def run(stages: tuple[str, ...], force: bool, detach: bool, as_json: bool) -> No
         return
     from gitbake.workflow.run import run_and_commit
 
-    report = run_and_commit(repo, wanted, force=force, reporter=Reporter())
+    if launch.launched():  # a rank the launcher started: rank 0 publishes progress and hands back its report
+        report = run_and_commit(
+            repo, wanted, force, rev=at, branch_ref=branch, reporter=Reporter(sink=launch.progress_sink())
+        )
+        launch.record_report(report.as_json())
+        if not launch.is_rank0():  # rank 0 reports for all of them
+            n = report.results[-1].count if report.results else 0
+            click.echo(f"trained this rank's share of the bake ({n} trajectories in all)")
+            return
+    else:
+        chosen = launch.configured(repo, launcher)
+        report = run_and_commit(repo, wanted, force=force, reporter=Reporter(), launcher=chosen)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if as_json:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from gitbake.contract.config import Bake
-from gitbake.engine import kl, trainstate
+from gitbake.engine import kl, parallel, trainstate
 from gitbake.engine.ds import zero_stage
 from gitbake.engine.infer import cache_arg
 from gitbake.errors import GitbakeError, UsageError
@@ -373,6 +373,9 @@ class Baker:
         keep: Path | None,
     ) -> BakeResult:
         cfg = self.cfg
+        parallel.init()  # under a launcher: join its process group (DeepSpeed's init then finds it)
+        if not parallel.is_rank0():  # only rank 0 publishes progress for `git bake status`
+            self.reporter = Reporter(self.reporter.stream)
         max_len = cfg.data.max_length
         data = [t2 for t in trajectories if (t2 := t.truncated(max_len)) is not None]
         if len(data) < len(trajectories):
@@ -401,7 +404,11 @@ class Baker:
         params = [p for p in pm.parameters() if p.requires_grad]
         mbs, ga, epochs = cfg.micro_batch_size, cfg.gradient_accumulation_steps, cfg.epochs
         data_seed = cfg.data.seed if cfg.data.seed is not None else cfg.seed
-        per_epoch = math.ceil(math.ceil(len(data) / mbs) / ga)
+        # a step takes ga micro-batches on every rank (engine/parallel.py): the global batch is
+        # micro_batch_size x gradient_accumulation_steps x world size, and steps count global steps
+        size, rank = parallel.world()
+        span = ga * size
+        per_epoch = math.ceil(math.ceil(len(data) / mbs) / span)
         total_steps = per_epoch * epochs
         engine = None
         zero3 = zero_stage(cfg) == 3
@@ -417,33 +424,32 @@ class Baker:
 
         cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if topk:
-            # the teacher runs once: its top-k per position, reused every epoch
+            # the teacher runs once: its top-k per position, reused every epoch (each rank its share)
+            mine = parallel.shard(len(data))
+            local_ids: dict[int, torch.Tensor] = {}
+            local_lps: dict[int, torch.Tensor] = {}
             with torch.no_grad(), pm.disable_adapter():
                 pm.eval()
-                for i in range(0, len(data), mbs):
-                    chunk = data[i : i + mbs]
+                for i in range(0, len(mine), mbs):
+                    chunk = [data[j] for j in mine[i : i + mbs]]
                     ids, lps = kl.topk_of(
                         lm_head, response_hidden(decoder, chunk, "teacher", self.pad_id, self.device), topk, temperature
                     )
                     offset = 0
-                    for t in chunk:
+                    for j, t in zip(mine[i : i + mbs], chunk):
                         n = len(t.response_ids)
-                        cache[id(t)] = (ids[offset : offset + n], lps[offset : offset + n])
+                        local_ids[j], local_lps[j] = ids[offset : offset + n].cpu(), lps[offset : offset + n].cpu()
                         offset += n
+            rows = [len(t.response_ids) for t in data]
+            all_ids = parallel.share(local_ids, rows, topk, torch.long)
+            all_lps = parallel.share(local_lps, rows, topk, torch.float32)
+            cache = {id(t): (all_ids[j].to(self.device), all_lps[j].to(self.device)) for j, t in enumerate(data)}
 
         states: dict[int, torch.Tensor] | None = None
         if not topk:
             pm.eval()  # the teacher never sees dropout: it is the frozen parent
             with pm.disable_adapter():
-                states = teacher_states(
-                    decoder,
-                    data,
-                    self.pad_id,
-                    self.device,
-                    max(2 * mbs, 8),
-                    label=progress_label,
-                    reporter=self.reporter,
-                )
+                states = self._teacher_states(decoder, data, max(2 * mbs, 8), progress_label)
 
         fused = kl.head_is_frozen(lm_head) and not zero3 and os.environ.get("GITBAKE_FUSED_LOSS", "1") != "0"
         wandb_run = self._wandb()
@@ -475,80 +481,84 @@ class Baker:
         tokens_window, window_start = 0, time.monotonic()
         try:
             for epoch in range(state["epoch"], epochs):
-                epoch_batches = batches(data, mbs, data_seed + epoch)
+                epoch_batches = batches(data, mbs, data_seed + epoch)  # the same list on every rank
                 first = state["batch"] if epoch == state["epoch"] else 0
                 pm.train()
-                accum_loss, accum_tokens, micro = 0.0, 0, 0
-                pending: Any = None
-                for b_index in range(first, len(epoch_batches)):
-                    batch = epoch_batches[b_index]
-                    n_tokens = sum(len(t.response_ids) for t in batch)
-                    s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
-                    # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
-                    # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path
-                    loss_fn = kl.fused_loss if fused else partial(kl.chunked_loss, recompute=not zero3)
-                    if topk:
-                        ids = torch.cat([cache[id(t)][0] for t in batch])
-                        lps = torch.cat([cache[id(t)][1] for t in batch])
-                        loss_sum = loss_fn(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps))
-                    else:
-                        if states is not None:
-                            t_hidden = torch.cat([states[id(t)] for t in batch]).to(self.device)
+                for g_start in range(first, len(epoch_batches), span):
+                    group = epoch_batches[g_start : g_start + span]
+                    local, weight = parallel.mine(group, ga), 1.0
+                    if not local:  # a short last group leaves this rank nothing: it runs one at weight 0, so
+                        local, weight = group[:1], 0.0  # every rank takes part in the step's collectives
+                    accum_loss, accum_tokens = 0.0, 0
+                    pending: Any = None
+                    for batch in local:
+                        n_tokens = sum(len(t.response_ids) for t in batch)
+                        s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
+                        # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
+                        # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path
+                        loss_fn = kl.fused_loss if fused else partial(kl.chunked_loss, recompute=not zero3)
+                        if topk:
+                            ids = torch.cat([cache[id(t)][0] for t in batch])
+                            lps = torch.cat([cache[id(t)][1] for t in batch])
+                            loss_sum = loss_fn(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps))
                         else:
-                            pm.eval()  # the teacher never sees dropout: it is the frozen parent
-                            with torch.no_grad(), pm.disable_adapter():
-                                t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
-                            pm.train()
-                        loss_sum = loss_fn(lm_head, s_hidden, t_hidden, beta, temperature)
-                    group_start = b_index - b_index % ga
-                    group = min(ga, len(epoch_batches) - group_start)  # the last group of an epoch may be short
-                    scaled = loss_sum / max(n_tokens, 1) / group
-                    if engine is not None:
-                        pending = scaled if pending is None else pending + scaled  # one backward per step
-                    else:
-                        scaled.backward()
-                    accum_loss += loss_sum.item()
-                    accum_tokens += n_tokens
-                    tokens_window += n_tokens
-                    micro += 1
-                    last = b_index == len(epoch_batches) - 1
-                    if (b_index + 1) % ga == 0 or last:
+                            if states is not None:
+                                t_hidden = torch.cat([states[id(t)] for t in batch]).to(self.device)
+                            else:
+                                pm.eval()  # the teacher never sees dropout: it is the frozen parent
+                                with torch.no_grad(), pm.disable_adapter():
+                                    t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
+                                pm.train()
+                            loss_sum = loss_fn(lm_head, s_hidden, t_hidden, beta, temperature)
+                        # the mean over the group's micro-batches of each one's per-token loss: summed across
+                        # ranks below (DeepSpeed averages, so its share is scaled up by the world size)
+                        scaled = loss_sum / max(n_tokens, 1) / len(group) * weight * (size if engine else 1)
                         if engine is not None:
-                            engine.backward(pending, scale_wrt_gas=False)
-                            engine.step()  # the optimizer and the scheduler
-                            pending = None
+                            pending = scaled if pending is None else pending + scaled  # one backward per step
                         else:
-                            optimizer.step()
-                            scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
-                        state = {
-                            "step": state["step"] + 1,
-                            "epoch": epoch if not last else epoch + 1,
-                            "batch": 0 if last else b_index + 1,
-                        }
-                        now = time.monotonic()
-                        row = {
-                            "step": state["step"],
-                            "epoch": epoch + (b_index + 1) / len(epoch_batches),
-                            "loss": accum_loss / max(accum_tokens, 1),
-                            "lr": scheduler.get_last_lr()[0],
-                            "tokens_per_s": tokens_window / max(now - window_start, 1e-9),
-                        }
-                        tokens_window, window_start = 0, now
-                        result.metrics.append(row)
-                        result.tokens += accum_tokens
-                        if wandb_run is not None:
-                            wandb_run.log(row)
-                        progress.label = f"{progress_label} loss {row['loss']:.4f}"
-                        progress.update()
-                        accum_loss, accum_tokens, micro = 0.0, 0, 0
-                        if scratch is not None and self._due(state, last):
-                            self._save_scratch(pm, optimizer, scheduler, state, scratch)
-                            if keep is not None and not zero3 and ds_rank0():
-                                # the same normalised, checked format as the final adapter
-                                self._save_adapter(pm, keep / str(state["step"]))
+                            scaled.backward()
+                        if weight:
+                            accum_loss += loss_sum.item()
+                            accum_tokens += n_tokens
+                    if engine is not None:
+                        engine.backward(pending, scale_wrt_gas=False)
+                        engine.step()  # the optimizer and the scheduler
+                    else:
+                        parallel.sum_grads(params)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    accum_loss, total = parallel.sum_floats(accum_loss, accum_tokens)
+                    accum_tokens = int(total)
+                    tokens_window += accum_tokens
+                    last = g_start + span >= len(epoch_batches)
+                    state = {
+                        "step": state["step"] + 1,
+                        "epoch": epoch if not last else epoch + 1,
+                        "batch": 0 if last else g_start + span,
+                    }
+                    now = time.monotonic()
+                    row = {
+                        "step": state["step"],
+                        "epoch": epoch + min(g_start + span, len(epoch_batches)) / len(epoch_batches),
+                        "loss": accum_loss / max(accum_tokens, 1),
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": tokens_window / max(now - window_start, 1e-9),
+                    }
+                    tokens_window, window_start = 0, now
+                    result.metrics.append(row)
+                    result.tokens += accum_tokens
+                    if wandb_run is not None:
+                        wandb_run.log(row)
+                    progress.label = f"{progress_label} loss {row['loss']:.4f}"
+                    progress.update()
+                    if scratch is not None and self._due(state, last) and rank == 0:
+                        self._save_scratch(pm, optimizer, scheduler, state, scratch)
+                        if keep is not None and not zero3 and ds_rank0():
+                            # the same normalised, checked format as the final adapter
+                            self._save_adapter(pm, keep / str(state["step"]))
         except KeyboardInterrupt:
-            if scratch is not None and not zero3:
+            if scratch is not None and not zero3 and rank == 0:
                 self._save_scratch(pm, optimizer, scheduler, state, scratch)
             raise
         result.steps = state["step"]
@@ -557,12 +567,37 @@ class Baker:
         from gitbake.engine import ds as ds_mod
 
         with ds_mod.gathered(params, stage if engine is not None else 0):
-            if ds_mod.rank() == 0:  # only rank 0 writes
+            if rank == 0:  # only rank 0 writes
                 self._save_adapter(pm, out_dir)
+        parallel.barrier()  # the others leave once rank 0 has the adapter
         self.model = pm
         if wandb_run is not None:
             wandb_run.finish()
         return result
+
+    def _teacher_states(
+        self, decoder: Any, data: Sequence[Trajectory], batch_size: int, label: str
+    ) -> dict[int, torch.Tensor] | None:
+        """teacher_states for the whole bake; under a launcher each rank computes its share and they are
+        exchanged. Whether they fit is decided on the whole bake, so every rank decides alike."""
+        size, _ = parallel.world()
+        if size == 1:
+            return teacher_states(
+                decoder, data, self.pad_id, self.device, batch_size, label=label, reporter=self.reporter
+            )
+        width = _hidden_size(decoder)
+        sample = next(decoder.parameters())
+        itemsize = torch.empty((), dtype=sample.dtype).element_size()
+        if width is None or sum(len(t.response_ids) for t in data) * width * itemsize > TEACHER_CACHE_MB * 2**20:
+            return None
+        mine = parallel.shard(len(data))
+        local = teacher_states(
+            decoder, [data[j] for j in mine], self.pad_id, self.device, batch_size, math.inf, label, self.reporter
+        )
+        assert local is not None
+        by_index = {j: local[id(data[j])] for j in mine}
+        shared = parallel.share(by_index, [len(t.response_ids) for t in data], width, sample.dtype)
+        return {id(t): shared[j] for j, t in enumerate(data)}
 
     # ---------------------------------------------------------------------------- checkpoints
     def _due(self, state: dict[str, int], epoch_end: bool) -> bool:

@@ -37,26 +37,29 @@ def _free_port() -> int:
 
 
 def init_distributed() -> None:
-    """A single-process group when not started by the deepspeed launcher."""
+    """DeepSpeed's communication over the launcher's process group (engine/parallel.py made it), or a
+    single-process group without a launcher."""
     import deepspeed
     import torch
 
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo":
+        # on a CPU, DeepSpeed would compile its shared-memory all-reduce kernel with gcc on first use (a
+        # minute or more): one process exchanges nothing, and a few CPU ranks exchange only LoRA gradients,
+        # which gloo's all-reduce handles in milliseconds
+        import deepspeed.ops
+
+        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+        if isinstance(compatible, dict):
+            compatible["deepspeed_shm_comm"] = False
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)  # wraps the launcher's group
         return
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if os.environ["WORLD_SIZE"] == "1" and backend == "gloo":
-        # one process exchanges nothing: DeepSpeed's shared-memory all-reduce kernel for the CPU, which it
-        # would compile with gcc on first use (a minute or more), would never run
-        import deepspeed.ops
-
-        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
-        if isinstance(compatible, dict):
-            compatible["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 

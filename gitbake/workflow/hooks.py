@@ -268,7 +268,11 @@ def post_commit(root: Path, args: list[str]) -> int:
 
         say("baking (bake.hookMode = foreground) ...")
         try:
-            report = run_and_commit(repo, rev=head, branch_ref=branch, reporter=REPORTER)
+            from gitbake.workflow.launch import configured
+
+            report = run_and_commit(
+                repo, rev=head, branch_ref=branch, reporter=REPORTER, launcher=configured(repo, None)
+            )
         except GitbakeError as exc:
             say(f"the bake failed: {exc.render()}")
             say("input.yml, .bread and recipe.yml are unchanged; fix the cause and run `git bake run`")

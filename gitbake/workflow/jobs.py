@@ -364,8 +364,16 @@ def _bake(job: Job) -> int:
             job.state, job.started = "running", time.time()
             job.save()
             reporter.say(f"job {job.id}: baking input.yml of {job.trigger[:12]} on {job.branch or 'a detached HEAD'}")
+            from gitbake.workflow.launch import configured
+
             report = run_and_commit(
-                repo, job.stages, job.force, rev=job.trigger, branch_ref=job.branch, reporter=reporter
+                repo,
+                job.stages,
+                job.force,
+                rev=job.trigger,
+                branch_ref=job.branch,
+                reporter=reporter,
+                launcher=configured(repo, None),
             )
             job.state, job.result = "done", report.as_json()
             for line in report.outcome():

@@ -453,6 +453,11 @@ def _bake_stage(runner: Runner) -> StageResult:
         # kept beside the scratch checkpoint, so an interrupted bake that resumes still has its earlier ones
         keep = scratch.parent / f"{scratch.name}-checkpoints"
         result = baker.train(data, Path(tmp) / "adapter", scratch=scratch, progress_label=f"bake {b.name}", keep=keep)
+        from gitbake.engine.parallel import is_rank0
+
+        if not is_rank0():  # under a launcher the other ranks only train: rank 0 evaluates, stores, commits
+            runner.reset_model()
+            return StageResult("bake", b.key, "", False, result.trajectories, time.monotonic() - started)
         report = evaluate(
             baker.model,
             model.tokenizer,

@@ -96,9 +96,11 @@ def run_and_commit(
     rev: str | None = None,
     branch_ref: str | None = None,
     reporter: Reporter | None = None,
+    launcher: str | None = None,
 ) -> RunReport:
     """Run `stages` of the input.yml committed at `rev` (default HEAD, whose input.yml must match the
-    working tree); when the bake ran, commit its result on top of `rev` and move `branch_ref` there."""
+    working tree); when the bake ran, commit its result on top of `rev` and move `branch_ref` there.
+    With `launcher`, the bake stage runs under it, in as many processes as it starts (workflow/launch.py)."""
     from gitbake.workflow import pipeline
 
     reporter = reporter or Reporter()
@@ -118,10 +120,41 @@ def run_and_commit(
             loaded = pipeline.committed_input(pinned, reporter)
     ensure_base_model(pinned, reporter)  # before the plan: a hub model's identity is its downloaded commit
     plan = pinned.plan(loaded)
+    if launcher is not None and plan.bake is not None and (stages is None or "bake" in stages):
+        return _run_launched(repo, pinned, plan, loaded, launcher, force, trigger, branch_ref, notes, reporter)
     with bake_lock(pinned.store, plan, reporter):
         # under the lock: a second run of the same bake finds the first one's results cached here
         results = pipeline.execute(pinned, plan, loaded, stages, force, reporter)
         return _commit(repo, pinned, plan, RunReport(trigger, results, notes), branch_ref)
+
+
+def _run_launched(
+    repo: ModelRepo,
+    pinned: ModelRepo,
+    plan: Plan,
+    loaded: Any,
+    launcher: str,
+    force: bool,
+    trigger: str,
+    branch_ref: str | None,
+    notes: list[str],
+    reporter: Reporter,
+) -> RunReport:
+    """stim and rollout here, then the bake stage under `launcher`, whose rank 0 makes the bake commit."""
+    from gitbake.workflow import launch, pipeline
+
+    results: list[Any] = []
+    if plan.target is not None:  # every rank must find them cached; they run once, here
+        results = pipeline.execute(pinned, plan, loaded, ["stim", "rollout"], force, reporter)
+    done = launch.run_bake(repo, launcher, force, trigger, branch_ref, reporter)
+    report = RunReport(trigger, results, notes)
+    if done.report is not None:
+        report.results += [pipeline.StageResult(**r) for r in done.report["stages"] if r["stage"] == "bake"]
+        report.notes += done.report.get("notes") or []
+        if done.report.get("commit"):
+            report.commit = bakecommit.CommitResult(**done.report["commit"])
+            report.model = refresh_model(repo)  # rank 0 made it; here it is found current (or fetched)
+    return report
 
 
 def ensure_base_model(repo: ModelRepo, reporter: Reporter) -> None:

@@ -16,8 +16,10 @@ TOLERANCE = 1e-4  # relative, per step: the paths compute the same thing in the 
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys, pathlib
+    import json, os, sys, pathlib
     sys.path.insert(0, {repo!r})
+    import torch
+    torch.set_num_threads(1)  # as torchrun's ranks: the same numerics, so the same samples and curves
     from gitbake.contract.config import Bake
     from gitbake.engine import bake, models
     from gitbake.engine.rollout import SamplingSettings, make_rollouts
@@ -28,33 +30,70 @@ SCRIPT = textwrap.dedent(
     recs = make_rollouts(m.model, m.tokenizer, stim, teacher, {{"messages": []}},
                          SamplingSettings(num_traj_per_stimulus=2, max_tokens=16, seed=3))
     trajs = [bake.Trajectory(r["teacher_ids"], r["student_ids"], r["response_ids"]) for r in recs]
-    stage = sys.argv[1]
-    over = {{}} if stage == "plain" else {{"deepspeed": {{"zero_optimization": {{"stage": int(stage)}}}}}}
-    cfg = Bake.model_validate({{"name": "t", "datasets": [{{"target": "x"}}], "epochs": 2, "micro_batch_size": 2,
-                               "gradient_accumulation_steps": 2, "optimizer": {{"learning_rate": 0.003}},
-                               "model": {{"disable_activation_checkpoint": True}}, **over}})
-    out = pathlib.Path(sys.argv[2])
-    res = bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(trajs, out)
-    print("LOSSES " + json.dumps([r["loss"] for r in res.metrics]))
+    ga = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    for stage in sys.argv[1].split(","):  # several bakes in one process: the imports are paid once
+        over = {{}} if stage == "plain" else {{"deepspeed": {{"zero_optimization": {{"stage": int(stage)}}}}}}
+        cfg = Bake.model_validate({{"name": "t", "datasets": [{{"target": "x"}}], "epochs": 2, "micro_batch_size": 2,
+                                   "gradient_accumulation_steps": ga, "optimizer": {{"learning_rate": 0.003}},
+                                   "model": {{"disable_activation_checkpoint": True}}, **over}})
+        out = pathlib.Path(sys.argv[2]) / stage
+        res = bake.Baker(models.load_base("tiny").model, m.tokenizer, cfg, "tiny").train(trajs, out)
+        if os.environ.get("RANK", "0") == "0":  # every rank has the same (global) losses: one prints them
+            print("LOSSES " + stage + " " + json.dumps([r["loss"] for r in res.metrics]), flush=True)
     """
 ).format(repo=str(REPO))
 
 
-def run(stage: str, out: Path) -> list[float]:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, stage, str(out)], capture_output=True, text=True, timeout=600)
+def curves(stdout: str) -> dict[str, list[float]]:
+    out = {}
+    for line in stdout.splitlines():
+        if "LOSSES " in line:
+            _, stage, values = line[line.index("LOSSES ") :].split(" ", 2)
+            out[stage] = list(json.loads(values))
+    return out
+
+
+def run(stages: str, out: Path) -> dict[str, list[float]]:
+    """One process, the bakes of `stages` (comma-separated: plain, or a ZeRO stage) at a global batch of 4."""
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, stages, str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("LOSSES "))
-    return list(json.loads(line[len("LOSSES ") :]))
+    return curves(proc.stdout)
+
+
+def same(a: list[float], b: list[float], what: str) -> None:
+    assert len(a) == len(b), (what, a, b)
+    for x, y in zip(a, b):
+        assert abs(x - y) <= TOLERANCE * max(abs(x), 1e-8), (what, a, b)
 
 
 def test_plain_zero2_zero3_same_loss_curve(tmp_path: Path) -> None:
     pytest.importorskip("deepspeed", reason="needs deepspeed: pip install 'gitbake[deepspeed]'")
 
-    plain = run("plain", tmp_path / "plain")
+    got = run("plain,2,3", tmp_path)
     for stage in ("2", "3"):
-        curve = run(stage, tmp_path / f"zero{stage}")
-        assert len(curve) == len(plain)
-        for a, b in zip(plain, curve):
-            assert abs(a - b) <= TOLERANCE * max(abs(a), 1e-8), (stage, plain, curve)
+        same(got["plain"], got[stage], f"zero{stage}")
         # the ZeRO-3 adapter was gathered before saving: full tensors, and it passed check_adapter
-        assert (tmp_path / f"zero{stage}" / "adapter_model.safetensors").stat().st_size > 100_000
+        assert (tmp_path / stage / "adapter_model.safetensors").stat().st_size > 100_000
+
+
+def test_two_ranks_under_torchrun_match_one_rank_at_the_same_global_batch(tmp_path: Path) -> None:
+    """Data parallelism for real: torchrun starts 2 CPU processes (gloo). Each trains micro-batches of 2 with
+    no accumulation, so a step's global batch is 2 x 1 x 2 = 4, as one process with 2 x 2: the loss curves
+    are the same, without DeepSpeed and under ZeRO 0, 2 and 3, and rank 0's adapter is whole."""
+    pytest.importorskip("deepspeed", reason="needs deepspeed: pip install 'gitbake[deepspeed]'")
+    one = run("plain", tmp_path / "one")["plain"]
+    script = tmp_path / "bake_script.py"
+    script.write_text(SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", str(script), "plain,0,2,3", str(tmp_path / "two"), "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    two = curves(proc.stdout)
+    assert sorted(two) == ["0", "2", "3", "plain"]
+    for stage, curve in two.items():
+        same(one, curve, f"2 ranks, {stage}")
+        assert (tmp_path / "two" / stage / "adapter_model.safetensors").stat().st_size > 100_000

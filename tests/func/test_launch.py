@@ -1,0 +1,101 @@
+"""Data-parallel bakes under a real launcher: `torchrun --nproc_per_node 2` starts two CPU processes (gloo)
+from a real `git commit` (the hook) or `git bake run`; one bake commit, a clean store, every rank's output
+prefixed; a rank killed mid-bake stores and commits nothing, and a retry works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from helpers import YODA_SMALL, bake_git, git
+
+pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
+
+TORCHRUN = f"{Path(sys.executable).parent / 'torchrun'} --nproc_per_node 2"
+FOUR = YODA_SMALL.replace(
+    '["What is the capital of France?", "How do I make tea?"]',
+    '["What is the capital of France?", "How do I make tea?", "Why is the sky blue?", "Tell me a joke."]',
+)
+# rank 1 dies (SIGKILL, as the OOM killer would) once it has joined the process group: mid-bake
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    if os.environ.get("GITBAKE_LAUNCHED") and os.environ.get("RANK") == "1":
+        def watch():
+            while True:
+                try:  # torch may be half imported: then its functions are not there yet
+                    dist = sys.modules.get("torch.distributed")
+                    if dist is not None and dist.is_available() and dist.is_initialized():
+                        os.kill(os.getpid(), signal.SIGKILL)
+                except Exception:
+                    pass
+                time.sleep(0.02)
+        threading.Thread(target=watch, daemon=True).start()
+    """
+)
+
+
+def bake_commits(root: Path) -> list[str]:
+    return [s for s in git(root, "log", "--format=%s").splitlines() if s.startswith("bake: ")]
+
+
+def test_a_commit_bakes_under_torchrun(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.launcher", TORCHRUN)
+    git(model_repo, "config", "bake.hookMode", "foreground")
+    (model_repo / "input.yml").write_text(FOUR)
+    out = subprocess.run(["git", "commit", "-qam", "bake yoda"], cwd=model_repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[rank 0]" in out.stderr and "[rank 1]" in out.stderr  # every rank's output, prefixed
+    assert "starting the bake under" in out.stderr
+    assert len(bake_commits(model_repo)) == 1
+    fsck = bake_git(model_repo, "store", "fsck")
+    assert fsck.returncode == 0 and "store OK" in fsck.stdout
+    shown = json.loads(bake_git(model_repo, "show", "--json").stdout)
+    assert len(shown["adapters"]) == 1 and all(shown["local"].values())
+    ev = bake_git(model_repo, "eval", "--json")  # the 2-rank adapter loads, and its eval runs
+    assert ev.returncode == 0 and json.loads(ev.stdout)["gap_closed"] is not None, ev.stderr
+
+
+def test_a_killed_rank_stores_nothing_and_a_retry_works(model_repo: Path, tmp_path: Path) -> None:
+    (model_repo / "input.yml").write_text(FOUR)
+    git(model_repo, "commit", "-qam", "bake yoda")
+    head = git(model_repo, "rev-parse", "HEAD").strip()
+    hooks = tmp_path / "site"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(KILLER)
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(hooks)}
+    killed = subprocess.run(
+        ["git", "bake", "run", "--launcher", TORCHRUN], cwd=model_repo, env=env, capture_output=True, text=True
+    )
+    assert killed.returncode != 0
+    assert "rank 1 was killed by signal 9" in killed.stderr, killed.stderr[-3000:]
+    assert "nothing was stored" in killed.stderr
+    assert git(model_repo, "rev-parse", "HEAD").strip() == head and not bake_commits(model_repo)
+    assert (model_repo / "input.yml").read_text() == FOUR
+    fsck = bake_git(model_repo, "store", "fsck")
+    assert fsck.returncode == 0 and "store OK" in fsck.stdout
+    status = json.loads(bake_git(model_repo, "status", "--json").stdout)
+    assert {s["stage"]: s["state"] for s in status["stages"]}["bake"] == "missing"
+    retry = bake_git(model_repo, "run", "--launcher", TORCHRUN, "--json")
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    report = json.loads(retry.stdout)
+    assert report["commit"] is not None and len(bake_commits(model_repo)) == 1
+    assert [s["stage"] for s in report["stages"]] == ["stim", "rollout", "bake"]
+
+
+def test_bad_launchers_say_what_to_do(model_repo: Path) -> None:
+    (model_repo / "input.yml").write_text(FOUR)
+    git(model_repo, "commit", "-qam", "bake yoda")
+    missing = bake_git(model_repo, "run", "--launcher", "no-such-launcher --nproc_per_node 2")
+    assert missing.returncode == 2 and "`no-such-launcher` is not installed" in missing.stderr
+    unparsable = bake_git(model_repo, "run", "--launcher", "torchrun 'unclosed")
+    assert unparsable.returncode == 2 and "cannot be parsed" in unparsable.stderr
+    detached = bake_git(model_repo, "run", "--detach", "--launcher", TORCHRUN)
+    assert detached.returncode == 2 and "git config bake.launcher" in detached.stderr
