@@ -24,6 +24,13 @@ from gitbake.reporter import Reporter
     metavar="CMD",
     help="Run the bake stage under CMD, e.g. 'torchrun --nproc_per_node 2' (default: git config bake.launcher).",
 )
+@click.option(
+    "--push",
+    "push",
+    is_flag=True,
+    help="After the bake commit: upload its model to the bake remote, then git push the commit (a GPU machine "
+    "baking for a laptop).",
+)
 @click.option("--at", "at", hidden=True)  # a launched rank: the commit the starting process bakes
 @click.option("--branch", "branch", hidden=True)  # ... and the branch it moves
 @click.option("--json", "as_json", is_flag=True, help="Print what ran as JSON.")
@@ -32,6 +39,7 @@ def run(
     force: bool,
     detach: bool,
     launcher: str | None,
+    push: bool,
     at: str | None,
     branch: str | None,
     as_json: bool,
@@ -60,11 +68,14 @@ def run(
       git bake run bake --force
       git bake run --detach && git bake jobs wait
       git bake run --launcher "torchrun --nproc_per_node 2"
+      git pull && git bake run --push          # on a GPU machine, for a laptop's commit
     """
     from gitbake.workflow import launch
 
     repo = repository()
     wanted = [s.lower() for s in stages] or None
+    if detach and push:
+        raise click.UsageError("--push cannot go with --detach: run in the foreground to push its result")
     if detach and launcher is not None:
         raise click.UsageError("--launcher cannot go with --detach: set `git config bake.launcher CMD`, which jobs use")
     if detach:
@@ -97,10 +108,17 @@ def run(
     else:
         chosen = launch.configured(repo, launcher)
         report = run_and_commit(repo, wanted, force=force, reporter=Reporter(), launcher=chosen)
+    pushed = None
+    if push and report.commit is not None:
+        from gitbake.workflow.transfer import push_bake
+
+        pushed = push_bake(repo, report.commit.commit, report.commit.ref)
+    elif push:
+        click.echo("note: --push: no bake commit was made, so nothing was pushed", err=True)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if as_json:
-        emit_json(report.as_json())
+        emit_json({**report.as_json(), "pushed": pushed.report.as_json() if pushed is not None else None})
         return
     for r in report.results:
         how = "cached" if r.cached else f"ran in {r.seconds:.1f}s"
@@ -116,6 +134,12 @@ def run(
             click.echo(f"         note: {note}")
     for line in report.outcome():
         click.echo(line, err=line.startswith(("warning:", "note:")))
+    if pushed is not None and report.commit is not None:
+        n = len(pushed.report.transferred)
+        click.echo(
+            f"pushed the model ({n} object{'s' if n != 1 else ''} to bake remote {pushed.remote.name}) and then "
+            f"{report.commit.commit[:12]} to git; `git pull` on the other machine brings both"
+        )
 
 
 def _view(

@@ -214,7 +214,12 @@ def status(as_json: bool) -> None:
         )
     if report.commented_out:
         click.echo(f"\nCommented out: {', '.join(report.commented_out)}")
-    if report.would_run and report.baking:
+    if report.elsewhere:
+        click.echo(
+            "\nbake.hookMode is off: the bake of this commit is expected elsewhere (a machine that runs `git bake "
+            "run --push` on it); `git pull` then brings its model here. To bake here instead: git bake run"
+        )
+    elif report.would_run and report.baking:
         click.echo(f"\nBaking now: {' -> '.join(report.would_run)}")
     elif report.would_run:
         click.echo(f"\nA commit of input.yml would run: {' -> '.join(report.would_run)}")

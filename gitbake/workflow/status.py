@@ -97,6 +97,9 @@ class StatusReport:
     jobs: list[Job] = field(default_factory=list)  # running / queued jobs, and the last one if it failed
     pending: dict[str, PendingBake] = field(default_factory=dict)  # refs/bake/ results for this branch, by ref
     model: ModelState | None = None  # None without a .bread
+    # bake.hookMode is off and HEAD's committed input.yml has a bake not in the store: another machine
+    # (`git bake run --push`) is expected to bake it, and `git pull` to bring its model here
+    elsewhere: bool = False
 
     @property
     def baking(self) -> bool:
@@ -123,6 +126,7 @@ class StatusReport:
             "pending": {ref: p.as_json() for ref, p in self.pending.items()},
             "model": self.model.as_json() if self.model else {},
             "warnings": [w.render() for w in self.warnings],
+            "expected_elsewhere": self.elsewhere,
         }
 
 
@@ -165,7 +169,22 @@ def status(repo: ModelRepo) -> StatusReport:
         )
     report.stages = stage_states(repo, plan)
     _jobs_and_model(repo, report)
+    report.elsewhere = _expected_elsewhere(repo, report)
     return report
+
+
+def _expected_elsewhere(repo: ModelRepo, report: StatusReport) -> bool:
+    """No hook bakes here (bake.hookMode off), HEAD's input.yml is committed as it is, and its bake is
+    neither stored nor running: the bake is another machine's to do."""
+    from gitbake.contract.files import INPUT_FILE
+
+    if (git.config_get(repo.root, "bake.hookMode") or "").lower() != "off" or report.jobs:
+        return False
+    if not any(s.stage == "bake" and s.state == "missing" for s in report.stages):
+        return False
+    committed = git.show(repo.root, "HEAD", INPUT_FILE)
+    path = repo.root / INPUT_FILE
+    return committed is not None and path.is_file() and path.read_bytes() == committed
 
 
 def _jobs_and_model(repo: ModelRepo, report: StatusReport) -> None:

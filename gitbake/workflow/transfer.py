@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from gitbake import git
+from gitbake.errors import GitbakeError
 from gitbake.repo import reach
 from gitbake.repo.repo import ModelRepo
 from gitbake.store import remote as remote_mod
@@ -91,3 +92,26 @@ def pull(
     """`git bake pull [REMOTE] [REV]...`: download what the models of REV... (default HEAD) need; then, once
     the report has no problems, `Transfer.refresh_model()` puts HEAD's model in place."""
     return _transfer("pull", repo, name, revs, jobs, progress)
+
+
+def push_bake(repo: ModelRepo, commit: str, ref: str | None, jobs: int = 8) -> Transfer:
+    """`git bake run --push`: the objects the bake commit's model needs to the bake remote first, then the
+    commit to the branch's git remote, so whoever pulls the commit finds its model there."""
+    if ref is None:
+        raise GitbakeError(
+            "the bake commit is not on a branch (the branch moved on while it baked): nothing was pushed",
+            "take it with `git bake fetch`, then push with `git bake push && git push`",
+        )
+    done = push(repo, None, (commit,), jobs, lambda _target: None)
+    done.report.raise_for_problems("push")
+    branch = ref.removeprefix("refs/heads/")
+    remote = git.config_get(repo.root, f"branch.{branch}.remote") or "origin"
+    try:
+        git.run(repo.root, "push", remote, f"{commit}:{ref}")
+    except GitbakeError as exc:
+        raise GitbakeError(
+            f"the model's objects are on the bake remote, but `git push {remote} {branch}` failed: {exc.message}",
+            f"pull and push again (`git pull --rebase && git push {remote} {branch}`): the objects need no second "
+            "upload",
+        ) from None
+    return done
