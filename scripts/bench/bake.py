@@ -31,7 +31,14 @@ KL(teacher || student) on the trajectories. Goals: >= 2x tokens/s, <= 0.7x peak 
 Then the example input.yml that `git bake init` writes, uncommented and baked on `tiny` through `git bake
 run`, and its gap_closed on held-out questions (goal >= 0.95).
 
+Then the data-parallel line: ours under `torchrun --nproc_per_node 2` (two CPU processes, gloo, a
+micro-batch of 4 each, no accumulation) next to ours in one process with the same global batch (4 x 2
+accumulated): response tokens/s of each, peak RSS per process (the largest rank's), final KL. On 2 cores
+it is not expected to be faster; it shows what the collectives cost, so GPU figures can be read against it.
+`--parallel-only` runs just this line.
+
     .venv/bin/python scripts/bench/bake.py [--trajectories 64] [--epochs 2] [--repeat 3] [--skip-demo]
+        [--parallel-only]
 
 Our side uses gitbake's defaults (micro-batch 4, lr 1e-3, linear decay, activation checkpointing);
 BENCH_MBS, BENCH_LR, BENCH_SCHED and BENCH_NOCKPT=1 override them to explore the trade-offs.
@@ -187,6 +194,7 @@ def child(impl: str, n: int, epochs: int) -> None:
                 "datasets": [{"target": "t"}],
                 "epochs": epochs,
                 "micro_batch_size": mbs,
+                "gradient_accumulation_steps": int(os.environ.get("BENCH_GA", "1")),
                 "optimizer": {"learning_rate": float(os.environ.get("BENCH_LR", str(lr)))},
                 "scheduler": {"name": os.environ.get("BENCH_SCHED", "linear")},
                 "model": {
@@ -202,7 +210,7 @@ def child(impl: str, n: int, epochs: int) -> None:
             baker.train([Trajectory(t, s, r) for t, s, r in trajs], Path(tmp) / "a")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss
-        kl = adapter_kl(baker.model, trajs)
+        kl = adapter_kl(baker.model, trajs) if os.environ.get("RANK", "0") == "0" else float("nan")
     else:
         import copy
         import math
@@ -262,8 +270,10 @@ def child(impl: str, n: int, epochs: int) -> None:
                 "final_kl": kl,
                 "seconds": elapsed,
                 "vocab": BENCH_CONFIG["vocab_size"],
+                "rank": int(os.environ.get("RANK", "0")),
             }
-        )
+        ),
+        flush=True,
     )
 
 
@@ -291,6 +301,41 @@ def demo_gap_closed() -> tuple[float | None, str]:
         return bake.get("gap_closed"), bake.get("note", "held-out questions")
 
 
+def parallel_line(n: int, epochs: int, repeat: int) -> None:
+    """2 ranks under torchrun against 1 process at the same global batch (see the docstring)."""
+    import statistics
+
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    base = [__file__, "--child", "ours", "--trajectories", str(n), "--epochs", str(epochs)]
+    setups = {
+        "1 process, 4 x 2 accumulated": ([sys.executable, *base], {"BENCH_GA": "2"}),
+        "2 processes (torchrun, gloo), 4 each": ([torchrun, "--nproc_per_node", "2", *base], {"BENCH_GA": "1"}),
+    }
+    got: dict[str, list[dict[str, Any]]] = {k: [] for k in setups}
+    for _ in range(repeat):
+        for label, (cmd, extra) in setups.items():
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **extra})
+            rows = [json.loads(x[x.index("RESULT ") + 7 :]) for x in proc.stdout.splitlines() if "RESULT " in x]
+            if not rows:
+                sys.exit(f"{label} failed:\n{proc.stderr[-2000:]}")
+            rank0 = next(r for r in rows if r["rank"] == 0)
+            got[label].append({**rank0, "peak_mb": max(r["peak_mb"] for r in rows)})
+    print(f"data-parallel: the same global batch (8 trajectories a step), median of {repeat}:")
+    med = {}
+    for label, rows in got.items():
+        med[label] = {k: statistics.median(r[k] for r in rows) for k in ("tokens_per_s", "peak_mb", "final_kl")}
+        m = med[label]
+        print(
+            f"  {label:<40} {m['tokens_per_s']:8.0f} tokens/s   peak RSS {m['peak_mb']:6.0f} MB per process   "
+            f"final KL {m['final_kl']:.4f}"
+        )
+    one, two = med.values()
+    print(
+        f"  2 processes / 1: tokens/s {two['tokens_per_s'] / one['tokens_per_s']:.2f}x, final KL "
+        f"{100 * abs(two['final_kl'] - one['final_kl']) / max(one['final_kl'], 1e-9):.1f}% apart"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trajectories", type=int, default=64)
@@ -298,9 +343,13 @@ def main() -> None:
     ap.add_argument("--child", choices=["ours", "ours-fp32", "naive", "naive-bf16"])
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side, interleaved; medians are printed")
+    ap.add_argument("--parallel-only", action="store_true", help="only the data-parallel line")
     args = ap.parse_args()
     if args.child:
         child(args.child, args.trajectories, args.epochs)
+        return
+    if args.parallel_only:
+        parallel_line(args.trajectories, args.epochs, args.repeat)
         return
     import statistics
 
@@ -386,6 +435,7 @@ def main() -> None:
                 f"  init example baked on tiny: gap_closed {gap:.3f} on {note} (goal >= 0.95: "
                 f"{'met' if gap >= 0.95 else 'MISSED'})"
             )
+    parallel_line(args.trajectories, args.epochs, args.repeat)
 
 
 if __name__ == "__main__":
