@@ -99,3 +99,47 @@ def test_bad_launchers_say_what_to_do(model_repo: Path) -> None:
     assert unparsable.returncode == 2 and "cannot be parsed" in unparsable.stderr
     detached = bake_git(model_repo, "run", "--detach", "--launcher", TORCHRUN)
     assert detached.returncode == 2 and "git config bake.launcher" in detached.stderr
+
+
+FAKE_LAUNCHER = textwrap.dedent(
+    """
+    import json, os, pathlib, sys, time
+    # a stand-in launcher: what torchrun's rank 0 would leave for the starting process, then an exit
+    where = pathlib.Path(os.environ["GITBAKE_RANK_DIR"])
+    assert sys.argv[1:4] == ["-m", "gitbake", "run"] and "--at" in sys.argv, sys.argv
+    (where / "progress.json").write_text(json.dumps({"label": "bake b", "done": 3, "total": 6, "unit": "step",
+                                                     "rate": 1.0, "eta_s": 3.0, "time": time.time()}))
+    print("[rank 0] step 3 of 6", flush=True)
+    if os.environ.get("FAIL"):
+        (where / "rank-1.error").write_text("UsageError: rank 1 ran out of patience")
+        sys.exit(1)
+    (where / "report.json").write_text(json.dumps({"stages": [], "notes": ["from rank 0"], "commit": None}))
+    """
+)
+
+
+def test_the_launch_relays_progress_and_names_a_failing_rank(model_repo: Path, tmp_path: Path) -> None:
+    import io
+    import os
+
+    from gitbake.repo.repo import open_repo
+    from gitbake.reporter import Reporter
+    from gitbake.workflow import launch
+
+    script = tmp_path / "fake_launcher.py"
+    script.write_text(FAKE_LAUNCHER)
+    seen: list[dict[str, object]] = []
+    log = io.StringIO()
+    repo = open_repo(model_repo)
+    done = launch.run_bake(
+        repo, f"{sys.executable} {script}", False, "a" * 40, "refs/heads/main", Reporter(log, sink=seen.append)
+    )
+    assert done.report == {"stages": [], "notes": ["from rank 0"], "commit": None}
+    assert seen and seen[-1]["done"] == 3  # rank 0's progress reached the job's status sink
+    assert "[rank 0] step 3 of 6" in log.getvalue()
+    os.environ["FAIL"] = "1"
+    try:
+        with pytest.raises(launch.LaunchFailed, match="rank 1 failed: UsageError: rank 1 ran out of patience"):
+            launch.run_bake(repo, f"{sys.executable} {script}", False, "a" * 40, None, Reporter(io.StringIO()))
+    finally:
+        del os.environ["FAIL"]
