@@ -76,6 +76,10 @@ def run(
     wanted = [s.lower() for s in stages] or None
     if detach and push:
         raise click.UsageError("--push cannot go with --detach: run in the foreground to push its result")
+    if push:
+        from gitbake.store.remote import resolve as bake_remote
+
+        bake_remote(repo.root, None)  # no bake remote: said now, before hours of baking
     if detach and launcher is not None:
         raise click.UsageError("--launcher cannot go with --detach: set `git config bake.launcher CMD`, which jobs use")
     if detach:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,11 @@ def command(launcher: str, force: bool, trigger: str | None = None, branch_ref: 
         raise UsageError(f"the launcher `{launcher}` cannot be parsed: {exc}", "quote it as a shell would") from None
     if not words:
         raise UsageError("the launcher is empty", "e.g. git config bake.launcher 'torchrun --nproc_per_node 2'")
+    if shutil.which(words[0]) is None:  # before stim and rollout run: a typo costs nothing
+        raise UsageError(
+            f"the launcher `{words[0]}` is not installed or not on PATH",
+            f"install it, or change bake.launcher (e.g. {', '.join(KNOWN[:2])})",
+        )
     # `-m gitbake`: the launchers run a module in each worker (torchrun's --module, deepspeed's --module)
     module = ["-m", "gitbake"] if words[0] != "deepspeed" else ["--module", "gitbake"]
     at = (["--at", trigger] if trigger else []) + (["--branch", branch_ref] if branch_ref else [])

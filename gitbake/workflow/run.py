@@ -143,6 +143,7 @@ def _run_launched(
     """stim and rollout here, then the bake stage under `launcher`, whose rank 0 makes the bake commit."""
     from gitbake.workflow import launch, pipeline
 
+    launch.command(launcher, force)  # a launcher that cannot start is refused before any stage runs
     results: list[Any] = []
     if plan.target is not None:  # every rank must find them cached; they run once, here
         results = pipeline.execute(pinned, plan, loaded, ["stim", "rollout"], force, reporter)

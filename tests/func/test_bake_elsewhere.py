@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import YODA_SMALL, bake_git, git
+from helpers import YODA_SMALL, bake_git, bake_here, git
 
 pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 
@@ -40,9 +40,9 @@ def test_a_laptop_commits_a_gpu_machine_bakes_and_pushes_the_laptop_pulls(tmp_pa
     (laptop / "input.yml").write_text(YODA_SMALL)
     commit = subprocess.run(["git", "commit", "-qam", "bake yoda"], cwd=laptop, capture_output=True, text=True)
     assert commit.returncode == 0 and "baking" not in commit.stderr  # no bake here
-    status = bake_git(laptop, "status")
+    status = bake_here(laptop, "status")
     assert "the bake of this commit is expected elsewhere" in status.stdout, status.stdout
-    assert json.loads(bake_git(laptop, "status", "--json").stdout)["expected_elsewhere"] is True
+    assert json.loads(bake_here(laptop, "status", "--json").stdout)["expected_elsewhere"] is True
     git(laptop, "push", "-q", "-u", "origin", "main")
     assert bake_git(laptop, "push").returncode == 0  # the store: nothing baked yet, so nothing to send
 
@@ -63,7 +63,7 @@ def test_a_laptop_commits_a_gpu_machine_bakes_and_pushes_the_laptop_pulls(tmp_pa
     assert pulled.returncode == 0, pulled.stderr
     assert git(laptop, "rev-parse", "HEAD").strip() == gpu_head
     assert adapters_of(laptop) == adapters_of(gpu) and len(adapters_of(laptop)) == 1
-    assert json.loads(bake_git(laptop, "status", "--json").stdout)["expected_elsewhere"] is False
+    assert json.loads(bake_here(laptop, "status", "--json").stdout)["expected_elsewhere"] is False
     # the hook fetched what the model needs; the rest of the bake (its report, stim, rollouts) comes with
     # `git bake pull`, after which the store holds everything HEAD names
     assert bake_git(laptop, "pull").returncode == 0
@@ -74,9 +74,10 @@ def test_a_laptop_commits_a_gpu_machine_bakes_and_pushes_the_laptop_pulls(tmp_pa
 def test_run_push_without_a_bake_commit_or_a_remote(model_repo: Path, tmp_path: Path) -> None:
     (model_repo / "input.yml").write_text(YODA_SMALL)
     git(model_repo, "commit", "-qam", "bake yoda")
+    no_remote = bake_git(model_repo, "run", "--push")  # refused before anything runs
+    assert no_remote.returncode == 2 and "no default remote" in no_remote.stderr and "bake:" not in no_remote.stdout
+    assert bake_git(model_repo, "remote", "add", "store", str(tmp_path / "store")).returncode == 0
     nothing = bake_git(model_repo, "run", "stim", "--push")
     assert nothing.returncode == 0 and "no bake commit was made, so nothing was pushed" in nothing.stderr
-    no_remote = bake_git(model_repo, "run", "--push")
-    assert no_remote.returncode != 0 and "remote" in no_remote.stderr
     detached = bake_git(model_repo, "run", "--push", "--detach")
     assert detached.returncode == 2 and "--push cannot go with --detach" in detached.stderr

@@ -16,7 +16,7 @@ import torch
 from gitbake.repo.repo import open_repo
 from gitbake.use.versions import load, resolve
 
-from helpers import bake_git
+from helpers import bake_git, bake_here
 
 
 def in_tool_logits(root: Path, rev: str, ids: list[int]) -> torch.Tensor:
@@ -118,8 +118,8 @@ def test_single_adapter_equals_the_chain(baked_repo: dict[str, Any], tmp_path: P
     assert torch.allclose(single, chain, atol=1e-5), (single - chain).abs().max()
     parent = in_tool_logits(baked_repo["root"], "HEAD~2", IDS)  # the first bake alone differs: the test can fail
     assert not torch.allclose(single, parent, atol=1e-5)
-    text = bake_git(baked_repo["root"], "export", "HEAD", "--adapter", str(dest), "--single", "--force")
-    assert text.returncode == 0 and "vllm serve" in text.stdout and "--max-lora-rank 16" in text.stdout, text.stderr
+    text = bake_here(baked_repo["root"], "export", "HEAD", "--adapter", str(dest), "--single", "--force")
+    assert text.exit_code == 0 and "vllm serve" in text.stdout and "--max-lora-rank 16" in text.stdout, text.stderr
 
 
 def test_single_sums_adapters_of_different_layers(tmp_path: Path) -> None:

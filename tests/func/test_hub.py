@@ -14,10 +14,9 @@ import pytest
 from hubserver import FakeHub
 
 from gitbake import hub as hub_mod
-from gitbake.contract import bread as bread_mod
 from gitbake.engine.tiny import ensure_tiny
 
-from helpers import YODA_SMALL, bake_git, git
+from helpers import YODA_SMALL, bake_git, bake_here, git
 
 MODEL = "acme/tiny-chat"
 
@@ -57,33 +56,30 @@ def test_init_downloads_and_a_cached_use_asks_nothing(hub: FakeHub, tmp_path: Pa
     hub.requests.clear()
     status = json.loads(bake_git(root, "status", "--json").stdout)
     validated = json.loads(bake_git(root, "validate", "--json").stdout)
-    chat = bake_git(root, "chat", "-p", "hi", "--max-tokens", "2", "--temperature", "0")
-    assert chat.returncode == 0, chat.stderr
+    chat = bake_here(root, "chat", "-p", "hi", "--max-tokens", "2", "--temperature", "0")  # loads the model
+    assert chat.exit_code == 0, chat.stderr
     assert hub.requests == []  # the cache answers: no request at all
     assert status["base_identity"] == {"kind": "hub", "id": MODEL, "revision": commit}
     assert validated["parent"]["identity"]["base"] == status["base_identity"]
 
 
-def test_first_use_downloads_then_bakes(hub: FakeHub, tmp_path: Path) -> None:
-    """`init --no-download` defers it; the first `run` downloads before it plans, so the bake's key names
-    the commit it got, and the bake runs on the downloaded model."""
+def test_first_use_downloads_before_it_plans(hub: FakeHub, tmp_path: Path) -> None:
+    """`init --no-download` defers it; the first `run` downloads before it plans, so the stages' keys name
+    the commit it got (the rollout's key holds the model's identity), and the rollout runs on that model."""
     out = bake_git(tmp_path, "init", "m", "--base-model", MODEL, "--no-download")
     assert out.returncode == 0 and not hub.requests, out.stderr
     root = tmp_path / "m"
     (root / "input.yml").write_text(YODA_SMALL)
     git(root, "commit", "-qam", "bake")
-    unknown = json.loads(bake_git(root, "validate", "--json").stdout)["bake"]["key"]  # planned on "uncached"
-    run = bake_git(root, "run", "--json")
+    unknown = json.loads(bake_git(root, "validate", "--json").stdout)["target"]["key"]  # planned on "uncached"
+    run = bake_git(root, "run", "rollout", "--json")
     assert run.returncode == 0, run.stderr
     commit = hub.repo(MODEL).refs["main"]
     assert downloads(hub) and (snapshot(commit) / "config.json").is_file()
-    baked = bread_mod.read(root)
-    assert baked is not None and baked.bake is not None and baked.parent_adapters
-    # the bake's key is the one planned on the downloaded commit, not on the unknown one
-    git(root, "checkout", "-q", "HEAD~1")
+    ran = {s["stage"]: s["key"] for s in json.loads(run.stdout)["stages"]}
     planned = json.loads(bake_git(root, "validate", "--json").stdout)
     assert planned["parent"]["identity"]["base"]["revision"] == commit
-    assert baked.bake.hash == planned["bake"]["key"] != unknown
+    assert ran["rollout"] == planned["target"]["key"] != unknown
 
 
 def test_a_moved_branch_is_picked_up_by_init_not_silently(hub: FakeHub, tmp_path: Path) -> None:
@@ -138,8 +134,8 @@ def test_offline_with_nothing_cached(hub: FakeHub, tmp_path: Path, monkeypatch: 
     deferred = bake_git(tmp_path, "init", "m", "--base-model", MODEL, "--no-download")
     assert deferred.returncode == 0
     root = tmp_path / "m"
-    chat = bake_git(root, "chat", "-p", "hi", "--max-tokens", "2")
-    assert chat.returncode == 2 and "`hf download acme/tiny-chat`" in chat.stderr and not hub.requests
+    chat = bake_here(root, "chat", "-p", "hi", "--max-tokens", "2")
+    assert chat.exit_code == 2 and "`hf download acme/tiny-chat`" in chat.stderr and not hub.requests
 
 
 def test_a_full_disk_leaves_no_partial_file(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:

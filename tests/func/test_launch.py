@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import YODA_SMALL, bake_git, git
+from helpers import YODA_SMALL, bake_git, bake_here, git
 
 pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 
@@ -44,32 +44,18 @@ def bake_commits(root: Path) -> list[str]:
     return [s for s in git(root, "log", "--format=%s").splitlines() if s.startswith("bake: ")]
 
 
-def test_a_commit_bakes_under_torchrun(model_repo: Path) -> None:
-    git(model_repo, "config", "bake.launcher", TORCHRUN)
-    git(model_repo, "config", "bake.hookMode", "foreground")
-    (model_repo / "input.yml").write_text(FOUR)
-    out = subprocess.run(["git", "commit", "-qam", "bake yoda"], cwd=model_repo, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "[rank 0]" in out.stderr and "[rank 1]" in out.stderr  # every rank's output, prefixed
-    assert "starting the bake under" in out.stderr
-    assert len(bake_commits(model_repo)) == 1
-    fsck = bake_git(model_repo, "store", "fsck")
-    assert fsck.returncode == 0 and "store OK" in fsck.stdout
-    shown = json.loads(bake_git(model_repo, "show", "--json").stdout)
-    assert len(shown["adapters"]) == 1 and all(shown["local"].values())
-    ev = bake_git(model_repo, "eval", "--json")  # the 2-rank adapter loads, and its eval runs
-    assert ev.returncode == 0 and json.loads(ev.stdout)["gap_closed"] is not None, ev.stderr
+def test_a_killed_rank_stores_nothing_then_a_commit_bakes_under_torchrun(model_repo: Path, tmp_path: Path) -> None:
+    """A rank SIGKILLed mid-bake: the bake fails naming it, nothing is stored or committed, the store is
+    clean. Then, with bake.launcher configured, a real `git commit` fires the hook, which bakes under
+    torchrun: every rank's output prefixed, one bake commit, a clean store, an adapter that loads."""
+    import os
 
-
-def test_a_killed_rank_stores_nothing_and_a_retry_works(model_repo: Path, tmp_path: Path) -> None:
     (model_repo / "input.yml").write_text(FOUR)
     git(model_repo, "commit", "-qam", "bake yoda")
     head = git(model_repo, "rev-parse", "HEAD").strip()
     hooks = tmp_path / "site"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(KILLER)
-    import os
-
     env = {**os.environ, "PYTHONPATH": str(hooks)}
     killed = subprocess.run(
         ["git", "bake", "run", "--launcher", TORCHRUN], cwd=model_repo, env=env, capture_output=True, text=True
@@ -83,11 +69,20 @@ def test_a_killed_rank_stores_nothing_and_a_retry_works(model_repo: Path, tmp_pa
     assert fsck.returncode == 0 and "store OK" in fsck.stdout
     status = json.loads(bake_git(model_repo, "status", "--json").stdout)
     assert {s["stage"]: s["state"] for s in status["stages"]}["bake"] == "missing"
-    retry = bake_git(model_repo, "run", "--launcher", TORCHRUN, "--json")
-    assert retry.returncode == 0, retry.stderr[-3000:]
-    report = json.loads(retry.stdout)
-    assert report["commit"] is not None and len(bake_commits(model_repo)) == 1
-    assert [s["stage"] for s in report["stages"]] == ["stim", "rollout", "bake"]
+
+    git(model_repo, "config", "bake.launcher", TORCHRUN)
+    git(model_repo, "config", "bake.hookMode", "foreground")
+    (model_repo / "input.yml").write_text(FOUR.replace("Speak like Yoda.", "Speak like Yoda, always."))
+    out = subprocess.run(["git", "commit", "-qam", "bake yoda again"], cwd=model_repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[rank 0]" in out.stderr and "[rank 1]" in out.stderr and "starting the bake under" in out.stderr
+    assert len(bake_commits(model_repo)) == 1
+    fsck = bake_git(model_repo, "store", "fsck")
+    assert fsck.returncode == 0 and "store OK" in fsck.stdout
+    shown = json.loads(bake_git(model_repo, "show", "--json").stdout)
+    assert len(shown["adapters"]) == 1 and all(shown["local"].values())
+    ev = bake_here(model_repo, "eval", "--json")  # the 2-rank adapter loads from the store, and its eval runs
+    assert ev.exit_code == 0 and json.loads(ev.stdout)["gap_closed"] is not None, ev.stderr
 
 
 def test_bad_launchers_say_what_to_do(model_repo: Path) -> None:
