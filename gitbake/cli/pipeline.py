@@ -105,7 +105,9 @@ def run(
             repo, wanted, force, rev=at, branch_ref=branch, reporter=Reporter(sink=launch.progress_sink())
         )
         launch.record_report(report.as_json())
-        if not launch.is_rank0():  # rank 0 reports for all of them
+        from gitbake.engine.parallel import is_rank0
+
+        if not is_rank0():  # rank 0 reports for all of them
             n = report.results[-1].count if report.results else 0
             click.echo(f"trained this rank's share of the bake ({n} trajectories in all)")
             return

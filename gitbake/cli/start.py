@@ -147,7 +147,9 @@ def status(as_json: bool) -> None:
     where = ""
     if base.get("kind") == "hub":
         rev = str(base.get("revision"))
-        where = " (not downloaded yet: the first bake downloads it)" if rev == "uncached" else f" at {rev[:12]}"
+        from gitbake.contract.identity import UNCACHED
+
+        where = " (not downloaded yet: the first bake downloads it)" if rev == UNCACHED else f" at {rev[:12]}"
     click.echo(f"{head} · model repository {report.repo_name} · base model {p.base_model}{where}")
     if p.foreign:
         click.echo(f"Parent model: base model ({p.model_name} is in Bread's cloud, not on this machine)")

@@ -209,13 +209,7 @@ def teacher_states(
     the final layer (after its norm) are kept, not log-probs: H numbers per position instead of V, kept in
     host memory and exact. Trajectories are run sorted by teacher length, so the batches pad little.
     None when they would take more than `budget_mb` (the bake then runs the teacher batch by batch)."""
-    width = _hidden_size(decoder)
-    if width is None:
-        return None
-    sample = next(decoder.parameters())
-    itemsize = torch.empty((), dtype=sample.dtype).element_size()
-    size = sum(len(t.response_ids) for t in data) * width * itemsize
-    if size > budget_mb * 2**20:
+    if not states_fit(decoder, data, budget_mb):
         return None
     # one group per target: its trajectories share the teacher's prompt, run once as a cached prefix
     groups: dict[int, list[Trajectory]] = {}
@@ -239,6 +233,15 @@ def teacher_states(
                     offset += n
                 progress.update()
     return out
+
+
+def states_fit(decoder: Any, data: Sequence[Trajectory], budget_mb: float = TEACHER_CACHE_MB) -> bool:
+    """Whether the teacher's states at every response position of `data` fit in `budget_mb` of host memory."""
+    width = _hidden_size(decoder)
+    if width is None:
+        return False
+    itemsize = torch.empty((), dtype=next(decoder.parameters()).dtype).element_size()
+    return sum(len(t.response_ids) for t in data) * width * itemsize <= budget_mb * 2**20
 
 
 def _hidden_size(decoder: Any) -> int | None:
@@ -585,18 +588,16 @@ class Baker:
             return teacher_states(
                 decoder, data, self.pad_id, self.device, batch_size, label=label, reporter=self.reporter
             )
-        width = _hidden_size(decoder)
-        sample = next(decoder.parameters())
-        itemsize = torch.empty((), dtype=sample.dtype).element_size()
-        if width is None or sum(len(t.response_ids) for t in data) * width * itemsize > TEACHER_CACHE_MB * 2**20:
+        if not states_fit(decoder, data):  # decided on the whole bake, so every rank decides alike
             return None
+        width, dtype = _hidden_size(decoder) or 0, next(decoder.parameters()).dtype
         mine = parallel.shard(len(data))
         local = teacher_states(
             decoder, [data[j] for j in mine], self.pad_id, self.device, batch_size, math.inf, label, self.reporter
         )
         assert local is not None
         by_index = {j: local[id(data[j])] for j in mine}
-        shared = parallel.share(by_index, [len(t.response_ids) for t in data], width, sample.dtype)
+        shared = parallel.share(by_index, [len(t.response_ids) for t in data], width, dtype)
         return {id(t): shared[j] for j, t in enumerate(data)}
 
     # ---------------------------------------------------------------------------- checkpoints

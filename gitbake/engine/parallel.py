@@ -84,10 +84,10 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def shard(n: int) -> list[int]:
-    """The indices of `n` items this rank computes (every world-size-th, from its rank)."""
-    size, rank = world()
-    return list(range(rank, n, size))
+def shard(n: int, rank: int | None = None) -> list[int]:
+    """The indices of `n` items a rank (default: this one) computes: every world-size-th, from its rank."""
+    size, mine = world()
+    return list(range(mine if rank is None else rank, n, size))
 
 
 def share(local: dict[int, torch.Tensor], rows: Sequence[int], width: int, dtype: Any) -> dict[int, torch.Tensor]:
@@ -99,7 +99,7 @@ def share(local: dict[int, torch.Tensor], rows: Sequence[int], width: int, dtype
     import torch
 
     size, rank = world()
-    owned = [shard_of(r, len(rows), size) for r in range(size)]
+    owned = [shard(len(rows), r) for r in range(size)]
     longest = max(sum(rows[i] for i in o) for o in owned)
     wire = torch.float32 if torch.empty((), dtype=dtype).is_floating_point() else torch.long
     flat = torch.zeros((longest, width), dtype=wire)
@@ -116,7 +116,3 @@ def share(local: dict[int, torch.Tensor], rows: Sequence[int], width: int, dtype
             out[i] = block[offset : offset + rows[i]].to(dtype)
             offset += rows[i]
     return out
-
-
-def shard_of(rank: int, n: int, size: int) -> list[int]:
-    return list(range(rank, n, size))

@@ -357,19 +357,19 @@ class Server:
 
     async def _chat(self, request: Any) -> Any:
         async def answer(r: Any) -> Any:
-            parsed = parse_chat(await _body(r))
-            return self._respond(find_model(self.models, parsed.model), parsed, chat=True)
+            served, parsed = parse_request(await _body(r), self.models)
+            return await self._respond(served, parsed, chat=True)
 
         return await self._guarded(request, answer)
 
     async def _completion(self, request: Any) -> Any:
         async def answer(r: Any) -> Any:
             parsed = parse_completion(await _body(r))
-            return self._respond(find_model(self.models, parsed.model), parsed, chat=False)
+            return await self._respond(find_model(self.models, parsed.model), parsed, chat=False)
 
         return await self._guarded(request, answer)
 
-    def _respond(self, served: Served, parsed: Parsed, chat: bool) -> Any:
+    async def _respond(self, served: Served, parsed: Parsed, chat: bool) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
 
         relay = _Relay(asyncio.get_running_loop())
@@ -380,27 +380,12 @@ class Server:
                 reply.stream(req, relay), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
 
-        async def whole() -> Any:
-            try:
-                body = await reply.whole(relay)
-            except BaseException:
-                req.cancelled.set()  # the client went away (or the server stops): stop decoding it
-                raise
-            return JSONResponse(body, status_code=200 if "error" not in body else 500)
-
-        return _Deferred(whole)
-
-
-class _Deferred:
-    """A response computed when it is sent: the decoding is awaited inside the ASGI call, so a client that
-    disconnects cancels it there."""
-
-    def __init__(self, make: Any) -> None:
-        self.make = make
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        response = await self.make()
-        await response(scope, receive, send)
+        try:
+            body = await reply.whole(relay)
+        except BaseException:
+            req.cancelled.set()  # the server stops (its tasks are cancelled): stop decoding it
+            raise
+        return JSONResponse(body, status_code=200 if "error" not in body else 500)
 
 
 async def _body(request: Any) -> bytes:

@@ -171,10 +171,6 @@ def launched() -> bool:
     return bool(os.environ.get(LAUNCHED)) and "RANK" in os.environ
 
 
-def is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
 def record_report(report: dict[str, Any]) -> bool:
     """In launched rank 0: hand the run's report back (the parent prints it); False when not launched."""
     where = os.environ.get(RANK_DIR)
