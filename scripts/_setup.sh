@@ -31,3 +31,6 @@ export PATH="$VENV/bin:$PATH"
 # an editable install leaves out the wheel's data files: put the man pages where a wheel install would,
 # so `git bake --help` (git runs `man git-bake`) finds them next to this git-bake
 mkdir -p "$VENV/share/man/man1" && cp "$REPO_ROOT"/man/man1/*.1 "$VENV/share/man/man1/"
+# an editable install compiles nothing of gitbake: without its bytecode (PYTHONDONTWRITEBYTECODE set, or a
+# fresh clone) every `git bake` process would compile the modules it imports again
+PYTHONDONTWRITEBYTECODE= "$PY" -m compileall -q "$REPO_ROOT/gitbake" >/dev/null

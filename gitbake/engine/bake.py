@@ -299,7 +299,7 @@ class Baker:
         torch.manual_seed(self.cfg.seed)
         lora = LoraConfig(
             r=lc.r,
-            lora_alpha=lc.lora_alpha,  # type: ignore[arg-type]  # a float alpha is fine: scaling is alpha / r
+            lora_alpha=lc.lora_alpha,  # a float alpha is fine: scaling is alpha / r
             lora_dropout=lc.lora_dropout,
             bias=lc.bias,
             target_modules=lc.target_modules,

@@ -1,7 +1,8 @@
 """Baking on another machine: a laptop commits input.yml without baking (bake.hookMode off) and pushes;
 a GPU machine clones, runs `git bake run --push` (objects to the bake remote, then the bake commit to
 git); the laptop's `git pull` brings the commit, and its post-merge hook the model. Two clones, a bare git
-remote, and a directory store remote or an S3 (moto) one."""
+remote, and an S3 (moto) store remote: the usual shared store of machines that are not one filesystem
+(test_remote.py covers directory remotes, which take the same transfer code)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,12 @@ from helpers import YODA_SMALL, bake_git, bake_here, git
 pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 
 
-@pytest.fixture(params=["dir", "s3"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "dir":
-        return str(tmp_path / "store-remote")
-    return str(request.getfixturevalue("s3_url"))
-
-
 def adapters_of(root: Path) -> list[str]:
     return [a["digest"] for a in json.loads((root / ".bake" / "model" / "model.json").read_text())["adapters"]]
 
 
-def test_a_laptop_commits_a_gpu_machine_bakes_and_pushes_the_laptop_pulls(tmp_path: Path, store_url: str) -> None:
+def test_a_laptop_commits_a_gpu_machine_bakes_and_pushes_the_laptop_pulls(tmp_path: Path, s3_url: str) -> None:
+    store_url = s3_url
     bare = tmp_path / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
 

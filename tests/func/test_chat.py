@@ -48,14 +48,8 @@ def test_repl_commands(baked_repo: dict[str, Any]) -> None:
         "hello\n/status\n/system You are a pirate. Speak only in rhymes.\n/system\n/compare "
         "hi\n/clear\n/status\n/nope\n/help\n/quit\nnever read\n"
     )
-    out = subprocess.run(
-        ["git", "bake", "chat", "--max-tokens", "8"],
-        cwd=baked_repo["root"],
-        input=script,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
+    out = bake_here(baked_repo["root"], "chat", "--max-tokens", "8", input=script)
+    assert out.exit_code == 0, out.stderr
     text = out.stdout
     assert "turns:       1" in text and "turns:       0" in text  # /status before and after /clear
     assert "system prompt: You are a pirate. Speak only in rhymes." in text  # the whole text, not the first word
@@ -91,14 +85,8 @@ def test_checkpoint_of_a_bake(model_repo: Path) -> None:
     assert saved and all(step % 2 == 0 for step in saved)
     step = min(saved)
     args = ["chat", "-p", "Tell me a joke.", "--temperature", "0", "--max-tokens", "16"]
-    half = subprocess.run(
-        ["git", "bake", "chat", "--checkpoint", str(step), "--max-tokens", "2"],
-        cwd=model_repo,
-        input="/status\n",
-        capture_output=True,
-        text=True,
-    )
-    assert half.returncode == 0 and f"checkpoint step {step}" in half.stdout, half.stderr
+    half = bake_here(model_repo, "chat", "--checkpoint", str(step), "--max-tokens", "2", input="/status\n")
+    assert half.exit_code == 0 and f"checkpoint step {step}" in half.stdout, half.stderr
     assert bake_here(model_repo, *args, "--checkpoint", str(step)).exit_code == 0
     v = resolve(open_repo(model_repo), "HEAD", step)
     final = resolve(open_repo(model_repo), "HEAD").adapters[-1]

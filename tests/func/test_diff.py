@@ -11,8 +11,8 @@ from helpers import bake_git, bake_here
 
 def test_diff_two_versions_and_against_the_parent(baked_repo: dict[str, Any], tmp_path: Path) -> None:
     root = baked_repo["root"]
-    out = bake_git(root, "diff", baked_repo["first"], "HEAD", "--json", "--max-tokens", "8")
-    assert out.returncode == 0, out.stderr
+    out = bake_here(root, "diff", baked_repo["first"], "HEAD", "--json", "--max-tokens", "8")
+    assert out.exit_code == 0, out.stderr
     d = json.loads(out.stdout)
     assert d["mean_kl"] > 0 and d["tokens"] > 0 and d["questions"]
     q = d["questions"][0]

@@ -16,7 +16,7 @@ from gitbake.contract import recipe as recipe_mod
 from gitbake.contract.inputtext import comment_out
 from gitbake.repo.repo import open_repo
 
-from helpers import YODA_SMALL, bake_git, copy_baked, git, invoke
+from helpers import YODA_SMALL, bake_git, bake_here, copy_baked, git, invoke
 
 
 def chain(root: Path, rev: str = "HEAD") -> list[str]:
@@ -254,8 +254,8 @@ def test_comment_out_keeps_comments_blank_lines_and_other_keys() -> None:
 def test_eval_recomputes_without_changing_the_model(baked_repo: dict[str, Any], tmp_path: Path) -> None:
     root = copy_baked(baked_repo, tmp_path)
     before = git(root, "show", "HEAD:.bread")
-    out = bake_git(root, "eval", baked_repo["first"], "--json")
-    assert out.returncode == 0, out.stderr
+    out = bake_here(root, "eval", baked_repo["first"], "--json")
+    assert out.exit_code == 0, out.stderr
     report = json.loads(out.stdout)
     assert (
         report["adapter"] == chain(root, baked_repo["first"])[0]
@@ -320,9 +320,21 @@ def test_two_concurrent_runs_bake_once_and_the_second_finds_it_cached(model_repo
     assert git(model_repo, "status", "--porcelain") == ""
 
 
+@pytest.fixture(scope="module")
+def formal_branch(
+    baked_repo: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, model_cache: Path
+) -> dict[str, Any]:
+    """The baked repository with a branch `formal` made at its first bake and baked there, while main baked
+    once more: rebasing `formal` onto main replays a bake made on another model. Built once (a bake);
+    tests take copies (`copy_baked`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        from conftest import _isolate
+
+        _isolate(mp, tmp_path_factory.mktemp("formal-home"), model_cache)
+        return {"root": baked_branch(baked_repo, tmp_path_factory.mktemp("formal"))}
+
+
 def baked_branch(baked_repo: dict[str, Any], tmp_path: Path) -> Path:
-    """A copy of the baked repository with a branch `formal` made at its first bake and baked there, while
-    main baked once more: rebasing `formal` onto main replays a bake made on another model."""
     root = copy_baked(baked_repo, tmp_path)
     git(root, "checkout", "-q", "-b", "formal", baked_repo["first"])
     (root / "input.yml").write_text(
@@ -336,9 +348,9 @@ def baked_branch(baked_repo: dict[str, Any], tmp_path: Path) -> Path:
 
 
 def test_rebasing_a_baked_branch_stops_at_the_stale_bake_and_rebakes_on_the_new_base(
-    baked_repo: dict[str, Any], tmp_path: Path
+    formal_branch: dict[str, Any], tmp_path: Path
 ) -> None:
-    root = baked_branch(baked_repo, tmp_path)
+    root = copy_baked(formal_branch, tmp_path)
     trigger_text = git(root, "show", "formal~1:input.yml")
     rebase = subprocess.run(["git", "rebase", "main"], cwd=root, capture_output=True, text=True)
     # the commit of input.yml replays cleanly onto main's cleared input.yml; the bake commit made on the
@@ -354,17 +366,17 @@ def test_rebasing_a_baked_branch_stops_at_the_stale_bake_and_rebakes_on_the_new_
         git(root, "log", "--format=%s", "-1", "main").strip(),
     ]
     assert (root / "input.yml").read_text() == trigger_text and chain(root) == chain(root, "main")
-    ran = bake_git(root, "run")
-    assert ran.returncode == 0, ran.stderr
+    ran = bake_here(root, "run")
+    assert ran.exit_code == 0, ran.stderr
     # the model is main's (both of its bakes) plus formal's, baked again on top of it
     assert chain(root)[:-1] == chain(root, "main") and len(chain(root)) == 3
     assert git(root, "status", "--porcelain") == ""
 
 
-def test_a_rebase_that_replays_a_stale_bake_says_how_to_fix_it(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+def test_a_rebase_that_replays_a_stale_bake_says_how_to_fix_it(formal_branch: dict[str, Any], tmp_path: Path) -> None:
     """With the lineage driver of an older gitbake (which always took the replayed side), the rebase goes
     through: post-rewrite names the stale bake commit and the commands that make the lineage whole."""
-    root = baked_branch(baked_repo, tmp_path)
+    root = copy_baked(formal_branch, tmp_path)
     git(root, "config", "merge.bake-theirs.driver", "cp -f %B %A")
     rebase = subprocess.run(["git", "rebase", "main"], cwd=root, capture_output=True, text=True)
     assert rebase.returncode == 0, rebase.stderr
@@ -374,5 +386,5 @@ def test_a_rebase_that_replays_a_stale_bake_says_how_to_fix_it(baked_repo: dict[
     fix = f"git reset --keep {stale[:12]}~1 && git bake run"
     assert fix in rebase.stderr
     git(root, "reset", "-q", "--keep", f"{stale}~1")
-    assert bake_git(root, "run").returncode == 0
+    assert bake_here(root, "run").exit_code == 0
     assert chain(root)[:-1] == chain(root, "main") and len(chain(root)) == 3
