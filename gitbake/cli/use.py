@@ -178,7 +178,7 @@ def serve(
       GITBAKE_API_KEY=secret git bake serve main formal --port 8080
       curl -s localhost:8000/v1/models
     """
-    from gitbake.use.serve import Server, is_loopback, load_served, read_api_key
+    from gitbake.use.serve import Server, is_loopback, listen, load_served, read_api_key, resolve_served
 
     key = read_api_key(api_key, api_key_file)
     if (
@@ -195,8 +195,15 @@ def serve(
             "set GITBAKE_API_KEY or --api-key-file",
             err=True,
         )
-    models = load_served(repository(), list(revs), max_batch)
-    server = Server(models, host, port, key, max_prompt_tokens, allow_hosts)
+    repo = repository()
+    versions = resolve_served(repo, list(revs))  # an unknown address is said first,
+    sock = listen(host, port)  # then a busy port, both before any model loads
+    try:
+        models = load_served(repo, list(revs), max_batch, versions)
+    except BaseException:
+        sock.close()
+        raise
+    server = Server(models, host, port, key, max_prompt_tokens, allow_hosts, sock=sock)
     click.echo(f"serving {', '.join(models)} at {server.url} (Ctrl-C to stop)", err=True)
     try:
         server.serve_forever()

@@ -153,6 +153,25 @@ class _Relay(queue.Queue[tuple[str, Any]]):
                 return
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port. The command binds it before loading the models, so a port in use
+    is said at once, not after minutes of loading."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            "choose another port with --port (0 picks a free one)",
+        ) from None
+    # a deep backlog: tens of clients connecting at once are queued by the kernel, not reset
+    sock.listen(1024)
+    return sock
+
+
 class Server:
     def __init__(
         self,
@@ -162,24 +181,14 @@ class Server:
         api_key: str | None,
         max_prompt_tokens: int | None = None,
         allow_hosts: Sequence[str] = (),
+        sock: socket.socket | None = None,
     ) -> None:
+        """`sock`: already listening (`listen`), as the command binds before it loads any model."""
         import uvicorn
 
         self.models, self.api_key, self.max_prompt_tokens = models, api_key, max_prompt_tokens
         self.hosts = allowed_hosts(host, allow_hosts)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.sock.bind((host, port))
-        except OSError as exc:
-            self.sock.close()
-            raise UsageError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                "choose another port with --port (0 picks a free one)",
-            ) from None
-        # a deep backlog: tens of clients connecting at once are queued by the kernel, not reset
-        self.sock.listen(1024)
+        self.sock = sock if sock is not None else listen(host, port)
         config = uvicorn.Config(
             self.app(),
             log_level="warning",
@@ -506,10 +515,20 @@ class Reply:
             req.cancelled.set()  # finished: a no-op; the client left mid-answer: its row stops decoding
 
 
-def load_served(repo: Any, revs: list[str], max_batch: int = 16) -> dict[str, Served]:
-    from gitbake.use.versions import load, resolve
+def resolve_served(repo: Any, revs: list[str]) -> list[Any]:
+    """The versions to serve (default HEAD): every address checked before anything binds or loads."""
+    from gitbake.use.versions import resolve
 
-    versions = [resolve(repo, rev) for rev in revs or ["HEAD"]]  # every revision checked before any model loads
+    return [resolve(repo, rev) for rev in revs or ["HEAD"]]
+
+
+def load_served(
+    repo: Any, revs: list[str], max_batch: int = 16, versions: list[Any] | None = None
+) -> dict[str, Served]:
+    """Each version's model with its batcher. `versions`: already resolved (`resolve_served`)."""
+    from gitbake.use.versions import load
+
+    versions = versions if versions is not None else resolve_served(repo, revs)
     from gitbake.engine.infer import Batcher
 
     models: dict[str, Served] = {}
