@@ -475,6 +475,7 @@ def _bake_stage(runner: Runner) -> StageResult:
                 "steps": result.steps,
                 "final_loss": result.metrics[-1]["loss"] if result.metrics else None,
                 "train_seconds": round(result.seconds, 3),
+                "teacher_seconds": round(result.teacher_seconds, 3),
             }
         )
         # only now, after training, the adapter check and eval all succeeded, does anything enter the store
@@ -520,6 +521,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "adapter",
         "note",
         "train_seconds",
+        "teacher_seconds",
         "trajectories_trained",
     )
     return {k: report[k] for k in keys if k in report}
