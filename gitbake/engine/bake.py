@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from gitbake.contract.config import Bake
-from gitbake.engine import compiled, kl, parallel, trainstate
+from gitbake.engine import kl, parallel, trainstate
 from gitbake.engine.ds import zero_stage
 from gitbake.engine.infer import cache_arg
 from gitbake.errors import GitbakeError, UsageError
@@ -484,93 +484,88 @@ class Baker:
             progress.done = state["step"]
         started = time.monotonic()
         tokens_window, window_start = 0, time.monotonic()
-        # DeepSpeed wraps the model in its own hooks: compiled layers are for the plain path
-        compile_layers = engine is None and compiled.wanted(self.parent)
-        if compile_layers:
-            self.reporter.say("compiling the decoder layers for training (GITBAKE_COMPILE=0: eager)")
-        with compiled.compiled_layers(decoder, compile_layers):
-            try:
-                for epoch in range(state["epoch"], epochs):
-                    epoch_batches = batches(data, mbs, data_seed + epoch)  # the same list on every rank
-                    first = state["batch"] if epoch == state["epoch"] else 0
-                    pm.train()
-                    for g_start in range(first, len(epoch_batches), span):
-                        group = epoch_batches[g_start : g_start + span]
-                        local, weight = parallel.mine(group, ga), 1.0
-                        if not local:  # a short last group leaves this rank nothing: it runs one at weight 0, so
-                            local, weight = group[:1], 0.0  # every rank takes part in the step's collectives
-                        accum_loss, accum_tokens = 0.0, 0
-                        pending: Any = None
-                        for batch in local:
-                            n_tokens = sum(len(t.response_ids) for t in batch)
-                            s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
-                            # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
-                            # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path
-                            loss_fn = kl.fused_loss if fused else partial(kl.chunked_loss, recompute=not zero3)
-                            if topk:
-                                ids = torch.cat([cache[id(t)][0] for t in batch])
-                                lps = torch.cat([cache[id(t)][1] for t in batch])
-                                loss_sum = loss_fn(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps))
-                            else:
-                                if states is not None:
-                                    t_hidden = torch.cat([states[id(t)] for t in batch]).to(self.device)
-                                else:
-                                    pm.eval()  # the teacher never sees dropout: it is the frozen parent
-                                    with torch.no_grad(), pm.disable_adapter():
-                                        t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
-                                    pm.train()
-                                loss_sum = loss_fn(lm_head, s_hidden, t_hidden, beta, temperature)
-                            # the mean over the group's micro-batches of each one's per-token loss: summed across
-                            # ranks below (DeepSpeed averages, so its share is scaled up by the world size)
-                            scaled = loss_sum / max(n_tokens, 1) / len(group) * weight * (size if engine else 1)
-                            if engine is not None:
-                                pending = scaled if pending is None else pending + scaled  # one backward per step
-                            else:
-                                scaled.backward()
-                            if weight:
-                                accum_loss += loss_sum.item()
-                                accum_tokens += n_tokens
-                        if engine is not None:
-                            engine.backward(pending, scale_wrt_gas=False)
-                            engine.step()  # the optimizer and the scheduler
+        try:
+            for epoch in range(state["epoch"], epochs):
+                epoch_batches = batches(data, mbs, data_seed + epoch)  # the same list on every rank
+                first = state["batch"] if epoch == state["epoch"] else 0
+                pm.train()
+                for g_start in range(first, len(epoch_batches), span):
+                    group = epoch_batches[g_start : g_start + span]
+                    local, weight = parallel.mine(group, ga), 1.0
+                    if not local:  # a short last group leaves this rank nothing: it runs one at weight 0, so
+                        local, weight = group[:1], 0.0  # every rank takes part in the step's collectives
+                    accum_loss, accum_tokens = 0.0, 0
+                    pending: Any = None
+                    for batch in local:
+                        n_tokens = sum(len(t.response_ids) for t in batch)
+                        s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
+                        # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
+                        # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path
+                        loss_fn = kl.fused_loss if fused else partial(kl.chunked_loss, recompute=not zero3)
+                        if topk:
+                            ids = torch.cat([cache[id(t)][0] for t in batch])
+                            lps = torch.cat([cache[id(t)][1] for t in batch])
+                            loss_sum = loss_fn(lm_head, s_hidden, None, beta, temperature, teacher_topk=(ids, lps))
                         else:
-                            parallel.sum_grads(params)
-                            optimizer.step()
-                            scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
-                        accum_loss, total = parallel.sum_floats(accum_loss, accum_tokens)
-                        accum_tokens = int(total)
-                        tokens_window += accum_tokens
-                        last = g_start + span >= len(epoch_batches)
-                        state = {
-                            "step": state["step"] + 1,
-                            "epoch": epoch if not last else epoch + 1,
-                            "batch": 0 if last else g_start + span,
-                        }
-                        now = time.monotonic()
-                        row = {
-                            "step": state["step"],
-                            "epoch": epoch + min(g_start + span, len(epoch_batches)) / len(epoch_batches),
-                            "loss": accum_loss / max(accum_tokens, 1),
-                            "lr": scheduler.get_last_lr()[0],
-                            "tokens_per_s": tokens_window / max(now - window_start, 1e-9),
-                        }
-                        tokens_window, window_start = 0, now
-                        result.metrics.append(row)
-                        result.tokens += accum_tokens
-                        if wandb_run is not None:
-                            wandb_run.log(row)
-                        progress.label = f"{progress_label} loss {row['loss']:.4f}"
-                        progress.update()
-                        if scratch is not None and self._due(state, last) and rank == 0:
-                            self._save_scratch(pm, optimizer, scheduler, state, scratch)
-                            if keep is not None and not zero3 and ds_rank0():
-                                # the same normalised, checked format as the final adapter
-                                self._save_adapter(pm, keep / str(state["step"]))
-            except KeyboardInterrupt:
-                if scratch is not None and not zero3 and rank == 0:
-                    self._save_scratch(pm, optimizer, scheduler, state, scratch)
-                raise
+                            if states is not None:
+                                t_hidden = torch.cat([states[id(t)] for t in batch]).to(self.device)
+                            else:
+                                pm.eval()  # the teacher never sees dropout: it is the frozen parent
+                                with torch.no_grad(), pm.disable_adapter():
+                                    t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
+                                pm.train()
+                            loss_sum = loss_fn(lm_head, s_hidden, t_hidden, beta, temperature)
+                        # the mean over the group's micro-batches of each one's per-token loss: summed across
+                        # ranks below (DeepSpeed averages, so its share is scaled up by the world size)
+                        scaled = loss_sum / max(n_tokens, 1) / len(group) * weight * (size if engine else 1)
+                        if engine is not None:
+                            pending = scaled if pending is None else pending + scaled  # one backward per step
+                        else:
+                            scaled.backward()
+                        if weight:
+                            accum_loss += loss_sum.item()
+                            accum_tokens += n_tokens
+                    if engine is not None:
+                        engine.backward(pending, scale_wrt_gas=False)
+                        engine.step()  # the optimizer and the scheduler
+                    else:
+                        parallel.sum_grads(params)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    accum_loss, total = parallel.sum_floats(accum_loss, accum_tokens)
+                    accum_tokens = int(total)
+                    tokens_window += accum_tokens
+                    last = g_start + span >= len(epoch_batches)
+                    state = {
+                        "step": state["step"] + 1,
+                        "epoch": epoch if not last else epoch + 1,
+                        "batch": 0 if last else g_start + span,
+                    }
+                    now = time.monotonic()
+                    row = {
+                        "step": state["step"],
+                        "epoch": epoch + min(g_start + span, len(epoch_batches)) / len(epoch_batches),
+                        "loss": accum_loss / max(accum_tokens, 1),
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": tokens_window / max(now - window_start, 1e-9),
+                    }
+                    tokens_window, window_start = 0, now
+                    result.metrics.append(row)
+                    result.tokens += accum_tokens
+                    if wandb_run is not None:
+                        wandb_run.log(row)
+                    progress.label = f"{progress_label} loss {row['loss']:.4f}"
+                    progress.update()
+                    if scratch is not None and self._due(state, last) and rank == 0:
+                        self._save_scratch(pm, optimizer, scheduler, state, scratch)
+                        if keep is not None and not zero3 and ds_rank0():
+                            # the same normalised, checked format as the final adapter
+                            self._save_adapter(pm, keep / str(state["step"]))
+        except KeyboardInterrupt:
+            if scratch is not None and not zero3 and rank == 0:
+                self._save_scratch(pm, optimizer, scheduler, state, scratch)
+            raise
         result.steps = state["step"]
         result.seconds = time.monotonic() - started
         stage = zero_stage(cfg)

@@ -39,7 +39,7 @@ padding are not counted. 6N is the convention of model-FLOPs utilisation (MFU) f
 bake skips the gradients of its frozen weights, so the multiply-adds its products really do are about
 4N per trained token, two thirds of what is counted. The time it is divided by is the training loop's
 plus the teacher's pass before it (`train_seconds` + `teacher_seconds` of the bake's record), the same
-work the count covers; the compile of the decoder layers (engine/compiled.py) is inside it.
+work the count covers.
 
 Goals, each printed met/MISSED: gap_closed >= 0.9; rate after >= 0.9 x the teacher's; bake < 5 min;
 achieved >= 60% of the measured peak.
