@@ -199,7 +199,7 @@ def serve(
     versions = resolve_served(repo, list(revs))  # an unknown address is said first,
     sock = listen(host, port)  # then a busy port, both before any model loads
     try:
-        models = load_served(repo, list(revs), max_batch, versions)
+        models = load_served(repo, versions, max_batch)
     except BaseException:
         sock.close()
         raise

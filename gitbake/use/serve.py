@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.use.openai_api import (
@@ -34,6 +34,9 @@ from gitbake.use.openai_api import (
     parse_completion,
     usage,
 )
+
+if TYPE_CHECKING:
+    from gitbake.use.versions import Version
 
 MAX_BODY = 4 << 20  # a chat request is text: more than 4 MiB is a mistake or an attack
 ROUTES = "GET /v1/models, POST /v1/chat/completions or POST /v1/completions"
@@ -515,21 +518,17 @@ class Reply:
             req.cancelled.set()  # finished: a no-op; the client left mid-answer: its row stops decoding
 
 
-def resolve_served(repo: Any, revs: list[str]) -> list[Any]:
+def resolve_served(repo: Any, revs: list[str]) -> list[Version]:
     """The versions to serve (default HEAD): every address checked before anything binds or loads."""
     from gitbake.use.versions import resolve
 
     return [resolve(repo, rev) for rev in revs or ["HEAD"]]
 
 
-def load_served(
-    repo: Any, revs: list[str], max_batch: int = 16, versions: list[Any] | None = None
-) -> dict[str, Served]:
-    """Each version's model with its batcher. `versions`: already resolved (`resolve_served`)."""
-    from gitbake.use.versions import load
-
-    versions = versions if versions is not None else resolve_served(repo, revs)
+def load_served(repo: Any, versions: list[Version], max_batch: int = 16) -> dict[str, Served]:
+    """Each version's model (`resolve_served`) with its batcher."""
     from gitbake.engine.infer import Batcher
+    from gitbake.use.versions import load
 
     models: dict[str, Served] = {}
     for version in versions:

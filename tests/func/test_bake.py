@@ -110,6 +110,8 @@ def test_kl_falls_and_same_seed_same_bytes(trajectories: list[bake.Trajectory], 
         outs.append(res)
     losses = [row["loss"] for row in outs[0].metrics]
     assert losses[-1] < 0.6 * losses[0]
+    # the teacher's pass is timed apart from the training loop (fidelity.py's rate divides by both)
+    assert all(r.teacher_seconds > 0 and r.seconds > 0 for r in outs)
     for f in bake.ADAPTER_FILES:
         assert (tmp_path / "a0" / f).read_bytes() == (tmp_path / "a1" / f).read_bytes()
     assert sorted(p.name for p in (tmp_path / "a0").iterdir()) == sorted(bake.ADAPTER_FILES)

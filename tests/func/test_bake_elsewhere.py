@@ -22,7 +22,6 @@ def adapters_of(root: Path) -> list[str]:
 
 
 def test_a_laptop_commits_a_gpu_machine_bakes_and_pushes_the_laptop_pulls(tmp_path: Path, s3_url: str) -> None:
-    store_url = s3_url
     bare = tmp_path / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
 
@@ -31,7 +30,7 @@ def test_a_laptop_commits_a_gpu_machine_bakes_and_pushes_the_laptop_pulls(tmp_pa
     laptop = tmp_path / "laptop"
     git(laptop, "config", "bake.hookMode", "off")
     git(laptop, "remote", "add", "origin", str(bare))
-    assert bake_git(laptop, "remote", "add", "store", store_url).returncode == 0
+    assert bake_git(laptop, "remote", "add", "store", s3_url).returncode == 0
     (laptop / "input.yml").write_text(YODA_SMALL)
     commit = subprocess.run(["git", "commit", "-qam", "bake yoda"], cwd=laptop, capture_output=True, text=True)
     assert commit.returncode == 0 and "baking" not in commit.stderr  # no bake here
@@ -45,7 +44,7 @@ def test_a_laptop_commits_a_gpu_machine_bakes_and_pushes_the_laptop_pulls(tmp_pa
     git(tmp_path, "clone", "-q", str(bare), "gpu")
     gpu = tmp_path / "gpu"
     assert bake_git(gpu, "init").returncode == 0
-    assert bake_git(gpu, "remote", "add", "store", store_url).returncode == 0
+    assert bake_git(gpu, "remote", "add", "store", s3_url).returncode == 0
     baked = bake_git(gpu, "run", "--push", "--json")
     assert baked.returncode == 0, baked.stderr[-3000:]
     report = json.loads(baked.stdout)

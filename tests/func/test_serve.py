@@ -29,15 +29,15 @@ from gitbake.engine.sampling import Sampling
 from gitbake.engine.templating import render
 from gitbake.repo.repo import open_repo
 from gitbake.use import openai_api, serve
-from gitbake.use.serve import Server, load_served
+from gitbake.use.serve import Server, load_served, resolve_served
 
-from helpers import bake_git
+from helpers import bake_git, bake_here
 
 
 @pytest.fixture(scope="module")
 def server(baked_repo: dict[str, Any]) -> Iterator[tuple[Server, dict[str, Any]]]:
     repo = open_repo(baked_repo["root"])
-    models = load_served(repo, ["HEAD", baked_repo["first"]], max_batch=8)
+    models = load_served(repo, resolve_served(repo, ["HEAD", baked_repo["first"]]), max_batch=8)
     srv = Server(models, "127.0.0.1", 0, "sekret").start()
     yield srv, {"names": list(models), **baked_repo}
     srv.close()
@@ -128,6 +128,23 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server: tup
         assert he.value.code == 400
     # still serving
     assert c.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+
+
+def test_serve_says_a_bad_address_then_a_busy_port_before_loading_any_model(
+    baked_repo: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a model was loaded before the address and the port were checked")
+
+    monkeypatch.setattr(serve, "load_served", never)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        out = bake_here(baked_repo["root"], "serve", "--port", port)
+        assert out.exit_code == 2 and "cannot listen" in out.stderr and "--port" in out.stderr, out.stderr
+        out = bake_here(baked_repo["root"], "serve", "nope", "--port", port)
+        assert out.exit_code == 2 and "unknown model address `nope`" in out.stderr, out.stderr
 
 
 def test_serve_command_and_port_in_use(baked_repo: dict[str, Any]) -> None:

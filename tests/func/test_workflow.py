@@ -331,20 +331,16 @@ def formal_branch(
         from conftest import _isolate
 
         _isolate(mp, tmp_path_factory.mktemp("formal-home"), model_cache)
-        return {"root": baked_branch(baked_repo, tmp_path_factory.mktemp("formal"))}
-
-
-def baked_branch(baked_repo: dict[str, Any], tmp_path: Path) -> Path:
-    root = copy_baked(baked_repo, tmp_path)
-    git(root, "checkout", "-q", "-b", "formal", baked_repo["first"])
-    (root / "input.yml").write_text(
-        YODA_SMALL.replace("You are Yoda. Speak like Yoda.", "You are a formal butler.").replace(
-            "yoda_bake", "formal_bake"
+        root = copy_baked(baked_repo, tmp_path_factory.mktemp("formal"))
+        git(root, "checkout", "-q", "-b", "formal", baked_repo["first"])
+        (root / "input.yml").write_text(
+            YODA_SMALL.replace("You are Yoda. Speak like Yoda.", "You are a formal butler.").replace(
+                "yoda_bake", "formal_bake"
+            )
         )
-    )
-    git(root, "commit", "-qam", "formal")  # the foreground hook bakes it: formal = [first's bake, formal's]
-    assert git(root, "log", "--format=%s", "-1").startswith("bake: formal_bake_") and len(chain(root)) == 2
-    return root
+        git(root, "commit", "-qam", "formal")  # the foreground hook bakes it: formal = [first's bake, formal's]
+        assert git(root, "log", "--format=%s", "-1").startswith("bake: formal_bake_") and len(chain(root)) == 2
+        return {"root": root}
 
 
 def test_rebasing_a_baked_branch_stops_at_the_stale_bake_and_rebakes_on_the_new_base(
