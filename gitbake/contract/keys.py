@@ -17,6 +17,9 @@ import blake3
 # Bump when the training algorithm changes in a way that changes the adapter it produces, so old
 # cache entries are not mistaken for new results.
 ENGINE_VERSION = "gitbake-bake-1"
+# Bump when sampling draws differently for the same seed (the rollout's samples change), for the same reason.
+# 2: answers are sampled in stages of growing length (engine/rollout.py).
+SAMPLER_VERSION = "gitbake-sample-2"
 
 NAME_HEX = 12  # display names: <name>_<first 12 hex of the key>
 KEY_HEX = 64
@@ -131,6 +134,7 @@ def rollout_key(stim: str, teacher_key: str, student_key: str, sampling: dict[st
             "student": student_key,
             "sampling": sampling,
             "model": model_identity,
+            "sampler": SAMPLER_VERSION,
         }
     )
 

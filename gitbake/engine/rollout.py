@@ -73,6 +73,16 @@ class Response:
     logprobs: list[TokenLogprob] | None = None
 
 
+# Answers are sampled in stages of growing length: FIRST_STAGE new tokens, then twice as many in all, and
+# so on up to max_tokens. After each stage the answers that ended leave, and the rest go on in fresh,
+# fuller batches, re-prefilled with what they have so far. `model.generate` decodes a batch until its
+# longest answer ends, so without stages one rambling answer kept its whole batch decoding to max_tokens:
+# on SmolLM2 answers average 25-45 tokens, and most batches of 16 had one that ran to 256 (docs/engine.md).
+# Sampling on from a prefix is the same distribution, and every processor sees the same ids (the penalties
+# count from where the answer starts), so only the random stream differs from one long generate.
+FIRST_STAGE = 32
+
+
 def generate_batches(
     model: Any,
     tokenizer: Any,
@@ -80,8 +90,8 @@ def generate_batches(
     settings: SamplingSettings,
     progress: Progress | None = None,
 ) -> list[Response]:
-    """Sample one response per prompt. Batched, left-padded; `model.generate` with the same logits
-    processors as chat and serve (gitbake.engine.sampling)."""
+    """Sample one response per prompt. Batched, left-padded, in stages of growing length (FIRST_STAGE);
+    `model.generate` with the same logits processors as chat and serve (gitbake.engine.sampling)."""
     import torch
     from transformers import LogitsProcessorList
 
@@ -94,10 +104,8 @@ def generate_batches(
         {eos} if eos is not None else set()
     )
     sampling = sampling_of(settings)
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     results: list[Response] = [Response([], False)] * len(prompts)
     gen_kwargs: dict[str, Any] = {
-        "max_new_tokens": settings.max_tokens,
         "pad_token_id": pad,
         "eos_token_id": sorted(stops) if stops else None,
         **sampling.generate_kwargs(),
@@ -107,44 +115,64 @@ def generate_batches(
         gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
     if sampling.logprobs:
         gen_kwargs.update(output_logits=True, return_dict_in_generate=True)
-    for b, start in enumerate(range(0, len(order), settings.batch_size)):
-        idx = order[start : start + settings.batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            p = list(prompts[i])
-            ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[row, width - len(p) :] = 1
-        penalties = LogitsProcessorList(
-            [OpenAIPenalties(sampling.presence_penalty, sampling.frequency_penalty, width)]
-            if sampling.presence_penalty or sampling.frequency_penalty
-            else []
-        )
-        torch.manual_seed(settings.seed * 1_000_003 + b)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), logits_processor=penalties, **gen_kwargs
+    sofar: dict[int, list[int]] = {i: [] for i in range(len(prompts))}  # each unfinished answer so far
+    lps: dict[int, list[TokenLogprob]] = {i: [] for i in range(len(prompts))}
+    pending, done_tokens, stage = list(range(len(prompts))), 0, 0
+    while pending:
+        # every pending answer has exactly done_tokens tokens: it neither stopped nor was cut
+        cap = min(settings.max_tokens, max(FIRST_STAGE, 2 * done_tokens))
+        order = sorted(pending, key=lambda i: (len(prompts[i]), i))
+        pending = []
+        for b, start in enumerate(range(0, len(order), settings.batch_size)):
+            idx = order[start : start + settings.batch_size]
+            rows = [list(prompts[i]) + sofar[i] for i in idx]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, r in enumerate(rows):
+                ids[row, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+                mask[row, width - len(r) :] = 1
+            penalties = LogitsProcessorList(
+                [OpenAIPenalties(sampling.presence_penalty, sampling.frequency_penalty, width - done_tokens)]
+                if sampling.presence_penalty or sampling.frequency_penalty
+                else []
             )
-        sequences = out.sequences if sampling.logprobs else out
-        for row, i in enumerate(idx):
-            resp = sequences[row, width:].tolist()
-            finished = False
-            ends = [k for k, tok in enumerate(resp) if tok in stops]
-            if ends:
-                resp = resp[: ends[0] + 1]  # keep the stop token: the student must learn to stop
-                finished = True
-            else:
-                while resp and resp[-1] == pad:
-                    resp.pop()
-            if sampling.stop and not finished:
-                resp = _before_stop(tokenizer, resp, sampling.stop)
-            lps = None
-            if sampling.logprobs:
-                lps = [logprob_of(out.logits[k][row], tok, sampling.top_logprobs) for k, tok in enumerate(resp)]
-            results[i] = Response(resp, finished, lps)
-        if progress:
-            progress.update(len(idx))
+            # seeded by (rollout seed, stage, batch): the same prompts and settings give the same answers
+            torch.manual_seed(settings.seed * 1_000_003 + stage * 100_003 + b)
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    logits_processor=penalties,
+                    max_new_tokens=cap - done_tokens,
+                    **gen_kwargs,
+                )
+            sequences = out.sequences if sampling.logprobs else out
+            ended = 0
+            for row, i in enumerate(idx):
+                new = sequences[row, width:].tolist()
+                finished = False
+                ends = [k for k, tok in enumerate(new) if tok in stops]
+                if ends:
+                    new = new[: ends[0] + 1]  # keep the stop token: the student must learn to stop
+                    finished = True
+                else:
+                    while new and new[-1] == pad:
+                        new.pop()
+                if sampling.logprobs:
+                    lps[i] += [logprob_of(out.logits[k][row], tok, sampling.top_logprobs) for k, tok in enumerate(new)]
+                resp = sofar[i] + new
+                cut = _before_stop(tokenizer, resp, sampling.stop) if sampling.stop and not finished else resp
+                # it goes on only when it used the whole stage: it neither stopped nor was cut short
+                if not finished and len(cut) == len(resp) == cap and cap < settings.max_tokens:
+                    sofar[i] = resp  # on to the next stage
+                    pending.append(i)
+                    continue
+                results[i] = Response(cut, finished, lps[i][: len(cut)] if sampling.logprobs else None)
+                ended += 1
+            if progress and ended:
+                progress.update(ended)
+        done_tokens, stage = cap, stage + 1
     return results
 
 

@@ -112,3 +112,41 @@ def test_rollout_records_keep_logprobs_when_asked(tiny: Any) -> None:
         tiny.model, tiny.tokenizer, stim, teacher, {"messages": []}, SamplingSettings(max_tokens=8)
     )
     assert "logprobs" not in plain
+
+
+def test_answers_are_sampled_in_stages_and_the_finished_leave(tiny: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers go on in stages of growing length; one that ended leaves its batch, so a long answer no longer
+    keeps the others decoding. Greedy answers, their logprobs and the penalties are those of one long stage."""
+    from gitbake.engine import rollout
+
+    prompts = [render(tiny.tokenizer, [], None, q) for q in ("Tell me a story.", "What is tea?", "Why?", "Hi")]
+    settings = SamplingSettings(temperature=0, max_tokens=12, extra_kwargs={"frequency_penalty": 0.5})
+    first = generate_batches(tiny.model, tiny.tokenizer, prompts, settings)  # 12 <= FIRST_STAGE: one stage
+    assert all(len(r.ids) == 12 and not r.finished for r in first)  # tiny never ends by itself here
+    stop = first[0].ids[1]  # make prompt 0's second token end the answer: it finishes in the first stage
+    monkeypatch.setattr(tiny.model.generation_config, "eos_token_id", stop)
+
+    def ended(ids: list[int]) -> list[int]:
+        return ids[: ids.index(stop) + 1] if stop in ids else ids
+
+    one_stage = generate_batches(tiny.model, tiny.tokenizer, prompts, settings)
+    assert [r.ids for r in one_stage] == [ended(r.ids) for r in first]
+    calls: list[tuple[int, int]] = []
+    generate = tiny.model.generate
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append((kwargs["input_ids"].shape[0], kwargs["max_new_tokens"]))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny.model, "generate", counted)
+    monkeypatch.setattr(rollout, "FIRST_STAGE", 4)
+    with_lp = SamplingSettings(temperature=0, max_tokens=12, extra_kwargs={"frequency_penalty": 0.5, "logprobs": True})
+    staged = generate_batches(tiny.model, tiny.tokenizer, prompts, with_lp)
+    assert [r.ids for r in staged] == [r.ids for r in one_stage]
+    assert [r.finished for r in staged] == [stop in r.ids for r in first]
+    for r in staged:
+        assert r.logprobs is not None and [lp.token for lp in r.logprobs] == r.ids
+    # stages of 4, 8 and 12 tokens in all; each takes only the answers that went on past the one before
+    expected = [(len(prompts), 4)] + [(sum(len(r.ids) > done for r in staged), 4) for done in (4, 8)]
+    assert calls == [c for c in expected if c[0]]
+    assert calls[1][0] < len(prompts)  # prompt 0's answer ended in the first stage and left
