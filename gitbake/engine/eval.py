@@ -1,13 +1,17 @@
 """eval: how much of the prompt's effect the bake captured (baking-method.md §8).
 
-On held-out questions, fresh teacher samples at temperature 1 (no top-p, seeded), then token-weighted
-means of KL(teacher ‖ model) over the response positions, for the parent (D_before) and the baked model
-(D_after); gap_closed = 1 − D_after / D_before. Also the first-token KL and the per-position curve.
+On held-out questions, teacher samples at temperature 1 (no top-p), then token-weighted means of
+KL(teacher ‖ model) over the response positions, for the parent (D_before) and the baked model (D_after);
+gap_closed = 1 − D_after / D_before. Also the first-token KL and the per-position curve. The samples are
+the held-out rollouts where those are such samples (`given`: the rollout sampled the parent under the
+teacher prompt at temperature 1 with nothing reshaping the distribution), else sampled here, seeded. The
+method asks for fixed, cached samples (baking-method.md §8), and the rollout's already are: sampling them
+again took most of a real bake's eval time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,6 +45,7 @@ class KLEval:
     seed: int
     samples_per_question: int
     note: str | None = None  # e.g. no held-out questions: evaluated on the training questions
+    rollout_samples: int = 0  # of the trajectories, those taken from the held-out rollouts (the rest: sampled here)
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -57,21 +62,31 @@ def evaluate(
     max_tokens: int,
     seed: int,
     note: str | None = None,
+    given: Mapping[int, Sequence[Sequence[int]]] | None = None,
 ) -> KLEval:
-    """`pm` is the PEFT model: adapter enabled = baked, disabled = parent. Contexts: (teacher ids, student ids)."""
+    """`pm` is the PEFT model: adapter enabled = baked, disabled = parent. Contexts: (teacher ids, student ids).
+    `given`: by context index, teacher samples already made (the held-out rollouts); a context with at
+    least `samples` of them takes the first `samples`, cut at `max_tokens`, and the others are sampled here."""
     pm.eval()
     inner = pm.get_base_model()
     decoder, lm_head = inner.get_decoder(), inner.get_output_embeddings()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(pm.parameters()).device
-    prompts = [t for t, _ in contexts for _ in range(samples)]
-    with torch.no_grad(), pm.disable_adapter():
-        responses = generate_batches(
-            pm, tokenizer, prompts, SamplingSettings(temperature=1.0, max_tokens=max_tokens, seed=seed, batch_size=16)
-        )
-    trajs = [
-        Trajectory(t, s, r.ids) for (t, s), r in zip([c for c in contexts for _ in range(samples)], responses) if r.ids
-    ]
+    given = given or {}
+    enough = [len(given.get(k, ())) >= samples for k in range(len(contexts))]
+    taken = [(c, list(ids)[:max_tokens]) for k, c in enumerate(contexts) if enough[k] for ids in given[k][:samples]]
+    fresh = [c for k, c in enumerate(contexts) if not enough[k] for _ in range(samples)]
+    responses: list[Any] = []
+    if fresh:
+        with torch.no_grad(), pm.disable_adapter():
+            responses = generate_batches(
+                pm,
+                tokenizer,
+                [t for t, _ in fresh],
+                SamplingSettings(temperature=1.0, max_tokens=max_tokens, seed=seed, batch_size=16),
+            )
+    pairs = taken + [(c, r.ids) for c, r in zip(fresh, responses)]
+    trajs = [Trajectory(t, s, ids) for (t, s), ids in pairs if ids]
     before: list[torch.Tensor] = []
     after: list[torch.Tensor] = []
     with torch.no_grad():
@@ -116,4 +131,5 @@ def evaluate(
         seed=seed,
         samples_per_question=samples,
         note=note or None,
+        rollout_samples=sum(1 for _, ids in taken if ids),
     )

@@ -61,6 +61,29 @@ def sampling_of(settings: SamplingSettings) -> Sampling:
 
 # transformers' generate flags that have no OpenAI name: passed as they are
 GENERATE_ONLY = ("typical_p", "no_repeat_ngram_size")
+# extra_kwargs that change only how answers are seeded or reported, not what is sampled
+NEUTRAL = ("seed", "logprobs", "top_logprobs")
+# the values of the others at which they leave the distribution as it is
+NO_EFFECT: dict[str, Any] = {
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+
+
+def plain(settings: SamplingSettings) -> bool:
+    """Whether these settings sample the model's own distribution: temperature 1, nothing that reshapes or
+    cuts it. Only such samples estimate the forward KL the bake's eval reports (baking-method.md §8)."""
+    if settings.temperature != 1.0:
+        return False
+    return all(
+        k in NEUTRAL or v is None or v == [] or (k in NO_EFFECT and v == NO_EFFECT[k])
+        for k, v in settings.extra_kwargs.items()
+    )
 
 
 @dataclass
@@ -195,8 +218,13 @@ def make_rollouts(
     settings: SamplingSettings,
     label: str = "rollout",
     reporter: Reporter | None = None,
+    answered_by_parent: bool = True,
 ) -> list[dict[str, Any]]:
+    """The records of every question's answers. `teacher_sample` marks an answer that is a plain sample of
+    the teacher (the parent under the teacher prompt; `plain` settings): the bake's eval takes the held-out
+    ones as its teacher samples instead of sampling them again."""
     ctx = contexts(tokenizer, stim, teacher, student)
+    teacher_plain = answered_by_parent and plain(settings)
     prompts, owners = [], []
     for rec, (t_ids, s_ids) in zip(stim, ctx):
         # rollout_with_conditioned: the answer is sampled from the student's context (bgit.md §5)
@@ -229,6 +257,7 @@ def make_rollouts(
             "response": response_text(tokenizer, r.ids),
             "finished": r.finished,
             "temperature": settings.temperature,
+            "teacher_sample": teacher_plain and not rec.get("rollout_with_conditioned"),
         }
         if r.logprobs is not None:  # one per response token: [token, log-probability, [[alt, lp], ...]]
             record["logprobs"] = [[lp.token, lp.logprob, [list(t) for t in lp.top]] for lp in r.logprobs]

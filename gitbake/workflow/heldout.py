@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Question:
     text: str
     teacher_ids: list[int]  # the question under the teacher prompt
     student_ids: list[int]  # under the student prompt (usually none): what the baked model is asked
+    samples: list[list[int]] = field(default_factory=list)  # its held-out rollouts that are teacher samples
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,9 @@ def heldout_of(repo: ModelRepo, address: str) -> Heldout:
     unique: dict[tuple[tuple[int, ...], tuple[int, ...]], Question] = {}
     for rec in heldout:  # each question has num_traj_per_stimulus rollouts: once each
         ids = (tuple(rec["teacher_ids"]), tuple(rec["student_ids"]))
-        unique.setdefault(ids, Question(str(rec.get("question", "")), rec["teacher_ids"], rec["student_ids"]))
+        q = unique.setdefault(ids, Question(str(rec.get("question", "")), rec["teacher_ids"], rec["student_ids"]))
+        if rec.get("teacher_sample") and note is None:  # trained-on answers (no held-out questions) are not taken
+            q.samples.append(rec["response_ids"])
     base = other.bread.base_model if other.bread and other.bread.base_model else "tiny"
     return Heldout(
         other.rev or rev,

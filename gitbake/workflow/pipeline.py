@@ -332,6 +332,7 @@ class Runner:
             settings,
             label=f"rollout {t.name}",
             reporter=self.reporter,
+            answered_by_parent=not c.get("model_name"),
         )
         manifest = write_records(self.store, "rollout", key, records, {"target": t.name, "stim": stim_manifest})
         return StageResult("rollout", key, manifest, False, len(records), time.monotonic() - started)
@@ -409,6 +410,7 @@ def _bake_stage(runner: Runner) -> StageResult:
     datasets: list[tuple[list[Trajectory], float]] = []
     contexts: dict[tuple[int, Any], tuple[list[int], list[int]]] = {}
     train_contexts: dict[tuple[int, Any], tuple[list[int], list[int]]] = {}
+    samples: dict[tuple[int, Any], list[list[int]]] = {}  # held-out teacher samples the eval can take as they are
     max_tokens = 1
     # datasets in key order: the key sorts them, so the selection must not depend on their YAML order
     for i, d in enumerate(sorted(b.datasets, key=lambda d: (d.key, d.weight))):
@@ -430,6 +432,8 @@ def _bake_stage(runner: Runner) -> StageResult:
             max_tokens = max(max_tokens, len(rec["response_ids"]))
             if rec["split"] == "heldout":
                 contexts[(i, rec["stimulus_id"])] = ctx
+                if rec.get("teacher_sample"):
+                    samples.setdefault((i, rec["stimulus_id"]), []).append(rec["response_ids"])
             else:
                 train_contexts[(i, rec["stimulus_id"])] = ctx
                 trajs.append(Trajectory(rec["teacher_ids"], rec["student_ids"], rec["response_ids"], i))
@@ -466,6 +470,7 @@ def _bake_stage(runner: Runner) -> StageResult:
             min(max_tokens, 256),
             seed=int(b.key[:8], 16),
             note=eval_note,
+            given={n: samples.get(k, []) for n, k in enumerate(contexts)},
         ).as_json()  # the stored record: the eval's figures and the bake's
         report.update(
             {
@@ -616,6 +621,7 @@ def reevaluate(repo: ModelRepo, rev: str, reporter: Reporter | None = None) -> R
             held.max_tokens,
             seed=int(key[:8], 16),
             note=held.note,
+            given={n: q.samples for n, q in enumerate(held.questions)},
         ).as_json()
         figures = dict(report)
         report.update({"bake": held.bake, "key": held.key, "adapter": held.chain[-1], "rev": held.rev})

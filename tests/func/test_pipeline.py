@@ -205,6 +205,46 @@ def test_run_bake_end_to_end_and_cache(committed: Path, monkeypatch: pytest.Monk
     assert "cached" in human and "gap_closed" in human and "bake commit" in human
 
 
+def test_the_eval_takes_the_held_out_rollouts_that_are_teacher_samples(
+    committed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At temperature 1 with nothing reshaping the distribution, the held-out rollouts are the teacher
+    samples the eval's KL needs: the bake's eval and `git bake eval` take them instead of sampling again.
+    At another temperature they are not, and the eval samples its own."""
+    from gitbake.engine import eval as eval_mod
+
+    sampled: list[int] = []
+    real = eval_mod.generate_batches
+
+    def counted(model: object, tokenizer: object, prompts: list[list[int]], *a: object, **k: object) -> object:
+        sampled.append(len(prompts))
+        return real(model, tokenizer, prompts, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(eval_mod, "generate_batches", counted)
+    (committed / "input.yml").write_text(INPUT + BAKE_SECTION)
+    git(committed, "commit", "-qam", "bake it")
+    out = json.loads(invoke("run", "--json").stdout)["stages"]
+    heldout = [r for r in records("rollout") if r["split"] == "heldout"]
+    assert heldout and all(r["teacher_sample"] for r in heldout)
+    report = pipeline.bake_report(open_repo(committed).store, out[2]["key"])
+    assert report and report["rollout_samples"] == report["trajectories"] == len(heldout)
+    assert sampled == [] and report["gap_closed"] is not None
+    again = invoke("eval", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["rollout_samples"] == len(heldout) and sampled == []
+
+    (committed / "input.yml").write_text(
+        INPUT.replace("max_tokens: 16", "max_tokens: 16\n  temperature: 0.7") + BAKE_SECTION
+    )
+    git(committed, "commit", "-qam", "cooler answers")
+    out = json.loads(invoke("run", "--json").stdout)["stages"]
+    assert not any(r["teacher_sample"] for r in records("rollout"))
+    report = pipeline.bake_report(open_repo(committed).store, out[2]["key"])
+    assert (
+        report and report["rollout_samples"] == 0 and sampled == [report["questions"] * report["samples_per_question"]]
+    )
+
+
 def test_a_failed_bake_stores_nothing(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (committed / "input.yml").write_text(INPUT + BAKE_SECTION)
     git(committed, "commit", "-qam", "bake it")

@@ -150,3 +150,14 @@ def test_answers_are_sampled_in_stages_and_the_finished_leave(tiny: Any, monkeyp
     expected = [(len(prompts), 4)] + [(sum(len(r.ids) > done for r in staged), 4) for done in (4, 8)]
     assert calls == [c for c in expected if c[0]]
     assert calls[1][0] < len(prompts)  # prompt 0's answer ended in the first stage and left
+
+
+def test_plain_settings_are_those_that_sample_the_model_as_it_is() -> None:
+    from gitbake.engine.rollout import plain
+
+    assert plain(SamplingSettings())
+    assert plain(SamplingSettings(extra_kwargs={"seed": 3, "logprobs": True, "top_logprobs": 2, "top_p": 1.0}))
+    assert plain(SamplingSettings(extra_kwargs={"stop": [], "repetition_penalty": 1.0, "min_p": 0.0}))
+    for changed in ({"top_p": 0.9}, {"top_k": 50}, {"min_p": 0.05}, {"stop": ["\n"]}, {"presence_penalty": 0.5}):
+        assert not plain(SamplingSettings(extra_kwargs=changed)), changed
+    assert not plain(SamplingSettings(temperature=0.7))
