@@ -297,6 +297,7 @@ def test_gradient_accumulation_normalises_by_the_micro_batches_in_the_group(
 
 
 def test_adapter_config_is_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    """Here and in a process with another hash seed (set iteration order): the same adapter_config.json."""
     import subprocess
     import sys
     import textwrap
@@ -312,19 +313,19 @@ def test_adapter_config_is_the_same_bytes_in_every_process(tmp_path: Path) -> No
         bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(t, pathlib.Path(sys.argv[1]))
         """
     )
-    outs = []
-    for seed in ("1", "2"):
-        out = tmp_path / f"a{seed}"
-        import os
-
-        subprocess.run(
-            [sys.executable, "-c", code, str(out)],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "PYTHONHASHSEED": seed},
-        )
-        outs.append((out / "adapter_config.json").read_bytes())
-    assert outs[0] == outs[1]
+    seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"  # not this process's
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "there")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONHASHSEED": seed},
+    )
+    m = models.load_base("tiny")
+    t = [bake.Trajectory([257, 260, 72, 105, 258, 261], [260, 72, 105, 258, 261], [65, 66, 258])]
+    cfg = Bake.model_validate({"name": "t", "datasets": [{"target": "x"}], "epochs": 1})
+    bake.Baker(m.model, m.tokenizer, cfg, "tiny").train(t, tmp_path / "here")
+    here = (tmp_path / "here" / "adapter_config.json").read_bytes()
+    assert here == (tmp_path / "there" / "adapter_config.json").read_bytes()
 
 
 def test_teacher_runs_without_dropout(

@@ -34,20 +34,6 @@ def wait_for(pred: object, timeout: float = 120.0) -> None:
     raise AssertionError("timed out")
 
 
-def test_a_commit_starts_a_background_job(model_repo: Path) -> None:
-    git(model_repo, "config", "bake.hookMode", "background")  # the default; the test isolation turns it off globally
-    out = commit_input(model_repo, YODA_SMALL, "yoda")
-    assert out.returncode == 0 and "background" in out.stderr and "git bake jobs wait" in out.stderr
-    waited = bake_git(model_repo, "jobs", "wait", "--timeout", "300")
-    assert waited.returncode == 0, waited.stdout + waited.stderr
-    assert git(model_repo, "log", "--format=%s", "-1").startswith("bake: yoda_bake_")
-    assert git(model_repo, "status", "--porcelain") == ""
-    listed = json.loads(bake_git(model_repo, "jobs", "ls", "--json").stdout)
-    assert listed[0]["state"] == "done" and listed[0]["result"]["commit"]["ref"] == "refs/heads/main"
-    assert "bake commit" in bake_git(model_repo, "jobs", "logs").stdout
-    assert json.loads((model_repo / ".bake/model/model.json").read_text())["adapters"]
-
-
 def test_user_keeps_working_while_a_bake_runs(model_repo: Path) -> None:
     git(model_repo, "config", "bake.hookMode", "background")
     repo = open_repo(model_repo)
@@ -141,17 +127,22 @@ def test_jobs_commands_without_jobs(model_repo: Path) -> None:
     assert "no bake result" in bake_git(model_repo, "fetch").stdout
 
 
-def test_uncommitted_edits_survive_the_bake_commit(model_repo: Path) -> None:
-    git(model_repo, "config", "bake.hookMode", "background")
+def test_a_commit_starts_a_background_job_and_uncommitted_edits_survive_its_commit(model_repo: Path) -> None:
+    git(model_repo, "config", "bake.hookMode", "background")  # the default; the test isolation turns it off globally
     repo = open_repo(model_repo)
-    with jobs.job_lock(repo):
-        commit_input(model_repo, YODA_SMALL, "yoda")
-        job = jobs.active(repo)[0]
+    with jobs.job_lock(repo):  # held while the user edits: the job cannot have committed yet
+        out = commit_input(model_repo, YODA_SMALL, "yoda")
+        assert out.returncode == 0 and "background" in out.stderr and "git bake jobs wait" in out.stderr
         mine = YODA_SMALL.replace("epochs: 1", "epochs: 3")  # the user already edits the next bake
         (model_repo / "input.yml").write_text(mine)
-    done = jobs.wait(job, timeout=300)
-    assert done.state == "done" and done.result["commit"]["ref"] == "refs/heads/main"
-    assert done.result["commit"]["kept"] == ["input.yml"]
+    waited = bake_git(model_repo, "jobs", "wait", "--timeout", "300")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert git(model_repo, "log", "--format=%s", "-1").startswith("bake: yoda_bake_")
+    (done,) = json.loads(bake_git(model_repo, "jobs", "ls", "--json").stdout)
+    assert done["state"] == "done" and done["result"]["commit"]["ref"] == "refs/heads/main"
+    assert done["result"]["commit"]["kept"] == ["input.yml"]
+    assert "bake commit" in bake_git(model_repo, "jobs", "logs").stdout
+    assert json.loads((model_repo / ".bake/model/model.json").read_text())["adapters"]
     assert (model_repo / "input.yml").read_text() == mine  # not overwritten by the cleared version
     assert git(model_repo, "status", "--porcelain").split() == ["M", "input.yml"]  # an edit on top of the bake commit
     assert "# PROMPT:" in git(model_repo, "show", "HEAD:input.yml")

@@ -154,20 +154,7 @@ def test_serve_command_and_port_in_use(baked_repo: dict[str, Any]) -> None:
         port = busy.getsockname()[1]
         out = bake_git(baked_repo["root"], "serve", "--port", str(port))
         assert out.returncode == 2 and "cannot listen" in out.stderr and "--port" in out.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
-    proc = subprocess.Popen(
-        ["git", "bake", "serve", "--port", str(free)], cwd=baked_repo["root"], stderr=subprocess.PIPE, text=True
-    )
-    try:
-        line = proc.stderr.readline() if proc.stderr else ""
-        assert "serving yoda_bake_" in line and f"127.0.0.1:{free}" in line
-        models = OpenAI(base_url=f"http://127.0.0.1:{free}/v1", api_key="none", max_retries=0).models.list()
-        assert models.data[0].id.startswith("yoda_bake_")
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    # a serve that starts: test_serve_command_key_from_file_or_env_prompt_cap_and_warnings
     bad = bake_git(baked_repo["root"], "serve", "nope")
     assert bad.returncode == 2 and "unknown model address" in bad.stderr
 
@@ -575,9 +562,10 @@ def test_serve_command_key_from_file_or_env_prompt_cap_and_warnings(
     )
     try:
         line = proc.stderr.readline() if proc.stderr else ""
-        assert "serving yoda_bake_" in line and "warning" not in line
+        assert "serving yoda_bake_" in line and f"127.0.0.1:{free}" in line and "warning" not in line
         c = OpenAI(base_url=f"http://127.0.0.1:{free}/v1", api_key="filed-key", max_retries=0, timeout=60)
         name = c.models.list().data[0].id
+        assert name.startswith("yoda_bake_")
         with pytest.raises(openai.BadRequestError) as br:
             c.chat.completions.create(model=name, messages=[{"role": "user", "content": "x" * 100}], max_tokens=2)
         assert br.value.body["code"] == "context_length_exceeded" and "--max-prompt-tokens" in br.value.body["message"]  # type: ignore[index]
