@@ -9,6 +9,7 @@ The loss is the mean over response tokens of the divergence (forward KL by defau
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -252,6 +253,24 @@ def _hidden_size(decoder: Any) -> int | None:
 
 
 # -------------------------------------------------------------------------------------- training
+
+
+def student_precision(pm: Any) -> contextlib.AbstractContextManager[Any]:
+    """Where the student's forward runs: in a bf16 or fp16 base model's own precision. PEFT keeps the LoRA
+    weights in fp32 and casts each LoRA layer's input up to them, so every adapted layer added fp32 copies
+    and fp32 products of full activations, forward and back. Under autocast, with that cast turned off, the
+    LoRA products run in the base's precision, while the weights, their gradients and the optimizer stay
+    fp32 (mixed precision as usual). On SmolLM2 in bf16 that made training steps about a fifth faster
+    (docs/engine.md). An fp32 model is left as it is."""
+    dtype = pm.get_base_model().dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        return contextlib.nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(next(pm.parameters()).device.type, dtype=dtype))
+    stack.enter_context(disable_input_dtype_casting(pm))
+    return stack
 
 
 class Baker:
@@ -498,7 +517,8 @@ class Baker:
                     pending: Any = None
                     for batch in local:
                         n_tokens = sum(len(t.response_ids) for t in batch)
-                        s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
+                        with student_precision(pm):
+                            s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
                         # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
                         # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path
                         loss_fn = kl.fused_loss if fused else partial(kl.chunked_loss, recompute=not zero3)

@@ -119,6 +119,42 @@ def test_kl_falls_and_same_seed_same_bytes(trajectories: list[bake.Trajectory], 
     assert conf["base_model_name_or_path"] == "tiny" and conf["r"] == 8
 
 
+def test_a_bf16_model_trains_its_fp32_adapter_in_mixed_precision(
+    trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a bf16 base the student's LoRA products run in bf16 (autocast, PEFT's fp32 input cast off), while
+    the adapter's weights, their gradients and the saved adapter stay fp32, and the loss still falls. The
+    eval afterwards runs the usual way (the cast is back)."""
+    from safetensors.torch import load_file
+
+    m = fresh()
+    m.model.to(torch.bfloat16)
+    seen: set[tuple[torch.dtype, torch.dtype]] = set()  # (LoRA output, its weight) while training
+    peft_of = bake.Baker._peft
+
+    def watched(self: bake.Baker, data: Any = ()) -> Any:
+        pm = peft_of(self, data)
+        for name, module in pm.named_modules():
+            if name.endswith("lora_B.default"):
+                module.register_forward_hook(
+                    lambda mod, _inp, out: seen.add((out.dtype, mod.weight.dtype)) if torch.is_grad_enabled() else None
+                )
+        return pm
+
+    monkeypatch.setattr(bake.Baker, "_peft", watched)
+    b = bake.Baker(m.model, m.tokenizer, config(epochs=4), "tiny")
+    res = b.train(trajectories, tmp_path / "a")
+    assert seen == {(torch.bfloat16, torch.float32)}
+    lora = [p for n, p in b.model.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.float32 and p.grad is None for p in lora)  # fp32, stepped and cleared
+    assert {t.dtype for t in load_file(str(tmp_path / "a" / "adapter_model.safetensors")).values()} == {torch.float32}
+    losses = [row["loss"] for row in res.metrics]
+    assert losses[-1] < 0.6 * losses[0]
+    b.model.eval()
+    with torch.no_grad():  # outside training the LoRA layers cast their input to fp32 again, as PEFT does
+        b.model(torch.tensor([trajectories[0].student_ids]))
+
+
 def test_adapter_round_trip_is_exact(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
     m = fresh()
     b = bake.Baker(m.model, m.tokenizer, config(epochs=1), "tiny")
