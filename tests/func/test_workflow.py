@@ -121,16 +121,8 @@ def test_revert_of_a_bake_commit_brings_the_previous_model_back_without_baking(
     assert [a["digest"] for a in current["adapters"]] == chain(root, baked_repo["first"])
 
 
-def test_branches_merge_takes_the_incoming_lineage(baked_repo: dict[str, Any], tmp_path: Path) -> None:
-    root = copy_baked(baked_repo, tmp_path)
-    first = baked_repo["first"]
-    git(root, "checkout", "-q", "-b", "formal", first)
-    (root / "input.yml").write_text(
-        YODA_SMALL.replace("You are Yoda. Speak like Yoda.", "You are a formal butler.").replace(
-            "yoda_bake", "formal_bake"
-        )
-    )
-    git(root, "commit", "-qam", "formal")
+def test_branches_merge_takes_the_incoming_lineage(formal_branch: dict[str, Any], tmp_path: Path) -> None:
+    root = copy_baked(formal_branch, tmp_path)  # `formal`, made at main's first bake, baked by its commit's hook
     formal_bread = git(root, "show", "formal:.bread")
     assert "formal_bake_" in formal_bread
     git(root, "checkout", "-q", "main")
