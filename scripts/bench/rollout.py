@@ -66,7 +66,7 @@ def main() -> None:
             single.append(out[0, len(p) :].tolist())
     t_single = time.perf_counter() - t0
 
-    tok_ours = sum(len(r) for r, _ in ours)
+    tok_ours = sum(len(r.ids) for r in ours)
     tok_single = sum(len(r) for r in single)
     print(
         f"rollout bench: {params / 1e6:.1f} M-parameter Llama, 32k vocab, {args.questions} questions x {args.traj} "
