@@ -81,8 +81,9 @@ def test_one_and_two_ranks_plain_zero2_zero3_give_the_same_loss_curve(tmp_path: 
     script = tmp_path / "bake_script.py"
     script.write_text(SCRIPT)
     torchrun = Path(sys.executable).parent / "torchrun"
+    two = [str(torchrun), "--standalone", "--nproc_per_node", "2"]  # its own free port: tests may run side by side
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", str(script), "plain,0,2,3", str(tmp_path / "two"), "1"],
+        [*two, str(script), "plain,0,2,3", str(tmp_path / "two"), "1"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -16,7 +16,9 @@ from helpers import YODA_SMALL, bake_git, bake_here, git
 
 pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 
-TORCHRUN = f"{Path(sys.executable).parent / 'torchrun'} --nproc_per_node 2"
+# --standalone: a rendezvous on a free port, so tests running side by side (pytest -n) never meet on
+# torchrun's default port
+TORCHRUN = f"{Path(sys.executable).parent / 'torchrun'} --standalone --nproc_per_node 2"
 FOUR = YODA_SMALL.replace(
     '["What is the capital of France?", "How do I make tea?"]',
     '["What is the capital of France?", "How do I make tea?", "Why is the sky blue?", "Tell me a joke."]',
