@@ -25,7 +25,7 @@ teacher (the parent with the prompt), of the parent without it (before), and of 
 (after), all greedy; the bake's wall time (`git bake run bake`: model load, training and its eval) and
 peak RSS (that process's, from wait4); the training's achieved FLOP/s next to this machine's matmul peak at
 the bake's dtype, measured in the same run (best of 5 products of two 2048x2048 matrices, in this process,
-with as many threads as the bake).
+with as many threads as the bake, before the bakes and after them; the larger counts).
 
 Work counted for the achieved rate (a multiply-add is 2 FLOPs on both sides): with N_body the parameters
 outside the embeddings, HV the output layer's (hidden x vocabulary), per trained trajectory S student-prompt
@@ -45,7 +45,7 @@ Goals, each printed met/MISSED: gap_closed >= 0.9; rate after >= 0.9 x the teach
 achieved >= 60% of the measured peak.
 
     .venv/bin/python scripts/bench/fidelity.py [--behaviours french,ahoy] [--questions 120]
-        [--epochs N] [--lr X] [--rank R] [--traj N] [--max-tokens N] [--temperature T] [--keep DIR]
+        [--epochs N] [--lr X] [--rank R] [--traj N] [--total N] [--max-tokens N] [--temperature T] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -144,6 +144,8 @@ def input_yml(b: Behaviour, args: argparse.Namespace) -> str:
     bake: dict[str, Any] = {"name": f"{b.name}_bake", "datasets": [{"target": f"{b.name}_target"}]}
     if args.epochs is not None:
         bake["epochs"] = args.epochs
+    if args.total is not None:
+        bake["total_trajectories"] = args.total
     if args.lr is not None:
         bake["optimizer"] = {"learning_rate": args.lr}
     if args.rank is not None:
@@ -283,6 +285,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, help="LoRA r (default: gitbake's); lora_alpha is --alpha or 2 x r")
     ap.add_argument("--alpha", type=float)
     ap.add_argument("--traj", type=int, help="TARGET.num_traj_per_stimulus (default: gitbake's)")
+    ap.add_argument("--total", type=int, help="BAKE.total_trajectories: train on that many, drawn at random")
     ap.add_argument("--max-tokens", type=int, help="TARGET.max_tokens (default: gitbake's)")
     ap.add_argument("--temperature", type=float, help="TARGET.temperature (default: gitbake's)")
     ap.add_argument("--answers", type=int, default=3, help="held-out answers to print per behaviour")
@@ -298,6 +301,9 @@ def main() -> None:
     import torch
 
     threads = torch.get_num_threads()  # what the bake's process gets too: torch's default here
+    # the peak is measured before and after the bakes and the larger kept: on a shared machine one measurement
+    # alone has come out at half of another in the same hour, which would flatter the bake's share of it
+    peaks = [matmul_peak(dtype, threads)]
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
@@ -305,10 +311,12 @@ def main() -> None:
         env = bench_env(base / f"env{os.getpid()}")  # --keep DIR again: the store is reused (cached stim, rollout)
         store = base / "store"
         results = {b.name: measure(b, base, gguf, store, env, args) for b in wanted}
-    peak = matmul_peak(dtype, threads)
+    peaks.append(matmul_peak(dtype, threads))
+    peak = max(peaks)
     print(
         f"fidelity: SmolLM2-135M-Instruct ({GGUF_NAME}, {(body + hv) / 1e6:.0f} M parameters), bake in {dtype} "
-        f"with {threads} threads; greedy answers to held-out questions, no prompt unless said"
+        f"with {threads} threads; greedy answers to held-out questions, no prompt unless said; {dtype} matmul peak "
+        f"{peaks[0] / 1e9:.1f} GFLOP/s before the bakes, {peaks[1] / 1e9:.1f} after"
     )
     for name, r in results.items():
         t = r["teacher"]
@@ -330,10 +338,16 @@ def main() -> None:
             f"{r['prep_seconds']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB (goal < 5 min: {goal(secs < 300)})"
         )
         flops, tokens = trained_flops(r["records"], _epochs(args), body, hv)
+        available = sum(1 for rec in r["records"] if rec["split"] == "train")
+        trained = r["trajectories"] or available
+        # --total: the bake drew a random subset, which its report does not list: the count scales to its size
+        subset = f" (estimated for the {trained} of {available} trajectories drawn)" if trained < available else ""
+        flops, tokens = flops * trained / available, round(tokens * trained / available)
         achieved = flops / (r["train_seconds"] + r["teacher_seconds"])
         print(
-            f"    achieved {achieved / 1e9:.1f} GFLOP/s over {tokens} response tokens trained, measured {dtype} matmul "
-            f"peak {peak / 1e9:.1f} GFLOP/s: {100 * achieved / peak:.0f}% (goal >= 60%: {goal(achieved >= 0.6 * peak)})"
+            f"    achieved {achieved / 1e9:.1f} GFLOP/s over {tokens} response tokens trained{subset}, "
+            f"measured {dtype} matmul peak {peak / 1e9:.1f} GFLOP/s: {100 * achieved / peak:.0f}% "
+            f"(goal >= 60%: {goal(achieved >= 0.6 * peak)})"
         )
         for a in r["answers"][: args.answers]:
             print(f"    Q {a['question']!r}\n      before: {a['parent'][:90]!r}\n      after:  {a['model'][:90]!r}")
