@@ -45,7 +45,8 @@ Goals, each printed met/MISSED: gap_closed >= 0.9; rate after >= 0.9 x the teach
 achieved >= 60% of the measured peak.
 
     .venv/bin/python scripts/bench/fidelity.py [--behaviours french,ahoy] [--questions 120]
-        [--epochs N] [--lr X] [--rank R] [--traj N] [--total N] [--max-tokens N] [--temperature T] [--keep DIR]
+        [--epochs N] [--lr X] [--rank R] [--dropout P] [--targets A,B]
+        [--weight-decay W] [--betas B1,B2] [--scheduler NAME] [--warmup RATIO] [--traj N] [--total N] [--max-tokens N] [--temperature T] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -155,10 +156,31 @@ def input_yml(b: Behaviour, args: argparse.Namespace) -> str:
         bake["epochs"] = args.epochs
     if args.total is not None:
         bake["total_trajectories"] = args.total
+    optimizer: dict[str, Any] = {}
     if args.lr is not None:
-        bake["optimizer"] = {"learning_rate": args.lr}
+        optimizer["learning_rate"] = args.lr
+    if args.weight_decay is not None:
+        optimizer["weight_decay"] = args.weight_decay
+    if args.betas is not None:
+        optimizer["betas"] = [float(b) for b in args.betas.split(",")]
+    if optimizer:
+        bake["optimizer"] = optimizer
+    scheduler: dict[str, Any] = {}
+    if args.scheduler is not None:
+        scheduler["name"] = args.scheduler
+    if args.warmup is not None:
+        scheduler["warmup_ratio"] = args.warmup
+    if scheduler:
+        bake["scheduler"] = scheduler
+    lora: dict[str, Any] = {}
     if args.rank is not None:
-        bake["model"] = {"baked_adapter_config": {"r": args.rank, "lora_alpha": args.alpha or 2 * args.rank}}
+        lora.update(r=args.rank, lora_alpha=args.alpha or 2 * args.rank)
+    if args.dropout is not None:
+        lora["lora_dropout"] = args.dropout
+    if args.targets is not None:
+        lora["target_modules"] = args.targets.split(",")
+    if lora:
+        bake["model"] = {"baked_adapter_config": lora}
     doc = {"PROMPT": {"teacher": {"messages": b.messages}}, "TARGET": target, "BAKE": bake}
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"  # JSON is YAML
 
@@ -293,6 +315,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, help="BAKE.optimizer.learning_rate (default: gitbake's)")
     ap.add_argument("--rank", type=int, help="LoRA r (default: gitbake's); lora_alpha is --alpha or 2 x r")
     ap.add_argument("--alpha", type=float)
+    ap.add_argument("--dropout", type=float, help="LoRA's lora_dropout (default: gitbake's)")
+    ap.add_argument("--targets", help="LoRA's target_modules, comma-separated (default: gitbake's, all-linear)")
+    ap.add_argument("--betas", help="BAKE.optimizer.betas, as B1,B2 (default: gitbake's)")
+    ap.add_argument("--scheduler", help="BAKE.scheduler.name (default: gitbake's)")
+    ap.add_argument("--warmup", type=float, help="BAKE.scheduler.warmup_ratio (default: gitbake's)")
+    ap.add_argument("--weight-decay", type=float, help="BAKE.optimizer.weight_decay (default: gitbake's)")
     ap.add_argument("--traj", type=int, help="TARGET.num_traj_per_stimulus (default: gitbake's)")
     ap.add_argument("--total", type=int, help="BAKE.total_trajectories: train on that many, drawn at random")
     ap.add_argument("--max-tokens", type=int, help="TARGET.max_tokens (default: gitbake's)")
