@@ -66,6 +66,7 @@ class BakeResult:
     tokens: int = 0
     seconds: float = 0.0  # the training loop's
     teacher_seconds: float = 0.0  # the teacher's pass before it (its states or top-k, once per bake)
+    packed: bool = False  # the student's micro-batches ran as packed rows (Packed)
     notes: list[str] = field(default_factory=list)
     resumed_from: int | None = None
 
@@ -153,6 +154,111 @@ def response_hidden(
     return torch.cat(rows)
 
 
+PACK_MAX = int(os.environ.get("GITBAKE_PACK_MAX", "1024"))  # the longest packed row (its mask is dense)
+PACKING = os.environ.get("GITBAKE_PACKING", "1") != "0"
+PACK_TOLERANCE = 0.02  # packing_is_exact's bound on pack_error
+
+
+def shared_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many first tokens every prompt shares, short of the last prompt token (the position before the
+    first response token is a row each sequence needs of its own)."""
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - 1
+    for other in prompts[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return max(n, 0)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A micro-batch as one row: the prompts' shared prefix once, then each sequence's rest. Each rest
+    attends to the prefix and causally to itself (a block mask), at the positions it has in its own
+    sequence, so every state is the one the sequence has alone. Nothing is padded, and the shared prefix
+    (a chat template's default system prompt: 24 of a SmolLM2 student prompt's 37 tokens) runs once."""
+
+    ids: list[int]
+    positions: list[int]
+    segments: list[int]  # -1: the shared prefix; i: the i-th sequence's rest
+    rows: list[int]  # the packed positions whose states predict the response tokens, in batch order
+
+    @classmethod
+    def of(cls, batch: Sequence[Trajectory], side: str, pad_id: int = 0, multiple: int = 1) -> Packed:
+        """`multiple`: the row's length is rounded up to it with `pad_id` tokens in a segment of their own
+        (-2), which no real position sees."""
+        prompts = [t.teacher_ids if side == "teacher" else t.student_ids for t in batch]
+        n = shared_length(prompts)
+        ids, positions, segments = list(prompts[0][:n]), list(range(n)), [-1] * n
+        rows: list[int] = []
+        for i, (p, t) in enumerate(zip(prompts, batch)):
+            rest = (p + t.response_ids[:-1])[n:]
+            start = len(ids)
+            rows += range(start + len(p) - 1 - n, start + len(p) - 1 - n + len(t.response_ids))
+            ids += rest
+            positions += range(n, n + len(rest))
+            segments += [i] * len(rest)
+        pad = -len(ids) % multiple
+        return cls(ids + [pad_id] * pad, positions + [0] * pad, segments + [-2] * pad, rows)
+
+    def mask(self, dtype: Any, boolean: bool, device: Any) -> torch.Tensor:
+        """[1, 1, L, L]: a query sees a key in the shared prefix or earlier in its own segment. Boolean for
+        SDPA (True: attend); additive (0 or the dtype's minimum) for attention that adds its mask."""
+        seg = torch.tensor(self.segments, device=device)
+        idx = torch.arange(len(self.segments), device=device)
+        allowed = (idx[None, :] <= idx[:, None]) & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None]))
+        if boolean:
+            return allowed[None, None]
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)[
+            None, None
+        ]
+
+
+def packed_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, device: Any, pad_id: int = 0) -> torch.Tensor:
+    """`response_hidden`'s states ([N, H], the same rows in the same order), from one packed row."""
+    dtype = next(decoder.parameters()).dtype
+    # bf16 on the CPU: lengths rounded up to a multiple of 16 keep oneDNN to a few kernels (response_hidden)
+    pack = Packed.of(batch, side, pad_id, 16 if kl.low_precision(next(decoder.parameters())) else 1)
+    if torch.is_autocast_enabled(torch.device(device).type):  # attention runs in the autocast dtype there
+        dtype = torch.get_autocast_dtype(torch.device(device).type)
+    sdpa = getattr(getattr(decoder, "config", None), "_attn_implementation", None) == "sdpa"
+    out = decoder(
+        input_ids=torch.tensor([pack.ids], dtype=torch.long, device=device),
+        attention_mask=pack.mask(dtype, sdpa, device),
+        position_ids=torch.tensor([pack.positions], dtype=torch.long, device=device),
+        use_cache=False,
+    )
+    hidden: torch.Tensor = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden[0, torch.tensor(pack.rows, device=hidden.device)]
+
+
+def packs(batch: Sequence[Trajectory], side: str) -> bool:
+    """Whether a micro-batch is packed: it is short enough that its dense mask and the attention it wastes
+    across segments cost little (PACK_MAX tokens)."""
+    prompts = [t.teacher_ids if side == "teacher" else t.student_ids for t in batch]
+    n = shared_length(prompts)
+    return n + sum(len(p) - n + len(t.response_ids) - 1 for p, t in zip(prompts, batch)) <= PACK_MAX
+
+
+def packing_is_exact(decoder: Any, batch: Sequence[Trajectory], pad_id: int, device: Any) -> bool:
+    """Whether this decoder gives a packed row the states of the padded batch: it honours a custom 4D mask
+    and position ids (transformers' Llama, Qwen, Gemma, ... do; a model that builds its own mask would
+    not). Checked once per bake on a micro-batch, no grad; otherwise the bake runs padded batches."""
+    if not PACKING or not batch:
+        return False
+    with torch.no_grad():
+        try:
+            packed = packed_hidden(decoder, batch, "student", device, pad_id).float()
+        except (TypeError, ValueError, RuntimeError):
+            return False
+        padded = response_hidden(decoder, batch, "student", pad_id, device).float()
+    return packed.shape == padded.shape and pack_error(packed, padded) < PACK_TOLERANCE
+
+
+def pack_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean absolute difference over mean magnitude: a few thousandths from bf16's rounding, and of order 1
+    when a model ignores the mask or the positions (the rows then see other sequences, or other places)."""
+    return float((a - b).abs().mean() / b.abs().mean().clamp_min(1e-12))
+
+
 PREFIX_MIN = 16  # a shared prefix shorter than this is not worth a cache
 PREFIX_CACHE = os.environ.get("GITBAKE_PREFIX_CACHE", "1") != "0"
 
@@ -168,15 +274,10 @@ class Prefix:
 
     @classmethod
     def of(cls, decoder: Any, group: Sequence[Trajectory], device: Any) -> Prefix | None:
-        first = group[0].teacher_ids
-        # the position before the first response token must stay in the rest: it is a row we need
-        n = min(len(t.teacher_ids) for t in group) - 1
-        for t in group[1:]:
-            other = t.teacher_ids
-            n = next((i for i in range(n) if other[i] != first[i]), n)
+        n = shared_length([t.teacher_ids for t in group])
         if n < PREFIX_MIN:
             return None
-        ids = torch.tensor([first[:n]], dtype=torch.long, device=device)
+        ids = torch.tensor([group[0].teacher_ids[:n]], dtype=torch.long, device=device)
         out = decoder(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
         arg = cache_arg(decoder)
         cache = getattr(out, arg, None)
@@ -475,9 +576,14 @@ class Baker:
             with pm.disable_adapter():
                 states = self._teacher_states(decoder, data, max(2 * mbs, 8), progress_label)
 
+        # the student's micro-batches as packed rows, where this decoder gives them the padded batch's states
+        pm.eval()  # no dropout in the check
+        with student_precision(pm):
+            packing = packing_is_exact(decoder, data[:mbs], self.pad_id, self.device)
         fused = kl.head_is_frozen(lm_head) and not zero3 and os.environ.get("GITBAKE_FUSED_LOSS", "1") != "0"
         wandb_run = self._wandb()
         result = BakeResult(out_dir, trajectories=len(data), teacher_seconds=time.monotonic() - teacher_started)
+        result.packed = packing
         self._metrics = result.metrics
         state = {"step": 0, "epoch": 0, "batch": 0}
         if scratch is not None and zero3 and trainstate.exists(scratch):
@@ -518,7 +624,10 @@ class Baker:
                     for batch in local:
                         n_tokens = sum(len(t.response_ids) for t in batch)
                         with student_precision(pm):
-                            s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
+                            if packing and packs(batch, "student"):
+                                s_hidden = packed_hidden(decoder, batch, "student", self.device, self.pad_id)
+                            else:
+                                s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
                         # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
                         # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path
                         loss_fn = kl.fused_loss if fused else partial(kl.chunked_loss, recompute=not zero3)

@@ -481,6 +481,7 @@ def _bake_stage(runner: Runner) -> StageResult:
                 "final_loss": result.metrics[-1]["loss"] if result.metrics else None,
                 "train_seconds": round(result.seconds, 3),
                 "teacher_seconds": round(result.teacher_seconds, 3),
+                "packed": result.packed,
             }
         )
         # only now, after training, the adapter check and eval all succeeded, does anything enter the store
@@ -527,6 +528,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "note",
         "train_seconds",
         "teacher_seconds",
+        "packed",
         "trajectories_trained",
     )
     return {k: report[k] for k in keys if k in report}

@@ -8,9 +8,10 @@ and one fixed set of trajectories:
                  the response positions computed once for the whole bake (its shared system prompt run
                  once, as a cached prefix); response-only hidden states; the output layer a vocabulary
                  slice at a time, teacher and student rows in one product, the KL's gradient in closed
-                 form; length-bucketed micro-batches; activation checkpointing; the model in the dtype
-                 `git bake` loads a bake's model in on this machine (`auto`: bf16 on a CPU with native
-                 bf16 products, LoRA weights, optimizer and loss in fp32; else fp32)
+                 form; length-bucketed micro-batches, each run as one packed row (no padding); activation
+                 checkpointing; the model in the dtype `git bake` loads a bake's model in on this
+                 machine (`auto`: bf16 on a CPU with native bf16 products, LoRA weights, optimizer and
+                 loss in fp32; else fp32)
   straightforward  what a typical user writes: a frozen teacher copy plus a PEFT student, full logits for
                  the whole sequence, one sample per forward/backward, gradients accumulated to the same
                  batch size, with the same optimizer, learning rate and schedule, in fp32

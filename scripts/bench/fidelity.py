@@ -30,11 +30,13 @@ with as many threads as the bake, before the bakes and after them; the larger co
 Work counted for the achieved rate (a multiply-add is 2 FLOPs on both sides): with N_body the parameters
 outside the embeddings, HV the output layer's (hidden x vocabulary), per trained trajectory S student-prompt
 tokens, T teacher-prompt tokens and R response tokens,
-    FLOPs = epochs x sum(6 x N_body x (S + R) + 6 x HV x R)       the student, forward + backward
+    FLOPs = epochs x (sum(6 x N_body x (S + R) + 6 x HV x R) - 6 x N_body x Q x (n - m))   the student
           + sum(2 x N_body x (T + R) + 2 x HV x R) - 2 x N_body x P x (n - 1)   the teacher, forward once
 i.e. the usual 6N per trained token and 2N per teacher token, with the output layer counted only at the
-response rows (the only ones that reach it) and the teacher prompt's shared prefix (P tokens, n
-trajectories) once. It is the work of a lean exact bake; activation checkpointing's recomputed forward and
+response rows (the only ones that reach it), the teacher prompt's shared prefix (P tokens, n
+trajectories) once, and the student prompts' shared prefix (Q tokens: the chat template's default system
+prompt) once per micro-batch (m micro-batches of gitbake's default size an epoch), as the bake's packed
+rows run it. It is the work of a lean exact bake; activation checkpointing's recomputed forward and
 padding are not counted. 6N is the convention of model-FLOPs utilisation (MFU) for full training: a LoRA
 bake skips the gradients of its frozen weights, so the multiply-adds its products really do are about
 4N per trained token, two thirds of what is counted. The time it is divided by is the training loop's
@@ -46,7 +48,8 @@ achieved >= 60% of the measured peak.
 
     .venv/bin/python scripts/bench/fidelity.py [--behaviours french,ahoy] [--questions 120]
         [--epochs N] [--lr X] [--rank R] [--dropout P] [--targets A,B]
-        [--weight-decay W] [--betas B1,B2] [--scheduler NAME] [--warmup RATIO] [--traj N] [--total N] [--max-tokens N] [--temperature T] [--keep DIR]
+        [--weight-decay W] [--betas B1,B2] [--scheduler NAME] [--warmup RATIO] [--traj N] [--total N]
+        [--max-tokens N] [--temperature T] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -228,6 +232,13 @@ def trained_flops(records: list[dict[str, Any]], epochs: int, body: int, hv: int
         teacher += 2 * body * (t_ + r_) + 2 * hv * r_
     prefix = os.path.commonprefix([r["teacher_ids"] for r in train]) if train else []
     teacher -= 2 * body * len(prefix) * max(0, len(train) - 1)
+    if train:  # the student's shared prefix, once per micro-batch (engine/bake.py's Packed)
+        from gitbake.contract.config import Bake
+        from gitbake.engine.bake import shared_length
+
+        mbs = int(Bake.model_fields["micro_batch_size"].default)
+        shared = shared_length([r["student_ids"] for r in train])
+        student -= 6 * body * shared * (len(train) - math.ceil(len(train) / mbs))
     return epochs * student + teacher, epochs * sum(len(r["response_ids"]) for r in train)
 
 

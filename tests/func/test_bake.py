@@ -423,6 +423,95 @@ def test_teacher_prefix_cache_gives_the_states_of_whole_sequences(trajectories: 
     assert bake.Prefix.of(decoder, odd + [bake.Trajectory([300] * 40, [1], [2])], "cpu") is None
 
 
+def shared_student_prompt(trajectories: list[bake.Trajectory]) -> list[bake.Trajectory]:
+    """The trajectories with a chat template's default system prompt before every student prompt (as
+    SmolLM2's and Qwen's templates put one when there is none): 24 tokens every student sequence shares."""
+    header = trajectories[0].teacher_ids[:24]
+    return [bake.Trajectory(t.teacher_ids, header + t.student_ids, t.response_ids) for t in trajectories]
+
+
+def test_a_packed_row_has_the_states_and_gradients_of_the_padded_batch(trajectories: list[bake.Trajectory]) -> None:
+    """A micro-batch as one row (the shared prompt once, each rest after it under a block mask, at its own
+    positions): the states and every LoRA gradient are those of the padded batch. In float64 (the rotary
+    tables stay fp32: about 1e-7 apart), where a missing or extra term (a rest that saw another, a position
+    off by the prefix, a gradient that did not reach the prefix) would be off by a large fraction."""
+    from peft import LoraConfig, get_peft_model
+
+    data = shared_student_prompt(trajectories)[1:6]  # questions of different lengths, one shared prefix
+    m = fresh()
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    pm = get_peft_model(m.model.double(), lora)
+    decoder = pm.get_base_model().get_decoder()
+    params = [p for p in pm.parameters() if p.requires_grad]
+    pack = bake.Packed.of(data, "student")
+    whole = sum(len(t.student_ids) + len(t.response_ids) - 1 for t in data)
+    assert pack.segments[:24] == [-1] * 24 and len(pack.ids) <= whole - 24 * (len(data) - 1)
+    runs = []
+    with torch.enable_grad():
+        for packed in (False, True):
+            pm.zero_grad()
+            if packed:
+                hidden = bake.packed_hidden(decoder, data, "student", "cpu")
+            else:
+                hidden = bake.response_hidden(decoder, data, "student", 256, "cpu")
+            (hidden * torch.linspace(-1, 1, hidden.shape[1], dtype=hidden.dtype)).pow(2).sum().backward()
+            runs.append((hidden.detach(), [p.grad.clone() for p in params]))
+    (padded, g_padded), (packed_h, g_packed) = runs
+    assert packed_h.shape == padded.shape and torch.allclose(packed_h, padded, rtol=1e-6, atol=1e-9)
+    for a, b in zip(g_padded, g_packed):
+        assert a.abs().max() > 0 and ((a - b).norm() / a.norm()).item() < 1e-5
+
+
+def test_packing_is_checked_and_refused_where_the_decoder_ignores_the_mask(
+    trajectories: list[bake.Trajectory],
+) -> None:
+    """Packing relies on the decoder honouring a custom 4D mask and position ids. The bake checks it on a
+    micro-batch: a decoder that drops them (here, one that builds its own causal mask) gets padded batches."""
+    decoder = fresh().model.get_decoder()
+    data = shared_student_prompt(trajectories)[:4]
+    assert bake.packing_is_exact(decoder, data, 256, "cpu")
+
+    class OwnMask(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kwargs: Any) -> Any:
+            if kwargs.get("attention_mask") is not None and kwargs["attention_mask"].dim() == 4:
+                kwargs["attention_mask"] = None  # a model that makes its own causal mask
+            return self.inner(**kwargs)
+
+    assert not bake.packing_is_exact(OwnMask(decoder), data, 256, "cpu")
+
+
+def test_a_bake_trains_on_packed_rows_with_the_padded_curve(
+    trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training loop runs its micro-batches packed, with the loss curve of padded batches; a micro-batch
+    longer than GITBAKE_PACK_MAX, or GITBAKE_PACKING=0, runs padded."""
+    data = shared_student_prompt(trajectories)
+    calls: list[int] = []
+    real = bake.packed_hidden
+
+    def counting(decoder: Any, batch: Any, side: str, device: Any, pad_id: int = 0) -> Any:
+        calls.append(len(batch))
+        return real(decoder, batch, side, device, pad_id)
+
+    monkeypatch.setattr(bake, "packed_hidden", counting)
+    curves = []
+    for packing, limit in ((True, 1024), (False, 1024), (True, 8)):
+        monkeypatch.setattr(bake, "PACKING", packing)
+        monkeypatch.setattr(bake, "PACK_MAX", limit)
+        calls.clear()
+        m = fresh()
+        result = bake.Baker(m.model, m.tokenizer, config(epochs=1), "tiny").train(data, tmp_path / f"{packing}{limit}")
+        curves.append([r["loss"] for r in result.metrics])
+        # one check of the first micro-batch, then each of the epoch's micro-batches of 4
+        assert len(calls) == ((1 + len(result.metrics)) if packing and limit > 8 else int(packing))
+    assert curves[0] == pytest.approx(curves[1], rel=1e-3) and curves[2] == pytest.approx(curves[1], rel=1e-6)
+
+
 def test_teacher_states_once_are_the_per_batch_ones(trajectories: list[bake.Trajectory]) -> None:
     """The teacher's states computed once for the bake (sorted by length, prefix-cached, in batches of 8)
     are those the per-batch path computes for any batch; over the budget there are none (per batch then)."""
@@ -528,9 +617,18 @@ def test_a_bf16_bake_pads_widths_to_few_shapes_and_keeps_fp32_adapters(
     monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
     m = models.load_base("tiny", dtype="bf16")
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == models.ONEDNN_CACHE  # capped before its first product
+    packed_widths: list[int] = []
+    m.model.get_decoder().register_forward_pre_hook(
+        lambda mod, args, kw: (
+            packed_widths.append(kw["input_ids"].shape[1]) if kw["attention_mask"].dim() == 4 else None
+        ),
+        with_kwargs=True,
+    )
     res = bake.Baker(m.model, m.tokenizer, config(epochs=2), "tiny").train(trajectories, tmp_path / "a")
     losses = [row["loss"] for row in res.metrics]
     assert losses[-1] < losses[0]
+    # bf16's rounding passes the packing check, and packed rows are rounded up to multiples of 16 too
+    assert res.packed and packed_widths and all(w % 16 == 0 for w in packed_widths)
     from safetensors.torch import load_file
 
     weights = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
