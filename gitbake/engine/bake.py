@@ -182,10 +182,10 @@ class Packed:
     rows: list[int]  # the packed positions whose states predict the response tokens, in batch order
 
     @classmethod
-    def of(cls, batch: Sequence[Trajectory], side: str, pad_id: int = 0, multiple: int = 1) -> Packed:
-        """`multiple`: the row's length is rounded up to it with `pad_id` tokens in a segment of their own
-        (-2), which no real position sees."""
-        prompts = [t.teacher_ids if side == "teacher" else t.student_ids for t in batch]
+    def of(cls, batch: Sequence[Trajectory], pad_id: int = 0, multiple: int = 1) -> Packed:
+        """The student's sequences of `batch`. `multiple`: the row's length is rounded up to it with `pad_id`
+        tokens in a segment of their own (-2), which no real position sees."""
+        prompts = [t.student_ids for t in batch]
         n = shared_length(prompts)
         ids, positions, segments = list(prompts[0][:n]), list(range(n)), [-1] * n
         rows: list[int] = []
@@ -212,13 +212,17 @@ class Packed:
         ]
 
 
-def packed_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, device: Any, pad_id: int = 0) -> torch.Tensor:
-    """`response_hidden`'s states ([N, H], the same rows in the same order), from one packed row."""
-    dtype = next(decoder.parameters()).dtype
+def packed_hidden(decoder: Any, batch: Sequence[Trajectory], device: Any, pad_id: int = 0) -> torch.Tensor | None:
+    """The student's `response_hidden` states ([N, H], the same rows in the same order), from one packed
+    row; None when that row would be longer than PACK_MAX (its dense mask, and the attention it wastes
+    across segments, would cost more than padding saves): the caller runs the padded batch."""
+    weight = next(decoder.parameters())
     # bf16 on the CPU: lengths rounded up to a multiple of 16 keep oneDNN to a few kernels (response_hidden)
-    pack = Packed.of(batch, side, pad_id, 16 if kl.low_precision(next(decoder.parameters())) else 1)
-    if torch.is_autocast_enabled(torch.device(device).type):  # attention runs in the autocast dtype there
-        dtype = torch.get_autocast_dtype(torch.device(device).type)
+    pack = Packed.of(batch, pad_id, 16 if kl.low_precision(weight) else 1)
+    if len(pack.ids) > PACK_MAX:
+        return None
+    kind = torch.device(device).type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype  # attention's
     sdpa = getattr(getattr(decoder, "config", None), "_attn_implementation", None) == "sdpa"
     out = decoder(
         input_ids=torch.tensor([pack.ids], dtype=torch.long, device=device),
@@ -230,14 +234,6 @@ def packed_hidden(decoder: Any, batch: Sequence[Trajectory], side: str, device: 
     return hidden[0, torch.tensor(pack.rows, device=hidden.device)]
 
 
-def packs(batch: Sequence[Trajectory], side: str) -> bool:
-    """Whether a micro-batch is packed: it is short enough that its dense mask and the attention it wastes
-    across segments cost little (PACK_MAX tokens)."""
-    prompts = [t.teacher_ids if side == "teacher" else t.student_ids for t in batch]
-    n = shared_length(prompts)
-    return n + sum(len(p) - n + len(t.response_ids) - 1 for p, t in zip(prompts, batch)) <= PACK_MAX
-
-
 def packing_is_exact(decoder: Any, batch: Sequence[Trajectory], pad_id: int, device: Any) -> bool:
     """Whether this decoder gives a packed row the states of the padded batch: it honours a custom 4D mask
     and position ids (transformers' Llama, Qwen, Gemma, ... do; a model that builds its own mask would
@@ -246,11 +242,13 @@ def packing_is_exact(decoder: Any, batch: Sequence[Trajectory], pad_id: int, dev
         return False
     with torch.no_grad():
         try:
-            packed = packed_hidden(decoder, batch, "student", device, pad_id).float()
-        except (TypeError, ValueError, RuntimeError):
+            packed = packed_hidden(decoder, batch, device, pad_id)
+        except (TypeError, ValueError, RuntimeError):  # a decoder that refuses the mask or the positions
             return False
-        padded = response_hidden(decoder, batch, "student", pad_id, device).float()
-    return packed.shape == padded.shape and pack_error(packed, padded) < PACK_TOLERANCE
+        if packed is None:  # too long to tell: such batches run padded anyway
+            return False
+        padded = response_hidden(decoder, batch, "student", pad_id, device)
+    return packed.shape == padded.shape and pack_error(packed.float(), padded.float()) < PACK_TOLERANCE
 
 
 def pack_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -624,9 +622,8 @@ class Baker:
                     for batch in local:
                         n_tokens = sum(len(t.response_ids) for t in batch)
                         with student_precision(pm):
-                            if packing and packs(batch, "student"):
-                                s_hidden = packed_hidden(decoder, batch, "student", self.device, self.pad_id)
-                            else:
+                            s_hidden = packed_hidden(decoder, batch, self.device, self.pad_id) if packing else None
+                            if s_hidden is None:
                                 s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
                         # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
                         # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path

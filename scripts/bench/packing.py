@@ -76,7 +76,7 @@ def positions(data: list[Any], mbs: int, seed: int) -> tuple[int, int]:
     padded = packed = 0
     for batch in bake.batches(data, mbs, seed):
         padded += len(batch) * max(len(t.student_ids) + len(t.response_ids) - 1 for t in batch)
-        packed += len(bake.Packed.of(batch, "student").ids)
+        packed += len(bake.Packed.of(batch).ids)
     return padded, packed
 
 

@@ -444,7 +444,7 @@ def test_a_packed_row_has_the_states_and_gradients_of_the_padded_batch(trajector
     pm = get_peft_model(m.model.double(), lora)
     decoder = pm.get_base_model().get_decoder()
     params = [p for p in pm.parameters() if p.requires_grad]
-    pack = bake.Packed.of(data, "student")
+    pack = bake.Packed.of(data)
     whole = sum(len(t.student_ids) + len(t.response_ids) - 1 for t in data)
     assert pack.segments[:24] == [-1] * 24 and len(pack.ids) <= whole - 24 * (len(data) - 1)
     runs = []
@@ -452,7 +452,8 @@ def test_a_packed_row_has_the_states_and_gradients_of_the_padded_batch(trajector
         for packed in (False, True):
             pm.zero_grad()
             if packed:
-                hidden = bake.packed_hidden(decoder, data, "student", "cpu")
+                hidden = bake.packed_hidden(decoder, data, "cpu")
+                assert hidden is not None
             else:
                 hidden = bake.response_hidden(decoder, data, "student", 256, "cpu")
             (hidden * torch.linspace(-1, 1, hidden.shape[1], dtype=hidden.dtype)).pow(2).sum().backward()
@@ -494,9 +495,11 @@ def test_a_bake_trains_on_packed_rows_with_the_padded_curve(
     calls: list[int] = []
     real = bake.packed_hidden
 
-    def counting(decoder: Any, batch: Any, side: str, device: Any, pad_id: int = 0) -> Any:
-        calls.append(len(batch))
-        return real(decoder, batch, side, device, pad_id)
+    def counting(decoder: Any, batch: Any, device: Any, pad_id: int = 0) -> Any:
+        hidden = real(decoder, batch, device, pad_id)
+        if hidden is not None:  # a packed row ran
+            calls.append(len(batch))
+        return hidden
 
     monkeypatch.setattr(bake, "packed_hidden", counting)
     curves = []
@@ -507,8 +510,9 @@ def test_a_bake_trains_on_packed_rows_with_the_padded_curve(
         m = fresh()
         result = bake.Baker(m.model, m.tokenizer, config(epochs=1), "tiny").train(data, tmp_path / f"{packing}{limit}")
         curves.append([r["loss"] for r in result.metrics])
-        # one check of the first micro-batch, then each of the epoch's micro-batches of 4
-        assert len(calls) == ((1 + len(result.metrics)) if packing and limit > 8 else int(packing))
+        # one check of the first micro-batch, then each of the epoch's micro-batches of 4; none over the limit
+        assert len(calls) == ((1 + len(result.metrics)) if packing and limit > 8 else 0)
+        assert result.packed == (packing and limit > 8)
     assert curves[0] == pytest.approx(curves[1], rel=1e-3) and curves[2] == pytest.approx(curves[1], rel=1e-6)
 
 
