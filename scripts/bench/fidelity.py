@@ -35,7 +35,7 @@ tokens, T teacher-prompt tokens and R response tokens,
 i.e. the usual 6N per trained token and 2N per teacher token, with the output layer counted only at the
 response rows (the only ones that reach it), the teacher prompt's shared prefix (P tokens, n
 trajectories) once, and the student prompts' shared prefix (Q tokens: the chat template's default system
-prompt) once per micro-batch (m micro-batches of gitbake's default size an epoch), as the bake's packed
+prompt) once per micro-batch (m micro-batches an epoch), as the bake's packed
 rows run it. It is the work of a lean exact bake; activation checkpointing's recomputed forward and
 padding are not counted. 6N is the convention of model-FLOPs utilisation (MFU) for full training: a LoRA
 bake skips the gradients of its frozen weights, so the multiply-adds its products really do are about
@@ -48,7 +48,7 @@ achieved >= 60% of the measured peak.
 
     .venv/bin/python scripts/bench/fidelity.py [--behaviours french,ahoy] [--questions 120]
         [--epochs N] [--lr X] [--rank R] [--dropout P] [--targets A,B]
-        [--weight-decay W] [--betas B1,B2] [--scheduler NAME] [--warmup RATIO] [--traj N] [--total N]
+        [--weight-decay W] [--betas B1,B2] [--scheduler NAME] [--warmup RATIO] [--traj N] [--total N] [--micro-batch N]
         [--max-tokens N] [--temperature T] [--keep DIR]
 """
 
@@ -160,6 +160,8 @@ def input_yml(b: Behaviour, args: argparse.Namespace) -> str:
         bake["epochs"] = args.epochs
     if args.total is not None:
         bake["total_trajectories"] = args.total
+    if args.micro_batch is not None:
+        bake["micro_batch_size"] = args.micro_batch
     optimizer: dict[str, Any] = {}
     if args.lr is not None:
         optimizer["learning_rate"] = args.lr
@@ -222,7 +224,7 @@ def model_shape(gguf: Path) -> tuple[int, int]:
     return sum(sizes.values()) - hv - untied, hv
 
 
-def trained_flops(records: list[dict[str, Any]], epochs: int, body: int, hv: int) -> tuple[float, int]:
+def trained_flops(records: list[dict[str, Any]], epochs: int, mbs: int, body: int, hv: int) -> tuple[float, int]:
     """(FLOPs of the training, response tokens trained) by the docstring's formula."""
     train = [r for r in records if r["split"] == "train"]
     student = teacher = 0
@@ -233,10 +235,8 @@ def trained_flops(records: list[dict[str, Any]], epochs: int, body: int, hv: int
     prefix = os.path.commonprefix([r["teacher_ids"] for r in train]) if train else []
     teacher -= 2 * body * len(prefix) * max(0, len(train) - 1)
     if train:  # the student's shared prefix, once per micro-batch (engine/bake.py's Packed)
-        from gitbake.contract.config import Bake
         from gitbake.engine.bake import shared_length
 
-        mbs = int(Bake.model_fields["micro_batch_size"].default)
         shared = shared_length([r["student_ids"] for r in train])
         student -= 6 * body * shared * (len(train) - math.ceil(len(train) / mbs))
     return epochs * student + teacher, epochs * sum(len(r["response_ids"]) for r in train)
@@ -333,6 +333,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, help="BAKE.scheduler.warmup_ratio (default: gitbake's)")
     ap.add_argument("--weight-decay", type=float, help="BAKE.optimizer.weight_decay (default: gitbake's)")
     ap.add_argument("--traj", type=int, help="TARGET.num_traj_per_stimulus (default: gitbake's)")
+    ap.add_argument("--micro-batch", type=int, help="BAKE.micro_batch_size (default: gitbake's)")
     ap.add_argument("--total", type=int, help="BAKE.total_trajectories: train on that many, drawn at random")
     ap.add_argument("--max-tokens", type=int, help="TARGET.max_tokens (default: gitbake's)")
     ap.add_argument("--temperature", type=float, help="TARGET.temperature (default: gitbake's)")
@@ -382,7 +383,7 @@ def main() -> None:
             f"{r['teacher_seconds']:.1f} s; stim + rollout before it "
             f"{r['prep_seconds']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB (goal < 5 min: {goal(secs < 300)})"
         )
-        flops, tokens = trained_flops(r["records"], _epochs(args), body, hv)
+        flops, tokens = trained_flops(r["records"], _epochs(args), _micro_batch(args), body, hv)
         available = sum(1 for rec in r["records"] if rec["split"] == "train")
         trained = r["trajectories"] or available
         # --total: the bake drew a random subset, which its report does not list: the count scales to its size
@@ -405,6 +406,15 @@ def _epochs(args: argparse.Namespace) -> int:
     from gitbake.contract.config import Bake
 
     return int(Bake.model_fields["epochs"].default)
+
+
+def _micro_batch(args: argparse.Namespace) -> int:
+    """The bake's micro-batch size: the option, else gitbake's default."""
+    if args.micro_batch is not None:
+        return int(args.micro_batch)
+    from gitbake.contract.config import Bake
+
+    return int(Bake.model_fields["micro_batch_size"].default)
 
 
 if __name__ == "__main__":
