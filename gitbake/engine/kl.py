@@ -334,25 +334,25 @@ def chunked_loss(
 
 
 def per_position_kl(
-    lm_head: Any, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor, chunk: int = CHUNK_TOKENS
-) -> torch.Tensor:
-    """Forward KL at each position ([N]), no grad: for eval."""
-    out = []
+    lm_head: Any, teacher_hidden: torch.Tensor, *students: torch.Tensor, chunk: int = CHUNK_TOKENS
+) -> list[torch.Tensor]:
+    """Forward KL at each position ([N]) of each student's states against the teacher's, no grad: for eval.
+    In full precision the teacher's log-probs are computed once per chunk for all the students."""
+    out: list[list[torch.Tensor]] = [[] for _ in students]
     weight, bias = _head_params(lm_head)
     with torch.no_grad():
         for start in range(0, teacher_hidden.shape[0], chunk):
             end = min(teacher_hidden.shape[0], start + chunk)
             if weight is not None and low_precision(weight):  # the gap, not two rounded logits (pair_logits)
-                both = pair_logits(teacher_hidden[start:end], student_hidden[start:end], weight, bias)
-                n = end - start
-                out.append(divergence(F.log_softmax(both[:n], -1), F.log_softmax(both[n:], -1), 0.0))
+                for rows, student in zip(out, students):
+                    both = pair_logits(teacher_hidden[start:end], student[start:end], weight, bias)
+                    n = end - start
+                    rows.append(divergence(F.log_softmax(both[:n], -1), F.log_softmax(both[n:], -1), 0.0))
                 continue
-            out.append(
-                divergence(
-                    _logp(lm_head, teacher_hidden[start:end], 1.0), _logp(lm_head, student_hidden[start:end], 1.0), 0.0
-                )
-            )
-    return torch.cat(out) if out else teacher_hidden.new_zeros((0,))
+            t_lp = _logp(lm_head, teacher_hidden[start:end], 1.0)
+            for rows, student in zip(out, students):
+                rows.append(divergence(t_lp, _logp(lm_head, student[start:end], 1.0), 0.0))
+    return [torch.cat(rows) if rows else teacher_hidden.new_zeros((0,)) for rows in out]
 
 
 def topk_of(

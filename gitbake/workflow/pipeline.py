@@ -462,6 +462,7 @@ def _bake_stage(runner: Runner) -> StageResult:
         if not is_rank0():  # under a launcher the other ranks only train: rank 0 evaluates, stores, commits
             runner.reset_model()
             return StageResult("bake", b.key, "", False, result.trajectories, time.monotonic() - started)
+        eval_started = time.monotonic()
         report = evaluate(
             baker.model,
             model.tokenizer,
@@ -471,6 +472,8 @@ def _bake_stage(runner: Runner) -> StageResult:
             seed=int(b.key[:8], 16),
             note=eval_note,
             given={n: samples.get(k, []) for n, k in enumerate(contexts)},
+            packed=result.packed,
+            reporter=reporter,
         ).as_json()  # the stored record: the eval's figures and the bake's
         report.update(
             {
@@ -481,6 +484,7 @@ def _bake_stage(runner: Runner) -> StageResult:
                 "final_loss": result.metrics[-1]["loss"] if result.metrics else None,
                 "train_seconds": round(result.seconds, 3),
                 "teacher_seconds": round(result.teacher_seconds, 3),
+                "eval_seconds": round(time.monotonic() - eval_started, 3),
                 "packed": result.packed,
             }
         )
@@ -528,6 +532,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "note",
         "train_seconds",
         "teacher_seconds",
+        "eval_seconds",
         "packed",
         "trajectories_trained",
     )
@@ -624,6 +629,7 @@ def reevaluate(repo: ModelRepo, rev: str, reporter: Reporter | None = None) -> R
             seed=int(key[:8], 16),
             note=held.note,
             given={n: q.samples for n, q in enumerate(held.questions)},
+            reporter=reporter,
         ).as_json()
         figures = dict(report)
         report.update({"bake": held.bake, "key": held.key, "adapter": held.chain[-1], "rev": held.rev})

@@ -22,7 +22,8 @@ default unless an option below sets it (the sweep in docs/engine.md used these o
 
 Printed per behaviour: gap_closed (the bake's KL eval on the held-out questions); the behaviour rate of the
 teacher (the parent with the prompt), of the parent without it (before), and of the baked model without it
-(after), all greedy; the bake's wall time (`git bake run bake`: model load, training and its eval) and
+(after), all greedy; the bake's wall time (`git bake run bake`: model load, training and its eval, with the
+training's, the teacher pass's and the eval's own seconds from the bake's record) and
 peak RSS (that process's, from wait4); the training's achieved FLOP/s next to this machine's matmul peak at
 the bake's dtype, measured in the same run (best of 5 products of two 2048x2048 matrices, in this process,
 with as many threads as the bake, before the bakes and after them; the larger counts).
@@ -307,6 +308,7 @@ def measure(
         "bake_seconds": baked.seconds,
         "train_seconds": stage["extra"]["train_seconds"],
         "teacher_seconds": stage["extra"].get("teacher_seconds", 0.0),
+        "eval_seconds": stage["extra"].get("eval_seconds"),
         "peak_rss_mb": baked.peak_rss_mb,
         "gap_closed": stage["extra"].get("gap_closed"),
         "final_loss": stage["extra"].get("final_loss"),
@@ -380,7 +382,7 @@ def main() -> None:
         secs = r["bake_seconds"]
         print(
             f"    bake: {secs:.1f} s wall (training {r['train_seconds']:.1f} s, teacher pass "
-            f"{r['teacher_seconds']:.1f} s; stim + rollout before it "
+            f"{r['teacher_seconds']:.1f} s, eval {r['eval_seconds'] or 0:.1f} s; stim + rollout before it "
             f"{r['prep_seconds']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB (goal < 5 min: {goal(secs < 300)})"
         )
         flops, tokens = trained_flops(r["records"], _epochs(args), _micro_batch(args), body, hv)

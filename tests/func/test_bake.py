@@ -85,7 +85,7 @@ def test_step0_student_is_the_parent_and_teacher_reproduces_parent_logits(trajec
     assert torch.allclose(s, ps, atol=1e-5)  # LoRA B starts at 0: the student is the parent at step 0
     # and the step-0 loss is the parent's KL gap on these trajectories
     loss = kl.chunked_loss(inner.get_output_embeddings(), s, t) / s.shape[0]
-    direct = kl.per_position_kl(parent.model.get_output_embeddings(), pt, ps).mean()
+    direct = kl.per_position_kl(parent.model.get_output_embeddings(), pt, ps)[0].mean()
     assert abs(loss.item() - direct.item()) < 1e-4 and direct.item() > 0.05
 
 
@@ -533,6 +533,42 @@ def test_teacher_states_once_are_the_per_batch_ones(trajectories: list[bake.Traj
     assert bake.teacher_states(decoder, data, 256, "cpu", 8, budget_mb=0.0) is None
 
 
+def test_the_eval_runs_packed_and_prefix_cached_with_the_padded_figures(
+    trajectories: list[bake.Trajectory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bake's eval runs its teacher pass once, prefix-cached (teacher_states), and its parent and baked
+    passes as packed rows, with the figures of the plain padded passes; packing is checked when the caller
+    does not say, and a teacher over the host budget runs batch by batch."""
+    from peft import LoraConfig, get_peft_model
+
+    from gitbake.engine import eval as ev
+
+    data = shared_student_prompt(trajectories)
+    contexts = [(t.teacher_ids, t.student_ids) for t in data[::2]]
+    given = {k: [t.response_ids for t in data[2 * k : 2 * k + 2]] for k in range(len(contexts))}
+    m = fresh()
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    pm = get_peft_model(m.model, lora)
+    packed_rows: list[int] = []
+    real = ev.packed_hidden
+    monkeypatch.setattr(ev, "packed_hidden", lambda d, b, *a: packed_rows.append(len(b)) or real(d, b, *a))
+    real_states = ev.teacher_states
+    figures = {}
+    for packed, budget in ((False, bake.TEACHER_CACHE_MB), (True, 0.0), (None, bake.TEACHER_CACHE_MB)):
+        monkeypatch.setattr(ev, "teacher_states", lambda *a, budget=budget, **k: real_states(*a, budget, **k))
+        packed_rows.clear()
+        r = ev.evaluate(pm, m.tokenizer, contexts, 2, 64, seed=1, given=given, packed=packed)
+        figures[packed] = r
+        # 12 trajectories: a batch of 8 and one of 4, each run packed for the parent and the baked model
+        assert packed_rows == ([] if packed is False else [8, 8, 4, 4])
+    assert figures[False].trajectories == len(data) == 12 and figures[False].d_after > 0
+    for other in (figures[True], figures[None]):
+        for name in ("d_before", "d_after", "gap_closed", "first_token_kl_after", "per_trajectory_kl_before"):
+            assert getattr(other, name) == pytest.approx(getattr(figures[False], name), rel=1e-4)
+        assert other.curve_after == pytest.approx(figures[False].curve_after, rel=1e-4, abs=1e-6)
+
+
 def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bf16 output layer on the CPU: the loss and gradient are those of fp32 arithmetic on the same bf16
     values, even when the student is close to the teacher (rounding both sides' logits to bf16 would be
@@ -559,8 +595,8 @@ def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher(monkeypatch: 
         assert s.grad is not None and s.grad.dtype == torch.bfloat16 and s_ref.grad is not None
         assert torch.nn.functional.cosine_similarity(s.grad.float().flatten(), s_ref.grad.flatten(), dim=0) > 0.999
         # eval's per-position KL the same way
-        per = kl.per_position_kl(head, t, s.detach(), chunk=16)
-        per_ref = kl.per_position_kl(ref_head, t.float(), s_ref.detach())
+        per = kl.per_position_kl(head, t, s.detach(), chunk=16)[0]
+        per_ref = kl.per_position_kl(ref_head, t.float(), s_ref.detach())[0]
         assert per.dtype == torch.float32 and torch.allclose(per, per_ref, rtol=0.05, atol=1e-6)
         assert abs(per.mean() - per_ref.mean()) < 0.005 * per_ref.mean()
     assert calls and all(n % 16 == 0 for n in calls[:3])  # bf16 products, on rows padded to 16 (37 -> 48)
