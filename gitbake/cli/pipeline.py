@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from gitbake.cli.common import CONTEXT, repository
-from gitbake.cli.render import emit_json
+from gitbake.cli.render import bake_phases, emit_json
 from gitbake.reporter import Reporter
 
 
@@ -136,6 +136,8 @@ def run(
                 f"         eval: gap_closed {e['gap_closed']:.3f} (KL {e['d_before']:.4f} -> {e['d_after']:.4f} "
                 "nats/token)" + (f", final loss {e['final_loss']:.4f}" if e.get("final_loss") is not None else "")
             )
+            if not r.cached and e.get("train_seconds") is not None:  # where a bake's time went
+                click.echo(f"         time: {bake_phases(e)}")
         for note in r.notes:
             click.echo(f"         note: {note}")
     for line in report.outcome():

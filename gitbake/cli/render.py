@@ -74,3 +74,9 @@ def metrics_text(m: dict[str, Any]) -> str:
     if m.get("gap_closed") is not None:
         parts.append(f"gap_closed {m['gap_closed']:.3f}")
     return ", ".join(parts)
+
+
+def bake_phases(m: dict[str, Any]) -> str:
+    """Where a bake's time went, from its record: 'training 241.0s, teacher pass 19.2s, eval 20.4s'."""
+    phases = (("training", "train_seconds"), ("teacher pass", "teacher_seconds"), ("eval", "eval_seconds"))
+    return ", ".join(f"{label} {m[key]:.1f}s" for label, key in phases if m.get(key) is not None)

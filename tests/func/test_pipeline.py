@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -196,13 +197,18 @@ def test_run_bake_end_to_end_and_cache(committed: Path, monkeypatch: pytest.Monk
     ]
     assert status["stages"][2]["eval"]["gap_closed"] == b["extra"]["gap_closed"]
     assert "gap_closed" in invoke("status").stdout
+    # the bake's record says where its time went, and a bake that ran prints it
+    assert all(isinstance(b["extra"][k], float) for k in ("train_seconds", "teacher_seconds", "eval_seconds"))
+    forced = invoke("run", "bake", "--force").stdout
+    assert re.search(r"time: training [\d.]+s, teacher pass [\d.]+s, eval [\d.]+s", forced), forced
+    git(committed, "reset", "-q", "--hard", "HEAD~1")  # off the forced bake's commit again
 
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("trained on a cache hit")
 
     monkeypatch.setattr("gitbake.engine.bake.Baker.train", boom)
     human = invoke("run", "bake").stdout
-    assert "cached" in human and "gap_closed" in human and "bake commit" in human
+    assert "cached" in human and "gap_closed" in human and "bake commit" in human and "time:" not in human
 
 
 def test_the_eval_takes_the_held_out_rollouts_that_are_teacher_samples(
