@@ -343,10 +343,10 @@ def per_position_kl(
     with torch.no_grad():
         for start in range(0, teacher_hidden.shape[0], chunk):
             end = min(teacher_hidden.shape[0], start + chunk)
+            n = end - start
             if weight is not None and low_precision(weight):  # the gap, not two rounded logits (pair_logits)
                 for rows, student in zip(out, students):
                     both = pair_logits(teacher_hidden[start:end], student[start:end], weight, bias)
-                    n = end - start
                     rows.append(divergence(F.log_softmax(both[:n], -1), F.log_softmax(both[n:], -1), 0.0))
                 continue
             t_lp = _logp(lm_head, teacher_hidden[start:end], 1.0)

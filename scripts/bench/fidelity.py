@@ -393,7 +393,13 @@ def main() -> None:
             f"{r['prep_seconds']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB (goal < 5 min: "
             f"{'not measured' if r['cached'] else goal(secs < 300)})"
         )
-        flops, tokens = trained_flops(r["records"], _epochs(args), _micro_batch(args), body, hv)
+        flops, tokens = trained_flops(
+            r["records"],
+            _bake_setting(args.epochs, "epochs"),
+            _bake_setting(args.micro_batch, "micro_batch_size"),
+            body,
+            hv,
+        )
         available = sum(1 for rec in r["records"] if rec["split"] == "train")
         trained = r["trajectories"] or available
         # --total: the bake drew a random subset, which its report does not list: the count scales to its size
@@ -413,22 +419,14 @@ def _seconds(value: float | None) -> str:
     return "not recorded" if value is None else f"{value:.1f} s"  # a bake stored before its record had it
 
 
-def _epochs(args: argparse.Namespace) -> int:
-    """The bake's epochs: the option, else gitbake's default (read from the contract, no guessing)."""
-    if args.epochs is not None:
-        return int(args.epochs)
+def _bake_setting(value: int | None, field: str) -> int:
+    """A BAKE setting of the bake: the option's value, else gitbake's default (read from the contract, no
+    guessing)."""
+    if value is not None:
+        return int(value)
     from gitbake.contract.config import Bake
 
-    return int(Bake.model_fields["epochs"].default)
-
-
-def _micro_batch(args: argparse.Namespace) -> int:
-    """The bake's micro-batch size: the option, else gitbake's default."""
-    if args.micro_batch is not None:
-        return int(args.micro_batch)
-    from gitbake.contract.config import Bake
-
-    return int(Bake.model_fields["micro_batch_size"].default)
+    return int(Bake.model_fields[field].default)
 
 
 if __name__ == "__main__":
