@@ -36,7 +36,10 @@ def init(directory: Path | None, base_model: str | None, name: str | None, no_do
     Safe to re-run; in a bgit repository it keeps input.yml, .bread and recipe.yml.
 
     A Hugging Face model is downloaded into the Hugging Face cache (HF_HOME, HF_ENDPOINT, HF_TOKEN,
-    HF_HUB_OFFLINE are honoured), with progress; run again, init picks up a branch that moved.
+    HF_HUB_OFFLINE are honoured), with progress, and .bread pins the commit its branch or tag resolved
+    to (`base_revision`), so every commit of the lineage names the weights it was baked on. Run again,
+    init downloads the pinned commit when it is missing (a clone on another machine); run again with
+    --base-model naming the same model, it picks up a branch that moved and pins its new commit.
 
     \b
     Examples:
@@ -144,13 +147,14 @@ def status(as_json: bool) -> None:
     p = report.plan.parent
     head = f"On branch {report.branch}" if report.branch else "HEAD detached"
     base = p.identity.get("base") or {}
-    where = ""
+    where, shown = "", p.base_model
     if base.get("kind") == "hub":
         rev = str(base.get("revision"))
         from gitbake.contract.identity import UNCACHED
 
+        shown = shown.removesuffix(f"@{rev}")  # pinned by .bread: said once, below
         where = " (not downloaded yet: the first bake downloads it)" if rev == UNCACHED else f" at {rev[:12]}"
-    click.echo(f"{head} · model repository {report.repo_name} · base model {p.base_model}{where}")
+    click.echo(f"{head} · model repository {report.repo_name} · base model {shown}{where}")
     if p.foreign:
         click.echo(f"Parent model: base model ({p.model_name} is in Bread's cloud, not on this machine)")
     elif p.adapters:

@@ -13,10 +13,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitbake.contract import yamlio
+from gitbake.contract import identity, yamlio
 from gitbake.contract.digest import is_digest
 from gitbake.errors import ConfigError, Issue
 from gitbake.fsutil import write_atomic
+from gitbake.hub import COMMIT
 
 BREAD_FILE = ".bread"
 HEADER = "# Bread configuration mapping\n# Auto-generated - do not edit manually\n\n"
@@ -51,7 +52,35 @@ class Bread:
 
     @property
     def base_model(self) -> str | None:
+        """The base model as the user named it (`--base-model`); see `pinned_base_model` for the one to load."""
         return self.get("REPO", "base_model")
+
+    @property
+    def base_revision(self) -> str | None:
+        """The commit a Hugging Face base model's branch or tag resolved to when it was downloaded (init, or
+        the first bake): gitbake writes it, and `git bake init` moves it to where the branch is now."""
+        raw = self.get("REPO", "base_revision")
+        if raw is not None and not COMMIT.fullmatch(raw):
+            raise ConfigError(
+                [
+                    Issue(
+                        BREAD_FILE,
+                        self._line("REPO", "base_revision"),
+                        None,
+                        "REPO.base_revision",
+                        f"must be the 40-hex commit of the Hugging Face model, not {raw!r}",
+                        "restore it from git (git checkout -- .bread), or delete the line and run `git bake init` "
+                        "to pin the base model's current commit",
+                    )
+                ]
+            )
+        return raw
+
+    @property
+    def pinned_base_model(self) -> str | None:
+        """The base model to key and load: a hub id at its recorded commit (`org/name@<commit>`)."""
+        base = self.base_model
+        return identity.pinned(base, self.base_revision) if base is not None else None
 
     @property
     def prompts(self) -> dict[str, Named]:

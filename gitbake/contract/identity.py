@@ -82,6 +82,17 @@ def classify(base_model: str, root: Path | None = None) -> str:
     return "unknown"
 
 
+def pinned(base_model: str, revision: str | None) -> str:
+    """The base model as keys and loading read it. A Hugging Face id whose branch or tag (none: `main`) was
+    resolved to `revision` when it was downloaded (.bread's `[REPO] base_revision`) is that commit,
+    `org/name@<commit>`: a commit of the lineage names the weights it was baked on, not whatever the branch
+    names today. Anything else is returned as it is."""
+    if revision is None or not HUB_ID.match(base_model):
+        return base_model
+    repo_id, _, ref = base_model.partition("@")
+    return base_model if COMMIT.fullmatch(ref) else f"{repo_id}@{revision}"
+
+
 def base_identity(base_model: str, root: Path | None = None, cache: StatCache | None = None) -> dict[str, Any]:
     kind = classify(base_model, root)
     if kind == "tiny":

@@ -73,7 +73,7 @@ def version_at(root: Path, rev: str) -> LoggedVersion:
     if bake is not None and bake.adapter not in (None, adapters[-1]):
         bake = next((x for x in r.resources.bakes if x.adapter == adapters[-1]), None) if r else None
     model = ModelVersion(
-        b.base_model or (r.base_model if r else None) or "tiny",
+        b.pinned_base_model or (r.base_model if r else None) or "tiny",
         tuple(adapters),
         b.parent_model_name if adapters else None,
     )

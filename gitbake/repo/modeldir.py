@@ -30,7 +30,7 @@ FORMAT = 1
 def spec_of(b: bread_mod.Bread, default_base: str = "tiny") -> ModelVersion:
     """The model a `.bread` names."""
     adapters = b.parent_adapters or []  # a parent in Bread's cloud is not here: the base model stands in
-    return ModelVersion(b.base_model or default_base, tuple(adapters), b.parent_model_name if adapters else None)
+    return ModelVersion(b.pinned_base_model or default_base, tuple(adapters), b.parent_model_name if adapters else None)
 
 
 def read_current(root: Path, dest: Path | None = None) -> dict[str, Any] | None:

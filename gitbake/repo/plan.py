@@ -155,7 +155,7 @@ def parent_of(
     default_base: str = identity.TINY,
     cache: StatCache | None = None,
 ) -> Parent:
-    base = bread.base_model if bread else None
+    base = bread.pinned_base_model if bread else None
     if base is None:
         r = _recipe_getter(recipe)()
         base = (r.base_model if r else None) or default_base

@@ -21,11 +21,13 @@ from typing import Any
 
 from gitbake import git
 from gitbake.contract import bread as bread_mod
+from gitbake.contract import identity
 from gitbake.contract import recipe as recipe_mod
 from gitbake.contract.files import INPUT_FILE
 from gitbake.contract.inputtext import comment_out
 from gitbake.contract.recipe import BakeResource, Recipe, Step
 from gitbake.errors import GitbakeError, StoreCorruptError
+from gitbake.hub import COMMIT
 from gitbake.repo import leases, reach, revfiles
 from gitbake.repo.pendingrefs import PENDING_PREFIX
 from gitbake.repo.plan import Plan
@@ -179,6 +181,7 @@ def compose(
     chain = list(plan.parent.adapters) + [out.adapter]
     b.sections["PARENT_MODEL"] = {"model_name": name, "adapters": json.dumps(chain)}
     b.set("REPO", "base_model", b.base_model or plan.parent.base_model)
+    b.set("REPO", "base_revision", pinned_revision(b, plan.parent.identity.get("base") or {}))
     b.sections["RECIPE"] = {
         "base_model": r.base_model or plan.parent.base_model,
         "total_steps": str(len(r.steps)),
@@ -186,6 +189,18 @@ def compose(
     }
     b.sections[f"RECIPE.BAKES.{bk.name}"] = {"model_names": json.dumps([name])}
     return b, r
+
+
+def pinned_revision(b: bread_mod.Bread, base: dict[str, Any]) -> str | None:
+    """`[REPO] base_revision` for a bake commit: the commit the bake's Hugging Face base model was (its
+    identity's), so checking the commit out later loads those weights even after the branch has moved;
+    kept when .bread has one, and none for other base models or an id that names its commit itself."""
+    if b.base_revision is not None or base.get("kind") != "hub":
+        return b.base_revision
+    revision, written = str(base.get("revision")), b.base_model
+    if written is None or not COMMIT.fullmatch(revision):
+        return None
+    return revision if identity.pinned(written, revision) != written else None
 
 
 def _step(**fields: Any) -> Step:

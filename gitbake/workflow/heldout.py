@@ -104,7 +104,7 @@ def heldout_of(repo: ModelRepo, address: str) -> Heldout:
         q = unique.setdefault(ids, Question(str(rec.get("question", "")), rec["teacher_ids"], rec["student_ids"]))
         if rec.get("teacher_sample") and note is None:  # trained-on answers (no held-out questions) are not taken
             q.samples.append(rec["response_ids"])
-    base = other.bread.base_model if other.bread and other.bread.base_model else "tiny"
+    base = (other.bread.pinned_base_model if other.bread else None) or "tiny"
     return Heldout(
         other.rev or rev,
         base,

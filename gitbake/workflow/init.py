@@ -98,8 +98,10 @@ def init(
     downloaded = None
     if download and identity.classify(base, directory) == "hub":
         repo_id, _, ref = base.partition("@")
+        # the pinned commit, unless the user names the model again to pick up where its branch is now
+        kept = old_bread.base_revision if old_bread is not None and base_model is None else None
         try:
-            downloaded = hub.download(repo_id, ref or "main", reporter)
+            downloaded = hub.ensure(repo_id, kept, reporter) if kept else hub.download(repo_id, ref or "main", reporter)
         except hub.HubError as exc:
             raise hub.HubError(exc.message, f"{exc.hint}; or `git bake init --no-download` to defer it") from None
 
@@ -113,6 +115,15 @@ def init(
     if b.repo_name is None:
         b.set("REPO", "name", repo_name)
     b.set("REPO", "base_model", base)
+    pin = _base_revision(base, directory, downloaded, old_bread)
+    moved = old_bread.base_revision if old_bread is not None and old_bread.base_model == base else None
+    b.set("REPO", "base_revision", pin)
+    if moved is not None and pin is not None and moved != pin:
+        report.notes.append(
+            f"{base} moved upstream: .bread now pins commit {pin[:12]} (it pinned {moved[:12]}); commit .bread to "
+            f"bake on it. The commits made so far keep {moved[:12]}: checking one out loads the weights it was "
+            "baked on"
+        )
     if old_bread is None:
         b.sections.setdefault("PARENT_MODEL", {})["adapters"] = "[]"
     if bread_mod.write(root, b):
@@ -212,6 +223,17 @@ def _normalise_base_model(base_model: str, directory: Path) -> str:
             "use `--base-model tiny` for the built-in offline model",
         )
     return base_model
+
+
+def _base_revision(base: str, directory: Path, downloaded: str | None, old: bread_mod.Bread | None) -> str | None:
+    """`[REPO] base_revision`: for a Hugging Face id that names a branch or tag (or nothing: `main`), the
+    commit init downloaded; with --no-download, the pin .bread already had for the same model (none: the
+    first bake pins the commit it bakes on)."""
+    if identity.classify(base, directory) != "hub" or hub.COMMIT.fullmatch(base.partition("@")[2]):
+        return None
+    if downloaded is not None:
+        return downloaded
+    return old.base_revision if old is not None and old.base_model == base else None
 
 
 def _choose_base(requested: str | None, old: bread_mod.Bread | None, old_recipe: recipe_mod.Recipe | None) -> str:

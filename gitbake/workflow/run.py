@@ -161,7 +161,7 @@ def _run_launched(
 def ensure_base_model(repo: ModelRepo, reporter: Reporter) -> None:
     """Download a Hugging Face base model that is not in the local cache yet (none other needs it): its
     identity, and so every key, is the commit the download resolves to."""
-    base = repo.bread.base_model if repo.bread else None
+    base = repo.bread.pinned_base_model if repo.bread else None
     if base and identity.classify(base, repo.root) == "hub":
         repo_id, _, ref = base.partition("@")
         hub.ensure(repo_id, ref or "main", reporter)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_first_use_downloads_before_it_plans(hub: FakeHub, tmp_path: Path) -> No
     assert ran["rollout"] == planned["target"]["key"] != unknown
 
 
-def test_a_moved_branch_is_picked_up_by_init_not_silently(hub: FakeHub, tmp_path: Path) -> None:
+def test_a_moved_branch_is_picked_up_when_init_names_the_model(hub: FakeHub, tmp_path: Path) -> None:
     assert bake_git(tmp_path, "init", "m", "--base-model", MODEL).returncode == 0
     root = tmp_path / "m"
     first = hub.repo(MODEL).refs["main"]
@@ -92,11 +93,86 @@ def test_a_moved_branch_is_picked_up_by_init_not_silently(hub: FakeHub, tmp_path
     ident = lambda: json.loads(bake_git(root, "status", "--json").stdout)["base_identity"]  # noqa: E731
     assert ident()["revision"] == first  # nothing asks the network: the model does not change by itself
     hub.requests.clear()
-    again = bake_git(root, "init", "--json")
+    kept = bake_git(root, "init", "--json")  # run again as is: the pinned commit stays, nothing is asked
+    assert kept.returncode == 0 and json.loads(kept.stdout)["downloaded"] == first, kept.stderr
+    assert hub.requests == [] and ident()["revision"] == first
+    again = bake_git(root, "init", "--base-model", MODEL, "--json")  # named again: where its branch is now
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["downloaded"] == second
     assert downloads(hub) == [f"/{MODEL}/resolve/{second}/generation_config.json"]  # only the changed file
     assert ident()["revision"] == second
+
+
+def bread_pin(root: Path) -> str | None:
+    pins = [
+        line.split("=", 1)[1]
+        for line in (root / ".bread").read_text().splitlines()
+        if line.startswith("base_revision=")
+    ]
+    return pins[0] if pins else None
+
+
+def test_an_older_commit_keeps_the_base_commit_it_was_made_on(hub: FakeHub, tmp_path: Path) -> None:
+    """.bread pins the commit a branch resolved to (`[REPO] base_revision`), so a commit of the lineage
+    names the weights it was made on: after upstream moves and init picks the move up, checking out the
+    older commit gives the older weights back, and a machine whose cache has neither downloads that one."""
+    assert bake_git(tmp_path, "init", "m", "--base-model", MODEL).returncode == 0
+    root = tmp_path / "m"
+    first = hub.repo(MODEL).refs["main"]
+    assert bread_pin(root) == first
+    assert "base_model=acme/tiny-chat\n" in (root / ".bread").read_text()  # the name stays as the user gave it
+    files = tiny_files()
+    files["generation_config.json"] = json.dumps({"max_new_tokens": 7}).encode()
+    second = hub.repo(MODEL).commit(files)
+    again = bake_git(root, "init", "--base-model", MODEL)
+    assert again.returncode == 0, again.stderr
+    assert f"now pins commit {second[:12]} (it pinned {first[:12]})" in again.stdout, again.stdout
+    assert bread_pin(root) == second
+    git(root, "commit", "-qam", "move to the new upstream weights")
+    ident = lambda: json.loads(bake_git(root, "status", "--json").stdout)["base_identity"]  # noqa: E731
+    assert ident()["revision"] == second
+    git(root, "checkout", "-q", "HEAD~1")
+    assert ident()["revision"] == first  # the cache's main is `second` now: the pin, not the cache, decides
+    status = bake_git(root, "status").stdout
+    assert f"base model acme/tiny-chat at {first[:12]}" in status, status
+
+    shutil.rmtree(hub_mod.cache_dir())  # another machine: nothing cached
+    hub.requests.clear()
+    assert ident()["revision"] == first  # known without the cache, and without asking the network
+    assert hub.requests == []
+    setup = bake_git(root, "init", "--json")  # as on a fresh clone: the pinned commit, not main
+    assert setup.returncode == 0 and json.loads(setup.stdout)["downloaded"] == first, setup.stderr
+    fetched = downloads(hub)
+    assert fetched and all(f"/resolve/{first}/" in p for p in fetched), fetched
+    assert bread_pin(root) == first and git(root, "status", "--porcelain").strip() == ""
+    chat = bake_here(root, "chat", "-p", "hi", "--max-tokens", "2", "--temperature", "0")
+    assert chat.exit_code == 0, chat.stderr
+
+
+def test_the_first_bake_pins_a_base_model_init_did_not_download(hub: FakeHub, tmp_path: Path) -> None:
+    assert bake_git(tmp_path, "init", "m", "--base-model", MODEL, "--no-download").returncode == 0
+    root = tmp_path / "m"
+    assert bread_pin(root) is None  # nothing resolved yet
+    (root / "input.yml").write_text(YODA_SMALL)
+    git(root, "commit", "-qam", "bake")
+    run = bake_git(root, "run", "--json")
+    assert run.returncode == 0, run.stderr
+    assert bread_pin(root) == hub.repo(MODEL).refs["main"]  # the bake commit records what it baked on
+    assert git(root, "status", "--porcelain").strip() == ""  # ... in its own commit, not left in the tree
+
+
+def test_a_bad_base_revision_is_refused_with_the_line(hub: FakeHub, tmp_path: Path) -> None:
+    assert bake_git(tmp_path, "init", "m", "--base-model", MODEL).returncode == 0
+    root = tmp_path / "m"
+    bread = root / ".bread"
+    text = bread.read_text()
+    lines = text.splitlines()
+    line = next(i for i, s in enumerate(lines, 1) if s.startswith("base_revision="))
+    bread.write_text(text.replace(f"base_revision={bread_pin(root)}", "base_revision=main"))
+    out = bake_git(root, "status")
+    assert out.returncode == 2, out.stderr
+    assert f".bread:{line}" in out.stderr and "REPO.base_revision" in out.stderr, out.stderr
+    assert "40-hex commit" in out.stderr and "git checkout -- .bread" in out.stderr, out.stderr
 
 
 def test_unknown_and_private_models(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gitbake.contract import bread
+from gitbake.errors import ConfigError
 
 from helpers import BGIT
 
@@ -113,3 +114,32 @@ def test_a_line_without_a_key_says_to_restore_the_file() -> None:
     with pytest.raises(ConfigError) as exc:
         bread.parse("[REPO]\n=m\n")
     assert exc.value.issues[0].fix is not None and "git checkout HEAD -- .bread" in exc.value.issues[0].fix
+
+
+COMMIT_A = "a" * 40
+
+
+@pytest.mark.parametrize(
+    ("base", "revision", "pinned"),
+    [
+        ("acme/chat", COMMIT_A, f"acme/chat@{COMMIT_A}"),  # main, resolved when it was downloaded
+        ("acme/chat@v2", COMMIT_A, f"acme/chat@{COMMIT_A}"),  # a tag or branch: the commit it resolved to
+        (f"acme/chat@{'b' * 40}", COMMIT_A, f"acme/chat@{'b' * 40}"),  # a commit named by the user stays
+        ("acme/chat", None, "acme/chat"),  # not pinned yet (init --no-download): the cache decides
+        ("tiny", COMMIT_A, "tiny"),  # only a hub id is pinned
+        ("/models/local", COMMIT_A, "/models/local"),
+    ],
+)
+def test_the_base_model_to_load_is_the_pinned_commit(base: str, revision: str | None, pinned: str) -> None:
+    b = bread.Bread({"REPO": {"base_model": base, **({"base_revision": revision} if revision else {})}})
+    assert b.base_model == base  # as the user wrote it
+    assert b.pinned_base_model == pinned
+
+
+def test_a_base_revision_that_is_not_a_commit_is_a_located_error() -> None:
+    b = bread.parse("[REPO]\nname=m\nbase_model=acme/chat\nbase_revision=main\n")
+    with pytest.raises(ConfigError) as info:
+        _ = b.pinned_base_model
+    issue = info.value.issues[0]
+    assert (issue.file, issue.line, issue.field) == (".bread", 4, "REPO.base_revision")
+    assert "40-hex commit" in issue.message and "git checkout -- .bread" in (issue.fix or "")
