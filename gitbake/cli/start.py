@@ -150,10 +150,16 @@ def status(as_json: bool) -> None:
     where, shown = "", p.base_model
     if base.get("kind") == "hub":
         rev = str(base.get("revision"))
+        from gitbake import hub
         from gitbake.contract.identity import UNCACHED
 
         shown = shown.removesuffix(f"@{rev}")  # pinned by .bread: said once, below
-        where = " (not downloaded yet: the first bake downloads it)" if rev == UNCACHED else f" at {rev[:12]}"
+        if rev == UNCACHED:
+            where = " (not downloaded yet: the first bake downloads it)"
+        elif hub.cached_commit(str(base.get("id")), rev) is None:  # pinned, on a machine without it (a clone)
+            where = f" at {rev[:12]} (not downloaded yet: `git bake init` or the first bake downloads it)"
+        else:
+            where = f" at {rev[:12]}"
     click.echo(f"{head} · model repository {report.repo_name} · base model {shown}{where}")
     if p.foreign:
         click.echo(f"Parent model: base model ({p.model_name} is in Bread's cloud, not on this machine)")

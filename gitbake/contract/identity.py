@@ -93,6 +93,12 @@ def pinned(base_model: str, revision: str | None) -> str:
     return base_model if COMMIT.fullmatch(ref) else f"{repo_id}@{revision}"
 
 
+def unpinned(base_model: str) -> str:
+    """`pinned`'s inverse for display and comparison: a hub id without the commit it is pinned to."""
+    repo_id, _, ref = base_model.partition("@")
+    return repo_id if HUB_ID.match(base_model) and COMMIT.fullmatch(ref) else base_model
+
+
 def base_identity(base_model: str, root: Path | None = None, cache: StatCache | None = None) -> dict[str, Any]:
     kind = classify(base_model, root)
     if kind == "tiny":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitbake.contract.identity import unpinned
 from gitbake.engine.compare import QuestionDiff
 from gitbake.errors import UsageError
 from gitbake.repo.repo import ModelRepo
@@ -114,7 +115,7 @@ def diff(
         recipe = repo.at(a.commit).recipe
         names = {x.adapter: x.bake_name for x in (recipe.resources.bakes if recipe else []) if x.adapter}
         b.name = names.get(b.adapters[-1], b.name)
-    if a.base_model != b.base_model:
+    if unpinned(a.base_model) != unpinned(b.base_model):  # two commits of one hub model share a tokenizer
         raise UsageError(
             f"{rev1} and {rev2} are baked on different base models ({a.base_model}, {b.base_model})",
             "compare versions of one lineage: their answers are not token-aligned otherwise",

@@ -195,7 +195,9 @@ def pinned_revision(b: bread_mod.Bread, base: dict[str, Any]) -> str | None:
     """`[REPO] base_revision` for a bake commit: the commit the bake's Hugging Face base model was (its
     identity's), so checking the commit out later loads those weights even after the branch has moved;
     kept when .bread has one, and none for other base models or an id that names its commit itself."""
-    if b.base_revision is not None or base.get("kind") != "hub":
+    if base.get("kind") != "hub":
+        return None  # a pin left over from a hub model this lineage no longer bakes on
+    if b.base_revision is not None:
         return b.base_revision
     revision, written = str(base.get("revision")), b.base_model
     if written is None or not COMMIT.fullmatch(revision):

@@ -98,10 +98,14 @@ def init(
     downloaded = None
     if download and identity.classify(base, directory) == "hub":
         repo_id, _, ref = base.partition("@")
-        # the pinned commit, unless the user names the model again to pick up where its branch is now
-        kept = old_bread.base_revision if old_bread is not None and base_model is None else None
+        # run as is, init keeps what the repository bakes on: the pinned commit, or (a repository from before
+        # pins) the one the cache holds; naming the model again picks up where its branch is now
+        kept = _base_revision(base, directory, None, old_bread) if base_model is None else None
         try:
-            downloaded = hub.ensure(repo_id, kept, reporter) if kept else hub.download(repo_id, ref or "main", reporter)
+            if base_model is None:
+                downloaded = hub.ensure(repo_id, kept or ref or "main", reporter)
+            else:
+                downloaded = hub.download(repo_id, ref or "main", reporter)
         except hub.HubError as exc:
             raise hub.HubError(exc.message, f"{exc.hint}; or `git bake init --no-download` to defer it") from None
 

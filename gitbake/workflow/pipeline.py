@@ -451,7 +451,11 @@ def _bake_stage(runner: Runner) -> StageResult:
         require_deepspeed()
     started = time.monotonic()
     model = runner.model()
-    baker = Baker(model.model, model.tokenizer, cfg, plan.parent.base_model, reporter=reporter)
+    # the adapter's config names the base model as .bread does (not its pinned commit), as before pins
+    # existed: the same bake gives the same bytes whether or not .bread had pinned the commit yet
+    bread = runner.repo.bread
+    written = bread.base_model if bread is not None and bread.base_model else plan.parent.base_model
+    baker = Baker(model.model, model.tokenizer, cfg, written, reporter=reporter)
     scratch = store.root / "jobs" / f"bake-{b.key[:16]}"
     with tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
         # kept beside the scratch checkpoint, so an interrupted bake that resumes still has its earlier ones

@@ -17,7 +17,7 @@ from hubserver import FakeHub
 from gitbake import hub as hub_mod
 from gitbake.engine.tiny import ensure_tiny
 
-from helpers import YODA_SMALL, bake_git, bake_here, git
+from helpers import YODA, YODA_SMALL, bake_git, bake_here, git
 
 MODEL = "acme/tiny-chat"
 
@@ -139,14 +139,34 @@ def test_an_older_commit_keeps_the_base_commit_it_was_made_on(hub: FakeHub, tmp_
     shutil.rmtree(hub_mod.cache_dir())  # another machine: nothing cached
     hub.requests.clear()
     assert ident()["revision"] == first  # known without the cache, and without asking the network
+    assert "not downloaded yet" in bake_git(root, "status").stdout
     assert hub.requests == []
     setup = bake_git(root, "init", "--json")  # as on a fresh clone: the pinned commit, not main
     assert setup.returncode == 0 and json.loads(setup.stdout)["downloaded"] == first, setup.stderr
     fetched = downloads(hub)
     assert fetched and all(f"/resolve/{first}/" in p for p in fetched), fetched
     assert bread_pin(root) == first and git(root, "status", "--porcelain").strip() == ""
+    hub.requests.clear()
     chat = bake_here(root, "chat", "-p", "hi", "--max-tokens", "2", "--temperature", "0")
-    assert chat.exit_code == 0, chat.stderr
+    assert chat.exit_code == 0 and hub.requests == [], chat.stderr  # the pinned snapshot, from the cache
+
+
+def test_a_repository_from_before_pins_keeps_what_it_baked_on(hub: FakeHub, tmp_path: Path) -> None:
+    """A .bread without `base_revision` (written before pins) followed the cache: a plain `git bake init`
+    pins the commit the cache holds, the one it baked on, not the branch's new commit upstream."""
+    assert bake_git(tmp_path, "init", "m", "--base-model", MODEL).returncode == 0
+    root = tmp_path / "m"
+    first = hub.repo(MODEL).refs["main"]
+    bread = root / ".bread"
+    bread.write_text(bread.read_text().replace(f"base_revision={first}\n", ""))
+    git(root, "commit", "-qam", "a .bread from before pins")
+    files = tiny_files()
+    files["generation_config.json"] = json.dumps({"max_new_tokens": 7}).encode()
+    hub.repo(MODEL).commit(files)
+    hub.requests.clear()
+    out = bake_git(root, "init", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["downloaded"] == first, out.stderr
+    assert bread_pin(root) == first and hub.requests == []
 
 
 def test_the_first_bake_pins_a_base_model_init_did_not_download(hub: FakeHub, tmp_path: Path) -> None:
@@ -158,6 +178,15 @@ def test_the_first_bake_pins_a_base_model_init_did_not_download(hub: FakeHub, tm
     run = bake_git(root, "run", "--json")
     assert run.returncode == 0, run.stderr
     assert bread_pin(root) == hub.repo(MODEL).refs["main"]  # the bake commit records what it baked on
+    (root / "input.yml").write_text(YODA.replace("epochs: 2", "epochs: 1\n  seed: 7"))  # a second bake, pinned
+    git(root, "commit", "-qam", "bake again")
+    again = bake_git(root, "run", "--json")
+    assert again.returncode == 0, again.stderr
+    configs = list((root / ".bake").rglob("adapter_config.json"))
+    assert len(configs) == 2, configs
+    assert configs, "the bake's adapter is not in .bake/model"
+    for c in configs:  # as .bread names the model: the same bytes whether or not the commit was pinned yet
+        assert json.loads(c.read_text())["base_model_name_or_path"] == MODEL
     assert git(root, "status", "--porcelain").strip() == ""  # ... in its own commit, not left in the tree
 
 
