@@ -388,8 +388,11 @@ def usage(info: dict[str, Any]) -> dict[str, int]:
 
 
 def _token(tokenizer: Any, token: int) -> tuple[str, list[int]]:
-    text = str(tokenizer.decode([token]))
-    return text, list(text.encode("utf-8"))
+    """The token's text (U+FFFD where it holds part of a character) and its exact bytes, which a client
+    joins to get the answer's text back (gitbake.engine.tokenbytes)."""
+    from gitbake.engine.tokenbytes import bytes_of
+
+    return str(tokenizer.decode([token])), list(bytes_of(tokenizer, token))
 
 
 def chat_logprobs(tokenizer: Any, items: list[TokenLogprob]) -> dict[str, Any]:

@@ -608,6 +608,11 @@ def test_completions_logprobs_tools_and_unsupported_fields(server: tuple[Server,
     assert content and all(len(t.top_logprobs) == 3 for t in content)
     assert chat.usage is not None and len(content) <= chat.usage.completion_tokens
     assert all(t.logprob <= 0 and t.top_logprobs[0].logprob >= t.logprob for t in content)  # greedy: the likeliest
+    # tiny's greedy answer is bytes that are not whole characters: each token's `bytes` is its own byte (the
+    # text of each is U+FFFD), and joined they give the answer back
+    raw = [bytes(t.bytes or []) for t in content]
+    assert "\ufffd" in "".join(t.token for t in content) and "\ufffd".encode() not in raw, raw
+    assert b"".join(raw).decode("utf-8", "replace") == chat.choices[0].message.content
     tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
     bare = c.chat.completions.create(model=name, messages=msgs, max_tokens=1)  # type: ignore[arg-type]
     tooled = c.chat.completions.create(model=name, messages=msgs, max_tokens=1, tools=[tool])  # type: ignore[list-item]

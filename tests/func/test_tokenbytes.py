@@ -1,0 +1,55 @@
+"""`logprobs[].bytes`: a token's exact bytes, also where it holds part of a character (decoded alone it is
+U+FFFD), for byte-level BPE and for SentencePiece's byte fallback."""
+
+from __future__ import annotations
+
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from gitbake.engine.tiny import ensure_tiny
+from gitbake.engine.tokenbytes import TokenBytes, bytes_of
+
+
+def test_byte_level_bpe_gives_each_token_its_bytes() -> None:
+    path, _ = ensure_tiny()
+    tok = AutoTokenizer.from_pretrained(path)  # byte-level BPE, as GPT-2, Llama 3, Qwen, SmolLM2
+    c3, a9 = tok.convert_tokens_to_ids(["Ã", "©"])  # the two bytes of "é", a token each
+    assert tok.decode([c3]) == tok.decode([a9]) == "\ufffd"  # what the decoded text's bytes used to give
+    assert (bytes_of(tok, c3), bytes_of(tok, a9)) == (b"\xc3", b"\xa9")
+    assert (bytes_of(tok, c3) + bytes_of(tok, a9)).decode() == "é" == tok.decode([c3, a9])
+    space = tok.convert_tokens_to_ids("Ġ")
+    assert bytes_of(tok, space) == b" "
+    eos = tok.convert_tokens_to_ids("<|eos|>")
+    assert bytes_of(tok, eos) == b"<|eos|>"  # an added token is its text, not read through the byte table
+    for i in range(len(tok)):  # every whole token: its bytes are its text's
+        text = tok.decode([i])
+        if "\ufffd" not in text:
+            assert bytes_of(tok, i) == text.encode(), (i, text)
+
+
+def test_sentencepiece_byte_fallback_and_the_space_marker() -> None:
+    from tokenizers import Tokenizer, decoders, models
+
+    vocab = {"<unk>": 0, "<0xC3>": 1, "<0xA9>": 2, "▁caf": 3, "▁the": 4}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend)  # as Llama 2, Gemma, Mistral
+    reader = TokenBytes(tok)
+    assert reader.byte_fallback and not reader.unbyte
+    assert [reader(i) for i in (4, 3, 1, 2)] == [b" the", b" caf", b"\xc3", b"\xa9"]
+    assert b"".join(reader(i) for i in (3, 1, 2)).decode() == " café"
+    assert tok.decode([1]) == "\ufffd"  # decoded alone, the byte is lost
+
+
+def test_a_tokenizer_without_a_fast_backend_keeps_its_text() -> None:
+    class Plain:
+        added_tokens_decoder: dict[int, str] = {}
+
+        def convert_ids_to_tokens(self, token: int) -> str:
+            return "x"
+
+        def decode(self, ids: list[int]) -> str:
+            return "héllo"
+
+    assert bytes_of(Plain(), 5) == "héllo".encode()
