@@ -386,7 +386,7 @@ class Server:
 
         relay = _Relay(asyncio.get_running_loop())
         req = self.submit(served, parsed, relay)
-        reply = Reply(served, parsed, chat)
+        reply = Reply(served, parsed, chat, req.prompt)
         if parsed.stream:
             return StreamingResponse(
                 reply.stream(req, relay), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -429,9 +429,13 @@ def _model_card(name: str, s: Served) -> dict[str, Any]:
 class Reply:
     """One answer in OpenAI's shapes: a chat completion or a (legacy) text completion, whole or streamed."""
 
-    def __init__(self, served: Served, parsed: Parsed, chat: bool) -> None:
+    def __init__(self, served: Served, parsed: Parsed, chat: bool, prompt: list[int] | None = None) -> None:
+        from gitbake.use.toolcalls import ToolCallReader
+
         self.served, self.parsed, self.chat = served, parsed, chat
         self.tokenizer = served.model.tokenizer
+        # the answer read as content and tool calls, when tools are offered and the model ships a response template
+        self.tools = ToolCallReader.of(self.tokenizer, prompt or [], parsed.tools) if chat else None
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
@@ -468,7 +472,13 @@ class Reply:
             else:
                 text, finish = "".join(parts), value.get("finish_reason", "stop")
                 choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": self._logprobs(logprobs)}
-                if self.chat:
+                if self.tools is not None:
+                    self.tools.feed(text)
+                    self.tools.finish()
+                    choice["message"] = self.tools.message()
+                    if self.tools.calls:
+                        choice["finish_reason"] = "tool_calls"
+                elif self.chat:
                     choice["message"] = {"role": "assistant", "content": text}
                 else:
                     choice["text"] = text
@@ -482,9 +492,9 @@ class Reply:
         def event(payload: dict[str, Any]) -> str:
             return f"data: {json.dumps(payload)}\n\n"
 
-        def chunk(text: str | None, finish: str | None = None, logprobs: Any = None) -> str:
+        def chunk(text: str | None, finish: str | None = None, logprobs: Any = None, delta: Any = None) -> str:
             if self.chat:
-                delta: dict[str, Any] = {} if text is None else {"content": text}
+                delta = delta if delta is not None else ({} if text is None else {"content": text})
                 choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
                 return event(self._envelope([choice], "chat.completion.chunk"))
             choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
@@ -502,6 +512,11 @@ class Reply:
             async for kind, value in relay.events():
                 if kind == "logprobs":
                     pending += value
+                elif kind == "text" and self.tools is not None:
+                    # content as it comes; a tool call once its region closes (templates give it whole)
+                    for delta in self.tools.feed(value):
+                        yield chunk(None, logprobs=self._logprobs(pending) if pending else None, delta=delta)
+                        pending = []
                 elif kind == "text":
                     yield chunk(value, logprobs=self._logprobs(pending))
                     pending = []
@@ -509,7 +524,13 @@ class Reply:
                     yield event(ApiError(500, str(value), "server_error").body())
                     break
                 else:
-                    yield chunk(None, value.get("finish_reason", "stop"), self._logprobs(pending) if pending else None)
+                    finish = value.get("finish_reason", "stop")
+                    if self.tools is not None:
+                        for delta in self.tools.finish():
+                            yield chunk(None, logprobs=self._logprobs(pending) if pending else None, delta=delta)
+                            pending = []
+                        finish = "tool_calls" if self.tools.calls else finish
+                    yield chunk(None, finish, self._logprobs(pending) if pending else None)
                     if self.parsed.include_usage:
                         obj = "chat.completion.chunk" if self.chat else None
                         yield event({**self._envelope([], obj), "usage": usage(value)})

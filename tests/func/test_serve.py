@@ -661,3 +661,53 @@ def post_to(srv: Server, path: str, payload: dict[str, Any]) -> tuple[int, dict[
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+# tiny's greedy answer opens with bytes that are not whole characters (U+FFFD, as the logprobs test above
+# shows): a template that reads everything from the first of them as a call makes the call certain, so the
+# test is about serve's side (OpenAI's shapes, whole and streamed), while transformers parses (test_toolcalls.py)
+REST_AS_CALL = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|assistant|>",
+    "fields": {
+        "tool_calls": {
+            "open": "\ufffd",
+            "repeats": True,
+            "content": "text",
+            "transform": {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}},
+        },
+        "content": {"content": "text"},
+    },
+}
+
+
+def test_tool_calls_come_back_through_the_models_response_template(server: tuple[Server, dict[str, Any]]) -> None:
+    srv, info = server
+    name = info["names"][0]
+    c = client(srv)
+    msgs = [{"role": "user", "content": "What is the weather?"}]
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    ask = {"model": name, "messages": msgs, "max_tokens": 4, "temperature": 0}
+    plain = c.chat.completions.create(**ask, tools=[tool])  # type: ignore[call-overload]
+    text = plain.choices[0].message.content or ""
+    assert text.startswith("\ufffd") and plain.choices[0].finish_reason == "length"  # no template: the text
+    tok = srv.models[name].model.tokenizer
+    tok.response_template = REST_AS_CALL
+    try:
+        done = c.chat.completions.create(**ask, tools=[tool])  # type: ignore[call-overload]
+        choice = done.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        calls = choice.message.tool_calls or []
+        assert [(t.type, t.function.name, json.loads(t.function.arguments)) for t in calls] == [
+            ("function", "weather", {"city": "Paris"})
+        ]
+        assert calls[0].id.startswith("call_") and not choice.message.content
+        chunks = list(c.chat.completions.create(**ask, tools=[tool], stream=True))  # type: ignore[call-overload]
+        deltas = [d for ch in chunks for d in ch.choices]
+        streamed = [t for d in deltas for t in (d.delta.tool_calls or [])]
+        assert [(t.index, t.function.name if t.function else None) for t in streamed] == [(0, "weather")]
+        assert deltas[-1].finish_reason == "tool_calls"
+        untooled = c.chat.completions.create(**ask)  # type: ignore[call-overload]
+        assert untooled.choices[0].message.content and not untooled.choices[0].message.tool_calls  # no tools offered
+    finally:
+        tok.response_template = None
