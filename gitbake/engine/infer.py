@@ -37,14 +37,15 @@ class TextDecoder:
     """Incremental detokenisation: a byte-level token may end in the middle of a UTF-8 character, so the
     text is decoded cumulatively and only the stable new suffix is emitted."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, skip_special: bool = True) -> None:
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.sent = ""
+        self.skip_special = skip_special  # False: special tokens the model writes stay in the text
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special))
         if text.endswith("\ufffd"):
             return ""  # an incomplete character: wait for the next token
         delta, self.sent = text[len(self.sent) :], text
@@ -52,7 +53,7 @@ class TextDecoder:
 
     def flush(self) -> str:
         """What is left at the end (an incomplete character is shown as U+FFFD rather than lost)."""
-        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special))
         delta, self.sent = text[len(self.sent) :], text
         return delta
 
@@ -67,6 +68,9 @@ class Request:
     )  # ("text", str) | ("logprobs", [TokenLogprob]) before the text of those tokens | ("done", info) | ("error", str)
     cancelled: threading.Event = field(default_factory=threading.Event)  # the client went away: stop decoding it
     submitted: float = field(default_factory=time.monotonic)
+    # False: special tokens the model writes (not the one that ends it) stay in the text, for a response
+    # template whose delimiters are special tokens (Mistral's [TOOL_CALLS], Llama 3.1's <|python_tag|>)
+    skip_special: bool = True
 
     def result(self, timeout: float | None = None) -> tuple[str, dict[str, Any]]:
         """The whole answer and its "done" info (with `logprobs`, when asked), once decoded; RuntimeError
@@ -97,7 +101,7 @@ class _Row:
         self.req = req
         self.ids = list(req.prompt)  # prompt + generated: what a re-prefill feeds
         self.produced = 0
-        self.decoder = TextDecoder(tokenizer)
+        self.decoder = TextDecoder(tokenizer, req.skip_special)
         self.text = ""  # generated text
         self.sent = 0  # how much of it the client has
         self.finish: str | None = None

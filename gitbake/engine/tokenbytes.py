@@ -21,10 +21,10 @@ _CACHE: weakref.WeakKeyDictionary[Any, TokenBytes] = weakref.WeakKeyDictionary()
 
 
 class TokenBytes:
-    """`bytes_of(token_id)` for one tokenizer; the decoder settings are read once."""
+    """Reads one tokenizer's tokens' bytes; the decoder settings are read once. It holds no reference to the
+    tokenizer (the cache below is keyed by it, weakly): `reader(tokenizer, token_id)`."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
         decoders = _decoders(tokenizer)
         kinds = {d.get("type") for d in decoders}
         self.byte_fallback = "ByteFallback" in kinds
@@ -33,27 +33,27 @@ class TokenBytes:
             from transformers.convert_slow_tokenizer import bytes_to_unicode
 
             self.unbyte = {char: byte for byte, char in bytes_to_unicode().items()}
-        # Replace rules with a plain string pattern (SentencePiece's `▁` for a space); regex ones are left
+        # Replace rules with a plain string pattern (SentencePiece's `▁` for a space), and Metaspace's marker
         self.replace = [
             (d["pattern"]["String"], str(d.get("content", "")))
             for d in decoders
             if d.get("type") == "Replace" and isinstance(d.get("pattern"), dict) and "String" in d["pattern"]
-        ]
+        ] + [(str(d.get("replacement", "▁")), " ") for d in decoders if d.get("type") == "Metaspace"]
         # added tokens (specials, chat markers) are stored as their text, not through the byte table
         self.added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}}
 
-    def __call__(self, token: int) -> bytes:
-        tok = self.tokenizer
-        piece = tok.convert_ids_to_tokens(token) if token not in self.added else None
+    def __call__(self, tok: Any, token: int) -> bytes:
+        piece = tok.convert_ids_to_tokens(token)
         if isinstance(piece, str):
-            if self.unbyte and all(c in self.unbyte for c in piece):
-                return bytes(self.unbyte[c] for c in piece)
-            if self.byte_fallback and (m := _BYTE_PIECE.fullmatch(piece)):
+            if self.byte_fallback and (m := _BYTE_PIECE.fullmatch(piece)):  # also when listed as added
                 return bytes([int(m.group(1), 16)])
-            if self.replace and not self.unbyte:
-                for pattern, content in self.replace:
-                    piece = piece.replace(pattern, content)
-                return piece.encode("utf-8")
+            if token not in self.added:
+                if self.unbyte and all(c in self.unbyte for c in piece):
+                    return bytes(self.unbyte[c] for c in piece)
+                if self.replace and not self.unbyte:
+                    for pattern, content in self.replace:
+                        piece = piece.replace(pattern, content)
+                    return piece.encode("utf-8")
         return str(tok.decode([token])).encode("utf-8")
 
 
@@ -67,15 +67,15 @@ def bytes_of(tokenizer: Any, token: int) -> bytes:
             _CACHE[tokenizer] = reader
         except TypeError:  # a tokenizer that cannot be weakly referenced: read each time
             pass
-    return reader(token)
+    return reader(tokenizer, token)
 
 
 def _decoders(tokenizer: Any) -> list[dict[str, Any]]:
     """The tokenizer's decoder settings as a flat list (a Sequence's parts in order); [] without a fast
     backend (a slow tokenizer keeps its decoded text's bytes)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    try:
-        decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
+    try:  # the decoder's own settings, not the whole tokenizer.json (tens of MB for a large vocabulary)
+        decoder = json.loads(backend.decoder.__getstate__()) if backend is not None and backend.decoder else None
     except (AttributeError, ValueError, TypeError):
         return []
     out: list[dict[str, Any]] = []

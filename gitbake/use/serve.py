@@ -301,7 +301,12 @@ class Server:
                 param="messages" if parsed.prompt is None else "prompt",
                 code="context_length_exceeded",
             )
-        req = Request(ids, parsed.sampling, parsed.max_tokens)
+        from gitbake.use.toolcalls import ToolCallReader
+
+        # an answer read back through a response template keeps the special tokens its delimiters may be
+        req = Request(
+            ids, parsed.sampling, parsed.max_tokens, skip_special=not ToolCallReader.wanted(tok, parsed.tools)
+        )
         if events is not None:
             req.events = events
         return served.batcher.submit(req)
@@ -476,7 +481,7 @@ class Reply:
                     self.tools.feed(text)
                     self.tools.finish()
                     choice["message"] = self.tools.message()
-                    if self.tools.calls:
+                    if self.tools.called:
                         choice["finish_reason"] = "tool_calls"
                 elif self.chat:
                     choice["message"] = {"role": "assistant", "content": text}

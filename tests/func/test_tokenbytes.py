@@ -37,8 +37,8 @@ def test_sentencepiece_byte_fallback_and_the_space_marker() -> None:
     tok = PreTrainedTokenizerFast(tokenizer_object=backend)  # as Llama 2, Gemma, Mistral
     reader = TokenBytes(tok)
     assert reader.byte_fallback and not reader.unbyte
-    assert [reader(i) for i in (4, 3, 1, 2)] == [b" the", b" caf", b"\xc3", b"\xa9"]
-    assert b"".join(reader(i) for i in (3, 1, 2)).decode() == " café"
+    assert [reader(tok, i) for i in (4, 3, 1, 2)] == [b" the", b" caf", b"\xc3", b"\xa9"]
+    assert b"".join(reader(tok, i) for i in (3, 1, 2)).decode() == " café"
     assert tok.decode([1]) == "\ufffd"  # decoded alone, the byte is lost
 
 
@@ -53,3 +53,18 @@ def test_a_tokenizer_without_a_fast_backend_keeps_its_text() -> None:
             return "héllo"
 
     assert bytes_of(Plain(), 5) == "héllo".encode()
+
+
+def test_the_cache_lets_a_tokenizer_go() -> None:
+    import gc
+
+    from gitbake.engine import tokenbytes
+
+    path, _ = ensure_tiny()
+    tok = AutoTokenizer.from_pretrained(path)
+    bytes_of(tok, 5)
+    assert tok in tokenbytes._CACHE
+    before = len(tokenbytes._CACHE)
+    del tok
+    gc.collect()
+    assert len(tokenbytes._CACHE) == before - 1  # its reader does not keep it alive

@@ -120,3 +120,42 @@ def test_no_reader_without_tools_or_a_template(tok: Any) -> None:
     assert ToolCallReader.of(tok, prompt(tok), None) is None  # no tools offered (or tool_choice "none")
     tok.response_template = None
     assert ToolCallReader.of(tok, prompt(tok), [WEATHER]) is None  # the answer stays its text
+
+
+def test_text_given_out_with_a_delimiter_is_not_lost_when_the_call_fails(tok: Any) -> None:
+    """A piece that holds the end of the content and the start of a call's delimiter (as one BPE token can):
+    the parser gives out the content and holds the rest; when the call then fails, the rest goes out."""
+    pieces = ["Sure. <", 'tool_call>{"name": "weather", "argu']
+    reader = ToolCallReader.of(tok, prompt(tok), [WEATHER])
+    assert reader is not None
+    deltas = [d for p in pieces for d in reader.feed(p)] + reader.finish()
+    assert "".join(d.get("content", "") for d in deltas) == "".join(pieces)
+
+
+def test_a_later_call_that_fails_makes_the_whole_answer_text(tok: Any) -> None:
+    answer = '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call><tool_call>{"name": '
+    reader = ToolCallReader.of(tok, prompt(tok), [WEATHER])
+    assert reader is not None
+    reader.feed(answer)
+    reader.finish()
+    assert reader.message() == {"role": "assistant", "content": answer} and not reader.called  # not "tool_calls"
+
+
+def test_whitespace_around_calls_is_not_content(tok: Any) -> None:
+    answer = '\n<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call>\n'
+    reader = ToolCallReader.of(tok, prompt(tok), [WEATHER])
+    assert reader is not None
+    reader.feed(answer)
+    reader.finish()
+    msg = reader.message()
+    assert msg["content"] is None and len(msg["tool_calls"]) == 1 and reader.called
+
+
+def test_special_tokens_stay_in_the_text_a_template_reads(tok: Any) -> None:
+    """A template's delimiter may be a special token (Mistral's [TOOL_CALLS]): serve decodes an answer it
+    reads back with special tokens kept."""
+    from gitbake.engine.infer import TextDecoder
+
+    bos = tok.convert_tokens_to_ids("<|bos|>")
+    kept, skipped = TextDecoder(tok, skip_special=False), TextDecoder(tok)
+    assert kept.push(bos) == "<|bos|>" and skipped.push(bos) == ""
