@@ -54,6 +54,13 @@ def tok() -> Any:
     return t
 
 
+def read(tok: Any, *pieces: str) -> tuple[ToolCallReader, list[dict[str, Any]]]:
+    """A reader fed `pieces` one after the other and finished, and the deltas it gave out."""
+    reader = ToolCallReader.of(tok, prompt(tok), [WEATHER])
+    assert reader is not None
+    return reader, [d for p in pieces for d in reader.feed(p)] + reader.finish()
+
+
 def prompt(tok: Any) -> list[int]:
     return list(
         tok.apply_chat_template([{"role": "user", "content": "Weather?"}], add_generation_prompt=True)["input_ids"]
@@ -126,27 +133,19 @@ def test_text_given_out_with_a_delimiter_is_not_lost_when_the_call_fails(tok: An
     """A piece that holds the end of the content and the start of a call's delimiter (as one BPE token can):
     the parser gives out the content and holds the rest; when the call then fails, the rest goes out."""
     pieces = ["Sure. <", 'tool_call>{"name": "weather", "argu']
-    reader = ToolCallReader.of(tok, prompt(tok), [WEATHER])
-    assert reader is not None
-    deltas = [d for p in pieces for d in reader.feed(p)] + reader.finish()
+    _, deltas = read(tok, *pieces)
     assert "".join(d.get("content", "") for d in deltas) == "".join(pieces)
 
 
 def test_a_later_call_that_fails_makes_the_whole_answer_text(tok: Any) -> None:
     answer = '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call><tool_call>{"name": '
-    reader = ToolCallReader.of(tok, prompt(tok), [WEATHER])
-    assert reader is not None
-    reader.feed(answer)
-    reader.finish()
+    reader, _ = read(tok, answer)
     assert reader.message() == {"role": "assistant", "content": answer} and not reader.called  # not "tool_calls"
 
 
 def test_whitespace_around_calls_is_not_content(tok: Any) -> None:
     answer = '\n<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call>\n'
-    reader = ToolCallReader.of(tok, prompt(tok), [WEATHER])
-    assert reader is not None
-    reader.feed(answer)
-    reader.finish()
+    reader, _ = read(tok, answer)
     msg = reader.message()
     assert msg["content"] is None and len(msg["tool_calls"]) == 1 and reader.called
 
