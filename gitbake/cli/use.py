@@ -167,7 +167,8 @@ def serve(
 
     Each MODEL is any model address (a revision, a bake or model name, @checkpoint-STEP). GET /v1/models
     lists them, each named by its bake name (a request may also use its other names); POST
-    /v1/chat/completions (with `tools` rendered by the chat template) and POST /v1/completions answer,
+    /v1/chat/completions (with `tools` rendered by the chat template, and the model's calls returned as
+    `tool_calls` when its tokenizer ships a response template) and POST /v1/completions answer,
     streamed with "stream": true. Sampling takes OpenAI's parameters (and top_k, min_p,
     repetition_penalty), logprobs included; a field the server does not support is answered 400, never
     ignored. Concurrent requests are batched into shared forward passes.
