@@ -30,7 +30,6 @@ class ToolCallReader:
         self.parser: Any = parser
         self.calls: list[dict[str, Any]] = []
         self.content: list[str] = []
-        self.reasoning: list[str] = []
         self.raw: list[str] = []  # everything fed: the whole message when the parse fails
         self.unsent = ""  # fed since the last call went out
         self.given: list[str] = []  # the text given out since then, in order (pieces of `unsent`)
@@ -103,7 +102,6 @@ class ToolCallReader:
                 out += self._content(text)
                 self.given.append(text)
             elif kind == "region_chunk" and not e.get("dirty") and name in REASONING_FIELDS and text:
-                self.reasoning.append(text)
                 self.given.append(text)
                 out.append({"reasoning_content": text})
             elif kind == "region_close" and name == "tool_calls":

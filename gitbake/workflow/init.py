@@ -96,14 +96,14 @@ def init(
     base = _choose_base(base_model, old_bread, old_recipe)
     repo_name = (old_bread.repo_name if old_bread else None) or name or _default_name(directory)
     downloaded = None
+    old_pin = _base_revision(base, directory, None, old_bread)  # .bread's pin for this same model, if any
     if download and identity.classify(base, directory) == "hub":
         repo_id, _, ref = base.partition("@")
         # run as is, init keeps what the repository bakes on: the pinned commit, or (a repository from before
         # pins) the one the cache holds; naming the model again picks up where its branch is now
-        kept = _base_revision(base, directory, None, old_bread) if base_model is None else None
         try:
             if base_model is None:
-                downloaded = hub.ensure(repo_id, kept or ref or "main", reporter)
+                downloaded = hub.ensure(repo_id, old_pin or ref or "main", reporter)
             else:
                 downloaded = hub.download(repo_id, ref or "main", reporter)
         except hub.HubError as exc:
@@ -120,13 +120,12 @@ def init(
         b.set("REPO", "name", repo_name)
     b.set("REPO", "base_model", base)
     pin = _base_revision(base, directory, downloaded, old_bread)
-    moved = old_bread.base_revision if old_bread is not None and old_bread.base_model == base else None
     b.set("REPO", "base_revision", pin)
-    if moved is not None and pin is not None and moved != pin:
+    if old_pin is not None and pin is not None and old_pin != pin:
         report.notes.append(
-            f"{base} moved upstream: .bread now pins commit {pin[:12]} (it pinned {moved[:12]}); commit .bread to "
-            f"bake on it. The commits made so far keep {moved[:12]}: checking one out loads the weights it was "
-            "baked on"
+            f"{base} moved upstream: .bread now pins commit {pin[:12]} (it pinned {old_pin[:12]}); commit .bread "
+            f"to bake on it. The commits made so far keep {old_pin[:12]}: checking one out loads the weights it "
+            "was baked on"
         )
     if old_bread is None:
         b.sections.setdefault("PARENT_MODEL", {})["adapters"] = "[]"
