@@ -388,11 +388,18 @@ def usage(info: dict[str, Any]) -> dict[str, int]:
 
 
 def _token(tokenizer: Any, token: int) -> tuple[str, list[int]]:
-    """The token's text (U+FFFD where it holds part of a character) and its exact bytes, which a client
-    joins to get the answer's text back (gitbake.engine.tokenbytes)."""
+    """The token's text and its exact bytes, which a client joins to get the answer's text back
+    (gitbake.engine.tokenbytes). The text is those bytes where they are whole UTF-8: decoding a token alone
+    drops a SentencePiece piece's leading space (`▁the` decodes to "the"), which the answer has; where
+    the token holds part of a character, it is the tokenizer's text (U+FFFD), as OpenAI's is."""
     from gitbake.engine.tokenbytes import bytes_of
 
-    return str(tokenizer.decode([token])), list(bytes_of(tokenizer, token))
+    raw = bytes_of(tokenizer, token)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = str(tokenizer.decode([token]))
+    return text, list(raw)
 
 
 def chat_logprobs(tokenizer: Any, items: list[TokenLogprob]) -> dict[str, Any]:

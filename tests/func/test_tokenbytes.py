@@ -9,6 +9,19 @@ from gitbake.engine.tiny import ensure_tiny
 from gitbake.engine.tokenbytes import TokenBytes, bytes_of
 
 
+def _sentencepiece() -> PreTrainedTokenizerFast:
+    """A SentencePiece-style tokenizer with byte fallback and the `▁` space marker, as Llama 2, Gemma and
+    Mistral ship: ids 1 and 2 are the two bytes of "é"."""
+    from tokenizers import Tokenizer, decoders, models
+
+    vocab = {"<unk>": 0, "<0xC3>": 1, "<0xA9>": 2, "▁caf": 3, "▁the": 4}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
 def test_byte_level_bpe_gives_each_token_its_bytes() -> None:
     path, _ = ensure_tiny()
     tok = AutoTokenizer.from_pretrained(path)  # byte-level BPE, as GPT-2, Llama 3, Qwen, SmolLM2
@@ -27,19 +40,27 @@ def test_byte_level_bpe_gives_each_token_its_bytes() -> None:
 
 
 def test_sentencepiece_byte_fallback_and_the_space_marker() -> None:
-    from tokenizers import Tokenizer, decoders, models
-
-    vocab = {"<unk>": 0, "<0xC3>": 1, "<0xA9>": 2, "▁caf": 3, "▁the": 4}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend)  # as Llama 2, Gemma, Mistral
+    tok = _sentencepiece()
     reader = TokenBytes(tok)
     assert reader.byte_fallback and not reader.unbyte
     assert [reader(tok, i) for i in (4, 3, 1, 2)] == [b" the", b" caf", b"\xc3", b"\xa9"]
     assert b"".join(reader(tok, i) for i in (3, 1, 2)).decode() == " café"
     assert tok.decode([1]) == "\ufffd"  # decoded alone, the byte is lost
+
+
+def test_logprobs_text_keeps_a_sentencepiece_tokens_leading_space() -> None:
+    from gitbake.engine.sampling import TokenLogprob
+    from gitbake.use.openai_api import chat_logprobs, completion_logprobs
+
+    tok = _sentencepiece()
+    assert tok.decode([4]) == "the"  # decoded alone, the piece's space is gone
+    items = [TokenLogprob(3, -0.5, ((4, -1.0),)), TokenLogprob(1, -0.1), TokenLogprob(2, -0.2)]
+    content = chat_logprobs(tok, items)["content"]
+    assert [c["token"] for c in content] == [" caf", "\ufffd", "\ufffd"]  # part of a character: U+FFFD
+    assert [c["bytes"] for c in content] == [list(b" caf"), [0xC3], [0xA9]]
+    assert content[0]["top_logprobs"][0]["token"] == " the"
+    legacy = completion_logprobs(tok, items, 10)
+    assert legacy["tokens"][0] == " caf" and legacy["text_offset"] == [10, 14, 15]
 
 
 def test_a_tokenizer_without_a_fast_backend_keeps_its_text() -> None:
@@ -57,6 +78,7 @@ def test_a_tokenizer_without_a_fast_backend_keeps_its_text() -> None:
 
 def test_the_cache_lets_a_tokenizer_go() -> None:
     import gc
+    import weakref
 
     from gitbake.engine import tokenbytes
 
@@ -64,7 +86,7 @@ def test_the_cache_lets_a_tokenizer_go() -> None:
     tok = AutoTokenizer.from_pretrained(path)
     bytes_of(tok, 5)
     assert tok in tokenbytes._CACHE
-    before = len(tokenbytes._CACHE)
+    gone = weakref.ref(tok)
     del tok
     gc.collect()
-    assert len(tokenbytes._CACHE) == before - 1  # its reader does not keep it alive
+    assert gone() is None  # its reader does not keep it alive
