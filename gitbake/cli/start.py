@@ -151,9 +151,9 @@ def status(as_json: bool) -> None:
     if base.get("kind") == "hub":
         rev = str(base.get("revision"))
         from gitbake import hub
-        from gitbake.contract.identity import UNCACHED
+        from gitbake.contract.identity import UNCACHED, unpinned
 
-        shown = shown.removesuffix(f"@{rev}")  # pinned by .bread: said once, below
+        shown = unpinned(shown)  # pinned by .bread: the commit is said once, below
         if rev == UNCACHED:
             where = " (not downloaded yet: the first bake downloads it)"
         elif hub.cached_commit(str(base.get("id")), rev) is None:  # pinned, on a machine without it (a clone)
