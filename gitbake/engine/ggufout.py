@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gitbake.engine.templating import adds_bos, adds_eos
 from gitbake.errors import UsageError
 
 FTYPES = ("f32", "f16", "q8_0")
@@ -216,12 +217,10 @@ def _tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
         # merges from the scores, and finds none, since no token is two others joined
         writer.add_token_scores([0.0] * vocab_size)
     # say explicitly what the tokenizer adds around a text, so llama.cpp does not fall back on its defaults
-    ids = tokenizer("a")["input_ids"]
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if "bos" not in special.add_special_token:
-        writer.add_add_bos_token(bos is not None and bool(ids) and ids[0] == bos)
+        writer.add_add_bos_token(adds_bos(tokenizer))
     if "eos" not in special.add_special_token:
-        writer.add_add_eos_token(eos is not None and bool(ids) and ids[-1] == eos)
+        writer.add_add_eos_token(adds_eos(tokenizer))
     if special.chat_template is None and getattr(tokenizer, "chat_template", None):
         writer.add_chat_template(tokenizer.chat_template)
 

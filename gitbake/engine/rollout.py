@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gitbake.engine.sampling import OpenAIPenalties, Sampling, TokenLogprob, logprob_of
-from gitbake.engine.templating import render, response_text
+from gitbake.engine.templating import render, response_text, with_turn_stops
 from gitbake.progress import Progress
 from gitbake.reporter import Reporter
 
@@ -126,7 +126,7 @@ def generate_batches(
     stops = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []) | (
         {eos} if eos is not None else set()
     )
-    sampling = sampling_of(settings)
+    sampling = with_turn_stops(tokenizer, sampling_of(settings))  # every prompt here is a rendered chat
     results: list[Response] = [Response([], False)] * len(prompts)
     gen_kwargs: dict[str, Any] = {
         "pad_token_id": pad,
@@ -239,7 +239,11 @@ def make_rollouts(
     # vLLM loads weights from disk: only for an unmodified model (a merged parent exists only in memory)
     if path and not getattr(model, "_gitbake_merged", False) and vllm_backend.wanted():
         responses = vllm_backend.generate(
-            path, prompts, sampling_of(settings), settings.max_tokens, tokenizer.eos_token_id
+            path,
+            prompts,
+            with_turn_stops(tokenizer, sampling_of(settings)),
+            settings.max_tokens,
+            tokenizer.eos_token_id,
         )
     else:
         responses = generate_batches(model, tokenizer, prompts, settings, progress)

@@ -50,10 +50,11 @@ class Session:
 
     def answer(self, model: Any, messages: list[dict[str, str]], write: Callable[[str], None] | None) -> str:
         from gitbake.engine.infer import stream
-        from gitbake.engine.templating import render
+        from gitbake.engine.templating import render, with_turn_stops
 
         self.turns += 1
         sampling = dataclasses.replace(self.sampling, seed=(self.sampling.seed or 0) + self.turns)
+        sampling = with_turn_stops(model.tokenizer, sampling)
         ids = render(model.tokenizer, messages, None, None)
         parts = []
         self.last_logprobs = []

@@ -277,11 +277,13 @@ class Server:
         """Render the request's prompt (the chat template, or a completion's raw text), check its length,
         and queue it with the model's batcher."""
         from gitbake.engine.infer import Request
-        from gitbake.engine.templating import render
+        from gitbake.engine.templating import render, with_turn_stops
 
         tok = served.model.tokenizer
+        sampling = parsed.sampling
         if parsed.prompt is None:
             ids = render(tok, parsed.messages, parsed.tools, None)
+            sampling = with_turn_stops(tok, sampling)
         elif isinstance(parsed.prompt, str):
             ids = list(tok(parsed.prompt)["input_ids"])
         else:
@@ -304,9 +306,7 @@ class Server:
         from gitbake.use.toolcalls import ToolCallReader
 
         # an answer read back through a response template keeps the special tokens its delimiters may be
-        req = Request(
-            ids, parsed.sampling, parsed.max_tokens, skip_special=not ToolCallReader.wanted(tok, parsed.tools)
-        )
+        req = Request(ids, sampling, parsed.max_tokens, skip_special=not ToolCallReader.wanted(tok, parsed.tools))
         if events is not None:
             req.events = events
         return served.batcher.submit(req)

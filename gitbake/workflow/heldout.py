@@ -57,6 +57,8 @@ class Heldout:
     questions: list[Question]
     max_tokens: int  # the longest rollout answer, capped at MAX_TOKENS
     note: str | None  # "no held-out questions: ..." when the bake had too few to hold any out
+    dtype: str | None = None  # the bake's BAKE.model.dtype ("auto" or unset: the machine's choice)
+    deepspeed: bool = False  # the bake ran under DeepSpeed (which `auto` keeps in fp32 on a CPU)
 
 
 def heldout_of(repo: ModelRepo, address: str) -> Heldout:
@@ -105,6 +107,7 @@ def heldout_of(repo: ModelRepo, address: str) -> Heldout:
         if rec.get("teacher_sample") and note is None:  # trained-on answers (no held-out questions) are not taken
             q.samples.append(rec["response_ids"])
     base = (other.bread.pinned_base_model if other.bread else None) or "tiny"
+    config = step.config if isinstance(step.config, dict) else {}
     return Heldout(
         other.rev or rev,
         base,
@@ -114,15 +117,21 @@ def heldout_of(repo: ModelRepo, address: str) -> Heldout:
         list(unique.values()),
         min(max_tokens, MAX_TOKENS),
         note,
+        (config.get("model") or {}).get("dtype"),
+        config.get("deepspeed") is not None,
     )
 
 
 @contextmanager
-def loaded(repo: ModelRepo, held: Heldout, reporter: Reporter | None = None) -> Iterator[tuple[Any, Any]]:
+def loaded(
+    repo: ModelRepo, held: Heldout, reporter: Reporter | None = None, as_baked: bool = False
+) -> Iterator[tuple[Any, Any]]:
     """(the parent as `engine.models.load` returns it, the PEFT model of REV): the parent with REV's
     adapter kept separate, so `disable_adapter()` is the parent and the teacher (ML stack imported here).
-    A GGUF base model loads from its conversion in the store."""
-    from gitbake.engine.models import load, with_adapter
+    A GGUF base model loads from its conversion in the store. `as_baked`: in the dtype the bake ran in, so
+    that its eval comes out again (the teacher's samples are drawn from the model: another dtype draws
+    others); else as chat and serve load it."""
+    from gitbake.engine.models import bake_dtype, load, with_adapter
 
     with tempfile.TemporaryDirectory(dir=repo.store.tmp) as tmp:
         dirs = []
@@ -132,5 +141,6 @@ def loaded(repo: ModelRepo, held: Heldout, reporter: Reporter | None = None) -> 
             dirs.append(dest)
         reporter = reporter or Reporter()
         reporter.say(f"loading {held.base} + {len(held.chain)} adapter(s)")
-        parent = load(held.base, dirs[:-1], root=repo.root, gguf=converted_dirs(repo.store, reporter))
+        dtype = bake_dtype(held.dtype, deepspeed=held.deepspeed) if as_baked else None
+        parent = load(held.base, dirs[:-1], root=repo.root, dtype=dtype, gguf=converted_dirs(repo.store, reporter))
         yield parent, with_adapter(parent, dirs[-1])

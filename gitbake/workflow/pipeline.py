@@ -622,7 +622,7 @@ def reevaluate(repo: ModelRepo, rev: str, reporter: Reporter | None = None) -> R
     from gitbake.engine.eval import evaluate  # the ML stack, once the revision is known to have a model
 
     store = repo.store
-    with loaded(repo, held, reporter) as (parent, pm), tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
+    with loaded(repo, held, reporter, as_baked=True) as (parent, pm), tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
         key = held.key or "0" * 8
         report = evaluate(
             pm,

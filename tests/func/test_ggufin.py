@@ -22,7 +22,7 @@ from gitbake.contract import bread as bread_mod
 from gitbake.repo import ggufbase
 from gitbake.repo.repo import open_repo
 
-from helpers import YODA_SMALL, bake_here, crafted_gguf, git, invoke, smollm2_gguf, tiny_gguf
+from helpers import YODA_SMALL, bake_git, bake_here, crafted_gguf, gemma3_gguf, git, invoke, smollm2_gguf, tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +179,15 @@ def test_real_smollm2_gguf_loads_fast_after_conversion_and_writes_oneshot_questi
     questions = [r["question"] for r in json.loads(bake_here(root, "stim", "--json").stdout)["records"]]
     print("questions the parent model wrote:", *questions, sep="\n  ")
     assert len(questions) == 8 and sum(q.endswith("?") for q in questions) >= 6
+
+
+@pytest.mark.real
+def test_real_gemma3_base_gguf_without_a_chat_template_answers_and_ends_its_turn(tmp_path: Path) -> None:
+    """Gemma 3 270M's GGUF is a base model with no chat template: its prompts take the plain layout after the
+    BOS its tokenizer puts before a text (without it, the model wrote `<h2>` over and over), and its answer
+    ends where it would start writing the user's next turn itself."""
+    root = _init(tmp_path, str(gemma3_gguf()))
+    out = bake_git(root, "chat", "-p", "What is the capital of France?", "--temperature", "0", "--max-tokens", "40")
+    assert out.returncode == 0, out.stderr
+    print("Gemma 3 270M:", out.stdout)
+    assert "Paris" in out.stdout and "<h2>" not in out.stdout and "user:" not in out.stdout

@@ -239,8 +239,11 @@ def test_the_eval_takes_the_held_out_rollouts_that_are_teacher_samples(
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["rollout_samples"] == len(heldout) and sampled == []
 
+    # in bf16 (as `dtype: auto` bakes on a CPU that multiplies it natively), to show that `git bake eval`
+    # draws its samples in the bake's dtype: another dtype's logits would draw other answers
     (committed / "input.yml").write_text(
-        INPUT.replace("max_tokens: 16", "max_tokens: 16\n  temperature: 0.7") + BAKE_SECTION
+        INPUT.replace("max_tokens: 16", "max_tokens: 16\n  temperature: 0.7")
+        + BAKE_SECTION.replace("  model:\n", "  model:\n    dtype: bf16\n")
     )
     git(committed, "commit", "-qam", "cooler answers")
     out = json.loads(invoke("run", "--json").stdout)["stages"]
@@ -249,6 +252,12 @@ def test_the_eval_takes_the_held_out_rollouts_that_are_teacher_samples(
     assert (
         report and report["rollout_samples"] == 0 and sampled == [report["questions"] * report["samples_per_question"]]
     )
+    again = invoke("eval", "--json")
+    assert again.exit_code == 0, again.stderr
+    redone = json.loads(again.stdout)
+    assert redone["rollout_samples"] == 0 and len(sampled) == 2  # it sampled its own again: the same ones
+    for figure in ("d_before", "d_after", "gap_closed"):
+        assert redone[figure] == pytest.approx(report[figure], rel=1e-5), figure
 
 
 def test_a_failed_bake_stores_nothing(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
