@@ -1,9 +1,12 @@
-"""A Llama-shaped transformers model (and its tokenizer) written as one GGUF file for llama.cpp and Ollama.
+"""A Llama- or Gemma 3-shaped transformers model (and its tokenizer) written as one GGUF file for llama.cpp
+and Ollama.
 
-Everything llama.cpp's own `convert_hf_to_gguf.py` decides for the llama architecture is decided the same
-way here, with the `gguf` package that script is built on: tensor names come from gguf's `TensorNameMap`,
-the Q and K projections are permuted into the rotary layout llama.cpp expects (transformers' GGUF loader
-undoes exactly this permutation), the hyperparameters go under `llama.*`, and a byte-level BPE tokenizer
+Everything llama.cpp's own `convert_hf_to_gguf.py` decides for these architectures is decided the same
+way here, with the `gguf` package that script is built on: tensor names come from gguf's `TensorNameMap`;
+for llama the Q and K projections are permuted into the rotary layout llama.cpp expects, and for Gemma 3
+every RMSNorm weight is stored plus one (Gemma multiplies by 1 + weight, llama.cpp by the weight);
+transformers' GGUF loader undoes exactly these. The hyperparameters go under `llama.*` or `gemma3.*`, and
+a byte-level BPE tokenizer
 is written as `tokenizer.ggml.model = gpt2` with its tokens, token types, merges, special ids and chat
 template (gguf's `SpecialVocab` reads the merges and special ids from the saved tokenizer).
 
@@ -28,6 +31,8 @@ from gitbake.engine.templating import adds_bos, adds_eos
 from gitbake.errors import UsageError
 
 FTYPES = ("f32", "f16", "q8_0")
+# transformers' model_type -> llama.cpp's architecture name (gguf.MODEL_ARCH_NAMES)
+ARCHITECTURES = {"llama": "llama", "gemma3_text": "gemma3"}
 # keys of a source file that describe that file's own tensors or encoding, not the model: never copied
 _SOURCE_SKIP = {"general.architecture", "general.file_type", "general.quantization_version", "general.alignment"}
 _SOURCE_PREFIXES = ("general.", "tokenizer.")
@@ -73,23 +78,19 @@ def write_gguf(
 
     check_ftype(ftype)
     config = model.config
-    if getattr(config, "model_type", None) != "llama":
-        raise GgufExportError(
-            f"GGUF export supports the llama architecture; this model is {getattr(config, 'model_type', '?')!r}",
-            "export it with --merged DIR and convert it with llama.cpp's convert_hf_to_gguf.py",
-        )
+    arch = architecture(config)
     path = Path(path)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(tmp, arch)
     try:
-        _hparams(writer, config, ftype)
+        _hparams(writer, config, ftype, arch)
         if source is not None:
             _copy_metadata(writer, source)
         else:
             if name:
                 writer.add_name(name)
             _tokenizer(writer, tokenizer, int(config.vocab_size))
-        _tensors(writer, model, ftype)
+        _tensors(writer, model, ftype, arch)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -104,19 +105,55 @@ def write_gguf(
         raise
 
 
+def architecture(config: Any) -> str:
+    """llama.cpp's name for the architecture of a model with this config; exit 2 for one not written here."""
+    kind = getattr(config, "model_type", None)
+    if kind not in ARCHITECTURES:
+        raise GgufExportError(
+            f"GGUF export supports the {' and '.join(sorted(ARCHITECTURES))} architectures; this model is {kind!r}",
+            "export it with --merged DIR and convert it with llama.cpp's convert_hf_to_gguf.py",
+        )
+    return ARCHITECTURES[kind]
+
+
+def _check_gemma3(config: Any, head_dim: int) -> None:
+    n = int(config.num_hidden_layers)
+    pattern = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)]
+    local = (getattr(config, "rope_parameters", None) or {}).get("sliding_attention") or {}
+    odd = [
+        what
+        for what, fits in (
+            ("its layers' attention pattern", list(getattr(config, "layer_types", None) or pattern) == pattern),
+            ("its query scale", int(getattr(config, "query_pre_attn_scalar", head_dim) or head_dim) == head_dim),
+            ("its local layers' rope base", float(local.get("rope_theta", 10000.0)) == 10000.0),
+            ("its logit soft-capping", getattr(config, "final_logit_softcapping", None) is None),
+        )
+        if not fits
+    ]
+    if odd:
+        raise GgufExportError(
+            f"GGUF export writes Gemma 3 as llama.cpp's gemma3 expects it; this model differs in {', '.join(odd)}",
+            "export it with --merged DIR and convert it with llama.cpp's convert_hf_to_gguf.py",
+        )
+
+
+def _rope_params(config: Any) -> dict[str, Any]:
+    """The global layers' rope parameters: transformers 5 keeps them in rope_parameters (per layer type
+    where the layers differ, as Gemma 3's sliding and full-attention layers do), older versions in
+    rope_scaling and rope_theta."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if not isinstance(params, dict):
+        return {}
+    nested = params.get("full_attention")
+    return dict(nested) if isinstance(nested, dict) else dict(params)
+
+
 def _rope_theta(config: Any) -> float:
-    # transformers 5 keeps it in rope_parameters; older versions as an attribute
-    params = getattr(config, "rope_parameters", None) or {}
-    theta = params.get("rope_theta") if isinstance(params, dict) else None
+    theta = _rope_params(config).get("rope_theta")
     return float(theta if theta is not None else getattr(config, "rope_theta", 10000.0))
 
 
-def _rope_scaling(config: Any) -> dict[str, Any]:
-    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    return dict(params) if isinstance(params, dict) else {}
-
-
-def _hparams(writer: Any, config: Any, ftype: str) -> None:
+def _hparams(writer: Any, config: Any, ftype: str, arch: str) -> None:
     import gguf
 
     heads = int(config.num_attention_heads)
@@ -129,12 +166,21 @@ def _hparams(writer: Any, config: Any, ftype: str) -> None:
     writer.add_head_count_kv(int(getattr(config, "num_key_value_heads", None) or heads))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config.hidden_size // heads:
+    if arch == "gemma3":
+        # as convert_hf_to_gguf's Gemma3Model: llama.cpp knows the rest of Gemma 3's shape (its local layers'
+        # rope base, one global layer in six, queries scaled by 1/sqrt(head_dim)) from the architecture itself,
+        # so a model shaped otherwise would run wrongly there: refuse it
+        _check_gemma3(config, head_dim)
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
+        writer.add_sliding_window(int(config.sliding_window))
+    else:
+        writer.add_rope_dimension_count(head_dim)
+        if head_dim != config.hidden_size // heads:
+            writer.add_key_length(head_dim)
+            writer.add_value_length(head_dim)
     writer.add_vocab_size(int(config.vocab_size))
-    scaling = _rope_scaling(config)
+    scaling = _rope_params(config)
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -234,14 +280,15 @@ def _permute(weights: Any, heads: int) -> Any:
     )
 
 
-def _tensors(writer: Any, model: Any, ftype: str) -> None:
+def _tensors(writer: Any, model: Any, ftype: str, arch: str) -> None:
     import gguf
     from gguf import GGMLQuantizationType as Q
 
     config = model.config
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config.num_hidden_layers))
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(arch_id, int(config.num_hidden_layers))
     tied = bool(getattr(config, "tie_word_embeddings", False))
     for hf_name, tensor in model.state_dict().items():
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
@@ -249,11 +296,14 @@ def _tensors(writer: Any, model: Any, ftype: str) -> None:
         new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise GgufExportError(
-                f"GGUF export cannot place tensor {hf_name} in llama.cpp's llama layout",
+                f"GGUF export cannot place tensor {hf_name} in llama.cpp's {arch} layout",
                 "export it with --merged DIR and convert it with llama.cpp's convert_hf_to_gguf.py",
             )
         data = tensor.detach().to("cpu").float().numpy()
-        if new.endswith("attn_q.weight"):
+        if arch == "gemma3":
+            if new.endswith("norm.weight"):
+                data = data + 1  # Gemma's RMSNorm scales by 1 + weight, llama.cpp's by the weight
+        elif new.endswith("attn_q.weight"):
             data = _permute(data, heads)
         elif new.endswith("attn_k.weight"):
             data = _permute(data, kv_heads)

@@ -5,8 +5,9 @@ templates render every message the same way, `A + role + B + content + C`, then 
 (ChatML: A = `<|im_start|>`, B = newline, C = `<|im_end|>` newline; tiny: A = `<|`, B = `|>`, C = `<|eos|>`).
 So the template is rendered with marker messages and, when the result has that shape exactly, it becomes
 `{{ range .Messages }}A{{ .Role }}B{{ .Content }}C{{ end }}G`. A default system prompt that the template adds
-when a conversation has none (SmolLM2's) becomes `SYSTEM`. Anything else is said in a comment line, and
-Ollama then falls back on its own default template.
+when a conversation has none (SmolLM2's) becomes `SYSTEM`. A model with no chat template gets gitbake's own
+plain layout (engine/templating.py: `user: ...` turns), which has that shape, and its stop. Anything else is
+said in a comment line, and Ollama then falls back on its own default template.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from gitbake.engine.templating import FALLBACK_TURN_STOP, PLAIN_PROMPT, PLAIN_TURN
 
 # marker contents: no template's own text contains them
 _SYS, _USER, _ASSISTANT, _USER2 = "\x02sys\x03", "\x02user\x03", "\x02assistant\x03", "\x02user2\x03"
@@ -103,10 +106,15 @@ def modelfile(
         "#   ollama create NAME -f Modelfile",
         f"FROM ./{gguf_name}",
     ]
-    shape = turn_shape(chat_template, {k: str(v) for k, v in (specials or {}).items()}) if chat_template else None
+    if chat_template:
+        shape = turn_shape(chat_template, {k: str(v) for k, v in (specials or {}).items()})
+    else:  # no chat template: the layout gitbake itself prompts such a model with, so Ollama answers alike
+        shape = TurnShape(*PLAIN_TURN, PLAIN_PROMPT, None)
     if shape is None or '"""' in shape.go_template() or (shape.default_system or "").count('"""'):
-        why = "the model has no chat template" if not chat_template else "its chat template has no Go equivalent"
-        lines.append(f"# TEMPLATE: not written, {why}; Ollama uses its default template (see the GGUF's chat template)")
+        lines.append(
+            "# TEMPLATE: not written, its chat template has no Go equivalent; Ollama uses its default template"
+            " (see the GGUF's chat template)"
+        )
     else:
         lines.append(f'TEMPLATE """{shape.go_template()}"""')
         if shape.default_system is not None:
@@ -115,6 +123,8 @@ def modelfile(
     where = (shape.after + shape.turn("user", "")) if shape else ""
     stops = [eos_token] if eos_token else []
     stops += [t for t in special_tokens if t and t in where]
+    if not chat_template:
+        stops.append(FALLBACK_TURN_STOP)
     for stop in dict.fromkeys(stops):
         lines.append(f"PARAMETER stop {_quote(stop)}")
     return "\n".join(lines) + "\n"

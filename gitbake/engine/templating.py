@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gitbake.engine.sampling import Sampling
 
+# the plain layout: each turn is BEFORE + role + BETWEEN + content + AFTER, then the generation prompt
+PLAIN_TURN = ("", ": ", "\n")
+PLAIN_PROMPT = "assistant:"
 FALLBACK_TURN_STOP = "\nuser:"  # where the plain layout's next turn starts
 
 
@@ -31,7 +34,8 @@ def render(
     if question is not None:
         turns.append({"role": "user", "content": question})
     if not getattr(tokenizer, "chat_template", None):
-        text = "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"
+        before, between, after = PLAIN_TURN
+        text = "".join(before + t["role"] + between + t["content"] + after for t in turns) + PLAIN_PROMPT
         ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
         return [tokenizer.bos_token_id, *ids] if adds_bos(tokenizer) else ids
     kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}

@@ -96,7 +96,7 @@ def test_refusals_leave_no_file(tiny: Any, tmp_path: Path) -> None:
     assert bad.value.exit_code == 2 and "f32, f16, q8_0" in str(bad.value.hint)
     model = load_base("tiny", dtype="float32").model
     model.config.model_type = "gpt2"
-    with pytest.raises(GgufExportError, match="llama architecture"):
+    with pytest.raises(GgufExportError, match="gemma3_text and llama architectures"):
         write_gguf(model, tiny.tokenizer, tmp_path / "x.gguf")
     # a failure while writing (a tensor with no llama.cpp name) leaves no temporary file behind
     model.config.model_type = "llama"
@@ -126,3 +126,55 @@ def test_real_model_f16_reads_back_with_its_metadata_and_answers(tmp_path: Path)
     with torch.no_grad():
         reply = back.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in back_tokenizer.decode(reply[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _gemma3(layers: int = 6, **overrides: Any) -> Any:
+    """A small Gemma 3 with random weights (and random norm weights: Gemma's norms scale by 1 + weight, which
+    the file stores as llama.cpp reads it), on tiny's vocabulary."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=262,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,  # transformers' GGUF loader takes Gemma 3's query scale to be 1/sqrt(256), as it is for
+        # every Gemma 3 but the 27B, whatever the file's head size; llama.cpp takes 1/sqrt(head size)
+        max_position_embeddings=512,
+        sliding_window=8,  # shorter than IDS: the local layers' window shows in the logits
+        **{"query_pre_attn_scalar": 256, **overrides},
+    )
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0, 0.5)
+    return model
+
+
+def test_a_gemma3_model_reads_back_to_its_logits(tiny: Any, tmp_path: Path) -> None:
+    """Gemma 3 (one global layer in six, sliding-window attention on the others, q/k norms) as llama.cpp's
+    gemma3: transformers' GGUF loader reads it back to the same logits."""
+    model = _gemma3()
+    path = tmp_path / "g.gguf"
+    write_gguf(model, tiny.tokenizer, path, "f32", name="g")
+    fields = gguf.GGUFReader(path).fields
+    assert fields["general.architecture"].contents() == "gemma3"
+    assert fields["gemma3.attention.sliding_window"].contents() == 8
+    assert fields["gemma3.rope.freq_base"].contents() == 1_000_000.0  # the global layers' base
+    back, _ = read_gguf(path)
+    assert back.config.model_type == "gemma3_text" and back.config.layer_types == model.config.layer_types
+    assert torch.allclose(logits(back), logits(model), atol=TOLERANCE["f32"])
+
+
+def test_a_gemma3_that_llama_cpp_would_run_otherwise_is_refused(tiny: Any, tmp_path: Path) -> None:
+    odd = _gemma3(layers=2, layer_types=["full_attention", "sliding_attention"])
+    with pytest.raises(GgufExportError, match="attention pattern") as refused:
+        write_gguf(odd, tiny.tokenizer, tmp_path / "g.gguf")
+    assert refused.value.exit_code == 2 and "--merged" in str(refused.value.hint)
+    with pytest.raises(GgufExportError, match="query scale"):
+        write_gguf(_gemma3(layers=2, query_pre_attn_scalar=64), tiny.tokenizer, tmp_path / "g.gguf")
+    assert list(tmp_path.iterdir()) == []

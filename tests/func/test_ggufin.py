@@ -22,7 +22,18 @@ from gitbake.contract import bread as bread_mod
 from gitbake.repo import ggufbase
 from gitbake.repo.repo import open_repo
 
-from helpers import YODA_SMALL, bake_git, bake_here, crafted_gguf, gemma3_gguf, git, invoke, smollm2_gguf, tiny_gguf
+from helpers import (
+    YODA_SMALL,
+    bake_git,
+    bake_here,
+    crafted_gguf,
+    gemma3_gguf,
+    git,
+    invoke,
+    read_gguf,
+    smollm2_gguf,
+    tiny_gguf,
+)
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +196,27 @@ def test_real_smollm2_gguf_loads_fast_after_conversion_and_writes_oneshot_questi
 def test_real_gemma3_base_gguf_without_a_chat_template_answers_and_ends_its_turn(tmp_path: Path) -> None:
     """Gemma 3 270M's GGUF is a base model with no chat template: its prompts take the plain layout after the
     BOS its tokenizer puts before a text (without it, the model wrote `<h2>` over and over), and its answer
-    ends where it would start writing the user's next turn itself."""
+    ends where it would start writing the user's next turn itself. Exported as llama.cpp's gemma3 at f32,
+    it reads back (transformers' GGUF loader) to the same greedy answer."""
+    import torch
+
+    from gitbake.engine.templating import render
+
     root = _init(tmp_path, str(gemma3_gguf()))
-    out = bake_git(root, "chat", "-p", "What is the capital of France?", "--temperature", "0", "--max-tokens", "40")
+    question = "What is the capital of France?"
+    out = bake_git(root, "chat", "-p", question, "--temperature", "0", "--max-tokens", "40")
     assert out.returncode == 0, out.stderr
     print("Gemma 3 270M:", out.stdout)
     assert "Paris" in out.stdout and "<h2>" not in out.stdout and "user:" not in out.stdout
+
+    exported = tmp_path / "out" / "gemma.gguf"
+    exported.parent.mkdir()
+    ran = bake_git(root, "export", "HEAD", "--gguf", str(exported), "--type", "f32")
+    assert ran.returncode == 0, ran.stderr
+    assert 'PARAMETER stop "\nuser:"' in (exported.parent / "Modelfile").read_text()
+    model, tokenizer = read_gguf(exported)
+    ids = render(tokenizer, [], None, question)
+    with torch.no_grad():
+        again = model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[0, len(ids) :]
+    text = tokenizer.decode(again, skip_special_tokens=True)
+    assert text.split("\nuser:")[0].strip() == out.stdout.strip()

@@ -44,8 +44,18 @@ def test_templates_without_one_turn_shape_are_named_in_a_comment() -> None:
         "{% for m in messages %}{% if loop.index == 2 %}[FIRST]{% endif %}<{{ m['role'] }}>{{ m['content'] }}</s>"
         "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
     )
-    for template in (odd, "{{ messages[0]['content'] | nosuchfilter }}", None):
+    for template in (odd, "{{ messages[0]['content'] | nosuchfilter }}"):
         text = modelfile("m.gguf", template, ["</s>"], "</s>")
         assert "TEMPLATE" in text and 'TEMPLATE """' not in text
         assert any(line.startswith("# TEMPLATE: not written") for line in text.splitlines())
         assert 'PARAMETER stop "</s>"' in text and "FROM ./m.gguf" in text
+
+
+def test_a_model_without_a_chat_template_gets_gitbakes_plain_layout_and_its_stop() -> None:
+    """A base model's GGUF (Gemma 3 270M's) has no chat template: Ollama is given the layout gitbake prompts
+    it with (engine/templating.py), and stops where the model would write the user's next turn."""
+    text = modelfile("g.gguf", None, ["<eos>"], "<eos>")
+    assert 'TEMPLATE """{{- range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}assistant:"""' in text
+    # Ollama reads a quoted value across a line break, as its own Modelfile writer quotes one
+    assert text.endswith('PARAMETER stop "<eos>"\nPARAMETER stop "\nuser:"\n')
+    assert "not written" not in text
