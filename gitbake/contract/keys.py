@@ -21,7 +21,7 @@ ENGINE_VERSION = "gitbake-bake-3"  # 2: a bf16/fp16 base trains its LoRA product
 # Bump when sampling draws differently for the same seed (the rollout's samples change), for the same reason.
 # 2: answers are sampled in stages of growing length (engine/rollout.py).
 # 3: a model without a chat template is prompted after its BOS token and stops at the next turn
-# (engine/templating.py).
+# (engine/templating.py); an answer cut by a stop string keeps none of the stop's tokens.
 SAMPLER_VERSION = "gitbake-sample-3"
 
 NAME_HEX = 12  # display names: <name>_<first 12 hex of the key>

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from gitbake.engine.sampling import Sampling, TokenLogprob, choose, logprob_of
+from gitbake.engine.templating import with_turn_stops
 
 GREEDY = Sampling(temperature=0.0, seed=0)
 
@@ -518,9 +519,10 @@ def complete(
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     answers = [""] * len(prompts)
     dec = Decoder(model, tokenizer)
+    greedy = with_turn_stops(tokenizer, GREEDY)  # the prompts are rendered chats
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = [_Row(Request(list(prompts[i]), GREEDY, max_tokens), tokenizer) for i in idx]
+        batch = [_Row(Request(list(prompts[i]), greedy, max_tokens), tokenizer) for i in idx]
         rows = batch
         logits = dec.prefill(rows)
         while True:

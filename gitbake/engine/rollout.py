@@ -200,12 +200,20 @@ def generate_batches(
 
 
 def _before_stop(tokenizer: Any, resp: list[int], stop: Sequence[str]) -> list[int]:
-    """The response up to the token that completes a stop string (which, as in chat and serve, is not
-    part of the answer); the answer did not end by itself, so it is not `finished`."""
+    """The response before its first stop string (which, as in chat and serve, is not part of the answer),
+    to the last whole token that ends before the stop begins: a stop spread over several tokens ("\n",
+    "user", ":") leaves none of them behind. The answer did not end by itself, so it is not `finished`."""
+
+    def text(k: int) -> str:
+        return str(tokenizer.decode(resp[:k], skip_special_tokens=True))
+
     for k in range(1, len(resp) + 1):
-        text = str(tokenizer.decode(resp[:k], skip_special_tokens=True))
-        if any(s in text for s in stop):
-            return resp[: k - 1]
+        hits = [i for i in (text(k).find(s) for s in stop if s) if i >= 0]
+        if hits:
+            j = k - 1
+            while j > 0 and len(text(j)) > min(hits):
+                j -= 1
+            return resp[:j]
     return resp
 
 

@@ -69,7 +69,7 @@ def test_turn_stops_are_added_only_without_a_chat_template() -> None:
     assert with_turn_stops(_untemplated(bos=False), stopped) == stopped  # once
 
 
-def test_rollout_and_chat_end_an_untemplated_answer_where_the_next_turn_starts(
+def test_rollout_chat_and_eval_end_an_untemplated_answer_where_the_next_turn_starts(
     tiny: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tok = _untemplated(bos=False)
@@ -84,9 +84,10 @@ def test_rollout_and_chat_end_an_untemplated_answer_where_the_next_turn_starts(
     monkeypatch.setattr(templating, "FALLBACK_TURN_STOP", turn)
     cut = generate_batches(tiny.model, tok, [prompt], settings)[0]
     shown = tok.decode(cut.ids, skip_special_tokens=True)
-    assert full.startswith(shown) and turn not in shown and not cut.finished
+    assert shown == full[: full.index(turn)] and not cut.finished  # none of the turn's tokens is kept
     session = Session(repo=None, version=None, model=None, sampling=Sampling(temperature=0), max_tokens=16)  # type: ignore[arg-type]
     said = session.answer(
         types.SimpleNamespace(model=tiny.model, tokenizer=tok), [{"role": "user", "content": "What is tea?"}], None
     )
     assert said == full[: full.index(turn)]
+    assert infer.complete(tiny.model, tok, [prompt], 16) == [said]  # eval's behaviour check
