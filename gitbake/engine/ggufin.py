@@ -7,8 +7,8 @@ config with the dequantised state dict, saved as safetensors with the tokenizer 
 the store keeps that directory, keyed by the file's digest and CONVERTER_VERSION (gitbake/repo/ggufbase.py),
 and every later load takes the fast safetensors path.
 
-`inspect` reads only the header and the tensor table (the `gguf` package and numpy, no torch): `init`
-calls it, so a bad file is refused before anything is written.
+`inspect` reads only the header and the tensor table (engine/ggufheader.py, with the `gguf` package's type
+tables; no torch): `init` calls it, so a bad file is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitbake.engine.ggufheader import read_header
 from gitbake.errors import UsageError
 
 # Bump when the directory `convert` writes changes for the same GGUF: the store's old conversions are then
@@ -80,13 +81,6 @@ def supported_types() -> list[str]:
     return ok
 
 
-def _field(reader: Any, name: str) -> str | None:
-    field = reader.fields.get(name)
-    if field is None or not field.data:
-        return None
-    return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
-
-
 def _listing(names: Iterable[str]) -> str:
     return ", ".join(names)
 
@@ -106,10 +100,17 @@ def inspect(path: Path) -> GgufInfo:
         )
     gguf = _gguf()
     try:
-        reader = gguf.GGUFReader(path)
+        header = read_header(path)
         size = os.path.getsize(path)
-        # the reader maps tensors lazily: a file cut inside its last tensor must be caught here
-        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+        qtypes = [gguf.GGMLQuantizationType(t.qtype) for t in header.tensors]
+        # the header reader never reads tensor data: a file cut inside its last tensor must be caught here
+        end = max(
+            (
+                header.data_start + t.offset + t.n_elements // gguf.GGML_QUANT_SIZES[q][0] * gguf.GGML_QUANT_SIZES[q][1]
+                for t, q in zip(header.tensors, qtypes)
+            ),
+            default=0,
+        )
         if end > size:
             raise ValueError(f"its tensors end at byte {end}, the file at {size}")
     except (ValueError, IndexError, KeyError, OverflowError, EOFError) as exc:
@@ -117,14 +118,14 @@ def inspect(path: Path) -> GgufInfo:
             f"{path} is truncated or damaged: the GGUF reader stopped with: {exc}",
             "copy or download the file again (compare its size and checksum with the source's)",
         ) from None
-    arch = _field(reader, "general.architecture") or "(none)"
+    arch = header.string("general.architecture") or "(none)"
     supported = supported_architectures()
     if arch not in supported and RENAMED.get(arch) not in supported:
         raise GgufError(
             f"{path} is a GGUF of architecture `{arch}`, which gitbake cannot load; supported: {_listing(supported)}",
             "use a GGUF of a supported architecture, or the model's safetensors directory",
         )
-    types = sorted({t.tensor_type.name for t in reader.tensors})
+    types = sorted({q.name for q in qtypes})
     ok = supported_types()
     bad = [t for t in types if t not in ok]
     if bad:
@@ -133,12 +134,12 @@ def inspect(path: Path) -> GgufInfo:
             f"supported: {_listing(ok)}",
             "use a GGUF quantised to a supported type (llama.cpp's `llama-quantize` converts between them)",
         )
-    if _field(reader, "tokenizer.ggml.model") is None:
+    if header.string("tokenizer.ggml.model") is None:
         raise GgufError(
             f"{path} has no tokenizer (no `tokenizer.ggml.model` in its metadata)",
             "use a GGUF written with its tokenizer (llama.cpp's convert_hf_to_gguf.py writes it)",
         )
-    return GgufInfo(path, arch, tuple(types), len(reader.tensors))
+    return GgufInfo(path, arch, tuple(types), len(header.tensors))
 
 
 def convert(path: Path, dest: Path) -> GgufInfo:

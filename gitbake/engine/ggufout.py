@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gitbake.engine.ggufheader import read_header
 from gitbake.engine.templating import adds_bos, adds_eos
 from gitbake.errors import UsageError
 
@@ -206,13 +207,11 @@ def _copy_metadata(writer: Any, source: Path) -> None:
     """The source file's general.* and tokenizer.* keys, with their exact value types."""
     import gguf
 
-    reader = gguf.GGUFReader(source)
-    for key, field in reader.fields.items():
+    for key, v in read_header(source).fields.items():
         if key in _SOURCE_SKIP or not key.startswith(_SOURCE_PREFIXES):
             continue
-        vtype = field.types[0]
-        sub = field.types[1] if vtype == gguf.GGUFValueType.ARRAY and len(field.types) > 1 else None
-        writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
+        sub = gguf.GGUFValueType(v.sub_type) if v.sub_type is not None else None
+        writer.add_key_value(key, v.value, gguf.GGUFValueType(v.vtype), sub_type=sub)
 
 
 def _tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
