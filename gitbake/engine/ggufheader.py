@@ -91,6 +91,8 @@ class _Cursor:
         sub, count = self.scalar("I"), self.scalar("Q")
         if sub == _STRING:
             return Value(vtype, [self.string() for _ in range(count)], sub)
+        if sub == _ARRAY:  # arrays of arrays: each element carries its own type and count
+            return Value(vtype, [self.value(_ARRAY).value for _ in range(count)], sub)
         if sub not in _SCALARS:
             raise ValueError(f"unsupported array element type {sub} at byte {self.pos}")
         import numpy as np

@@ -32,6 +32,7 @@ def _written(path: Path, endianess: object) -> Path:
     w.add_token_scores([0.5, -1.0, 2.0, 3.0])
     w.add_token_types([1, 2, 3, 4])
     w.add_array("t.bools", [True, False])
+    w.add_array("t.nested", [[1, 2], [3]])
     w.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(2, 32))
     quantised = gguf.quants.quantize(np.ones((4, 32), dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
     w.add_tensor("blk.0.attn_q.weight", quantised, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
@@ -52,9 +53,11 @@ def test_the_header_is_what_ggufs_reader_reads(tmp_path: Path, endianess: str) -
         field, value = theirs.fields[key], ours.fields[key]
         assert value.vtype == field.types[0], key
         assert value.sub_type == (field.types[1] if len(field.types) > 1 else None), key
-        assert value.value == pytest.approx(field.contents()) if "f" in key else value.value == field.contents(), key
+        got = [x for part in value.value for x in part] if key == "t.nested" else value.value  # theirs: flattened
+        assert got == pytest.approx(field.contents()) if "f" in key else got == field.contents(), key
     assert ours.string("general.name") == "a model é" and ours.string("t.u8") is None
     assert ours.fields["tokenizer.ggml.tokens"].value == ["<s>", "héllo", "", "x" * 300]
+    assert ours.fields["t.nested"].value == [[1, 2], [3]]
     assert [(t.name, t.qtype, t.n_elements, ours.data_start + t.offset) for t in ours.tensors] == [
         (t.name, int(t.tensor_type), int(t.n_elements), int(t.data_offset)) for t in theirs.tensors
     ]
