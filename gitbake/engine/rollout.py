@@ -176,10 +176,17 @@ def generate_batches(
                 new = sequences[row, width:].tolist()
                 finished = False
                 ends = [k for k, tok in enumerate(new) if tok in stops]
-                if ends:
+                # a row a stop string ended is padded while the others go on, and the pad may be the EOS
+                # (a tokenizer without a pad token): the stop string, not that EOS, ends such a row
+                stopped = (
+                    bool(ends and sampling.stop)
+                    and _before_stop(tokenizer, sofar[i] + new[: ends[0]], sampling.stop) != sofar[i] + new[: ends[0]]
+                )
+                if ends and not stopped:
                     new = new[: ends[0] + 1]  # keep the stop token: the student must learn to stop
                     finished = True
                 else:
+                    new = new[: ends[0]] if ends else new
                     while new and new[-1] == pad:
                         new.pop()
                 if sampling.logprobs:
@@ -246,13 +253,13 @@ def make_rollouts(
     path = getattr(getattr(model, "config", None), "_name_or_path", None)
     # vLLM loads weights from disk: only for an unmodified model (a merged parent exists only in memory)
     if path and not getattr(model, "_gitbake_merged", False) and vllm_backend.wanted():
-        responses = vllm_backend.generate(
-            path,
-            prompts,
-            with_turn_stops(tokenizer, sampling_of(settings)),
-            settings.max_tokens,
-            tokenizer.eos_token_id,
-        )
+        sampling = with_turn_stops(tokenizer, sampling_of(settings))
+        responses = vllm_backend.generate(path, prompts, sampling, settings.max_tokens, tokenizer.eos_token_id)
+        # vLLM takes a stop string out of the answer's text but not out of its token ids: cut them as above
+        for n, r in enumerate(responses):
+            if sampling.stop and not r.finished:
+                cut = _before_stop(tokenizer, r.ids, sampling.stop)
+                responses[n] = Response(cut, False, r.logprobs[: len(cut)] if r.logprobs is not None else None)
     else:
         responses = generate_batches(model, tokenizer, prompts, settings, progress)
     out = []

@@ -391,7 +391,8 @@ def _target_plan(loaded: LoadedInput, target: Target, plan: Plan, teacher: str, 
             g["content_digest"] = keys.digest_bytes(loaded.question_files[i])
         if isinstance(gen, OneshotGenerator):
             if gen.model is None and gen.base_url is None:
-                g["_model"] = plan.parent.identity
+                # written by the parent model here: how it samples (and prompts it) is part of what it writes
+                g["_model"] = {"identity": plan.parent.identity, "sampler": keys.SAMPLER_VERSION}
             else:
                 g["_model"] = {"name": gen.model, "base_url": gen.base_url}
         gens.append(g)

@@ -59,6 +59,7 @@ class Heldout:
     note: str | None  # "no held-out questions: ..." when the bake had too few to hold any out
     dtype: str | None = None  # the bake's BAKE.model.dtype ("auto" or unset: the machine's choice)
     deepspeed: bool = False  # the bake ran under DeepSpeed (which `auto` keeps in fp32 on a CPU)
+    attn_implementation: str | None = None  # the bake's BAKE.model.attn_implementation
 
 
 def heldout_of(repo: ModelRepo, address: str) -> Heldout:
@@ -119,6 +120,7 @@ def heldout_of(repo: ModelRepo, address: str) -> Heldout:
         note,
         (config.get("model") or {}).get("dtype"),
         config.get("deepspeed") is not None,
+        (config.get("model") or {}).get("attn_implementation"),
     )
 
 
@@ -128,9 +130,9 @@ def loaded(
 ) -> Iterator[tuple[Any, Any]]:
     """(the parent as `engine.models.load` returns it, the PEFT model of REV): the parent with REV's
     adapter kept separate, so `disable_adapter()` is the parent and the teacher (ML stack imported here).
-    A GGUF base model loads from its conversion in the store. `as_baked`: in the dtype the bake ran in, so
-    that its eval comes out again (the teacher's samples are drawn from the model: another dtype draws
-    others); else as chat and serve load it."""
+    A GGUF base model loads from its conversion in the store. `as_baked`: in the dtype and attention the
+    bake ran with, so that its eval comes out again (the teacher's samples are drawn from the model:
+    another dtype draws others); else as chat and serve load it."""
     from gitbake.engine.models import bake_dtype, load, with_adapter
 
     with tempfile.TemporaryDirectory(dir=repo.store.tmp) as tmp:
@@ -142,5 +144,13 @@ def loaded(
         reporter = reporter or Reporter()
         reporter.say(f"loading {held.base} + {len(held.chain)} adapter(s)")
         dtype = bake_dtype(held.dtype, deepspeed=held.deepspeed) if as_baked else None
-        parent = load(held.base, dirs[:-1], root=repo.root, dtype=dtype, gguf=converted_dirs(repo.store, reporter))
+        attn = held.attn_implementation if as_baked else None
+        parent = load(
+            held.base,
+            dirs[:-1],
+            root=repo.root,
+            dtype=dtype,
+            attn_implementation=attn,
+            gguf=converted_dirs(repo.store, reporter),
+        )
         yield parent, with_adapter(parent, dirs[-1])

@@ -91,3 +91,22 @@ def test_rollout_chat_and_eval_end_an_untemplated_answer_where_the_next_turn_sta
     )
     assert said == full[: full.index(turn)]
     assert infer.complete(tiny.model, tok, [prompt], 16) == [said]  # eval's behaviour check
+
+
+def test_a_row_a_stop_ended_is_cut_there_when_its_padding_is_the_eos(
+    tiny: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tokenizer without a pad token pads with its EOS: a row that a stop string ended, padded while the
+    other rows go on, must not be read as an answer that ended with that EOS, stop string and all."""
+    tok = _untemplated(bos=False)
+    tok.pad_token = tok.eos_token
+    prompts = [render(tok, [], None, q) for q in ("What is tea?", "Tell me a story.")]
+    settings = SamplingSettings(temperature=0, max_tokens=16)
+    full = [tok.decode(r.ids, skip_special_tokens=True) for r in generate_batches(tiny.model, tok, prompts, settings)]
+    turn = next(full[0][i : i + 3] for i in range(1, len(full[0]) - 2) if "\ufffd" not in full[0][i : i + 3])
+    assert turn not in full[1]  # only the first row meets it
+    monkeypatch.setattr(templating, "FALLBACK_TURN_STOP", turn)
+    first, second = generate_batches(tiny.model, tok, prompts, settings)
+    assert tok.decode(first.ids, skip_special_tokens=True) == full[0][: full[0].index(turn)] and not first.finished
+    assert tok.eos_token_id not in first.ids
+    assert tok.decode(second.ids, skip_special_tokens=True) == full[1]
