@@ -135,7 +135,11 @@ def generate_batches(
         **{k: settings.extra_kwargs[k] for k in GENERATE_ONLY if k in settings.extra_kwargs},
     }
     if sampling.stop:
-        gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        # built once here, not by each generate call (`stop_strings=`): building it reads the whole
+        # vocabulary, 0.8 s a call for Gemma 3's 262,144 tokens, and a rollout calls generate per stage and batch
+        gen_kwargs["stopping_criteria"] = StoppingCriteriaList([StopStringCriteria(tokenizer, list(sampling.stop))])
     if sampling.logprobs:
         gen_kwargs.update(output_logits=True, return_dict_in_generate=True)
     sofar: dict[int, list[int]] = {i: [] for i in range(len(prompts))}  # each unfinished answer so far
