@@ -106,6 +106,16 @@ def bake_dtype(requested: str | None, device: str | None = None, deepspeed: bool
     return requested
 
 
+def bake_load_options(bake: dict[str, Any]) -> dict[str, Any]:
+    """`load`'s dtype and attention for a bake of this resolved BAKE config: its stages (rollouts, training,
+    eval) share that model, and `git bake eval` loads it so again to give the bake's figures again."""
+    model = bake.get("model") or {}
+    return {
+        "dtype": bake_dtype(model.get("dtype"), deepspeed=bake.get("deepspeed") is not None),
+        "attn_implementation": model.get("attn_implementation"),
+    }
+
+
 # oneDNN keeps every bf16 product shape it has compiled, about 0.5 MB each, up to 1024 of them in two caches;
 # a bake's shapes change with every batch, so that grows to hundreds of MB. A few dozen cover the layers.
 ONEDNN_CACHE = "64"

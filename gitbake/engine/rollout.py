@@ -180,17 +180,17 @@ def generate_batches(
                 new = sequences[row, width:].tolist()
                 finished = False
                 ends = [k for k, tok in enumerate(new) if tok in stops]
-                # a row a stop string ended is padded while the others go on, and the pad may be the EOS
-                # (a tokenizer without a pad token): the stop string, not that EOS, ends such a row
-                stopped = (
-                    bool(ends and sampling.stop)
-                    and _before_stop(tokenizer, sofar[i] + new[: ends[0]], sampling.stop) != sofar[i] + new[: ends[0]]
-                )
-                if ends and not stopped:
+                if ends:
                     new = new[: ends[0] + 1]  # keep the stop token: the student must learn to stop
                     finished = True
+                    # a row a stop string ended is padded while the others go on, and the pad may be the EOS
+                    # (a tokenizer without a pad token): then the stop string, not that EOS, ended it
+                    if (
+                        sampling.stop
+                        and _before_stop(tokenizer, sofar[i] + new[:-1], sampling.stop) != sofar[i] + new[:-1]
+                    ):
+                        new, finished = new[:-1], False
                 else:
-                    new = new[: ends[0]] if ends else new
                     while new and new[-1] == pad:
                         new.pop()
                 if sampling.logprobs:

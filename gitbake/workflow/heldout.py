@@ -57,9 +57,7 @@ class Heldout:
     questions: list[Question]
     max_tokens: int  # the longest rollout answer, capped at MAX_TOKENS
     note: str | None  # "no held-out questions: ..." when the bake had too few to hold any out
-    dtype: str | None = None  # the bake's BAKE.model.dtype ("auto" or unset: the machine's choice)
-    deepspeed: bool = False  # the bake ran under DeepSpeed (which `auto` keeps in fp32 on a CPU)
-    attn_implementation: str | None = None  # the bake's BAKE.model.attn_implementation
+    bake_config: dict[str, Any] = field(default_factory=dict)  # the bake's resolved BAKE, from the recipe
 
 
 def heldout_of(repo: ModelRepo, address: str) -> Heldout:
@@ -108,7 +106,6 @@ def heldout_of(repo: ModelRepo, address: str) -> Heldout:
         if rec.get("teacher_sample") and note is None:  # trained-on answers (no held-out questions) are not taken
             q.samples.append(rec["response_ids"])
     base = (other.bread.pinned_base_model if other.bread else None) or "tiny"
-    config = step.config if isinstance(step.config, dict) else {}
     return Heldout(
         other.rev or rev,
         base,
@@ -118,9 +115,7 @@ def heldout_of(repo: ModelRepo, address: str) -> Heldout:
         list(unique.values()),
         min(max_tokens, MAX_TOKENS),
         note,
-        (config.get("model") or {}).get("dtype"),
-        config.get("deepspeed") is not None,
-        (config.get("model") or {}).get("attn_implementation"),
+        step.config if isinstance(step.config, dict) else {},
     )
 
 
@@ -133,7 +128,7 @@ def loaded(
     A GGUF base model loads from its conversion in the store. `as_baked`: in the dtype and attention the
     bake ran with, so that its eval comes out again (the teacher's samples are drawn from the model:
     another dtype draws others); else as chat and serve load it."""
-    from gitbake.engine.models import bake_dtype, load, with_adapter
+    from gitbake.engine.models import bake_load_options, load, with_adapter
 
     with tempfile.TemporaryDirectory(dir=repo.store.tmp) as tmp:
         dirs = []
@@ -143,14 +138,6 @@ def loaded(
             dirs.append(dest)
         reporter = reporter or Reporter()
         reporter.say(f"loading {held.base} + {len(held.chain)} adapter(s)")
-        dtype = bake_dtype(held.dtype, deepspeed=held.deepspeed) if as_baked else None
-        attn = held.attn_implementation if as_baked else None
-        parent = load(
-            held.base,
-            dirs[:-1],
-            root=repo.root,
-            dtype=dtype,
-            attn_implementation=attn,
-            gguf=converted_dirs(repo.store, reporter),
-        )
+        options = bake_load_options(held.bake_config) if as_baked else {}
+        parent = load(held.base, dirs[:-1], root=repo.root, gguf=converted_dirs(repo.store, reporter), **options)
         yield parent, with_adapter(parent, dirs[-1])

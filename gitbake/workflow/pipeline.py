@@ -165,7 +165,7 @@ class Runner:
     def model(self) -> Any:
         """The parent model: the base model with the lineage's adapters merged in, in order."""
         if self._model is None:
-            from gitbake.engine.models import bake_dtype, load
+            from gitbake.engine.models import bake_load_options, load
 
             parent = self.plan.parent
             adapters = []
@@ -176,21 +176,14 @@ class Runner:
                     self.store.materialise_tree(digest, dest)
                     adapters.append(dest)
             self.reporter.say(f"loading {parent.base_model}" + (f" + {len(adapters)} adapter(s)" if adapters else ""))
-            bake_cfg = self.plan.bake.config if self.plan.bake is not None else {}
-            model_cfg = bake_cfg.get("model", {})
-            # a bake's stages (its rollouts, training and eval) share one model, in the bake's dtype
-            dtype = (
-                bake_dtype(model_cfg.get("dtype"), deepspeed=bake_cfg.get("deepspeed") is not None)
-                if bake_cfg
-                else None
-            )
+            # a bake's stages (its rollouts, training and eval) share one model, loaded as the bake says
+            options = bake_load_options(self.plan.bake.config) if self.plan.bake is not None else {}
             loaded = load(
                 parent.base_model,
                 adapters,
                 root=self.repo.root,
-                dtype=dtype,
-                attn_implementation=model_cfg.get("attn_implementation"),
                 gguf=converted_dirs(self.store, self.reporter),
+                **options,
             )
             check_loaded(self.loaded, self.plan, self.repo.root, loaded)
             self._model = loaded
