@@ -4,7 +4,8 @@
 Alignment: for a trajectory with teacher prompt length Lt, student prompt length Ls and response y, the
 teacher's hidden state at Lt-1+j and the student's at Ls-1+j both predict y_j — the standard shift, so the
 first response token is supervised and the end-of-turn token is a target; padding never is.
-The loss is the mean over response tokens of the divergence (forward KL by default), in fp32, in chunks.
+The loss is the divergence (forward KL by default) summed over a step's response tokens and divided by
+the tokens a step holds on average, so every response token weighs the same; in fp32, in chunks.
 """
 
 from __future__ import annotations
@@ -118,6 +119,18 @@ def batches(items: Sequence[Trajectory], size: int, seed: int) -> list[list[Traj
         out += [chunk[i : i + size] for i in range(0, len(chunk), size)]
     rng.shuffle(out)
     return out
+
+
+def tokens_per_micro_batch(data: Sequence[Trajectory], size: int) -> float:
+    """The response tokens a micro-batch of `data` holds on average: what a micro-batch's summed loss is
+    divided by (times the step's micro-batches).
+
+    So every response token of the training data weighs the same in the bake, as every held-out token
+    does in the eval's mean KL. Each micro-batch's own mean would weigh a token by one over its batch's
+    tokens, and batches are bucketed by length: a token of four 5-token answers would count 50 times one
+    of four 250-token answers, the long answers' later positions (most of the tokens) hardly at all. On
+    SmolLM2 the french bake closed 0.869 of the held-out gap this way against 0.850 (docs/engine.md)."""
+    return max(sum(len(t.response_ids) for t in data) / math.ceil(len(data) / size), 1.0)
 
 
 def response_hidden(
@@ -543,6 +556,7 @@ class Baker:
             optimizer = self._optimizer(params)
             scheduler = self._scheduler(optimizer, total_steps)
         beta, temperature, topk = float(cfg.data.beta), float(cfg.data.temperature), cfg.data.topk
+        per_batch = tokens_per_micro_batch(data, mbs)
 
         teacher_started = time.monotonic()
         cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -641,9 +655,10 @@ class Baker:
                                     t_hidden = response_hidden(decoder, batch, "teacher", self.pad_id, self.device)
                                 pm.train()
                             loss_sum = loss_fn(lm_head, s_hidden, t_hidden, beta, temperature)
-                        # the mean over the group's micro-batches of each one's per-token loss: summed across
-                        # ranks below (DeepSpeed averages, so its share is scaled up by the world size)
-                        scaled = loss_sum / max(n_tokens, 1) / len(group) * weight * (size if engine else 1)
+                        # the step's loss is its tokens' summed divergence over the tokens a step holds on
+                        # average (tokens_per_micro_batch): summed across ranks below (DeepSpeed averages, so
+                        # its share is scaled up by the world size)
+                        scaled = loss_sum / per_batch / len(group) * weight * (size if engine else 1)
                         if engine is not None:
                             pending = scaled if pending is None else pending + scaled  # one backward per step
                         else:

@@ -140,19 +140,36 @@ def _head_params(lm_head: Any) -> tuple[torch.Tensor | None, torch.Tensor | None
 
 
 def forward_kl_and_grad_(
-    t_logits: torch.Tensor, s_logits: torch.Tensor, p_buf: torch.Tensor
+    t_logits: torch.Tensor, s_logits: torch.Tensor, p_buf: torch.Tensor, q_buf: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward KL(teacher || student) summed over rows, and its gradient w.r.t. the student's logits in
-    closed form (softmax(s) - p_t), without autograd. In place: the logits become log-probs, then the
-    student's become the gradient; `p_buf` receives the teacher's probabilities (no new [rows, vocab] block)."""
-    t_lp = t_logits.sub_(torch.logsumexp(t_logits, dim=-1, keepdim=True))
-    s_lp = s_logits.sub_(torch.logsumexp(s_logits, dim=-1, keepdim=True))
-    p_t = torch.exp(t_lp, out=p_buf)
+    closed form (softmax(s) - p_t), without autograd. In place: the logits become log-probs (the teacher's
+    then the log-ratio); `p_buf` receives the teacher's probabilities and `q_buf` (or the student's logits,
+    when not given) the gradient.
+
+    Every pass writes into one of these [rows, vocab] blocks, which the caller reuses for every chunk.
+    `torch.logsumexp` allocates a fresh block per call for its shifted copy, and on the CPU a block that
+    size is mapped and faulted in anew each time: on a chunk of 64 rows of SmolLM2's 49,152-token
+    vocabulary this function took 12-15 ms that way and takes 8-9 ms now (2 threads)."""
+    p_t = _log_softmax_(t_logits, p_buf)
+    q = _log_softmax_(s_logits, q_buf if q_buf is not None else torch.empty_like(s_logits))
     # one dot over the log-ratio, not the difference of two large dots (the cross-entropy and the
     # entropy, which cancel to a small KL and would leave their rounding in it)
-    loss = torch.dot(p_t.view(-1), t_lp.sub_(s_lp).view(-1))
-    grad = s_lp.exp_().sub_(p_t)
+    loss = torch.dot(p_t.view(-1), t_logits.sub_(s_logits).view(-1))
+    grad = q.sub_(p_t)
+    if q_buf is None:
+        grad = s_logits.copy_(grad)
     return loss, grad
+
+
+def _log_softmax_(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """`logits` becomes its log-softmax in place; `probs` receives the softmax. Returns `probs`."""
+    logits.sub_(logits.amax(dim=-1, keepdim=True))
+    torch.exp(logits, out=probs)
+    total = probs.sum(dim=-1, keepdim=True)
+    probs.div_(total)
+    logits.sub_(total.log_())
+    return probs
 
 
 class _Teacher:
@@ -210,7 +227,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=torch.float32)
         w = weight if low_precision(weight) else weight.float()  # bf16 stays bf16: head_logits widens by tile
         b = None if bias is None else bias.float()
-        work: tuple[torch.Tensor, torch.Tensor] | None = None
+        work: tuple[torch.Tensor, torch.Tensor] | None = None  # logits; probabilities
         for start in range(0, hidden.shape[0], chunk):
             end = min(hidden.shape[0], start + chunk)
             h = hidden[start:end] if low else hidden[start:end].float()
@@ -222,13 +239,13 @@ class _FusedHeadLoss(torch.autograd.Function):
                     rows = min(chunk, hidden.shape[0])
                     work = (
                         w.new_empty((2 * rows, w.shape[0]), dtype=torch.float32),
-                        w.new_empty((rows, w.shape[0]), dtype=torch.float32),
+                        w.new_empty((2 * rows, w.shape[0]), dtype=torch.float32),
                     )
                 if low:
                     both = pair_logits(t_hidden[start:end], h, w, b, out=work[0][: 2 * n])
                 else:
                     both = head_logits(torch.cat([t_hidden[start:end].float(), h]), w, b, out=work[0][: 2 * n])
-                loss, g = forward_kl_and_grad_(both[:n], both[n:], work[1][:n])
+                loss, g = forward_kl_and_grad_(both[:n], both[n:], work[1][:n], work[1][n : 2 * n])
             else:
                 piece = teacher.piece(start, end)
                 logits = head_logits(h, w, b).float()

@@ -332,6 +332,40 @@ def test_gradient_accumulation_normalises_by_the_micro_batches_in_the_group(
     assert deltas[0] == pytest.approx(deltas[1], rel=1e-4)
 
 
+def test_every_response_token_weighs_the_same_however_the_step_is_split(
+    trajectories: list[bake.Trajectory], tmp_path: Path
+) -> None:
+    """One SGD step over the same trajectories, as one micro-batch or as one micro-batch each accumulated:
+    the same update. Each micro-batch's own per-token mean would weigh a short answer's tokens more in the
+    second (the eval weighs every held-out token the same)."""
+    # answers of 2 to 24 tokens: the same weights for all would show nothing
+    trajectories = [
+        bake.Trajectory(t.teacher_ids, t.student_ids, t.response_ids[: 2 + 4 * i])
+        for i, t in enumerate(trajectories[:6])
+    ]
+    assert len({len(t.response_ids) for t in trajectories}) == 6
+    updates = []
+    for mbs, ga in ((len(trajectories), 1), (1, len(trajectories))):
+        m = fresh()
+        cfg = config(
+            epochs=1,
+            micro_batch_size=mbs,
+            gradient_accumulation_steps=ga,
+            optimizer={"learning_rate": 0.1, "type": "sgd"},
+            scheduler={"name": "constant"},
+        )
+        b = bake.Baker(m.model, m.tokenizer, cfg, "tiny")
+        result = b.train(trajectories, tmp_path / f"mbs{mbs}")
+        assert result.steps == 1
+        updates.append({n: p.detach().clone() for n, p in b.model.named_parameters() if "lora_B" in n})
+    assert updates[0].keys() == updates[1].keys() and updates[0]
+    for name, value in updates[0].items():
+        assert torch.allclose(value, updates[1][name], rtol=1e-4, atol=1e-7), name
+    assert bake.tokens_per_micro_batch(trajectories, 4) == pytest.approx(
+        sum(len(t.response_ids) for t in trajectories) / -(-len(trajectories) // 4)
+    )
+
+
 def test_adapter_config_is_the_same_bytes_in_every_process(tmp_path: Path) -> None:
     """Here and in a process with another hash seed (set iteration order): the same adapter_config.json."""
     import subprocess
