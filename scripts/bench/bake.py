@@ -252,7 +252,9 @@ def child(impl: str, n: int, epochs: int) -> None:
                     ls = F.log_softmax(student(torch.tensor([s + r])).logits[0].float(), -1)[len(s) - 1 : -1]
                     loss = F.kl_div(ls, lt, log_target=True, reduction="sum") / len(r) / len(group)
                     loss.backward()
-                opt.step()  # the same batch, optimizer and schedule as ours: the same training
+                # the same batch, optimizer and schedule as ours; the loss is each sample's mean, as such
+                # loops are usually written (ours weighs every response token the same: docs/engine.md)
+                opt.step()
                 sched.step()
                 opt.zero_grad()
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
