@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import blake3
@@ -156,3 +157,10 @@ def bake_key(config: dict[str, Any], datasets: list[dict[str, Any]], parent_iden
             "engine": ENGINE_VERSION,
         }
     )
+
+
+def eval_seed(rollout_keys: Iterable[str]) -> int:
+    """The seed of the teacher samples an eval draws itself (where the held-out rollouts are not such
+    samples): a function of the rollouts the bake trained on, not of the bake, so every bake of the same
+    rollouts (a learning-rate sweep, more epochs) is measured on the same held-out answers."""
+    return int(key_of(sorted(rollout_keys))[:8], 16)

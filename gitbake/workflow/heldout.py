@@ -58,6 +58,7 @@ class Heldout:
     max_tokens: int  # the longest rollout answer, capped at MAX_TOKENS
     note: str | None  # "no held-out questions: ..." when the bake had too few to hold any out
     bake_config: dict[str, Any] = field(default_factory=dict)  # the bake's resolved BAKE, from the recipe
+    rollout_keys: list[str] = field(default_factory=list)  # the keys of the rollouts it trained on
 
 
 def heldout_of(repo: ModelRepo, address: str) -> Heldout:
@@ -116,6 +117,7 @@ def heldout_of(repo: ModelRepo, address: str) -> Heldout:
         min(max_tokens, MAX_TOKENS),
         note,
         step.config if isinstance(step.config, dict) else {},
+        [d["key"] for d in datasets],
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from gitbake import git
 from gitbake.contract import config as cfg
 from gitbake.contract.config import Bake, Target
+from gitbake.contract.keys import eval_seed
 from gitbake.errors import GitbakeError, UsageError
 from gitbake.repo import leases, limits
 from gitbake.repo.ggufbase import converted_dirs
@@ -466,7 +467,7 @@ def _bake_stage(runner: Runner) -> StageResult:
             list(contexts.values()),
             EVAL_SAMPLES,
             min(max_tokens, 256),
-            seed=int(b.key[:8], 16),
+            seed=eval_seed(d.key for d in b.datasets),
             note=eval_note,
             given={n: samples.get(k, []) for n, k in enumerate(contexts)},
             packed=result.packed,
@@ -616,14 +617,13 @@ def reevaluate(repo: ModelRepo, rev: str, reporter: Reporter | None = None) -> R
 
     store = repo.store
     with loaded(repo, held, reporter, as_baked=True) as (parent, pm), tempfile.TemporaryDirectory(dir=store.tmp) as tmp:
-        key = held.key or "0" * 8
         report = evaluate(
             pm,
             parent.tokenizer,
             [(q.teacher_ids, q.student_ids) for q in held.questions],
             EVAL_SAMPLES,
             held.max_tokens,
-            seed=int(key[:8], 16),
+            seed=eval_seed(held.rollout_keys),
             note=held.note,
             given={n: q.samples for n, q in enumerate(held.questions)},
             reporter=reporter,

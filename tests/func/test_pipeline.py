@@ -259,6 +259,19 @@ def test_the_eval_takes_the_held_out_rollouts_that_are_teacher_samples(
     for figure in ("d_before", "d_after", "gap_closed"):
         assert redone[figure] == pytest.approx(report[figure], rel=1e-5), figure
 
+    # another bake of the same rollouts (one epoch, not two) draws the same samples: the parent's KL on them
+    # is the same figure, so the two bakes' gap_closed compare (they were seeded by the bake's key)
+    git(committed, "reset", "-q", "--hard", "HEAD~1")  # off the bake commit, back onto its trigger
+    text = (committed / "input.yml").read_text()
+    (committed / "input.yml").write_text(text.replace("epochs: 2", "epochs: 1"))
+    git(committed, "commit", "-qam", "one epoch")
+    out = json.loads(invoke("run", "--json").stdout)["stages"]
+    assert [r["cached"] for r in out] == [True, True, False]
+    other = pipeline.bake_report(open_repo(committed).store, out[2]["key"])
+    assert other and other["rollout_samples"] == 0 and len(sampled) == 3
+    assert other["d_before"] == pytest.approx(report["d_before"], rel=1e-6)
+    assert other["d_after"] != pytest.approx(report["d_after"], rel=1e-3)  # another model, the same samples
+
 
 def test_a_failed_bake_stores_nothing(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (committed / "input.yml").write_text(INPUT + BAKE_SECTION)
