@@ -140,26 +140,22 @@ def _head_params(lm_head: Any) -> tuple[torch.Tensor | None, torch.Tensor | None
 
 
 def forward_kl_and_grad_(
-    t_logits: torch.Tensor, s_logits: torch.Tensor, p_buf: torch.Tensor, q_buf: torch.Tensor | None = None
+    t_logits: torch.Tensor, s_logits: torch.Tensor, p_buf: torch.Tensor, q_buf: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward KL(teacher || student) summed over rows, and its gradient w.r.t. the student's logits in
     closed form (softmax(s) - p_t), without autograd. In place: the logits become log-probs (the teacher's
-    then the log-ratio); `p_buf` receives the teacher's probabilities and `q_buf` (or the student's logits,
-    when not given) the gradient.
+    then the log-ratio); `p_buf` receives the teacher's probabilities and `q_buf` the gradient.
 
     Every pass writes into one of these [rows, vocab] blocks, which the caller reuses for every chunk.
     `torch.logsumexp` allocates a fresh block per call for its shifted copy, and on the CPU a block that
     size is mapped and faulted in anew each time: on a chunk of 64 rows of SmolLM2's 49,152-token
     vocabulary this function took 12-15 ms that way and takes 8-9 ms now (2 threads)."""
     p_t = _log_softmax_(t_logits, p_buf)
-    q = _log_softmax_(s_logits, q_buf if q_buf is not None else torch.empty_like(s_logits))
+    q = _log_softmax_(s_logits, q_buf)
     # one dot over the log-ratio, not the difference of two large dots (the cross-entropy and the
     # entropy, which cancel to a small KL and would leave their rounding in it)
     loss = torch.dot(p_t.view(-1), t_logits.sub_(s_logits).view(-1))
-    grad = q.sub_(p_t)
-    if q_buf is None:
-        grad = s_logits.copy_(grad)
-    return loss, grad
+    return loss, q.sub_(p_t)
 
 
 def _log_softmax_(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:

@@ -185,10 +185,8 @@ def generate_batches(
                     finished = True
                     # a row a stop string ended is padded while the others go on, and the pad may be the EOS
                     # (a tokenizer without a pad token): then the stop string, not that EOS, ended it
-                    if (
-                        sampling.stop
-                        and _before_stop(tokenizer, sofar[i] + new[:-1], sampling.stop) != sofar[i] + new[:-1]
-                    ):
+                    before = sofar[i] + new[:-1]
+                    if sampling.stop and _before_stop(tokenizer, before, sampling.stop) != before:
                         new, finished = new[:-1], False
                 else:
                     while new and new[-1] == pad:
