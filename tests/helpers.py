@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +276,16 @@ def read_gguf(path: Path) -> tuple[Any, Any]:
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def cpu_fp32() -> Iterator[None]:
+    """Models that gitbake loads in this block (and the `git bake` processes started in it) run on the CPU in
+    fp32: for tests that compare them with files transformers reads back there, where a GPU's default (bf16)
+    would differ by its rounding, not by a fault of the file."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GITBAKE_DEVICE", "cpu")
+        mp.setenv("GITBAKE_DTYPE", "fp32")
+        yield

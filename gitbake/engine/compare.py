@@ -53,9 +53,10 @@ def _token_kl(model_a: Any, model_b: Any, prompt: list[int], answer: list[int]) 
 
     ids = torch.tensor([prompt + answer])
     n = len(answer)
-    with torch.no_grad():
-        la = torch.log_softmax(model_a(input_ids=ids).logits[0, len(prompt) - 1 : len(prompt) - 1 + n].float(), -1)
-        lb = torch.log_softmax(model_b(input_ids=ids).logits[0, len(prompt) - 1 : len(prompt) - 1 + n].float(), -1)
+    with torch.no_grad():  # each model reads the ids on its own device (a GPU's, or the CPU)
+        la = model_a(input_ids=ids.to(model_a.device)).logits[0, len(prompt) - 1 : len(prompt) - 1 + n]
+        lb = model_b(input_ids=ids.to(model_b.device)).logits[0, len(prompt) - 1 : len(prompt) - 1 + n]
+        la, lb = torch.log_softmax(la.float().cpu(), -1), torch.log_softmax(lb.float().cpu(), -1)
     return (la.exp() * (la - lb)).sum(-1)
 
 

@@ -48,10 +48,15 @@ class LoadedModel:
 
 
 def _device(device: str | None) -> Any:
-    """The device asked for (argument, then GITBAKE_DEVICE), else CUDA when present, else the CPU."""
+    """The device asked for (argument, then GITBAKE_DEVICE), else CUDA when present, else the CPU. Under
+    a launcher, "cuda" is this rank's own GPU (engine/parallel.py)."""
     import torch
 
+    from gitbake.engine import parallel
+
     name = device or os.environ.get("GITBAKE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and torch.cuda.is_available():
+        name = parallel.cuda_device(torch.cuda.device_count())
     return torch.device(name)
 
 

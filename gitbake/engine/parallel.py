@@ -16,6 +16,8 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from gitbake.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
 
@@ -29,17 +31,41 @@ def is_rank0() -> bool:
     return world()[1] == 0
 
 
-def init() -> None:
-    """Join the launcher's process group (gloo on CPU, nccl on GPUs), once; nothing without a launcher."""
+def backend(cuda: bool) -> str:
+    """The process group's backend: gloo between CPUs; between GPUs NCCL, with gloo beside it for the
+    few tensors that stay in host memory (a step's loss and token count, the teacher's states gathered
+    on the host), since NCCL moves GPU tensors only."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def cuda_device(gpus: int) -> str:
+    """This process's GPU: the launcher's LOCAL_RANK-th (plain "cuda" without a launcher). Every rank
+    must have its own before the model is loaded, or all of them load it onto the first GPU. More
+    ranks on a machine than it has GPUs would put two on one GPU, which NCCL refuses: said up front."""
+    size, _ = world()
+    if size <= 1:
+        return "cuda"
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if local >= gpus:
+        raise UsageError(
+            f"this process is local rank {local} of a launcher's {size}, but this machine has {gpus} GPU(s)",
+            f"start one process per GPU (torchrun --nproc_per_node {gpus}), or bake on the CPU with GITBAKE_DEVICE=cpu",
+        )
+    return f"cuda:{local}"
+
+
+def init(device_type: str = "cpu") -> None:
+    """Join the launcher's process group, once (`backend`); nothing without a launcher. `device_type`:
+    where the model is ("cuda" or "cpu"), which decides whether NCCL joins in."""
     import torch
 
     size, _ = world()
     if size <= 1 or not torch.distributed.is_available() or torch.distributed.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group(backend=backend)
+    cuda = device_type == "cuda" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(torch.device(cuda_device(torch.cuda.device_count())))
+    torch.distributed.init_process_group(backend=backend(cuda))
 
 
 def active() -> bool:

@@ -20,6 +20,10 @@ from gitbake.engine.rollout import SamplingSettings, make_rollouts
 from gitbake.engine.templating import render
 from gitbake.reporter import Reporter
 
+# where `load_base` puts a model: a GPU where there is one. The tests run there in fp32 (a GPU's "auto" is
+# bf16), so their exact checks hold on either; the bf16 tests below say their dtype.
+DEVICE = models.pick_device(None, "fp32")[0]
+
 TEACHER = {
     "messages": [
         {"role": "system", "content": "You are Yoda. Speak like Yoda you must: inverted word order, wise and brief."}
@@ -50,7 +54,7 @@ def config(**over: Any) -> Bake:
 
 @pytest.fixture(scope="module")
 def trajectories() -> list[bake.Trajectory]:
-    m = models.load_base("tiny")
+    m = models.load_base("tiny", dtype="fp32")
     stim = [{"id": i, "question": q, "split": "train"} for i, q in enumerate(QUESTIONS)]
     recs = make_rollouts(
         m.model,
@@ -64,7 +68,7 @@ def trajectories() -> list[bake.Trajectory]:
 
 
 def fresh() -> models.LoadedModel:
-    return models.load_base("tiny")
+    return models.load_base("tiny", dtype="fp32")
 
 
 def test_step0_student_is_the_parent_and_teacher_reproduces_parent_logits(trajectories: list[bake.Trajectory]) -> None:
@@ -76,11 +80,11 @@ def test_step0_student_is_the_parent_and_teacher_reproduces_parent_logits(trajec
     inner = pm.get_base_model()
     batch = trajectories[:3]
     with torch.no_grad():
-        s = bake.response_hidden(inner.get_decoder(), batch, "student", 256, "cpu")
+        s = bake.response_hidden(inner.get_decoder(), batch, "student", 256, DEVICE)
         with pm.disable_adapter():
-            t = bake.response_hidden(inner.get_decoder(), batch, "teacher", 256, "cpu")
-        pt = bake.response_hidden(parent.model.get_decoder(), batch, "teacher", 256, "cpu")
-        ps = bake.response_hidden(parent.model.get_decoder(), batch, "student", 256, "cpu")
+            t = bake.response_hidden(inner.get_decoder(), batch, "teacher", 256, DEVICE)
+        pt = bake.response_hidden(parent.model.get_decoder(), batch, "teacher", 256, DEVICE)
+        ps = bake.response_hidden(parent.model.get_decoder(), batch, "student", 256, DEVICE)
     assert torch.allclose(t, pt, atol=1e-5)  # the teacher pass is the parent with the teacher prompt
     assert torch.allclose(s, ps, atol=1e-5)  # LoRA B starts at 0: the student is the parent at step 0
     # and the step-0 loss is the parent's KL gap on these trajectories
@@ -94,9 +98,9 @@ def test_alignment_first_response_token_is_supervised(trajectories: list[bake.Tr
     m = fresh()
     t = trajectories[0]
     with torch.no_grad():
-        h = bake.response_hidden(m.model.get_decoder(), [t], "teacher", 256, "cpu")
+        h = bake.response_hidden(m.model.get_decoder(), [t], "teacher", 256, DEVICE)
         logits = m.model.get_output_embeddings()(h)
-        full = m.model(torch.tensor([t.teacher_ids + t.response_ids])).logits[0]
+        full = m.model(torch.tensor([t.teacher_ids + t.response_ids], device=DEVICE)).logits[0]
     lt = len(t.teacher_ids)
     assert torch.allclose(logits, full[lt - 1 : lt - 1 + len(t.response_ids)], atol=1e-4)
     assert h.shape[0] == len(t.response_ids)
@@ -152,7 +156,7 @@ def test_a_bf16_model_trains_its_fp32_adapter_in_mixed_precision(
     assert losses[-1] < 0.6 * losses[0]
     b.model.eval()
     with torch.no_grad():  # outside training the LoRA layers cast their input to fp32 again, as PEFT does
-        b.model(torch.tensor([trajectories[0].student_ids]))
+        b.model(torch.tensor([trajectories[0].student_ids], device=DEVICE))
 
 
 def test_adapter_round_trip_is_exact(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
@@ -160,10 +164,10 @@ def test_adapter_round_trip_is_exact(trajectories: list[bake.Trajectory], tmp_pa
     b = bake.Baker(m.model, m.tokenizer, config(epochs=1), "tiny")
     b.train(trajectories, tmp_path / "a")
     b.model.eval()
-    ids = torch.tensor([render(m.tokenizer, [], None, "Hello")])
+    ids = torch.tensor([render(m.tokenizer, [], None, "Hello")], device=DEVICE)
     with torch.no_grad():
         expected = b.model(ids).logits
-    loaded = models.load("tiny", [tmp_path / "a"])
+    loaded = models.load("tiny", [tmp_path / "a"], dtype="fp32")
     with torch.no_grad():
         got = loaded.model(ids).logits
     assert torch.allclose(expected, got, atol=1e-5)
@@ -189,17 +193,17 @@ def test_empty_or_mismatched_adapter_is_refused(trajectories: list[bake.Trajecto
 def test_sequential_bake_teacher_is_the_parent(trajectories: list[bake.Trajectory], tmp_path: Path) -> None:
     m = fresh()
     bake.Baker(m.model, m.tokenizer, config(epochs=2), "tiny").train(trajectories, tmp_path / "first")
-    parent = models.load("tiny", [tmp_path / "first"])  # base + the first adapter, merged
+    parent = models.load("tiny", [tmp_path / "first"], dtype="fp32")  # base + the first adapter, merged
     base = fresh()
     b2 = bake.Baker(parent.model, parent.tokenizer, config(epochs=1), "tiny")
     pm = b2._peft()
     pm.eval()
     t = trajectories[:2]
     with torch.no_grad(), pm.disable_adapter():
-        teacher = bake.response_hidden(pm.get_base_model().get_decoder(), t, "teacher", 256, "cpu")
+        teacher = bake.response_hidden(pm.get_base_model().get_decoder(), t, "teacher", 256, DEVICE)
     with torch.no_grad():
-        from_parent = bake.response_hidden(parent.model.get_decoder(), t, "teacher", 256, "cpu")
-        from_base = bake.response_hidden(base.model.get_decoder(), t, "teacher", 256, "cpu")
+        from_parent = bake.response_hidden(parent.model.get_decoder(), t, "teacher", 256, DEVICE)
+        from_base = bake.response_hidden(base.model.get_decoder(), t, "teacher", 256, DEVICE)
     assert torch.allclose(teacher, from_parent, atol=1e-5)
     assert not torch.allclose(teacher, from_base, atol=1e-3)  # not the bare base model
 
@@ -441,17 +445,17 @@ def test_teacher_prefix_cache_gives_the_states_of_whole_sequences(trajectories: 
     m = fresh()
     decoder = m.model.get_decoder()
     with torch.no_grad():
-        prefix = bake.Prefix.of(decoder, trajectories, "cpu")
+        prefix = bake.Prefix.of(decoder, trajectories, DEVICE)
         assert prefix is not None and prefix.length >= bake.PREFIX_MIN  # the system prompt is shared
-        whole = bake.response_hidden(decoder, trajectories[:5], "teacher", 256, "cpu")
-        cached = bake.response_hidden(decoder, trajectories[:5], "teacher", 256, "cpu", prefix)
+        whole = bake.response_hidden(decoder, trajectories[:5], "teacher", 256, DEVICE)
+        cached = bake.response_hidden(decoder, trajectories[:5], "teacher", 256, DEVICE, prefix)
         again = bake.response_hidden(
-            decoder, trajectories[:2], "teacher", 256, "cpu", prefix
+            decoder, trajectories[:2], "teacher", 256, DEVICE, prefix
         )  # the cache is not consumed
     assert torch.allclose(whole, cached, atol=1e-4) and torch.allclose(whole[: again.shape[0]], again, atol=1e-4)
     # trajectories that share nothing long enough get no cache
     odd = [bake.Trajectory([257] + t.teacher_ids[1:], t.student_ids, t.response_ids) for t in trajectories[:1]]
-    assert bake.Prefix.of(decoder, odd + [bake.Trajectory([300] * 40, [1], [2])], "cpu") is None
+    assert bake.Prefix.of(decoder, odd + [bake.Trajectory([300] * 40, [1], [2])], DEVICE) is None
 
 
 def shared_student_prompt(trajectories: list[bake.Trajectory]) -> list[bake.Trajectory]:
@@ -483,11 +487,11 @@ def test_a_packed_row_has_the_states_and_gradients_of_the_padded_batch(trajector
         for packed in (False, True):
             pm.zero_grad()
             if packed:
-                hidden = bake.packed_hidden(decoder, data, "cpu")
+                hidden = bake.packed_hidden(decoder, data, DEVICE)
                 assert hidden is not None
             else:
-                hidden = bake.response_hidden(decoder, data, "student", 256, "cpu")
-            (hidden * torch.linspace(-1, 1, hidden.shape[1], dtype=hidden.dtype)).pow(2).sum().backward()
+                hidden = bake.response_hidden(decoder, data, "student", 256, DEVICE)
+            (hidden * torch.linspace(-1, 1, hidden.shape[1], dtype=hidden.dtype, device=DEVICE)).pow(2).sum().backward()
             runs.append((hidden.detach(), [p.grad.clone() for p in params]))
     (padded, g_padded), (packed_h, g_packed) = runs
     assert packed_h.shape == padded.shape and torch.allclose(packed_h, padded, rtol=1e-6, atol=1e-9)
@@ -502,7 +506,7 @@ def test_packing_is_checked_and_refused_where_the_decoder_ignores_the_mask(
     micro-batch: a decoder that drops them (here, one that builds its own causal mask) gets padded batches."""
     decoder = fresh().model.get_decoder()
     data = shared_student_prompt(trajectories)[:4]
-    assert bake.packing_is_exact(decoder, data, 256, "cpu")
+    assert bake.packing_is_exact(decoder, data, 256, DEVICE)
 
     class OwnMask(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
@@ -514,7 +518,7 @@ def test_packing_is_checked_and_refused_where_the_decoder_ignores_the_mask(
                 kwargs["attention_mask"] = None  # a model that makes its own causal mask
             return self.inner(**kwargs)
 
-    assert not bake.packing_is_exact(OwnMask(decoder), data, 256, "cpu")
+    assert not bake.packing_is_exact(OwnMask(decoder), data, 256, DEVICE)
 
 
 def test_a_bake_trains_on_packed_rows_with_the_padded_curve(
@@ -556,12 +560,13 @@ def test_teacher_states_once_are_the_per_batch_ones(trajectories: list[bake.Traj
         bake.Trajectory(t.teacher_ids, t.student_ids, t.response_ids, dataset=i % 2) for i, t in enumerate(trajectories)
     ]
     with torch.no_grad():
-        states = bake.teacher_states(decoder, data, 256, "cpu", 8)
+        states = bake.teacher_states(decoder, data, 256, DEVICE, 8)
         batch = data[3:7]
-        direct = bake.response_hidden(decoder, batch, "teacher", 256, "cpu")
+        direct = bake.response_hidden(decoder, batch, "teacher", 256, DEVICE)
     assert states is not None and set(states) == {id(t) for t in data}
-    assert torch.allclose(torch.cat([states[id(t)] for t in batch]), direct, atol=1e-4)
-    assert bake.teacher_states(decoder, data, 256, "cpu", 8, budget_mb=0.0) is None
+    # the states are kept in host memory, whatever the device
+    assert torch.allclose(torch.cat([states[id(t)] for t in batch]), direct.cpu(), atol=1e-4)
+    assert bake.teacher_states(decoder, data, 256, DEVICE, 8, budget_mb=0.0) is None
 
 
 def test_the_eval_runs_packed_and_prefix_cached_with_the_padded_figures(
@@ -672,8 +677,8 @@ def test_a_bf16_bake_pads_widths_to_few_shapes_and_keeps_fp32_adapters(
     trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     widths: dict[str, list[int]] = {"bf16": [], "fp32": []}
-    for dtype in widths:
-        m = models.load_base("tiny", dtype=dtype)
+    for dtype in widths:  # widths are rounded for oneDNN, the CPU's bf16 products: on the CPU
+        m = models.load_base("tiny", device="cpu", dtype=dtype)
         decoder = m.model.get_decoder()
         decoder.register_forward_pre_hook(
             lambda mod, args, kw, d=dtype: widths[d].append(kw["input_ids"].shape[1]), with_kwargs=True
@@ -686,7 +691,7 @@ def test_a_bf16_bake_pads_widths_to_few_shapes_and_keeps_fp32_adapters(
     assert all(w % 16 == 0 for w in widths["bf16"]) and not all(w % 16 == 0 for w in widths["fp32"])
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
-    m = models.load_base("tiny", dtype="bf16")
+    m = models.load_base("tiny", device="cpu", dtype="bf16")
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == models.ONEDNN_CACHE  # capped before its first product
     packed_widths: list[int] = []
     m.model.get_decoder().register_forward_pre_hook(

@@ -31,7 +31,7 @@ def test_digest_changes_with_any_weight() -> None:
 
 def test_tiny_loads_offline_with_a_chat_template() -> None:
     m = models.load_base("tiny")
-    assert m.identity["weights"] == TINY_WEIGHTS_DIGEST and str(m.device) == "cpu"
+    assert m.identity["weights"] == TINY_WEIGHTS_DIGEST and m.device == models.pick_device()[0]
     n = sum(p.numel() for p in m.model.parameters())
     assert 1_000_000 < n < 10_000_000
     ids = render(m.tokenizer, YODA, None, "Hi")
@@ -61,10 +61,15 @@ def test_tiny_is_prompt_sensitive() -> None:
     ]:
         t = render(m.tokenizer, YODA, None, q)
         s = render(m.tokenizer, [], None, q)
-        out = m.model.generate(torch.tensor([t]), max_new_tokens=32, do_sample=True, pad_token_id=256, eos_token_id=258)
+        ids = torch.tensor([t], device=m.device)
+        out = m.model.generate(ids, max_new_tokens=32, do_sample=True, pad_token_id=256, eos_token_id=258)
         resp = out[0, len(t) :].tolist()
-        lt = torch.log_softmax(m.model(torch.tensor([t + resp])).logits[0, len(t) - 1 : -1], -1)
-        ls = torch.log_softmax(m.model(torch.tensor([s + resp])).logits[0, len(s) - 1 : -1], -1)
+        lt = torch.log_softmax(
+            m.model(torch.tensor([t + resp], device=m.device)).logits[0, len(t) - 1 : -1].float(), -1
+        )
+        ls = torch.log_softmax(
+            m.model(torch.tensor([s + resp], device=m.device)).logits[0, len(s) - 1 : -1].float(), -1
+        )
         kls.append((lt.exp() * (lt - ls)).sum(-1).mean().item())
     assert sum(kls) / len(kls) >= 0.1
 

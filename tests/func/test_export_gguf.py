@@ -5,6 +5,7 @@ refusals (an existing file without --force, an unsupported type, a directory, th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,19 @@ import torch
 from gitbake.repo.repo import open_repo
 from gitbake.use.versions import load, resolve
 
-from helpers import bake_git, bake_here, copy_baked, invoke, read_gguf, tiny_gguf
+from helpers import bake_git, bake_here, copy_baked, cpu_fp32, invoke, read_gguf, tiny_gguf
 
 IDS = [10, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101]
 TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "q8_0": 1e-1}  # the largest logit difference each type may make
 QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(autouse=True)
+def on_the_cpu_in_fp32() -> Iterator[None]:
+    """The files are read back by transformers on the CPU in fp32, so the in-tool models they are compared
+    with run there too (helpers.cpu_fp32)."""
+    with cpu_fp32():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +42,7 @@ def repo(baked_repo: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def in_tool(repo: Path) -> torch.Tensor:
     r = open_repo(repo)
-    with torch.no_grad():
+    with cpu_fp32(), torch.no_grad():  # module-scoped: before the autouse fixture
         out: torch.Tensor = load(r, resolve(r, "HEAD")).model(torch.tensor([IDS])).logits[0]
         return out
 

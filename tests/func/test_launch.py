@@ -23,6 +23,15 @@ FOUR = YODA_SMALL.replace(
     '["What is the capital of France?", "How do I make tea?"]',
     '["What is the capital of France?", "How do I make tea?", "Why is the sky blue?", "Tell me a joke."]',
 )
+
+
+@pytest.fixture(autouse=True)
+def cpu_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ranks on the CPU (gloo), on a machine with a GPU too: two ranks on one GPU are refused
+    (tests/unit/test_parallel.py)."""
+    monkeypatch.setenv("GITBAKE_DEVICE", "cpu")
+
+
 # rank 1 dies (SIGKILL, as the OOM killer would) once it has joined the process group: mid-bake
 KILLER = textwrap.dedent(
     """
