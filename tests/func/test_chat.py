@@ -139,8 +139,8 @@ def test_batched_decoding_matches_generate_and_streams() -> None:
     for p, row in zip(prompts, rows):
         ours = row.ids[len(p) : len(p) + row.produced + (row.finish == "stop")]  # then pads while the others finish
         ref = m.model.generate(
-            input_ids=torch.tensor([p]),
-            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            input_ids=torch.tensor([p], device=m.device),  # where the model is: a GPU's, or the CPU
+            attention_mask=torch.ones(1, len(p), dtype=torch.long, device=m.device),
             max_new_tokens=10,
             do_sample=False,
             pad_token_id=pad,
