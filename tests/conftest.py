@@ -126,3 +126,19 @@ def s3_url(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixt
     )
     boto3.client("s3").create_bucket(Bucket=bucket)
     return f"s3://{bucket}/models"
+
+
+@pytest.fixture
+def tiny_on_the_cpu_in_fp32(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For tests that compare two ways of running tiny token for token (an exported file that transformers
+    reads back on the CPU, a merged chain against an adapter beside its weights): gitbake's models on the
+    CPU in fp32 (helpers.cpu_fp32), where a GPU's bf16 would round the two apart and tiny's random weights
+    turn any rounding into other text. A test marked `real` runs as a user's would. Modules take it with
+    `pytestmark = pytest.mark.usefixtures("tiny_on_the_cpu_in_fp32")`."""
+    if request.node.get_closest_marker("real"):
+        yield
+        return
+    from helpers import cpu_fp32
+
+    with cpu_fp32():
+        yield

@@ -508,7 +508,7 @@ class Baker:
         keep: Path | None,
     ) -> BakeResult:
         cfg = self.cfg
-        parallel.init(self.device.type)  # under a launcher: join its process group (DeepSpeed's finds it)
+        parallel.init(self.device)  # under a launcher: join its process group (DeepSpeed's finds it)
         if not parallel.is_rank0():  # only rank 0 publishes progress for `git bake status`
             self.reporter = Reporter(self.reporter.stream)
         max_len = cfg.data.max_length

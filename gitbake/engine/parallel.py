@@ -54,18 +54,19 @@ def cuda_device(gpus: int) -> str:
     return f"cuda:{local}"
 
 
-def init(device_type: str = "cpu") -> None:
-    """Join the launcher's process group, once (`backend`); nothing without a launcher. `device_type`:
-    where the model is ("cuda" or "cpu"), which decides whether NCCL joins in."""
+def init(device: Any = "cpu") -> None:
+    """Join the launcher's process group, once (`backend`); nothing without a launcher. `device`: the
+    model's, this rank's GPU where it is on one (`cuda_device` chose it when the model was loaded), which
+    NCCL then uses."""
     import torch
 
     size, _ = world()
     if size <= 1 or not torch.distributed.is_available() or torch.distributed.is_initialized():
         return
-    cuda = device_type == "cuda" and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(torch.device(cuda_device(torch.cuda.device_count())))
-    torch.distributed.init_process_group(backend=backend(cuda))
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend=backend(device.type == "cuda"))
 
 
 def active() -> bool:

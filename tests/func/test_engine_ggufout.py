@@ -3,7 +3,6 @@ to the same logits, tokens and chat template; a source GGUF's metadata is kept; 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,14 @@ import torch
 from gitbake.engine.ggufout import GgufExportError, write_gguf
 from gitbake.engine.models import load_base
 
-from helpers import cpu_fp32, read_gguf, smollm2_gguf, tiny_gguf
+from helpers import read_gguf, smollm2_gguf, tiny_gguf
 
 IDS = [10, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101]
 # the largest logit difference each type may make on tiny (f32 is exact up to float reordering)
 TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "q8_0": 1e-1}
 
 
-@pytest.fixture(autouse=True)
-def on_the_cpu_in_fp32() -> Iterator[None]:
-    """The files are read back by transformers on the CPU in fp32, so the in-tool models they are compared
-    with run there too (helpers.cpu_fp32)."""
-    with cpu_fp32():
-        yield
+pytestmark = pytest.mark.usefixtures("tiny_on_the_cpu_in_fp32")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,7 @@ from helpers import bake_here, copy_baked, cpu_fp32, git, smollm2_gguf
 ANY = r"\S"  # an answer with anything visible in it
 
 
-@pytest.fixture(autouse=True)
-def on_the_cpu_in_fp32(request: pytest.FixtureRequest) -> Iterator[None]:
-    """tiny's checks below compare greedy answers of the merged chain (a bake's parent) with the baked
-    model's own (its adapter apart): the same numbers in fp32, where a GPU's bf16 would round them apart,
-    and tiny's random weights turn any rounding into other text. (On SmolLM2, merging into bf16 weights
-    moved the held-out KL by 0.3%: docs/engine.md.) The real model's tests run as a user's would."""
-    if request.node.get_closest_marker("real"):
-        yield
-        return
-    with cpu_fp32():
-        yield
+pytestmark = pytest.mark.usefixtures("tiny_on_the_cpu_in_fp32")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +34,7 @@ def rates(
     baked_repo: dict[str, Any], model_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, BehaviourRates]:
     """The greedy answers of both bakes of the session's repository, to the same (the first bake's) questions."""
-    with pytest.MonkeyPatch.context() as mp, cpu_fp32():  # module-scoped: before the autouse fixture
+    with pytest.MonkeyPatch.context() as mp, cpu_fp32():  # module-scoped: before the module's fixture
         mp.setenv("HOME", str(tmp_path_factory.mktemp("eval-home")))
         mp.setenv("GITBAKE_CACHE", str(model_cache))
         repo = open_repo(baked_repo["root"])

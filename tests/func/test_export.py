@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,9 @@ import torch
 from gitbake.repo.repo import open_repo
 from gitbake.use.versions import load, resolve
 
-from helpers import bake_git, bake_here, cpu_fp32
+from helpers import bake_git, bake_here
 
-
-@pytest.fixture(autouse=True)
-def on_the_cpu_in_fp32() -> Iterator[None]:
-    """The files are read back by transformers on the CPU in fp32, so the in-tool models they are compared
-    with run there too (helpers.cpu_fp32)."""
-    with cpu_fp32():
-        yield
+pytestmark = pytest.mark.usefixtures("tiny_on_the_cpu_in_fp32")
 
 
 def in_tool_logits(root: Path, rev: str, ids: list[int]) -> torch.Tensor:

@@ -5,7 +5,6 @@ refusals (an existing file without --force, an unsupported type, a directory, th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,7 @@ TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "q8_0": 1e-1}  # the largest logit differ
 QUESTION = "What is the capital of France?"
 
 
-@pytest.fixture(autouse=True)
-def on_the_cpu_in_fp32() -> Iterator[None]:
-    """The files are read back by transformers on the CPU in fp32, so the in-tool models they are compared
-    with run there too (helpers.cpu_fp32)."""
-    with cpu_fp32():
-        yield
+pytestmark = pytest.mark.usefixtures("tiny_on_the_cpu_in_fp32")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +36,7 @@ def repo(baked_repo: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def in_tool(repo: Path) -> torch.Tensor:
     r = open_repo(repo)
-    with cpu_fp32(), torch.no_grad():  # module-scoped: before the autouse fixture
+    with cpu_fp32(), torch.no_grad():  # module-scoped: before the module's fixture
         out: torch.Tensor = load(r, resolve(r, "HEAD")).model(torch.tensor([IDS])).logits[0]
         return out
 
