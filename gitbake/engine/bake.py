@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from gitbake.contract.config import Bake
-from gitbake.engine import kl, parallel, trainstate
+from gitbake.engine import attention, kl, parallel, trainstate
 from gitbake.engine.ds import zero_stage
 from gitbake.engine.infer import cache_arg
 from gitbake.errors import GitbakeError, UsageError
@@ -167,6 +167,7 @@ def response_hidden(
     return torch.cat(rows)
 
 
+FUSED_LORA = os.environ.get("GITBAKE_FUSED_LORA", "1") != "0"  # the LoRA layers' training pass as one function
 PACK_MAX = int(os.environ.get("GITBAKE_PACK_MAX", "1024"))  # the longest packed row (its mask is dense)
 PACKING = os.environ.get("GITBAKE_PACKING", "1") != "0"
 PACK_TOLERANCE = 0.02  # packing_is_exact's bound on pack_error
@@ -225,10 +226,13 @@ class Packed:
         ]
 
 
-def packed_hidden(decoder: Any, batch: Sequence[Trajectory], device: Any, pad_id: int = 0) -> torch.Tensor | None:
+def packed_hidden(
+    decoder: Any, batch: Sequence[Trajectory], device: Any, pad_id: int = 0, eager_attention: bool = False
+) -> torch.Tensor | None:
     """The student's `response_hidden` states ([N, H], the same rows in the same order), from one packed
     row; None when that row would be longer than PACK_MAX (its dense mask, and the attention it wastes
-    across segments, would cost more than padding saves): the caller runs the padded batch."""
+    across segments, would cost more than padding saves): the caller runs the padded batch.
+    `eager_attention`: a short training row may run the eager attention (attention.for_training_row)."""
     weight = next(decoder.parameters())
     # bf16 on the CPU: lengths rounded up to a multiple of 16 keep oneDNN to a few kernels (response_hidden)
     pack = Packed.of(batch, pad_id, 16 if kl.low_precision(weight) else 1)
@@ -236,13 +240,14 @@ def packed_hidden(decoder: Any, batch: Sequence[Trajectory], device: Any, pad_id
         return None
     kind = torch.device(device).type
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype  # attention's
-    sdpa = getattr(getattr(decoder, "config", None), "_attn_implementation", None) == "sdpa"
-    out = decoder(
-        input_ids=torch.tensor([pack.ids], dtype=torch.long, device=device),
-        attention_mask=pack.mask(dtype, sdpa, device),
-        position_ids=torch.tensor([pack.positions], dtype=torch.long, device=device),
-        use_cache=False,
-    )
+    with attention.for_training_row(decoder, len(pack.ids), device, eager_attention):
+        sdpa = getattr(getattr(decoder, "config", None), "_attn_implementation", None) == "sdpa"
+        out = decoder(
+            input_ids=torch.tensor([pack.ids], dtype=torch.long, device=device),
+            attention_mask=pack.mask(dtype, sdpa, device),
+            position_ids=torch.tensor([pack.positions], dtype=torch.long, device=device),
+            use_cache=False,
+        )
     hidden: torch.Tensor = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return hidden[0, torch.tensor(pack.rows, device=hidden.device)]
 
@@ -402,6 +407,7 @@ class Baker:
         self.base_name = base_name
         self.reporter = reporter or Reporter()
         self.device = next(model.parameters()).device
+        self.checkpointed = False  # whether the student's activations are checkpointed (set by _peft)
         if kl.low_precision(next(model.parameters())):
             from gitbake.engine.models import limit_onednn_caches
 
@@ -439,7 +445,12 @@ class Baker:
         )
         torch.set_grad_enabled(True)
         pm = get_peft_model(self.parent, lora)
-        if self._checkpointing(data):
+        self.checkpointed = self._checkpointing(data)
+        if self.cfg.deepspeed is None and FUSED_LORA:  # ZeRO-3 gathers a layer's weights in its own hooks
+            from gitbake.engine import fusedlora
+
+            fusedlora.install(pm)
+        if self.checkpointed:
             inner: Any = pm.get_base_model()
             if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
                 inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -636,7 +647,11 @@ class Baker:
                     for batch in local:
                         n_tokens = sum(len(t.response_ids) for t in batch)
                         with student_precision(pm):
-                            s_hidden = packed_hidden(decoder, batch, self.device, self.pad_id) if packing else None
+                            s_hidden = (
+                                packed_hidden(decoder, batch, self.device, self.pad_id, not self.checkpointed)
+                                if packing
+                                else None
+                            )
                             if s_hidden is None:
                                 s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
                         # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
