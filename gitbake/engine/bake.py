@@ -167,7 +167,6 @@ def response_hidden(
     return torch.cat(rows)
 
 
-FUSED_LORA = os.environ.get("GITBAKE_FUSED_LORA", "1") != "0"  # the LoRA layers' training pass as one function
 PACK_MAX = int(os.environ.get("GITBAKE_PACK_MAX", "1024"))  # the longest packed row (its mask is dense)
 PACKING = os.environ.get("GITBAKE_PACKING", "1") != "0"
 PACK_TOLERANCE = 0.02  # packing_is_exact's bound on pack_error
@@ -446,10 +445,6 @@ class Baker:
         torch.set_grad_enabled(True)
         pm = get_peft_model(self.parent, lora)
         self.checkpointed = self._checkpointing(data)
-        if self.cfg.deepspeed is None and FUSED_LORA:  # ZeRO-3 gathers a layer's weights in its own hooks
-            from gitbake.engine import fusedlora
-
-            fusedlora.install(pm)
         if self.checkpointed:
             inner: Any = pm.get_base_model()
             if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5 renamed it

@@ -58,15 +58,22 @@ def trajectories(args: argparse.Namespace, model_dir: Path) -> list[Any]:
 
 
 def one_bake(model_dir: Path, data: list[Any], packing: bool, out: Path) -> dict[str, float]:
+    from gitbake.engine import bake
+
+    bake.PACKING = packing  # read when the training loop starts
+    result = train_epoch(model_dir, data, out)
+    assert not packing or result.packed, "the bake did not pack: see packing_is_exact"
+    return {"seconds": result.seconds, "tokens": float(result.tokens), "loss": result.metrics[-1]["loss"]}
+
+
+def train_epoch(model_dir: Path, data: list[Any], out: Path) -> Any:
+    """One epoch of gitbake's training loop at its defaults, on a fresh copy of the model in the bake's dtype."""
     from gitbake.contract.config import Bake
     from gitbake.engine import bake, models
 
-    bake.PACKING = packing  # read when the training loop starts
     m = models.load_base(str(model_dir), dtype=models.bake_dtype(None, "cpu"))
     cfg = Bake.model_validate({"name": "b", "datasets": [{"target": "t"}], "epochs": 1})
-    result = bake.Baker(m.model, m.tokenizer, cfg, "smollm2").train(data, out)
-    assert not packing or result.packed, "the bake did not pack: see packing_is_exact"
-    return {"seconds": result.seconds, "tokens": float(result.tokens), "loss": result.metrics[-1]["loss"]}
+    return bake.Baker(m.model, m.tokenizer, cfg, "smollm2").train(data, out)
 
 
 def positions(data: list[Any], mbs: int, seed: int) -> tuple[int, int]:

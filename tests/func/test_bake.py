@@ -123,46 +123,29 @@ def test_kl_falls_and_same_seed_same_bytes(trajectories: list[bake.Trajectory], 
     assert conf["base_model_name_or_path"] == "tiny" and conf["r"] == 8
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["peft", "fused"])
 def test_a_bf16_model_trains_its_fp32_adapter_in_mixed_precision(
-    trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fused: bool
+    trajectories: list[bake.Trajectory], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a bf16 base the student's LoRA products run in bf16 (PEFT's layers: autocast, PEFT's fp32 input
-    cast off; the fused layers: the adapter's weights cast to the input's precision), while the adapter's
-    weights, their gradients and the saved adapter stay fp32, and the loss still falls. The eval afterwards
-    runs the usual way (the cast is back)."""
+    """In a bf16 base the student's LoRA products run in bf16 (autocast, PEFT's fp32 input cast off), while
+    the adapter's weights, their gradients and the saved adapter stay fp32, and the loss still falls. The
+    eval afterwards runs the usual way (the cast is back)."""
     from safetensors.torch import load_file
-
-    from gitbake.engine import fusedlora
 
     m = fresh()
     m.model.to(torch.bfloat16)
-    seen: set[tuple[torch.dtype, torch.dtype]] = set()  # (LoRA product, its weight) while training
-    monkeypatch.setattr(bake, "FUSED_LORA", fused)
-    if fused:
-        real = fusedlora._LoraProduct.apply
+    seen: set[tuple[torch.dtype, torch.dtype]] = set()  # (LoRA output, its weight) while training
+    peft_of = bake.Baker._peft
 
-        def product(x: Any, weight: Any, bias: Any, a: Any, b_: Any, scale: float) -> Any:
-            out = real(x, weight, bias, a, b_, scale)
-            seen.add((out.dtype, a.dtype))
-            return out
+    def watched(self: bake.Baker, data: Any = ()) -> Any:
+        pm = peft_of(self, data)
+        for name, module in pm.named_modules():
+            if name.endswith("lora_B.default"):
+                module.register_forward_hook(
+                    lambda mod, _inp, out: seen.add((out.dtype, mod.weight.dtype)) if torch.is_grad_enabled() else None
+                )
+        return pm
 
-        monkeypatch.setattr(fusedlora._LoraProduct, "apply", product)
-    else:
-        peft_of = bake.Baker._peft
-
-        def watched(self: bake.Baker, data: Any = ()) -> Any:
-            pm = peft_of(self, data)
-            for name, module in pm.named_modules():
-                if name.endswith("lora_B.default"):
-                    module.register_forward_hook(
-                        lambda mod, _inp, out: (
-                            seen.add((out.dtype, mod.weight.dtype)) if torch.is_grad_enabled() else None
-                        )
-                    )
-            return pm
-
-        monkeypatch.setattr(bake.Baker, "_peft", watched)
+    monkeypatch.setattr(bake.Baker, "_peft", watched)
     b = bake.Baker(m.model, m.tokenizer, config(epochs=4), "tiny")
     res = b.train(trajectories, tmp_path / "a")
     assert seen == {(torch.bfloat16, torch.float32)}
