@@ -10,8 +10,8 @@ baseline is the same loop with SDPA everywhere, as every bake ran before. The tw
 rounds, the order swapping each round; medians, and the median of each round's ratio to the baseline (this
 machine's speed moves by a tenth or more from minute to minute).
 
-Printed: training seconds and response tokens/s of each side, the ratio, and the final loss (the same sums
-rounded otherwise: equal to a few digits).
+Printed: training seconds and response tokens/s of each side, the ratio, and the last step's loss (the
+scores rounded otherwise: after an epoch in bf16 it differs by a few percent).
 
     .venv/bin/python scripts/bench/train_pass.py [--rollouts FILE.jsonl] [--trajectories 96] [--repeat 4]
 
