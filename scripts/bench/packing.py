@@ -29,6 +29,7 @@ import json
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,6 @@ def trajectories(args: argparse.Namespace, model_dir: Path) -> list[Any]:
     return [bake.Trajectory(r["teacher_ids"], r["student_ids"], r["response_ids"]) for r in train]
 
 
-def one_bake(model_dir: Path, data: list[Any], packing: bool, out: Path) -> dict[str, float]:
-    from gitbake.engine import bake
-
-    bake.PACKING = packing  # read when the training loop starts
-    result = train_epoch(model_dir, data, out)
-    assert not packing or result.packed, "the bake did not pack: see packing_is_exact"
-    return {"seconds": result.seconds, "tokens": float(result.tokens), "loss": result.metrics[-1]["loss"]}
-
-
 def train_epoch(model_dir: Path, data: list[Any], out: Path) -> Any:
     """One epoch of gitbake's training loop at its defaults, on a fresh copy of the model in the bake's dtype."""
     from gitbake.contract.config import Bake
@@ -74,6 +66,33 @@ def train_epoch(model_dir: Path, data: list[Any], out: Path) -> Any:
     m = models.load_base(str(model_dir), dtype=models.bake_dtype(None, "cpu"))
     cfg = Bake.model_validate({"name": "b", "datasets": [{"target": "t"}], "epochs": 1})
     return bake.Baker(m.model, m.tokenizer, cfg, "smollm2").train(data, out)
+
+
+def setup(doc: str, repeat: int) -> tuple[argparse.Namespace, Path, list[Any]]:
+    """A bench's options (--rollouts, --trajectories, --repeat), SmolLM2's converted directory, the trajectories."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rollouts", type=Path)
+    ap.add_argument("--trajectories", type=int, default=96)
+    ap.add_argument("--repeat", type=int, default=repeat)
+    args = ap.parse_args()
+    from fidelity import smollm2_gguf
+
+    from gitbake.engine import ggufin
+
+    model_dir, _ = ggufin.convert_for_process(smollm2_gguf())
+    return args, model_dir, trajectories(args, model_dir)
+
+
+def alternate(model_dir: Path, data: list[Any], repeat: int, switch: Callable[[bool], None]) -> dict[bool, list[Any]]:
+    """`repeat` rounds of `train_epoch` with an engine switch on (`switch(True)`: gitbake now) and off (before),
+    the order swapping each round: each side's results, round by round."""
+    runs: dict[bool, list[Any]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat):
+            for on in (True, False) if i % 2 == 0 else (False, True):
+                switch(on)
+                runs[on].append(train_epoch(model_dir, data, Path(tmp) / f"{on}{i}"))
+    return runs
 
 
 def positions(data: list[Any], mbs: int, seed: int) -> tuple[int, int]:
@@ -88,23 +107,16 @@ def positions(data: list[Any], mbs: int, seed: int) -> tuple[int, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rollouts", type=Path)
-    ap.add_argument("--trajectories", type=int, default=96)
-    ap.add_argument("--repeat", type=int, default=2)
-    args = ap.parse_args()
-    from fidelity import smollm2_gguf
-
+    args, model_dir, data = setup(__doc__ or "", 2)
     from gitbake.contract.config import Bake
-    from gitbake.engine import ggufin, models
+    from gitbake.engine import bake, models
 
-    model_dir, _ = ggufin.convert_for_process(smollm2_gguf())
-    data = trajectories(args, model_dir)
-    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeat):
-            for packing in (True, False) if i % 2 == 0 else (False, True):
-                runs[packing].append(one_bake(model_dir, data, packing, Path(tmp) / f"{packing}{i}"))
+    results = alternate(model_dir, data, args.repeat, lambda on: setattr(bake, "PACKING", on))
+    assert all(r.packed for r in results[True]), "the bake did not pack: see packing_is_exact"
+    runs = {
+        on: [{"seconds": r.seconds, "tokens": float(r.tokens), "loss": r.metrics[-1]["loss"]} for r in rs]
+        for on, rs in results.items()
+    }
     mbs = int(Bake.model_fields["micro_batch_size"].default)
     cfg = Bake.model_validate({"name": "b", "datasets": [{"target": "t"}], "epochs": 1})
     padded, packed = positions(data, mbs, cfg.data.seed if cfg.data.seed is not None else cfg.seed)

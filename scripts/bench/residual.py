@@ -52,16 +52,11 @@ def kls(repo: Path, adapter: Path) -> tuple[list[dict[str, Any]], Any, Any, Any]
             baked.append(response_hidden(decoder, chunk, "student", pad, loaded.device))
         t = torch.cat(teacher)
         before, after = kl.per_position_kl(head, t, torch.cat(parent), torch.cat(baked))
-        entropy = torch.cat(
-            [
-                -(lp.exp() * lp).sum(-1)
-                for lp in (
-                    torch.log_softmax(kl.head_logits(t[i : i + 64].float(), head.weight.float()), -1)
-                    for i in range(0, len(t), 64)
-                )
-            ]
-        )
-    return held, before, after, entropy
+        entropy = []  # the teacher's, a chunk of positions at a time (a [64, vocab] block of log-probs)
+        for i in range(0, len(t), 64):
+            lp = torch.log_softmax(kl.head_logits(t[i : i + 64].float(), head.weight.float()), -1)
+            entropy.append(-(lp.exp() * lp).sum(-1))
+    return held, before, after, torch.cat(entropy)
 
 
 def main() -> None:

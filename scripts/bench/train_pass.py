@@ -21,54 +21,40 @@ scores rounded otherwise: after an epoch in bf16 it differs by a few percent).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-VARIANTS = ("eager attention (gitbake now)", "SDPA everywhere (before)")
+from packing import alternate, setup  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rollouts", type=Path)
-    ap.add_argument("--trajectories", type=int, default=96)
-    ap.add_argument("--repeat", type=int, default=4)
-    args = ap.parse_args()
-    from fidelity import smollm2_gguf
-    from packing import train_epoch, trajectories
+    args, model_dir, data = setup(__doc__ or "", 4)
+    from gitbake.engine import attention, models
 
-    from gitbake.engine import attention, ggufin, models
-
-    model_dir, _ = ggufin.convert_for_process(smollm2_gguf())
-    data = trajectories(args, model_dir)
     eager_max = attention.EAGER_MAX
-    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeat):
-            for name in VARIANTS if i % 2 == 0 else VARIANTS[::-1]:
-                attention.EAGER_MAX = eager_max if name == VARIANTS[0] else 0
-                result = train_epoch(model_dir, data, Path(tmp) / f"{i}")
-                runs[name].append((result.seconds, float(result.tokens), result.metrics[-1]["loss"]))
+    results = alternate(
+        model_dir, data, args.repeat, lambda on: setattr(attention, "EAGER_MAX", eager_max if on else 0)
+    )
     dtype = models.bake_dtype(None, "cpu") or "fp32"
     print(
         f"train_pass: SmolLM2-135M-Instruct in {dtype}, {len(data)} trajectories, 1 epoch, gitbake's defaults, "
         f"eager attention up to {eager_max} positions, {args.repeat} rounds (alternating), medians"
     )
-    base = runs[VARIANTS[1]]
-    for name, rs in runs.items():
-        seconds = statistics.median(r[0] for r in rs)
-        tokens = statistics.median(r[1] for r in rs)
-        paired = statistics.median(r[0] / b[0] for r, b in zip(rs, base))
+    base = results[False]
+    for on, label in ((True, "eager attention (gitbake now)"), (False, "SDPA everywhere (before)")):
+        rs = results[on]
+        seconds = statistics.median(r.seconds for r in rs)
+        tokens = statistics.median(r.tokens for r in rs)
+        paired = statistics.median(r.seconds / b.seconds for r, b in zip(rs, base))
         print(
-            f"  {name:28s} training {seconds:6.1f} s, {tokens / seconds:6.1f} response tokens/s, "
-            f"time / before {seconds / statistics.median(b[0] for b in base):.3f} (paired by round "
-            f"{paired:.3f}), final loss {rs[-1][2]:.4f}"
+            f"  {label:28s} training {seconds:6.1f} s, {tokens / seconds:6.1f} response tokens/s, "
+            f"time / before {seconds / statistics.median(b.seconds for b in base):.3f} (paired by round "
+            f"{paired:.3f}), final loss {rs[-1].metrics[-1]['loss']:.4f}"
         )
 
 
