@@ -134,12 +134,19 @@ def tokens_per_micro_batch(data: Sequence[Trajectory], size: int) -> float:
 
 
 def response_hidden(
-    decoder: Any, batch: Sequence[Trajectory], side: str, pad_id: int, device: Any, prefix: Prefix | None = None
+    decoder: Any,
+    batch: Sequence[Trajectory],
+    side: str,
+    pad_id: int,
+    device: Any,
+    prefix: Prefix | None = None,
+    checkpointed: bool = False,
 ) -> torch.Tensor:
     """Hidden states at the positions that predict each response token, row-aligned across sides: [N, H].
 
     `prefix`: the first `prefix.length` tokens of every sequence, already run (their keys and values):
-    only the rest is computed. The states are the same, as attention is causal."""
+    only the rest is computed. The states are the same, as attention is causal. `checkpointed`: as for
+    `packed_hidden`."""
     skip = prefix.length if prefix is not None else 0
     prompts = [t.teacher_ids if side == "teacher" else t.student_ids for t in batch]
     seqs = [(p + t.response_ids[:-1])[skip:] for p, t in zip(prompts, batch)]
@@ -158,7 +165,8 @@ def response_hidden(
     extra: dict[str, Any] = {"use_cache": False}
     if prefix is not None:
         extra = {"use_cache": True, prefix.arg: prefix.for_batch(len(seqs))}
-    out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), **extra)
+    with attention.for_pass(decoder, skip + width, device, checkpointed):
+        out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), **extra)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     rows = []
     for row, (p, t) in enumerate(zip(prompts, batch)):
@@ -226,12 +234,12 @@ class Packed:
 
 
 def packed_hidden(
-    decoder: Any, batch: Sequence[Trajectory], device: Any, pad_id: int = 0, eager_attention: bool = False
+    decoder: Any, batch: Sequence[Trajectory], device: Any, pad_id: int = 0, checkpointed: bool = False
 ) -> torch.Tensor | None:
     """The student's `response_hidden` states ([N, H], the same rows in the same order), from one packed
     row; None when that row would be longer than PACK_MAX (its dense mask, and the attention it wastes
     across segments, would cost more than padding saves): the caller runs the padded batch.
-    `eager_attention`: a short training row may run the eager attention (attention.for_training_row)."""
+    `checkpointed`: activation checkpointing recomputes this pass in backward (attention.for_pass)."""
     weight = next(decoder.parameters())
     # bf16 on the CPU: lengths rounded up to a multiple of 16 keep oneDNN to a few kernels (response_hidden)
     pack = Packed.of(batch, pad_id, 16 if kl.low_precision(weight) else 1)
@@ -239,7 +247,7 @@ def packed_hidden(
         return None
     kind = torch.device(device).type
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype  # attention's
-    with attention.for_training_row(decoder, len(pack.ids), device, eager_attention):
+    with attention.for_pass(decoder, len(pack.ids), device, checkpointed):
         sdpa = getattr(getattr(decoder, "config", None), "_attn_implementation", None) == "sdpa"
         out = decoder(
             input_ids=torch.tensor([pack.ids], dtype=torch.long, device=device),
@@ -643,12 +651,14 @@ class Baker:
                         n_tokens = sum(len(t.response_ids) for t in batch)
                         with student_precision(pm):
                             s_hidden = (
-                                packed_hidden(decoder, batch, self.device, self.pad_id, not self.checkpointed)
+                                packed_hidden(decoder, batch, self.device, self.pad_id, self.checkpointed)
                                 if packing
                                 else None
                             )
                             if s_hidden is None:
-                                s_hidden = response_hidden(decoder, batch, "student", self.pad_id, self.device)
+                                s_hidden = response_hidden(
+                                    decoder, batch, "student", self.pad_id, self.device, None, self.checkpointed
+                                )
                         # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
                         # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path
                         loss_fn = kl.fused_loss if fused else partial(kl.chunked_loss, recompute=not zero3)

@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +84,19 @@ def setup(doc: str, repeat: int) -> tuple[argparse.Namespace, Path, list[Any]]:
     return args, model_dir, trajectories(args, model_dir)
 
 
-def alternate(model_dir: Path, data: list[Any], repeat: int, switch: Callable[[bool], None]) -> dict[bool, list[Any]]:
-    """`repeat` rounds of `train_epoch` with an engine switch on (`switch(True)`: gitbake now) and off (before),
-    the order swapping each round: each side's results, round by round."""
-    runs: dict[bool, list[Any]] = {True: [], False: []}
+def alternate(
+    model_dir: Path, data: list[Any], repeat: int, sides: dict[Any, Callable[[], None]]
+) -> dict[Any, list[Any]]:
+    """`repeat` rounds of `train_epoch` on each side (`sides[name]()` sets the engine up for it), the order
+    rotating each round: each side's results, round by round."""
+    runs: dict[Any, list[Any]] = {name: [] for name in sides}
+    names = list(sides)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeat):
-            for on in (True, False) if i % 2 == 0 else (False, True):
-                switch(on)
-                runs[on].append(train_epoch(model_dir, data, Path(tmp) / f"{on}{i}"))
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                sides[name]()
+                runs[name].append(train_epoch(model_dir, data, Path(tmp) / f"{name}{i}"))
     return runs
 
 
@@ -111,7 +116,9 @@ def main() -> None:
     from gitbake.contract.config import Bake
     from gitbake.engine import bake, models
 
-    results = alternate(model_dir, data, args.repeat, lambda on: setattr(bake, "PACKING", on))
+    results = alternate(
+        model_dir, data, args.repeat, {on: partial(setattr, bake, "PACKING", on) for on in (True, False)}
+    )
     assert all(r.packed for r in results[True]), "the bake did not pack: see packing_is_exact"
     runs = {
         on: [{"seconds": r.seconds, "tokens": float(r.tokens), "loss": r.metrics[-1]["loss"]} for r in rs]

