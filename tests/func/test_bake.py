@@ -605,10 +605,15 @@ def test_the_eval_runs_packed_and_prefix_cached_with_the_padded_figures(
         assert other.curve_after == pytest.approx(figures[False].curve_after, rel=1e-4, abs=1e-6)
 
 
-def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dx_rows", [256, 24])  # the gradient's product once, or in groups that split chunks
+def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher(
+    monkeypatch: pytest.MonkeyPatch, dx_rows: int
+) -> None:
     """A bf16 output layer on the CPU: the loss and gradient are those of fp32 arithmetic on the same bf16
     values, even when the student is close to the teacher (rounding both sides' logits to bf16 would be
-    8% off here), and rows beyond a multiple of 16 (padded with zero rows) add nothing."""
+    8% off here), and rows beyond a multiple of 16 (padded with zero rows) add nothing. The gradient's
+    product runs on groups of up to DX_ROWS rows, however they fall across the loss's chunks."""
+    monkeypatch.setattr(kl, "DX_ROWS", dx_rows)
     calls = []
     real = kl.pair_logits
     monkeypatch.setattr(kl, "pair_logits", lambda *a, **k: calls.append(a[0].shape[0]) or real(*a, **k))
