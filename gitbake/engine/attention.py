@@ -81,8 +81,8 @@ def _model_eager(module: Any) -> Any:
 
 @functools.cache
 def registered() -> bool:
-    """Whether transformers knows the attention (and builds eager's additive masks for it): its attention
-    and mask registries came with 4.48 and 4.53; older versions keep SDPA."""
+    """Whether transformers knows the attention (and builds eager's additive masks for it): a version
+    without its attention and mask registries keeps SDPA."""
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
