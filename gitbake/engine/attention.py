@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-MAX = int(os.environ.get("GITBAKE_EAGER_ATTENTION_MAX", "1024"))  # 0: SDPA everywhere
+from gitbake.engine import knobs
+
+MAX = knobs.number("GITBAKE_EAGER_ATTENTION_MAX", 1024)  # 0: SDPA everywhere
 NAME = "gitbake_materialised"
 # keyword arguments that change the attention's arithmetic beyond scale and mask: the model's own eager
 # attention handles them (Gemma 2's logit soft-capping, gpt-oss's sinks)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from gitbake.contract.config import Bake
-from gitbake.engine import attention, kl, parallel, trainstate
+from gitbake.engine import attention, kl, knobs, parallel, trainstate
 from gitbake.engine.ds import zero_stage
 from gitbake.engine.infer import cache_arg
 from gitbake.errors import GitbakeError, UsageError
@@ -175,7 +175,7 @@ def response_hidden(
     return torch.cat(rows)
 
 
-PACK_MAX = int(os.environ.get("GITBAKE_PACK_MAX", "1024"))  # the longest packed row (its mask is dense)
+PACK_MAX = knobs.number("GITBAKE_PACK_MAX", 1024)  # the longest packed row (its mask is dense)
 PACKING = os.environ.get("GITBAKE_PACKING", "1") != "0"
 PACK_TOLERANCE = 0.02  # packing_is_exact's bound on pack_error
 
@@ -315,7 +315,7 @@ class Prefix:
         return cache
 
 
-TEACHER_CACHE_MB = float(os.environ.get("GITBAKE_TEACHER_CACHE_MB", "2048"))
+TEACHER_CACHE_MB: float = knobs.number("GITBAKE_TEACHER_CACHE_MB", 2048)
 
 
 def teacher_states(

@@ -8,7 +8,6 @@ layer, and each student chunk is recomputed in backward (activation checkpointin
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -17,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from gitbake.engine import knobs
+
 LogitsPiece = Callable[[torch.Tensor], torch.Tensor]  # a chunk's loss, given the student's logits
-CHUNK_TOKENS = int(os.environ.get("GITBAKE_KL_CHUNK", "64"))
+CHUNK_TOKENS = knobs.number("GITBAKE_KL_CHUNK", 64, minimum=1)
 
 
 def divergence(t_logp: torch.Tensor, s_logp: torch.Tensor, beta: float) -> torch.Tensor:
@@ -48,8 +49,8 @@ def topk_divergence(t_ids: torch.Tensor, t_logp: torch.Tensor, s_logp_full: torc
     return head + tail_t * (tail_t.log() - tail_s.log())
 
 
-VOCAB_TILE = int(os.environ.get("GITBAKE_VOCAB_TILE", "1024"))
-DX_ROWS = int(os.environ.get("GITBAKE_DX_ROWS", "256"))  # rows of a bf16 output layer's gradient product
+VOCAB_TILE = knobs.number("GITBAKE_VOCAB_TILE", 1024, minimum=1)
+DX_ROWS = knobs.number("GITBAKE_DX_ROWS", 256, minimum=1)  # rows of a bf16 output layer's gradient product
 
 
 def head_logits(

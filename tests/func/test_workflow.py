@@ -4,6 +4,7 @@ commit is clean, sequential bakes, checkout brings models back, merge, revert, c
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -376,3 +377,16 @@ def test_a_rebase_that_replays_a_stale_bake_says_how_to_fix_it(formal_branch: di
     git(root, "reset", "-q", "--keep", f"{stale}~1")
     assert bake_here(root, "run").exit_code == 0
     assert chain(root)[:-1] == chain(root, "main") and len(chain(root)) == 3
+
+
+def test_a_bad_engine_knob_exits_2_naming_the_variable(baked_repo: dict[str, Any], tmp_path: Path) -> None:
+    """An engine knob in the environment that is not a number stops a bake through the real CLI, before
+    any model is loaded, with the variable and the fix."""
+    root = copy_baked(baked_repo, tmp_path)
+    env = {**os.environ, "GITBAKE_PACK_MAX": "1k"}
+    bake = ["git", "bake", "run", "bake", "--force"]
+    out = subprocess.run(bake, cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "GITBAKE_PACK_MAX='1k' is not a whole number" in out.stderr and "unset GITBAKE_PACK_MAX" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert git(root, "status", "--porcelain") == ""  # nothing half-done in the working tree
