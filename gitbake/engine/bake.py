@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from gitbake.contract.config import Bake
-from gitbake.engine import attention, kl, knobs, parallel, trainstate
+from gitbake.engine import attention, grouped, kl, knobs, parallel, trainstate
 from gitbake.engine.ds import zero_stage
 from gitbake.engine.infer import cache_arg
 from gitbake.errors import GitbakeError, UsageError
@@ -175,6 +175,7 @@ def response_hidden(
     return torch.cat(rows)
 
 
+FUSED_ADAM = os.environ.get("GITBAKE_FUSED_ADAM", "1") != "0"  # 0: PyTorch's default Adam(W) implementation
 PACK_MAX = knobs.number("GITBAKE_PACK_MAX", 1024)  # the longest packed row (its mask is dense)
 PACKING = os.environ.get("GITBAKE_PACKING", "1") != "0"
 PACK_TOLERANCE = 0.02  # packing_is_exact's bound on pack_error
@@ -486,7 +487,15 @@ class Baker:
         if o.type == "sgd":
             return torch.optim.SGD(params, lr=o.learning_rate, weight_decay=o.weight_decay)
         cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
-        return cls(params, lr=o.learning_rate, betas=o.betas, weight_decay=o.weight_decay)
+        kwargs: dict[str, Any] = {"lr": o.learning_rate, "betas": o.betas, "weight_decay": o.weight_decay}
+        if FUSED_ADAM and {p.device.type for p in params} <= {"cpu", "cuda"}:
+            # one kernel over every tensor: a bake's LoRA has hundreds of small ones (420 on SmolLM2), which
+            # the per-tensor loop, PyTorch's default on the CPU, updated in 16 ms a step against 4 fused
+            try:
+                return cls(params, fused=True, **kwargs)
+            except (RuntimeError, ValueError, TypeError):  # a build or dtype without the fused kernel
+                pass
+        return cls(params, **kwargs)
 
     def _scheduler(self, optimizer: Any, total_steps: int) -> Any:
         from transformers import get_scheduler
@@ -508,8 +517,8 @@ class Baker:
         """Train and save the adapter to `out_dir`. `scratch`: where BAKE.checkpoint saves (and resumes);
         `keep`: where each of those checkpoints' adapters is also kept, as `<step>/` (chat --checkpoint).
         The result's notes are those the reporter was given during this bake."""
-        with self.reporter.collecting() as notes:
-            result = self._train(trajectories, out_dir, scratch, progress_label, keep)
+        with self.reporter.collecting() as notes, contextlib.ExitStack() as lora:
+            result = self._train(trajectories, out_dir, scratch, progress_label, keep, lora)
         result.notes = notes
         return result
 
@@ -520,7 +529,9 @@ class Baker:
         scratch: Path | None,
         progress_label: str,
         keep: Path | None,
+        lora: contextlib.ExitStack,
     ) -> BakeResult:
+        """`lora`: where the student's LoRA layers run as groups (engine/grouped.py) until the bake ends."""
         cfg = self.cfg
         parallel.init(self.device)  # under a launcher: join its process group (DeepSpeed's finds it)
         if not parallel.is_rank0():  # only rank 0 publishes progress for `git bake status`
@@ -569,6 +580,7 @@ class Baker:
         else:
             optimizer = self._optimizer(params)
             scheduler = self._scheduler(optimizer, total_steps)
+            lora.enter_context(grouped.grouped(pm, self.device))  # DeepSpeed's engine owns the weights
         beta, temperature, topk = float(cfg.data.beta), float(cfg.data.temperature), cfg.data.topk
         per_batch = tokens_per_micro_batch(data, mbs)
 

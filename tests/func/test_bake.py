@@ -15,7 +15,7 @@ pytest.importorskip("torch", reason="needs torch: pip install 'gitbake[train]'")
 import torch
 
 from gitbake.contract.config import Bake
-from gitbake.engine import bake, kl, models, trainstate
+from gitbake.engine import bake, grouped, kl, models, trainstate
 from gitbake.engine.rollout import SamplingSettings, make_rollouts
 from gitbake.engine.templating import render
 from gitbake.reporter import Reporter
@@ -146,6 +146,7 @@ def test_a_bf16_model_trains_its_fp32_adapter_in_mixed_precision(
         return pm
 
     monkeypatch.setattr(bake.Baker, "_peft", watched)
+    monkeypatch.setattr(grouped, "ENABLED", False)  # PEFT's own LoRA layers (grouped ones: test_grouped.py)
     b = bake.Baker(m.model, m.tokenizer, config(epochs=4), "tiny")
     res = b.train(trajectories, tmp_path / "a")
     assert seen == {(torch.bfloat16, torch.float32)}

@@ -1,0 +1,205 @@
+"""LoRA layers that read the same input, run as one set of products in a bake's passes on the CPU.
+
+A decoder layer's attention projects its input three times (`q_proj`, `k_proj`, `v_proj`) and its MLP
+twice (`gate_proj`, `up_proj`). Under PEFT each projection is a LoRA layer of its own: the frozen product,
+the rank-8 products by A and then B, a pass that scales their result and one that adds it, and as many
+again backward. On the CPU a bake's rows are a few hundred positions, where the frozen products run
+below the machine's peak (the narrower the weight, the further: `k_proj` and `v_proj` are 192 wide on
+SmolLM2) and the rank-8 ones are overhead-bound (33-88 µs a call, docs/engine.md §§§).
+
+Within `grouped(model)` a group of siblings runs as one product of the input by the group's frozen weights
+side by side (their storage made one, the members' weights views of it, for as long as the context
+lasts), one by the members' A matrices stacked, with LoRA's scale folded in (a [3r, in] matrix), one
+`addmm` of that by their B matrices as a block diagonal onto the frozen product, and a split. The other
+LoRA layers (`o_proj`, `down_proj`: groups of one) run the same way, without PEFT's separate scale and
+add. It is LoRA's arithmetic (the block diagonal's zeros add nothing), in fewer, larger products; the
+frozen weights' storage is put back as it was at the end.
+
+The first member of a group that is called computes every member's output for that input and keeps the
+others' until they are asked for with the same tensor, as a decoder layer does right after; a member
+called with another input computes the group again. With the adapter disabled (the teacher's pass) only
+the frozen product runs. Anything PEFT's own forward handles that this does not (dropout, DoRA and other
+variants, a bias on B, several active adapters, merged weights, extra arguments) leaves the layer to
+PEFT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ENABLED = os.environ.get("GITBAKE_GROUPED_LORA", "1") != "0"  # 0: PEFT's own forward for every LoRA layer
+# sibling projections of one module that read the same input, in the order a decoder layer calls them
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+@dataclass(eq=False)
+class Group:
+    """LoRA layers (PEFT's `lora.Linear`) of one module that read the same input, run as one."""
+
+    members: list[Any]
+    adapter: str
+    widths: list[int] = field(init=False)
+    weight: torch.Tensor = field(init=False)  # [sum of widths, in]: the members' frozen weights are its rows
+    bias: torch.Tensor | None = field(init=False)
+    # the input last computed for, its version, and the outputs no member has taken yet
+    pending: tuple[torch.Tensor, int, list[torch.Tensor | None]] | None = None
+
+    def __post_init__(self) -> None:
+        bases = [m.base_layer for m in self.members]
+        self.widths = [b.out_features for b in bases]
+        if len(bases) == 1:
+            self.weight, self.bias = bases[0].weight, bases[0].bias
+            return
+        with torch.no_grad():
+            self.weight = torch.cat([b.weight for b in bases])
+            biases = [b.bias if b.bias is not None else self.weight.new_zeros(w) for b, w in zip(bases, self.widths)]
+            self.bias = torch.cat(biases) if any(b.bias is not None for b in bases) else None
+        start = 0
+        for b, width in zip(bases, self.widths):  # one storage, not two copies of the weights
+            b.weight.data = self.weight[start : start + width]
+            if b.bias is not None and self.bias is not None:
+                b.bias.data = self.bias[start : start + width]
+            start += width
+
+    def release(self) -> None:
+        """Give each member's frozen weight a storage of its own again."""
+        self.pending = None
+        if len(self.members) > 1:
+            for m in self.members:
+                b = m.base_layer
+                b.weight.data = b.weight.data.clone()
+                if b.bias is not None:
+                    b.bias.data = b.bias.data.clone()
+
+    def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Member `index`'s output for `x`: kept from the group's last computation on this very input, or
+        computed now with the rest of the group's."""
+        p = self.pending
+        if p is not None and p[0] is x and p[1] == x._version and p[2][index] is not None:
+            out, p[2][index] = p[2][index], None
+            if all(o is None for o in p[2]):
+                self.pending = None
+            return out  # type: ignore[return-value]
+        outs: list[torch.Tensor | None] = list(self.compute(x))
+        out, outs[index] = outs[index], None
+        self.pending = (x, x._version, outs) if len(outs) > 1 else None
+        return out  # type: ignore[return-value]
+
+    def compute(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every member's output for `x` (views of one [.., sum of widths] result)."""
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, x.shape[-1])
+        y = F.linear(rows, self.weight, self.bias)
+        if not any(m.disable_adapters for m in self.members):
+            ad = self.adapter
+            scales = [float(m.scaling[ad]) for m in self.members]
+            a = torch.cat([m.lora_A[ad].weight for m in self.members])
+            if len(set(scales)) == 1:
+                a = a * scales[0]
+            else:
+                per_row = [s for s, m in zip(scales, self.members) for _ in range(m.lora_A[ad].weight.shape[0])]
+                a = a * torch.tensor(per_row, dtype=a.dtype, device=a.device)[:, None]
+            bs = [m.lora_B[ad].weight for m in self.members]
+            b = bs[0] if len(bs) == 1 else torch.block_diag(*bs)
+            y = torch.addmm(y, F.linear(rows, a), b.t())
+        if len(self.widths) == 1:
+            return [y.view(*lead, self.widths[0])]
+        return [piece.view(*lead, w) for piece, w in zip(y.split(self.widths, dim=-1), self.widths)]
+
+
+def _plain(module: Any) -> str | None:
+    """The adapter of a LoRA layer this module can run, or None where PEFT's own forward must."""
+    from peft.tuners.lora import Linear
+
+    if not isinstance(module, Linear) or not isinstance(module.base_layer, torch.nn.Linear) or module.merged:
+        return None
+    if len(module.active_adapters) != 1:
+        return None
+    ad = module.active_adapters[0]
+    if (
+        ad not in module.lora_A
+        or ad in getattr(module, "lora_variant", {})
+        or not isinstance(module.lora_dropout[ad], torch.nn.Identity)
+        or module.lora_B[ad].bias is not None
+        or module.base_layer.weight.requires_grad
+        or getattr(module, "fan_in_fan_out", False)
+    ):
+        return None
+    return str(ad)
+
+
+def groups(model: Any) -> list[Group]:
+    """The model's LoRA layers that `grouped` runs, siblings together."""
+    found: dict[str, dict[str, tuple[Any, str]]] = {}
+    for name, module in model.named_modules():
+        ad = _plain(module)
+        if ad is not None:
+            parent, _, leaf = name.rpartition(".")
+            found.setdefault(parent, {})[leaf] = (module, ad)
+    out: list[Group] = []
+    for layers in found.values():
+        for names in SIBLINGS:
+            members = [layers[n] for n in names if n in layers]
+            base = members[0][0].base_layer.weight if members else None
+            if len(members) > 1 and all(
+                a == members[0][1]
+                and m.base_layer.in_features == members[0][0].base_layer.in_features
+                and m.base_layer.weight.dtype == base.dtype  # type: ignore[union-attr]
+                and m.base_layer.weight.device == base.device  # type: ignore[union-attr]
+                for m, a in members
+            ):
+                out.append(Group([m for m, _ in members], members[0][1]))
+                for n in names:
+                    layers.pop(n, None)
+        out += [Group([m], a) for m, a in layers.values()]
+    return out
+
+
+@contextlib.contextmanager
+def grouped(model: Any, device: Any) -> Iterator[int]:
+    """Within: the model's LoRA layers run as groups (the module docstring), on the CPU and where
+    GITBAKE_GROUPED_LORA is not 0; yields how many layers do. Each member's forward is its group's; PEFT's
+    is back after, and so is each frozen weight's own storage."""
+    if not ENABLED or torch.device(device).type != "cpu":
+        yield 0
+        return
+    found = groups(model)
+    patched: list[Any] = []
+    try:
+        for g in found:
+            for i, m in enumerate(g.members):
+                m.forward = _forward(m, g, i)
+                patched.append(m)
+        yield len(patched)
+    finally:
+        for m in patched:
+            del m.forward
+        for g in found:
+            g.release()
+
+
+def _forward(module: Any, group: Group, index: int) -> Any:
+    peft_forward = type(module).forward
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs or module.merged or _needs_cast(module, group.adapter, x):
+            return peft_forward(module, x, *args, **kwargs)  # type: ignore[no-any-return]
+        return group.output(index, x)
+
+    return forward
+
+
+def _needs_cast(module: Any, adapter: str, x: torch.Tensor) -> bool:
+    """Whether PEFT would cast the input to the adapter's dtype (no autocast to run both in one)."""
+    return (
+        not module.disable_adapters
+        and x.dtype != module.lora_A[adapter].weight.dtype
+        and not torch.is_autocast_enabled(x.device.type)
+    )
