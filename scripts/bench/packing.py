@@ -100,6 +100,26 @@ def alternate(
     return runs
 
 
+def side_lines(results: dict[str, list[Any]], labels: dict[str, str], base: str) -> list[str]:
+    """One line per side of `alternate`'s results: the training loop's and the teacher pass's median
+    seconds, each over the `base` side's (medians, and the median of each round's own ratio), response
+    tokens/s, and the last step's loss."""
+    lines = []
+    for side, label in labels.items():
+        rs, bs = results[side], results[base]
+        line = f"  {label:30s}"
+        for what in ("seconds", "teacher_seconds"):
+            seconds = statistics.median(getattr(r, what) for r in rs)
+            over = seconds / statistics.median(getattr(b, what) for b in bs)
+            paired = statistics.median(getattr(r, what) / getattr(b, what) for r, b in zip(rs, bs))
+            name = "training" if what == "seconds" else "teacher"
+            line += f" {name} {seconds:5.1f} s (/ {base} {over:.3f}, paired {paired:.3f}),"
+            if what == "seconds":
+                line += f" {statistics.median(r.tokens for r in rs) / seconds:5.1f} tokens/s,"
+        lines.append(f"{line} final loss {rs[-1].metrics[-1]['loss']:.4f}")
+    return lines
+
+
 def positions(data: list[Any], mbs: int, seed: int) -> tuple[int, int]:
     """(student positions run per epoch padded, packed), over the bake's own micro-batches."""
     from gitbake.engine import bake

@@ -26,7 +26,6 @@ epoch in bf16 it differs by a few percent).
 
 from __future__ import annotations
 
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from packing import alternate, setup  # noqa: E402
+from packing import alternate, setup, side_lines  # noqa: E402
 
 
 def sides() -> dict[str, Callable[[], None]]:
@@ -81,20 +80,7 @@ def main() -> None:
         f"train_pass: SmolLM2-135M-Instruct in {dtype}, {len(data)} trajectories, 1 epoch, gitbake's defaults, "
         f"materialised attention up to {limit} positions, {args.repeat} rounds (rotating), medians"
     )
-    base = results["sdpa"]
-    for side, label in LABELS.items():
-        rs = results[side]
-        line = f"  {label:28s}"
-        for what in ("seconds", "teacher_seconds"):
-            seconds = statistics.median(getattr(r, what) for r in rs)
-            paired = statistics.median(getattr(r, what) / getattr(b, what) for r, b in zip(rs, base))
-            line += (
-                f" {'training' if what == 'seconds' else 'teacher'} {seconds:5.1f} s "
-                f"(/ SDPA {seconds / statistics.median(getattr(b, what) for b in base):.3f}, paired {paired:.3f}),"
-            )
-            if what == "seconds":
-                line += f" {statistics.median(r.tokens for r in rs) / seconds:5.1f} tokens/s,"
-        print(f"{line} final loss {rs[-1].metrics[-1]['loss']:.4f}")
+    print("\n".join(side_lines(results, LABELS, "sdpa")))
 
 
 if __name__ == "__main__":
