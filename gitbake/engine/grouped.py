@@ -180,7 +180,7 @@ def grouped(model: Any, device: Any) -> Iterator[int]:
         yield len(patched)
     finally:
         for m in patched:
-            del m.forward
+            vars(m).pop("forward", None)  # PEFT's class forward again (should anything have reset it first)
         for g in found:
             g.release()
 
