@@ -14,7 +14,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -175,9 +174,9 @@ def response_hidden(
     return torch.cat(rows)
 
 
-FUSED_ADAM = os.environ.get("GITBAKE_FUSED_ADAM", "1") != "0"  # 0: PyTorch's default Adam(W) implementation
+FUSED_ADAM = knobs.switch("GITBAKE_FUSED_ADAM")  # 0: PyTorch's default Adam(W) implementation
 PACK_MAX = knobs.number("GITBAKE_PACK_MAX", 1024)  # the longest packed row (its mask is dense)
-PACKING = os.environ.get("GITBAKE_PACKING", "1") != "0"
+PACKING = knobs.switch("GITBAKE_PACKING")
 PACK_TOLERANCE = 0.02  # packing_is_exact's bound on pack_error
 
 
@@ -284,7 +283,7 @@ def pack_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 PREFIX_MIN = 16  # a shared prefix shorter than this is not worth a cache
-PREFIX_CACHE = os.environ.get("GITBAKE_PREFIX_CACHE", "1") != "0"
+PREFIX_CACHE = knobs.switch("GITBAKE_PREFIX_CACHE")
 
 
 @dataclass
@@ -618,7 +617,7 @@ class Baker:
         pm.eval()  # no dropout in the check
         with student_precision(pm):
             packing = packing_is_exact(decoder, data[:mbs], self.pad_id, self.device)
-        fused = kl.head_is_frozen(lm_head) and not zero3 and os.environ.get("GITBAKE_FUSED_LOSS", "1") != "0"
+        fused = kl.head_is_frozen(lm_head) and not zero3 and knobs.switch("GITBAKE_FUSED_LOSS")
         wandb_run = self._wandb()
         result = BakeResult(out_dir, trajectories=len(data), teacher_seconds=time.monotonic() - teacher_started)
         result.packed = packing

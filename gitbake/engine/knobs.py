@@ -1,6 +1,8 @@
-"""The engine's tuning knobs from the environment (`GITBAKE_VOCAB_TILE`, `GITBAKE_PACK_MAX`, ...), read once
-when their module loads. A value that is not a number, or is out of range, is a usage error naming the
-variable and the fix, not a traceback from `int()` halfway through loading a model."""
+"""The engine's tuning knobs from the environment: numbers (`GITBAKE_VOCAB_TILE`, `GITBAKE_PACK_MAX`, ...)
+and switches (`GITBAKE_PACKING`, `GITBAKE_GROUPED_LORA`, ...), mostly read once when their module loads. A
+value that is not a number, or is out of range, or a switch that is neither 0 nor 1, is a usage error
+naming the variable and the fix, not a traceback from `int()` halfway through loading a model, nor a
+switch that stays on because it was set to `off`."""
 
 from __future__ import annotations
 
@@ -24,3 +26,17 @@ def number(name: str, default: int, minimum: int = 0) -> int:
             f"unset it (`unset {name}`: the default is {default}) or set one, e.g. {name}={default}",
         )
     return value
+
+
+def switch(name: str) -> bool:
+    """Whether the engine change that environment variable `name` can turn off is on: unset, empty or 1
+    keeps it, 0 turns it off (to measure it against what it replaced)."""
+    raw = os.environ.get(name, "").strip()
+    if raw in ("", "1"):
+        return True
+    if raw == "0":
+        return False
+    raise UsageError(
+        f"environment variable {name}={raw!r} is neither 0 nor 1",
+        f"set {name}=0 to turn it off, or unset it (`unset {name}`) to keep it on",
+    )
