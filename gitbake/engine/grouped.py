@@ -26,7 +26,6 @@ PEFT.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-ENABLED = os.environ.get("GITBAKE_GROUPED_LORA", "1") != "0"  # 0: PEFT's own forward for every LoRA layer
+from gitbake.engine import knobs
+
+ENABLED = knobs.switch("GITBAKE_GROUPED_LORA")  # 0: PEFT's own forward for every LoRA layer
 # sibling projections of one module that read the same input, in the order a decoder layer calls them
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -46,14 +47,18 @@ class Group:
     members: list[Any]
     adapter: str
     widths: list[int] = field(init=False)
-    weight: torch.Tensor = field(init=False)  # [sum of widths, in]: the members' frozen weights are its rows
-    bias: torch.Tensor | None = field(init=False)
+    weight: torch.Tensor = field(init=False)  # [sum of widths, in] (join): the members' frozen weights' rows
+    bias: torch.Tensor | None = field(init=False, default=None)
     # the input last computed for, its version, and the outputs no member has taken yet
     pending: tuple[torch.Tensor, int, list[torch.Tensor | None]] | None = None
 
     def __post_init__(self) -> None:
+        self.widths = [m.base_layer.out_features for m in self.members]
+
+    def join(self) -> None:
+        """Make the members' frozen weights (and biases) rows of one storage, for as long as `release` is
+        not called: one product reads them all, without a second copy of the weights."""
         bases = [m.base_layer for m in self.members]
-        self.widths = [b.out_features for b in bases]
         if len(bases) == 1:
             self.weight, self.bias = bases[0].weight, bases[0].bias
             return
@@ -99,13 +104,7 @@ class Group:
         y = F.linear(rows, self.weight, self.bias)
         if not any(m.disable_adapters for m in self.members):
             ad = self.adapter
-            scales = [float(m.scaling[ad]) for m in self.members]
-            a = torch.cat([m.lora_A[ad].weight for m in self.members])
-            if len(set(scales)) == 1:
-                a = a * scales[0]
-            else:
-                per_row = [s for s, m in zip(scales, self.members) for _ in range(m.lora_A[ad].weight.shape[0])]
-                a = a * torch.tensor(per_row, dtype=a.dtype, device=a.device)[:, None]
+            a = torch.cat([m.lora_A[ad].weight for m in self.members]) * float(self.members[0].scaling[ad])
             bs = [m.lora_B[ad].weight for m in self.members]
             b = bs[0] if len(bs) == 1 else torch.block_diag(*bs)
             y = torch.addmm(y, F.linear(rows, a), b.t())
@@ -151,6 +150,7 @@ def groups(model: Any) -> list[Group]:
             if len(members) > 1 and all(
                 a == members[0][1]
                 and m.base_layer.in_features == members[0][0].base_layer.in_features
+                and m.scaling[a] == members[0][0].scaling[a]  # one scale, folded into the stacked A
                 and m.base_layer.weight.dtype == base.dtype  # type: ignore[union-attr]
                 and m.base_layer.weight.device == base.device  # type: ignore[union-attr]
                 for m, a in members
@@ -174,6 +174,7 @@ def grouped(model: Any, device: Any) -> Iterator[int]:
     patched: list[Any] = []
     try:
         for g in found:
+            g.join()
             for i, m in enumerate(g.members):
                 m.forward = _forward(m, g, i)
                 patched.append(m)

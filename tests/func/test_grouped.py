@@ -54,6 +54,9 @@ def test_siblings_are_grouped_and_the_rest_run_alone() -> None:
     assert shapes == [("down_proj",), ("gate_proj", "up_proj"), ("o_proj",), ("q_proj", "k_proj", "v_proj")]
     layers = len(pm.get_base_model().get_decoder().layers)
     assert len(found) == 4 * layers
+    attn = pm.get_base_model().get_decoder().layers[0].self_attn
+    ptrs = {getattr(attn, n).base_layer.weight.untyped_storage().data_ptr() for n in ("q_proj", "k_proj", "v_proj")}
+    assert len(ptrs) == 3  # finding the groups leaves the weights alone: only the context joins them
 
 
 def test_grouped_layers_give_peft_s_states_and_gradients() -> None:
@@ -179,3 +182,19 @@ def test_a_bake_trains_with_grouped_layers_and_fused_adam(monkeypatch: pytest.Mo
     assert off.keys() == on_.keys()
     for k in off:
         assert rel(on_[k], off[k]) < 1e-3, k  # Adam moves near-zero gradients by a whole step either way
+
+
+def test_siblings_of_another_scale_run_alone() -> None:
+    """One scale is folded into the stacked A: a sibling whose LoRA scale differs is not grouped."""
+    pm = student()
+    attn = pm.get_base_model().get_decoder().layers[0].self_attn
+    attn.k_proj.scaling["default"] = 3.0
+    x = torch.randn(1, 5, attn.q_proj.in_features)
+    with torch.no_grad():
+        expected = [getattr(attn, n)(x) for n in ("q_proj", "k_proj", "v_proj")]
+        with grouped.grouped(pm, "cpu"):
+            first = [g for g in grouped.groups(pm) if attn.q_proj in g.members]
+            got = [getattr(attn, n)(x) for n in ("q_proj", "k_proj", "v_proj")]
+    assert len(first) == 1 and attn.k_proj not in first[0].members
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=1e-6)
