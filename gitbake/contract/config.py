@@ -218,7 +218,7 @@ SAMPLING_KWARGS = set(SamplingKwargs.model_fields)
 class Target(Model):
     name: Name = "target"
     generators: list[Generator] = Field(default_factory=list)
-    num_traj_per_stimulus: Int = Field(default=2, ge=1, le=MAX_TRAJ_PER_STIMULUS)
+    num_traj_per_stimulus: Int = Field(default=4, ge=1, le=MAX_TRAJ_PER_STIMULUS)
     temperature: Temperature = 1.0
     max_tokens: Int = Field(default=256, ge=1, le=MAX_SEQUENCE_TOKENS)
     max_concurrency: Int = Field(default=10, ge=1, le=MAX_CONCURRENCY)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -653,3 +655,28 @@ def test_floats_that_would_train_on_inf_or_nan_are_refused_with_a_fix(
     issue = one_error(text, tmp_path)
     assert issue.field == field and issue.line == 2
     assert issue.fix and fix in issue.fix, issue.fix
+
+
+def test_the_docs_defaults_are_the_code_s() -> None:
+    """Every scalar default docs/config.md lists (a number, a word or a boolean in backticks) is the one
+    validation fills in: the page is where users read the measured defaults (docs/engine.md)."""
+    rows = re.findall(r"^\| `((?:TARGET|BAKE)\.[a-z_.]+)` \| [^|]+ \| `([^`]+)`", DOCS.read_text(), re.M)
+    filled = {
+        "TARGET": config.Target.model_validate({}).model_dump(),
+        "BAKE": config.Bake.model_validate({"datasets": [{"target": "t"}]}).model_dump(),
+    }
+    checked = 0
+    for name, documented in rows:
+        value: Any = filled
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, bool):
+            assert documented == str(value).lower(), name
+        elif isinstance(value, int | float) and re.fullmatch(r"-?[\d.e+-]+", documented):
+            assert float(documented) == value, f"docs/config.md gives {name} the default {documented}, the code {value}"
+        elif isinstance(value, str) and re.fullmatch(r"[\w.-]+", documented):
+            assert documented == value, f"docs/config.md gives {name} the default {documented}, the code {value}"
+        else:
+            continue
+        checked += 1
+    assert checked >= 20 and ("TARGET.num_traj_per_stimulus", "4") in rows
