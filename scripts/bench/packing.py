@@ -100,6 +100,29 @@ def alternate(
     return runs
 
 
+def compare(
+    bench: str,
+    model_dir: Path,
+    data: list[Any],
+    repeat: int,
+    sides: dict[str, Callable[[], None]],
+    labels: dict[str, str],
+    base: str,
+    detail: str = "",
+) -> None:
+    """Run `alternate` over the sides and print its table: a header naming `bench`, the dtype, the work and
+    `detail`, then `side_lines` against the `base` side."""
+    from gitbake.engine import models
+
+    results = alternate(model_dir, data, repeat, sides)
+    dtype = models.bake_dtype(None, "cpu") or "fp32"
+    print(
+        f"{bench}: SmolLM2-135M-Instruct in {dtype}, {len(data)} trajectories, 1 epoch, gitbake's defaults, "
+        f"{detail}{repeat} rounds (rotating), medians"
+    )
+    print("\n".join(side_lines(results, labels, base)))
+
+
 def side_lines(results: dict[str, list[Any]], labels: dict[str, str], base: str) -> list[str]:
     """One line per side of `alternate`'s results: the training loop's and the teacher pass's median
     seconds, each over the `base` side's (medians, and the median of each round's own ratio), response

@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from packing import alternate, setup, side_lines  # noqa: E402
+from packing import compare, setup  # noqa: E402
 
 LABELS = {
     "now": "gitbake now (engine 7)",
@@ -58,15 +58,7 @@ def sides() -> dict[str, Callable[[], None]]:
 
 def main() -> None:
     args, model_dir, data = setup(__doc__ or "", 4)
-    from gitbake.engine import models
-
-    results = alternate(model_dir, data, args.repeat, sides())
-    dtype = models.bake_dtype(None, "cpu") or "fp32"
-    print(
-        f"step_ops: SmolLM2-135M-Instruct in {dtype}, {len(data)} trajectories, 1 epoch, gitbake's defaults, "
-        f"{args.repeat} rounds (rotating), medians"
-    )
-    print("\n".join(side_lines(results, LABELS, "engine6")))
+    compare("step_ops", model_dir, data, args.repeat, sides(), LABELS, "engine6")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from packing import alternate, setup, side_lines  # noqa: E402
+from packing import compare, setup  # noqa: E402
 
 
 def sides() -> dict[str, Callable[[], None]]:
@@ -71,16 +71,10 @@ LABELS = {
 
 def main() -> None:
     args, model_dir, data = setup(__doc__ or "", 4)
-    from gitbake.engine import attention, models
+    from gitbake.engine import attention
 
-    limit = attention.MAX
-    results = alternate(model_dir, data, args.repeat, sides())
-    dtype = models.bake_dtype(None, "cpu") or "fp32"
-    print(
-        f"train_pass: SmolLM2-135M-Instruct in {dtype}, {len(data)} trajectories, 1 epoch, gitbake's defaults, "
-        f"materialised attention up to {limit} positions, {args.repeat} rounds (rotating), medians"
-    )
-    print("\n".join(side_lines(results, LABELS, "sdpa")))
+    detail = f"materialised attention up to {attention.MAX} positions, "  # before a side changes it
+    compare("train_pass", model_dir, data, args.repeat, sides(), LABELS, "sdpa", detail)
 
 
 if __name__ == "__main__":
