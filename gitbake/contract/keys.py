@@ -17,13 +17,15 @@ import blake3
 
 # Bump when the training algorithm changes in a way that changes the adapter it produces, so old
 # cache entries are not mistaken for new results.
-ENGINE_VERSION = "gitbake-bake-7"  # 2: a bf16/fp16 base trains its LoRA products in that precision;
+ENGINE_VERSION = "gitbake-bake-8"  # 2: a bf16/fp16 base trains its LoRA products in that precision;
 # 3: the student's micro-batches run as packed rows (the same sums, in another order);
 # 4: every response token weighs the same in the loss, not one over its micro-batch's tokens;
 # 5: a short training row on a CPU runs the eager attention (the same products, rounded otherwise)
 # 6: the bake's passes on a CPU run gitbake's materialised attention (engine/attention.py), with grad or not
 # 7: a CPU bake's LoRA layers that read one input run as one set of products (engine/grouped.py), and
 # Adam(W) updates every tensor in one fused kernel (the same arithmetic, rounded otherwise)
+# 8: each such group is one autograd function with LoRA's backward in closed form, and a CPU bake's frozen
+# bf16 weights are multiplied in oneDNN's layout (engine/prepacked.py; the gradients rounded otherwise)
 # Bump when sampling draws differently for the same seed (the rollout's samples change), for the same reason.
 # 2: answers are sampled in stages of growing length (engine/rollout.py).
 # 3: a model without a chat template is prompted after its BOS token and stops at the next turn

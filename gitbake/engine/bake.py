@@ -379,22 +379,32 @@ def _hidden_size(decoder: Any) -> int | None:
 # -------------------------------------------------------------------------------------- training
 
 
-def student_precision(pm: Any) -> contextlib.AbstractContextManager[Any]:
+def student_precision(pm: Any, casting: bool = True) -> contextlib.AbstractContextManager[Any]:
     """Where the student's forward runs: in a bf16 or fp16 base model's own precision. PEFT keeps the LoRA
     weights in fp32 and casts each LoRA layer's input up to them, so every adapted layer added fp32 copies
     and fp32 products of full activations, forward and back. Under autocast, with that cast turned off, the
     LoRA products run in the base's precision, while the weights, their gradients and the optimizer stay
     fp32 (mixed precision as usual). On SmolLM2 in bf16 that made training steps about a fifth faster
-    (docs/engine.md). An fp32 model is left as it is."""
+    (docs/engine.md). An fp32 model is left as it is. `casting=False`: the caller has turned PEFT's cast
+    off already (`input_casting_off`, once for a whole bake: turning it off walks every module)."""
     dtype = pm.get_base_model().dtype
     if dtype not in (torch.bfloat16, torch.float16):
         return contextlib.nullcontext()
-    from peft.helpers import disable_input_dtype_casting
-
     stack = contextlib.ExitStack()
     stack.enter_context(torch.autocast(next(pm.parameters()).device.type, dtype=dtype))
-    stack.enter_context(disable_input_dtype_casting(pm))
+    if casting:
+        stack.enter_context(input_casting_off(pm))
     return stack
+
+
+def input_casting_off(pm: Any) -> contextlib.AbstractContextManager[Any]:
+    """PEFT's cast of each LoRA layer's input to the adapter's dtype turned off, for a bf16 or fp16 base
+    (`student_precision`)."""
+    if pm.get_base_model().dtype not in (torch.bfloat16, torch.float16):
+        return contextlib.nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(pm)  # type: ignore[no-any-return]
 
 
 class Baker:
@@ -580,6 +590,10 @@ class Baker:
             optimizer = self._optimizer(params)
             scheduler = self._scheduler(optimizer, total_steps)
             lora.enter_context(grouped.grouped(pm, self.device))  # DeepSpeed's engine owns the weights
+        # every pass of the student runs under autocast (student_precision), the teacher's with the adapter
+        # off: PEFT's input cast is not needed by either, and turning it off once spares a walk over every
+        # module each micro-batch
+        lora.enter_context(input_casting_off(pm))
         beta, temperature, topk = float(cfg.data.beta), float(cfg.data.temperature), cfg.data.topk
         per_batch = tokens_per_micro_batch(data, mbs)
 
@@ -660,7 +674,7 @@ class Baker:
                     pending: Any = None
                     for batch in local:
                         n_tokens = sum(len(t.response_ids) for t in batch)
-                        with student_precision(pm):
+                        with student_precision(pm, casting=False):
                             s_hidden = (
                                 packed_hidden(decoder, batch, self.device, self.pad_id, self.checkpointed)
                                 if packing

@@ -15,6 +15,12 @@ LoRA layers (`o_proj`, `down_proj`: groups of one) run the same way, without PEF
 add. It is LoRA's arithmetic (the block diagonal's zeros add nothing), in fewer, larger products; the
 frozen weights' storage is put back as it was at the end.
 
+A group's products run as one autograd function (`_Product`) whose backward is LoRA's in closed form: the
+frozen weight's product by the gradient plus the rank-8 ones, with no cast, scale, block diagonal or
+split of its own for autograd to record and undo (each was an operation forward and another back, for
+every group of every layer). Where the frozen weights are bf16 on the CPU and memory allows, they are
+multiplied in oneDNN's own layout, reordered once for the bake (engine/prepacked.py).
+
 The first member of a group that is called computes every member's output for that input and keeps the
 others' until they are asked for with the same tensor, as a decoder layer does right after; a member
 called with another input computes the group again. With the adapter disabled (the teacher's pass) only
@@ -33,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gitbake.engine import knobs
+from gitbake.engine import knobs, prepacked
 
 ENABLED = knobs.switch("GITBAKE_GROUPED_LORA")  # 0: PEFT's own forward for every LoRA layer
 # sibling projections of one module that read the same input, in the order a decoder layer calls them
@@ -49,15 +55,22 @@ class Group:
     widths: list[int] = field(init=False)
     weight: torch.Tensor = field(init=False)  # [sum of widths, in] (join): the members' frozen weights' rows
     bias: torch.Tensor | None = field(init=False, default=None)
+    packed: prepacked.Prepacked | None = field(init=False, default=None)  # `weight` in oneDNN's layout
     # the input last computed for, its version, and the outputs no member has taken yet
     pending: tuple[torch.Tensor, int, list[torch.Tensor | None]] | None = None
 
     def __post_init__(self) -> None:
         self.widths = [m.base_layer.out_features for m in self.members]
 
-    def join(self) -> None:
+    def join(self, prepack: bool = False) -> None:
         """Make the members' frozen weights (and biases) rows of one storage, for as long as `release` is
-        not called: one product reads them all, without a second copy of the weights."""
+        not called: one product reads them all, without a second copy of the weights. `prepack`: also
+        keep them in oneDNN's layout (engine/prepacked.py) until then."""
+        self._join()
+        if prepack:
+            self.packed = prepacked.Prepacked.of(self.weight, self.bias)
+
+    def _join(self) -> None:
         bases = [m.base_layer for m in self.members]
         if len(bases) == 1:
             self.weight, self.bias = bases[0].weight, bases[0].bias
@@ -75,7 +88,7 @@ class Group:
 
     def release(self) -> None:
         """Give each member's frozen weight a storage of its own again."""
-        self.pending = None
+        self.pending, self.packed = None, None
         if len(self.members) > 1:
             for m in self.members:
                 b = m.base_layer
@@ -101,16 +114,78 @@ class Group:
         """Every member's output for `x` (views of one [.., sum of widths] result)."""
         lead = x.shape[:-1]
         rows = x.reshape(-1, x.shape[-1])
-        y = F.linear(rows, self.weight, self.bias)
+        lora: list[torch.Tensor] = []
+        scale = 0.0
         if not any(m.disable_adapters for m in self.members):
             ad = self.adapter
-            a = torch.cat([m.lora_A[ad].weight for m in self.members]) * float(self.members[0].scaling[ad])
-            bs = [m.lora_B[ad].weight for m in self.members]
-            b = bs[0] if len(bs) == 1 else torch.block_diag(*bs)
-            y = torch.addmm(y, F.linear(rows, a), b.t())
+            lora = [m.lora_A[ad].weight for m in self.members] + [m.lora_B[ad].weight for m in self.members]
+            scale = float(self.members[0].scaling[ad])
+        y = _Product.apply(rows, self, scale, *lora)
         if len(self.widths) == 1:
             return [y.view(*lead, self.widths[0])]
         return [piece.view(*lead, w) for piece, w in zip(y.split(self.widths, dim=-1), self.widths)]
+
+    def frozen(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [M, in] by the frozen weights (and biases): [M, sum of widths]."""
+        if self.packed is not None:
+            return self.packed.forward(rows)
+        return F.linear(rows, self.weight, self.bias)
+
+    def frozen_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """The frozen product's gradient with respect to its rows: grad [M, sum of widths] -> [M, in]."""
+        if self.packed is not None:
+            return self.packed.backward(grad)
+        return grad @ self.weight
+
+
+class _Product(torch.autograd.Function):
+    """A group's output: its frozen product plus, given the members' A then B matrices, LoRA's
+    (rows A^T s) B^T, the members' A stacked and their B as a block diagonal; the backward in closed form.
+
+    The adapter's products run in the rows' precision (a bf16 base's, as autocast ran them) from the fp32
+    weights, and their gradients come back in the weights' own precision, as autocast's casts gave them."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, group: Group, scale: float, *lora: torch.Tensor) -> torch.Tensor:
+        n = len(lora) // 2
+        y = group.frozen(rows)
+        ctx.group, ctx.scale, ctx.dtypes = group, scale, [t.dtype for t in lora]
+        if not n:
+            return y
+        a = (torch.cat(lora[:n]) if n > 1 else lora[0]).mul(scale).to(rows.dtype)  # [n r, in]
+        b = (torch.block_diag(*lora[n:]) if n > 1 else lora[n]).to(rows.dtype)  # [sum of widths, n r]
+        xa = F.linear(rows, a)
+        y.addmm_(xa, b.t())
+        ctx.save_for_backward(rows, xa, a, b)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        group, scale, dtypes = ctx.group, ctx.scale, ctx.dtypes
+        n = len(dtypes) // 2
+        need = ctx.needs_input_grad
+        grad = grad.contiguous()
+        dx = group.frozen_grad(grad) if need[0] else None
+        if not n:
+            return (dx, None, None)
+        rows, xa, a, b = ctx.saved_tensors
+        d_a: list[torch.Tensor | None] = [None] * n
+        d_b: list[torch.Tensor | None] = [None] * n
+        if need[0] or any(need[3 : 3 + n]):
+            t = grad @ b  # the gradient at the rank-r products: [M, n r]
+            if dx is not None:
+                dx.addmm_(t, a)
+            if any(need[3 : 3 + n]):
+                stacked = (t.t() @ rows).to(dtypes[0]).mul_(scale)  # the stacked A's, the scale applied
+                r = stacked.shape[0] // n
+                d_a = [stacked[i * r : (i + 1) * r].to(dtypes[i]) if need[3 + i] else None for i in range(n)]
+        start = 0
+        r = xa.shape[1] // n
+        for i, width in enumerate(group.widths):
+            if need[3 + n + i]:
+                d_b[i] = (grad[:, start : start + width].t() @ xa[:, i * r : (i + 1) * r]).to(dtypes[n + i])
+            start += width
+        return (dx, None, None, *d_a, *d_b)
 
 
 def _plain(module: Any) -> str | None:
@@ -128,6 +203,7 @@ def _plain(module: Any) -> str | None:
         or not isinstance(module.lora_dropout[ad], torch.nn.Identity)
         or module.lora_B[ad].bias is not None
         or module.base_layer.weight.requires_grad
+        or (module.base_layer.bias is not None and module.base_layer.bias.requires_grad)  # BAKE's `bias: all`
         or getattr(module, "fan_in_fan_out", False)
     ):
         return None
@@ -171,10 +247,14 @@ def grouped(model: Any, device: Any) -> Iterator[int]:
         yield 0
         return
     found = groups(model)
+    weights = [m.base_layer.weight for g in found for m in g.members]
+    prepack = all(prepacked.eligible(w) for w in weights) and prepacked.affordable(
+        sum(w.numel() * w.element_size() for w in weights)
+    )
     patched: list[Any] = []
     try:
         for g in found:
-            g.join()
+            g.join(prepack)
             for i, m in enumerate(g.members):
                 m.forward = _forward(m, g, i)
                 patched.append(m)
@@ -190,7 +270,7 @@ def _forward(module: Any, group: Group, index: int) -> Any:
     peft_forward = type(module).forward
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args or kwargs or module.merged or _needs_cast(module, group.adapter, x):
+        if args or kwargs or module.merged or x.dtype != group.weight.dtype or _needs_cast(module, group.adapter, x):
             return peft_forward(module, x, *args, **kwargs)  # type: ignore[no-any-return]
         return group.output(index, x)
 

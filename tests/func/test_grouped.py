@@ -198,3 +198,19 @@ def test_siblings_of_another_scale_run_alone() -> None:
     assert len(first) == 1 and attn.k_proj not in first[0].members
     for a, b in zip(got, expected):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_layer_whose_bias_trains_is_left_to_peft() -> None:
+    """BAKE's `bias: all` trains the frozen layers' biases: the group's joined bias would not pass their
+    gradients on, so such a layer keeps PEFT's forward and its siblings group without it."""
+    pm = student()
+    attn = pm.get_base_model().get_decoder().layers[0].self_attn
+    base = attn.k_proj.base_layer
+    base.bias = torch.nn.Parameter(torch.zeros(base.out_features))
+    found = grouped.groups(pm)
+    assert not any(attn.k_proj in g.members for g in found)
+    assert any(g.members == [attn.q_proj, attn.v_proj] for g in found)
+    x = torch.randn(1, 5, attn.q_proj.in_features)
+    with grouped.grouped(pm, "cpu"), torch.enable_grad():
+        attn.k_proj(x).sum().backward()
+    assert base.bias.grad is not None and base.bias.grad.abs().sum() > 0
