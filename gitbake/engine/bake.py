@@ -632,6 +632,7 @@ class Baker:
         with student_precision(pm):
             packing = packing_is_exact(decoder, data[:mbs], self.pad_id, self.device)
         fused = kl.head_is_frozen(lm_head) and not zero3 and knobs.switch("GITBAKE_FUSED_LOSS")
+        head_packed = kl.head_prepacked(lm_head) if fused and engine is None else None
         wandb_run = self._wandb()
         result = BakeResult(out_dir, trajectories=len(data), teacher_seconds=time.monotonic() - teacher_started)
         result.packed = packing
@@ -686,7 +687,11 @@ class Baker:
                                 )
                         # a frozen output layer (LoRA leaves it alone) allows the fused loss: one pass over the
                         # logits, no recomputation; ZeRO-3 partitions that layer, so it takes the generic path
-                        loss_fn = kl.fused_loss if fused else partial(kl.chunked_loss, recompute=not zero3)
+                        loss_fn = (
+                            partial(kl.fused_loss, packed=head_packed)
+                            if fused
+                            else partial(kl.chunked_loss, recompute=not zero3)
+                        )
                         if topk:
                             ids = torch.cat([cache[id(t)][0] for t in batch])
                             lps = torch.cat([cache[id(t)][1] for t in batch])

@@ -16,6 +16,7 @@ import torch
 
 from gitbake.contract.config import Bake
 from gitbake.engine import bake, grouped, kl, models, trainstate
+from gitbake.engine.prepacked import Prepacked
 from gitbake.engine.rollout import SamplingSettings, make_rollouts
 from gitbake.engine.templating import render
 from gitbake.reporter import Reporter
@@ -606,14 +607,16 @@ def test_the_eval_runs_packed_and_prefix_cached_with_the_padded_figures(
         assert other.curve_after == pytest.approx(figures[False].curve_after, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("prepack", [False, True])  # the output layer's weight as it is, or in oneDNN's layout
 @pytest.mark.parametrize("dx_rows", [256, 24])  # the gradient's product once, or in groups that split chunks
 def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher(
-    monkeypatch: pytest.MonkeyPatch, dx_rows: int
+    monkeypatch: pytest.MonkeyPatch, dx_rows: int, prepack: bool
 ) -> None:
     """A bf16 output layer on the CPU: the loss and gradient are those of fp32 arithmetic on the same bf16
     values, even when the student is close to the teacher (rounding both sides' logits to bf16 would be
     8% off here), and rows beyond a multiple of 16 (padded with zero rows) add nothing. The gradient's
-    product runs on groups of up to DX_ROWS rows, however they fall across the loss's chunks."""
+    product runs on groups of up to DX_ROWS rows, however they fall across the loss's chunks. The same
+    with the layer's weight prepacked, as a bake multiplies it."""
     monkeypatch.setattr(kl, "DX_ROWS", dx_rows)
     calls = []
     real = kl.pair_logits
@@ -625,11 +628,17 @@ def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher(
     ref_head.weight.copy_(head.weight.float())
     ref_head.bias.copy_(head.bias.float())
     t = torch.randn(37, 64).bfloat16()
+    packed = kl.head_prepacked(head) if prepack else None
+    assert (packed is not None) == prepack
+    used: list[str] = []  # which of the prepacked weight's products ran
+    fwd, bwd = Prepacked.forward, Prepacked.backward
+    monkeypatch.setattr(Prepacked, "forward", lambda self, x: used.append("forward") or fwd(self, x))
+    monkeypatch.setattr(Prepacked, "backward", lambda self, x: used.append("backward") or bwd(self, x))
     for scale in (0.5, 0.02):
         s = (t.float() + scale * torch.randn(37, 64)).bfloat16().requires_grad_(True)
         s_ref = s.detach().float().requires_grad_(True)
         with torch.enable_grad():  # loading a model turns it off for the process
-            ours = kl.fused_loss(head, s, t, chunk=16)
+            ours = kl.fused_loss(head, s, t, chunk=16, packed=packed)
             ours.backward()
             ref = kl.chunked_loss(ref_head, s_ref, t.float(), chunk=16)
             ref.backward()
@@ -642,6 +651,7 @@ def test_bf16_fused_loss_keeps_the_gap_between_student_and_teacher(
         assert per.dtype == torch.float32 and torch.allclose(per, per_ref, rtol=0.05, atol=1e-6)
         assert abs(per.mean() - per_ref.mean()) < 0.005 * per_ref.mean()
     assert calls and all(n % 16 == 0 for n in calls[:3])  # bf16 products, on rows padded to 16 (37 -> 48)
+    assert set(used) == ({"forward", "backward"} if prepack else set())
 
 
 @pytest.mark.parametrize("vocab", [300, 3000])  # one product, and vocabulary tiles
