@@ -66,25 +66,22 @@ class Group:
         """Make the members' frozen weights (and biases) rows of one storage, for as long as `release` is
         not called: one product reads them all, without a second copy of the weights. `prepack`: also
         keep them in oneDNN's layout (engine/prepacked.py) until then."""
-        self._join()
-        if prepack:
-            self.packed = prepacked.Prepacked.of(self.weight, self.bias)
-
-    def _join(self) -> None:
         bases = [m.base_layer for m in self.members]
         if len(bases) == 1:
             self.weight, self.bias = bases[0].weight, bases[0].bias
-            return
-        with torch.no_grad():
-            self.weight = torch.cat([b.weight for b in bases])
-            biases = [b.bias if b.bias is not None else self.weight.new_zeros(w) for b, w in zip(bases, self.widths)]
-            self.bias = torch.cat(biases) if any(b.bias is not None for b in bases) else None
-        start = 0
-        for b, width in zip(bases, self.widths):  # one storage, not two copies of the weights
-            b.weight.data = self.weight[start : start + width]
-            if b.bias is not None and self.bias is not None:
-                b.bias.data = self.bias[start : start + width]
-            start += width
+        else:
+            with torch.no_grad():
+                self.weight = torch.cat([b.weight for b in bases])
+                zeros = [b.bias if b.bias is not None else self.weight.new_zeros(w) for b, w in zip(bases, self.widths)]
+                self.bias = torch.cat(zeros) if any(b.bias is not None for b in bases) else None
+            start = 0
+            for b, width in zip(bases, self.widths):  # one storage, not two copies of the weights
+                b.weight.data = self.weight[start : start + width]
+                if b.bias is not None and self.bias is not None:
+                    b.bias.data = self.bias[start : start + width]
+                start += width
+        if prepack:
+            self.packed = prepacked.Prepacked.of(self.weight, self.bias)
 
     def release(self) -> None:
         """Give each member's frozen weight a storage of its own again."""
@@ -248,9 +245,7 @@ def grouped(model: Any, device: Any) -> Iterator[int]:
         return
     found = groups(model)
     weights = [m.base_layer.weight for g in found for m in g.members]
-    prepack = all(prepacked.eligible(w) for w in weights) and prepacked.affordable(
-        sum(w.numel() * w.element_size() for w in weights)
-    )
+    prepack = prepacked.wanted(weights)
     patched: list[Any] = []
     try:
         for g in found:

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from gitbake.engine import knobs
-from gitbake.engine.prepacked import Prepacked
+from gitbake.engine import knobs, prepacked
 
 LogitsPiece = Callable[[torch.Tensor], torch.Tensor]  # a chunk's loss, given the student's logits
 CHUNK_TOKENS = knobs.number("GITBAKE_KL_CHUNK", 64, minimum=1)
@@ -103,7 +102,7 @@ def pair_logits(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     out: torch.Tensor | None = None,
-    packed: Prepacked | None = None,
+    packed: prepacked.Prepacked | None = None,
 ) -> torch.Tensor:
     """fp32 logits of teacher rows then student rows ([2N, V]) through a bf16 output layer (`packed`: that
     layer's weight in oneDNN's layout, multiplied in one product rather than slice by slice).
@@ -117,8 +116,7 @@ def pair_logits(
         out = torch.empty((2 * n, weight.shape[0]), dtype=torch.float32, device=weight.device)
     rows = torch.cat([teacher.to(weight.dtype), (student.float() - teacher.float()).to(weight.dtype)])
     if packed is not None:
-        both = out if out is not None else rows.new_empty((2 * n, weight.shape[0]), dtype=torch.float32)
-        both.copy_(packed.forward(rows))
+        both = out.copy_(packed.forward(rows))
     else:
         both = head_logits(rows, weight, None, out=out)
     if bias is not None:
@@ -221,7 +219,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         bias: torch.Tensor | None,
         teacher: _Teacher,
         chunk: int,
-        packed: Prepacked | None = None,
+        packed: prepacked.Prepacked | None = None,
     ) -> torch.Tensor:
         # a bf16 output layer on the CPU: forward KL multiplies in bf16 (fp32 accumulation, pair_logits);
         # the other divergences in fp32 products of its values. The softmax, the loss and its gradient are
@@ -242,6 +240,9 @@ class _FusedHeadLoss(torch.autograd.Function):
         work: tuple[torch.Tensor, torch.Tensor] | None = None  # logits; probabilities
         pending: torch.Tensor | None = None  # bf16 gradients w.r.t. the logits, rows pending_from onwards
         pending_from = 0
+        by_w: Callable[[torch.Tensor], torch.Tensor] = (
+            (lambda rows: rows @ w) if packed is None else packed.backward
+        )  # rows -> rows @ W
         for start in range(0, hidden.shape[0], chunk):
             end = min(hidden.shape[0], start + chunk)
             h = hidden[start:end] if low else hidden[start:end].float()
@@ -275,13 +276,12 @@ class _FusedHeadLoss(torch.autograd.Function):
                 n = end - start
                 if pending is None:
                     pending = w.new_empty((max(min(DX_ROWS, hidden.shape[0]), n), w.shape[0]))
-                by_w = torch.mm if packed is None else (lambda rows, _w: packed.backward(rows))  # rows @ W
                 if start + n - pending_from > pending.shape[0]:  # full: multiply what is gathered first
-                    grad_h[pending_from:start] = by_w(pending[: start - pending_from], w)
+                    grad_h[pending_from:start] = by_w(pending[: start - pending_from])
                     pending_from = start
                 pending[start - pending_from : end - pending_from] = g
                 if end == hidden.shape[0]:
-                    grad_h[pending_from:end] = by_w(pending[: end - pending_from], w)
+                    grad_h[pending_from:end] = by_w(pending[: end - pending_from])
             elif w.dtype != g.dtype:  # fp32 products of a bf16 layer, a vocabulary slice at a time
                 acc = grad_h[start:end]
                 for v0 in range(0, w.shape[0], VOCAB_TILE):
@@ -330,7 +330,7 @@ def fused_loss(
     temperature: float = 1.0,
     teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
     chunk: int = CHUNK_TOKENS,
-    packed: Prepacked | None = None,
+    packed: prepacked.Prepacked | None = None,
 ) -> torch.Tensor:
     """Same value and gradient as `chunked_loss`, without recomputation (needs a frozen output layer).
     `packed`: the output layer's weight in oneDNN's layout (`head_prepacked`), for a bf16 layer's products."""
@@ -347,20 +347,14 @@ def fused_loss(
     return result
 
 
-def head_prepacked(lm_head: Any) -> Prepacked | None:
+def head_prepacked(lm_head: Any) -> prepacked.Prepacked | None:
     """A frozen bf16 output layer's weight in oneDNN's layout, for a bake's `fused_loss`: its products by
     the whole vocabulary in one call, not slice by slice (SmolLM2's, 128 rows by 49,152 x 576: 404 GFLOP/s
     against 313 in slices of 1024, the gradient's 256 rows 423 against 374). None where it is not bf16 on
     the CPU, or two more copies of it would not fit (engine/prepacked.py)."""
-    from gitbake.engine import prepacked
-
-    weight = getattr(lm_head, "weight", None)
-    if not head_is_frozen(lm_head) or weight is None or not low_precision(weight):
+    if not head_is_frozen(lm_head) or not prepacked.wanted([lm_head.weight]):
         return None
-    w = weight.detach()
-    if not prepacked.eligible(w) or not prepacked.affordable(w.numel() * w.element_size()):
-        return None
-    return prepacked.Prepacked.of(w, None)
+    return prepacked.Prepacked.of(lm_head.weight, None)
 
 
 def head_is_frozen(lm_head: Any) -> bool:

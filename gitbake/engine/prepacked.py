@@ -56,6 +56,11 @@ def eligible(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and not weight.requires_grad and works()
 
 
+def wanted(weights: list[torch.Tensor]) -> bool:
+    """Whether to prepack these weights: every one `eligible`, and all of them `affordable` together."""
+    return all(eligible(w) for w in weights) and affordable(sum(w.numel() * w.element_size() for w in weights))
+
+
 def affordable(nbytes: int) -> bool:
     """Whether two more copies of `nbytes` of weights fit in this host's free memory (`fits`)."""
     return fits(nbytes, activations.available_bytes())
