@@ -629,7 +629,7 @@ class Baker:
 
         # the student's micro-batches as packed rows, where this decoder gives them the padded batch's states
         pm.eval()  # no dropout in the check
-        with student_precision(pm):
+        with student_precision(pm, casting=False):
             packing = packing_is_exact(decoder, data[:mbs], self.pad_id, self.device)
         fused = kl.head_is_frozen(lm_head) and not zero3 and knobs.switch("GITBAKE_FUSED_LOSS")
         head_packed = kl.head_prepacked(lm_head) if fused and engine is None else None

@@ -88,14 +88,14 @@ class Prepacked:
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """rows [M, in] -> rows W^T + b [M, out]."""
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-            rows.contiguous(), self.forward_weight, self.bias, "none", [], ""
-        )
-        return out
+        return _product(rows, self.forward_weight, self.bias)
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
         """grad [M, out] -> grad W [M, in]."""
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-            grad.contiguous(), self.backward_weight, None, "none", [], ""
-        )
-        return out
+        return _product(grad, self.backward_weight, None)
+
+
+def _product(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """rows by a weight `_reorder_linear_weight` laid out (and bias), through oneDNN with no post-op."""
+    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), packed, bias, "none", [], "")
+    return out
